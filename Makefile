@@ -1,0 +1,44 @@
+# Two commands do all the set-up: `make demo` and `make test`. Each installs what it needs,
+# idempotently: a virtualenv in .venv (stamped, so a second run is fast) and WordNet 3.0 from
+# Debian's packages.
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+WORDNET_FILE := /usr/share/wordnet/data.noun
+
+.PHONY: install wordnet test lint demo clean
+
+install: $(STAMP) wordnet
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) --version >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch and torchvision are pinned (torch==2.14.1, torchvision==0.29.1) in pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+wordnet:
+	@if [ -f $(WORDNET_FILE) ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+		echo "error: WordNet 3.0 is missing and apt-get is not available;"; \
+		echo "       install WordNet 3.0 and point NLTK_DATA at it (see README)"; exit 2; fi; \
+	$(SUDO) apt-get update -qq && \
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		wordnet-base wordnet-sense-index
+
+lint: $(STAMP)
+	$(BIN)/ruff check augment tests analysis
+	$(BIN)/ruff format --check augment tests analysis
+
+test: install lint
+	$(BIN)/python -m pytest tests
+
+demo: install
+	$(BIN)/augment run jobs/demo.yaml
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,1 @@
+"""augment: synthetic training data with Stable Diffusion."""

@@ -1,0 +1,142 @@
+"""The `augment` command line: parses, calls a stage, prints. No logic of its own.
+
+User errors (`AugmentError`) print one line and exit 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections import Counter
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from augment.errors import AugmentError
+
+out = Console()
+err = Console(stderr=True)
+
+
+def add_job_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", type=Path, help="job spec (YAML)")
+    parser.add_argument("--seed", type=int, help="override the job seed")
+    parser.add_argument("--limit", type=int, help="render at most N work items")
+
+
+def load_job(args: argparse.Namespace):
+    from augment.config import load_spec
+
+    overrides = {"seed": args.seed, "limit": args.limit}
+    if getattr(args, "out", None) is not None:
+        overrides["output.dir"] = str(args.out)
+    return load_spec(args.job, overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from augment.job import run_job
+
+    spec = load_job(args)
+    quiet_libraries()
+    out.print(f"[bold]{spec.name}[/]: {spec.generation.mode} with {spec.generation.model}")
+    result = run_job(spec, base_dir=args.job.parent, force=args.force)
+    out.print(
+        f"{result.rendered} images rendered, {result.skipped} already done, "
+        f"{result.flagged} flagged, of {result.planned} planned, in {result.seconds:.1f} s"
+    )
+    table = Table("output", "path", box=None, show_header=False)
+    for name, path in result.outputs.items():
+        table.add_row(name, str(path))
+    out.print(table)
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from augment.job import plan_for
+    from augment.plan import write_plan
+
+    spec = load_job(args)
+    items = plan_for(spec, base_dir=args.job.parent)
+    counts = Counter(item.concept_name for item in items)
+    table = Table("concept", "items")
+    for name, count in counts.items():
+        table.add_row(name, str(count))
+    out.print(table)
+    out.print(f"{len(items)} work items for {len(counts)} concepts")
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        write_plan(items, args.output)
+        out.print(f"plan written to {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="augment",
+        description="Synthetic training data with Stable Diffusion, and the numbers that say "
+        "whether it helps.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run a job end to end: plan, render, shards, exports",
+        description="Run (or resume) a job: concepts -> prompts -> plan -> images -> Parquet "
+        "shards -> exports. Rerunning in the same --out skips the images already written.",
+        epilog="example: augment run jobs/demo.yaml --out out/demo --limit 20",
+    )
+    add_job_overrides(run)
+    run.add_argument("--out", type=Path, help="output folder (overrides output.dir)")
+    run.add_argument(
+        "--force", action="store_true", help="delete a previous run in --out and start over"
+    )
+    run.set_defaults(func=cmd_run)
+
+    plan = commands.add_parser(
+        "plan",
+        help="expand a job into work items and show counts per concept",
+        description="Expand the job's concepts and prompts into deterministic work items.",
+        epilog="example: augment plan jobs/demo.yaml -o plan.parquet",
+    )
+    add_job_overrides(plan)
+    plan.add_argument("-o", "--output", type=Path, help="write the plan as Parquet here")
+    plan.set_defaults(func=cmd_plan)
+    return parser
+
+
+def quiet_libraries() -> None:
+    """Keep third-party loading chatter off the user's terminal."""
+    for name in ("diffusers", "transformers", "torch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import diffusers.utils.logging as diffusers_logging
+        import transformers.utils.logging as transformers_logging
+
+        diffusers_logging.set_verbosity_error()
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING)
+    try:
+        return args.func(args)
+    except AugmentError as exc:
+        if args.debug:
+            raise
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err.print("interrupted: committed shards are kept; rerun the same command to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

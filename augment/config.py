@@ -1,0 +1,242 @@
+"""Job specs: the YAML a user writes, validated into a `JobSpec`.
+
+A spec names the concepts, the prompt templates, the model and its render settings (with
+diffusers' argument names), and where outputs go. Mistakes are reported with the file, the line
+and the dotted key, e.g. ``jobs/x.yaml, line 12: generation.num_inference_steps: must be >= 1,
+got 0``; unknown keys suggest the closest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from augment.errors import SpecError
+from augment.generate.pipelines import SCHEDULERS
+
+Mode = Literal["txt2img"]
+DType = Literal["float32", "float16", "bfloat16"]
+Format = Literal["parquet", "coco"]
+
+
+class StrictModel(BaseModel):
+    """Refuses unknown keys so a misspelt setting is an error, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TaxonomySpec(StrictModel):
+    source: str = Field(
+        description="Where concepts come from: a list file (taxonomies/digits.yaml or 'digits'), "
+        "'wordnet:<synset>', 'coco' or 'coco:<supercategory>'."
+    )
+    max_concepts: int | None = Field(default=None, ge=1)
+
+
+class PromptSpec(StrictModel):
+    templates: list[str] = Field(default=["a photo of a {name}"], min_length=1)
+    negative_prompt: str = "bad anatomy, deformed, blurry, lowres, watermark, text"
+    images_per_concept: int = Field(default=4, ge=1)
+
+    @field_validator("templates")
+    @classmethod
+    def _templates_not_blank(cls, templates: list[str]) -> list[str]:
+        for template in templates:
+            if not template.strip():
+                raise ValueError("templates must not be empty strings")
+        return templates
+
+
+class GenerationSpec(StrictModel):
+    model: str = Field(
+        description="A diffusers folder, a hub id already in the local cache, or 'builtin:<name>'."
+    )
+    mode: Mode = "txt2img"
+    scheduler: str = "DDIM"
+    num_inference_steps: int = Field(default=30, ge=1, le=1000)
+    guidance_scale: float = Field(default=7.5, ge=0)
+    height: int = Field(default=512, ge=8)
+    width: int = Field(default=512, ge=8)
+    dtype: DType = "float32"
+    device: str = "auto"
+    batch_size: int = Field(default=4, ge=1)
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, name: str) -> str:
+        if name not in SCHEDULERS:
+            close = difflib.get_close_matches(name, list(SCHEDULERS), n=1, cutoff=0.5)
+            hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(SCHEDULERS)}"
+            raise ValueError(f"unknown scheduler {name!r}; {hint}")
+        return name
+
+    @field_validator("height", "width")
+    @classmethod
+    def _multiple_of_8(cls, size: int) -> int:
+        if size % 8:
+            raise ValueError(f"must be a multiple of 8, got {size}")
+        return size
+
+
+class OutputSpec(StrictModel):
+    dir: str = "out"
+    formats: list[Format] = ["parquet", "coco"]
+    rows_per_shard: int = Field(default=500, ge=1)
+
+
+class JobSpec(StrictModel):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = 0
+    taxonomy: TaxonomySpec
+    prompts: PromptSpec = PromptSpec()
+    generation: GenerationSpec
+    output: OutputSpec = OutputSpec()
+    limit: int | None = Field(default=None, ge=1, description="Render at most this many items.")
+
+    def spec_hash(self) -> str:
+        """Hash of everything that decides which images a run makes (not where they go)."""
+        content = self.model_dump(mode="json", exclude={"output": {"dir"}, "limit": True})
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A YAML loader that remembers the line of every key, to point errors at it."""
+
+
+def _key_lines(text: str) -> dict[tuple, int]:
+    """Map each key path (tuple of keys and list indices) to its 1-based line number."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node: yaml.Node, path: tuple) -> None:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                child = (*path, key_node.value)
+                lines[child] = key_node.start_mark.line + 1
+                walk(value_node, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, (*path, index))
+
+    root = yaml.compose(text, Loader=_LineLoader)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _fields_at(path: tuple) -> list[str]:
+    """Valid key names of the model found at `path` inside JobSpec."""
+    model: type[BaseModel] = JobSpec
+    for part in path:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """One pydantic error as a short sentence a person can act on."""
+    kind, ctx, value = error["type"], error.get("ctx", {}), error.get("input")
+    path = error["loc"]
+    if kind == "extra_forbidden":
+        valid = _fields_at(path[:-1])
+        close = difflib.get_close_matches(str(path[-1]), valid, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
+        return f"unknown key '{path[-1]}'; {hint}"
+    if kind == "missing":
+        return "required key is missing"
+    bounds = {
+        "greater_than_equal": ">=",
+        "greater_than": ">",
+        "less_than_equal": "<=",
+        "less_than": "<",
+    }
+    if kind in bounds:
+        limit = next(iter(ctx.values()))
+        return f"must be {bounds[kind]} {limit}, got {value!r}"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}, got {value!r}"
+    if kind == "too_short":
+        return "must not be empty"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return f"{error['msg'].rstrip('.').lower()}, got {value!r}"
+
+
+def _format_location(source: str, lines: dict[tuple, int], path: tuple) -> str:
+    """'file, line N: a.b.c' for the deepest part of `path` that the YAML holds."""
+    dotted = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in path)
+    dotted = dotted.replace(".[", "[")
+    for depth in range(len(path), -1, -1):
+        if path[:depth] in lines:
+            return f"{source}, line {lines[path[:depth]]}: {dotted}"
+    return f"{source}: {dotted}"
+
+
+def parse_spec(text: str, source: str = "<spec>") -> JobSpec:
+    """Validate YAML text into a JobSpec; raises SpecError naming file, line and key."""
+    try:
+        data = yaml.load(text, Loader=_LineLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"{source}{where}: not valid YAML: {problem}") from exc
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a job spec is a YAML mapping (name:, taxonomy:, ...)")
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        lines = _key_lines(text)
+        # A misspelt key also makes the right one "missing": report the misspelling first.
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        first = errors[0]
+        message = f"{_format_location(source, lines, first['loc'])}: {_describe(first)}"
+        more = len(exc.errors()) - 1
+        if more:
+            message += f" (and {more} more problem{'s' if more > 1 else ''})"
+        raise SpecError(message) from exc
+
+
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSpec:
+    """Read a job YAML file, apply CLI overrides ({'seed': 3, 'output.dir': 'x'})."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: job file not found") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read job file: {exc.strerror}") from None
+    spec = parse_spec(text, str(path))
+    return apply_overrides(spec, overrides or {}, str(path))
+
+
+def apply_overrides(spec: JobSpec, overrides: dict[str, Any], source: str) -> JobSpec:
+    """Return a copy of `spec` with dotted keys replaced, validated like the YAML was."""
+    data = spec.model_dump(mode="json")
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        dotted = ".".join(str(p) for p in first["loc"])
+        raise SpecError(f"{source}: {dotted} (from the command line): {_describe(first)}") from exc

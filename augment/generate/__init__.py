@@ -1,0 +1,1 @@
+"""Generation: load a diffusers pipeline and render work items into records."""

@@ -1,0 +1,94 @@
+"""Concepts from a YAML list file (taxonomies/<name>.yaml).
+
+Format::
+
+    name: weeds
+    concepts:
+      - name: lantana
+        scientific_name: Lantana camara
+        synset: lantana.n.01        # optional
+        description: ...            # optional, used as {definition}
+        aliases: [...]              # optional
+        category_id: 3              # optional; default: position, from 1
+        id: lantana                 # optional; default: slug of the name
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from augment.errors import TaxonomyError
+from augment.taxonomy.concept import Concept
+
+KNOWN_KEYS = {
+    "id",
+    "name",
+    "category_id",
+    "synset",
+    "description",
+    "definition",
+    "scientific_name",
+    "aliases",
+    "supercategory",
+    "hypernyms",
+}
+
+
+def slugify(name: str) -> str:
+    """A file- and id-safe form of a concept name: 'Prickly acacia' -> 'prickly_acacia'."""
+    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    return slug or "concept"
+
+
+def load_list_file(path: Path) -> list[Concept]:
+    """Read a list file into concepts; errors name the file and the bad entry."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise TaxonomyError(f"{path}: cannot read taxonomy file: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise TaxonomyError(f"{path}: not valid YAML: {exc}") from None
+    entries = data.get("concepts") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise TaxonomyError(f"{path}: expected a mapping with a 'concepts:' list")
+    concepts: list[Concept] = []
+    for position, entry in enumerate(entries, start=1):
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, dict) or not entry.get("name"):
+            raise TaxonomyError(f"{path}: concept #{position} needs a 'name'")
+        unknown = set(entry) - KNOWN_KEYS
+        if unknown:
+            raise TaxonomyError(
+                f"{path}: concept '{entry['name']}' has unknown key(s) {sorted(unknown)}; "
+                f"valid keys: {', '.join(sorted(KNOWN_KEYS))}"
+            )
+        concepts.append(
+            Concept(
+                id=str(entry.get("id") or slugify(entry["name"])),
+                name=str(entry["name"]),
+                category_id=int(entry.get("category_id", position)),
+                synset=entry.get("synset"),
+                definition=str(entry.get("definition") or entry.get("description") or ""),
+                hypernyms=tuple(entry.get("hypernyms") or ()),
+                scientific_name=str(entry.get("scientific_name") or ""),
+                aliases=tuple(entry.get("aliases") or ()),
+                supercategory=str(entry.get("supercategory") or ""),
+            )
+        )
+    check_unique(concepts, str(path))
+    return concepts
+
+
+def check_unique(concepts: list[Concept], source: str) -> None:
+    """Two concepts with one id or one category id would merge their images silently."""
+    for attribute in ("id", "category_id"):
+        seen: set = set()
+        for concept in concepts:
+            value = getattr(concept, attribute)
+            if value in seen:
+                raise TaxonomyError(f"{source}: two concepts share {attribute} {value!r}")
+            seen.add(value)

@@ -1,0 +1,51 @@
+"""Shared fixtures: a private model cache and small job specs written on the fly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Builtin models are built once per test session, in a temp folder."""
+    cache = tmp_path_factory.mktemp("augment-cache")
+    os.environ["AUGMENT_CACHE"] = str(cache)
+    return cache
+
+
+TINY_JOB = """\
+name: tiny
+seed: 7
+taxonomy:
+  source: digits
+  max_concepts: 3
+prompts:
+  templates: ["a handwritten digit {name}"]
+  images_per_concept: 3
+generation:
+  model: builtin:tiny-sd
+  num_inference_steps: 3
+  height: 32
+  width: 32
+  batch_size: 4
+output:
+  dir: OUT_DIR
+  rows_per_shard: 4
+"""
+
+
+@pytest.fixture
+def write_job(tmp_path: Path):
+    """Write a job YAML (TINY_JOB by default) into tmp_path and return its path."""
+
+    def write(text: str = TINY_JOB, name: str = "job.yaml", out: Path | None = None) -> Path:
+        path = tmp_path / name
+        path.write_text(text.replace("OUT_DIR", str(out or tmp_path / "out")))
+        return path
+
+    return write

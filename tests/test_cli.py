@@ -1,0 +1,66 @@
+"""The installed `augment` command: help, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import TINY_JOB
+
+AUGMENT = [str(Path(sys.executable).parent / "augment")]
+
+
+def augment(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*AUGMENT, *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_help_lists_only_real_subcommands():
+    result = augment("--help")
+    assert result.returncode == 0
+    assert "run" in result.stdout and "plan" in result.stdout
+    for command in ("run", "plan"):
+        sub = augment(command, "--help")
+        assert sub.returncode == 0 and "example: augment " + command in sub.stdout
+
+
+def test_user_errors_exit_2_with_one_line(tmp_path: Path):
+    cases = {
+        "misspelt.yaml": (
+            TINY_JOB.replace("num_inference_steps:", "num_inference_step:"),
+            "did you mean 'num_inference_steps'?",
+        ),
+        "negative.yaml": (
+            TINY_JOB.replace("num_inference_steps: 3", "num_inference_steps: -5"),
+            "generation.num_inference_steps: must be >= 1, got -5",
+        ),
+        "nomodel.yaml": (
+            TINY_JOB.replace("builtin:tiny-sd", "models/missing-sd21"),
+            "'models/missing-sd21' not found",
+        ),
+    }
+    for name, (text, expected) in cases.items():
+        job = tmp_path / name
+        job.write_text(text.replace("OUT_DIR", str(tmp_path / "out")))
+        result = augment("run", str(job))
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+        assert expected in lines[0]
+        assert "Traceback" not in result.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path: Path):
+    job = tmp_path / "job.yaml"
+    job.write_text(TINY_JOB.replace("seed: 7", "sed: 7"))
+    result = augment("--debug", "run", str(job))
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_plan_prints_counts_and_writes_parquet(tmp_path: Path):
+    job = tmp_path / "job.yaml"
+    job.write_text(TINY_JOB.replace("OUT_DIR", str(tmp_path / "out")))
+    result = augment("plan", str(job), "-o", str(tmp_path / "plan.parquet"))
+    assert result.returncode == 0, result.stderr
+    assert "9 work items for 3 concepts" in result.stdout
+    assert (tmp_path / "plan.parquet").is_file()

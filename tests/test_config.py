@@ -1,0 +1,70 @@
+from pathlib import Path
+
+import pytest
+
+from augment.config import load_spec, parse_spec
+from augment.errors import SpecError
+from tests.conftest import TINY_JOB
+
+
+def test_tiny_job_parses_with_defaults(write_job):
+    spec = load_spec(write_job())
+    assert spec.generation.num_inference_steps == 3
+    assert spec.generation.scheduler == "DDIM"
+    assert spec.output.formats == ["parquet", "coco"]
+
+
+def test_misspelt_key_names_line_and_suggests_the_valid_key():
+    text = TINY_JOB.replace("num_inference_steps: 3", "num_inference_step: 3")
+    with pytest.raises(SpecError) as error:
+        parse_spec(text, "jobs/x.yaml")
+    line = text.splitlines().index("  num_inference_step: 3") + 1
+    assert str(error.value) == (
+        f"jobs/x.yaml, line {line}: generation.num_inference_step: unknown key "
+        "'num_inference_step'; did you mean 'num_inference_steps'?"
+    )
+
+
+def test_negative_step_count_is_refused_with_the_bound():
+    text = TINY_JOB.replace("num_inference_steps: 3", "num_inference_steps: 0")
+    line = text.splitlines().index("  num_inference_steps: 0") + 1
+    with pytest.raises(SpecError) as error:
+        parse_spec(text, "jobs/x.yaml")
+    assert str(error.value) == (
+        f"jobs/x.yaml, line {line}: generation.num_inference_steps: must be >= 1, got 0"
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("height: 32", "height: 30", "generation.height: must be a multiple of 8, got 30"),
+        ("seed: 7", "seed: seven", "seed: input should be a valid integer"),
+        ("  source: digits", "  sourse: digits", "did you mean 'source'?"),
+        ("builtin:tiny-sd", "builtin:tiny-sd\n  scheduler: DPMSolver", "'DPMSolverMultistep'"),
+        ('["a handwritten digit {name}"]', "[]", "prompts.templates: must not be empty"),
+    ],
+)
+def test_invalid_values_name_the_key(old, new, message):
+    with pytest.raises(SpecError, match=message.replace("[", r"\[")):
+        parse_spec(TINY_JOB.replace(old, new), "job.yaml")
+
+
+def test_yaml_syntax_error_gives_the_line():
+    with pytest.raises(SpecError, match=r"job.yaml, line 4: not valid YAML: mapping values"):
+        parse_spec("name: x\ntaxonomy:\n  source: digits\n    bad: 1\n", "job.yaml")
+
+
+def test_cli_overrides_apply_and_are_validated(write_job, tmp_path: Path):
+    spec = load_spec(write_job(), {"seed": 3, "output.dir": str(tmp_path / "b"), "limit": 2})
+    assert (spec.seed, spec.output.dir, spec.limit) == (3, str(tmp_path / "b"), 2)
+    with pytest.raises(SpecError, match=r"limit \(from the command line\): must be >= 1"):
+        load_spec(write_job(), {"limit": 0})
+
+
+def test_spec_hash_ignores_output_dir_but_not_render_settings(write_job):
+    base = load_spec(write_job())
+    moved = load_spec(write_job(), {"output.dir": "elsewhere"})
+    reseeded = load_spec(write_job(), {"seed": 8})
+    assert base.spec_hash() == moved.spec_hash()
+    assert base.spec_hash() != reseeded.spec_hash()

@@ -1,0 +1,116 @@
+"""End to end on the tiny builtin model: shards, COCO, determinism, resume, refusals."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from augment.config import load_spec
+from augment.errors import OutputError
+from augment.job import run_job
+
+
+def images_by_item(out: Path) -> dict[str, bytes]:
+    table = pd.read_parquet(out / "shards", columns=["item_id", "image"])
+    return {row.item_id: row.image["bytes"] for row in table.itertuples()}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+    """One run of the tiny job, shared by the read-only checks below."""
+    from tests.conftest import TINY_JOB
+
+    folder = tmp_path_factory.mktemp("run")
+    job = folder / "job.yaml"
+    job.write_text(TINY_JOB.replace("OUT_DIR", str(folder / "out")))
+    result = run_job(load_spec(job), base_dir=folder)
+    assert (result.planned, result.rendered, result.skipped) == (9, 9, 0)
+    return job, folder / "out"
+
+
+def test_shards_hold_one_record_per_item_with_decodable_images(tiny_run):
+    _, out = tiny_run
+    table = pd.read_parquet(out / "shards")
+    plan = pd.read_parquet(out / "plan.parquet")
+    assert sorted(table.item_id) == sorted(plan.item_id)
+    assert len(list((out / "shards").glob("part-*.parquet"))) == 3  # rows_per_shard: 4
+    row = table.iloc[0]
+    assert row["mode"] == "txt2img" and row["steps"] == 3 and row["scheduler"] == "DDIM"
+    assert row["model"] == "builtin:tiny-sd" and row["concept_name"] == "zero"
+    for record in table.itertuples():
+        image = Image.open(io.BytesIO(record.image["bytes"]))
+        assert image.size == (32, 32) and image.mode == "RGB"
+
+
+def test_coco_export_loads_in_pycocotools(tiny_run):
+    from pycocotools.coco import COCO
+
+    _, out = tiny_run
+    coco = COCO(str(out / "coco" / "annotations.json"))
+    assert len(coco.getImgIds()) == 9
+    assert sorted(coco.getCatIds()) == [1, 2, 3]
+    assert [c["name"] for c in coco.loadCats([1, 2, 3])] == ["zero", "one", "two"]
+    for image in coco.loadImgs(coco.getImgIds()):
+        assert (out / "coco" / "images" / image["file_name"]).is_file()
+
+
+def test_datasets_decodes_the_image_column(tiny_run):
+    datasets = pytest.importorskip("datasets")
+    _, out = tiny_run
+    files = sorted(str(p) for p in (out / "shards").glob("part-*.parquet"))
+    dataset = datasets.load_dataset("parquet", data_files=files, split="train")
+    assert isinstance(dataset[0]["image"], Image.Image)
+    assert dataset[0]["image"].size == (32, 32)
+
+
+def test_manifest_and_resolved_spec_are_written(tiny_run):
+    job, out = tiny_run
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["records"] == manifest["counts"]["planned"] == 9
+    assert sum(s["rows"] for s in manifest["shards"]) == 9
+    assert manifest["spec_hash"] == load_spec(job).spec_hash()
+    assert load_spec(out / "job.yaml").spec_hash() == manifest["spec_hash"]
+
+
+def test_two_runs_give_byte_identical_images(tiny_run, tmp_path):
+    job, out = tiny_run
+    other = tmp_path / "B"
+    run_job(load_spec(job, {"output.dir": str(other)}), base_dir=job.parent)
+    first, second = images_by_item(out), images_by_item(other)
+    assert first.keys() == second.keys()
+    assert all(first[key] == second[key] for key in first)
+    assert len(set(first.values())) == len(first)  # different seeds, different images
+
+
+def test_rerun_skips_committed_items_and_renders_the_rest(write_job, tmp_path):
+    job = write_job()
+    partial = run_job(load_spec(job, {"limit": 4}), base_dir=job.parent)
+    assert partial.rendered == 4
+    resumed = run_job(load_spec(job), base_dir=job.parent)
+    assert (resumed.skipped, resumed.rendered) == (4, 5)
+    table = pd.read_parquet(tmp_path / "out" / "shards", columns=["item_id"])
+    assert len(table) == table.item_id.nunique() == 9
+
+
+def test_changed_spec_is_refused_unless_forced(write_job, tmp_path):
+    job = write_job()
+    run_job(load_spec(job, {"limit": 2}), base_dir=job.parent)
+    changed = load_spec(job, {"seed": 99, "limit": 2})
+    with pytest.raises(OutputError, match="holds a run of a different spec.*--force"):
+        run_job(changed, base_dir=job.parent)
+    assert len(pd.read_parquet(tmp_path / "out" / "shards")) == 2  # nothing lost
+    forced = run_job(changed, base_dir=job.parent, force=True)
+    assert (forced.skipped, forced.rendered) == (0, 2)
+
+
+def test_unwritable_output_is_a_clear_error(write_job, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    job = write_job(out=blocker / "out")
+    with pytest.raises(OutputError, match="is not writable.*--out"):
+        run_job(load_spec(job), base_dir=job.parent)
