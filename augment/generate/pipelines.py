@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from augment.cache import cache_dir
 from augment.errors import ModelError
 
 #: Scheduler names accepted in job specs, mapped to diffusers classes.
@@ -25,11 +26,6 @@ SCHEDULERS = {
     "UniPC": "UniPCMultistepScheduler",
     "LCM": "LCMScheduler",
 }
-
-
-def cache_dir() -> Path:
-    """Where builtin models are built: $AUGMENT_CACHE, else ~/.cache/augment."""
-    return Path(os.environ.get("AUGMENT_CACHE", Path.home() / ".cache" / "augment"))
 
 
 def builtin_models() -> dict:
@@ -146,6 +142,17 @@ def load_txt2img_pipeline(
         pipe.scheduler = scheduler_from_name(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def load_tokenizer(model: str, base_dir: Path | None = None):
+    """The model's (first) CLIP tokenizer, offline: used to check prompt lengths."""
+    from transformers import CLIPTokenizer
+
+    location = resolve_model(model, base_dir)
+    try:
+        return CLIPTokenizer.from_pretrained(location, subfolder="tokenizer", local_files_only=True)
+    except OSError as exc:
+        raise ModelError(f"generation.model: no tokenizer in '{model}': {exc}") from exc
 
 
 def scheduler_from_name(name: str, config):

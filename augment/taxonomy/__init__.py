@@ -1,4 +1,9 @@
-"""Concept sources: list files now; WordNet and COCO sources plug in by prefix."""
+"""Concept sources, chosen by the source string's prefix.
+
+- ``wordnet:<synset>``: the synsets below it (depth, leaves, exclude apply);
+- ``coco`` or ``coco:<supercategory>``: the 80 COCO 2017 categories, official ids;
+- anything else: a list file, by path or by shipped name (``weeds``, ``digits``).
+"""
 
 from __future__ import annotations
 
@@ -26,18 +31,52 @@ def resolve_list_file(source: str, base_dir: Path | None = None) -> Path:
             return candidate
     shipped = sorted(p.stem for p in SHIPPED_TAXONOMIES.glob("*.yaml"))
     raise TaxonomyError(
-        f"taxonomy '{source}' not found: give a path to a list file or one of the shipped "
-        f"names: {', '.join(shipped)}"
+        f"taxonomy '{source}' not found: give wordnet:<synset>, coco[:<supercategory>], a path "
+        f"to a list file, or one of the shipped names: {', '.join(shipped)}"
     )
 
 
+def coco_concepts(supercategory: str | None) -> list[Concept]:
+    concepts = load_list_file(SHIPPED_TAXONOMIES / "coco.yaml")
+    if supercategory is None:
+        return concepts
+    names = sorted({c.supercategory for c in concepts})
+    if supercategory not in names:
+        raise TaxonomyError(
+            f"unknown COCO supercategory '{supercategory}'; known: {', '.join(names)}"
+        )
+    return [c for c in concepts if c.supercategory == supercategory]
+
+
 def load_concepts(
-    source: str, base_dir: Path | None = None, max_concepts: int | None = None
+    source: str,
+    base_dir: Path | None = None,
+    max_concepts: int | None = None,
+    depth: int | None = None,
+    leaves: bool = False,
+    exclude: tuple[str, ...] = (),
 ) -> list[Concept]:
     """Expand a taxonomy source string into concepts, in a stable order."""
-    concepts = load_list_file(resolve_list_file(source, base_dir))
+    kind, _, argument = source.partition(":")
+    if kind == "wordnet":
+        from augment.taxonomy.wordnet import expand_synset
+
+        concepts = expand_synset(argument, depth=depth, leaves=leaves, exclude=exclude)
+    else:
+        if depth is not None or leaves:
+            raise TaxonomyError(
+                f"taxonomy '{source}': depth and leaves apply to wordnet:<synset> sources only"
+            )
+        if kind == "coco":
+            concepts = coco_concepts(argument or None)
+        else:
+            concepts = load_list_file(resolve_list_file(source, base_dir))
+        concepts = [c for c in concepts if c.id not in exclude and c.name not in exclude]
     if max_concepts is not None:
         concepts = concepts[:max_concepts]
     if not concepts:
-        raise TaxonomyError(f"taxonomy '{source}' expands to no concepts; add concepts or widen it")
+        raise TaxonomyError(
+            f"taxonomy '{source}' expands to no concepts; widen it (depth, leaves, exclude) "
+            "or pick another source"
+        )
     return concepts

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,6 @@ class Concept:
     scientific_name: str = ""
     aliases: tuple[str, ...] = ()
     supercategory: str = ""
-    extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def hypernym(self) -> str:

@@ -1,0 +1,176 @@
+"""Concepts from a WordNet subtree: ``wordnet:weed.n.01``.
+
+WordNet 3.0 comes from Debian's `wordnet-base` (and `wordnet-sense-index`) packages. nltk's
+reader is used where ``NLTK_DATA`` (or nltk's default paths) already holds ``corpora/wordnet``;
+otherwise `augment` prepares its own copy from Debian's files: copied (nltk refuses symlinks out
+of its data folder), plus the ``lexnames`` index that Debian does not ship.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+from augment.cache import cache_dir
+from augment.errors import TaxonomyError
+from augment.taxonomy.concept import Concept
+
+DEBIAN_WORDNET = Path("/usr/share/wordnet")
+INSTALL_HINT = (
+    "install WordNet 3.0 with `sudo apt-get install wordnet-base wordnet-sense-index` "
+    "(make install does it), or set NLTK_DATA to a folder holding corpora/wordnet"
+)
+
+#: WordNet's lexicographer files, in file-number order (lexnames(5WN)), with their part of
+#: speech (1 noun, 2 verb, 3 adjective, 4 adverb).
+LEXNAMES = (
+    ("adj.all", 3), ("adj.pert", 3), ("adv.all", 4), ("noun.Tops", 1), ("noun.act", 1),
+    ("noun.animal", 1), ("noun.artifact", 1), ("noun.attribute", 1), ("noun.body", 1),
+    ("noun.cognition", 1), ("noun.communication", 1), ("noun.event", 1), ("noun.feeling", 1),
+    ("noun.food", 1), ("noun.group", 1), ("noun.location", 1), ("noun.motive", 1),
+    ("noun.object", 1), ("noun.person", 1), ("noun.phenomenon", 1), ("noun.plant", 1),
+    ("noun.possession", 1), ("noun.process", 1), ("noun.quantity", 1), ("noun.relation", 1),
+    ("noun.shape", 1), ("noun.state", 1), ("noun.substance", 1), ("noun.time", 1),
+    ("verb.body", 2), ("verb.change", 2), ("verb.cognition", 2), ("verb.communication", 2),
+    ("verb.competition", 2), ("verb.consumption", 2), ("verb.contact", 2), ("verb.creation", 2),
+    ("verb.emotion", 2), ("verb.motion", 2), ("verb.perception", 2), ("verb.possession", 2),
+    ("verb.social", 2), ("verb.stative", 2), ("verb.weather", 2), ("adj.ppl", 3),
+)  # fmt: skip
+
+SYNSET_NAME = re.compile(r"^(?P<lemma>.+)\.(?P<pos>[nvasr])\.(?P<sense>\d+)$")
+
+
+def lexnames_text() -> str:
+    return "".join(f"{i:02d}\t{name}\t{pos}\n" for i, (name, pos) in enumerate(LEXNAMES))
+
+
+def prepare_wordnet_copy(target: Path, source: Path = DEBIAN_WORDNET) -> Path:
+    """Copy Debian's WordNet files into `target` (an nltk corpora/wordnet folder), atomically."""
+    if (target / "lexnames").is_file():
+        return target
+    if not (source / "data.noun").is_file():
+        raise TaxonomyError(f"WordNet 3.0 not found (no {source / 'data.noun'}): {INSTALL_HINT}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".wordnet.", dir=target.parent))
+    try:
+        for path in source.iterdir():
+            if path.is_file():
+                shutil.copyfile(path, tmp / path.name)
+        (tmp / "lexnames").write_text(lexnames_text())
+        tmp.rename(target)
+    except OSError:
+        if not (target / "lexnames").is_file():  # a concurrent copy may have won the rename
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def wordnet_root():
+    """nltk's own WordNet when it has one, else our prepared copy of Debian's files."""
+    import nltk
+
+    try:
+        return nltk.data.find("corpora/wordnet")
+    except LookupError:
+        data_dir = cache_dir() / "nltk_data"
+        prepare_wordnet_copy(data_dir / "corpora" / "wordnet")
+        if str(data_dir) not in nltk.data.path:
+            nltk.data.path.append(str(data_dir))  # nltk reads corpora only under its paths
+        return nltk.data.find("corpora/wordnet")
+
+
+@functools.cache
+def wordnet():
+    """The WordNet reader, loaded once per process (the first load takes seconds)."""
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+    try:
+        with warnings.catch_warnings():  # "multilingual functions are not available": fine
+            warnings.simplefilter("ignore", UserWarning)
+            return WordNetCorpusReader(wordnet_root(), None)
+    except OSError as exc:
+        raise TaxonomyError(f"WordNet could not be read ({exc}): {INSTALL_HINT}") from None
+
+
+def lookup_synset(name: str):
+    """The synset called `name`, or an error that suggests close, existing names."""
+    from nltk.corpus.reader.wordnet import WordNetError
+
+    match = SYNSET_NAME.match(name)
+    if not match:
+        raise TaxonomyError(
+            f"'{name}' is not a synset name: use lemma.pos.NN, e.g. wordnet:weed.n.01"
+        )
+    wn = wordnet()
+    try:
+        return wn.synset(name)
+    except WordNetError:
+        pass
+    lemma, pos = match["lemma"], match["pos"]
+    close = difflib.get_close_matches(lemma, list(wn.all_lemma_names(pos=pos)), n=3, cutoff=0.6)
+    names = [s.name() for word in close for s in wn.synsets(word, pos=pos)]
+    suggestions = list(dict.fromkeys(names))[:6]
+    hint = f"; did you mean {', '.join(suggestions)}?" if suggestions else ""
+    raise TaxonomyError(f"unknown WordNet synset '{name}'{hint}")
+
+
+#: 'Alternanthera philoxeroides': a binomial among a plant's or animal's lemma names.
+BINOMIAL = re.compile(r"^[A-Z][a-z]+ [a-z]+$")
+
+
+def concept_from_synset(synset, category_id: int, path: tuple[str, ...]) -> Concept:
+    lemmas = [lemma.replace("_", " ") for lemma in synset.lemma_names()]
+    binomials = [lemma for lemma in lemmas[1:] if BINOMIAL.match(lemma)]
+    return Concept(
+        id=synset.name(),
+        name=lemmas[0],
+        category_id=category_id,
+        synset=synset.name(),
+        definition=synset.definition(),
+        hypernyms=path,
+        scientific_name=binomials[0] if binomials else "",
+        aliases=tuple(lemma for lemma in lemmas[1:] if lemma not in binomials),
+        supercategory=path[-1] if path else "",
+    )
+
+
+def expand_synset(
+    name: str,
+    depth: int | None = None,
+    leaves: bool = False,
+    exclude: tuple[str, ...] = (),
+) -> list[Concept]:
+    """The synsets below `name` (hyponyms, depth-first, children by name), as concepts.
+
+    `depth` 1 keeps direct hyponyms; `leaves` keeps synsets without hyponyms; `exclude` drops
+    synsets and their subtrees. Each concept's hypernym path runs from WordNet's root through
+    the expansion to its parent, so per-node results follow the tree shown.
+    """
+    root = lookup_synset(name)
+    excluded = {lookup_synset(e).name() for e in exclude}
+    root_path = tuple(s.name() for s in root.hypernym_paths()[0])
+    found: list[tuple[object, tuple[str, ...]]] = []
+    seen: set[str] = set()
+
+    def visit(synset, path: tuple[str, ...], level: int) -> None:
+        for child in sorted(synset.hyponyms(), key=lambda s: s.name()):
+            if child.name() in excluded or child.name() in seen:
+                continue
+            seen.add(child.name())
+            is_leaf = not child.hyponyms()
+            if not leaves or is_leaf:
+                found.append((child, path))
+            if depth is None or level < depth:
+                visit(child, (*path, child.name()), level + 1)
+
+    visit(root, root_path, 1)
+    return [
+        concept_from_synset(synset, index, path)
+        for index, (synset, path) in enumerate(found, start=1)
+    ]

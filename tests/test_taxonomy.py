@@ -1,0 +1,143 @@
+"""Concept sources: WordNet subtrees, COCO categories, list files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from augment.errors import TaxonomyError
+from augment.taxonomy import load_concepts
+from augment.taxonomy.listfile import load_list_file
+from augment.taxonomy.wordnet import lookup_synset, prepare_wordnet_copy
+
+AUGMENT = str(Path(sys.executable).parent / "augment")
+
+
+def show_json(*args: str) -> list[dict]:
+    result = subprocess.run(
+        [AUGMENT, "taxonomy", "show", *args, "--json"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_cli_lists_the_synsets_below_weed():
+    concepts = show_json("wordnet:weed.n.01")
+    assert len(concepts) == 54
+    assert len({c["synset"] for c in concepts}) == 54
+    assert {"id", "name", "synset", "definition", "category_id"} <= set(concepts[0])
+    assert [c["category_id"] for c in concepts] == list(range(1, 55))
+
+
+def test_depth_and_leaves_filter_the_weed_subtree():
+    direct = load_concepts("wordnet:weed.n.01", depth=1)
+    leaves = load_concepts("wordnet:weed.n.01", leaves=True)
+    assert (len(direct), len(leaves)) == (27, 46)
+    assert all(c.hypernyms[-1] == "weed.n.01" for c in direct)
+    assert all(c.hypernyms[0] == "entity.n.01" for c in direct)
+    assert all(not lookup_synset(c.synset).hyponyms() for c in leaves)
+
+
+def test_concepts_carry_names_definitions_and_binomials():
+    (concept,) = [c for c in load_concepts("wordnet:weed.n.01") if c.id == "alligator_weed.n.01"]
+    assert concept.name == "alligator weed"
+    assert concept.definition.startswith("prolific South American aquatic weed")
+    assert concept.scientific_name == "Alternanthera philoxeroides"
+    assert concept.aliases == ("alligator grass",)
+
+
+def test_exclude_drops_a_synset_and_its_subtree():
+    everything = load_concepts("wordnet:weed.n.01")
+    nettles = [c for c in everything if "nettle.n.01" in c.hypernyms]
+    kept = load_concepts("wordnet:weed.n.01", exclude=("nettle.n.01",))
+    assert nettles and len(kept) == len(everything) - 1 - len(nettles)
+    assert not any("nettle.n.01" in c.hypernyms for c in kept)
+
+
+def test_misspelt_synset_suggests_close_matches():
+    with pytest.raises(TaxonomyError, match=r"unknown WordNet synset 'weeed.n.01'; did you mean"):
+        load_concepts("wordnet:weeed.n.01")
+    with pytest.raises(TaxonomyError, match="weed.n.01"):
+        load_concepts("wordnet:weeed.n.01")
+    with pytest.raises(TaxonomyError, match="use lemma.pos.NN"):
+        load_concepts("wordnet:weed")
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [("wordnet:weeed.n.01", "did you mean weed.n.01"), ("wordnet:seven.n.01", "no concepts")],
+)
+def test_cli_taxonomy_errors_exit_2_with_one_line(source, expected):
+    result = subprocess.run([AUGMENT, "taxonomy", "show", source], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr
+
+
+def test_wordnet_copy_is_prepared_from_debian_files(tmp_path: Path):
+    source = tmp_path / "debian"
+    source.mkdir()
+    (source / "data.noun").write_text("x")
+    (source / "index.noun").write_text("y")
+    target = prepare_wordnet_copy(tmp_path / "nltk" / "corpora" / "wordnet", source)
+    assert (target / "data.noun").read_text() == "x" and not (target / "data.noun").is_symlink()
+    lexnames = (target / "lexnames").read_text().splitlines()
+    assert len(lexnames) == 45
+    assert lexnames[3] == "03\tnoun.Tops\t1" and lexnames[44] == "44\tadj.ppl\t3"
+
+
+def test_missing_wordnet_says_how_to_install(tmp_path: Path):
+    with pytest.raises(TaxonomyError, match="apt-get install wordnet-base wordnet-sense-index"):
+        prepare_wordnet_copy(tmp_path / "wordnet", tmp_path / "no-such-dir")
+
+
+def test_coco_has_80_categories_with_official_ids():
+    concepts = show_json("coco")
+    assert len(concepts) == 80
+    ids = [c["category_id"] for c in concepts]
+    assert (min(ids), max(ids), len(set(ids))) == (1, 90, 80)
+    assert 12 not in ids and 26 not in ids  # the gaps in COCO's numbering
+    assert len({c["supercategory"] for c in concepts}) == 12
+    by_id = {c["category_id"]: c["name"] for c in concepts}
+    assert (by_id[1], by_id[10], by_id[90]) == ("person", "traffic light", "toothbrush")
+
+
+def test_coco_supercategory_filter():
+    vehicles = load_concepts("coco:vehicle")
+    assert [c.name for c in vehicles] == [
+        "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    ]  # fmt: skip
+    with pytest.raises(TaxonomyError, match="unknown COCO supercategory 'vehicles'; known:"):
+        load_concepts("coco:vehicles")
+
+
+def test_shipped_synsets_exist_in_wordnet():
+    for source in ("coco", "weeds", "digits"):
+        for concept in load_concepts(source):
+            if concept.synset:
+                assert lookup_synset(concept.synset).definition()
+
+
+def test_weeds_list_has_both_datasets_with_scientific_names():
+    weeds = load_concepts("weeds")
+    by_dataset = {
+        s: [w for w in weeds if w.supercategory == s] for s in {"deepweeds", "cottonweedid15"}
+    }
+    assert (len(by_dataset["deepweeds"]), len(by_dataset["cottonweedid15"])) == (8, 15)
+    assert all(w.scientific_name for w in weeds)
+    assert {w.name for w in weeds} >= {"lantana", "parthenium", "palmer amaranth", "waterhemp"}
+
+
+def test_list_file_errors_name_the_problem(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("concepts:\n  - name: a\n    colour: red\n")
+    with pytest.raises(TaxonomyError, match=r"concept 'a' has unknown key\(s\) \['colour'\]"):
+        load_list_file(bad)
+    bad.write_text("concepts:\n  - name: a\n  - name: A\n")
+    with pytest.raises(TaxonomyError, match="two concepts share id 'a'"):
+        load_list_file(bad)
+    with pytest.raises(TaxonomyError, match="not found: give wordnet:<synset>"):
+        load_concepts("no-such-list")
