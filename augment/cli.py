@@ -58,6 +58,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from augment.plan import write_plan
 
     spec = load_job(args)
+    quiet_libraries()
     items = plan_for(spec, base_dir=args.job.parent)
     counts = Counter(item.concept_name for item in items)
     table = Table("concept", "items")
@@ -69,6 +70,52 @@ def cmd_plan(args: argparse.Namespace) -> int:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         write_plan(items, args.output)
         out.print(f"plan written to {args.output}")
+    return 0
+
+
+def cmd_prompts(args: argparse.Namespace) -> int:
+    from augment.job import concepts_for, prompts_for
+
+    spec = load_job(args)
+    quiet_libraries()
+    prompts = prompts_for(spec, concepts_for(spec, args.job.parent), args.job.parent)
+    shown = prompts[: args.limit] if args.limit else prompts
+    table = Table("concept", "variant", "prompt")
+    for prompt in shown:
+        table.add_row(prompt.concept.name, str(prompt.variant), prompt.text)
+    out.print(table)
+    out.print(f"negative prompt: {spec.prompts.negative_prompt!r}")
+    out.print(f"{len(shown)} of {len(prompts)} prompts shown")
+    return 0
+
+
+def cmd_taxonomy_show(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.tree import Tree
+
+    from augment.taxonomy import load_concepts
+
+    concepts = load_concepts(
+        args.source,
+        max_concepts=args.max,
+        depth=args.depth,
+        leaves=args.leaves,
+        exclude=tuple(args.exclude),
+    )
+    if args.json:
+        print(json.dumps([c.to_dict() for c in concepts], indent=1))
+        return 0
+    root = Tree(f"[bold]{args.source}[/]")
+    nodes: dict[str, Tree] = {}
+    for concept in concepts:
+        parent_key = concept.hypernyms[-1] if concept.hypernyms else concept.supercategory
+        if parent_key not in nodes:
+            nodes[parent_key] = root if concept.hypernyms else root.add(parent_key)
+        label = f"{concept.name} [dim]({concept.synset or concept.id}, id {concept.category_id})"
+        nodes[concept.synset or concept.id] = nodes[parent_key].add(label)
+    out.print(root)
+    out.print(f"{len(concepts)} concepts")
     return 0
 
 
@@ -104,6 +151,37 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_overrides(plan)
     plan.add_argument("-o", "--output", type=Path, help="write the plan as Parquet here")
     plan.set_defaults(func=cmd_plan)
+
+    prompts = commands.add_parser(
+        "prompts",
+        help="preview a job's prompts",
+        description="Fill the job's templates for each concept and show the prompts, checked "
+        "against the model's text encoder length when the model is available.",
+        epilog="example: augment prompts jobs/wordnet-definitions.yaml --limit 10",
+    )
+    add_job_overrides(prompts)
+    prompts.set_defaults(func=cmd_prompts)
+
+    taxonomy = commands.add_parser(
+        "taxonomy", help="inspect concept sources", description="Inspect concept sources."
+    )
+    taxonomy_commands = taxonomy.add_subparsers(dest="taxonomy_command", required=True)
+    show = taxonomy_commands.add_parser(
+        "show",
+        help="expand a source into concepts and print them as a tree or JSON",
+        description="Expand a concept source: wordnet:<synset>, coco, coco:<supercategory>, "
+        "or a list file (path or shipped name: digits, weeds).",
+        epilog="example: augment taxonomy show wordnet:weed.n.01 --depth 1 --json",
+    )
+    show.add_argument("source", help="wordnet:<synset> | coco[:<supercategory>] | list file")
+    show.add_argument("--depth", type=int, help="wordnet: levels below the root to keep")
+    show.add_argument(
+        "--leaves", action="store_true", help="wordnet: only synsets without hyponyms"
+    )
+    show.add_argument("--exclude", action="append", default=[], help="drop a synset or concept id")
+    show.add_argument("--max", type=int, help="keep the first N concepts")
+    show.add_argument("--json", action="store_true", help="print a JSON array of concepts")
+    show.set_defaults(func=cmd_taxonomy_show)
     return parser
 
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from augment.errors import SpecError
 from augment.generate.pipelines import SCHEDULERS
+from augment.prompts import DEFAULT_NEGATIVE
 
 Mode = Literal["txt2img"]
 DType = Literal["float32", "float16", "bfloat16"]
@@ -36,13 +37,22 @@ class TaxonomySpec(StrictModel):
         description="Where concepts come from: a list file (taxonomies/digits.yaml or 'digits'), "
         "'wordnet:<synset>', 'coco' or 'coco:<supercategory>'."
     )
+    depth: int | None = Field(default=None, ge=1, description="wordnet: levels below the root")
+    leaves: bool = Field(default=False, description="wordnet: keep only synsets without hyponyms")
+    exclude: list[str] = Field(default=[], description="synsets or concept ids to drop")
     max_concepts: int | None = Field(default=None, ge=1)
 
 
 class PromptSpec(StrictModel):
     templates: list[str] = Field(default=["a photo of a {name}"], min_length=1)
-    negative_prompt: str = "bad anatomy, deformed, blurry, lowres, watermark, text"
+    attributes: dict[str, list[str]] = Field(
+        default={}, description="values for attribute slots: {viewpoint: [front view, ...]}"
+    )
+    combine: Literal["sample", "exhaustive"] = "sample"
+    negative_prompt: str = DEFAULT_NEGATIVE
     images_per_concept: int = Field(default=4, ge=1)
+    max_tokens: int = Field(default=77, ge=3, description="the text encoder's context length")
+    on_long_prompt: Literal["error", "truncate"] = "error"
 
     @field_validator("templates")
     @classmethod

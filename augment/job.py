@@ -8,6 +8,7 @@ rewritten, a rerun skips item_ids already committed, and a spec that changed is 
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import shutil
 import time
@@ -19,12 +20,14 @@ from pathlib import Path
 import yaml
 
 from augment.config import JobSpec
-from augment.errors import OutputError
-from augment.generate.pipelines import resolve_model
+from augment.errors import ModelError, OutputError
+from augment.generate.pipelines import load_tokenizer, resolve_model
 from augment.plan import WorkItem, build_plan, write_plan
-from augment.prompts import build_prompts
+from augment.prompts import Prompt, build_prompts, enforce_token_limit
 from augment.sinks import parquet
 from augment.taxonomy import Concept, load_concepts
+
+log = logging.getLogger(__name__)
 
 PACKAGES = ("augment", "torch", "diffusers", "transformers", "pyarrow", "ray")
 
@@ -41,15 +44,45 @@ class RunResult:
 
 
 def concepts_for(spec: JobSpec, base_dir: Path | None) -> list[Concept]:
-    return load_concepts(spec.taxonomy.source, base_dir, spec.taxonomy.max_concepts)
+    t = spec.taxonomy
+    return load_concepts(t.source, base_dir, t.max_concepts, t.depth, t.leaves, tuple(t.exclude))
 
 
-def plan_for(spec: JobSpec, base_dir: Path | None = None) -> list[WorkItem]:
-    """The work items of a spec: concepts x templates x images_per_concept, then --limit."""
-    concepts = concepts_for(spec, base_dir)
+def tokenizer_for(spec: JobSpec, base_dir: Path | None):
+    """The model's tokenizer, or None (with a warning) when the model is not here."""
+    try:
+        return load_tokenizer(spec.generation.model, base_dir)
+    except ModelError as exc:
+        log.warning("prompt lengths not checked: %s", exc)
+        return None
+
+
+def prompts_for(
+    spec: JobSpec, concepts: list[Concept], base_dir: Path | None = None
+) -> list[Prompt]:
+    """The job's prompts, checked against the model's text encoder length when it is here."""
     p = spec.prompts
-    prompts = build_prompts(concepts, p.templates, p.negative_prompt, p.images_per_concept)
-    items = build_plan(spec.name, spec.seed, prompts)
+    prompts = build_prompts(
+        concepts,
+        p.templates,
+        p.negative_prompt,
+        p.images_per_concept,
+        p.attributes,
+        p.combine,
+    )
+    tokenizer = tokenizer_for(spec, base_dir)
+    if tokenizer is not None:
+        prompts = enforce_token_limit(prompts, tokenizer, p.max_tokens, p.on_long_prompt)
+    return prompts
+
+
+def plan_for(
+    spec: JobSpec, base_dir: Path | None = None, concepts: list[Concept] | None = None
+) -> list[WorkItem]:
+    """The work items of a spec: concepts x templates x images_per_concept, then --limit."""
+    if concepts is None:
+        concepts = concepts_for(spec, base_dir)
+    items = build_plan(spec.name, spec.seed, prompts_for(spec, concepts, base_dir))
     return limit_plan(items, spec.limit)
 
 
@@ -167,9 +200,9 @@ def run_job(spec: JobSpec, base_dir: Path | None = None, force: bool = False) ->
     """Run (or resume) a job; returns what was done and where the outputs are."""
     started = time.perf_counter()
     out_dir = Path(spec.output.dir)
-    concepts = concepts_for(spec, base_dir)
-    items = plan_for(spec, base_dir)
     resolve_model(spec.generation.model, base_dir)  # fail before touching OUT
+    concepts = concepts_for(spec, base_dir)
+    items = plan_for(spec, base_dir, concepts)
     prepare_output(out_dir, spec, force)
     write_plan(items, out_dir / "plan.parquet")
     parquet.remove_temp_files(out_dir / "shards")

@@ -1,20 +1,38 @@
-"""Prompts: templates filled with concept fields.
+"""Prompts: templates x attributes x negatives.
 
-A template is a Python format string over the concept's fields: ``{name}``, ``{definition}``,
-``{hypernym}``, ``{scientific_name}``, ``{supercategory}``. Each concept gets
-``images_per_concept`` prompts, cycling through the templates, so changing one template changes
-only the items rendered from it.
+A template is a format string over concept fields (``{name}``, ``{definition}``,
+``{hypernym}``, ``{scientific_name}``, ``{supercategory}``, ``{synset}``) and attribute slots
+(``{viewpoint}``, ``{lighting}``, ``{background}`` or any slot the spec lists). Each concept gets
+``images_per_concept`` prompts. With ``combine: exhaustive`` they cycle through every
+(template, attribute combination); with ``combine: sample`` variant *v* uses template
+``v mod T`` and attribute values drawn from a hash of (concept, variant, slot), so the choice is
+deterministic and changing one template changes only the items rendered from it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import logging
 import string
 from dataclasses import dataclass
 
 from augment.errors import SpecError
 from augment.taxonomy.concept import Concept
 
+log = logging.getLogger(__name__)
+
 FIELDS = ("name", "definition", "hypernym", "scientific_name", "supercategory", "synset")
+
+#: Values for the common attribute slots, used when a template names a slot the spec omits.
+DEFAULT_ATTRIBUTES: dict[str, list[str]] = {
+    "viewpoint": ["front view", "side view", "top-down view", "close-up", "wide shot"],
+    "lighting": ["daylight", "overcast light", "golden hour light", "studio lighting"],
+    "background": ["plain background", "natural background", "cluttered background"],
+}
+
+#: The default negative prompt, in the spirit of the seed article ("bad anatomy, bad hands").
+DEFAULT_NEGATIVE = "bad anatomy, deformed, blurry, lowres, watermark, text"
 
 
 @dataclass(frozen=True)
@@ -25,27 +43,38 @@ class Prompt:
     variant: int
 
 
-def template_fields(template: str) -> list[str]:
+def template_slots(template: str) -> list[str]:
     """The placeholder names a template uses ('a {name} on {background}' -> [name, background])."""
     try:
         return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as exc:
-        raise SpecError(f"prompt template {template!r} is malformed: {exc}") from None
+        raise SpecError(f"prompts.templates: {template!r} is malformed: {exc}") from None
 
 
-def check_templates(templates: list[str]) -> None:
-    """Every placeholder must be a known concept field; say which one is not."""
+def attribute_values(templates: list[str], attributes: dict[str, list[str]]) -> dict[str, list]:
+    """The values of every attribute slot the templates use; unknown slots are errors."""
+    known = {**DEFAULT_ATTRIBUTES, **attributes}
+    used: dict[str, list[str]] = {}
     for template in templates:
-        for placeholder in template_fields(template):
-            if placeholder not in FIELDS:
+        for slot in template_slots(template):
+            if slot in FIELDS:
+                continue
+            if slot == "":
+                raise SpecError(f"prompts.templates: {template!r} has an empty {{}} placeholder")
+            if slot not in known:
                 raise SpecError(
-                    f"prompts.templates: unknown placeholder {{{placeholder}}} in {template!r}; "
-                    f"known: {', '.join('{' + f + '}' for f in FIELDS)}"
+                    f"prompts.templates: unknown placeholder {{{slot}}} in {template!r}; concept "
+                    f"fields are {', '.join('{' + f + '}' for f in FIELDS)}; add attribute "
+                    f"slots under prompts.attributes"
                 )
+            if not known[slot]:
+                raise SpecError(f"prompts.attributes.{slot}: needs at least one value")
+            used[slot] = list(known[slot])
+    return used
 
 
-def fill_template(template: str, concept: Concept) -> str:
-    values = {
+def concept_values(concept: Concept) -> dict[str, str]:
+    return {
         "name": concept.name,
         "definition": concept.definition,
         "hypernym": concept.hypernym,
@@ -53,16 +82,96 @@ def fill_template(template: str, concept: Concept) -> str:
         "supercategory": concept.supercategory,
         "synset": concept.synset or "",
     }
+
+
+def fill(template: str, values: dict[str, str]) -> str:
     return " ".join(template.format(**values).split())
 
 
+def pick(values: list[str], *key: object) -> str:
+    """A deterministic choice from `values`, keyed by `key` (no RNG state to carry)."""
+    digest = hashlib.sha256(repr(key).encode()).digest()
+    return values[int.from_bytes(digest[:8], "big") % len(values)]
+
+
+def exhaustive_choices(templates: list[str], slots: dict[str, list[str]]) -> list[tuple]:
+    """Every (template, {slot: value}) pair, templates in order, then slot values in order."""
+    choices = []
+    for template in templates:
+        names = [s for s in dict.fromkeys(template_slots(template)) if s in slots]
+        for combo in itertools.product(*(slots[n] for n in names)):
+            choices.append((template, dict(zip(names, combo, strict=True))))
+    return choices
+
+
 def build_prompts(
-    concepts: list[Concept], templates: list[str], negative: str, images_per_concept: int
+    concepts: list[Concept],
+    templates: list[str],
+    negative: str,
+    images_per_concept: int,
+    attributes: dict[str, list[str]] | None = None,
+    combine: str = "sample",
 ) -> list[Prompt]:
-    """One Prompt per image to render, concept by concept, variants cycling templates."""
-    check_templates(templates)
-    return [
-        Prompt(concept, fill_template(templates[v % len(templates)], concept), negative, v)
-        for concept in concepts
-        for v in range(images_per_concept)
-    ]
+    """One Prompt per image to render, concept by concept."""
+    slots = attribute_values(templates, attributes or {})
+    choices = exhaustive_choices(templates, slots) if combine == "exhaustive" else None
+    prompts = []
+    for concept in concepts:
+        values = concept_values(concept)
+        for variant in range(images_per_concept):
+            if choices is not None:
+                template, chosen = choices[variant % len(choices)]
+            else:
+                template = templates[variant % len(templates)]
+                chosen = {
+                    slot: pick(slots[slot], concept.id, variant, slot)
+                    for slot in template_slots(template)
+                    if slot in slots
+                }
+            text = fill(template, {**values, **chosen})
+            prompts.append(Prompt(concept, text, negative, variant))
+    return prompts
+
+
+def token_count(tokenizer, text: str) -> int:
+    """Tokens the text encoder sees, start and end tokens included."""
+    return len(tokenizer(text, truncation=False).input_ids)
+
+
+def truncate_to_tokens(tokenizer, text: str, max_tokens: int) -> str:
+    """Drop whole words from the end until the prompt fits the text encoder."""
+    words = text.split()
+    while len(words) > 1 and token_count(tokenizer, " ".join(words)) > max_tokens:
+        words.pop()
+    return " ".join(words)
+
+
+def enforce_token_limit(
+    prompts: list[Prompt], tokenizer, max_tokens: int, on_long: str
+) -> list[Prompt]:
+    """Check every prompt against the text encoder's length; error or truncate, as the job says.
+
+    Text past the limit would be cut silently by the pipeline, so a record's prompt would lie
+    about what the model saw. Here a long prompt is either an error naming it and its token
+    count, or truncated (whole words) before it enters the plan.
+    """
+    counts = {text: token_count(tokenizer, text) for text in {p.text for p in prompts}}
+    for negative in {p.negative for p in prompts}:
+        if token_count(tokenizer, negative) > max_tokens:
+            raise SpecError(
+                f"prompts.negative_prompt has {token_count(tokenizer, negative)} tokens, more "
+                f"than the text encoder's {max_tokens}; shorten it"
+            )
+    long = {text: n for text, n in counts.items() if n > max_tokens}
+    if not long:
+        return prompts
+    if on_long == "error":
+        text, n = max(long.items(), key=lambda kv: kv[1])
+        raise SpecError(
+            f"{len(long)} prompt(s) exceed the text encoder's {max_tokens} tokens, e.g. {n} "
+            f"tokens: {text[:80]!r}...; shorten the templates or set "
+            "prompts.on_long_prompt: truncate"
+        )
+    log.warning("%d prompt(s) truncated to %d tokens", len(long), max_tokens)
+    short = {text: truncate_to_tokens(tokenizer, text, max_tokens) for text in long}
+    return [Prompt(p.concept, short.get(p.text, p.text), p.negative, p.variant) for p in prompts]

@@ -1,0 +1,94 @@
+"""Templates, attributes, negative prompts and the text encoder's length limit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from augment.errors import SpecError
+from augment.generate.tiny import build_tokenizer
+from augment.prompts import build_prompts, enforce_token_limit, token_count
+from augment.taxonomy import load_concepts
+
+
+@pytest.fixture(scope="module")
+def weeds():
+    return load_concepts("weeds", max_concepts=2)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return build_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+def test_concept_fields_fill_the_template(weeds):
+    (prompt,) = build_prompts(weeds[:1], ["{name} ({scientific_name}), {supercategory}"], "", 1)
+    assert prompt.text == "chinee apple (Ziziphus mauritiana), deepweeds"
+
+
+def test_unknown_placeholder_is_an_error_that_lists_the_fields(weeds):
+    with pytest.raises(SpecError, match=r"unknown placeholder \{colour\}.*\{name\}"):
+        build_prompts(weeds, ["a {colour} {name}"], "", 1)
+
+
+def test_exhaustive_combines_every_attribute_value(weeds):
+    attributes = {"viewpoint": ["top", "side"], "lighting": ["day", "night", "dusk"]}
+    prompts = build_prompts(
+        weeds, ["{name}, {viewpoint}, {lighting}"], "", 6, attributes, "exhaustive"
+    )
+    texts = [p.text for p in prompts if p.concept == weeds[0]]
+    assert len(set(texts)) == 6
+    assert texts[0] == "chinee apple, top, day" and texts[-1] == "chinee apple, side, dusk"
+
+
+def test_sampled_attributes_are_deterministic_and_from_the_lists(weeds):
+    attributes = {"viewpoint": ["top", "side", "close"]}
+    first = build_prompts(weeds, ["{name}, {viewpoint}, {lighting}"], "neg", 12, attributes)
+    second = build_prompts(weeds, ["{name}, {viewpoint}, {lighting}"], "neg", 12, attributes)
+    assert [p.text for p in first] == [p.text for p in second]
+    viewpoints = {p.text.split(", ")[1] for p in first}
+    assert viewpoints <= {"top", "side", "close"} and len(viewpoints) > 1
+    assert all(p.negative == "neg" for p in first)
+    lighting = {p.text.split(", ")[2] for p in first}  # a default slot, no list in the spec
+    assert lighting <= {"daylight", "overcast light", "golden hour light", "studio lighting"}
+
+
+def test_long_prompts_error_with_the_token_count(weeds, tokenizer):
+    prompts = build_prompts(weeds, ["{name} " + "photo " * 80], "", 1)
+    count = token_count(tokenizer, prompts[0].text)
+    with pytest.raises(
+        SpecError, match=rf"exceed the text encoder's 77 tokens, e.g. {count} tokens"
+    ):
+        enforce_token_limit(prompts, tokenizer, 77, "error")
+
+
+def test_long_prompts_truncate_to_fit(weeds, tokenizer):
+    prompts = build_prompts(weeds, ["{name}, {definition} " + "photo " * 80], "", 1)
+    short = enforce_token_limit(prompts, tokenizer, 77, "truncate")
+    for before, after in zip(prompts, short, strict=True):
+        assert token_count(tokenizer, after.text) <= 77 < token_count(tokenizer, before.text)
+        assert before.text.startswith(after.text)
+
+
+def test_short_prompts_pass_unchanged(weeds, tokenizer):
+    prompts = build_prompts(weeds, ["a photo of {name}"], "blurry", 2)
+    assert enforce_token_limit(prompts, tokenizer, 77, "error") == prompts
+
+
+def test_negative_prompt_too_long_is_an_error(weeds, tokenizer):
+    prompts = build_prompts(weeds, ["{name}"], "blurry " * 90, 1)
+    with pytest.raises(SpecError, match="negative_prompt has .* tokens"):
+        enforce_token_limit(prompts, tokenizer, 77, "truncate")
+
+
+def test_shipped_jobs_plan_offline_and_stably(tmp_path: Path):
+    from augment.config import load_spec
+    from augment.job import plan_for
+
+    repo = Path(__file__).resolve().parents[1]
+    for job in ("coco-txt2img", "weeds-txt2img", "wordnet-definitions", "demo"):
+        spec = load_spec(repo / "jobs" / f"{job}.yaml")
+        first, second = plan_for(spec), plan_for(spec)
+        assert [(i.item_id, i.seed) for i in first] == [(i.item_id, i.seed) for i in second]
+        assert len({i.item_id for i in first}) == len(first) > 0
