@@ -35,21 +35,69 @@ def load_job(args: argparse.Namespace):
     return load_spec(args.job, overrides)
 
 
+def print_outputs(outputs: dict[str, Path]) -> None:
+    """Where each output went: whole paths, never cut, so they can be copied."""
+    for name, path in outputs.items():
+        out.print(f"  {name:<11} {path}", soft_wrap=True, highlight=False)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from augment.job import run_job
+    from augment.job import RunOptions, run_job
 
     spec = load_job(args)
     quiet_libraries()
+    options = RunOptions(
+        distributor=args.distributor,
+        workers=args.workers,
+        address=args.address,
+        retries=args.retries,
+        force=args.force,
+    )
     out.print(f"[bold]{spec.name}[/]: {spec.generation.mode} with {spec.generation.model}")
-    result = run_job(spec, base_dir=args.job.parent, force=args.force)
+    result = run_job(spec, base_dir=args.job.parent, options=options)
     out.print(
         f"{result.rendered} images rendered, {result.skipped} already done, "
-        f"{result.flagged} flagged, of {result.planned} planned, in {result.seconds:.1f} s"
+        f"{result.flagged} flagged, {result.failed} failed, of {result.planned} planned, "
+        f"in {result.seconds:.1f} s"
     )
-    table = Table("output", "path", box=None, show_header=False)
-    for name, path in result.outputs.items():
-        table.add_row(name, str(path))
-    out.print(table)
+    print_outputs(result.outputs)
+    if result.failed:
+        err.print(f"{result.failed} items failed (errors in manifest.json); rerun to retry them")
+        return 1
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from augment.sinks import export
+
+    outputs = export(args.out_dir, args.format, include_flagged=args.include_flagged)
+    print_outputs(outputs)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from augment.distribute import submit_job
+
+    spec = load_job(args)
+    job_id = submit_job(spec, args.job, args.address, args.workers)
+    out.print(f"submitted {job_id} to {args.address}; outputs go to {spec.output.dir}")
+    out.print(f"follow it: augment status {job_id} --address {args.address}")
+    out.print(f"           augment logs {job_id} --address {args.address} --follow")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from augment.distribute import job_status
+
+    out.print(f"{args.job_id}: {job_status(args.job_id, args.address)}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from augment.distribute import job_logs
+
+    for chunk in job_logs(args.job_id, args.address, follow=args.follow):
+        print(chunk, end="", flush=True)
     return 0
 
 
@@ -140,7 +188,65 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--force", action="store_true", help="delete a previous run in --out and start over"
     )
+    run.add_argument(
+        "--distributor",
+        choices=("ray", "local"),
+        default="ray",
+        help="ray (default: local Ray, or --address) or local (this process, no Ray)",
+    )
+    run.add_argument("--workers", type=int, help="CPU workers (default: every CPU; GPUs: one each)")
+    run.add_argument(
+        "--address", help="attach to a Ray cluster (default: $RAY_ADDRESS, else local)"
+    )
+    run.add_argument("--retries", type=int, default=2, help="attempts per failing item")
     run.set_defaults(func=cmd_run)
+
+    export = commands.add_parser(
+        "export",
+        help="write COCO / YOLO / ImageFolder exports from a run's shards",
+        description="Derive exports from OUT/shards (flagged images left out unless asked).",
+        epilog="example: augment export out/demo --format coco --format yolo",
+    )
+    export.add_argument("out_dir", type=Path, help="an `augment run` output folder")
+    export.add_argument(
+        "--format",
+        action="append",
+        required=True,
+        choices=("coco", "yolo", "imagefolder"),
+        help="repeat for several",
+    )
+    export.add_argument("--include-flagged", action="store_true", help="keep flagged images")
+    export.set_defaults(func=cmd_export)
+
+    submit = commands.add_parser(
+        "submit",
+        help="submit a job to a Ray cluster (job submission API)",
+        description="Submit `augment run JOB` to a Ray cluster with this project as its "
+        "working_dir. --out must be a folder every node can write (shared storage).",
+        epilog="example: augment submit jobs/coco-txt2img.yaml --address http://head:8265 "
+        "--out /shared/out/coco",
+    )
+    add_job_overrides(submit)
+    submit.add_argument("--address", required=True, help="the head's dashboard, http://HEAD:8265")
+    submit.add_argument("--out", type=Path, help="output folder on shared storage")
+    submit.add_argument("--workers", type=int, help="CPU workers (GPU clusters: one per GPU)")
+    submit.set_defaults(func=cmd_submit)
+
+    for name, func, text in (
+        ("status", cmd_status, "show a submitted job's status"),
+        ("logs", cmd_logs, "print a submitted job's logs"),
+    ):
+        sub = commands.add_parser(
+            name,
+            help=text,
+            description=text[0].upper() + text[1:] + ".",
+            epilog=f"example: augment {name} raysubmit_XXXX --address http://head:8265",
+        )
+        sub.add_argument("job_id", help="the id `augment submit` printed")
+        sub.add_argument("--address", required=True, help="the head's dashboard, http://HEAD:8265")
+        if name == "logs":
+            sub.add_argument("--follow", action="store_true", help="stream until the job ends")
+        sub.set_defaults(func=func)
 
     plan = commands.add_parser(
         "plan",

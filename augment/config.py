@@ -23,7 +23,7 @@ from augment.prompts import DEFAULT_NEGATIVE
 
 Mode = Literal["txt2img"]
 DType = Literal["float32", "float16", "bfloat16"]
-Format = Literal["parquet", "coco"]
+Format = Literal["parquet", "coco", "yolo", "imagefolder"]
 
 
 class StrictModel(BaseModel):
@@ -97,7 +97,7 @@ class GenerationSpec(StrictModel):
 class OutputSpec(StrictModel):
     dir: str = "out"
     formats: list[Format] = ["parquet", "coco"]
-    rows_per_shard: int = Field(default=500, ge=1)
+    rows_per_shard: int = Field(default=100, ge=1, description="images per Parquet shard")
 
 
 class JobSpec(StrictModel):

@@ -24,10 +24,12 @@ from augment.errors import ModelError, OutputError
 from augment.generate.pipelines import load_tokenizer, resolve_model
 from augment.plan import WorkItem, build_plan, write_plan
 from augment.prompts import Prompt, build_prompts, enforce_token_limit
-from augment.sinks import parquet
+from augment.sinks import FLAGS, export, parquet
 from augment.taxonomy import Concept, load_concepts
 
 log = logging.getLogger(__name__)
+
+EXPORT_DIRS = ("coco", "yolo", "imagefolder")
 
 PACKAGES = ("augment", "torch", "diffusers", "transformers", "pyarrow", "ray")
 
@@ -39,6 +41,7 @@ class RunResult:
     skipped: int
     rendered: int
     flagged: int
+    failed: int
     seconds: float
     outputs: dict[str, Path] = field(default_factory=dict)
 
@@ -120,7 +123,7 @@ def prepare_output(out_dir: Path, spec: JobSpec, force: bool) -> None:
                 "start over"
             )
     if force:
-        for name in ("shards", "coco", "plan.parquet", "manifest.json", "job.yaml"):
+        for name in ("shards", *EXPORT_DIRS, "plan.parquet", "manifest.json", "job.yaml"):
             target = out_dir / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -149,26 +152,39 @@ def package_versions() -> dict[str, str]:
 
 
 def write_manifest(
-    out_dir: Path, spec: JobSpec, concepts: list[Concept], planned: int, seconds: float
+    out_dir: Path,
+    spec: JobSpec,
+    concepts: list[Concept],
+    items: list[WorkItem],
+    seconds: float,
+    failures: list[dict],
 ) -> Path:
     """manifest.json: what is in OUT, written last (it marks a finished run)."""
+    shards_dir = out_dir / "shards"
     shards = [
         {"file": p.name, "rows": parquet.pq.ParquetFile(p).metadata.num_rows}
-        for p in parquet.shard_paths(out_dir / "shards")
+        for p in parquet.shard_paths(shards_dir)
     ]
-    flags = {"black": 0, "nan": 0, "nsfw": 0, "filtered": 0}
-    for record in parquet.read_records(out_dir / "shards", columns=list(flags)):
+    flags = dict.fromkeys(FLAGS, 0)
+    for record in parquet.read_records(shards_dir, columns=list(flags)):
         for flag in flags:
             flags[flag] += bool(record[flag])
     manifest = {
         "job": spec.name,
         "spec_hash": spec.spec_hash(),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "counts": {"planned": planned, "records": sum(s["rows"] for s in shards), **flags},
+        "counts": {
+            "planned": len(items),
+            "records": sum(s["rows"] for s in shards),
+            "missing": len({i.item_id for i in items} - parquet.committed_item_ids(shards_dir)),
+            "failed": len(failures),
+            **flags,
+        },
         "timings": {"last_run_s": round(seconds, 3)},
         "versions": package_versions(),
         "shards": shards,
         "categories": categories_for(concepts),
+        "failures": failures,
     }
     path = out_dir / "manifest.json"
     tmp = out_dir / ".manifest.json.tmp"
@@ -177,55 +193,92 @@ def write_manifest(
     return path
 
 
-def render_items(spec: JobSpec, items: list[WorkItem], out_dir: Path, base_dir: Path | None) -> int:
-    """Render `items` into committed shards; returns the number of flagged images."""
-    from augment.generate.engine import Txt2ImgGenerator, batches
+@dataclass
+class RunOptions:
+    """How to run, not what to make: none of these change an image."""
+
+    distributor: str = "ray"  # "ray" or "local"
+    workers: int | None = None  # CPU workers (default: every CPU); on GPUs, at most one per GPU
+    address: str | None = None  # an existing Ray cluster; default: RAY_ADDRESS, else local
+    retries: int = 2  # attempts per failed item before it is reported
+    force: bool = False  # delete a previous run in OUT and start over
+
+
+def render_blocks(
+    spec: JobSpec,
+    items: list[WorkItem],
+    done: set[str],
+    out_dir: Path,
+    base_dir: Path | None,
+    options: RunOptions,
+) -> tuple[int, int, list[dict]]:
+    """Render the plan items not in `done`; returns (rendered, flagged, failures)."""
+    from augment.distribute import DISTRIBUTORS, block_size, make_blocks
     from augment.progress import image_progress
 
-    generator = Txt2ImgGenerator(spec.generation, base_dir)
-    flagged = 0
-    with (
-        parquet.ShardWriter(out_dir / "shards", spec.output.rows_per_shard) as writer,
-        image_progress(len(items), "rendering") as advance,
-    ):
-        for batch in batches(items, spec.generation.batch_size):
-            for record in generator(batch):
-                writer.write(record)
-                flagged += record["black"] or record["nan"] or record["nsfw"]
-            advance(len(batch))
-    return flagged
+    shards_dir = out_dir / "shards"
+    size = block_size(len(items), spec.generation.batch_size, spec.output.rows_per_shard)
+    blocks = make_blocks(items, done, size, parquet.next_shard_index(shards_dir))
+    worker_kwargs = {
+        "generation": spec.generation.model_dump(),
+        "shards_dir": str(shards_dir),
+        "base_dir": str(base_dir) if base_dir else None,
+        "retries": options.retries,
+    }
+    totals = {"rendered": 0, "flagged": 0}
+    failures: list[dict] = []
+    with image_progress(sum(len(b.items) for b in blocks), "rendering") as advance:
+
+        def on_result(block, result) -> None:
+            totals["rendered"] += result.rendered
+            totals["flagged"] += result.flagged
+            failures.extend(result.failures)
+            advance(len(block.items))
+
+        DISTRIBUTORS[options.distributor](
+            blocks,
+            worker_kwargs,
+            on_result,
+            workers=options.workers,
+            address=options.address,
+        )
+    return totals["rendered"], totals["flagged"], failures
 
 
-def run_job(spec: JobSpec, base_dir: Path | None = None, force: bool = False) -> RunResult:
+def run_job(
+    spec: JobSpec, base_dir: Path | None = None, options: RunOptions | None = None
+) -> RunResult:
     """Run (or resume) a job; returns what was done and where the outputs are."""
+    options = options or RunOptions()
     started = time.perf_counter()
     out_dir = Path(spec.output.dir)
     resolve_model(spec.generation.model, base_dir)  # fail before touching OUT
     concepts = concepts_for(spec, base_dir)
     items = plan_for(spec, base_dir, concepts)
-    prepare_output(out_dir, spec, force)
+    prepare_output(out_dir, spec, options.force)
     write_plan(items, out_dir / "plan.parquet")
     parquet.remove_temp_files(out_dir / "shards")
     done = parquet.committed_item_ids(out_dir / "shards")
-    todo = [item for item in items if item.item_id not in done]
-    flagged = render_items(spec, todo, out_dir, base_dir) if todo else 0
+    try:
+        rendered, flagged, failures = render_blocks(spec, items, done, out_dir, base_dir, options)
+    finally:
+        parquet.remove_temp_files(out_dir / "shards")  # a worker killed mid-write leaves one
     outputs = {
         "spec": out_dir / "job.yaml",
         "plan": out_dir / "plan.parquet",
         "shards": out_dir / "shards",
     }
-    if "coco" in spec.output.formats:
-        from augment.sinks.coco import export_coco
-
-        outputs["coco"] = export_coco(out_dir, categories_for(concepts))
     seconds = time.perf_counter() - started
-    outputs["manifest"] = write_manifest(out_dir, spec, concepts, len(items), seconds)
+    outputs["manifest"] = write_manifest(out_dir, spec, concepts, items, seconds, failures)
+    if parquet.shard_paths(out_dir / "shards"):
+        outputs.update(export(out_dir, spec.output.formats))
     return RunResult(
         out_dir=out_dir,
         planned=len(items),
-        skipped=len(items) - len(todo),
-        rendered=len(todo),
+        skipped=sum(item.item_id in done for item in items),
+        rendered=rendered,
         flagged=flagged,
+        failed=len(failures),
         seconds=seconds,
         outputs=outputs,
     )

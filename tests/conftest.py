@@ -49,3 +49,21 @@ def write_job(tmp_path: Path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def ray_session(model_cache):
+    """One local Ray for the whole session: start-up dominates small tests."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def images_by_item(out: Path) -> dict[str, bytes]:
+    """item_id -> PNG bytes of every committed record in OUT/shards."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out / "shards", columns=["item_id", "image"]).to_pylist()
+    return {row["item_id"]: row["image"]["bytes"] for row in table}

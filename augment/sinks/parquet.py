@@ -88,47 +88,21 @@ def read_records(shards_dir: Path, columns: list[str] | None = None) -> Iterator
             yield from parquet.read_row_group(index, columns=columns).to_pylist()
 
 
-class ShardWriter:
-    """Collects records and commits them as numbered shards of `rows_per_shard` rows."""
+def write_shard(shards_dir: Path, name: str, records: list[dict]) -> Path:
+    """Commit records as one shard: write a temp file, fsync, rename into place."""
+    shards_dir = Path(shards_dir)
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    tmp = shards_dir / f".{name}.tmp"
+    table = pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
+    pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    path = shards_dir / name
+    tmp.replace(path)
+    return path
 
-    def __init__(self, shards_dir: Path, rows_per_shard: int = 200, prefix: str = "part"):
-        self.shards_dir = Path(shards_dir)
-        self.shards_dir.mkdir(parents=True, exist_ok=True)
-        self.rows_per_shard = rows_per_shard
-        self.prefix = prefix
-        self.pending: list[dict] = []
-        self.committed: list[tuple[str, int]] = []  # (file name, rows)
-        self.next_index = self._first_free_index()
 
-    def _first_free_index(self) -> int:
-        taken = [int(p.stem.rsplit("-", 1)[-1]) for p in self.shards_dir.glob(f"{self.prefix}-*")]
-        return max(taken, default=-1) + 1
-
-    def write(self, record: dict) -> None:
-        self.pending.append(record)
-        if len(self.pending) >= self.rows_per_shard:
-            self.flush()
-
-    def flush(self) -> None:
-        """Commit pending records as one shard: write a temp file, fsync, rename."""
-        if not self.pending:
-            return
-        name = f"{self.prefix}-{self.next_index:05d}.parquet"
-        tmp = self.shards_dir / f".{name}.tmp"
-        table = pa.Table.from_pylist(self.pending, schema=RECORD_SCHEMA)
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        tmp.replace(self.shards_dir / name)
-        self.committed.append((name, len(self.pending)))
-        self.pending = []
-        self.next_index += 1
-
-    def close(self) -> None:
-        self.flush()
-
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+def next_shard_index(shards_dir: Path) -> int:
+    """One past the highest committed shard number: new shards never overwrite old ones."""
+    numbers = [int(p.stem.rsplit("-", 1)[-1]) for p in shard_paths(shards_dir)]
+    return max(numbers, default=-1) + 1

@@ -1,0 +1,142 @@
+"""Exports derived from shards: COCO (pycocotools), YOLO (ultralytics trains), ImageFolder."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from augment.sinks import export
+from augment.sinks.parquet import write_shard
+
+AUGMENT = str(Path(sys.executable).parent / "augment")
+CATEGORIES = [
+    {"id": 3, "name": "car", "supercategory": "vehicle"},
+    {"id": 18, "name": "dog", "supercategory": "animal"},
+]
+
+
+def png_with_boxes(size: int, boxes: list[tuple[int, int, int, int]]) -> bytes:
+    pixels = np.zeros((size, size, 3), np.uint8)
+    for x, y, w, h in boxes:
+        pixels[y : y + h, x : x + w] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def record(index: int, category: dict, boxes: list[tuple[int, int, int, int]], **flags) -> dict:
+    return {
+        "item_id": f"item{index:04d}",
+        "concept_id": category["name"],
+        "concept_name": "../../" + category["name"] if index == 0 else category["name"],
+        "category_id": category["id"],
+        "prompt": f"a {category['name']}",
+        "mode": "txt2img",
+        "seed": index,
+        "width": 64,
+        "height": 64,
+        "boxes": [
+            {"category_id": category["id"], "bbox": [float(v) for v in box], "segmentation": []}
+            for box in boxes
+        ],
+        "image": {"bytes": png_with_boxes(64, boxes), "path": f"item{index:04d}.png"},
+        "black": False,
+        "nan": False,
+        "nsfw": False,
+        "filtered": False,
+        **flags,
+    }
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    """A run folder with 16 images with boxes, one of them flagged black."""
+    rng = np.random.default_rng(0)
+    records = []
+    for index in range(16):
+        category = CATEGORIES[index % 2]
+        x, y = (int(v) for v in rng.integers(2, 30, 2))
+        records.append(record(index, category, [(x, y, 24, 20)], black=index == 15))
+    write_shard(tmp_path / "shards", "part-00000.parquet", records[:10])
+    write_shard(tmp_path / "shards", "part-00001.parquet", records[10:])
+    (tmp_path / "manifest.json").write_text(json.dumps({"categories": CATEGORIES}))
+    return tmp_path
+
+
+def test_coco_export_keeps_ids_boxes_and_leaves_flagged_out(run_dir):
+    from pycocotools.coco import COCO
+
+    export(run_dir, ["coco"])
+    coco = COCO(str(run_dir / "coco" / "annotations.json"))
+    assert len(coco.getImgIds()) == 15  # the black one is left out
+    assert sorted(coco.getCatIds()) == [3, 18]
+    annotation = coco.loadAnns(coco.getAnnIds(imgIds=[1]))[0]
+    assert annotation["bbox"][2:] == [24.0, 20.0] and annotation["area"] == 480.0
+    names = [image["file_name"] for image in coco.loadImgs(coco.getImgIds())]
+    assert all("/" not in name and ".." not in name for name in names)  # '../../car' sanitized
+    assert len(list((run_dir / "coco" / "images").iterdir())) == 15
+
+
+def test_imagefolder_export_has_one_folder_per_class(run_dir):
+    export(run_dir, ["imagefolder"], include_flagged=True)
+    root = run_dir / "imagefolder"
+    assert sorted(p.name for p in root.iterdir()) == ["car", "dog"]
+    assert len(list((root / "car").iterdir())) == len(list((root / "dog").iterdir())) == 8
+
+
+def test_yolo_labels_are_normalised_center_boxes(run_dir):
+    export(run_dir, ["yolo"])
+    data = yaml.safe_load((run_dir / "yolo" / "data.yaml").read_text())
+    assert "download" not in data
+    assert data["names"] == {0: "car", 1: "dog"} and data["category_ids"] == {0: 3, 1: 18}
+    label = next((run_dir / "yolo" / "labels").glob("dog_item0001.txt")).read_text().split()
+    assert label[0] == "1" and [float(v) for v in label[3:]] == [24 / 64, 20 / 64]
+
+
+@pytest.mark.slow
+def test_yolo_export_trains_one_epoch_offline(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    monkeypatch.setenv("YOLO_AUTOINSTALL", "0")
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo-config"))
+    export(run_dir, ["yolo"])
+    from ultralytics import YOLO
+
+    model = YOLO("yolov8n.yaml")
+    model.train(
+        data=str(run_dir / "yolo" / "data.yaml"),
+        epochs=1,
+        imgsz=64,
+        batch=8,
+        workers=0,
+        device="cpu",
+        amp=False,
+        plots=False,
+        project=str(tmp_path / "runs"),
+        name="smoke",
+        verbose=False,
+    )
+    assert (tmp_path / "runs" / "smoke" / "weights" / "last.pt").is_file()
+
+
+def test_cli_export_and_its_errors(run_dir, tmp_path):
+    result = subprocess.run(
+        [AUGMENT, "export", str(run_dir), "--format", "coco", "--format", "yolo"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "annotations.json" in result.stdout and "data.yaml" in result.stdout
+    empty = subprocess.run(
+        [AUGMENT, "export", str(tmp_path / "nothing"), "--format", "coco"],
+        capture_output=True,
+        text=True,
+    )
+    assert empty.returncode == 2 and "holds no shards" in empty.stderr
