@@ -80,16 +80,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     spec = load_job(args)
     job_id = submit_job(spec, args.job, args.address, args.workers)
-    out.print(f"submitted {job_id} to {args.address}; outputs go to {spec.output.dir}")
-    out.print(f"follow it: augment status {job_id} --address {args.address}")
-    out.print(f"           augment logs {job_id} --address {args.address} --follow")
+    for line in (
+        f"submitted {job_id} to {args.address}; outputs go to {spec.output.dir}",
+        f"follow it: augment status {job_id} --address {args.address}",
+        f"           augment logs {job_id} --address {args.address} --follow",
+    ):
+        out.print(line, soft_wrap=True, highlight=False)
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from augment.distribute import job_status
 
-    out.print(f"{args.job_id}: {job_status(args.job_id, args.address)}")
+    out.print(f"{args.job_id}: {job_status(args.job_id, args.address)}", soft_wrap=True)
     return 0
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import traceback
 from collections import deque
@@ -239,7 +240,13 @@ DISTRIBUTORS = {"local": run_local, "ray": run_ray}
 
 # Cluster job submission ---------------------------------------------------------------------
 
-SUBMIT_EXCLUDES = [".venv", ".git", "out", "*.egg-info", "__pycache__", ".pytest_cache"]
+SUBMIT_EXCLUDES = [
+    "out",
+    "*.egg-info",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+]  # + .git, .venv
 
 
 def project_root() -> Path:
@@ -275,11 +282,28 @@ def portable_spec(spec, job_path: Path, root: Path):
     return spec.model_validate({**spec.model_dump(), **updates})
 
 
+def use_ray_token_if_present() -> None:
+    """Ray's own CLI sends the cluster token when one is on this machine; do the same."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if "RAY_AUTH_TOKEN" in os.environ or token_file.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def job_client(address: str):
+    use_ray_token_if_present()  # before Ray reads its configuration
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
+    logging.getLogger("ray").setLevel(logging.ERROR)  # no per-file upload chatter
     try:
         return JobSubmissionClient(address)
+    except AuthenticationError:
+        raise AugmentError(
+            f"the Ray cluster at {address} wants a token: set RAY_AUTH_TOKEN (or copy the "
+            "head's ~/.ray/auth_token here) and RAY_AUTH_MODE=token"
+        ) from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise AugmentError(
             f"cannot reach a Ray cluster at {address} ({exc}); start one with "
@@ -291,17 +315,31 @@ def submit_job(spec, job_path: Path, address: str, workers: int | None = None) -
     """Submit `augment run` of `spec` to the cluster at `address`; returns the job id."""
     root = project_root()
     portable = portable_spec(spec, Path(job_path), root)
-    staged = root / ".augment" / "submitted" / f"{portable.name}-{portable.spec_hash()}.yaml"
-    staged.parent.mkdir(parents=True, exist_ok=True)
-    staged.write_text(portable.to_yaml())
-    entrypoint = f"python -m augment.cli run {staged.relative_to(root)}"
+    # The spec travels in an environment variable and is written into the job's own copy of
+    # the project, so nothing is left in the user's checkout.
+    entrypoint = (
+        'printf "%s" "$AUGMENT_SUBMITTED_SPEC" > submitted-job.yaml && '
+        "python -m augment.cli run submitted-job.yaml"
+    )
     if workers:
         entrypoint += f" --workers {workers}"
-    return job_client(address).submit_job(
-        entrypoint=entrypoint,
-        runtime_env={"working_dir": str(root), "excludes": SUBMIT_EXCLUDES},
-        metadata={"augment_job": portable.name, "spec_hash": portable.spec_hash()},
-    )
+    client = job_client(address)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            return client.submit_job(
+                entrypoint=entrypoint,
+                runtime_env={
+                    "working_dir": str(root),
+                    "excludes": SUBMIT_EXCLUDES,
+                    "env_vars": {"AUGMENT_SUBMITTED_SPEC": portable.to_yaml()},
+                },
+                metadata={"augment_job": portable.name, "spec_hash": portable.spec_hash()},
+            )
+        except RuntimeError as exc:  # a head that just started has no job agent yet
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise AugmentError(f"the cluster at {address} refused the job: {exc}") from None
+            time.sleep(2)
 
 
 def job_status(job_id: str, address: str) -> str:

@@ -1,0 +1,104 @@
+"""`augment submit` against a Ray head started by the test: same images as a local run."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from augment.config import load_spec
+from augment.job import RunOptions, run_job
+from tests.conftest import TINY_JOB, images_by_item
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head():
+    """`ray start --head` in its own temp dir; its processes are killed afterwards."""
+    import psutil
+
+    temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")  # short: Ray's socket paths
+    dashboard, gcs = free_port(), free_port()
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    subprocess.run(
+        [
+            str(BIN / "ray"), "start", "--head", f"--port={gcs}",
+            f"--dashboard-port={dashboard}", "--include-dashboard=true", "--num-cpus=2",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
+            f"--temp-dir={temp_dir}", "--disable-usage-stats",
+        ],
+        check=True, env=env, capture_output=True, timeout=120,
+    )  # fmt: skip
+    try:
+        yield f"http://127.0.0.1:{dashboard}"
+    finally:  # the head's processes and their children (renamed 'ray::...', so by ancestry)
+        marks = (temp_dir, f":{gcs} ")
+        for _ in range(3):  # twice more: a process may still be starting up
+            head = [
+                p
+                for p in psutil.process_iter(["cmdline"])
+                if any(m in " ".join(p.info["cmdline"] or []) + " " for m in marks)
+            ]
+            for process in head + [c for p in head for c in p.children(recursive=True)]:
+                try:
+                    process.send_signal(signal.SIGKILL)
+                except psutil.NoSuchProcess:
+                    pass
+            time.sleep(0.5)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def augment(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "augment"), *args], capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_submitted_job_matches_a_local_run(ray_head, tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(TINY_JOB.replace("OUT_DIR", str(tmp_path / "cluster")))
+    submitted = augment("submit", str(job), "--address", ray_head)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = re.search(r"submitted (\S+)", submitted.stdout)[1]
+
+    deadline = time.monotonic() + 300
+    status = ""
+    while time.monotonic() < deadline and not status.endswith(("SUCCEEDED", "FAILED", "STOPPED")):
+        time.sleep(2)
+        status = augment("status", job_id, "--address", ray_head).stdout.strip()
+    logs = augment("logs", job_id, "--address", ray_head).stdout
+    assert status.endswith("SUCCEEDED"), logs
+    assert "9 images rendered" in logs
+
+    local = run_job(
+        load_spec(job, {"output.dir": str(tmp_path / "local")}),
+        job.parent,
+        RunOptions(distributor="local"),
+    )
+    cluster, here = images_by_item(tmp_path / "cluster"), images_by_item(local.out_dir)
+    assert cluster.keys() == here.keys() and len(here) == 9
+    assert all(cluster[key] == here[key] for key in here)
+
+
+def test_unreachable_cluster_is_a_one_line_error(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(TINY_JOB.replace("OUT_DIR", str(tmp_path / "out")))
+    result = augment("submit", str(job), "--address", f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "cannot reach a Ray cluster" in result.stderr
