@@ -1,0 +1,65 @@
+"""scikit-learn's bundled handwritten digits as 32x32 RGB images, and seeded, disjoint splits.
+
+The 1,797 real scans are 8x8, values 0..16, ink high. They are upscaled with PIL (bicubic) to
+`size` x `size`, white ink on a black background, with three identical channels: the format
+the diffusion model renders. Nothing is downloaded: the data ships with scikit-learn.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+#: Real images per class in the pool a downstream classifier may train on.
+POOL_PER_CLASS = 30
+#: Real images per class in the held-out test split.
+TEST_PER_CLASS = 50
+
+
+def prompt_for(label: int) -> str:
+    """The canonical prompt for a digit class: 'a handwritten digit seven'."""
+    return f"a handwritten digit {DIGIT_NAMES[int(label)]}"
+
+
+def _raw_digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.images.astype(np.float64), bunch.target.astype(np.int64)
+
+
+def load_digit_images(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """All 1,797 digits as (uint8 N x size x size x 3 images, int labels N), white ink on black."""
+    from PIL import Image
+
+    raw, labels = _raw_digits()
+    grey = np.clip(np.rint(raw * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    if size == grey.shape[1]:
+        up = grey
+    else:
+        up = np.stack(
+            [
+                np.asarray(Image.fromarray(img, mode="L").resize((size, size), Image.BICUBIC))
+                for img in grey
+            ]
+        )
+    images = np.repeat(up[..., None], 3, axis=-1)
+    return np.ascontiguousarray(images), labels
+
+
+def digit_splits(seed: int = 0) -> dict[str, np.ndarray]:
+    """Stratified, seeded, disjoint index arrays covering all 1,797 digits.
+
+    `test`: 50 per class (500), `pool`: 30 per class (300), `generator`: the rest (997), the only
+    images the diffusion model sees. Each array is sorted; the same seed gives the same split.
+    """
+    _, labels = _raw_digits()
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {"generator": [], "pool": [], "test": []}
+    for label in range(len(DIGIT_NAMES)):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        parts["test"].append(members[:TEST_PER_CLASS])
+        parts["pool"].append(members[TEST_PER_CLASS : TEST_PER_CLASS + POOL_PER_CLASS])
+        parts["generator"].append(members[TEST_PER_CLASS + POOL_PER_CLASS :])
+    return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
