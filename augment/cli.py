@@ -170,6 +170,66 @@ def cmd_taxonomy_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def number_list(kind):
+    def parse(text: str) -> list:
+        try:
+            return [kind(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected numbers like 5,10, got {text!r}") from None
+
+    return parse
+
+
+def cmd_bench_classify(args: argparse.Namespace) -> int:
+    from augment.bench.classify import ClassifySettings, run_classify
+    from augment.bench.stats import summarize
+
+    settings = ClassifySettings(
+        real=args.real,
+        synthetic=str(args.synthetic) if args.synthetic else None,
+        out=str(args.out),
+        model=args.model,
+        weights=args.weights,
+        image_size=args.image_size,
+        shots=args.shots,
+        ratios=args.ratios,
+        synthetic_only=not args.no_synthetic_only,
+        seeds=args.seeds,
+        steps=args.steps,
+    )
+    if args.smoke:
+        settings.seeds, settings.steps, settings.shots, settings.ratios = 3, 30, [5], [1.0]
+    results = run_classify(settings)
+    top1 = summarize(results)
+    top1 = top1[(top1["metric"] == "top1") & (top1["label"] == "")]
+    table = Table("arm", "ratio", "shots", "top-1 % (mean [95% CI])", "seeds")
+    for _, row in top1.iterrows():
+        table.add_row(
+            row["arm"],
+            f"{row['ratio']:g}",
+            str(row["shots"]),
+            f"{row['mean']:.1f} [{row['ci_low']:.1f}, {row['ci_high']:.1f}]",
+            str(row["n_seeds"]),
+        )
+    out.print(table)
+    out.print(f"results: {Path(settings.out) / 'results.parquet'}", soft_wrap=True)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from augment.report import write_report
+
+    results = args.results / "results.parquet" if args.results.is_dir() else args.results
+    if not results.is_file():
+        raise AugmentError(f"{results}: no results table; run `augment bench ...` first")
+    out_dir = args.out or results.parent / "report"
+    path = write_report(
+        results, out_dir, args.real, str(args.synthetic) if args.synthetic else None
+    )
+    out.print(f"report: {path}", soft_wrap=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="augment",
@@ -291,6 +351,54 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--max", type=int, help="keep the first N concepts")
     show.add_argument("--json", action="store_true", help="print a JSON array of concepts")
     show.set_defaults(func=cmd_taxonomy_show)
+
+    bench = commands.add_parser(
+        "bench", help="measure the gain from synthetic data", description="Benchmarks."
+    )
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True)
+    classify = bench_commands.add_parser(
+        "classify",
+        help="classifier: real-only vs real + synthetic vs synthetic-only, k seeds",
+        description="Train a classifier on few-shot real data alone and with synthetic images "
+        "at several ratios (and on synthetic alone); score each on the held-out real test set.",
+        epilog="example: augment bench classify --real digits --synthetic out/demo "
+        "--shots 5,10 --ratios 0.5,1,2 --seeds 5 --out out/demo/bench",
+    )
+    classify.add_argument("--real", default="digits", help="digits | ImageFolder dir | COCO json")
+    classify.add_argument("--synthetic", type=Path, help="an `augment run` output folder")
+    classify.add_argument("--out", type=Path, default=Path("bench"), help="results folder")
+    classify.add_argument(
+        "--model", default="smallcnn", choices=("smallcnn", "resnet18", "resnet50")
+    )
+    classify.add_argument("--weights", help="local state_dict for resnet18/50 (no downloads)")
+    classify.add_argument("--image-size", type=int, default=32, help="train and test at this size")
+    classify.add_argument(
+        "--shots", type=number_list(int), default=[10], help="real per class, e.g. 5,10,20"
+    )
+    classify.add_argument(
+        "--ratios",
+        type=number_list(float),
+        default=[0.5, 1.0, 2.0],
+        help="synthetic images per real image, e.g. 0.5,1,2",
+    )
+    classify.add_argument("--no-synthetic-only", action="store_true", help="skip that arm")
+    classify.add_argument("--seeds", type=int, default=3, help="seeds per arm")
+    classify.add_argument("--steps", type=int, default=600, help="optimisation steps per model")
+    classify.add_argument("--smoke", action="store_true", help="tiny settings: under a minute")
+    classify.set_defaults(func=cmd_bench_classify)
+
+    report = commands.add_parser(
+        "report",
+        help="write report.md and plots from a results table",
+        description="Tables and plots (mean ± 95% CI per arm, gain vs ratio, per class, per "
+        "WordNet node, detection, samples) from bench results.",
+        epilog="example: augment report out/demo/bench",
+    )
+    report.add_argument("results", type=Path, help="results.parquet or the folder holding it")
+    report.add_argument("--out", type=Path, help="report folder (default: beside the results)")
+    report.add_argument("--real", help="real source for sample grids (default: from settings)")
+    report.add_argument("--synthetic", type=Path, help="synthetic run for sample grids")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

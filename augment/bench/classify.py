@@ -1,0 +1,294 @@
+"""Classifier benchmark: real-only vs real + synthetic (at ratios) vs synthetic-only.
+
+For each few-shot regime (N real images per class drawn from the real pool) and each seed, the
+same classifier is trained on each arm with the same number of optimisation steps (equal
+compute), then scored on the held-out real test set: top-1, macro-F1, per-class accuracy, and
+accuracy per WordNet node (every hypernym above the classes). One results row per (arm, ratio,
+shots, seed, metric, label).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from augment.bench.data import Classes, ImageSet, RealData, check_no_leak, load_real, load_synthetic
+from augment.errors import AugmentError
+
+log = logging.getLogger(__name__)
+
+MODELS = ("smallcnn", "resnet18", "resnet50")
+
+
+@dataclass
+class ClassifySettings:
+    real: str = "digits"
+    synthetic: str | None = None  # an `augment run` output folder
+    out: str = "bench"
+    model: str = "smallcnn"
+    weights: str | None = None  # a local state_dict for resnet18/50 (no downloads)
+    image_size: int = 32
+    shots: list[int] = field(default_factory=lambda: [10])
+    ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    synthetic_only: bool = True
+    seeds: int = 3
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 2e-3
+    test_fraction: float = 0.3  # for ImageFolder / COCO real sets
+    split_seed: int = 0
+
+
+def build_model(name: str, num_classes: int, weights: str | None = None):
+    import torch
+    from torch import nn
+
+    if name == "smallcnn":
+        return nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Dropout(0.3),
+            nn.Linear(64 * 16, 128),
+            nn.ReLU(),
+            nn.Linear(128, num_classes),
+        )
+    import torchvision
+
+    if name not in ("resnet18", "resnet50"):
+        raise AugmentError(f"unknown classifier '{name}'; known: {', '.join(MODELS)}")
+    model = getattr(torchvision.models, name)(weights=None)
+    if weights:
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError) as exc:
+            raise AugmentError(f"--weights {weights}: cannot load a state_dict ({exc})") from None
+        model.load_state_dict(state)
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    return model
+
+
+def to_tensor(images: np.ndarray):
+    import torch
+
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def random_shift(batch, max_shift: int, generator):
+    """Shift each image by up to `max_shift` pixels (zero padding): cheap, label-preserving."""
+    import torch
+
+    size = batch.shape[-1]
+    padded = torch.nn.functional.pad(batch, [max_shift] * 4, value=-1.0)
+    out = torch.empty_like(batch)
+    offsets = torch.randint(0, 2 * max_shift + 1, (len(batch), 2), generator=generator)
+    for i, (dy, dx) in enumerate(offsets.tolist()):
+        out[i] = padded[i, :, dy : dy + size, dx : dx + size]
+    return out
+
+
+def train_classifier(
+    train: ImageSet, num_classes: int, settings: ClassifySettings, seed: int, progress=None
+):
+    """Train for a fixed number of steps on batches drawn uniformly from `train`."""
+    import torch
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = build_model(settings.model, num_classes, settings.weights)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.lr, settings.steps)
+    images, labels = to_tensor(train.images), torch.from_numpy(train.labels).long()
+    model.train()
+    for _ in range(settings.steps):
+        rows = torch.randint(0, len(labels), (settings.batch_size,), generator=generator)
+        batch = random_shift(images[rows], max(1, settings.image_size // 16), generator)
+        loss = torch.nn.functional.cross_entropy(model(batch), labels[rows])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if progress:
+            progress(1)
+    return model
+
+
+def predict(model, test: ImageSet, batch_size: int = 256) -> np.ndarray:
+    import torch
+
+    model.eval()
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(test), batch_size):
+            outputs.append(model(to_tensor(test.images[start : start + batch_size])).argmax(1))
+    return torch.cat(outputs).numpy()
+
+
+def score(
+    predictions: np.ndarray, test: ImageSet, classes: Classes
+) -> list[tuple[str, str, float]]:
+    """(metric, label, value) rows: overall, per class, per WordNet node. Accuracies in %."""
+    from sklearn.metrics import f1_score
+
+    correct = predictions == test.labels
+    rows = [
+        ("top1", "", 100.0 * correct.mean()),
+        ("macro_f1", "", 100.0 * f1_score(test.labels, predictions, average="macro")),
+    ]
+    for index, name in enumerate(classes.names):
+        members = test.labels == index
+        if members.any():
+            rows.append(("class_accuracy", name, 100.0 * correct[members].mean()))
+    for node, members in sorted(wordnet_nodes(classes).items()):
+        chosen = np.isin(test.labels, members)
+        if chosen.any():
+            rows.append(("node_accuracy", node, 100.0 * correct[chosen].mean()))
+    return rows
+
+
+def wordnet_nodes(classes: Classes) -> dict[str, list[int]]:
+    """Hypernym -> classes below it; of nodes covering the same classes, the deepest only."""
+    members: dict[str, list[int]] = {}
+    depth: dict[str, int] = {}
+    for index, path in enumerate(classes.hypernyms):
+        for level, node in enumerate(path):
+            members.setdefault(node, []).append(index)
+            depth[node] = level
+    deepest: dict[tuple, str] = {}
+    for node, covered in members.items():
+        key = tuple(covered)
+        if key not in deepest or depth[node] > depth[deepest[key]]:
+            deepest[key] = node
+    return {node: list(key) for key, node in deepest.items()}
+
+
+def few_shot(pool: ImageSet, shots: int, seed: int) -> ImageSet:
+    """`shots` real images per class, drawn with `seed`."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label in np.unique(pool.labels):
+        members = np.flatnonzero(pool.labels == label)
+        if len(members) < shots:
+            raise AugmentError(
+                f"only {len(members)} real images of class {label} in the pool; "
+                f"lower --shots below {shots}"
+            )
+        rows.extend(rng.choice(members, shots, replace=False))
+    return pool.subset(np.sort(np.array(rows)))
+
+
+def balanced_sample(images: ImageSet, count: int, num_classes: int, seed: int) -> ImageSet:
+    """About count / num_classes synthetic images per class, drawn with `seed`."""
+    rng = np.random.default_rng(seed + 1_000_003)
+    per_class = max(1, round(count / num_classes))
+    rows = []
+    for label in range(num_classes):
+        members = np.flatnonzero(images.labels == label)
+        rows.extend(rng.choice(members, min(per_class, len(members)), replace=False))
+    return images.subset(np.sort(np.array(rows, dtype=int)))
+
+
+def arms(settings: ClassifySettings, has_synthetic: bool) -> list[tuple[str, float]]:
+    chosen = [("real_only", 0.0)]
+    if has_synthetic:
+        chosen += [("augmented", ratio) for ratio in settings.ratios if ratio > 0]
+        if settings.synthetic_only:
+            chosen.append(("synthetic_only", 0.0))
+    return chosen
+
+
+def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd.DataFrame:
+    """Run every (shots, seed, arm); write OUT/results.parquet and OUT/split.json."""
+    from augment.progress import image_progress
+
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    real = real or load_real(
+        settings.real, settings.image_size, settings.test_fraction, settings.split_seed
+    )
+    synthetic = (
+        load_synthetic(Path(settings.synthetic), real.classes, settings.image_size)
+        if settings.synthetic
+        else None
+    )
+    check_no_leak(real.test, real.pool, *([synthetic] if synthetic is not None else []))
+    (out / "split.json").write_text(json.dumps(real.split))
+    num_classes = len(real.classes.names)
+    plan = [
+        (shots, seed, arm, ratio)
+        for shots in settings.shots
+        for seed in range(settings.seeds)
+        for arm, ratio in arms(settings, synthetic is not None)
+    ]
+    rows = []
+    with image_progress(len(plan) * settings.steps, "training classifiers", unit="step") as advance:
+        for shots, seed, arm, ratio in plan:
+            real_train = few_shot(real.pool, shots, seed)
+            if arm == "real_only":
+                train = real_train
+            elif arm == "synthetic_only":
+                train = balanced_sample(synthetic, len(synthetic), num_classes, seed)
+            else:
+                extra = balanced_sample(synthetic, int(ratio * len(real_train)), num_classes, seed)
+                train = ImageSet.concat(real_train, extra)
+            started = time.perf_counter()
+            model = train_classifier(train, num_classes, settings, seed, advance)
+            predictions = predict(model, real.test)
+            seconds = time.perf_counter() - started
+            n_real = 0 if arm == "synthetic_only" else len(real_train)
+            for metric, label, value in score(predictions, real.test, real.classes):
+                rows.append(
+                    {
+                        "task": "classify",
+                        "arm": arm,
+                        "ratio": ratio,
+                        "shots": shots,
+                        "seed": seed,
+                        "metric": metric,
+                        "label": label,
+                        "value": value,
+                        "model": settings.model,
+                        "steps": settings.steps,
+                        "n_real": n_real,
+                        "n_synthetic": len(train) - n_real,
+                        "n_test": len(real.test),
+                        "wall_s": seconds,
+                    }
+                )
+    results = pd.DataFrame(rows)
+    write_results(results, out, {"classify": asdict(settings)})
+    return results
+
+
+def write_results(results: pd.DataFrame, out: Path, settings: dict) -> Path:
+    """Append to OUT/results.parquet, replacing earlier rows of the same task."""
+    path = out / "results.parquet"
+    if path.is_file():
+        previous = pd.read_parquet(path)
+        tasks = set(results["task"])
+        results = pd.concat([previous[~previous["task"].isin(tasks)], results], ignore_index=True)
+    tmp = out / ".results.parquet.tmp"
+    results.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    settings_path = out / "settings.json"
+    saved = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
+    settings_path.write_text(json.dumps({**saved, **settings}, indent=2))
+    return path

@@ -1,0 +1,216 @@
+"""Benchmark inputs: a real labelled set split into train pool and held-out test, and a
+synthetic set read from an `augment` output folder.
+
+Real sources: ``digits`` (the embedded world, its fixed pool/test splits), an ImageFolder tree
+(one folder per class), or a COCO annotations.json (an image's label is its `category_id` key,
+else the category of its largest box). The test split is real images only; synthetic images go
+to training alone, and `check_no_leak` refuses a synthetic set that contains a test image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from augment.errors import AugmentError
+from augment.sinks import export_records, run_categories
+from augment.taxonomy.listfile import slugify
+
+
+@dataclass
+class Classes:
+    """The label space: names (slugs match synthetic concept names), synsets, hypernym paths."""
+
+    names: list[str]
+    synsets: list[str | None]
+    hypernyms: list[tuple[str, ...]] = field(default_factory=list)
+
+    def index(self) -> dict[str, int]:
+        return {slugify(name): i for i, name in enumerate(self.names)}
+
+
+@dataclass
+class ImageSet:
+    images: np.ndarray  # N x S x S x 3, uint8
+    labels: np.ndarray  # class indices
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, rows: np.ndarray) -> ImageSet:
+        return ImageSet(self.images[rows], self.labels[rows], [self.ids[i] for i in rows])
+
+    @staticmethod
+    def concat(*sets: ImageSet) -> ImageSet:
+        sets = tuple(s for s in sets if len(s))
+        return ImageSet(
+            np.concatenate([s.images for s in sets]),
+            np.concatenate([s.labels for s in sets]),
+            [i for s in sets for i in s.ids],
+        )
+
+
+@dataclass
+class RealData:
+    classes: Classes
+    pool: ImageSet  # real images a classifier may train on
+    test: ImageSet  # held out: never trained on, never synthetic
+    split: dict  # what was split how, saved beside the results
+
+
+def to_array(image: Image.Image, size: int) -> np.ndarray:
+    image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BICUBIC)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple:
+    rng = np.random.default_rng(seed)
+    test = []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        test.extend(members[: max(1, round(len(members) * test_fraction))])
+    test_rows = np.sort(np.array(test))
+    pool_rows = np.setdiff1d(np.arange(len(labels)), test_rows)
+    return pool_rows, test_rows
+
+
+def load_digits_real(size: int) -> RealData:
+    from augment.digits.data import digit_splits, load_digit_images
+    from augment.taxonomy import load_concepts
+
+    concepts = load_concepts("digits")
+    classes = Classes(
+        [c.name for c in concepts], [c.synset for c in concepts], [c.hypernyms for c in concepts]
+    )
+    images, labels = load_digit_images(size)
+    splits = digit_splits()
+    ids = [f"digits-{i}" for i in range(len(labels))]
+    every = ImageSet(images, labels, ids)
+    split = {"source": "digits", "pool": splits["pool"].tolist(), "test": splits["test"].tolist()}
+    return RealData(classes, every.subset(splits["pool"]), every.subset(splits["test"]), split)
+
+
+def load_imagefolder_real(root: Path, size: int, test_fraction: float, seed: int) -> RealData:
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    if len(folders) < 2:
+        raise AugmentError(f"{root}: an ImageFolder needs one sub-folder per class (2 or more)")
+    images, labels, ids = [], [], []
+    for label, folder in enumerate(folders):
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".webp"}:
+                images.append(to_array(open_image(path), size))
+                labels.append(label)
+                ids.append(str(path.relative_to(root)))
+    classes = Classes([f.name for f in folders], [None] * len(folders), [()] * len(folders))
+    return split_real(
+        classes, ImageSet(np.stack(images), np.array(labels), ids), root, test_fraction, seed
+    )
+
+
+def load_coco_real(annotations: Path, size: int, test_fraction: float, seed: int) -> RealData:
+    document = json.loads(annotations.read_text())
+    categories = sorted(document["categories"], key=lambda c: c["id"])
+    position = {c["id"]: i for i, c in enumerate(categories)}
+    largest: dict[int, tuple[float, int]] = {}
+    for ann in document.get("annotations", []):
+        area = ann.get("area") or ann["bbox"][2] * ann["bbox"][3]
+        if area > largest.get(ann["image_id"], (-1.0, 0))[0]:
+            largest[ann["image_id"]] = (area, ann["category_id"])
+    images, labels, ids = [], [], []
+    folder = annotations.parent / "images"
+    for entry in document["images"]:
+        category = entry.get("category_id") or largest.get(entry["id"], (0, None))[1]
+        if category is None:
+            continue
+        images.append(to_array(open_image(folder / entry["file_name"]), size))
+        labels.append(position[category])
+        ids.append(str(entry["id"]))
+    classes = Classes(
+        [c["name"] for c in categories],
+        [c.get("synset") for c in categories],
+        [tuple(c.get("hypernyms") or ()) for c in categories],
+    )
+    every = ImageSet(np.stack(images), np.array(labels), ids)
+    return split_real(classes, every, annotations, test_fraction, seed)
+
+
+def split_real(classes, every: ImageSet, source: Path, test_fraction: float, seed: int) -> RealData:
+    pool_rows, test_rows = stratified_split(every.labels, test_fraction, seed)
+    split = {
+        "source": str(source),
+        "seed": seed,
+        "test_fraction": test_fraction,
+        "pool": [every.ids[i] for i in pool_rows],
+        "test": [every.ids[i] for i in test_rows],
+    }
+    return RealData(classes, every.subset(pool_rows), every.subset(test_rows), split)
+
+
+def open_image(path: Path) -> Image.Image:
+    try:
+        return Image.open(path)
+    except (OSError, ValueError) as exc:
+        raise AugmentError(f"{path}: not a readable image ({exc}); remove or replace it") from None
+
+
+def load_real(source: str, size: int, test_fraction: float = 0.3, seed: int = 0) -> RealData:
+    """`digits`, an ImageFolder directory, or a COCO annotations.json."""
+    if source == "digits":
+        return load_digits_real(size)
+    path = Path(source)
+    if path.is_dir() and (path / "annotations.json").is_file():
+        path = path / "annotations.json"
+    if path.is_file() and path.suffix == ".json":
+        return load_coco_real(path, size, test_fraction, seed)
+    if path.is_dir():
+        return load_imagefolder_real(path, size, test_fraction, seed)
+    raise AugmentError(
+        f"real data '{source}' not found: give digits, an ImageFolder directory, or a COCO "
+        "annotations.json (with images/ beside it)"
+    )
+
+
+def load_synthetic(out_dir: Path, classes: Classes, size: int) -> ImageSet:
+    """Unflagged images of an `augment run` output, labelled by concept name."""
+    run_categories(out_dir)  # a finished run, or a clear error
+    index = classes.index()
+    images, labels, ids = [], [], []
+    for record in export_records(out_dir):
+        label = index.get(slugify(record["concept_name"]))
+        if label is None:
+            continue
+        images.append(to_array(Image.open(io.BytesIO(record["image"]["bytes"])), size))
+        labels.append(label)
+        ids.append(record["item_id"])
+    if not images:
+        raise AugmentError(
+            f"{out_dir}: no synthetic image matches a real class ({', '.join(classes.names)}); "
+            "concept names must match the real class names"
+        )
+    return ImageSet(np.stack(images), np.array(labels), ids)
+
+
+def image_digest(image: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
+
+
+def check_no_leak(test: ImageSet, *training: ImageSet) -> None:
+    """Refuse training data that holds a test image (same pixels or same id)."""
+    test_digests = {image_digest(image) for image in test.images}
+    test_ids = set(test.ids)
+    for images in training:
+        shared_ids = test_ids.intersection(images.ids)
+        if shared_ids or any(image_digest(image) in test_digests for image in images.images):
+            raise AugmentError(
+                "a test image is also in the training data; the held-out real test set must "
+                "stay unseen: check the real split and the synthetic folder"
+            )

@@ -1,0 +1,84 @@
+"""Statistics a reviewer accepts: mean ± 95 % t-interval across seeds, and the paired gain.
+
+A gain from one seed is noise. Each arm is run with k seeds; the seed fixes the real subset, the
+synthetic sample and the model's initialisation, so `augmented - real_only` at the same
+(shots, seed) is a paired difference, and its t-interval is the gain's confidence interval.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+
+def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of the t-interval; a single value has an interval of NaN width."""
+    from scipy import stats
+
+    values = np.asarray(list(values), dtype=float)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf((1 + confidence) / 2, len(values) - 1) * stats.sem(values))
+    return mean, mean - half, mean + half
+
+
+def summarize(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """One row per (task, arm, ratio, shots, metric, label): mean, ci_low, ci_high, n_seeds."""
+    keys = ["task", "arm", "ratio", "shots", "metric", "label"]
+    rows = []
+    for key, group in results.groupby(keys, dropna=False, sort=True):
+        mean, low, high = mean_ci(group["value"], confidence)
+        rows.append(
+            {
+                **dict(zip(keys, key, strict=True)),
+                "mean": mean,
+                "ci_low": low,
+                "ci_high": high,
+                "n_seeds": group["seed"].nunique(),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def paired_gain(
+    results: pd.DataFrame,
+    metric: str,
+    arm: str = "augmented",
+    baseline: str = "real_only",
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Gain of `arm` over `baseline`, paired by (task, shots, seed, label), per ratio."""
+    chosen = results[results["metric"] == metric]
+    base = chosen[chosen["arm"] == baseline].set_index(["task", "shots", "seed", "label"])["value"]
+    rows = []
+    treated = chosen[chosen["arm"] == arm]
+    for (task, ratio, shots, label), group in treated.groupby(
+        ["task", "ratio", "shots", "label"], dropna=False, sort=True
+    ):
+        keys = [(task, shots, seed, label) for seed in group["seed"]]
+        present = [k in base.index for k in keys]
+        if not any(present):
+            continue
+        diffs = (
+            group["value"].to_numpy()[present]
+            - base.loc[[k for k, p in zip(keys, present, strict=True) if p]].to_numpy()
+        )
+        mean, low, high = mean_ci(diffs, confidence)
+        rows.append(
+            {
+                "task": task,
+                "arm": arm,
+                "ratio": ratio,
+                "shots": shots,
+                "metric": metric,
+                "label": label,
+                "gain": mean,
+                "ci_low": low,
+                "ci_high": high,
+                "n_pairs": len(diffs),
+            }
+        )
+    return pd.DataFrame(rows)

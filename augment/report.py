@@ -1,0 +1,351 @@
+"""Report: results.parquet -> report.md + PNG plots a person would rather look at than read.
+
+Plots: accuracy per arm (mean ± 95 % CI), the paired gain against the synthetic ratio, the
+per-class gain, accuracy per WordNet node, detection mAP per arm, and sample grids of real vs
+synthetic images per class. The text states what was measured, including when the synthetic
+data did not help.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from augment.bench.stats import paired_gain, summarize
+
+ARM_ORDER = ("real_only", "augmented", "synthetic_only")
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def ci_text(mean: float, low: float, high: float, unit: str = "") -> str:
+    if math.isnan(low):
+        return f"{mean:.1f}{unit} (one seed: no interval)"
+    return f"{mean:.1f}{unit} [{low:.1f}, {high:.1f}]"
+
+
+def arm_label(row) -> str:
+    return f"{row['arm']} ×{row['ratio']:g}" if row["arm"] == "augmented" else row["arm"]
+
+
+def plot_arms(summary: pd.DataFrame, metric: str, path: Path, title: str) -> Path | None:
+    """Mean ± CI of `metric` per arm, one panel per shots value."""
+    chosen = summary[(summary["metric"] == metric) & (summary["label"] == "")]
+    if chosen.empty:
+        return None
+    plt = pyplot()
+    shots_values = sorted(chosen["shots"].unique())
+    fig, axes = plt.subplots(
+        1, len(shots_values), figsize=(4.5 * len(shots_values), 3.6), squeeze=False
+    )
+    for ax, shots in zip(axes[0], shots_values, strict=True):
+        rows = chosen[chosen["shots"] == shots].copy()
+        rows["order"] = rows["arm"].map({a: i for i, a in enumerate(ARM_ORDER)})
+        rows = rows.sort_values(["order", "ratio"])
+        labels = [arm_label(r) for _, r in rows.iterrows()]
+        errors = np.array([rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]])
+        ax.bar(
+            labels,
+            rows["mean"],
+            yerr=np.nan_to_num(errors),
+            capsize=4,
+            color=["#888" if a == "real_only" else "#3a7" for a in rows["arm"]],
+        )
+        low = max(0.0, float(np.nanmin(rows["ci_low"].fillna(rows["mean"]))) - 5)
+        ax.set_ylim(low, min(100.0, float(np.nanmax(rows["ci_high"].fillna(rows["mean"]))) + 2))
+        ax.set_title(f"{shots} real per class" if shots else "all real")
+        ax.set_ylabel(metric)
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_gain_vs_ratio(gains: pd.DataFrame, path: Path) -> Path | None:
+    overall = gains[gains["label"] == ""]
+    if overall.empty:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for shots, rows in overall.groupby("shots"):
+        rows = rows.sort_values("ratio")
+        errors = np.array([rows["gain"] - rows["ci_low"], rows["ci_high"] - rows["gain"]])
+        ax.errorbar(
+            rows["ratio"],
+            rows["gain"],
+            yerr=np.nan_to_num(errors),
+            marker="o",
+            capsize=4,
+            label=f"{shots} real/class",
+        )
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("synthetic images per real image")
+    ax.set_ylabel("top-1 gain over real-only (points)")
+    ax.set_title("Gain vs synthetic ratio (mean ± 95% CI)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_per_class_gain(gains: pd.DataFrame, path: Path) -> Path | None:
+    per_class = gains[gains["label"] != ""]
+    if per_class.empty:
+        return None
+    ratio = per_class["ratio"].max()
+    shots = per_class["shots"].min()
+    rows = per_class[(per_class["ratio"] == ratio) & (per_class["shots"] == shots)]
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(rows)), 3.6))
+    errors = np.array([rows["gain"] - rows["ci_low"], rows["ci_high"] - rows["gain"]])
+    ax.bar(
+        rows["label"],
+        rows["gain"],
+        yerr=np.nan_to_num(errors),
+        capsize=3,
+        color=["#3a7" if g >= 0 else "#c44" for g in rows["gain"]],
+    )
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_ylabel("accuracy gain (points)")
+    ax.set_title(f"Per-class gain, ×{ratio:g} synthetic, {shots} real/class")
+    ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_nodes(summary: pd.DataFrame, path: Path) -> Path | None:
+    nodes = summary[(summary["metric"] == "node_accuracy") & (summary["task"] == "classify")]
+    if nodes.empty:
+        return None
+    shots = nodes["shots"].min()
+    nodes = nodes[nodes["shots"] == shots].copy()
+    nodes["column"] = [arm_label(r) for _, r in nodes.iterrows()]
+    table = nodes.pivot_table(index="label", columns="column", values="mean")
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(1.6 * len(table.columns) + 3, 0.35 * len(table) + 1.5))
+    image = ax.imshow(table.to_numpy(), cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(table.columns)), table.columns, rotation=30, ha="right")
+    ax.set_yticks(range(len(table)), table.index)
+    for (i, j), value in np.ndenumerate(table.to_numpy()):
+        ax.text(j, i, f"{value:.1f}", ha="center", va="center", color="white", fontsize=8)
+    fig.colorbar(image, ax=ax, label="top-1 accuracy (%)")
+    ax.set_title(f"Accuracy per WordNet node ({shots} real/class)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_samples(real_source: str | None, synthetic: str | None, path: Path, per_class: int = 6):
+    """Rows of real (left) and synthetic (right) images for each class."""
+    if not real_source or not synthetic or not Path(synthetic).is_dir():
+        return None
+    from PIL import Image
+
+    from augment.bench.data import load_real
+    from augment.sinks import export_records
+    from augment.taxonomy.listfile import slugify
+
+    real = load_real(real_source, 32)
+    names = real.classes.names
+    fake: dict[str, list] = {slugify(n): [] for n in names}
+    for record in export_records(Path(synthetic)):
+        bucket = fake.get(slugify(record["concept_name"]))
+        if bucket is not None and len(bucket) < per_class:
+            bucket.append(
+                np.asarray(Image.open(io.BytesIO(record["image"]["bytes"])).convert("RGB"))
+            )
+    plt = pyplot()
+    fig, axes = plt.subplots(
+        len(names), 2 * per_class, figsize=(2 * per_class * 0.6, len(names) * 0.65), squeeze=False
+    )
+    for row, name in enumerate(names):
+        reals = real.pool.images[real.pool.labels == row][:per_class]
+        fakes = fake[slugify(name)]
+        for col in range(2 * per_class):
+            ax = axes[row, col]
+            ax.axis("off")
+            source = reals if col < per_class else fakes
+            index = col % per_class
+            if index < len(source):
+                ax.imshow(source[index])
+        axes[row, 0].set_title(name, fontsize=7, loc="left")
+    fig.suptitle("real (left) vs synthetic (right)", fontsize=9)
+    fig.tight_layout(pad=0.2)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def headline(results: pd.DataFrame) -> dict:
+    """The figures a reader wants first: classifier top-1 per arm, the gain, detection mAP."""
+    summary = summarize(results)
+    figures: dict = {}
+    top1 = summary[(summary["metric"] == "top1") & (summary["label"] == "")]
+    if not top1.empty:
+        shots = 10 if 10 in set(top1["shots"]) else int(top1["shots"].min())
+        figures["shots"] = shots
+        rows = top1[top1["shots"] == shots]
+        for arm in ARM_ORDER:
+            chosen = rows[rows["arm"] == arm].sort_values("ratio")
+            if not chosen.empty:  # augmented: the largest ratio, all the synthetic data used
+                best = chosen.iloc[-1]
+                figures[arm] = {
+                    "mean": best["mean"],
+                    "ci_low": best["ci_low"],
+                    "ci_high": best["ci_high"],
+                    "n_seeds": int(best["n_seeds"]),
+                    "ratio": float(best["ratio"]),
+                }
+        gains = paired_gain(results, "top1")
+        gains = gains[(gains["label"] == "") & (gains["shots"] == shots)]
+        if not gains.empty and "augmented" in figures:
+            gain = gains[gains["ratio"] == figures["augmented"]["ratio"]].iloc[0]
+            figures["gain"] = {
+                "mean": gain["gain"],
+                "ci_low": gain["ci_low"],
+                "ci_high": gain["ci_high"],
+                "ratio": float(gain["ratio"]),
+            }
+    detection = summary[(summary["task"] == "detect") & (summary["metric"] == "map50_95")]
+    detection = detection[detection["label"] == ""]
+    if not detection.empty:
+        figures["detector_map50_95"] = {
+            arm_label(r): {
+                "mean": r["mean"],
+                "ci_low": r["ci_low"],
+                "ci_high": r["ci_high"],
+                "n_seeds": int(r["n_seeds"]),
+            }
+            for _, r in detection.iterrows()
+        }
+    return figures
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def verdict(gain: dict) -> str:
+    if math.isnan(gain["ci_low"]):
+        return "one seed only: no confidence interval, no conclusion"
+    if gain["ci_low"] > 0:
+        return "real + synthetic beats real-only: the 95 % CI excludes 0"
+    if gain["ci_high"] < 0:
+        return "real + synthetic is worse than real-only: the 95 % CI is below 0"
+    return "no measurable gain: the 95 % CI includes 0"
+
+
+def write_report(
+    results_path: Path, out_dir: Path, real: str | None = None, synthetic: str | None = None
+) -> Path:
+    """Write OUT/report.md and its PNG plots from a results table."""
+    results = pd.read_parquet(results_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings_path = results_path.parent / "settings.json"
+    settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
+    classify_settings = settings.get("classify", {})
+    real = real or classify_settings.get("real")
+    synthetic = synthetic or classify_settings.get("synthetic")
+    summary = summarize(results)
+    gains = paired_gain(results, "top1")
+    class_gains = paired_gain(results, "class_accuracy")
+    figures = headline(results)
+    plots = {
+        "arms": plot_arms(
+            summary[summary["task"] == "classify"],
+            "top1",
+            out_dir / "classify_arms.png",
+            "Classifier top-1 on the real test set (mean ± 95% CI)",
+        ),
+        "gain": plot_gain_vs_ratio(gains, out_dir / "gain_vs_ratio.png"),
+        "per_class": plot_per_class_gain(class_gains, out_dir / "per_class_gain.png"),
+        "nodes": plot_nodes(summary, out_dir / "wordnet_nodes.png"),
+        "detect": plot_arms(
+            summary[summary["task"] == "detect"],
+            "map50_95",
+            out_dir / "detect_arms.png",
+            "Detector mAP50:95 on the real val set (mean ± 95% CI)",
+        ),
+        "samples": plot_samples(real, synthetic, out_dir / "samples.png"),
+    }
+    lines = ["# augment benchmark report", ""]
+    if "real_only" in figures:
+        lines += [
+            f"Classifier, {figures['shots']} real images per class, top-1 on the held-out "
+            "real test set, mean [95 % CI] over seeds:",
+            "",
+        ]
+        for arm in ARM_ORDER:
+            if arm in figures:
+                f = figures[arm]
+                lines.append(
+                    f"- **{arm}**: {ci_text(f['mean'], f['ci_low'], f['ci_high'], ' %')}"
+                    f" ({f['n_seeds']} seeds)"
+                )
+        if "gain" in figures:
+            g = figures["gain"]
+            lines += [
+                "",
+                f"**Paired gain** (augmented ×{g['ratio']:g} − real-only, same seeds): "
+                f"{ci_text(g['mean'], g['ci_low'], g['ci_high'], ' points')}: {verdict(g)}.",
+            ]
+        lines.append("")
+    overall = summary[summary["label"] == ""].copy()
+    overall["value"] = [
+        ci_text(r["mean"], r["ci_low"], r["ci_high"]) for _, r in overall.iterrows()
+    ]
+    lines += [
+        "## All arms",
+        "",
+        markdown_table(overall[["task", "arm", "ratio", "shots", "metric", "value", "n_seeds"]]),
+        "",
+    ]
+    if not gains.empty:
+        table = gains[gains["label"] == ""].copy()
+        table["gain"] = [ci_text(r["gain"], r["ci_low"], r["ci_high"]) for _, r in table.iterrows()]
+        lines += [
+            "## Paired gain in top-1 (points)",
+            "",
+            markdown_table(table[["shots", "ratio", "gain", "n_pairs"]]),
+            "",
+        ]
+    per_class = summary[summary["metric"] == "class_accuracy"].copy()
+    if not per_class.empty:
+        per_class["column"] = [f"{arm_label(r)} @{r['shots']}" for _, r in per_class.iterrows()]
+        pivot = per_class.pivot_table(index="label", columns="column", values="mean").round(1)
+        lines += ["## Per-class accuracy (%)", "", markdown_table(pivot.reset_index()), ""]
+    for name, title in (
+        ("arms", "Classifier arms"),
+        ("gain", "Gain vs ratio"),
+        ("per_class", "Per-class gain"),
+        ("nodes", "WordNet nodes"),
+        ("detect", "Detector arms"),
+        ("samples", "Samples"),
+    ):
+        if plots[name] is not None:
+            lines += [f"## {title}", "", f"![{title}]({plots[name].name})", ""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines))
+    (out_dir / "headline.json").write_text(json.dumps(figures, indent=2, default=float))
+    return path

@@ -1,0 +1,139 @@
+"""Benchmarks: statistics on known inputs, no leak into the test split, classify + report."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from augment.bench.classify import ClassifySettings, run_classify
+from augment.bench.data import ImageSet, check_no_leak, load_real
+from augment.bench.stats import mean_ci, paired_gain, summarize
+from augment.errors import AugmentError
+from augment.sinks.parquet import write_shard
+
+DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def write_fake_run(out: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    """An `augment run`-shaped folder holding the given images as 'synthetic' records."""
+    records = []
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        records.append(
+            {
+                "item_id": f"fake{index:05d}",
+                "concept_id": DIGITS[label],
+                "concept_name": DIGITS[label],
+                "category_id": int(label) + 1,
+                "width": image.shape[1],
+                "height": image.shape[0],
+                "boxes": [],
+                "image": {"bytes": buffer.getvalue(), "path": None},
+                "black": False,
+                "nan": False,
+                "nsfw": False,
+                "filtered": False,
+            }
+        )
+    write_shard(out / "shards", "part-00000.parquet", records)
+    categories = [{"id": i + 1, "name": n, "supercategory": "digit"} for i, n in enumerate(DIGITS)]
+    (out / "manifest.json").write_text(json.dumps({"categories": categories}))
+    return out
+
+
+def test_mean_ci_matches_the_t_interval_by_hand():
+    mean, low, high = mean_ci([1, 2, 3, 4, 5])
+    half = 2.7764451 * math.sqrt(2.5) / math.sqrt(5)  # t(0.975, 4) * s / sqrt(n)
+    assert mean == 3 and low == pytest.approx(3 - half) and high == pytest.approx(3 + half)
+    single = mean_ci([7.0])
+    assert single[0] == 7.0 and math.isnan(single[1])
+
+
+def test_paired_gain_pairs_by_seed():
+    rows = []
+    for seed, (base, aug) in enumerate([(80, 83), (82, 86), (84, 85)]):
+        for arm, value in (("real_only", base), ("augmented", aug)):
+            rows.append(
+                {
+                    "task": "classify",
+                    "arm": arm,
+                    "ratio": 1.0 if arm == "augmented" else 0.0,
+                    "shots": 10,
+                    "seed": seed,
+                    "metric": "top1",
+                    "label": "",
+                    "value": value,
+                }
+            )
+    rows.append({**rows[-1], "seed": 9, "value": 99.0})  # unpaired: ignored
+    (gain,) = paired_gain(pd.DataFrame(rows), "top1").to_dict("records")
+    half = 4.3026527 * np.std([3, 4, 1], ddof=1) / math.sqrt(3)
+    assert gain["gain"] == pytest.approx(8 / 3) and gain["n_pairs"] == 3
+    assert gain["ci_low"] == pytest.approx(8 / 3 - half) and gain["ci_high"] == pytest.approx(
+        8 / 3 + half
+    )
+    summary = summarize(pd.DataFrame(rows[:-1]))
+    assert set(summary["n_seeds"]) == {3}
+
+
+def test_a_synthetic_set_holding_a_test_image_is_refused():
+    real = load_real("digits", 16)
+    assert not set(real.split["pool"]) & set(real.split["test"])
+    leaked = ImageSet(real.test.images[:3].copy(), real.test.labels[:3], ["s0", "s1", "s2"])
+    with pytest.raises(AugmentError, match="a test image is also in the training data"):
+        check_no_leak(real.test, real.pool, leaked)
+    check_no_leak(real.test, real.pool)  # the real pool itself is clean
+
+
+@pytest.fixture(scope="module")
+def digits_generator_run(tmp_path_factory) -> Path:
+    """'Synthetic' = 20 real digits per class from the generator split (never pool or test)."""
+    from augment.digits.data import digit_splits, load_digit_images
+
+    images, labels = load_digit_images(32)
+    rows = np.concatenate(
+        [np.flatnonzero(labels[digit_splits()["generator"]] == c)[:20] for c in range(10)]
+    )
+    chosen = digit_splits()["generator"][rows]
+    return write_fake_run(tmp_path_factory.mktemp("fake"), images[chosen], labels[chosen])
+
+
+def test_classify_writes_seeds_per_arm_and_the_report(digits_generator_run, tmp_path):
+    from augment.report import write_report
+
+    settings = ClassifySettings(
+        synthetic=str(digits_generator_run),
+        out=str(tmp_path / "bench"),
+        image_size=16,
+        shots=[5],
+        ratios=[1.0, 2.0],
+        seeds=3,
+        steps=40,
+    )
+    results = run_classify(settings)
+    top1 = results[(results["metric"] == "top1")]
+    assert set(top1["arm"]) == {"real_only", "augmented", "synthetic_only"}
+    assert (top1.groupby(["arm", "ratio"])["seed"].nunique() == 3).all()
+    assert set(results["metric"]) == {"top1", "macro_f1", "class_accuracy", "node_accuracy"}
+    nodes = set(results[results["metric"] == "node_accuracy"]["label"])
+    assert nodes == {"digit.n.01"}  # every digit shares one path: its deepest node stands for it
+    augmented = top1[(top1["arm"] == "augmented") & (top1["ratio"] == 2.0)]
+    assert (augmented["n_synthetic"] == 100).all() and (augmented["n_real"] == 50).all()
+    split = json.loads((tmp_path / "bench" / "split.json").read_text())
+    assert len(split["test"]) == 500 and not set(split["test"]) & set(split["pool"])
+
+    report = write_report(tmp_path / "bench" / "results.parquet", tmp_path / "report")
+    text = report.read_text()
+    assert "real_only" in text and "Paired gain" in text and "[" in text
+    for name in ("classify_arms", "gain_vs_ratio", "per_class_gain", "wordnet_nodes", "samples"):
+        assert (tmp_path / "report" / f"{name}.png").stat().st_size > 1000
+    headline = json.loads((tmp_path / "report" / "headline.json").read_text())
+    assert headline["real_only"]["n_seeds"] == 3 and "gain" in headline
