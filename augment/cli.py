@@ -216,6 +216,50 @@ def cmd_bench_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_detect(args: argparse.Namespace) -> int:
+    from augment.bench.detect import DetectSettings, run_detect
+    from augment.bench.stats import summarize
+
+    settings = DetectSettings(
+        real=args.real,
+        synthetic=str(args.synthetic) if args.synthetic else None,
+        out=str(args.out),
+        model=args.model,
+        imgsz=args.imgsz,
+        epochs=args.epochs,
+        seeds=args.seeds,
+    )
+    if args.smoke:
+        settings.epochs, settings.seeds = 1, 3
+    results = run_detect(settings)
+    summary = summarize(results)
+    summary = summary[summary["label"] == ""]
+    table = Table("arm", "metric", "mean [95% CI]", "seeds")
+    for _, row in summary.iterrows():
+        table.add_row(
+            row["arm"],
+            row["metric"],
+            f"{row['mean']:.1f} [{row['ci_low']:.1f}, {row['ci_high']:.1f}]",
+            str(row["n_seeds"]),
+        )
+    out.print(table)
+    out.print(f"results: {Path(settings.out) / 'results.parquet'}", soft_wrap=True)
+    return 0
+
+
+def cmd_digits_canvases(args: argparse.Namespace) -> int:
+    from augment.digits.canvases import real_canvases, synthetic_canvases
+
+    if args.real:
+        real_canvases(args.real, args.train, args.val)
+        out.print(f"real canvases: {args.real}/train, {args.real}/val (COCO)", soft_wrap=True)
+    if args.synthetic_from:
+        target = args.out or args.synthetic_from / "canvases"
+        synthetic_canvases(args.synthetic_from, target, args.count)
+        out.print(f"synthetic canvases: {target} (shards with boxes)", soft_wrap=True)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from augment.report import write_report
 
@@ -386,6 +430,46 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--steps", type=int, default=600, help="optimisation steps per model")
     classify.add_argument("--smoke", action="store_true", help="tiny settings: under a minute")
     classify.set_defaults(func=cmd_bench_classify)
+
+    detect = bench_commands.add_parser(
+        "detect",
+        help="detector: YOLO on real-only vs real + synthetic, COCOeval mAP, k seeds",
+        description="Train ultralytics YOLO (yolov8n.yaml from scratch, offline) on real data "
+        "alone and with boxed synthetic images; score on the real val set with COCOeval.",
+        epilog="example: augment bench detect --real out/digits-canvases --synthetic "
+        "out/demo/canvases --epochs 10 --seeds 3 --out out/demo/bench",
+    )
+    detect.add_argument("--real", required=True, help="COCO folder (train/ + val/) or json")
+    detect.add_argument("--synthetic", type=Path, help="an augment output with boxes")
+    detect.add_argument("--out", type=Path, default=Path("bench"), help="results folder")
+    detect.add_argument("--model", default="yolov8n.yaml", help="a model yaml or a local .pt")
+    detect.add_argument("--imgsz", type=int, default=96)
+    detect.add_argument("--epochs", type=int, default=10)
+    detect.add_argument("--seeds", type=int, default=3)
+    detect.add_argument("--smoke", action="store_true", help="1 epoch, 3 seeds")
+    detect.set_defaults(func=cmd_bench_detect)
+
+    digits = commands.add_parser(
+        "digits", help="the embedded digits world", description="The embedded digits world."
+    )
+    digits_commands = digits.add_subparsers(dest="digits_command", required=True)
+    canvases = digits_commands.add_parser(
+        "canvases",
+        help="digits on canvases with boxes: real (COCO) and from a run's synthetic digits",
+        description="Build the digits detection world: real digits (pool -> train, test -> "
+        "val) on 96 px canvases as COCO, and canvases of a run's generated digits as shards.",
+        epilog="example: augment digits canvases --real out/digits-canvases "
+        "--synthetic-from out/demo",
+    )
+    canvases.add_argument("--real", type=Path, help="write real canvases (COCO) here")
+    canvases.add_argument("--train", type=int, default=300, help="real train canvases")
+    canvases.add_argument("--val", type=int, default=150, help="real val canvases")
+    canvases.add_argument("--synthetic-from", type=Path, help="an augment run of digit concepts")
+    canvases.add_argument(
+        "--out", type=Path, help="synthetic canvases folder (default RUN/canvases)"
+    )
+    canvases.add_argument("--count", type=int, default=300, help="synthetic canvases")
+    canvases.set_defaults(func=cmd_digits_canvases)
 
     report = commands.add_parser(
         "report",

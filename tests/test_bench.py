@@ -137,3 +137,75 @@ def test_classify_writes_seeds_per_arm_and_the_report(digits_generator_run, tmp_
         assert (tmp_path / "report" / f"{name}.png").stat().st_size > 1000
     headline = json.loads((tmp_path / "report" / "headline.json").read_text())
     assert headline["real_only"]["n_seeds"] == 3 and "gain" in headline
+
+
+def test_empty_predictions_score_zero_instead_of_crashing():
+    from augment.bench.detect import coco_eval
+
+    truth = {
+        "images": [{"id": 1, "width": 96, "height": 96, "file_name": "1.png"}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 2,
+                "bbox": [1, 1, 9, 9],
+                "area": 81,
+                "iscrowd": 0,
+            }
+        ],
+        "categories": [{"id": 2, "name": "one"}],
+    }
+    assert coco_eval(truth, []) == {"map50": 0.0, "map50_95": 0.0, "per_class": {"one": 0.0}}
+    perfect = [{"image_id": 1, "category_id": 2, "bbox": [1, 1, 9, 9], "score": 0.9}]
+    assert coco_eval(truth, perfect)["map50_95"] == pytest.approx(100.0)
+
+
+def test_canvases_keep_boxes_on_the_ink(tmp_path):
+    from augment.digits.canvases import real_canvases
+
+    real_canvases(tmp_path, train_count=20, val_count=10)
+    document = json.loads((tmp_path / "val" / "annotations.json").read_text())
+    assert len(document["images"]) == 10 and document["annotations"]
+    for annotation in document["annotations"]:
+        image = np.asarray(
+            Image.open(tmp_path / "val" / "images" / f"{annotation['image_id']}.png")
+        )
+        x, y, w, h = (int(v) for v in annotation["bbox"])
+        assert image[y : y + h, x : x + w].max() > 48  # ink inside the box
+        assert 1 <= annotation["category_id"] <= 10
+
+
+@pytest.mark.slow
+def test_detect_runs_three_seeds_and_cocoeval_matches_ultralytics(digits_generator_run, tmp_path):
+    from augment.bench.detect import DetectSettings, run_detect
+    from augment.digits.canvases import real_canvases, synthetic_canvases
+
+    real_canvases(tmp_path / "real", train_count=60, val_count=30)
+    synthetic_canvases(digits_generator_run, tmp_path / "synthetic", count=60)
+    settings = DetectSettings(
+        real=str(tmp_path / "real"),
+        synthetic=str(tmp_path / "synthetic"),
+        out=str(tmp_path / "bench"),
+        epochs=3,
+        seeds=3,
+        batch=16,
+    )
+    results = run_detect(settings)
+    overall = results[results["label"] == ""]
+    assert (overall.groupby("arm")["seed"].nunique() == 3).all()
+    assert set(overall["arm"]) == {"real_only", "augmented"}
+    wide = overall.pivot_table(index=["arm", "seed"], columns="metric", values="value")
+    assert ((wide["map50"] - wide["ultralytics_map50"]).abs() <= 2.0).all()  # points, i.e. 0.02
+    assert set(results[results["metric"] == "class_ap"]["label"]) == {
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+    }

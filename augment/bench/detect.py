@@ -1,0 +1,294 @@
+"""Detector benchmark: YOLO trained on real-only vs real + synthetic, scored with COCOeval.
+
+The real set is a COCO dataset (annotations.json + images/): given as a folder with train/ and
+val/ inside, or one folder that is split by image, seeded. The synthetic set is an `augment`
+output whose records carry boxes. For each arm and seed, ultralytics trains `yolov8n.yaml` from
+scratch (or a local .pt) offline; ultralytics' own validation writes its predictions as COCO
+results, and pycocotools' COCOeval scores those same predictions against the real val
+annotations (mAP50, mAP50:95, per-class AP). Both mAP figures are kept, so they can be compared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from augment.bench.classify import write_results
+from augment.errors import AugmentError
+
+
+@dataclass
+class DetectSettings:
+    real: str  # COCO folder: train/ + val/, or one annotations.json to split
+    synthetic: str | None = None  # an `augment` output with boxes
+    out: str = "bench"
+    model: str = "yolov8n.yaml"
+    imgsz: int = 96
+    epochs: int = 10
+    batch: int = 16
+    seeds: int = 3
+    val_fraction: float = 0.3
+    split_seed: int = 0
+
+
+def prepare_ultralytics(cache: Path) -> None:
+    """ultralytics offline: no downloads, no auto-install, a writable settings folder."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(cache / "ultralytics"))
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+
+
+def load_coco(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AugmentError(f"{path}: not a readable COCO annotations file ({exc})") from None
+
+
+def real_splits(settings: DetectSettings) -> tuple[dict, Path, dict, Path]:
+    """(train coco, train images dir, val coco, val images dir)."""
+    root = Path(settings.real)
+    if (root / "train" / "annotations.json").is_file() and (
+        root / "val" / "annotations.json"
+    ).is_file():
+        return (
+            load_coco(root / "train" / "annotations.json"),
+            root / "train" / "images",
+            load_coco(root / "val" / "annotations.json"),
+            root / "val" / "images",
+        )
+    path = root / "annotations.json" if root.is_dir() else root
+    if not path.is_file():
+        raise AugmentError(
+            f"real detection data '{settings.real}' not found: give a COCO folder with "
+            "train/ and val/ (annotations.json + images/ each) or one annotations.json"
+        )
+    document = load_coco(path)
+    rng = np.random.default_rng(settings.split_seed)
+    ids = rng.permutation([image["id"] for image in document["images"]])
+    val_ids = set(ids[: max(1, round(len(ids) * settings.val_fraction))].tolist())
+
+    def subset(keep) -> dict:
+        images = [i for i in document["images"] if keep(i["id"])]
+        kept = {i["id"] for i in images}
+        annotations = [a for a in document["annotations"] if a["image_id"] in kept]
+        return {**document, "images": images, "annotations": annotations}
+
+    images_dir = path.parent / "images"
+    return (
+        subset(lambda i: i not in val_ids),
+        images_dir,
+        subset(lambda i: i in val_ids),
+        images_dir,
+    )
+
+
+def write_yolo_split(
+    coco: dict, images_dir: Path, target: Path, class_index: dict[int, int], prefix: str = ""
+) -> int:
+    """Images (named by COCO id) + YOLO label files; returns the number of images."""
+    (target / "images").mkdir(parents=True, exist_ok=True)
+    (target / "labels").mkdir(parents=True, exist_ok=True)
+    by_image: dict[int, list] = {}
+    for annotation in coco["annotations"]:
+        by_image.setdefault(annotation["image_id"], []).append(annotation)
+    for image in coco["images"]:
+        stem = f"{prefix}{image['id']}"
+        source = images_dir / image["file_name"]
+        shutil.copyfile(source, target / "images" / f"{stem}{source.suffix}")
+        lines = []
+        for ann in by_image.get(image["id"], []):
+            x, y, w, h = ann["bbox"]
+            cx, cy = (x + w / 2) / image["width"], (y + h / 2) / image["height"]
+            lines.append(
+                f"{class_index[ann['category_id']]} {cx:.6f} {cy:.6f} "
+                f"{w / image['width']:.6f} {h / image['height']:.6f}"
+            )
+        (target / "labels" / f"{stem}.txt").write_text("\n".join(lines) + "\n" * bool(lines))
+    return len(coco["images"])
+
+
+def synthetic_coco(run_dir: Path, target: Path) -> tuple[dict, Path]:
+    """The run's boxed records as a COCO document + images folder (ids from 1)."""
+    from augment.sinks import export_records
+
+    images_dir = target / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for image_id, record in enumerate(export_records(run_dir), start=1):
+        name = f"{image_id}.png"
+        (images_dir / name).write_bytes(record["image"]["bytes"])
+        images.append(
+            {
+                "id": image_id,
+                "file_name": name,
+                "width": record["width"],
+                "height": record["height"],
+            }
+        )
+        for box in record["boxes"] or []:
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": box["category_id"],
+                    "bbox": list(box["bbox"]),
+                }
+            )
+    if not annotations:
+        raise AugmentError(
+            f"{run_dir}: no record carries boxes; detection needs boxed synthetic images "
+            "(e.g. `augment digits canvases`, img2img/inpaint of a COCO set)"
+        )
+    return {"images": images, "annotations": annotations}, images_dir
+
+
+def coco_eval(ground_truth: dict, predictions: list[dict]) -> dict:
+    """mAP50, mAP50:95 and per-class AP (in %) of `predictions` on `ground_truth`."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    names = {c["id"]: c["name"] for c in ground_truth["categories"]}
+    if not predictions:  # loadRes raises on an empty list: no detection scores zero
+        return {"map50": 0.0, "map50_95": 0.0, "per_class": dict.fromkeys(names.values(), 0.0)}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = {"info": {}, **ground_truth}
+        gt.createIndex()
+        evaluator = COCOeval(gt, gt.loadRes(predictions), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    precision = evaluator.eval["precision"]  # [iou, recall, class, area, max_dets]
+    per_class = {}
+    for k, category_id in enumerate(evaluator.params.catIds):
+        values = precision[:, :, k, 0, -1]
+        values = values[values > -1]
+        per_class[names[category_id]] = 100.0 * float(values.mean()) if values.size else 0.0
+    return {
+        "map50": 100.0 * evaluator.stats[1],
+        "map50_95": 100.0 * evaluator.stats[0],
+        "per_class": per_class,
+    }
+
+
+def train_and_evaluate(data_yaml: Path, run_dir: Path, settings: DetectSettings, seed: int):
+    """Train one YOLO; validate with ultralytics (save_json); return (metrics, predictions)."""
+    from ultralytics import YOLO
+
+    model = YOLO(settings.model)
+    common = dict(
+        imgsz=settings.imgsz,
+        batch=settings.batch,
+        device="cpu",
+        workers=0,
+        plots=False,
+        verbose=False,
+        exist_ok=True,
+        project=str(run_dir),
+    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        model.train(
+            data=str(data_yaml),
+            epochs=settings.epochs,
+            seed=seed,
+            deterministic=True,
+            amp=False,
+            val=False,
+            name="train",
+            **common,
+        )
+        metrics = model.val(
+            data=str(data_yaml), save_json=True, conf=0.001, iou=0.7, name="val", **common
+        )
+    predictions_file = Path(metrics.save_dir) / "predictions.json"
+    predictions = json.loads(predictions_file.read_text()) if predictions_file.is_file() else []
+    return {"map50": 100.0 * metrics.box.map50, "map50_95": 100.0 * metrics.box.map}, predictions
+
+
+def run_detect(settings: DetectSettings) -> pd.DataFrame:
+    """Every (arm, seed): train, validate, COCOeval; write OUT/results.parquet rows."""
+    from augment.cache import cache_dir
+    from augment.progress import image_progress
+
+    prepare_ultralytics(cache_dir())
+    out = Path(settings.out)
+    work = out / "detect"
+    shutil.rmtree(work, ignore_errors=True)
+    train_coco, train_images, val_coco, val_images = real_splits(settings)
+    categories = sorted(val_coco["categories"], key=lambda c: c["id"])
+    class_index = {c["id"]: i for i, c in enumerate(categories)}
+    write_yolo_split(val_coco, val_images, work / "val", class_index)
+    arms = {"real_only": work / "real_only"}
+    write_yolo_split(train_coco, train_images, arms["real_only"], class_index)
+    n_real, n_synthetic = len(train_coco["images"]), 0
+    if settings.synthetic:
+        arms["augmented"] = work / "augmented"
+        write_yolo_split(train_coco, train_images, arms["augmented"], class_index)
+        synthetic, synthetic_images = synthetic_coco(Path(settings.synthetic), work / "synthetic")
+        n_synthetic = write_yolo_split(
+            synthetic, synthetic_images, arms["augmented"], class_index, "s"
+        )
+    names = {i: c["name"] for i, c in enumerate(categories)}
+    ground_truth = {**val_coco, "categories": categories}
+    rows = []
+    with image_progress(len(arms) * settings.seeds, "training detectors", unit="model") as advance:
+        for arm, train_dir in arms.items():
+            data_yaml = train_dir / "data.yaml"
+            data_yaml.write_text(
+                json.dumps(
+                    {
+                        "path": str(work.resolve()),
+                        "train": str(train_dir.resolve() / "images"),
+                        "val": str((work / "val" / "images").resolve()),
+                        "names": names,
+                    }
+                )
+            )
+            for seed in range(settings.seeds):
+                started = time.perf_counter()
+                ultra, predictions = train_and_evaluate(
+                    data_yaml, work / "runs" / f"{arm}-{seed}", settings, seed
+                )
+                for prediction in predictions:  # ultralytics writes category_id = class + 1
+                    prediction["category_id"] = categories[int(prediction["category_id"]) - 1]["id"]
+                scores = coco_eval(ground_truth, predictions)
+                base = {
+                    "task": "detect",
+                    "arm": arm,
+                    "ratio": n_synthetic / n_real if arm == "augmented" else 0.0,
+                    "shots": 0,
+                    "seed": seed,
+                    "model": settings.model,
+                    "steps": settings.epochs,
+                    "n_real": n_real,
+                    "n_synthetic": n_synthetic if arm == "augmented" else 0,
+                    "n_test": len(val_coco["images"]),
+                    "wall_s": time.perf_counter() - started,
+                }
+                metrics = [
+                    ("map50", "", scores["map50"]),
+                    ("map50_95", "", scores["map50_95"]),
+                    ("ultralytics_map50", "", ultra["map50"]),
+                    ("ultralytics_map50_95", "", ultra["map50_95"]),
+                ]
+                metrics += [
+                    ("class_ap", name, value) for name, value in scores["per_class"].items()
+                ]
+                rows += [
+                    {**base, "metric": m, "label": label, "value": v} for m, label, v in metrics
+                ]
+                advance(1)
+    results = pd.DataFrame(rows)
+    write_results(results, out, {"detect": asdict(settings)})
+    return results
