@@ -164,6 +164,8 @@ def connect_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
+    if address is None and "RAY_ADDRESS" not in os.environ:
+        logging.getLogger("ray").setLevel(logging.ERROR)  # a private local Ray: no banner
     ray.init(
         address=address,
         include_dashboard=False,

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def prepare_ultralytics(cache: Path) -> None:
     os.environ.setdefault("YOLO_AUTOINSTALL", "0")
     os.environ.setdefault("YOLO_CONFIG_DIR", str(cache / "ultralytics"))
     os.environ.setdefault("YOLO_VERBOSE", "False")
+    warnings.filterwarnings("ignore", message=".*get_trial_id.*")  # ultralytics' Ray hook
 
 
 def load_coco(path: Path) -> dict:

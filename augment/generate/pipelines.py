@@ -28,10 +28,26 @@ SCHEDULERS = {
 }
 
 
+#: The digits model trained by `augment digits train` and shipped inside the package.
+SHIPPED_DIGITS_MODEL = Path(__file__).resolve().parents[1] / "digits" / "model"
+
+
+def shipped_digits_model() -> Path:
+    if not (SHIPPED_DIGITS_MODEL / "model_index.json").is_file():
+        raise ModelError(
+            f"the shipped digits model is missing from {SHIPPED_DIGITS_MODEL}; rebuild it with "
+            f"`augment digits train --out {SHIPPED_DIGITS_MODEL}`"
+        )
+    return SHIPPED_DIGITS_MODEL
+
+
 def builtin_models() -> dict:
     from augment.generate.tiny import save_tiny_sd
 
-    return {"tiny-sd": lambda: save_tiny_sd(cache_dir() / "models" / "tiny-sd-v1")}
+    return {
+        "tiny-sd": lambda: save_tiny_sd(cache_dir() / "models" / "tiny-sd-v1"),
+        "digits": shipped_digits_model,
+    }
 
 
 def resolve_model(model: str, base_dir: Path | None = None) -> str:
