@@ -180,9 +180,23 @@ def number_list(kind):
     return parse
 
 
+def print_results(results, folder: str, columns: list[str], metrics: list[str]) -> None:
+    """Mean [95% CI] over seeds of the overall `metrics`, one table row per arm setting."""
+    from augment.bench.stats import summarize
+
+    summary = summarize(results)
+    summary = summary[summary["metric"].isin(metrics) & (summary["label"] == "")]
+    table = Table(*columns, "mean [95% CI]", "seeds")
+    for _, row in summary.iterrows():
+        cells = [f"{row[c]:g}" if isinstance(row[c], float) else str(row[c]) for c in columns]
+        interval = f"{row['mean']:.1f} [{row['ci_low']:.1f}, {row['ci_high']:.1f}]"
+        table.add_row(*cells, interval, str(row["n_seeds"]))
+    out.print(table)
+    out.print(f"results: {Path(folder) / 'results.parquet'}", soft_wrap=True)
+
+
 def cmd_bench_classify(args: argparse.Namespace) -> int:
     from augment.bench.classify import ClassifySettings, run_classify
-    from augment.bench.stats import summarize
 
     settings = ClassifySettings(
         real=args.real,
@@ -200,25 +214,12 @@ def cmd_bench_classify(args: argparse.Namespace) -> int:
     if args.smoke:
         settings.seeds, settings.steps, settings.shots, settings.ratios = 3, 30, [5], [1.0]
     results = run_classify(settings)
-    top1 = summarize(results)
-    top1 = top1[(top1["metric"] == "top1") & (top1["label"] == "")]
-    table = Table("arm", "ratio", "shots", "top-1 % (mean [95% CI])", "seeds")
-    for _, row in top1.iterrows():
-        table.add_row(
-            row["arm"],
-            f"{row['ratio']:g}",
-            str(row["shots"]),
-            f"{row['mean']:.1f} [{row['ci_low']:.1f}, {row['ci_high']:.1f}]",
-            str(row["n_seeds"]),
-        )
-    out.print(table)
-    out.print(f"results: {Path(settings.out) / 'results.parquet'}", soft_wrap=True)
+    print_results(results, settings.out, ["arm", "ratio", "shots"], metrics=["top1"])
     return 0
 
 
 def cmd_bench_detect(args: argparse.Namespace) -> int:
     from augment.bench.detect import DetectSettings, run_detect
-    from augment.bench.stats import summarize
 
     settings = DetectSettings(
         real=args.real,
@@ -232,18 +233,7 @@ def cmd_bench_detect(args: argparse.Namespace) -> int:
     if args.smoke:
         settings.epochs, settings.seeds = 1, 3
     results = run_detect(settings)
-    summary = summarize(results)
-    summary = summary[summary["label"] == ""]
-    table = Table("arm", "metric", "mean [95% CI]", "seeds")
-    for _, row in summary.iterrows():
-        table.add_row(
-            row["arm"],
-            row["metric"],
-            f"{row['mean']:.1f} [{row['ci_low']:.1f}, {row['ci_high']:.1f}]",
-            str(row["n_seeds"]),
-        )
-    out.print(table)
-    out.print(f"results: {Path(settings.out) / 'results.parquet'}", soft_wrap=True)
+    print_results(results, settings.out, ["arm", "metric"], metrics=["map50", "map50_95"])
     return 0
 
 
