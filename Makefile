@@ -38,7 +38,7 @@ test: install lint
 	$(BIN)/python -m pytest tests
 
 demo: install
-	$(BIN)/augment run jobs/demo.yaml
+	$(BIN)/augment demo --out out/demo
 
 clean:
 	rm -rf out .pytest_cache

@@ -164,13 +164,12 @@ def connect_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
-    if address is None and "RAY_ADDRESS" not in os.environ:
-        logging.getLogger("ray").setLevel(logging.ERROR)  # a private local Ray: no banner
+    private = address is None and "RAY_ADDRESS" not in os.environ
     ray.init(
         address=address,
         include_dashboard=False,
         ignore_reinit_error=True,
-        logging_level=logging.WARNING,
+        logging_level=logging.ERROR if private else logging.WARNING,  # no banner locally
         log_to_driver=False,
     )
 

@@ -48,6 +48,11 @@ def run_demo(
     from augment.report import headline, write_report
 
     started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(stage: str) -> None:
+        timings[stage] = round(time.perf_counter() - started - sum(timings.values()), 1)
+
     size = QUICK if quick else FULL
     overrides = {
         "output.dir": str(out),
@@ -57,6 +62,7 @@ def run_demo(
     }
     spec = load_spec(DEMO_JOB, overrides)
     run = run_job(spec, DEMO_JOB.parent, RunOptions(workers=workers))
+    lap("generation")
     bench = out / "bench"
     run_classify(
         ClassifySettings(
@@ -70,8 +76,10 @@ def run_demo(
             steps=size.steps,
         )
     )
+    lap("classifier_benchmark")
     real_canvases(out / "real-canvases", *size.real_canvases)
     synthetic_canvases(out, out / "canvases", size.synthetic_canvases)
+    lap("canvases")
     run_detect(
         DetectSettings(
             real=str(out / "real-canvases"),
@@ -81,7 +89,9 @@ def run_demo(
             seeds=size.detect_seeds,
         )
     )
+    lap("detector_benchmark")
     report = write_report(bench / "results.parquet", out / "report", "digits", str(out))
+    lap("report")
     import pandas as pd
 
     figures = headline(pd.read_parquet(bench / "results.parquet"))
@@ -96,6 +106,7 @@ def run_demo(
         "detector_map50_95": figures.get("detector_map50_95"),
         "images_generated": run.rendered + run.skipped,
         "wall_time_s": round(time.perf_counter() - started, 1),
+        "stage_seconds": timings,
         "report": str(report),
         "quick": quick,
     }

@@ -1,0 +1,34 @@
+"""`augment demo --quick`: the whole mission on the shipped digits model, end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+AUGMENT = str(Path(sys.executable).parent / "augment")
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_the_report_and_headline_figures(tmp_path):
+    result = subprocess.run(
+        [AUGMENT, "demo", "--quick", "--out", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    accuracy = summary["accuracy_percent"]
+    assert set(accuracy) == {"real_only", "augmented", "synthetic_only"}
+    for figure in accuracy.values():
+        assert figure["n_seeds"] == 3 and figure["ci_low"] <= figure["mean"] <= figure["ci_high"]
+    assert summary["gain"]["ci_low"] <= summary["gain"]["mean"] <= summary["gain"]["ci_high"]
+    assert set(summary["detector_map50_95"]) == {"real_only", "augmented ×1"}
+    assert summary["images_generated"] == 200
+    report = Path(summary["report"]).read_text()
+    assert "Paired gain" in report and "samples.png" in report
+    assert "report:" in result.stdout and "summary.json" in result.stdout
