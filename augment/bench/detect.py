@@ -34,7 +34,7 @@ class DetectSettings:
     out: str = "bench"
     model: str = "yolov8n.yaml"
     imgsz: int = 96
-    epochs: int = 10
+    epochs: int = 10  # of the augmented arm; real-only gets as many steps
     batch: int = 16
     seeds: int = 3
     val_fraction: float = 0.3
@@ -184,7 +184,9 @@ def coco_eval(ground_truth: dict, predictions: list[dict]) -> dict:
     }
 
 
-def train_and_evaluate(data_yaml: Path, run_dir: Path, settings: DetectSettings, seed: int):
+def train_and_evaluate(
+    data_yaml: Path, run_dir: Path, settings: DetectSettings, seed: int, epochs: int
+):
     """Train one YOLO; validate with ultralytics (save_json); return (metrics, predictions)."""
     from ultralytics import YOLO
 
@@ -202,7 +204,7 @@ def train_and_evaluate(data_yaml: Path, run_dir: Path, settings: DetectSettings,
     with contextlib.redirect_stdout(io.StringIO()):
         model.train(
             data=str(data_yaml),
-            epochs=settings.epochs,
+            epochs=epochs,
             seed=seed,
             deterministic=True,
             amp=False,
@@ -246,6 +248,10 @@ def run_detect(settings: DetectSettings) -> pd.DataFrame:
     rows = []
     with image_progress(len(arms) * settings.seeds, "training detectors", unit="model") as advance:
         for arm, train_dir in arms.items():
+            # Equal compute: the smaller real-only set gets proportionally more epochs, so both
+            # arms take about as many optimisation steps as the augmented arm.
+            size = n_real + (n_synthetic if arm == "augmented" else 0)
+            epochs = max(1, round(settings.epochs * (n_real + n_synthetic) / size))
             data_yaml = train_dir / "data.yaml"
             data_yaml.write_text(
                 json.dumps(
@@ -260,7 +266,7 @@ def run_detect(settings: DetectSettings) -> pd.DataFrame:
             for seed in range(settings.seeds):
                 started = time.perf_counter()
                 ultra, predictions = train_and_evaluate(
-                    data_yaml, work / "runs" / f"{arm}-{seed}", settings, seed
+                    data_yaml, work / "runs" / f"{arm}-{seed}", settings, seed, epochs
                 )
                 for prediction in predictions:  # ultralytics writes category_id = class + 1
                     prediction["category_id"] = categories[int(prediction["category_id"]) - 1]["id"]
@@ -272,7 +278,7 @@ def run_detect(settings: DetectSettings) -> pd.DataFrame:
                     "shots": 0,
                     "seed": seed,
                     "model": settings.model,
-                    "steps": settings.epochs,
+                    "steps": epochs,
                     "n_real": n_real,
                     "n_synthetic": n_synthetic if arm == "augmented" else 0,
                     "n_test": len(val_coco["images"]),
