@@ -209,3 +209,19 @@ def test_detect_runs_three_seeds_and_cocoeval_matches_ultralytics(digits_generat
         "eight",
         "nine",
     }
+
+
+def test_resnet_loads_local_weights_and_bad_weights_are_a_clear_error(tmp_path):
+    import torch
+    import torchvision
+
+    from augment.bench.classify import build_model
+
+    reference = torchvision.models.resnet18(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "resnet18.pt")
+    model = build_model("resnet18", 10, str(tmp_path / "resnet18.pt"))
+    assert torch.equal(model.conv1.weight, reference.conv1.weight)
+    assert model.fc.out_features == 10
+    (tmp_path / "broken.pt").write_text("not weights")
+    with pytest.raises(AugmentError, match="cannot load a state_dict"):
+        build_model("resnet18", 10, str(tmp_path / "broken.pt"))

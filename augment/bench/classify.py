@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -78,10 +79,12 @@ def build_model(name: str, num_classes: int, weights: str | None = None):
     model = getattr(torchvision.models, name)(weights=None)
     if weights:
         try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as exc:
-            raise AugmentError(f"--weights {weights}: cannot load a state_dict ({exc})") from None
-        model.load_state_dict(state)
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
+            first_line = str(exc).splitlines()[0]
+            raise AugmentError(
+                f"--weights {weights}: cannot load a state_dict for {name} ({first_line})"
+            ) from None
     model.fc = nn.Linear(model.fc.in_features, num_classes)
     return model
 
