@@ -533,7 +533,7 @@ def train_digits_model(
     first. The folder is written next to `out_dir` and moved into place at the end (an existing
     folder is replaced). Returns training stats: loss curves, seconds, steps, split sizes.
     """
-    from diffusers import StableDiffusionPipeline
+    from augment.generate.tiny import assemble_sd_pipeline
 
     out_dir = Path(out_dir)
     if steps < 1:
@@ -607,16 +607,7 @@ def train_digits_model(
         unet_seconds = time.perf_counter() - unet_started
         seconds = time.perf_counter() - started
 
-        pipe = StableDiffusionPipeline(
-            vae=vae.eval(),
-            text_encoder=ema_text,
-            tokenizer=tokenizer,
-            unet=ema_unet,
-            scheduler=_ddim_scheduler(),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        pipe = assemble_sd_pipeline(vae.eval(), ema_text, tokenizer, ema_unet, _ddim_scheduler())
         if half:
             pipe.to(dtype=torch.float16)
         out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -132,7 +132,7 @@ def build_vae():
 
 def build_tiny_sd_pipeline(seed: int = 0, image_size: int = 32):
     """A StableDiffusionPipeline with random weights, identical for the same seed."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler
 
     torch.manual_seed(seed)
     vae = build_vae()
@@ -148,6 +148,13 @@ def build_tiny_sd_pipeline(seed: int = 0, image_size: int = 32):
         set_alpha_to_one=False,
         steps_offset=1,
     )
+    return assemble_sd_pipeline(vae, text_encoder, tokenizer, unet, scheduler)
+
+
+def assemble_sd_pipeline(vae, text_encoder, tokenizer, unet, scheduler):
+    """A StableDiffusionPipeline of our own components: no safety checker to load."""
+    from diffusers import StableDiffusionPipeline
+
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
