@@ -19,17 +19,10 @@ SHIPPED = Path(__file__).resolve().parents[1] / "augment" / "digits" / "model"
 
 
 def load_pipeline(folder: Path):
-    from diffusers import StableDiffusionPipeline
+    """The shipped loader: the same path `augment run` takes with builtin:digits."""
+    from augment.generate.pipelines import load_txt2img_pipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(
-        str(folder),
-        dtype=torch.float32,
-        safety_checker=None,
-        requires_safety_checker=False,
-        local_files_only=True,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return load_txt2img_pipeline(str(folder), dtype="float32", device="cpu")
 
 
 def test_images_are_white_on_black_rgb_32px():

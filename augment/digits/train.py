@@ -357,16 +357,10 @@ def render_grid(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(
-        str(folder),
-        dtype=torch.float32,
-        safety_checker=None,
-        requires_safety_checker=False,
-        local_files_only=True,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    from augment.generate.pipelines import load_txt2img_pipeline
+
+    pipe = load_txt2img_pipeline(str(folder), dtype="float32", device="cpu")
     rows = []
     for label in range(len(DIGIT_NAMES)):
         gens = [
