@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from augment.errors import AugmentError
+from augment.progress import quiet_libraries
 
 out = Console()
 err = Console(stderr=True)
@@ -544,22 +545,6 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--synthetic", type=Path, help="synthetic run for sample grids")
     report.set_defaults(func=cmd_report)
     return parser
-
-
-def quiet_libraries() -> None:
-    """Keep third-party loading chatter off the user's terminal."""
-    for name in ("diffusers", "transformers", "torch"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        import diffusers.utils.logging as diffusers_logging
-        import transformers.utils.logging as transformers_logging
-
-        diffusers_logging.set_verbosity_error()
-        diffusers_logging.disable_progress_bar()
-        transformers_logging.set_verbosity_error()
-        transformers_logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 def main(argv: list[str] | None = None) -> int:

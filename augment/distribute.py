@@ -90,8 +90,8 @@ class BlockWorker:
     ):
         import torch
 
-        from augment.cli import quiet_libraries
         from augment.generate.engine import Txt2ImgGenerator
+        from augment.progress import quiet_libraries
 
         quiet_libraries()
         if threads:

@@ -1,7 +1,9 @@
-"""Progress bars for long work: items done/total, images/s and time left."""
+"""Console output for long work: progress bars (done/total, images/s, time left), and
+third-party loading chatter kept off the terminal."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -48,3 +50,19 @@ def image_progress(total: int, label: str, unit: str = "img") -> Iterator[Callab
     with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
         task = progress.add_task(label, total=total)
         yield lambda n: progress.advance(task, n)
+
+
+def quiet_libraries() -> None:
+    """Keep third-party loading chatter off the user's terminal."""
+    for name in ("diffusers", "transformers", "torch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import diffusers.utils.logging as diffusers_logging
+        import transformers.utils.logging as transformers_logging
+
+        diffusers_logging.set_verbosity_error()
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+    except ImportError:
+        pass
