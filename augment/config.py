@@ -11,17 +11,28 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from augment.errors import SpecError
 from augment.generate.pipelines import SCHEDULERS
 from augment.prompts import DEFAULT_NEGATIVE
 
-Mode = Literal["txt2img"]
+Mode = Literal["txt2img", "img2img", "inpaint", "controlnet", "interpolate"]
+#: Modes that start from a source image: their plan is built from `source:` images.
+SOURCE_MODES = ("img2img", "inpaint", "controlnet")
+Family = Literal["auto", "sd", "sdxl"]
 DType = Literal["float32", "float16", "bfloat16"]
 Format = Literal["parquet", "coco", "yolo", "imagefolder"]
 
@@ -63,19 +74,88 @@ class PromptSpec(StrictModel):
         return templates
 
 
+class SourceSpec(StrictModel):
+    """Real images that img2img, inpaint and controlnet start from."""
+
+    path: str = Field(
+        description="A COCO folder (annotations.json + images/), an annotations .json file, an "
+        "image folder (<class>/<image>), a Parquet file or an augment output folder."
+    )
+    format: Literal["auto", "coco", "imagefolder", "parquet"] = "auto"
+    limit: int | None = Field(default=None, ge=1, description="use the first N source images")
+
+
+class MaskSpec(StrictModel):
+    """Where inpainting masks come from."""
+
+    source: Literal["boxes", "files"] = "boxes"
+    per: Literal["object", "class"] = Field(
+        default="object", description="boxes: repaint one object per image, or a whole class"
+    )
+    margin: int = Field(default=4, ge=0, description="boxes: dilate each box by this many pixels")
+    files: str | None = Field(
+        default=None, description="files: a folder of masks named like the source images"
+    )
+
+
+class ControlNetSpec(StrictModel):
+    model: str = Field(description="A ControlNet diffusers folder, hub id in the cache, builtin")
+    conditioning: Literal["canny"] = "canny"
+    low_threshold: int = Field(default=100, ge=0, le=255)
+    high_threshold: int = Field(default=200, ge=0, le=255)
+    scale: float = Field(default=1.0, ge=0, description="controlnet_conditioning_scale")
+
+
+class InterpolateSpec(StrictModel):
+    frames: int = Field(default=8, ge=2, le=240, description="frames per sequence, ends included")
+    between: Literal["seeds", "prompts", "both"] = Field(
+        default="both", description="what changes along a sequence"
+    )
+    frame_ms: int = Field(default=120, ge=10, description="GIF frame duration")
+
+
+class LoraSpec(StrictModel):
+    path: str = Field(description="A folder or .safetensors file of LoRA weights, or builtin")
+    weight_name: str | None = None
+    scale: float = 1.0
+
+
+class TextualInversionSpec(StrictModel):
+    path: str = Field(description="An embedding file (.safetensors/.bin) or folder, or builtin")
+    token: str = Field(min_length=1, description="the word prompts use, e.g. <my-weed>")
+
+
 class GenerationSpec(StrictModel):
     model: str = Field(
-        description="A diffusers folder, a hub id already in the local cache, or 'builtin:<name>'."
+        description="A diffusers folder (DreamBooth output included), a single .safetensors "
+        "checkpoint, a hub id already in the local cache, or 'builtin:<name>'."
+    )
+    family: Family = Field(default="auto", description="sd (1.x/2.x) or sdxl; auto reads it")
+    config: str | None = Field(
+        default=None, description="single-file checkpoints: a diffusers folder with the configs"
     )
     mode: Mode = "txt2img"
     scheduler: str = "DDIM"
     num_inference_steps: int = Field(default=30, ge=1, le=1000)
     guidance_scale: float = Field(default=7.5, ge=0)
+    strength: float = Field(default=0.75, gt=0, le=1, description="img2img and inpaint")
     height: int = Field(default=512, ge=8)
     width: int = Field(default=512, ge=8)
     dtype: DType = "float32"
     device: str = "auto"
     batch_size: int = Field(default=4, ge=1)
+    mask: MaskSpec = MaskSpec()
+    controlnet: ControlNetSpec | None = None
+    interpolate: InterpolateSpec = InterpolateSpec()
+    loras: list[LoraSpec] = []
+    textual_inversions: list[TextualInversionSpec] = []
+    safety_checker: bool = Field(
+        default=True, description="run the model folder's safety checker, when it has one"
+    )
+    attention: Literal["sdpa", "eager"] = "sdpa"
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+    compile: bool = Field(default=False, description="torch.compile the UNet (GPU runs)")
 
     @field_validator("scheduler")
     @classmethod
@@ -93,6 +173,22 @@ class GenerationSpec(StrictModel):
             raise ValueError(f"must be a multiple of 8, got {size}")
         return size
 
+    @model_validator(mode="after")
+    def _mode_needs(self) -> GenerationSpec:
+        if self.mode == "controlnet" and self.controlnet is None:
+            raise ValueError("mode controlnet needs a controlnet: section (model: FOLDER)")
+        if (
+            self.mode in ("img2img", "inpaint")
+            and int(self.num_inference_steps * self.strength) < 1
+        ):
+            raise ValueError(
+                f"strength {self.strength} x {self.num_inference_steps} steps leaves no denoising "
+                "step; raise num_inference_steps or strength"
+            )
+        if self.mask.source == "files" and not self.mask.files:
+            raise ValueError("mask.source files needs mask.files: a folder of mask images")
+        return self
+
 
 class OutputSpec(StrictModel):
     dir: str = "out"
@@ -106,8 +202,18 @@ class JobSpec(StrictModel):
     taxonomy: TaxonomySpec
     prompts: PromptSpec = PromptSpec()
     generation: GenerationSpec
+    source: SourceSpec | None = None
     output: OutputSpec = OutputSpec()
     limit: int | None = Field(default=None, ge=1, description="Render at most this many items.")
+
+    @model_validator(mode="after")
+    def _source_for_source_modes(self) -> JobSpec:
+        mode = self.generation.mode
+        if mode in SOURCE_MODES and self.source is None:
+            raise ValueError(f"mode {mode} starts from real images: add a source: section")
+        if mode not in SOURCE_MODES and self.source is not None:
+            raise ValueError(f"mode {mode} does not use source images: remove source:")
+        return self
 
     def spec_hash(self) -> str:
         """Hash of everything that decides which images a run makes (not where they go)."""
@@ -143,16 +249,28 @@ def _key_lines(text: str) -> dict[tuple, int]:
     return lines
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The spec model inside an annotation: X, X | None or list[X]."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _fields_at(path: tuple) -> list[str]:
     """Valid key names of the model found at `path` inside JobSpec."""
     model: type[BaseModel] = JobSpec
     for part in path:
+        if isinstance(part, int):  # an index into a list of models
+            continue
         field = model.model_fields.get(str(part))
-        annotation = field.annotation if field else None
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
-        else:
+        found = _model_in(field.annotation) if field else None
+        if found is None:
             return []
+        model = found
     return list(model.model_fields)
 
 
@@ -189,6 +307,8 @@ def _format_location(source: str, lines: dict[tuple, int], path: tuple) -> str:
     """'file, line N: a.b.c' for the deepest part of `path` that the YAML holds."""
     dotted = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in path)
     dotted = dotted.replace(".[", "[")
+    if not path:  # a check across sections: point at the mode, which decides it
+        path, dotted = ("generation", "mode"), "generation.mode"
     for depth in range(len(path), -1, -1):
         if path[:depth] in lines:
             return f"{source}, line {lines[path[:depth]]}: {dotted}"

@@ -84,13 +84,15 @@ class BlockWorker:
         self,
         generation: dict,
         shards_dir: str,
+        source: dict | None = None,
         base_dir: str | None = None,
         threads: int | None = 1,
         retries: int = 2,
     ):
         import torch
 
-        from augment.generate.engine import Txt2ImgGenerator
+        from augment.config import SourceSpec
+        from augment.generate.engine import make_generator
         from augment.progress import quiet_libraries
 
         quiet_libraries()
@@ -101,7 +103,11 @@ class BlockWorker:
         self.retries = retries
         self.init_error: AugmentError | None = None
         try:
-            self.generator = Txt2ImgGenerator(self.settings, Path(base_dir) if base_dir else None)
+            self.generator = make_generator(
+                self.settings,
+                Path(base_dir) if base_dir else None,
+                SourceSpec(**source) if source else None,
+            )
         except AugmentError as exc:  # raised again by render(), where the driver sees it
             self.init_error = exc
 

@@ -19,17 +19,25 @@ from pathlib import Path
 
 import yaml
 
-from augment.config import JobSpec
+from augment.config import SOURCE_MODES, JobSpec
 from augment.errors import ModelError, OutputError
 from augment.generate.pipelines import load_tokenizer, resolve_model
-from augment.plan import WorkItem, build_plan, write_plan
+from augment.plan import (
+    WorkItem,
+    build_interpolation_plan,
+    build_plan,
+    build_source_plan,
+    write_plan,
+)
 from augment.prompts import Prompt, build_prompts, enforce_token_limit
 from augment.sinks import FLAGS, export, parquet
+from augment.sinks.animation import write_animations
+from augment.sources import SourceSet
 from augment.taxonomy import Concept, load_concepts
 
 log = logging.getLogger(__name__)
 
-EXPORT_DIRS = ("coco", "yolo", "imagefolder")
+EXPORT_DIRS = ("coco", "yolo", "imagefolder", "animations")
 
 PACKAGES = ("augment", "torch", "diffusers", "transformers", "pyarrow", "ray")
 
@@ -82,10 +90,25 @@ def prompts_for(
 def plan_for(
     spec: JobSpec, base_dir: Path | None = None, concepts: list[Concept] | None = None
 ) -> list[WorkItem]:
-    """The work items of a spec: concepts x templates x images_per_concept, then --limit."""
+    """The work items of a spec, then --limit.
+
+    txt2img: concepts x templates x images_per_concept. Source modes: each source image (or
+    box, or class, when inpainting boxes) x images_per_concept prompts of its concept.
+    interpolate: images_per_concept sequences per concept, `frames` items each.
+    """
     if concepts is None:
         concepts = concepts_for(spec, base_dir)
-    items = build_plan(spec.name, spec.seed, prompts_for(spec, concepts, base_dir))
+    prompts = prompts_for(spec, concepts, base_dir)
+    g = spec.generation
+    if g.mode in SOURCE_MODES:
+        targets = SourceSet(spec.source, base_dir).targets(concepts, g.mode, g.mask)
+        longest = max(g.width, g.height)
+        items = build_source_plan(spec.name, spec.seed, prompts, targets, longest)
+    elif g.mode == "interpolate":
+        frames, between = g.interpolate.frames, g.interpolate.between
+        items = build_interpolation_plan(spec.name, spec.seed, prompts, frames, between)
+    else:
+        items = build_plan(spec.name, spec.seed, prompts)
     return limit_plan(items, spec.limit)
 
 
@@ -165,7 +188,7 @@ def write_manifest(
         {"file": p.name, "rows": parquet.pq.ParquetFile(p).metadata.num_rows}
         for p in parquet.shard_paths(shards_dir)
     ]
-    flags = dict.fromkeys(FLAGS, 0)
+    flags = dict.fromkeys((*FLAGS, "float32_retry"), 0)
     for record in parquet.read_records(shards_dir, columns=list(flags)):
         for flag in flags:
             flags[flag] += bool(record[flag])
@@ -221,6 +244,7 @@ def render_blocks(
     blocks = make_blocks(items, done, size, parquet.next_shard_index(shards_dir))
     worker_kwargs = {
         "generation": spec.generation.model_dump(),
+        "source": spec.source.model_dump() if spec.source else None,
         "shards_dir": str(shards_dir),
         "base_dir": str(base_dir) if base_dir else None,
         "retries": options.retries,
@@ -272,6 +296,8 @@ def run_job(
     outputs["manifest"] = write_manifest(out_dir, spec, concepts, items, seconds, failures)
     if parquet.shard_paths(out_dir / "shards"):
         outputs.update(export(out_dir, spec.output.formats))
+        if spec.generation.mode == "interpolate":
+            outputs["animations"] = write_animations(out_dir, spec.generation.interpolate.frame_ms)
     return RunResult(
         out_dir=out_dir,
         planned=len(items),

@@ -85,3 +85,42 @@ def compose_canvases(
             sources.append(object_ids[index])
         canvases.append(Canvas(canvas, boxes, sources))
     return canvases
+
+
+def fitted_size(width: int, height: int, longest: int) -> tuple[int, int]:
+    """A source's render size: its aspect kept, the longer side `longest`, multiples of 8."""
+    scale = longest / max(width, height)
+    return (
+        max(8, round(width * scale / 8) * 8),
+        max(8, round(height * scale / 8) * 8),
+    )
+
+
+def scale_box(bbox: tuple, source_size: tuple[int, int], size: tuple[int, int]) -> list[float]:
+    """An xywh box from source pixels to render pixels, clipped to the image."""
+    sx, sy = size[0] / source_size[0], size[1] / source_size[1]
+    x, y, w, h = bbox
+    x0, y0 = max(0.0, x * sx), max(0.0, y * sy)
+    x1, y1 = min(size[0], (x + w) * sx), min(size[1], (y + h) * sy)
+    return [round(x0, 2), round(y0, 2), round(max(0.0, x1 - x0), 2), round(max(0.0, y1 - y0), 2)]
+
+
+def transfer_boxes(
+    boxes: list[tuple[int, tuple]], source_size: tuple[int, int], size: tuple[int, int]
+) -> list[dict]:
+    """(category_id, source xywh) pairs -> record boxes at the render size."""
+    return [
+        {"category_id": category_id, "bbox": scale_box(bbox, source_size, size), "segmentation": []}
+        for category_id, bbox in boxes
+    ]
+
+
+def box_mask(boxes: list[list[float]], size: tuple[int, int], margin: int) -> Image.Image:
+    """An inpainting mask: white (repaint) inside each box grown by `margin` pixels."""
+    mask = np.zeros((size[1], size[0]), np.uint8)
+    for x, y, w, h in boxes:
+        x0, y0 = max(0, int(np.floor(x)) - margin), max(0, int(np.floor(y)) - margin)
+        x1 = min(size[0], int(np.ceil(x + w)) + margin)
+        y1 = min(size[1], int(np.ceil(y + h)) + margin)
+        mask[y0:y1, x0:x1] = 255
+    return Image.fromarray(mask, mode="L")

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from augment.labels import fitted_size, transfer_boxes
 from augment.prompts import Prompt
+from augment.sources import SourceTarget
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,24 @@ class WorkItem:
     variant: int
     seed: int
     source_image_id: str | None = None
+    width: int | None = None  # source modes: the render size (the source's aspect kept)
+    height: int | None = None
+    boxes: tuple[dict, ...] | None = None  # source modes: the source's boxes, at render size
+    target: str | None = None  # inpaint: "box:<index>" or "class:<concept id>"
+    sequence_id: str | None = None  # interpolate: the frames of one animation share it
+    frame: int | None = None
+    frames: int | None = None
+    prompt_b: str | None = None  # interpolate: the sequence's end prompt and seed
+    seed_b: int | None = None
 
+
+BOX_TYPE = pa.struct(
+    [
+        ("category_id", pa.int64()),
+        ("bbox", pa.list_(pa.float64())),  # COCO xywh, pixels
+        ("segmentation", pa.list_(pa.list_(pa.float64()))),
+    ]
+)
 
 PLAN_SCHEMA = pa.schema(
     [
@@ -44,14 +63,30 @@ PLAN_SCHEMA = pa.schema(
         ("variant", pa.int64()),
         ("seed", pa.int64()),
         ("source_image_id", pa.string()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("boxes", pa.list_(BOX_TYPE)),
+        ("target", pa.string()),
+        ("sequence_id", pa.string()),
+        ("frame", pa.int64()),
+        ("frames", pa.int64()),
+        ("prompt_b", pa.string()),
+        ("seed_b", pa.int64()),
     ]
 )
 
 
 def make_item_id(
-    job_name: str, concept_id: str, prompt: str, variant: int, source_image_id: str | None
+    job_name: str,
+    concept_id: str,
+    prompt: str,
+    variant: int,
+    source_image_id: str | None,
+    target: str | None = None,
 ) -> str:
-    key = json.dumps([job_name, concept_id, prompt, variant, source_image_id])
+    """The contract's hash; `target` (a box, a class, a frame) only enters when there is one."""
+    parts = [job_name, concept_id, prompt, variant, source_image_id]
+    key = json.dumps(parts if target is None else [*parts, target])
     return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
@@ -65,19 +100,111 @@ def build_plan(job_name: str, job_seed: int, prompts: list[Prompt]) -> list[Work
     items = []
     for prompt in prompts:
         item_id = make_item_id(job_name, prompt.concept.id, prompt.text, prompt.variant, None)
-        items.append(
-            WorkItem(
-                item_id=item_id,
-                concept_id=prompt.concept.id,
-                concept_name=prompt.concept.name,
-                synset=prompt.concept.synset,
-                category_id=prompt.concept.category_id,
-                prompt=prompt.text,
-                negative_prompt=prompt.negative,
-                variant=prompt.variant,
-                seed=item_seed(job_seed, item_id),
+        items.append(item_from_prompt(job_seed, prompt, item_id))
+    return items
+
+
+def item_from_prompt(job_seed: int, prompt: Prompt, item_id: str, **extra) -> WorkItem:
+    return WorkItem(
+        item_id=item_id,
+        concept_id=prompt.concept.id,
+        concept_name=prompt.concept.name,
+        synset=prompt.concept.synset,
+        category_id=prompt.concept.category_id,
+        prompt=prompt.text,
+        negative_prompt=prompt.negative,
+        variant=prompt.variant,
+        seed=item_seed(job_seed, item_id),
+        **extra,
+    )
+
+
+def build_source_plan(
+    job_name: str,
+    job_seed: int,
+    prompts: list[Prompt],
+    targets: list[SourceTarget],
+    longest_side: int,
+) -> list[WorkItem]:
+    """Each source target x each of its concept's prompt variants: one item.
+
+    The item carries its render size (the source's aspect, longer side `longest_side`) and the
+    source's boxes scaled to it, so a worker needs nothing but the source pixels.
+    """
+    by_concept: dict[str, list[Prompt]] = {}
+    for prompt in prompts:
+        by_concept.setdefault(prompt.concept.id, []).append(prompt)
+    items = []
+    for target in targets:
+        for prompt in by_concept.get(target.concept.id, []):
+            item_id = make_item_id(
+                job_name,
+                prompt.concept.id,
+                prompt.text,
+                prompt.variant,
+                target.image.id,
+                target.target,
             )
-        )
+            image = target.image
+            width, height = fitted_size(image.width, image.height, longest_side)
+            extra = {
+                "source_image_id": image.id,
+                "target": target.target,
+                "width": width,
+                "height": height,
+                "boxes": tuple(
+                    transfer_boxes(target.boxes, (image.width, image.height), (width, height))
+                ),
+            }
+            items.append(item_from_prompt(job_seed, prompt, item_id, **extra))
+    return items
+
+
+def build_interpolation_plan(
+    job_name: str, job_seed: int, prompts: list[Prompt], frames: int, between: str
+) -> list[WorkItem]:
+    """Sequences of frames: from a concept's prompt variant k to variant k+1 and/or new noise.
+
+    Every frame is an item of its own (its seed is the sequence's start noise, `seed_b` its end
+    noise), so frames render independently of batching and resume like any other item.
+    """
+    by_concept: dict[str, list[Prompt]] = {}
+    for prompt in prompts:
+        by_concept.setdefault(prompt.concept.id, []).append(prompt)
+    items = []
+    for variants in by_concept.values():
+        for k, start in enumerate(variants):
+            end = variants[(k + 1) % len(variants)] if between != "seeds" else start
+            sequence_id = make_item_id(
+                job_name,
+                start.concept.id,
+                start.text,
+                start.variant,
+                None,
+                f"sequence:{between}:{frames}:{end.text}",
+            )
+            seed_a = item_seed(job_seed, sequence_id + ":a")
+            seed_b = item_seed(job_seed, sequence_id + ":b") if between != "prompts" else seed_a
+            for frame in range(frames):
+                item_id = make_item_id(
+                    job_name,
+                    start.concept.id,
+                    start.text,
+                    start.variant,
+                    None,
+                    f"frame:{frame}:{sequence_id}",
+                )
+                items.append(
+                    replace(
+                        item_from_prompt(job_seed, start, item_id),
+                        seed=seed_a,
+                        sequence_id=sequence_id,
+                        frame=frame,
+                        frames=frames,
+                        prompt_b=end.text,
+                        seed_b=seed_b,
+                    )
+                )
     return items
 
 
@@ -93,4 +220,5 @@ def write_plan(items: list[WorkItem], path: Path) -> None:
 
 
 def read_plan(path: Path) -> list[WorkItem]:
-    return [WorkItem(**row) for row in pq.read_table(path).to_pylist()]
+    rows = pq.read_table(path).to_pylist()
+    return [WorkItem(**{**row, "boxes": tuple(row["boxes"] or ()) or None}) for row in rows]

@@ -68,3 +68,18 @@ def test_spec_hash_ignores_output_dir_but_not_render_settings(write_job):
     reseeded = load_spec(write_job(), {"seed": 8})
     assert base.spec_hash() == moved.spec_hash()
     assert base.spec_hash() != reseeded.spec_hash()
+
+
+def test_every_shipped_job_is_a_valid_spec():
+    jobs = sorted(Path(__file__).resolve().parents[1].glob("jobs/**/*.yaml"))
+    assert len(jobs) >= 15
+    for job in jobs:
+        load_spec(job)
+
+
+def test_misspelt_keys_inside_nested_sections_suggest_the_right_one():
+    base = "name: x\ntaxonomy: {source: digits}\ngeneration:\n  model: builtin:tiny-sd\n"
+    with pytest.raises(SpecError, match=r"line 6: generation.controlnet.modle: .*'model'\?"):
+        parse_spec(base + "  controlnet:\n    modle: x\n", "job.yaml")
+    with pytest.raises(SpecError, match=r"line 6: generation.loras\[0\].pth: .*'path'\?"):
+        parse_spec(base + "  loras:\n    - pth: x\n", "job.yaml")

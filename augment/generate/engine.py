@@ -1,26 +1,37 @@
-"""Render work items into records.
+"""Render work items into records, one generator class per mode.
 
-A generator class loads its pipeline once in ``__init__`` and renders a list of work items in
-``__call__``, so the same object runs alone in a test or as a Ray actor. Each image gets its own
-CPU ``torch.Generator`` seeded from its work item: an item renders the same image whatever batch
-or worker it lands in.
+A generator loads its diffusers pipeline once in ``__init__`` and renders a list of work items
+in ``__call__``, so the same object runs alone in a test or as a Ray actor. Each image gets its
+own CPU ``torch.Generator`` seeded from its work item: an item renders the same image whatever
+batch or worker it lands in. Modes differ only in the inputs they give the pipeline
+(`inputs`): a prompt, a source image, a mask, a Canny edge map, or interpolated latents and
+text embeddings.
+
+Every output is checked: NaN or all-black images are rendered once more in float32 when the
+pipeline runs in a lower precision, and the safety checker's verdict (when the model has one)
+becomes the `nsfw` flag. Nothing is dropped: each fact is a column of the record.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from augment.config import GenerationSpec
+from augment.config import GenerationSpec, SourceSpec
 from augment.plan import WorkItem
 
 #: An image whose brightest pixel is at most this (0..255) counts as black.
 BLACK_MAX_VALUE = 4
+
+#: Settings that do not change the pixels, left out of a record's `settings` column.
+NOT_RENDER_SETTINGS = {"device", "batch_size", "compile", "vae_slicing", "vae_tiling"}
 
 
 def batches(items: list, size: int) -> Iterator[list]:
@@ -41,50 +52,140 @@ def to_uint8(image: np.ndarray) -> tuple[np.ndarray, bool]:
     return (image.clip(0, 1) * 255).round().astype(np.uint8), has_nan
 
 
-class Txt2ImgGenerator:
-    """Text-to-image through diffusers' StableDiffusionPipeline."""
+def is_black(pixels: np.ndarray) -> bool:
+    return bool(pixels.max() <= BLACK_MAX_VALUE)
+
+
+def slerp(a, b, t: float, dot_threshold: float = 0.9995):
+    """Spherical interpolation between two tensors seen as vectors (linear when nearly parallel)."""
+    import torch
+
+    a32, b32 = a.double().flatten(), b.double().flatten()
+    dot = torch.dot(a32 / a32.norm(), b32 / b32.norm()).clamp(-1, 1)
+    if dot.abs() > dot_threshold:
+        mixed = (1 - t) * a32 + t * b32
+    else:
+        theta = torch.arccos(dot)
+        mixed = (torch.sin((1 - t) * theta) * a32 + torch.sin(t * theta) * b32) / torch.sin(theta)
+    return mixed.reshape(a.shape).to(a.dtype)
+
+
+def canny_edges(image: Image.Image, low: int, high: int) -> Image.Image:
+    """ControlNet's Canny conditioning: white edges on black, three channels."""
+    import cv2
+
+    edges = cv2.Canny(np.asarray(image.convert("L")), low, high)
+    return Image.fromarray(np.stack([edges] * 3, axis=-1))
+
+
+class Generator:
+    """Shared by every mode: loading, batching, seeding, output checks and records."""
 
     mode = "txt2img"
 
-    def __init__(self, settings: GenerationSpec, base_dir: Path | None = None):
-        from augment.generate.pipelines import load_txt2img_pipeline
+    def __init__(
+        self,
+        settings: GenerationSpec,
+        base_dir: Path | None = None,
+        source: SourceSpec | None = None,
+    ):
+        from augment.generate.pipelines import load_pipeline
 
         self.settings = settings
-        self.pipe = load_txt2img_pipeline(
-            settings.model, settings.dtype, settings.device, settings.scheduler, base_dir
-        )
+        self.pipe = load_pipeline(settings, base_dir)
+        self.sources = None
+        if source is not None:
+            from augment.sources import SourceSet
+
+            self.sources = SourceSet(source, base_dir)
+        render = settings.model_dump(mode="json", exclude=NOT_RENDER_SETTINGS)
+        self.settings_json = json.dumps(render, sort_keys=True)
 
     def __call__(self, items: list[WorkItem]) -> list[dict]:
         records: list[dict] = []
         for batch in batches(items, self.settings.batch_size):
-            records.extend(self.render_batch(batch))
+            for group in self.same_size_groups(batch):
+                records.extend(self.render_batch(group))
         return records
+
+    def size_of(self, item: WorkItem) -> tuple[int, int]:
+        return (item.width or self.settings.width, item.height or self.settings.height)
+
+    def same_size_groups(self, items: list[WorkItem]) -> list[list[WorkItem]]:
+        """A batch is one tensor: source images of other sizes render in their own call."""
+        groups: dict[tuple[int, int], list[WorkItem]] = {}
+        for item in items:
+            groups.setdefault(self.size_of(item), []).append(item)
+        return list(groups.values())
+
+    def inputs(self, items: list[WorkItem]) -> dict:
+        """The mode's pipeline arguments for a batch of same-size items."""
+        width, height = self.size_of(items[0])
+        return {
+            "prompt": [item.prompt for item in items],
+            "negative_prompt": [item.negative_prompt for item in items],
+            "height": height,
+            "width": width,
+        }
+
+    def render(self, items: list[WorkItem]) -> tuple[list[np.ndarray], list[bool]]:
+        """Float images in [0, 1] and the safety checker's verdicts."""
+        import torch
+
+        generators = [torch.Generator("cpu").manual_seed(item.seed) for item in items]
+        output = self.pipe(
+            **self.inputs(items),
+            num_inference_steps=self.settings.num_inference_steps,
+            guidance_scale=self.settings.guidance_scale,
+            generator=generators,
+            output_type="np",
+        )
+        nsfw = getattr(output, "nsfw_content_detected", None) or [False] * len(items)
+        return list(output.images), [bool(flag) for flag in nsfw]
+
+    @contextmanager
+    def in_float32(self):
+        """The pipeline in float32 for a re-render, then back (float16 -> 32 -> 16 is exact)."""
+        import torch
+
+        dtype = self.pipe.dtype
+        self.pipe.to(dtype=torch.float32)
+        try:
+            yield
+        finally:
+            self.pipe.to(dtype=dtype)
 
     def render_batch(self, items: list[WorkItem]) -> list[dict]:
         import torch
 
-        s = self.settings
-        generators = [torch.Generator("cpu").manual_seed(item.seed) for item in items]
         started = time.perf_counter()
-        output = self.pipe(
-            prompt=[item.prompt for item in items],
-            negative_prompt=[item.negative_prompt for item in items],
-            num_inference_steps=s.num_inference_steps,
-            guidance_scale=s.guidance_scale,
-            height=s.height,
-            width=s.width,
-            generator=generators,
-            output_type="np",
-        )
+        images, nsfw = self.render(items)
+        pixels, nans = zip(*(to_uint8(image) for image in images), strict=True)
+        pixels, nans = list(pixels), list(nans)
+        bad = [i for i in range(len(items)) if (nans[i] or is_black(pixels[i])) and not nsfw[i]]
+        retried = [False] * len(items)
+        if bad and self.pipe.dtype != torch.float32:
+            with self.in_float32():
+                again, _ = self.render([items[i] for i in bad])
+            for i, image in zip(bad, again, strict=True):
+                pixels[i], nans[i] = to_uint8(image)
+                retried[i] = True
         seconds_per_image = (time.perf_counter() - started) / len(items)
         return [
-            self.make_record(item, image, seconds_per_image)
-            for item, image in zip(items, output.images, strict=True)
+            self.make_record(item, pixels[i], nans[i], nsfw[i], retried[i], seconds_per_image)
+            for i, item in enumerate(items)
         ]
 
-    def make_record(self, item: WorkItem, image: np.ndarray, render_s: float) -> dict:
+    def make_record(
+        self,
+        item: WorkItem,
+        pixels: np.ndarray,
+        has_nan: bool,
+        nsfw: bool,
+        float32_retry: bool,
+        render_s: float,
+    ) -> dict:
         s = self.settings
-        pixels, has_nan = to_uint8(image)
         return {
             "item_id": item.item_id,
             "concept_id": item.concept_id,
@@ -95,20 +196,178 @@ class Txt2ImgGenerator:
             "negative_prompt": item.negative_prompt,
             "mode": self.mode,
             "model": s.model,
+            "family": self.pipe.family,
+            "dtype": s.dtype,
             "scheduler": s.scheduler,
             "steps": s.num_inference_steps,
             "guidance": s.guidance_scale,
-            "strength": None,
+            "strength": s.strength if self.mode in ("img2img", "inpaint") else None,
+            "settings": self.settings_json,
             "seed": item.seed,
             "width": pixels.shape[1],
             "height": pixels.shape[0],
             "source_image_id": item.source_image_id,
-            "boxes": [],
+            "target": item.target,
+            "boxes": list(item.boxes or []),
+            "sequence_id": item.sequence_id,
+            "frame": item.frame,
+            "prompt_b": item.prompt_b,
             "image": {"bytes": encode_png(pixels), "path": f"{item.item_id}.png"},
             "clip_score": None,
-            "black": bool(pixels.max() <= BLACK_MAX_VALUE),
+            "black": is_black(pixels),
             "nan": has_nan,
-            "nsfw": False,
+            "nsfw": nsfw,
+            "float32_retry": float32_retry,
             "filtered": False,
             "render_s": render_s,
         }
+
+
+class Txt2ImgGenerator(Generator):
+    """Text to image: the prompt alone."""
+
+    mode = "txt2img"
+
+
+class SourceGenerator(Generator):
+    """Modes that start from a source image, resized to the item's render size."""
+
+    def source_image(self, item: WorkItem) -> Image.Image:
+        image = self.sources.pixels(item.source_image_id)
+        return image.resize(self.size_of(item), Image.BICUBIC)
+
+
+class Img2ImgGenerator(SourceGenerator):
+    """Image to image: the source, noised to `strength`, then denoised toward the prompt."""
+
+    mode = "img2img"
+
+    def inputs(self, items: list[WorkItem]) -> dict:
+        return {
+            "prompt": [item.prompt for item in items],
+            "negative_prompt": [item.negative_prompt for item in items],
+            "image": [self.source_image(item) for item in items],
+            "strength": self.settings.strength,
+        }
+
+
+class InpaintGenerator(SourceGenerator):
+    """Inpainting: repaint inside a mask (boxes grown by a margin, or a mask file)."""
+
+    mode = "inpaint"
+
+    def mask(self, item: WorkItem) -> Image.Image:
+        from augment.labels import box_mask
+
+        spec, size = self.settings.mask, self.size_of(item)
+        if spec.source == "files":
+            return self.sources.mask(spec.files, item.source_image_id).resize(size, Image.NEAREST)
+        kind, _, which = (item.target or "").partition(":")
+        boxes = item.boxes or []
+        if kind == "box":
+            chosen = [boxes[int(which)]["bbox"]]
+        else:
+            category = item.category_id
+            chosen = [b["bbox"] for b in boxes if b["category_id"] == category]
+        return box_mask(chosen, size, spec.margin)
+
+    def inputs(self, items: list[WorkItem]) -> dict:
+        return {
+            **super().inputs(items),
+            "image": [self.source_image(item) for item in items],
+            "mask_image": [self.mask(item) for item in items],
+            "strength": self.settings.strength,
+        }
+
+
+class ControlNetGenerator(SourceGenerator):
+    """ControlNet: the prompt, guided by Canny edges of the source image."""
+
+    mode = "controlnet"
+
+    def inputs(self, items: list[WorkItem]) -> dict:
+        control = self.settings.controlnet
+        return {
+            **super().inputs(items),
+            "image": [
+                canny_edges(self.source_image(item), control.low_threshold, control.high_threshold)
+                for item in items
+            ],
+            "controlnet_conditioning_scale": control.scale,
+        }
+
+
+class InterpolateGenerator(Generator):
+    """Frames between two prompts and/or two seeds: slerp of start noise and text embeddings."""
+
+    mode = "interpolate"
+
+    def noise(self, seed: int, width: int, height: int):
+        import torch
+
+        factor = self.pipe.vae_scale_factor
+        shape = (1, self.pipe.unet.config.in_channels, height // factor, width // factor)
+        return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
+
+    def encode(self, prompts: list[str], negatives: list[str]) -> list:
+        """Text embeddings as the pipeline makes them: SD gives 2 tensors, SDXL 4."""
+        import torch
+
+        with torch.no_grad():
+            encoded = self.pipe.encode_prompt(
+                prompt=prompts,
+                device=self.pipe.device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=self.settings.guidance_scale > 1,
+                negative_prompt=negatives,
+            )
+        return list(encoded)
+
+    def inputs(self, items: list[WorkItem]) -> dict:
+        import torch
+
+        width, height = self.size_of(items[0])
+        negatives = [item.negative_prompt for item in items]
+        starts = self.encode([item.prompt for item in items], negatives)
+        ends = self.encode([item.prompt_b or item.prompt for item in items], negatives)
+        mixed: list[list] = [[] for _ in starts]
+        latents = []
+        for row, item in enumerate(items):
+            t = item.frame / (item.frames - 1) if item.frames and item.frames > 1 else 0.0
+            for part, (a, b) in enumerate(zip(starts, ends, strict=True)):
+                mixed[part].append(None if a is None else slerp(a[row], b[row], t))
+            noise_a = self.noise(item.seed, width, height)
+            noise_b = self.noise(
+                item.seed_b if item.seed_b is not None else item.seed, width, height
+            )
+            latents.append(slerp(noise_a, noise_b, t))
+        stacked = [None if parts[0] is None else torch.stack(parts) for parts in mixed]
+        names = ["prompt_embeds", "negative_prompt_embeds"]
+        if len(stacked) == 4:
+            names += ["pooled_prompt_embeds", "negative_pooled_prompt_embeds"]
+        arguments = {
+            name: value for name, value in zip(names, stacked, strict=True) if value is not None
+        }
+        dtype = self.pipe.unet.dtype
+        arguments["latents"] = torch.cat(latents).to(self.pipe.device, dtype)
+        arguments.update(height=height, width=width)
+        return arguments
+
+
+GENERATORS: dict[str, type[Generator]] = {
+    cls.mode: cls
+    for cls in (
+        Txt2ImgGenerator,
+        Img2ImgGenerator,
+        InpaintGenerator,
+        ControlNetGenerator,
+        InterpolateGenerator,
+    )
+}
+
+
+def make_generator(
+    settings: GenerationSpec, base_dir: Path | None = None, source: SourceSpec | None = None
+) -> Generator:
+    """The generator for the spec's mode."""
+    return GENERATORS[settings.mode](settings, base_dir, source)

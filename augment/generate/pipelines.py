@@ -7,11 +7,16 @@ ships itself. Each failure says which of these was tried and how to fix it.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from augment.cache import cache_dir
 from augment.errors import ModelError
+
+if TYPE_CHECKING:
+    from augment.config import GenerationSpec
 
 #: Scheduler names accepted in job specs, mapped to diffusers classes.
 SCHEDULERS = {
@@ -28,6 +33,27 @@ SCHEDULERS = {
 }
 
 
+#: Pipeline classes by family and mode; interpolate drives the txt2img pipeline with its own
+#: latents and text embeddings.
+PIPELINES = {
+    "sd": {
+        "txt2img": "StableDiffusionPipeline",
+        "img2img": "StableDiffusionImg2ImgPipeline",
+        "inpaint": "StableDiffusionInpaintPipeline",
+        "controlnet": "StableDiffusionControlNetPipeline",
+        "interpolate": "StableDiffusionPipeline",
+    },
+    "sdxl": {
+        "txt2img": "StableDiffusionXLPipeline",
+        "img2img": "StableDiffusionXLImg2ImgPipeline",
+        "inpaint": "StableDiffusionXLInpaintPipeline",
+        "controlnet": "StableDiffusionXLControlNetPipeline",
+        "interpolate": "StableDiffusionXLPipeline",
+    },
+}
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
 #: The digits model trained by `augment digits train` and shipped inside the package.
 SHIPPED_DIGITS_MODEL = Path(__file__).resolve().parents[1] / "digits" / "model"
 
@@ -42,50 +68,80 @@ def shipped_digits_model() -> Path:
 
 
 def builtin_models() -> dict:
-    from augment.generate.tiny import save_tiny_sd
+    """Models augment builds (tiny random ones, for tests and tiny jobs) or ships (digits)."""
+    from augment.generate import tiny
 
+    models = cache_dir() / "models"
     return {
-        "tiny-sd": lambda: save_tiny_sd(cache_dir() / "models" / "tiny-sd-v1"),
+        "tiny-sd": lambda: tiny.save_tiny_sd(models / "tiny-sd-v1"),
+        "tiny-sdxl": lambda: tiny.save_tiny_sdxl(models / "tiny-sdxl-v1"),
+        "tiny-sd-inpaint": lambda: tiny.save_tiny_sd_inpaint(models / "tiny-sd-inpaint-v1"),
+        "tiny-controlnet": lambda: tiny.save_tiny_controlnet(models / "tiny-controlnet-v1"),
+        "tiny-controlnet-sdxl": lambda: tiny.save_tiny_controlnet_sdxl(
+            models / "tiny-controlnet-sdxl-v1"
+        ),
+        "tiny-lora": lambda: tiny.save_tiny_lora(models / "tiny-lora-sd-v1", family="sd"),
+        "tiny-lora-sdxl": lambda: tiny.save_tiny_lora(models / "tiny-lora-sdxl-v1", "sdxl"),
+        "tiny-textual-inversion": lambda: tiny.save_tiny_textual_inversion(
+            models / "tiny-textual-inversion-v1.safetensors"
+        ),
         "digits": shipped_digits_model,
     }
 
 
-def resolve_model(model: str, base_dir: Path | None = None) -> str:
-    """Turn the spec's `generation.model` into something `from_pretrained` can load offline."""
-    if model.startswith("builtin:"):
-        name = model.removeprefix("builtin:")
-        builders = builtin_models()
-        if name not in builders:
+def resolve_builtin(name: str, key: str) -> str:
+    builders = builtin_models()
+    if name not in builders:
+        raise ModelError(
+            f"{key}: unknown builtin '{name}'; available: "
+            + ", ".join("builtin:" + n for n in builders)
+        )
+    return str(builders[name]())
+
+
+def resolve_path(path: str, base_dir: Path | None, key: str) -> Path | None:
+    """`path` as given, else relative to the job file's folder; None when neither exists."""
+    if path.startswith("builtin:"):
+        return Path(resolve_builtin(path.removeprefix("builtin:"), key))
+    candidates = [Path(path).expanduser()]
+    if base_dir is not None and not Path(path).is_absolute():
+        candidates.append(base_dir / path)
+    return next((c for c in candidates if c.exists()), None)
+
+
+def resolve_model(model: str, base_dir: Path | None = None, key: str = "generation.model") -> str:
+    """Turn a model name from the spec into something diffusers can load offline.
+
+    A diffusers folder, a single-file checkpoint (.safetensors/.ckpt), a builtin, or a hub id
+    already in the local cache. Nothing is downloaded.
+    """
+    path = resolve_path(model, base_dir, key)
+    if path is not None:
+        if (
+            path.is_dir()
+            and not (path / "model_index.json").is_file()
+            and not (path / "config.json").is_file()
+        ):
             raise ModelError(
-                f"generation.model: unknown builtin model '{name}'; "
-                f"available: {', '.join('builtin:' + n for n in builders)}"
+                f"{key}: {path} is not a diffusers folder (no model_index.json); "
+                "save one with pipeline.save_pretrained(folder)"
             )
-        return str(builders[name]())
-    candidates = [Path(model).expanduser()]
-    if base_dir is not None and not Path(model).is_absolute():
-        candidates.append(base_dir / model)
-    for path in candidates:
-        if path.is_dir():
-            if not (path / "model_index.json").is_file():
-                raise ModelError(
-                    f"generation.model: {path} is not a diffusers folder (no model_index.json); "
-                    "save one with pipeline.save_pretrained(folder)"
-                )
-            return str(path)
-        if path.exists():
+        if path.is_file() and path.suffix not in SINGLE_FILE_SUFFIXES:
             raise ModelError(
-                f"generation.model: {path} is a file; give a diffusers folder "
-                "(with model_index.json inside)"
+                f"{key}: {path} is a file but not a checkpoint (.safetensors or .ckpt); give a "
+                "diffusers folder or a single-file checkpoint"
             )
+        return str(path)
     looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~"))
     if looks_like_hub_id and in_hub_cache(model):
         return model
+    where = Path(model) if base_dir is None else base_dir / model
     hub = f", and no hub model '{model}' in the Hugging Face cache ({hub_home()})"
     raise ModelError(
-        f"generation.model: '{model}' not found: no folder {candidates[-1].resolve()}"
+        f"{key}: '{model}' not found: no file or folder {where.resolve()}"
         f"{hub if looks_like_hub_id else ''}. Give a diffusers folder (with model_index.json), "
-        "a hub id downloaded where there is network (huggingface-cli download ID), "
-        "or builtin:tiny-sd"
+        "a .safetensors checkpoint, a hub id downloaded where there is network "
+        "(huggingface-cli download ID), or a builtin (builtin:tiny-sd)"
     )
 
 
@@ -94,11 +150,13 @@ def hub_home() -> str:
 
 
 def in_hub_cache(repo_id: str) -> bool:
-    """Whether a hub model is already downloaded (nothing is fetched)."""
+    """Whether a hub model (pipeline or single model) is already downloaded; nothing is fetched."""
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(repo_id, "model_index.json")
-    return isinstance(found, str)
+    return any(
+        isinstance(try_to_load_from_cache(repo_id, name), str)
+        for name in ("model_index.json", "config.json")
+    )
 
 
 def select_device(requested: str = "auto") -> str:
@@ -129,6 +187,191 @@ def torch_dtype(name: str, device: str):
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
+def model_family(location: str) -> str:
+    """'sdxl' when the model has a second text encoder, else 'sd' (1.x and 2.x)."""
+    path = Path(location)
+    if path.is_file():
+        from safetensors import safe_open
+
+        if path.suffix != ".safetensors":
+            raise ModelError(
+                f"generation.family: cannot read the family of {path}; set family: sd or sdxl"
+            )
+        with safe_open(str(path), framework="pt") as handle:
+            return "sdxl" if any(k.startswith("conditioner.") for k in handle.keys()) else "sd"
+    index = path / "model_index.json" if path.is_dir() else None
+    if index is None:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(location, "model_index.json")
+        index = Path(found) if isinstance(found, str) else None
+    if index is None or not index.is_file():
+        return "sd"
+    data = json.loads(index.read_text())
+    return "sdxl" if "text_encoder_2" in data or "XL" in data.get("_class_name", "") else "sd"
+
+
+def has_safety_checker(location: str) -> bool:
+    index = Path(location) / "model_index.json"
+    if not index.is_file():
+        return False
+    entry = json.loads(index.read_text()).get("safety_checker")
+    return bool(entry and entry[0])
+
+
+def load_controlnet(settings: GenerationSpec, base_dir: Path | None, dtype):
+    import diffusers
+
+    location = resolve_model(settings.controlnet.model, base_dir, "generation.controlnet.model")
+    try:
+        return diffusers.ControlNetModel.from_pretrained(
+            location, dtype=dtype, local_files_only=True
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"generation.controlnet.model: cannot load a ControlNet from {location}: {exc}"
+        ) from exc
+
+
+def load_base(settings: GenerationSpec, base_dir: Path | None, family: str, device: str):
+    """The pipeline class for (family, mode), from a folder, a hub cache or a single file."""
+    import diffusers
+
+    location = resolve_model(settings.model, base_dir)
+    dtype = torch_dtype(settings.dtype, device)
+    cls = getattr(diffusers, PIPELINES[family][settings.mode])
+    kwargs: dict = {"dtype": dtype, "local_files_only": True}
+    if settings.mode == "controlnet":
+        kwargs["controlnet"] = load_controlnet(settings, base_dir, dtype)
+    if family == "sd" and not (settings.safety_checker and has_safety_checker(location)):
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        if Path(location).is_file():
+            if settings.config is None:
+                raise ModelError(
+                    f"generation.config: {location} is a single-file checkpoint; name a diffusers "
+                    f"folder (or cached hub id) of the same family ({family}) whose configs "
+                    "describe it, e.g. config: models/sd21 (nothing is downloaded)"
+                )
+            config = resolve_model(settings.config, base_dir, "generation.config")
+            return cls.from_single_file(location, config=config, **kwargs)
+        return cls.from_pretrained(location, **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(
+            f"generation.model: cannot load '{settings.model}' as {family} {settings.mode} "
+            f"({cls.__name__}) from {location}: {first_line(exc)}. Check that it is complete "
+            "(every component listed in model_index.json) and of that family"
+        ) from exc
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def check_controlnet_fits(pipe, family: str) -> None:
+    expected = pipe.unet.config.cross_attention_dim
+    found = pipe.controlnet.config.cross_attention_dim
+    if found != expected:
+        raise ModelError(
+            f"generation.controlnet.model: this ControlNet expects text features of size {found}, "
+            f"the {family} model gives {expected}: use a ControlNet trained for this base model"
+        )
+
+
+def load_loras(pipe, settings: GenerationSpec, base_dir: Path | None, family: str) -> None:
+    """Load each LoRA as a named adapter, then activate them all with their scales."""
+    names = []
+    for number, lora in enumerate(settings.loras):
+        key = f"generation.loras[{number}].path"
+        path = resolve_path(lora.path, base_dir, key)
+        if path is None:
+            raise ModelError(f"{key}: LoRA '{lora.path}' not found; give a folder or .safetensors")
+        name = f"lora{number}"
+        source, weight_name = (path.parent, path.name) if path.is_file() else (path, None)
+        try:
+            pipe.load_lora_weights(
+                str(source), weight_name=lora.weight_name or weight_name, adapter_name=name
+            )
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelError(
+                f"{key}: LoRA {path} does not fit this {family} model: {first_line(exc)}"
+            ) from exc
+        loaded = {n for adapters in pipe.get_list_adapters().values() for n in adapters}
+        if name not in loaded:
+            raise ModelError(f"{key}: LoRA {path} holds no weights for this {family} model")
+        names.append(name)
+    if names:
+        pipe.set_adapters(names, adapter_weights=[lora.scale for lora in settings.loras])
+
+
+def load_textual_inversions(pipe, settings: GenerationSpec, base_dir: Path | None) -> None:
+    """Embeddings for new tokens; an SDXL file holds one per text encoder (clip_l, clip_g)."""
+    for number, inversion in enumerate(settings.textual_inversions):
+        key = f"generation.textual_inversions[{number}].path"
+        path = resolve_path(inversion.path, base_dir, key)
+        if path is None:
+            raise ModelError(f"{key}: embedding '{inversion.path}' not found")
+        try:
+            if getattr(pipe, "text_encoder_2", None) is not None:
+                from safetensors.torch import load_file
+
+                state = load_file(str(path))
+                if "clip_l" not in state or "clip_g" not in state:
+                    raise ModelError(
+                        f"{key}: an SDXL embedding needs clip_l and clip_g tensors; {path} has "
+                        f"{', '.join(state)}"
+                    )
+                for part, encoder, tokenizer in (
+                    ("clip_l", pipe.text_encoder, pipe.tokenizer),
+                    ("clip_g", pipe.text_encoder_2, pipe.tokenizer_2),
+                ):
+                    pipe.load_textual_inversion(
+                        state[part],
+                        token=inversion.token,
+                        text_encoder=encoder,
+                        tokenizer=tokenizer,
+                    )
+            else:
+                pipe.load_textual_inversion(str(path), token=inversion.token)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelError(f"{key}: cannot load {path}: {first_line(exc)}") from exc
+
+
+def load_pipeline(settings: GenerationSpec, base_dir: Path | None = None, keep_scheduler=False):
+    """The diffusers pipeline a spec asks for, loaded offline, ready on its device.
+
+    Family and mode pick the class; then scheduler, ControlNet, LoRAs, textual inversions,
+    attention, VAE slicing/tiling and torch.compile are applied as the spec says.
+    """
+    location = resolve_model(settings.model, base_dir)
+    device = select_device(settings.device)
+    family = model_family(location) if settings.family == "auto" else settings.family
+    pipe = load_base(settings, base_dir, family, device)
+    if settings.mode == "controlnet":
+        check_controlnet_fits(pipe, family)
+    if not keep_scheduler:
+        pipe.scheduler = scheduler_from_name(settings.scheduler, pipe.scheduler.config)
+    load_loras(pipe, settings, base_dir, family)
+    load_textual_inversions(pipe, settings, base_dir)
+    if settings.attention == "eager":
+        from diffusers.models.attention_processor import AttnProcessor
+
+        pipe.unet.set_attn_processor(AttnProcessor())
+    if settings.vae_slicing:
+        pipe.vae.enable_slicing()
+    if settings.vae_tiling:
+        pipe.vae.enable_tiling()
+    pipe.set_progress_bar_config(disable=True)
+    pipe = pipe.to(device)
+    if settings.compile:
+        import torch
+
+        pipe.unet = torch.compile(pipe.unet)
+    pipe.family = family
+    return pipe
+
+
 def load_txt2img_pipeline(
     model: str,
     dtype: str = "float32",
@@ -136,28 +379,13 @@ def load_txt2img_pipeline(
     scheduler: str | None = None,
     base_dir: Path | None = None,
 ):
-    """Load a StableDiffusionPipeline offline, on the chosen device, with the chosen scheduler."""
-    import diffusers
+    """A text-to-image pipeline with the model's own scheduler unless one is named."""
+    from augment.config import GenerationSpec
 
-    location = resolve_model(model, base_dir)
-    device = select_device(device)
-    kwargs = dict(
-        dtype=torch_dtype(dtype, device),
-        safety_checker=None,
-        requires_safety_checker=False,
-        local_files_only=True,
+    settings = GenerationSpec(
+        model=model, dtype=dtype, device=device, scheduler=scheduler or "DDIM"
     )
-    try:
-        pipe = diffusers.StableDiffusionPipeline.from_pretrained(location, **kwargs)
-    except OSError as exc:
-        raise ModelError(
-            f"generation.model: cannot load '{model}' from {location}: {exc}. Check that the "
-            "folder is a complete diffusers save (every component listed in model_index.json)"
-        ) from exc
-    if scheduler is not None:
-        pipe.scheduler = scheduler_from_name(scheduler, pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return load_pipeline(settings, base_dir, keep_scheduler=scheduler is None)
 
 
 def load_tokenizer(model: str, base_dir: Path | None = None):

@@ -16,16 +16,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from augment.plan import BOX_TYPE
+
 SHARD_GLOB = "part-*.parquet"
 ROW_GROUP_SIZE = 100  # images are large rows: small row groups keep readers' memory low
-
-BOX_TYPE = pa.struct(
-    [
-        ("category_id", pa.int64()),
-        ("bbox", pa.list_(pa.float64())),  # COCO xywh, pixels
-        ("segmentation", pa.list_(pa.list_(pa.float64()))),
-    ]
-)
 
 RECORD_SCHEMA = pa.schema(
     [
@@ -38,20 +32,28 @@ RECORD_SCHEMA = pa.schema(
         ("negative_prompt", pa.string()),
         ("mode", pa.string()),
         ("model", pa.string()),
+        ("family", pa.string()),
+        ("dtype", pa.string()),
         ("scheduler", pa.string()),
         ("steps", pa.int64()),
         ("guidance", pa.float64()),
         ("strength", pa.float64()),
+        ("settings", pa.string()),  # JSON: every generation setting that shapes the pixels
         ("seed", pa.int64()),
         ("width", pa.int64()),
         ("height", pa.int64()),
         ("source_image_id", pa.string()),
+        ("target", pa.string()),
         ("boxes", pa.list_(BOX_TYPE)),
+        ("sequence_id", pa.string()),
+        ("frame", pa.int64()),
+        ("prompt_b", pa.string()),
         ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
         ("clip_score", pa.float64()),
         ("black", pa.bool_()),
         ("nan", pa.bool_()),
         ("nsfw", pa.bool_()),
+        ("float32_retry", pa.bool_()),  # first render NaN/black: this is the float32 re-render
         ("filtered", pa.bool_()),
         ("render_s", pa.float64()),
     ],

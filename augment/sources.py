@@ -1,0 +1,336 @@
+"""Source images: the real images img2img, inpaint and controlnet start from.
+
+A source set is read from a COCO dataset (annotations.json + images), an image folder
+(``<class>/<image>``) or a Parquet table of images (an `augment` output folder included). It is
+indexed once, without decoding pixels; a worker decodes an image when it renders it. Labels are
+matched to the job's concepts by name or id, so the boxes a source carries are transferred to
+the synthetic image with the job's category ids.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from PIL import Image, UnidentifiedImageError
+
+from augment.config import MaskSpec, SourceSpec
+from augment.errors import SpecError
+from augment.taxonomy import Concept
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class SourceBox:
+    label: str  # the class name as the source spells it
+    bbox: tuple[float, float, float, float]  # COCO xywh, source pixels
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    id: str
+    location: str  # a file path, or "<parquet file>#<row>"
+    width: int
+    height: int
+    label: str | None = None  # the image's class (image folders, Parquet rows)
+    boxes: tuple[SourceBox, ...] = ()
+
+    def main_label(self) -> str | None:
+        """The image's class, else the class covering the most box area."""
+        if self.label is not None:
+            return self.label
+        area: dict[str, float] = {}
+        for box in self.boxes:
+            area[box.label] = area.get(box.label, 0.0) + box.bbox[2] * box.bbox[3]
+        return max(area, key=lambda k: (area[k], k)) if area else None
+
+
+@dataclass(frozen=True)
+class SourceTarget:
+    """One thing to render from a source image: the whole image, one box, or one class."""
+
+    image: SourceImage
+    concept: Concept
+    target: str | None  # None, "box:<index into boxes>" or "class:<concept id>"
+    boxes: tuple[tuple[int, tuple], ...] = ()  # the image's boxes of known concepts: (id, xywh)
+
+
+def label_key(text: str) -> str:
+    return " ".join(text.lower().replace("_", " ").replace("-", " ").split())
+
+
+def concept_index(concepts: list[Concept]) -> dict[str, Concept]:
+    """Source labels -> concepts, by name, id, alias or category id."""
+    index: dict[str, Concept] = {}
+    for concept in concepts:
+        for key in (concept.name, concept.id, *concept.aliases, str(concept.category_id)):
+            index.setdefault(label_key(key), concept)
+    return index
+
+
+def detect_format(path: Path) -> str:
+    if path.is_file():
+        return {".json": "coco", ".parquet": "parquet"}.get(path.suffix, "unknown")
+    if (path / "annotations.json").is_file():
+        return "coco"
+    if (path / "shards").is_dir() or any(path.glob("*.parquet")):
+        return "parquet"
+    if path.is_dir() and any(p.is_dir() for p in path.iterdir()):
+        return "imagefolder"
+    return "unknown"
+
+
+def read_coco(path: Path) -> list[SourceImage]:
+    annotations = path if path.is_file() else path / "annotations.json"
+    try:
+        document = json.loads(annotations.read_text())
+        names = {c["id"]: c["name"] for c in document["categories"]}
+        boxes: dict[int, list[SourceBox]] = {}
+        for a in document.get("annotations", []):
+            box = SourceBox(names[a["category_id"]], tuple(float(v) for v in a["bbox"]))
+            boxes.setdefault(a["image_id"], []).append(box)
+        folder = annotations.parent
+        images = []
+        for entry in document["images"]:
+            file = folder / "images" / entry["file_name"]
+            if not file.is_file():
+                file = folder / entry["file_name"]
+            images.append(
+                SourceImage(
+                    id=str(entry["id"]),
+                    location=str(file),
+                    width=int(entry["width"]),
+                    height=int(entry["height"]),
+                    boxes=tuple(boxes.get(entry["id"], [])),
+                )
+            )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SpecError(
+            f"source.path: {annotations} is not a readable COCO annotations file ({exc!r})"
+        ) from None
+    return images
+
+
+def read_imagefolder(path: Path) -> list[SourceImage]:
+    images = []
+    for class_dir in sorted(p for p in path.iterdir() if p.is_dir()):
+        for file in sorted(class_dir.iterdir()):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            with Image.open(file) as image:
+                width, height = image.size
+            images.append(
+                SourceImage(
+                    id=f"{class_dir.name}/{file.stem}",
+                    location=str(file),
+                    width=width,
+                    height=height,
+                    label=class_dir.name,
+                )
+            )
+    return images
+
+
+def parquet_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    folder = path / "shards" if (path / "shards").is_dir() else path
+    return sorted(folder.glob("*.parquet"))
+
+
+def read_parquet(path: Path) -> list[SourceImage]:
+    """Rows with an `image` column; ids from item_id/image_id/id, labels from concept_name/label.
+
+    Box category ids are named through the folder's manifest.json when it is an augment run.
+    """
+    names: dict[int, str] = {}
+    manifest = (path if path.is_dir() else path.parent) / "manifest.json"
+    if manifest.is_file():
+        names = {c["id"]: c["name"] for c in json.loads(manifest.read_text())["categories"]}
+    images = []
+    for file in parquet_files(path):
+        schema = pq.read_schema(file)
+        if "image" not in schema.names:
+            raise SpecError(f"source.path: {file} has no 'image' column")
+        id_column = next((c for c in ("item_id", "image_id", "id") if c in schema.names), None)
+        label_column = next((c for c in ("concept_name", "label") if c in schema.names), None)
+        columns = [c for c in (id_column, label_column, "width", "height", "boxes") if c]
+        rows = pq.read_table(file, columns=[c for c in columns if c in schema.names]).to_pylist()
+        if "width" not in schema.names or "height" not in schema.names:
+            for row, cell in zip(rows, image_cells(file), strict=True):
+                with Image.open(io.BytesIO(cell)) as image:
+                    row["width"], row["height"] = image.size
+        for row_index, row in enumerate(rows):
+            boxes = tuple(
+                SourceBox(
+                    box.get("label") or names.get(box["category_id"], str(box["category_id"])),
+                    tuple(float(v) for v in box["bbox"]),
+                )
+                for box in row.get("boxes") or []
+            )
+            images.append(
+                SourceImage(
+                    id=str(row[id_column]) if id_column else f"{file.stem}-{row_index}",
+                    location=f"{file}#{row_index}",
+                    width=int(row.get("width") or 0),
+                    height=int(row.get("height") or 0),
+                    label=str(row[label_column]) if label_column else None,
+                    boxes=boxes,
+                )
+            )
+    return images
+
+
+def image_cells(file: str | Path) -> list[bytes]:
+    """The encoded images of a Parquet file: an Image struct {bytes, path} or plain binary."""
+    column = pq.read_table(file, columns=["image"]).column("image").to_pylist()
+    return [cell["bytes"] if isinstance(cell, dict) else cell for cell in column]
+
+
+READERS = {"coco": read_coco, "imagefolder": read_imagefolder, "parquet": read_parquet}
+
+
+def resolve_source_path(path: str, base_dir: Path | None) -> Path:
+    if path.startswith("builtin:"):
+        return builtin_source(path.removeprefix("builtin:"))
+    candidates = [Path(path).expanduser()]
+    if base_dir is not None and not Path(path).is_absolute():
+        candidates.append(base_dir / path)
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    raise SpecError(
+        f"source.path: '{path}' not found (looked in {', '.join(str(c) for c in candidates)}); "
+        "give a COCO folder, an image folder, a Parquet file or builtin:digits-canvases"
+    )
+
+
+def builtin_source(name: str) -> Path:
+    """Small real sets built from the bundled digits data, cached."""
+    from augment.cache import cache_dir
+    from augment.digits.canvases import real_canvases
+
+    if name != "digits-canvases":
+        raise SpecError(f"source.path: unknown builtin source '{name}'; known: digits-canvases")
+    folder = cache_dir() / "sources" / "digits-canvases-v1"
+    if not (folder / "train" / "annotations.json").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".digits-canvases.", dir=folder.parent))
+        real_canvases(tmp, train_count=32, val_count=8)
+        try:
+            tmp.rename(folder)
+        except OSError:  # built by a concurrent run meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder / "train"
+
+
+class SourceSet:
+    """The source images of a job, indexed by id; pixels are decoded on demand."""
+
+    def __init__(self, spec: SourceSpec, base_dir: Path | None = None):
+        self.base_dir = base_dir
+        self.path = resolve_source_path(spec.path, base_dir)
+        fmt = detect_format(self.path) if spec.format == "auto" else spec.format
+        if fmt not in READERS:
+            raise SpecError(
+                f"source.path: cannot tell what {self.path} holds; set source.format to coco, "
+                "imagefolder or parquet"
+            )
+        self.format = fmt
+        images = sorted(READERS[fmt](self.path), key=lambda i: i.id)
+        if not images:
+            raise SpecError(f"source.path: {self.path} holds no images")
+        self.images = images[: spec.limit] if spec.limit else images
+        self.by_id = {image.id: image for image in self.images}
+        self._parquet_images: dict[str, list] = {}  # file -> image column, read once
+
+    def pixels(self, image_id: str) -> Image.Image:
+        """The source image as RGB; a missing or corrupt file is an error naming it."""
+        location = self.by_id[image_id].location
+        try:
+            if "#" in location and location.split("#")[0].endswith(".parquet"):
+                file, row = location.rsplit("#", 1)
+                if file not in self._parquet_images:
+                    self._parquet_images[file] = image_cells(file)
+                data = self._parquet_images[file][int(row)]
+                return Image.open(io.BytesIO(data)).convert("RGB")
+            with Image.open(location) as image:
+                return image.convert("RGB")
+        except (OSError, UnidentifiedImageError) as exc:
+            raise SpecError(f"source image {image_id} ({location}) cannot be read: {exc}") from None
+
+    def targets(self, concepts: list[Concept], mode: str, mask: MaskSpec) -> list[SourceTarget]:
+        """What to render: one target per image, or per box / class when inpainting boxes.
+
+        Boxes whose label is not a concept of the job are not transferred (and are logged):
+        the synthetic image has no category id for them.
+        """
+        index = concept_index(concepts)
+        targets: list[SourceTarget] = []
+        unmatched: set[str] = set()
+        per_box = mode == "inpaint" and mask.source == "boxes"
+        for image in self.images:
+            known = []
+            for box in image.boxes:
+                concept = index.get(label_key(box.label))
+                if concept is None:
+                    unmatched.add(box.label)
+                else:
+                    known.append((concept, box.bbox))
+            boxes = tuple((concept.category_id, bbox) for concept, bbox in known)
+            if per_box:
+                seen: set[str] = set()
+                for number, (concept, _) in enumerate(known):
+                    if mask.per == "object":
+                        targets.append(SourceTarget(image, concept, f"box:{number}", boxes))
+                    elif concept.id not in seen:
+                        seen.add(concept.id)
+                        targets.append(SourceTarget(image, concept, f"class:{concept.id}", boxes))
+                continue
+            label = image.main_label()
+            concept = index.get(label_key(label)) if label is not None else None
+            if concept is None:
+                unmatched.add(str(label))
+                continue
+            targets.append(SourceTarget(image, concept, None, boxes))
+        if unmatched:
+            log.warning(
+                "source labels that are not concepts of the job, not used: %s",
+                ", ".join(sorted(unmatched)[:10]),
+            )
+        if not targets:
+            need = (
+                "inpainting from boxes needs images with boxes of the job's concepts"
+                if per_box
+                else "source labels must equal concept names or ids"
+            )
+            raise SpecError(
+                f"source.path: no image of {self.path} matches a concept of the taxonomy "
+                f"(labels seen: {', '.join(sorted(unmatched)[:5]) or 'none'}); {need}"
+            )
+        return targets
+
+    def mask(self, folder: str, image_id: str) -> Image.Image:
+        """The mask file for a source image: same file stem, any image suffix, white = repaint."""
+        root = Path(folder) if self.base_dir is None else self.base_dir / folder
+        stem = Path(self.by_id[image_id].location.split("#")[0]).stem
+        if "#" in self.by_id[image_id].location:
+            stem = image_id.replace("/", "_")
+        for suffix in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
+            path = root / f"{stem}{suffix}"
+            if path.is_file():
+                with Image.open(path) as mask:
+                    return mask.convert("L")
+        raise SpecError(
+            f"generation.mask.files: no mask for source image {image_id} in {root} "
+            f"(expected {stem}.png)"
+        )

@@ -1,0 +1,273 @@
+"""Every generation mode and model family, through `augment run` and the generator classes.
+
+The jobs under jobs/tiny/ are the ones the README shows: each must run on a CPU and write
+records that say how they were made (mode, settings, source image, transferred boxes).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from augment.config import GenerationSpec, SourceSpec, load_spec, parse_spec
+from augment.errors import ModelError
+from augment.generate.engine import make_generator
+from augment.job import plan_for
+from tests.conftest import REPO, TINY_JOB
+
+AUGMENT = str(Path(sys.executable).parent / "augment")
+TINY_JOBS = sorted((REPO / "jobs" / "tiny").glob("*.yaml"))
+
+
+def augment(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([AUGMENT, *args], capture_output=True, text=True)
+
+
+def pixels(record: dict) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(record["image"]["bytes"]))).astype(int)
+
+
+def test_every_mode_has_a_tiny_job():
+    modes = {load_spec(job).generation.mode for job in TINY_JOBS}
+    assert modes == {"txt2img", "img2img", "inpaint", "controlnet", "interpolate"}
+    assert {job.stem for job in TINY_JOBS} >= {"sdxl", "lora"}
+
+
+@pytest.mark.parametrize("job", TINY_JOBS, ids=lambda p: p.stem)
+def test_tiny_job_runs_and_its_records_say_how_they_were_made(job: Path, tmp_path: Path):
+    spec = load_spec(job)
+    out = tmp_path / "out"
+    result = augment("run", str(job), "--out", str(out), "--distributor", "local")
+    assert result.returncode == 0, result.stderr
+    rows = pq.read_table(out / "shards").to_pylist()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["missing"] == 0 and len(rows) == manifest["counts"]["planned"]
+    g = spec.generation
+    for row in rows:
+        settings = json.loads(row["settings"])
+        assert row["mode"] == g.mode == settings["mode"]
+        assert settings["num_inference_steps"] == g.num_inference_steps == row["steps"]
+        assert settings["scheduler"] == g.scheduler and settings["loras"] == [
+            lora.model_dump() for lora in g.loras
+        ]
+        assert not row["nan"] and pixels(row).shape[:2] == (row["height"], row["width"])
+    if g.family == "sdxl":
+        assert {row["family"] for row in rows} == {"sdxl"}
+    if g.mode in ("img2img", "inpaint", "controlnet"):
+        assert all(row["source_image_id"] for row in rows)
+        assert sum(len(row["boxes"]) for row in rows) > 0
+        for row in rows:
+            for box in row["boxes"]:
+                x, y, w, h = box["bbox"]
+                assert 0 <= x and x + w <= row["width"] and 0 <= y and y + h <= row["height"]
+        coco = json.loads((out / "coco" / "annotations.json").read_text())
+        assert len(coco["annotations"]) == sum(len(row["boxes"]) for row in rows)
+    if g.mode == "inpaint":
+        for row in rows:  # the prompt names the class of the repainted box
+            index = int(row["target"].removeprefix("box:"))
+            assert row["boxes"][index]["category_id"] == row["category_id"]
+            assert row["concept_name"] in row["prompt"]
+    if g.mode == "interpolate":
+        sequences = {row["sequence_id"] for row in rows}
+        gifs = sorted((out / "animations").glob("*.gif"))
+        assert len(gifs) == len(sequences) > 0
+        with Image.open(gifs[0]) as gif:
+            assert gif.n_frames == g.interpolate.frames
+        assert len(list((out / "animations").glob("*/frame-*.png"))) == len(rows)
+
+
+def render(spec_text: str, base_dir: Path | None = None, **changes) -> list[dict]:
+    spec = parse_spec(spec_text)
+    settings = GenerationSpec.model_validate({**spec.generation.model_dump(), **changes})
+    items = plan_for(spec, base_dir)
+    return make_generator(settings, base_dir, spec.source)(items)
+
+
+def test_a_batch_of_8_equals_8_single_renders():
+    torch.set_num_threads(1)
+    for name in ("txt2img", "img2img"):
+        spec = load_spec(REPO / "jobs" / "tiny" / f"{name}.yaml")
+        items = plan_for(spec)[:8]
+        batched = make_generator(
+            spec.generation.model_copy(update={"batch_size": 8}), None, spec.source
+        )
+        singles = [r for item in items for r in batched([item])]
+        together = batched(items)
+        difference = max(
+            np.abs(pixels(a) - pixels(b)).max() for a, b in zip(together, singles, strict=True)
+        )
+        print(f"{name}: batch of 8 vs 8 singles, max pixel difference {difference}/255")
+        assert difference <= 1
+
+
+def poison_unet(monkeypatch, generator, below_float32_only: bool) -> None:
+    """Make the UNet predict NaN (in low precision only, or always): NaN latents follow."""
+    forward = generator.pipe.unet.forward
+
+    def nan_forward(sample, *args, **kwargs):
+        output = forward(sample, *args, **kwargs)
+        if below_float32_only and sample.dtype == torch.float32:
+            return output
+        return (output[0] * float("nan"), *output[1:])
+
+    monkeypatch.setattr(generator.pipe.unet, "forward", nan_forward)
+
+
+def test_nan_latents_are_flagged_and_rerendered_in_float32(monkeypatch):
+    spec = parse_spec(TINY_JOB.replace("OUT_DIR", "unused"))
+    items = plan_for(spec)[:2]
+    low = make_generator(spec.generation.model_copy(update={"dtype": "bfloat16"}))
+    poison_unet(monkeypatch, low, below_float32_only=True)
+    records = low(items)
+    assert [r["float32_retry"] for r in records] == [True, True]
+    assert not any(r["nan"] or r["black"] for r in records)
+    assert low.pipe.dtype == torch.bfloat16  # back to its own precision afterwards
+
+    # Already float32: nothing to retry in, so the NaN stays flagged (and out of the exports).
+    full = make_generator(spec.generation)
+    poison_unet(monkeypatch, full, below_float32_only=False)
+    records = full(items)
+    assert [(r["nan"], r["float32_retry"]) for r in records] == [(True, False), (True, False)]
+
+
+def test_lora_changes_the_images_and_a_missing_lora_is_one_line(tmp_path: Path):
+    job = TINY_JOB.replace("OUT_DIR", str(tmp_path / "out"))
+    plain = render(job)
+    with_lora = render(job, loras=[{"path": "builtin:tiny-lora", "scale": 1.0}])
+    difference = max(
+        np.abs(pixels(a) - pixels(b)).max() for a, b in zip(plain, with_lora, strict=True)
+    )
+    assert difference > 20
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(
+        job.replace("  batch_size: 4", "  batch_size: 4\n  loras:\n    - path: loras/nope")
+    )
+    result = augment("run", str(missing), "--distributor", "local")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "generation.loras[0].path: LoRA 'loras/nope' not found" in lines[0]
+
+
+def test_a_lora_of_the_other_family_is_refused():
+    spec = parse_spec(TINY_JOB.replace("OUT_DIR", "unused"))
+    settings = GenerationSpec.model_validate(
+        {**spec.generation.model_dump(), "loras": [{"path": "builtin:tiny-lora-sdxl"}]}
+    )
+    with pytest.raises(ModelError, match=r"loras\[0\].path: LoRA .* does not fit this sd model"):
+        make_generator(settings)
+
+
+def test_controlnet_of_the_other_family_is_refused(tmp_path: Path):
+    job = (REPO / "jobs" / "tiny" / "controlnet.yaml").read_text()
+    spec = parse_spec(job.replace("builtin:tiny-controlnet", "builtin:tiny-controlnet-sdxl"))
+    with pytest.raises(ModelError, match="use a ControlNet trained for this base model"):
+        make_generator(spec.generation, None, spec.source)
+
+
+def test_safety_checker_sets_the_nsfw_flag_and_exports_leave_those_out(tmp_path: Path):
+    from augment.generate.tiny import save_tiny_sd_with_safety_checker
+
+    model = save_tiny_sd_with_safety_checker(tmp_path / "checked", flag_everything=True)
+    job = TINY_JOB.replace("builtin:tiny-sd", str(model)).replace("OUT_DIR", str(tmp_path / "o"))
+    path = tmp_path / "job.yaml"
+    path.write_text(job)
+    result = augment("run", str(path), "--distributor", "local")
+    assert result.returncode == 0, result.stderr
+    rows = pq.read_table(tmp_path / "o" / "shards").to_pylist()
+    assert rows and all(row["nsfw"] and not row["float32_retry"] for row in rows)
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["counts"]["nsfw"] == len(rows)
+    coco = json.loads((tmp_path / "o" / "coco" / "annotations.json").read_text())
+    assert coco["images"] == []
+    unchecked = render(job, safety_checker=False)
+    assert not any(r["nsfw"] for r in unchecked)
+
+
+def test_single_file_checkpoint_renders_like_its_folder(tmp_path: Path):
+    from augment.generate.ldm_checkpoint import write_ldm_checkpoint
+    from augment.generate.pipelines import load_txt2img_pipeline
+    from augment.generate.tiny import save_tiny_sd
+
+    folder = save_tiny_sd(tmp_path / "tiny")
+    checkpoint = write_ldm_checkpoint(
+        load_txt2img_pipeline(str(folder), device="cpu"), tmp_path / "tiny.safetensors"
+    )
+    job = TINY_JOB.replace("OUT_DIR", "unused").replace("builtin:tiny-sd", str(folder))
+    from_folder = render(job)
+    from_file = render(job, model=str(checkpoint), config=str(folder))
+    assert [r["image"]["bytes"] for r in from_file] == [r["image"]["bytes"] for r in from_folder]
+    with pytest.raises(ModelError, match="generation.config: .* is a single-file checkpoint"):
+        render(job, model=str(checkpoint))
+
+
+def test_sources_from_an_image_folder_and_from_an_augment_run(tmp_path: Path):
+    """img2img from class folders, then from the Parquet shards of a previous run."""
+    for digit in ("three", "seven", "cat"):
+        (tmp_path / "folder" / digit).mkdir(parents=True)
+        Image.new("RGB", (40, 24), (200, 200, 200)).save(tmp_path / "folder" / digit / "a.png")
+    job = (REPO / "jobs" / "tiny" / "img2img.yaml").read_text()
+    job = job.replace("builtin:digits-canvases", str(tmp_path / "folder"))
+    spec = parse_spec(job)
+    items = plan_for(spec)
+    assert sorted(i.source_image_id for i in items) == ["seven/a", "three/a"]  # no 'cat' concept
+    assert {(i.width, i.height) for i in items} == {(96, 56)}  # aspect kept, multiples of 8
+    records = make_generator(spec.generation, None, spec.source)(items)
+    assert {(r["width"], r["height"]) for r in records} == {(96, 56)}
+
+    run = tmp_path / "run"
+    txt2img = REPO / "jobs" / "tiny" / "txt2img.yaml"
+    assert augment("run", str(txt2img), "--out", str(run), "--distributor", "local").returncode == 0
+    source = SourceSpec(path=str(run), limit=3)
+    spec = parse_spec(
+        job.replace(str(tmp_path / "folder"), str(run)).replace("limit: 8", "limit: 3")
+    )
+    items = plan_for(spec)
+    assert len(items) == 3 and spec.source == source
+    ids = set(pq.read_table(run / "shards", columns=["item_id"]).column("item_id").to_pylist())
+    assert {item.source_image_id for item in items} <= ids
+
+
+def test_mode_and_source_mistakes_are_one_line_errors(tmp_path: Path):
+    job = TINY_JOB.replace("OUT_DIR", str(tmp_path / "out"))
+    cases = {
+        "  batch_size: 4\n  mode: img2img\n": "mode img2img starts from real images: add a source:",
+        "  batch_size: 4\n  mode: controlnet\nsource: {path: x}\n": "needs a controlnet: section",
+        "  batch_size: 4\n  mode: img2img\n  strength: 0.1\nsource: {path: x}\n": (
+            "leaves no denoising step"
+        ),
+        "  batch_size: 4\n  mode: img2img\nsource: {path: nowhere}\n": (
+            "source.path: 'nowhere' not found"
+        ),
+    }
+    for addition, expected in cases.items():
+        path = tmp_path / "job.yaml"
+        path.write_text(job.replace("  batch_size: 4\n", addition))
+        result = augment("run", str(path), "--distributor", "local")
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert expected in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("mode", ["img2img", "inpaint", "controlnet", "interpolate"])
+def test_sdxl_family_renders_every_mode(mode: str):
+    """The SDXL pipelines (two text encoders, pooled embeddings) behind each mode."""
+    job = (REPO / "jobs" / "tiny" / f"{mode}.yaml").read_text()
+    job = job.replace("builtin:tiny-sd-inpaint", "builtin:tiny-sdxl")
+    job = job.replace("builtin:tiny-controlnet", "builtin:tiny-controlnet-sdxl")
+    job = job.replace("model: builtin:tiny-sd\n", "model: builtin:tiny-sdxl\n")
+    job = job.replace("model: builtin:digits", "model: builtin:tiny-sdxl")
+    spec = parse_spec(job)
+    items = plan_for(spec)[:3]
+    records = make_generator(spec.generation, None, spec.source)(items)
+    assert len(records) == 3
+    assert {(r["mode"], r["family"]) for r in records} == {(mode, "sdxl")}
+    assert not any(r["nan"] for r in records)
