@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -62,6 +63,11 @@ class SourceTarget:
     concept: Concept
     target: str | None  # None, "box:<index into boxes>" or "class:<concept id>"
     boxes: tuple[tuple[int, tuple], ...] = ()  # the image's boxes of known concepts: (id, xywh)
+
+
+def natural_key(text: str) -> list:
+    """'2' before '10': COCO ids and numbered files in the order people expect."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
 def label_key(text: str) -> str:
@@ -246,7 +252,7 @@ class SourceSet:
                 "imagefolder or parquet"
             )
         self.format = fmt
-        images = sorted(READERS[fmt](self.path), key=lambda i: i.id)
+        images = sorted(READERS[fmt](self.path), key=lambda i: natural_key(i.id))
         if not images:
             raise SpecError(f"source.path: {self.path} holds no images")
         self.images = images[: spec.limit] if spec.limit else images
@@ -307,6 +313,10 @@ class SourceSet:
                 "source labels that are not concepts of the job, not used: %s",
                 ", ".join(sorted(unmatched)[:10]),
             )
+        if mode == "inpaint" and mask.source == "files":
+            for target in targets:  # checked before anything renders
+                if self.mask_path(mask.files, target.image.id) is None:
+                    raise self.no_mask(mask.files, target.image.id)
         if not targets:
             need = (
                 "inpainting from boxes needs images with boxes of the job's concepts"
@@ -319,18 +329,34 @@ class SourceSet:
             )
         return targets
 
+    def mask_stem(self, image_id: str) -> str:
+        location = self.by_id[image_id].location
+        if "#" in location:  # a Parquet row: masks are named by the image id
+            return image_id.replace("/", "_")
+        return Path(location).stem
+
+    def mask_path(self, folder: str, image_id: str) -> Path | None:
+        """The mask file of a source image: same file stem, any image suffix."""
+        roots = [Path(folder).expanduser()]
+        if self.base_dir is not None and not Path(folder).is_absolute():
+            roots.append(self.base_dir / folder)
+        stem = self.mask_stem(image_id)
+        for root in roots:
+            for suffix in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
+                if (root / f"{stem}{suffix}").is_file():
+                    return root / f"{stem}{suffix}"
+        return None
+
     def mask(self, folder: str, image_id: str) -> Image.Image:
-        """The mask file for a source image: same file stem, any image suffix, white = repaint."""
-        root = Path(folder) if self.base_dir is None else self.base_dir / folder
-        stem = Path(self.by_id[image_id].location.split("#")[0]).stem
-        if "#" in self.by_id[image_id].location:
-            stem = image_id.replace("/", "_")
-        for suffix in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
-            path = root / f"{stem}{suffix}"
-            if path.is_file():
-                with Image.open(path) as mask:
-                    return mask.convert("L")
-        raise SpecError(
-            f"generation.mask.files: no mask for source image {image_id} in {root} "
-            f"(expected {stem}.png)"
+        """The mask of a source image as 'L': white repaints, black keeps."""
+        path = self.mask_path(folder, image_id)
+        if path is None:
+            raise self.no_mask(folder, image_id)
+        with Image.open(path) as mask:
+            return mask.convert("L")
+
+    def no_mask(self, folder: str, image_id: str) -> SpecError:
+        return SpecError(
+            f"generation.mask.files: no mask for source image {image_id} in {folder} "
+            f"(expected {self.mask_stem(image_id)}.png, white where to repaint)"
         )

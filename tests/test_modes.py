@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from augment.config import GenerationSpec, SourceSpec, load_spec, parse_spec
-from augment.errors import ModelError
+from augment.errors import ModelError, SpecError
 from augment.generate.engine import make_generator
 from augment.job import plan_for
 from tests.conftest import REPO, TINY_JOB
@@ -271,3 +271,72 @@ def test_sdxl_family_renders_every_mode(mode: str):
     assert len(records) == 3
     assert {(r["mode"], r["family"]) for r in records} == {(mode, "sdxl")}
     assert not any(r["nan"] for r in records)
+
+
+def test_inpaint_from_mask_files(tmp_path: Path):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for stem in ("1", "2"):  # the first two canvases (COCO ids 1, 2)
+        mask = np.zeros((96, 96), np.uint8)
+        mask[32:64, 32:64] = 255
+        Image.fromarray(mask).save(masks / f"{stem}.png")
+    job = (REPO / "jobs" / "tiny" / "inpaint.yaml").read_text()
+    job = job.replace(
+        "{source: boxes, per: object, margin: 2}", f"{{source: files, files: {masks}}}"
+    )
+    job = job.replace("limit: 6", "limit: 2")
+    spec = parse_spec(job)
+    items = plan_for(spec)
+    assert [i.source_image_id for i in items] == ["1", "2"] and items[0].target is None
+    generator = make_generator(spec.generation, None, spec.source)
+    records = generator(items)
+    assert len(records) == 2 and not any(r["nan"] for r in records)
+    mask = np.asarray(generator.mask(items[0]))  # what the pipeline got: the file, at 64 px
+    assert mask.shape == (64, 64) and mask[32, 32] == 255 and mask[5, 5] == 0
+    assert (mask == 255).sum() == pytest.approx(64 * 64 / 9, rel=0.1)
+
+    (masks / "2.png").unlink()
+    with pytest.raises(SpecError, match=r"no mask for source image 2 .*expected 2.png"):
+        plan_for(spec)
+
+
+def test_render_settings_reach_the_pipeline():
+    spec = parse_spec(TINY_JOB.replace("OUT_DIR", "unused"))
+    settings = GenerationSpec.model_validate(
+        {
+            **spec.generation.model_dump(),
+            "vae_slicing": True,
+            "vae_tiling": True,
+            "attention": "eager",
+            "scheduler": "EulerAncestral",
+        }
+    )
+    pipe = make_generator(settings).pipe
+    assert pipe.vae.use_slicing and pipe.vae.use_tiling
+    assert type(pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
+    processors = {type(p).__name__ for p in pipe.unet.attn_processors.values()}
+    assert processors == {"AttnProcessor"}
+
+
+def test_sdxl_textual_inversion_loads_into_both_text_encoders(tmp_path: Path):
+    from augment.generate.tiny import save_tiny_textual_inversion_sdxl
+
+    embedding = save_tiny_textual_inversion_sdxl(tmp_path / "sks.safetensors")
+    job = (REPO / "jobs" / "tiny" / "sdxl.yaml").read_text()
+    job = job.replace('{name}"]', '{name} <sks>"]')
+    spec = parse_spec(job)
+    inversion = [{"path": str(embedding), "token": "<sks>"}]
+    plain = make_generator(spec.generation)
+    with_token = make_generator(
+        GenerationSpec.model_validate(
+            {**spec.generation.model_dump(), "textual_inversions": inversion}
+        )
+    )
+    for tokenizer in (with_token.pipe.tokenizer, with_token.pipe.tokenizer_2):
+        assert "<sks>" in tokenizer.get_vocab()
+    items = plan_for(spec)[:2]
+    difference = max(
+        np.abs(pixels(a) - pixels(b)).max()
+        for a, b in zip(plain(items), with_token(items), strict=True)
+    )
+    assert difference > 0
