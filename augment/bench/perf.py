@@ -115,25 +115,16 @@ def shaped_sd15(device: str, dtype):
 
     import torch
     from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
-    from augment.generate.tiny import assemble_sd_pipeline, build_tokenizer
+    from augment.generate.tiny import assemble_sd_pipeline, build_tokenizer, clip_text_config
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = build_tokenizer(Path(tmp))
     with torch.device(device):
         unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
         vae = vae_sd()
-        text = CLIPTextModel(
-            CLIPTextConfig(
-                hidden_size=768,
-                intermediate_size=3072,
-                num_attention_heads=12,
-                num_hidden_layers=12,
-                vocab_size=len(tokenizer),
-                max_position_embeddings=77,
-            )
-        )
+        text = CLIPTextModel(clip_text_config(tokenizer, 768, 12, heads=12, intermediate=3072))
     scheduler = DPMSolverMultistepScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
     )
@@ -158,10 +149,10 @@ def shaped_sdxl(device: str, dtype):
     import tempfile
 
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from augment.generate.tiny import build_tokenizer
+    from augment.generate.tiny import assemble_sdxl_pipeline, build_tokenizer, clip_text_config
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = build_tokenizer(Path(tmp))
@@ -181,38 +172,14 @@ def shaped_sdxl(device: str, dtype):
             layers_per_block=2,
         )
         vae = vae_sd()
-        common = dict(vocab_size=len(tokenizer), max_position_embeddings=77)
-        text = CLIPTextModel(
-            CLIPTextConfig(
-                hidden_size=768,
-                intermediate_size=3072,
-                num_attention_heads=12,
-                num_hidden_layers=12,
-                **common,
-            )
-        )
+        text = CLIPTextModel(clip_text_config(tokenizer, 768, 12, heads=12, intermediate=3072))
         text_2 = CLIPTextModelWithProjection(
-            CLIPTextConfig(
-                hidden_size=1280,
-                intermediate_size=5120,
-                num_attention_heads=20,
-                num_hidden_layers=32,
-                projection_dim=1280,
-                **common,
-            )
+            clip_text_config(tokenizer, 1280, 32, heads=20, intermediate=5120)
         )
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
     )
-    pipe = StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=text,
-        text_encoder_2=text_2,
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-    )
+    pipe = assemble_sdxl_pipeline(vae, text, text_2, tokenizer, tokenizer, unet, scheduler)
     return pipe.to(device, dtype)
 
 

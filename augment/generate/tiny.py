@@ -91,14 +91,16 @@ def build_text_encoder(tokenizer, hidden_size: int = 32, layers: int = 5):
     return CLIPTextModel(clip_text_config(tokenizer, hidden_size, layers))
 
 
-def clip_text_config(tokenizer, hidden_size: int = 32, layers: int = 5):
-    """The tiny CLIP text config, shared by SD's encoder and SDXL's projected second one."""
+def clip_text_config(
+    tokenizer, hidden_size: int = 32, layers: int = 5, heads: int = 4, intermediate: int = 37
+):
+    """A CLIP text config over our tokenizer: tiny by default, CLIP-L or bigG sized on demand."""
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
         hidden_size=hidden_size,
-        intermediate_size=37,
-        num_attention_heads=4,
+        intermediate_size=intermediate,
+        num_attention_heads=heads,
         num_hidden_layers=layers,
         vocab_size=len(tokenizer),
         max_position_embeddings=77,
@@ -299,7 +301,7 @@ def build_tiny_sdxl_pipeline(seed: int = 0, image_size: int = 32):
     Its folder also loads as the SDXL img2img and inpainting pipelines (a 4-channel UNet, which
     SDXL inpainting handles by blending latents), just as the real SDXL base does.
     """
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from diffusers import EulerDiscreteScheduler
 
     torch.manual_seed(seed)
     vae = build_vae()
@@ -316,6 +318,17 @@ def build_tiny_sdxl_pipeline(seed: int = 0, image_size: int = 32):
         timestep_spacing="leading",
         steps_offset=1,
     )
+    return assemble_sdxl_pipeline(
+        vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler
+    )
+
+
+def assemble_sdxl_pipeline(
+    vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler
+):
+    """A StableDiffusionXLPipeline of our own components."""
+    from diffusers import StableDiffusionXLPipeline
+
     return StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=text_encoder,
