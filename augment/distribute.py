@@ -232,9 +232,8 @@ def run_ray(
                 queue.appendleft(block)
                 continue
             except RayTaskError as exc:
-                cause = exc.as_instanceof_cause()
-                if isinstance(cause, AugmentError):
-                    raise AugmentError(str(cause).splitlines()[-1]) from exc
+                if isinstance(exc.cause, AugmentError):  # a user error: its own message
+                    raise exc.cause from None
                 raise
             on_result(block, result)
     finally:

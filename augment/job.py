@@ -21,7 +21,7 @@ import yaml
 
 from augment.config import SOURCE_MODES, JobSpec
 from augment.errors import ModelError, OutputError
-from augment.generate.pipelines import load_tokenizer, resolve_model
+from augment.generate.pipelines import check_models, load_tokenizer
 from augment.plan import (
     WorkItem,
     build_interpolation_plan,
@@ -276,7 +276,7 @@ def run_job(
     options = options or RunOptions()
     started = time.perf_counter()
     out_dir = Path(spec.output.dir)
-    resolve_model(spec.generation.model, base_dir)  # fail before touching OUT
+    check_models(spec.generation, base_dir)  # fail before touching OUT
     concepts = concepts_for(spec, base_dir)
     items = plan_for(spec, base_dir, concepts)
     prepare_output(out_dir, spec, options.force)

@@ -155,6 +155,7 @@ def test_lora_changes_the_images_and_a_missing_lora_is_one_line(tmp_path: Path):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert "generation.loras[0].path: LoRA 'loras/nope' not found" in lines[0]
+    assert not (tmp_path / "out").exists()  # refused before the output folder was touched
 
 
 def test_a_lora_of_the_other_family_is_refused():
@@ -162,8 +163,11 @@ def test_a_lora_of_the_other_family_is_refused():
     settings = GenerationSpec.model_validate(
         {**spec.generation.model_dump(), "loras": [{"path": "builtin:tiny-lora-sdxl"}]}
     )
-    with pytest.raises(ModelError, match=r"loras\[0\].path: LoRA .* does not fit this sd model"):
+    with pytest.raises(
+        ModelError, match=r"loras\[0\].path: LoRA .* does not fit this sd model: "
+    ) as error:
         make_generator(settings)
+    assert "size mismatch" in str(error.value) and "\n" not in str(error.value)
 
 
 def test_controlnet_of_the_other_family_is_refused(tmp_path: Path):

@@ -145,6 +145,23 @@ def resolve_model(model: str, base_dir: Path | None = None, key: str = "generati
     )
 
 
+def check_models(settings: GenerationSpec, base_dir: Path | None = None) -> None:
+    """Every model and adapter the spec names exists, before a run touches its output folder."""
+    resolve_model(settings.model, base_dir)
+    if settings.config is not None:
+        resolve_model(settings.config, base_dir, "generation.config")
+    if settings.mode == "controlnet" and settings.controlnet is not None:
+        resolve_model(settings.controlnet.model, base_dir, "generation.controlnet.model")
+    for number, lora in enumerate(settings.loras):
+        key = f"generation.loras[{number}].path"
+        if resolve_path(lora.path, base_dir, key) is None:
+            raise ModelError(f"{key}: LoRA '{lora.path}' not found; give a folder or .safetensors")
+    for number, inversion in enumerate(settings.textual_inversions):
+        key = f"generation.textual_inversions[{number}].path"
+        if resolve_path(inversion.path, base_dir, key) is None:
+            raise ModelError(f"{key}: embedding '{inversion.path}' not found")
+
+
 def hub_home() -> str:
     return os.environ.get("HF_HOME", "~/.cache/huggingface")
 
@@ -265,8 +282,9 @@ def load_base(settings: GenerationSpec, base_dir: Path | None, family: str, devi
 
 
 def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    """An exception's message on one line: its first two lines (torch puts the cause second)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return " ".join(lines[:2]) if lines else type(exc).__name__
 
 
 def check_controlnet_fits(pipe, family: str) -> None:
