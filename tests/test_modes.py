@@ -60,6 +60,8 @@ def test_tiny_job_runs_and_its_records_say_how_they_were_made(job: Path, tmp_pat
             lora.model_dump() for lora in g.loras
         ]
         assert not row["nan"] and pixels(row).shape[:2] == (row["height"], row["width"])
+        assert ("strength" in settings) == (g.mode in ("img2img", "inpaint"))
+        assert ("interpolate" in settings) == (g.mode == "interpolate")
     if g.family == "sdxl":
         assert {row["family"] for row in rows} == {"sdxl"}
     if g.mode in ("img2img", "inpaint", "controlnet"):

@@ -33,6 +33,14 @@ BLACK_MAX_VALUE = 4
 #: Settings that do not change the pixels, left out of a record's `settings` column.
 NOT_RENDER_SETTINGS = {"device", "batch_size", "compile", "vae_slicing", "vae_tiling"}
 
+#: Settings that only some modes read: a record lists them only for those modes.
+MODE_SETTINGS = {
+    "strength": ("img2img", "inpaint"),
+    "mask": ("inpaint",),
+    "controlnet": ("controlnet",),
+    "interpolate": ("interpolate",),
+}
+
 
 def batches(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
@@ -98,7 +106,8 @@ class Generator:
             from augment.sources import SourceSet
 
             self.sources = SourceSet(source, base_dir)
-        render = settings.model_dump(mode="json", exclude=NOT_RENDER_SETTINGS)
+        unused = {key for key, modes in MODE_SETTINGS.items() if settings.mode not in modes}
+        render = settings.model_dump(mode="json", exclude=NOT_RENDER_SETTINGS | unused)
         self.settings_json = json.dumps(render, sort_keys=True)
 
     def __call__(self, items: list[WorkItem]) -> list[dict]:
