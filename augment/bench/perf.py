@@ -5,7 +5,7 @@
 - each jobs/tiny/*.yaml through `run_job` on this device (float16 on a GPU): rows, flags,
   float32 re-renders, seconds;
 - a batch of 8 against 8 single renders with the same seeds: the max pixel difference;
-- the demo's generation (1,000 digits) on this device;
+- the demo's generation (jobs/demo.yaml) on this device;
 - throughput of the real Stable Diffusion 1.5 and SDXL architectures, built in code with
   random weights (no weights can be downloaded): the same layers, sizes and FLOPs as the real
   models, so images/s and memory are theirs; the pixels are meaningless.
@@ -95,7 +95,7 @@ def batch_consistency(job: str, device: str, dtype: str) -> dict:
 
 
 def demo_generation(device: str, out: Path) -> dict:
-    """The demo's 1,000 digits (jobs/demo.yaml) rendered on this device."""
+    """The demo's digits (jobs/demo.yaml) rendered on this device."""
     from augment.config import load_spec
     from augment.job import RunOptions, run_job
 
