@@ -119,6 +119,14 @@ def item_from_prompt(job_seed: int, prompt: Prompt, item_id: str, **extra) -> Wo
     )
 
 
+def prompts_by_concept(prompts: list[Prompt]) -> dict[str, list[Prompt]]:
+    """A concept's prompt variants, in plan order."""
+    grouped: dict[str, list[Prompt]] = {}
+    for prompt in prompts:
+        grouped.setdefault(prompt.concept.id, []).append(prompt)
+    return grouped
+
+
 def build_source_plan(
     job_name: str,
     job_seed: int,
@@ -131,9 +139,7 @@ def build_source_plan(
     The item carries its render size (the source's aspect, longer side `longest_side`) and the
     source's boxes scaled to it, so a worker needs nothing but the source pixels.
     """
-    by_concept: dict[str, list[Prompt]] = {}
-    for prompt in prompts:
-        by_concept.setdefault(prompt.concept.id, []).append(prompt)
+    by_concept = prompts_by_concept(prompts)
     items = []
     for target in targets:
         for prompt in by_concept.get(target.concept.id, []):
@@ -168,9 +174,7 @@ def build_interpolation_plan(
     Every frame is an item of its own (its seed is the sequence's start noise, `seed_b` its end
     noise), so frames render independently of batching and resume like any other item.
     """
-    by_concept: dict[str, list[Prompt]] = {}
-    for prompt in prompts:
-        by_concept.setdefault(prompt.concept.id, []).append(prompt)
+    by_concept = prompts_by_concept(prompts)
     items = []
     for variants in by_concept.values():
         for k, start in enumerate(variants):

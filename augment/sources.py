@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from augment.config import MaskSpec, SourceSpec
 from augment.errors import SpecError
 from augment.taxonomy import Concept
+from augment.taxonomy.listfile import slugify
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +71,12 @@ def natural_key(text: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
-def label_key(text: str) -> str:
-    return " ".join(text.lower().replace("_", " ").replace("-", " ").split())
-
-
 def concept_index(concepts: list[Concept]) -> dict[str, Concept]:
-    """Source labels -> concepts, by name, id, alias or category id."""
+    """Source labels -> concepts, by name, id, alias or category id (compared as slugs)."""
     index: dict[str, Concept] = {}
     for concept in concepts:
         for key in (concept.name, concept.id, *concept.aliases, str(concept.category_id)):
-            index.setdefault(label_key(key), concept)
+            index.setdefault(slugify(key), concept)
     return index
 
 
@@ -287,7 +284,7 @@ class SourceSet:
         for image in self.images:
             known = []
             for box in image.boxes:
-                concept = index.get(label_key(box.label))
+                concept = index.get(slugify(box.label))
                 if concept is None:
                     unmatched.add(box.label)
                 else:
@@ -303,7 +300,7 @@ class SourceSet:
                         targets.append(SourceTarget(image, concept, f"class:{concept.id}", boxes))
                 continue
             label = image.main_label()
-            concept = index.get(label_key(label)) if label is not None else None
+            concept = index.get(slugify(label)) if label is not None else None
             if concept is None:
                 unmatched.add(str(label))
                 continue

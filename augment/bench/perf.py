@@ -32,13 +32,6 @@ def pixels(record: dict) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(record["image"]["bytes"]))).astype(int)
 
 
-def with_generation(spec, **changes):
-    from augment.config import GenerationSpec
-
-    generation = GenerationSpec.model_validate({**spec.generation.model_dump(), **changes})
-    return spec.model_copy(update={"generation": generation})
-
-
 def tiny_jobs(device: str, dtype: str, out: Path) -> list[dict]:
     """Every tiny job on this device: what it wrote and how long it took."""
     import pyarrow.parquet as pq
@@ -48,10 +41,8 @@ def tiny_jobs(device: str, dtype: str, out: Path) -> list[dict]:
 
     results = []
     for job in sorted((REPO / "jobs" / "tiny").glob("*.yaml")):
-        spec = with_generation(load_spec(job), device=device, dtype=dtype)
-        spec = spec.model_copy(
-            update={"output": spec.output.model_copy(update={"dir": str(out / job.stem)})}
-        )
+        overrides = {"generation.device": device, "generation.dtype": dtype}
+        spec = load_spec(job, {**overrides, "output.dir": str(out / job.stem)})
         started = time.perf_counter()
         result = run_job(spec, job.parent, RunOptions(distributor="local", force=True))
         seconds = time.perf_counter() - started
@@ -79,9 +70,8 @@ def batch_consistency(job: str, device: str, dtype: str) -> dict:
     from augment.generate.engine import make_generator
     from augment.job import plan_for
 
-    spec = with_generation(
-        load_spec(REPO / "jobs" / "tiny" / f"{job}.yaml"), device=device, dtype=dtype, batch_size=8
-    )
+    overrides = {"generation.device": device, "generation.dtype": dtype, "generation.batch_size": 8}
+    spec = load_spec(REPO / "jobs" / "tiny" / f"{job}.yaml", overrides)
     items = plan_for(spec, REPO / "jobs" / "tiny")[:8]
     generator = make_generator(spec.generation, REPO / "jobs" / "tiny", spec.source)
     together = generator(items)
@@ -99,8 +89,8 @@ def demo_generation(device: str, out: Path) -> dict:
     from augment.config import load_spec
     from augment.job import RunOptions, run_job
 
-    spec = with_generation(load_spec(REPO / "jobs" / "demo.yaml"), device=device)
-    spec = spec.model_copy(update={"output": spec.output.model_copy(update={"dir": str(out)})})
+    overrides = {"generation.device": device, "output.dir": str(out)}
+    spec = load_spec(REPO / "jobs" / "demo.yaml", overrides)
     started = time.perf_counter()
     result = run_job(spec, REPO / "jobs", RunOptions(distributor="local", force=True))
     seconds = time.perf_counter() - started

@@ -210,7 +210,7 @@ class Generator:
             "scheduler": s.scheduler,
             "steps": s.num_inference_steps,
             "guidance": s.guidance_scale,
-            "strength": s.strength if self.mode in ("img2img", "inpaint") else None,
+            "strength": s.strength if self.mode in MODE_SETTINGS["strength"] else None,
             "settings": self.settings_json,
             "seed": item.seed,
             "width": pixels.shape[1],
@@ -338,7 +338,9 @@ class InterpolateGenerator(Generator):
         width, height = self.size_of(items[0])
         negatives = [item.negative_prompt for item in items]
         starts = self.encode([item.prompt for item in items], negatives)
-        ends = self.encode([item.prompt_b or item.prompt for item in items], negatives)
+        end_prompts = [item.prompt_b or item.prompt for item in items]
+        same = end_prompts == [item.prompt for item in items]  # between seeds only
+        ends = starts if same else self.encode(end_prompts, negatives)
         mixed: list[list] = [[] for _ in starts]
         latents = []
         for row, item in enumerate(items):

@@ -153,13 +153,28 @@ def check_models(settings: GenerationSpec, base_dir: Path | None = None) -> None
     if settings.mode == "controlnet" and settings.controlnet is not None:
         resolve_model(settings.controlnet.model, base_dir, "generation.controlnet.model")
     for number, lora in enumerate(settings.loras):
-        key = f"generation.loras[{number}].path"
-        if resolve_path(lora.path, base_dir, key) is None:
-            raise ModelError(f"{key}: LoRA '{lora.path}' not found; give a folder or .safetensors")
+        lora_path(lora.path, number, base_dir)
     for number, inversion in enumerate(settings.textual_inversions):
-        key = f"generation.textual_inversions[{number}].path"
-        if resolve_path(inversion.path, base_dir, key) is None:
-            raise ModelError(f"{key}: embedding '{inversion.path}' not found")
+        embedding_path(inversion.path, number, base_dir)
+
+
+def lora_path(path: str, number: int, base_dir: Path | None) -> Path:
+    found = resolve_path(path, base_dir, f"generation.loras[{number}].path")
+    if found is None:
+        raise ModelError(
+            f"generation.loras[{number}].path: LoRA '{path}' not found; "
+            "give a folder or .safetensors"
+        )
+    return found
+
+
+def embedding_path(path: str, number: int, base_dir: Path | None) -> Path:
+    found = resolve_path(path, base_dir, f"generation.textual_inversions[{number}].path")
+    if found is None:
+        raise ModelError(
+            f"generation.textual_inversions[{number}].path: embedding '{path}' not found"
+        )
+    return found
 
 
 def hub_home() -> str:
@@ -250,11 +265,12 @@ def load_controlnet(settings: GenerationSpec, base_dir: Path | None, dtype):
         ) from exc
 
 
-def load_base(settings: GenerationSpec, base_dir: Path | None, family: str, device: str):
+def load_base(
+    settings: GenerationSpec, base_dir: Path | None, location: str, family: str, device: str
+):
     """The pipeline class for (family, mode), from a folder, a hub cache or a single file."""
     import diffusers
 
-    location = resolve_model(settings.model, base_dir)
     dtype = torch_dtype(settings.dtype, device)
     cls = getattr(diffusers, PIPELINES[family][settings.mode])
     kwargs: dict = {"dtype": dtype, "local_files_only": True}
@@ -302,9 +318,7 @@ def load_loras(pipe, settings: GenerationSpec, base_dir: Path | None, family: st
     names = []
     for number, lora in enumerate(settings.loras):
         key = f"generation.loras[{number}].path"
-        path = resolve_path(lora.path, base_dir, key)
-        if path is None:
-            raise ModelError(f"{key}: LoRA '{lora.path}' not found; give a folder or .safetensors")
+        path = lora_path(lora.path, number, base_dir)
         name = f"lora{number}"
         source, weight_name = (path.parent, path.name) if path.is_file() else (path, None)
         try:
@@ -327,9 +341,7 @@ def load_textual_inversions(pipe, settings: GenerationSpec, base_dir: Path | Non
     """Embeddings for new tokens; an SDXL file holds one per text encoder (clip_l, clip_g)."""
     for number, inversion in enumerate(settings.textual_inversions):
         key = f"generation.textual_inversions[{number}].path"
-        path = resolve_path(inversion.path, base_dir, key)
-        if path is None:
-            raise ModelError(f"{key}: embedding '{inversion.path}' not found")
+        path = embedding_path(inversion.path, number, base_dir)
         try:
             if getattr(pipe, "text_encoder_2", None) is not None:
                 from safetensors.torch import load_file
@@ -365,7 +377,7 @@ def load_pipeline(settings: GenerationSpec, base_dir: Path | None = None, keep_s
     location = resolve_model(settings.model, base_dir)
     device = select_device(settings.device)
     family = model_family(location) if settings.family == "auto" else settings.family
-    pipe = load_base(settings, base_dir, family, device)
+    pipe = load_base(settings, base_dir, location, family, device)
     if settings.mode == "controlnet":
         check_controlnet_fits(pipe, family)
     if not keep_scheduler:
