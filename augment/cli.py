@@ -196,21 +196,30 @@ def print_results(results, folder: str, columns: list[str], metrics: list[str]) 
     out.print(f"results: {Path(folder) / 'results.parquet'}", soft_wrap=True)
 
 
+def given(args: argparse.Namespace, *names: str) -> dict:
+    """The options set on the command line; the others keep the settings' own defaults."""
+    values = {name: getattr(args, name) for name in names}
+    return {k: str(v) if isinstance(v, Path) else v for k, v in values.items() if v is not None}
+
+
 def cmd_bench_classify(args: argparse.Namespace) -> int:
     from augment.bench.classify import ClassifySettings, run_classify
 
     settings = ClassifySettings(
-        real=args.real,
-        synthetic=str(args.synthetic) if args.synthetic else None,
-        out=str(args.out),
-        model=args.model,
-        weights=args.weights,
-        image_size=args.image_size,
-        shots=args.shots,
-        ratios=args.ratios,
+        **given(
+            args,
+            "real",
+            "synthetic",
+            "out",
+            "model",
+            "weights",
+            "image_size",
+            "shots",
+            "ratios",
+            "seeds",
+            "steps",
+        ),
         synthetic_only=not args.no_synthetic_only,
-        seeds=args.seeds,
-        steps=args.steps,
     )
     if args.smoke:
         settings.seeds, settings.steps, settings.shots, settings.ratios = 3, 30, [5], [1.0]
@@ -223,13 +232,7 @@ def cmd_bench_detect(args: argparse.Namespace) -> int:
     from augment.bench.detect import DetectSettings, run_detect
 
     settings = DetectSettings(
-        real=args.real,
-        synthetic=str(args.synthetic) if args.synthetic else None,
-        out=str(args.out),
-        model=args.model,
-        imgsz=args.imgsz,
-        epochs=args.epochs,
-        seeds=args.seeds,
+        **given(args, "real", "synthetic", "out", "model", "imgsz", "epochs", "seeds")
     )
     if args.smoke:
         settings.epochs, settings.seeds = 1, 3
@@ -444,26 +447,21 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: augment bench classify --real digits --synthetic out/demo "
         "--shots 5,10 --ratios 0.5,1,2 --seeds 5 --out out/demo/bench",
     )
-    classify.add_argument("--real", default="digits", help="digits | ImageFolder dir | COCO json")
+    classify.add_argument("--real", help="digits (default) | ImageFolder dir | COCO json")
     classify.add_argument("--synthetic", type=Path, help="an `augment run` output folder")
-    classify.add_argument("--out", type=Path, default=Path("bench"), help="results folder")
-    classify.add_argument(
-        "--model", default="smallcnn", choices=("smallcnn", "resnet18", "resnet50")
-    )
+    classify.add_argument("--out", type=Path, help="results folder (default: bench)")
+    classify.add_argument("--model", choices=("smallcnn", "resnet18", "resnet50"))
     classify.add_argument("--weights", help="local state_dict for resnet18/50 (no downloads)")
-    classify.add_argument("--image-size", type=int, default=32, help="train and test at this size")
-    classify.add_argument(
-        "--shots", type=number_list(int), default=[10], help="real per class, e.g. 5,10,20"
-    )
+    classify.add_argument("--image-size", type=int, help="train and test at this size")
+    classify.add_argument("--shots", type=number_list(int), help="real per class, e.g. 5,10,20")
     classify.add_argument(
         "--ratios",
         type=number_list(float),
-        default=[0.5, 1.0, 2.0],
         help="synthetic images per real image, e.g. 0.5,1,2",
     )
     classify.add_argument("--no-synthetic-only", action="store_true", help="skip that arm")
-    classify.add_argument("--seeds", type=int, default=3, help="seeds per arm")
-    classify.add_argument("--steps", type=int, default=600, help="optimisation steps per model")
+    classify.add_argument("--seeds", type=int, help="seeds per arm")
+    classify.add_argument("--steps", type=int, help="optimisation steps per model")
     classify.add_argument("--smoke", action="store_true", help="tiny settings: under a minute")
     classify.set_defaults(func=cmd_bench_classify)
 
@@ -477,11 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     detect.add_argument("--real", required=True, help="COCO folder (train/ + val/) or json")
     detect.add_argument("--synthetic", type=Path, help="an augment output with boxes")
-    detect.add_argument("--out", type=Path, default=Path("bench"), help="results folder")
-    detect.add_argument("--model", default="yolov8n.yaml", help="a model yaml or a local .pt")
-    detect.add_argument("--imgsz", type=int, default=96)
-    detect.add_argument("--epochs", type=int, default=10)
-    detect.add_argument("--seeds", type=int, default=3)
+    detect.add_argument("--out", type=Path, help="results folder (default: bench)")
+    detect.add_argument("--model", help="a model yaml or a local .pt (default: yolov8n.yaml)")
+    detect.add_argument("--imgsz", type=int)
+    detect.add_argument("--epochs", type=int)
+    detect.add_argument("--seeds", type=int)
     detect.add_argument("--smoke", action="store_true", help="1 epoch, 3 seeds")
     detect.set_defaults(func=cmd_bench_detect)
 
