@@ -257,7 +257,9 @@ def cmd_digits_canvases(args: argparse.Namespace) -> int:
 def cmd_digits_train(args: argparse.Namespace) -> int:
     from augment.digits.train import train_digits_model
 
-    stats = train_digits_model(args.out, steps=args.steps, seed=args.seed, threads=args.threads)
+    stats = train_digits_model(
+        args.out, steps=args.steps, seed=args.seed, threads=args.threads, device=args.device
+    )
     out.print(
         f"digits model: {args.out} ({stats['folder_mb']:.1f} MB), {stats['steps']} UNet steps "
         f"in {stats['seconds']:.0f} s; model card: {args.out / 'README.md'}",
@@ -515,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, default=3000, help="UNet training steps")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.add_argument(
+        "--device", default="cpu", help="cpu (the shipped model's) or cuda; same seeds, same draws"
+    )
     train.set_defaults(func=cmd_digits_train)
 
     demo = commands.add_parser(

@@ -196,6 +196,7 @@ def train_vae(
     lr: float = 1e-3,
     kl_weight: float = 1e-4,
     progress: bool = True,
+    device: str = "cpu",
 ) -> list[float]:
     """Stage 1: reconstruction (MSE in [-1, 1]) + kl_weight * KL per latent element."""
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
@@ -208,9 +209,9 @@ def train_vae(
                 group["lr"] = _lr_at(step, steps, lr, warmup=min(100, steps // 10 + 1))
             s = rng.integers(0, shifts, batch_size)
             i = rng.integers(0, n, batch_size)
-            x = _to_model(pixels[s, i])
+            x = _to_model(pixels[s, i]).to(device)
             dist = vae.encode(x).latent_dist
-            z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen)
+            z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen).to(device)
             recon = vae.decode(z).sample
             rec = F.mse_loss(recon, x)
             kl = 0.5 * (dist.mean.pow(2) + dist.var - 1.0 - dist.logvar).mean()
@@ -228,13 +229,15 @@ def train_vae(
 
 
 @torch.no_grad()
-def encode_all(vae, pixels: np.ndarray, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_all(
+    vae, pixels: np.ndarray, batch: int = 256, device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Latent means and stds of every shifted copy: S x N x 4 x 8 x 8 each."""
     shifts, n = pixels.shape[:2]
     flat = pixels.reshape(shifts * n, *pixels.shape[2:])
     means, stds = [], []
     for start in range(0, flat.shape[0], batch):
-        dist = vae.encode(_to_model(flat[start : start + batch])).latent_dist
+        dist = vae.encode(_to_model(flat[start : start + batch]).to(device)).latent_dist
         means.append(dist.mean)
         stds.append(dist.std)
     mean = torch.cat(means).reshape(shifts, n, 4, LATENT_SIZE, LATENT_SIZE)
@@ -275,6 +278,7 @@ def train_unet(
     min_snr: float = 5.0,
     ema_decay: float = 0.999,
     progress: bool = True,
+    device: str = "cpu",
 ):
     """Stage 2: epsilon prediction on scaled latents, CFG dropout, min-SNR weights, EMA."""
     from diffusers import DDPMScheduler
@@ -282,14 +286,13 @@ def train_unet(
     sched = DDPMScheduler(**noise_scheduler_config())
     alphas = sched.alphas_cumprod
     snr = alphas / (1 - alphas)
-    weights = torch.clamp(snr, max=min_snr) / snr
+    weights = (torch.clamp(snr, max=min_snr) / snr).to(device)
+    token_ids = token_ids.to(device)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     ema_unet = copy.deepcopy(unet).requires_grad_(False)
     ema_text = copy.deepcopy(text_encoder).requires_grad_(False)
-    ema_pairs = list(
-        zip(list(ema_unet.parameters()) + list(ema_text.parameters()), params, strict=True)
-    )
+    ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
     n_templates = len(TEMPLATES)
     n_uncond = token_ids.shape[0] - uncond_start
     shifts, n = lat_mean.shape[:2]
@@ -313,12 +316,15 @@ def train_unet(
             unc = uncond_start + np.where(nuisance, rng.integers(1, n_uncond, batch_size), 0)
             rows = np.where(drop, unc, rows)
             uniq, inverse = np.unique(rows, return_inverse=True)
-            emb = text_encoder(token_ids[torch.from_numpy(uniq)])[0][torch.from_numpy(inverse)]
+            uniq, inverse = torch.from_numpy(uniq).to(device), torch.from_numpy(inverse).to(device)
+            emb = text_encoder(token_ids[uniq])[0][inverse]
 
+            # Noise is drawn on the CPU generator whatever the device: one seed, one stream.
             mean, std = lat_mean[s, i], lat_std[s, i]
-            latents = (mean + std * torch.randn(mean.shape, generator=gen)) * scaling
-            noise = torch.randn(latents.shape, generator=gen)
+            latents = (mean + std * torch.randn(mean.shape, generator=gen).to(device)) * scaling
+            noise = torch.randn(latents.shape, generator=gen).to(device)
             t = torch.randint(0, sched.config.num_train_timesteps, (batch_size,), generator=gen)
+            t = t.to(device)
             noisy = sched.add_noise(latents, noise, t)
             pred = unet(noisy, t, emb).sample
             per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
@@ -329,8 +335,7 @@ def train_unet(
             opt.step()
             decay = min(ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
-                for e, p in ema_pairs:
-                    e.lerp_(p, 1 - decay)
+                torch._foreach_lerp_(ema_params, params, 1 - decay)
             losses.append(float(per.detach().mean()))
             bar.update(1)
             if step % 25 == 0:
@@ -520,6 +525,7 @@ def train_digits_model(
     sample_steps: int = 25,
     threads: int | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict:
     """Train the digits model and save a complete StableDiffusionPipeline folder at `out_dir`.
 
@@ -553,6 +559,7 @@ def train_digits_model(
         finally:
             shutil.rmtree(tok_dir, ignore_errors=True)
         vae, unet, text_encoder = build_components(tokenizer, unet_channels, unet_layers)
+        vae, unet, text_encoder = vae.to(device), unet.to(device), text_encoder.to(device)
         params = {
             name: sum(p.numel() for p in m.parameters())
             for name, m in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder))
@@ -568,11 +575,13 @@ def train_digits_model(
             lr=vae_lr,
             kl_weight=kl_weight,
             progress=progress,
+            device=device,
         )
         vae.requires_grad_(False)
-        lat_mean, lat_std = encode_all(vae, pixels)
+        lat_mean, lat_std = encode_all(vae, pixels, device=device)
         center = max_shift * (2 * max_shift + 1) + max_shift  # the unshifted copy
-        z = lat_mean[center] + lat_std[center] * torch.randn(lat_mean[center].shape, generator=gen)
+        noise = torch.randn(lat_mean[center].shape, generator=gen).to(device)
+        z = lat_mean[center] + lat_std[center] * noise
         scaling = float(1.0 / z.std())
         vae.register_to_config(scaling_factor=scaling)
         vae_seconds = time.perf_counter() - started
@@ -597,10 +606,12 @@ def train_digits_model(
             min_snr=min_snr,
             ema_decay=ema_decay,
             progress=progress,
+            device=device,
         )
         unet_seconds = time.perf_counter() - unet_started
         seconds = time.perf_counter() - started
 
+        vae, ema_text, ema_unet = vae.cpu(), ema_text.cpu(), ema_unet.cpu()
         pipe = assemble_sd_pipeline(vae.eval(), ema_text, tokenizer, ema_unet, _ddim_scheduler())
         if half:
             pipe.to(dtype=torch.float16)
@@ -616,6 +627,7 @@ def train_digits_model(
                 "vae_seconds": vae_seconds,
                 "unet_seconds": unet_seconds,
                 "threads": torch.get_num_threads(),
+                "device": str(device),
                 "batch_size": batch_size,
                 "vae_batch_size": vae_batch_size,
                 "lr": lr,
@@ -664,6 +676,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-samples", action="store_true", help="skip samples.png")
+    parser.add_argument("--device", default="cpu", help="cpu (the shipped model's) or cuda")
     args = parser.parse_args(argv)
     stats = train_digits_model(
         args.out,
@@ -671,6 +684,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         threads=args.threads,
         samples=not args.no_samples,
+        device=args.device,
     )
     print(
         f"digits model: {args.out} ({stats['folder_mb']:.1f} MB), {stats['steps']} UNet + "
