@@ -83,7 +83,8 @@ def prompts_for(
     )
     tokenizer = tokenizer_for(spec, base_dir)
     if tokenizer is not None:
-        prompts = enforce_token_limit(prompts, tokenizer, p.max_tokens, p.on_long_prompt)
+        limit = min(p.max_tokens, tokenizer.model_max_length)  # a model may read fewer than 77
+        prompts = enforce_token_limit(prompts, tokenizer, limit, p.on_long_prompt)
     return prompts
 
 
