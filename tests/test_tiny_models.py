@@ -100,32 +100,31 @@ def test_sd_inpaint_folder_has_a_real_inpainting_unet(models):
     assert_images(render(pipe, image=init, mask_image=mask, height=SIZE, width=SIZE))
 
 
-def test_controlnet_conditioning_image_reaches_the_pixels(models, sd):
-    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+def assert_controlnet_conditioning_reaches_the_pixels(pipeline_class, base, controlnet_folder):
+    from diffusers import ControlNetModel
 
-    folder = tiny.save_tiny_controlnet(models / "controlnet")
-    controlnet = ControlNetModel.from_pretrained(folder, local_files_only=True)
-    pipe = StableDiffusionControlNetPipeline.from_pretrained(
-        sd, controlnet=controlnet, local_files_only=True
-    )
+    controlnet = ControlNetModel.from_pretrained(controlnet_folder, local_files_only=True)
+    pipe = pipeline_class.from_pretrained(base, controlnet=controlnet, local_files_only=True)
     noise, black = control_images()
     with_noise, with_black = render(pipe, image=noise), render(pipe, image=black)
     assert_images(with_noise)
     assert np.abs(with_noise - with_black).max() > 0.02
+
+
+def test_controlnet_conditioning_image_reaches_the_pixels(models, sd):
+    from diffusers import StableDiffusionControlNetPipeline
+
+    folder = tiny.save_tiny_controlnet(models / "controlnet")
+    assert_controlnet_conditioning_reaches_the_pixels(StableDiffusionControlNetPipeline, sd, folder)
 
 
 def test_sdxl_controlnet_conditioning_image_reaches_the_pixels(models, sdxl):
-    from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
+    from diffusers import StableDiffusionXLControlNetPipeline
 
     folder = tiny.save_tiny_controlnet_sdxl(models / "controlnet-sdxl")
-    controlnet = ControlNetModel.from_pretrained(folder, local_files_only=True)
-    pipe = StableDiffusionXLControlNetPipeline.from_pretrained(
-        sdxl, controlnet=controlnet, local_files_only=True
+    assert_controlnet_conditioning_reaches_the_pixels(
+        StableDiffusionXLControlNetPipeline, sdxl, folder
     )
-    noise, black = control_images()
-    with_noise, with_black = render(pipe, image=noise), render(pipe, image=black)
-    assert_images(with_noise)
-    assert np.abs(with_noise - with_black).max() > 0.02
 
 
 # --- LoRA ---------------------------------------------------------------------------------------
