@@ -268,6 +268,19 @@ def cmd_digits_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_digits_train_scorer(args: argparse.Namespace) -> int:
+    from augment.digits.scorer import train_digits_scorer
+
+    stats = train_digits_scorer(args.out, steps=args.steps, seed=args.seed)
+    out.print(
+        f"digits scorer: {args.out}, {stats['steps']} steps in {stats['seconds']:.0f} s, "
+        f"{stats['pool_accuracy_percent']:.1f} % on the pool split ({stats['pool_images']} "
+        "real images it never saw)",
+        soft_wrap=True,
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from augment.digits.demo import run_demo
 
@@ -521,6 +534,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default="cpu", help="cpu (the shipped model's) or cuda; same seeds, same draws"
     )
     train.set_defaults(func=cmd_digits_train)
+    scorer = digits_commands.add_parser(
+        "train-scorer",
+        help="train the digits scorer (the filter's classifier) on the generator split",
+        description="Train the small CNN that scores generated digits (filters.scorer: "
+        "builtin:digits-scorer) on the generator split only; reports its accuracy on the pool.",
+        epilog="example: augment digits train-scorer --out augment/digits/scorer",
+    )
+    scorer.add_argument("--out", type=Path, required=True, help="scorer folder")
+    scorer.add_argument("--steps", type=int, default=1500, help="training steps")
+    scorer.add_argument("--seed", type=int, default=0)
+    scorer.set_defaults(func=cmd_digits_train_scorer)
 
     demo = commands.add_parser(
         "demo",

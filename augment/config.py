@@ -190,6 +190,31 @@ class GenerationSpec(StrictModel):
         return self
 
 
+class FilterSpec(StrictModel):
+    """Score every generated image and flag the ones that do not show their concept."""
+
+    scorer: str | None = Field(
+        default=None,
+        description="A CLIP model (folder or hub id in the cache: zero-shot over the job's "
+        "concepts) or an augment image classifier folder (builtin:digits-scorer); none: no "
+        "filtering.",
+    )
+    min_concept_score: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="flag an image whose own concept gets a lower probability among the job's "
+        "concepts (0.5: the scorer agrees with its label)",
+    )
+    min_clip_score: float = Field(
+        default=0.0,
+        ge=0,
+        le=100,
+        description="CLIP scorers: flag an image whose CLIP score (100 x cosine with its "
+        "prompt) is lower",
+    )
+
+
 class OutputSpec(StrictModel):
     dir: str = "out"
     formats: list[Format] = ["parquet", "coco"]
@@ -203,6 +228,7 @@ class JobSpec(StrictModel):
     prompts: PromptSpec = PromptSpec()
     generation: GenerationSpec
     source: SourceSpec | None = None
+    filters: FilterSpec = FilterSpec()
     output: OutputSpec = OutputSpec()
     limit: int | None = Field(default=None, ge=1, description="Render at most this many items.")
 

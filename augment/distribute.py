@@ -29,6 +29,7 @@ from pathlib import Path
 from augment.config import GenerationSpec
 from augment.errors import AugmentError
 from augment.plan import WorkItem
+from augment.sinks import FLAGS
 from augment.sinks.parquet import write_shard
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ class BlockWorker:
         base_dir: str | None = None,
         threads: int | None = 1,
         retries: int = 2,
+        filters: dict | None = None,
+        concepts: list[str] | None = None,
     ):
         import torch
 
@@ -102,12 +105,23 @@ class BlockWorker:
         self.shards_dir = Path(shards_dir)
         self.retries = retries
         self.init_error: AugmentError | None = None
+        self.filter = None
         try:
             self.generator = make_generator(
                 self.settings,
                 Path(base_dir) if base_dir else None,
                 SourceSpec(**source) if source else None,
             )
+            if filters and filters.get("scorer"):
+                from augment.config import FilterSpec
+                from augment.filters import ImageFilter
+
+                self.filter = ImageFilter(
+                    FilterSpec(**filters),
+                    concepts or [],
+                    Path(base_dir) if base_dir else None,
+                    str(self.generator.pipe.device),
+                )
         except AugmentError as exc:  # raised again by render(), where the driver sees it
             self.init_error = exc
 
@@ -131,9 +145,11 @@ class BlockWorker:
                     record, failure = self.render_alone(item)
                     records.extend(record)
                     failures.extend(failure)
+        if records and self.filter is not None:
+            records = self.filter(records)
         if records:
             write_shard(self.shards_dir, block.shard, records)
-        flagged = sum(bool(r["black"] or r["nan"] or r["nsfw"]) for r in records)
+        flagged = sum(any(r[flag] for flag in FLAGS) for r in records)
         return BlockResult(
             block.shard, len(records), flagged, time.perf_counter() - started, failures
         )

@@ -21,6 +21,7 @@ import yaml
 
 from augment.config import SOURCE_MODES, JobSpec
 from augment.errors import ModelError, OutputError
+from augment.filters import check_scorer
 from augment.generate.pipelines import check_models, load_tokenizer
 from augment.plan import (
     WorkItem,
@@ -230,6 +231,7 @@ class RunOptions:
 
 def render_blocks(
     spec: JobSpec,
+    concepts: list[Concept],
     items: list[WorkItem],
     done: set[str],
     out_dir: Path,
@@ -249,6 +251,8 @@ def render_blocks(
         "shards_dir": str(shards_dir),
         "base_dir": str(base_dir) if base_dir else None,
         "retries": options.retries,
+        "filters": spec.filters.model_dump(),
+        "concepts": [concept.name for concept in concepts],
     }
     totals = {"rendered": 0, "flagged": 0}
     failures: list[dict] = []
@@ -279,13 +283,16 @@ def run_job(
     out_dir = Path(spec.output.dir)
     check_models(spec.generation, base_dir)  # fail before touching OUT
     concepts = concepts_for(spec, base_dir)
+    check_scorer(spec.filters, [c.name for c in concepts], base_dir)
     items = plan_for(spec, base_dir, concepts)
     prepare_output(out_dir, spec, options.force)
     write_plan(items, out_dir / "plan.parquet")
     parquet.remove_temp_files(out_dir / "shards")
     done = parquet.committed_item_ids(out_dir / "shards")
     try:
-        rendered, flagged, failures = render_blocks(spec, items, done, out_dir, base_dir, options)
+        rendered, flagged, failures = render_blocks(
+            spec, concepts, items, done, out_dir, base_dir, options
+        )
     finally:
         parquet.remove_temp_files(out_dir / "shards")  # a worker killed mid-write leaves one
     outputs = {

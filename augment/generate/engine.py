@@ -223,6 +223,7 @@ class Generator:
             "prompt_b": item.prompt_b,
             "image": {"bytes": encode_png(pixels), "path": f"{item.item_id}.png"},
             "clip_score": None,
+            "concept_score": None,
             "black": is_black(pixels),
             "nan": has_nan,
             "nsfw": nsfw,

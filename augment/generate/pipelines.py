@@ -56,15 +56,25 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 #: The digits model trained by `augment digits train` and shipped inside the package.
 SHIPPED_DIGITS_MODEL = Path(__file__).resolve().parents[1] / "digits" / "model"
+#: The digits classifier that scores generated digits (`filters.scorer`), shipped beside it.
+SHIPPED_DIGITS_SCORER = Path(__file__).resolve().parents[1] / "digits" / "scorer"
+
+
+def shipped_folder(folder: Path, marker: str, command: str) -> Path:
+    if not (folder / marker).is_file():
+        raise ModelError(
+            f"the shipped folder {folder} is missing (no {marker}); rebuild it with "
+            f"`{command} --out {folder}`"
+        )
+    return folder
 
 
 def shipped_digits_model() -> Path:
-    if not (SHIPPED_DIGITS_MODEL / "model_index.json").is_file():
-        raise ModelError(
-            f"the shipped digits model is missing from {SHIPPED_DIGITS_MODEL}; rebuild it with "
-            f"`augment digits train --out {SHIPPED_DIGITS_MODEL}`"
-        )
-    return SHIPPED_DIGITS_MODEL
+    return shipped_folder(SHIPPED_DIGITS_MODEL, "model_index.json", "augment digits train")
+
+
+def shipped_digits_scorer() -> Path:
+    return shipped_folder(SHIPPED_DIGITS_SCORER, "scorer.json", "augment digits train-scorer")
 
 
 def builtin_models() -> dict:
@@ -85,7 +95,9 @@ def builtin_models() -> dict:
         "tiny-textual-inversion": lambda: tiny.save_tiny_textual_inversion(
             models / "tiny-textual-inversion-v1.safetensors"
         ),
+        "tiny-clip": lambda: tiny.save_tiny_clip(models / "tiny-clip-v1"),
         "digits": shipped_digits_model,
+        "digits-scorer": shipped_digits_scorer,
     }
 
 

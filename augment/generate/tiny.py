@@ -589,3 +589,38 @@ def save_tiny_sd_with_safety_checker(
         StableDiffusionPipeline(**components, requires_safety_checker=True).save_pretrained(tmp)
 
     return save_atomically(folder, write, "model_index.json")
+
+
+def build_tiny_clip(tokenizer, seed: int = 0, image_size: int = 32):
+    """A tiny random CLIPModel over our tokenizer, and the CLIPImageProcessor that feeds it."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(seed)
+    small = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
+    config = CLIPConfig(
+        text_config=clip_text_config(tokenizer).to_dict(),
+        vision_config=dict(image_size=image_size, patch_size=4, num_channels=3, **small),
+        projection_dim=32,
+    )
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    return CLIPModel(config).eval(), processor
+
+
+def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
+    """A tiny CLIP folder (model + tokenizer + image processor), as `filters.scorer` loads one."""
+
+    def write(tmp: Path) -> None:
+        from transformers import CLIPProcessor
+
+        tokenizer = build_tokenizer(tmp / "vocab")
+        model, image_processor = build_tiny_clip(tokenizer, seed)
+        model.save_pretrained(tmp)
+        CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(tmp)
+        shutil.rmtree(tmp / "vocab")
+
+    return save_atomically(folder, write, "config.json")

@@ -50,6 +50,7 @@ RECORD_SCHEMA = pa.schema(
         ("prompt_b", pa.string()),
         ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
         ("clip_score", pa.float64()),
+        ("concept_score", pa.float64()),  # filters: p(own concept | image)
         ("black", pa.bool_()),
         ("nan", pa.bool_()),
         ("nsfw", pa.bool_()),

@@ -1,0 +1,235 @@
+"""Filter stage: score each generated image and flag the ones that do not show their concept.
+
+Generate -> Filter -> Shards. An `ImageFilter` is loaded once per worker, beside the generator,
+and fills three columns of each record before its shard is written:
+
+- `concept_score`: the probability a scorer gives the image's own concept, among the job's
+  concepts (how well the concept is rendered, as in Stöckl 2022);
+- `clip_score`: CLIP scorers only, 100 x the cosine between the image and its prompt;
+- `filtered`: a score under the spec's minimum.
+
+Nothing is deleted: a filtered image stays in its shard with its scores, and exports and
+benchmarks leave it out, like black or NSFW images (`augment export --include-flagged` keeps it).
+
+Scorers:
+- an augment image classifier folder (`scorer.json` + `model.safetensors`, written by
+  `save_classifier`), whose classes cover the job's concepts: `builtin:digits-scorer`, trained
+  on the digits generator split, the data the digits model saw;
+- a CLIP model (a transformers folder, or a hub id already in the local cache), zero-shot over
+  the job's concept names.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from augment.config import FilterSpec
+from augment.errors import ModelError
+from augment.taxonomy.listfile import slugify
+
+#: The file that marks an augment classifier folder.
+CLASSIFIER_CONFIG = "scorer.json"
+#: Zero-shot CLIP text for a concept.
+CLIP_CONCEPT_TEMPLATE = "a photo of a {name}"
+#: Images per scorer forward pass.
+SCORE_BATCH = 64
+
+
+def resolve_scorer(name: str, base_dir: Path | None = None) -> str:
+    """A scorer folder, a builtin, or a hub id in the local cache; nothing is downloaded."""
+    from augment.generate.pipelines import in_hub_cache, resolve_path
+
+    key = "filters.scorer"
+    path = resolve_path(name, base_dir, key)
+    if path is not None:
+        if not path.is_dir() or not (
+            (path / CLASSIFIER_CONFIG).is_file() or (path / "config.json").is_file()
+        ):
+            raise ModelError(
+                f"{key}: {path} is neither an augment classifier folder ({CLASSIFIER_CONFIG}) "
+                "nor a CLIP model folder (config.json)"
+            )
+        return str(path)
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")) and in_hub_cache(name):
+        return name
+    raise ModelError(
+        f"{key}: '{name}' not found: give an augment classifier folder, a CLIP model folder, a "
+        "CLIP hub id already in the Hugging Face cache (e.g. openai/clip-vit-large-patch14), "
+        "or builtin:digits-scorer"
+    )
+
+
+def is_classifier(location: str) -> bool:
+    return (Path(location) / CLASSIFIER_CONFIG).is_file()
+
+
+def concept_columns(classes: list[str], concepts: list[str], location: str) -> list[int]:
+    """For each concept, its column among the classifier's classes (matched as slugs)."""
+    index = {slugify(name): i for i, name in enumerate(classes)}
+    missing = [name for name in concepts if slugify(name) not in index]
+    if missing:
+        raise ModelError(
+            f"filters.scorer: the classifier {location} knows {', '.join(classes)}, not "
+            f"{', '.join(missing)}; use a scorer trained on the job's concepts, or a CLIP model"
+        )
+    return [index[slugify(name)] for name in concepts]
+
+
+def check_scorer(spec: FilterSpec, concepts: list[str], base_dir: Path | None = None) -> None:
+    """Fail before a run touches its output when the scorer is missing or cannot score."""
+    if spec.scorer is None:
+        return
+    location = resolve_scorer(spec.scorer, base_dir)
+    if is_classifier(location):
+        config = json.loads((Path(location) / CLASSIFIER_CONFIG).read_text())
+        concept_columns(config["classes"], concepts, location)
+    elif spec.min_concept_score > 0 and len(concepts) < 2:
+        raise ModelError(
+            "filters.min_concept_score: a CLIP scorer compares each image with the job's "
+            "concepts, and this job has one; set min_concept_score: 0 and use min_clip_score"
+        )
+
+
+def save_classifier(
+    model, folder: Path, classes: list[str], image_size: int, architecture: str, **about
+) -> Path:
+    """Write an augment classifier folder: weights as safetensors + scorer.json."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    config = {"architecture": architecture, "image_size": image_size, "classes": classes, **about}
+    (folder / CLASSIFIER_CONFIG).write_text(json.dumps(config, indent=2))
+    return folder
+
+
+class ClassifierScorer:
+    """An augment image classifier: softmax over the job's concept columns."""
+
+    def __init__(self, location: str, concepts: list[str], device: str = "cpu"):
+        from safetensors.torch import load_file
+
+        from augment.bench.classify import build_model
+
+        config = json.loads((Path(location) / CLASSIFIER_CONFIG).read_text())
+        self.image_size = int(config["image_size"])
+        self.columns = concept_columns(config["classes"], concepts, location)
+        self.device = device
+        self.model = build_model(config["architecture"], len(config["classes"]))
+        self.model.load_state_dict(load_file(str(Path(location) / "model.safetensors")))
+        self.model.to(device).eval()
+
+    def __call__(
+        self, images: list[Image.Image], prompts: list[str]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        import torch
+
+        from augment.bench.classify import to_tensor
+        from augment.bench.data import to_array
+
+        pixels = np.stack([to_array(image, self.image_size) for image in images])
+        with torch.no_grad():
+            logits = self.model(to_tensor(pixels).to(self.device))[:, self.columns]
+        return torch.softmax(logits.float(), dim=1).cpu().numpy(), None
+
+
+class ClipScorer:
+    """CLIP: zero-shot over the job's concepts, and the CLIP score of each image's prompt."""
+
+    def __init__(self, location: str, concepts: list[str], device: str = "cpu"):
+        import torch
+        from transformers import CLIPModel, CLIPProcessor
+
+        try:
+            self.model = CLIPModel.from_pretrained(location).to(device).eval()
+            self.processor = CLIPProcessor.from_pretrained(location)
+        except (OSError, ValueError) as exc:
+            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelError(
+                f"filters.scorer: cannot load a CLIP model from {location} ({first_line})"
+            ) from None
+        self.device = device
+        with torch.no_grad():
+            texts = [CLIP_CONCEPT_TEMPLATE.format(name=name) for name in concepts]
+            self.concepts = self.text_embeddings(texts)
+
+    def text_embeddings(self, texts: list[str]):
+        tokens = self.processor.tokenizer(
+            texts, padding=True, truncation=True, return_tensors="pt"
+        ).to(self.device)
+        return normalized(self.model.get_text_features(**tokens))
+
+    def __call__(
+        self, images: list[Image.Image], prompts: list[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        with torch.no_grad():
+            pixels = self.processor.image_processor(
+                [image.convert("RGB") for image in images], return_tensors="pt"
+            )["pixel_values"].to(self.device)
+            embeds = normalized(self.model.get_image_features(pixel_values=pixels))
+            logits = self.model.logit_scale.exp() * embeds @ self.concepts.T
+            cosine = (embeds * self.text_embeddings(prompts)).sum(dim=1)
+        probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return probabilities, (100.0 * cosine.clamp(min=0)).float().cpu().numpy()
+
+
+def normalized(features):
+    """Unit vectors; accepts a tensor or a model output holding `pooler_output`."""
+    if not hasattr(features, "norm"):
+        features = features.pooler_output
+    return features / features.norm(dim=-1, keepdim=True)
+
+
+class ImageFilter:
+    """Loaded once per worker; `__call__` returns the records with scores and `filtered` set."""
+
+    def __init__(
+        self,
+        spec: FilterSpec,
+        concepts: list[str],
+        base_dir: Path | None = None,
+        device: str = "cpu",
+    ):
+        if spec.scorer is None:
+            raise ValueError("ImageFilter needs filters.scorer")
+        check_scorer(spec, concepts, base_dir)
+        location = resolve_scorer(spec.scorer, base_dir)
+        scorer_class = ClassifierScorer if is_classifier(location) else ClipScorer
+        self.spec = spec
+        self.scorer = scorer_class(location, concepts, device)
+        self.concept_index = {slugify(name): i for i, name in enumerate(concepts)}
+
+    def __call__(self, records: list[dict]) -> list[dict]:
+        scored: list[dict] = []
+        for start in range(0, len(records), SCORE_BATCH):
+            scored.extend(self.score_batch(records[start : start + SCORE_BATCH]))
+        return scored
+
+    def score_batch(self, records: list[dict]) -> list[dict]:
+        images = [Image.open(io.BytesIO(r["image"]["bytes"])) for r in records]
+        probabilities, clip_scores = self.scorer(images, [r["prompt"] for r in records])
+        out = []
+        for row, record in enumerate(records):
+            concept = probabilities[row, self.concept_index[slugify(record["concept_name"])]]
+            clip = None if clip_scores is None else float(clip_scores[row])
+            low = concept < self.spec.min_concept_score or (
+                clip is not None and clip < self.spec.min_clip_score
+            )
+            out.append(
+                {
+                    **record,
+                    "concept_score": float(concept),
+                    "clip_score": clip,
+                    "filtered": bool(record["filtered"] or low),
+                }
+            )
+        return out

@@ -1,0 +1,143 @@
+"""The filter stage: scores on every record, flags under the minimum, flagged images left out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from augment.config import FilterSpec, load_spec
+from augment.digits.data import DIGIT_NAMES, digit_splits, load_digit_images
+from augment.errors import ModelError
+from augment.filters import ImageFilter
+from augment.generate.engine import encode_png
+from augment.job import RunOptions, run_job
+from augment.sinks import export
+from tests.conftest import TINY_JOB
+
+LOCAL = RunOptions(distributor="local")
+
+
+def digit_records(rows: np.ndarray, names: list[str]) -> list[dict]:
+    """Real digit scans as generated records would hold them, labelled with `names`."""
+    images, _ = load_digit_images(32)
+    return [
+        {
+            "item_id": f"digits-{row}",
+            "concept_name": name,
+            "prompt": f"a handwritten digit {name}",
+            "image": {"bytes": encode_png(images[row]), "path": None},
+            "filtered": False,
+        }
+        for row, name in zip(rows, names, strict=True)
+    ]
+
+
+def test_digits_scorer_keeps_true_digits_and_flags_mislabelled_ones():
+    """On the real pool digits (unseen by the scorer), right labels pass, wrong ones do not."""
+    _, labels = load_digit_images(8)
+    pool = digit_splits()["pool"]
+    image_filter = ImageFilter(FilterSpec(scorer="builtin:digits-scorer"), list(DIGIT_NAMES))
+    right = image_filter(digit_records(pool, [DIGIT_NAMES[i] for i in labels[pool]]))
+    wrong = image_filter(digit_records(pool, [DIGIT_NAMES[(i + 1) % 10] for i in labels[pool]]))
+    assert np.mean([not r["filtered"] for r in right]) >= 0.97
+    assert np.mean([r["filtered"] for r in wrong]) >= 0.97
+    for record in right + wrong:
+        assert 0.0 <= record["concept_score"] <= 1.0 and record["clip_score"] is None
+        assert record["filtered"] == (record["concept_score"] < 0.5)
+
+
+def filtered_job(tmp_path: Path, name: str, filters: str) -> Path:
+    job = tmp_path / f"{name}.yaml"
+    text = TINY_JOB.replace("OUT_DIR", str(tmp_path / name)) + filters
+    job.write_text(text.replace("images_per_concept: 3", "images_per_concept: 4"))
+    return job
+
+
+def test_run_scores_every_image_flags_those_under_the_minimum_and_exports_the_rest(tmp_path):
+    scored = filtered_job(tmp_path, "scored", "filters:\n  scorer: builtin:digits-scorer\n")
+    run_job(load_spec(scored), tmp_path, LOCAL)
+    scores = pd.read_parquet(tmp_path / "scored" / "shards").set_index("item_id")["concept_score"]
+    assert scores.between(0, 1).all() and scores.nunique() > 1
+    # A minimum at the median splits the same images (the same seeds) into flagged and kept.
+    median = float(scores.median())
+    cut = filtered_job(
+        tmp_path,
+        "cut",
+        f"filters:\n  scorer: builtin:digits-scorer\n  min_concept_score: {median}\n",
+    )
+    run_job(load_spec(cut), tmp_path, LOCAL)
+    out = tmp_path / "cut"
+    records = pd.read_parquet(out / "shards").set_index("item_id")
+    assert len(records) == 12  # nothing is deleted
+    assert np.allclose(records["concept_score"], scores.loc[records.index])
+    expected = records.index[records["concept_score"] < median]
+    assert sorted(records.index[records["filtered"]]) == sorted(expected)
+    assert 0 < len(expected) < 12
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["filtered"] == len(expected)
+    coco = json.loads((out / "coco" / "annotations.json").read_text())
+    assert len(coco["images"]) == 12 - len(expected)
+    export(out, ["coco"], include_flagged=True)
+    coco = json.loads((out / "coco" / "annotations.json").read_text())
+    assert len(coco["images"]) == 12
+
+
+def test_clip_scorer_gives_zero_shot_probabilities_and_clip_scores(tmp_path):
+    concepts = ["zero", "one", "two"]
+    records = digit_records(np.arange(6), [concepts[i % 3] for i in range(6)])
+    records[0]["prompt"] = "a handwritten digit zero " * 40  # past CLIP's 77 tokens: truncated
+    spec = FilterSpec(scorer="builtin:tiny-clip", min_concept_score=0.0, min_clip_score=0.0)
+    kept = ImageFilter(spec, concepts)(records)
+    for record in kept:
+        assert 0.0 < record["concept_score"] < 1.0 and 0.0 <= record["clip_score"] <= 100.0
+        assert not record["filtered"]
+    strict = spec.model_copy(update={"min_clip_score": 100.0})
+    assert all(r["filtered"] for r in ImageFilter(strict, concepts)(records))
+
+
+def test_clip_probabilities_sum_to_one_over_the_jobs_concepts():
+    from PIL import Image
+
+    from augment.filters import ClipScorer, resolve_scorer
+
+    scorer = ClipScorer(resolve_scorer("builtin:tiny-clip"), ["zero", "one", "two", "three"])
+    image = Image.fromarray(load_digit_images(32)[0][0])
+    probabilities, clip_scores = scorer([image, image], ["a digit", "a digit"])
+    assert probabilities.shape == (2, 4) and np.allclose(probabilities.sum(axis=1), 1.0)
+    assert np.allclose(probabilities[0], probabilities[1]) and clip_scores[0] == clip_scores[1]
+
+
+@pytest.mark.parametrize(
+    ("filters", "message"),
+    [
+        ("  scorer: scorers/missing\n", "filters.scorer: 'scorers/missing' not found"),
+        ("  scorer: builtin:nope\n", "filters.scorer: unknown builtin 'nope'"),
+    ],
+)
+def test_a_missing_scorer_fails_before_the_output_is_created(tmp_path, filters, message):
+    job = filtered_job(tmp_path, "out", "filters:\n" + filters)
+    with pytest.raises(ModelError, match=message):
+        run_job(load_spec(job), tmp_path, LOCAL)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_classifier_that_does_not_know_a_concept_is_refused(tmp_path):
+    job = filtered_job(tmp_path, "out", "filters:\n  scorer: builtin:digits-scorer\n")
+    job.write_text(job.read_text().replace("source: digits", "source: weeds"))
+    with pytest.raises(ModelError, match="knows zero, one, .* not .*; use a scorer trained"):
+        run_job(load_spec(job), tmp_path, LOCAL)
+    assert not (tmp_path / "out").exists()
+
+
+def test_min_concept_score_is_a_probability(tmp_path):
+    from augment.errors import SpecError
+
+    job = filtered_job(
+        tmp_path, "out", "filters:\n  scorer: builtin:digits-scorer\n  min_concept_score: 2\n"
+    )
+    with pytest.raises(SpecError, match=r"line \d+: filters.min_concept_score: must be <= 1"):
+        load_spec(job)
