@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from augment.bench.stats import paired_gain, summarize
 
@@ -256,6 +257,23 @@ def verdict(gain: dict) -> str:
     return "no measurable gain: the 95 % CI includes 0"
 
 
+def synthetic_set_lines(synthetic: str | None) -> list[str]:
+    """What the synthetic set is: images generated, flagged and by which filter (from the run)."""
+    if not synthetic or not (Path(synthetic) / "manifest.json").is_file():
+        return []
+    counts = json.loads((Path(synthetic) / "manifest.json").read_text())["counts"]
+    flags = ", ".join(f"{counts.get(flag, 0)} {flag}" for flag in ("black", "nan", "nsfw"))
+    line = f"Synthetic set: `{synthetic}`, {counts['records']} images generated ({flags}"
+    job = Path(synthetic) / "job.yaml"
+    filters = (yaml.safe_load(job.read_text()) or {}).get("filters") if job.is_file() else None
+    if filters and filters.get("scorer"):
+        line += (
+            f"; {counts.get('filtered', 0)} filtered by `{filters['scorer']}` under a concept "
+            f"score of {filters['min_concept_score']:g}"
+        )
+    return [line + "); flagged images are not trained on.", ""]
+
+
 def write_report(
     results_path: Path, out_dir: Path, real: str | None = None, synthetic: str | None = None
 ) -> Path:
@@ -311,6 +329,7 @@ def write_report(
                 f"{ci_text(g['mean'], g['ci_low'], g['ci_high'], ' points')}: {verdict(g)}.",
             ]
         lines.append("")
+    lines += synthetic_set_lines(synthetic)
     overall = summary[summary["label"] == ""].copy()
     overall["value"] = [
         ci_text(r["mean"], r["ci_low"], r["ci_high"]) for _, r in overall.iterrows()

@@ -31,4 +31,7 @@ def test_quick_demo_writes_the_report_and_headline_figures(tmp_path):
     assert summary["images_generated"] == 200
     report = Path(summary["report"]).read_text()
     assert "Paired gain" in report and "samples.png" in report
+    # The report says which images were trained on: the filter's count is the manifest's.
+    filtered = json.loads((tmp_path / "demo" / "manifest.json").read_text())["counts"]["filtered"]
+    assert f"{filtered} filtered by `builtin:digits-scorer` under a concept score of 0.5" in report
     assert "report:" in result.stdout and "summary.json" in result.stdout

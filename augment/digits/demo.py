@@ -32,7 +32,7 @@ class DemoSize:
     synthetic_canvases: int
 
 
-FULL = DemoSize(300, [1.0, 30.0], 5, 600, 3, 8, (300, 150), 300)
+FULL = DemoSize(340, [1.0, 30.0], 5, 600, 3, 8, (300, 150), 300)
 QUICK = DemoSize(20, [2.0], 3, 60, 2, 1, (60, 30), 60)
 
 
