@@ -94,8 +94,9 @@ MEASURED = {
         "- In `make demo` (guidance 1.0, DDIM 25 steps, 340 per class, the 4.5 % that\n"
         "  `builtin:digits-scorer` does not read as their class filtered out; 16 px CNN, 600\n"
         "  steps, 5 seeds): synthetic-only 99.2% [99.0, 99.4]; 10 real per class 96.1%\n"
-        "  [94.8, 97.4], plus 300 synthetic per class 99.1% [98.7, 99.5] (gain +3.0 [+2.1, +3.9]).\n"
-        "  Recommended: guidance 1.0 for training data (most varied), 2.0 for the look."
+        "  [94.8, 97.4], plus 300 synthetic per class 99.1% [98.7, 99.5]\n"
+        "  (gain +3.0 [+2.1, +3.9]). Recommended: guidance 1.0 for training data (most\n"
+        "  varied), 2.0 for the look."
     ),
 }
 
