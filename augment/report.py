@@ -258,17 +258,21 @@ def verdict(gain: dict) -> str:
 
 
 def synthetic_set_lines(synthetic: str | None) -> list[str]:
-    """What the synthetic set is: images generated, flagged and by which filter (from the run)."""
-    if not synthetic or not (Path(synthetic) / "manifest.json").is_file():
+    """What the synthetic set is: images generated, flagged, and by which filter (its shards)."""
+    from augment.sinks import FLAGS
+    from augment.sinks.parquet import read_records, shard_paths
+
+    if not synthetic or not shard_paths(Path(synthetic) / "shards"):
         return []
-    counts = json.loads((Path(synthetic) / "manifest.json").read_text())["counts"]
-    flags = ", ".join(f"{counts.get(flag, 0)} {flag}" for flag in ("black", "nan", "nsfw"))
-    line = f"Synthetic set: `{synthetic}`, {counts['records']} images generated ({flags}"
+    records = list(read_records(Path(synthetic) / "shards", columns=list(FLAGS)))
+    counts = {flag: sum(bool(r[flag]) for r in records) for flag in FLAGS}
+    flags = ", ".join(f"{counts[flag]} {flag}" for flag in ("black", "nan", "nsfw"))
+    line = f"Synthetic set: `{synthetic}`, {len(records)} images generated ({flags}"
     job = Path(synthetic) / "job.yaml"
     filters = (yaml.safe_load(job.read_text()) or {}).get("filters") if job.is_file() else None
     if filters and filters.get("scorer"):
         line += (
-            f"; {counts.get('filtered', 0)} filtered by `{filters['scorer']}` under a concept "
+            f"; {counts['filtered']} filtered by `{filters['scorer']}` under a concept "
             f"score of {filters['min_concept_score']:g}"
         )
     return [line + "); flagged images are not trained on.", ""]
