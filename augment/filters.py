@@ -42,7 +42,7 @@ SCORE_BATCH = 64
 
 def resolve_scorer(name: str, base_dir: Path | None = None) -> str:
     """A scorer folder, a builtin, or a hub id in the local cache; nothing is downloaded."""
-    from augment.generate.pipelines import in_hub_cache, resolve_path
+    from augment.generate.pipelines import in_hub_cache, looks_like_hub_id, resolve_path
 
     key = "filters.scorer"
     path = resolve_path(name, base_dir, key)
@@ -55,7 +55,7 @@ def resolve_scorer(name: str, base_dir: Path | None = None) -> str:
                 "nor a CLIP model folder (config.json)"
             )
         return str(path)
-    if name.count("/") == 1 and not name.startswith((".", "/", "~")) and in_hub_cache(name):
+    if looks_like_hub_id(name) and in_hub_cache(name):
         return name
     raise ModelError(
         f"{key}: '{name}' not found: give an augment classifier folder, a CLIP model folder, a "
@@ -80,10 +80,10 @@ def concept_columns(classes: list[str], concepts: list[str], location: str) -> l
     return [index[slugify(name)] for name in concepts]
 
 
-def check_scorer(spec: FilterSpec, concepts: list[str], base_dir: Path | None = None) -> None:
-    """Fail before a run touches its output when the scorer is missing or cannot score."""
+def check_scorer(spec: FilterSpec, concepts: list[str], base_dir: Path | None = None) -> str | None:
+    """The scorer's location; fails (before a run touches its output) when it cannot score."""
     if spec.scorer is None:
-        return
+        return None
     location = resolve_scorer(spec.scorer, base_dir)
     if is_classifier(location):
         config = json.loads((Path(location) / CLASSIFIER_CONFIG).read_text())
@@ -93,6 +93,7 @@ def check_scorer(spec: FilterSpec, concepts: list[str], base_dir: Path | None = 
             "filters.min_concept_score: a CLIP scorer compares each image with the job's "
             "concepts, and this job has one; set min_concept_score: 0 and use min_clip_score"
         )
+    return location
 
 
 def save_classifier(
@@ -201,8 +202,7 @@ class ImageFilter:
     ):
         if spec.scorer is None:
             raise ValueError("ImageFilter needs filters.scorer")
-        check_scorer(spec, concepts, base_dir)
-        location = resolve_scorer(spec.scorer, base_dir)
+        location = check_scorer(spec, concepts, base_dir)
         scorer_class = ClassifierScorer if is_classifier(location) else ClipScorer
         self.spec = spec
         self.scorer = scorer_class(location, concepts, device)

@@ -190,10 +190,7 @@ def write_manifest(
         {"file": p.name, "rows": parquet.pq.ParquetFile(p).metadata.num_rows}
         for p in parquet.shard_paths(shards_dir)
     ]
-    flags = dict.fromkeys((*FLAGS, "float32_retry"), 0)
-    for record in parquet.read_records(shards_dir, columns=list(flags)):
-        for flag in flags:
-            flags[flag] += bool(record[flag])
+    _, flags = parquet.count_true(shards_dir, [*FLAGS, "float32_retry"])
     manifest = {
         "job": spec.name,
         "spec_hash": spec.spec_hash(),

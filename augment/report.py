@@ -260,14 +260,13 @@ def verdict(gain: dict) -> str:
 def synthetic_set_lines(synthetic: str | None) -> list[str]:
     """What the synthetic set is: images generated, flagged, and by which filter (its shards)."""
     from augment.sinks import FLAGS
-    from augment.sinks.parquet import read_records, shard_paths
+    from augment.sinks.parquet import count_true, shard_paths
 
     if not synthetic or not shard_paths(Path(synthetic) / "shards"):
         return []
-    records = list(read_records(Path(synthetic) / "shards", columns=list(FLAGS)))
-    counts = {flag: sum(bool(r[flag]) for r in records) for flag in FLAGS}
+    rows, counts = count_true(Path(synthetic) / "shards", list(FLAGS))
     flags = ", ".join(f"{counts[flag]} {flag}" for flag in ("black", "nan", "nsfw"))
-    line = f"Synthetic set: `{synthetic}`, {len(records)} images generated ({flags}"
+    line = f"Synthetic set: `{synthetic}`, {rows} images generated ({flags}"
     job = Path(synthetic) / "job.yaml"
     filters = (yaml.safe_load(job.read_text()) or {}).get("filters") if job.is_file() else None
     if filters and filters.get("scorer"):

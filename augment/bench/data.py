@@ -83,20 +83,26 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
     return pool_rows, test_rows
 
 
-def load_digits_real(size: int) -> RealData:
+def digit_sets(size: int) -> tuple[dict[str, ImageSet], dict[str, np.ndarray]]:
+    """The digits splits (generator, pool, test) as ImageSets, and their index arrays."""
     from augment.digits.data import digit_splits, load_digit_images
+
+    images, labels = load_digit_images(size)
+    splits = digit_splits()
+    every = ImageSet(images, labels, [f"digits-{i}" for i in range(len(labels))])
+    return {name: every.subset(rows) for name, rows in splits.items()}, splits
+
+
+def load_digits_real(size: int) -> RealData:
     from augment.taxonomy import load_concepts
 
     concepts = load_concepts("digits")
     classes = Classes(
         [c.name for c in concepts], [c.synset for c in concepts], [c.hypernyms for c in concepts]
     )
-    images, labels = load_digit_images(size)
-    splits = digit_splits()
-    ids = [f"digits-{i}" for i in range(len(labels))]
-    every = ImageSet(images, labels, ids)
+    sets, splits = digit_sets(size)
     split = {"source": "digits", "pool": splits["pool"].tolist(), "test": splits["test"].tolist()}
-    return RealData(classes, every.subset(splits["pool"]), every.subset(splits["test"]), split)
+    return RealData(classes, sets["pool"], sets["test"], split)
 
 
 def load_imagefolder_real(root: Path, size: int, test_fraction: float, seed: int) -> RealData:

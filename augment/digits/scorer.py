@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from augment.digits.data import DIGIT_NAMES, digit_splits, load_digit_images
+from augment.digits.data import DIGIT_NAMES
 
 DEFAULT_STEPS = 1500
 IMAGE_SIZE = 32
@@ -29,18 +29,15 @@ def train_digits_scorer(
     import torch
 
     from augment.bench.classify import ClassifySettings, predict, train_classifier
-    from augment.bench.data import ImageSet
+    from augment.bench.data import digit_sets
     from augment.filters import save_classifier
     from augment.progress import image_progress
 
     if threads:
         torch.set_num_threads(threads)
     started = time.perf_counter()
-    images, labels = load_digit_images(IMAGE_SIZE)
-    splits = digit_splits()
-    ids = [f"digits-{i}" for i in range(len(labels))]
-    every = ImageSet(images, labels, ids)
-    generator, pool = every.subset(splits["generator"]), every.subset(splits["pool"])
+    sets, _ = digit_sets(IMAGE_SIZE)
+    generator, pool = sets["generator"], sets["pool"]
     settings = ClassifySettings(image_size=IMAGE_SIZE, steps=steps)
     with image_progress(steps, "training the digits scorer", unit="step") as advance:
         model = train_classifier(generator, len(DIGIT_NAMES), settings, seed, advance)

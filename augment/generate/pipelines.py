@@ -144,14 +144,14 @@ def resolve_model(model: str, base_dir: Path | None = None, key: str = "generati
                 "diffusers folder or a single-file checkpoint"
             )
         return str(path)
-    looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~"))
-    if looks_like_hub_id and in_hub_cache(model):
+    hub_id = looks_like_hub_id(model)
+    if hub_id and in_hub_cache(model):
         return model
     where = Path(model) if base_dir is None else base_dir / model
     hub = f", and no hub model '{model}' in the Hugging Face cache ({hub_home()})"
     raise ModelError(
         f"{key}: '{model}' not found: no file or folder {where.resolve()}"
-        f"{hub if looks_like_hub_id else ''}. Give a diffusers folder (with model_index.json), "
+        f"{hub if hub_id else ''}. Give a diffusers folder (with model_index.json), "
         "a .safetensors checkpoint, a hub id downloaded where there is network "
         "(huggingface-cli download ID), or a builtin (builtin:tiny-sd)"
     )
@@ -191,6 +191,11 @@ def embedding_path(path: str, number: int, base_dir: Path | None) -> Path:
 
 def hub_home() -> str:
     return os.environ.get("HF_HOME", "~/.cache/huggingface")
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """'owner/name', not a relative or absolute path."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~"))
 
 
 def in_hub_cache(repo_id: str) -> bool:

@@ -524,6 +524,11 @@ def save_tiny_textual_inversion_sdxl(
     return _write_file_atomically(path, lambda tmp: save_file(state, str(tmp)))
 
 
+#: Layer sizes of the tiny CLIP towers (safety checker, CLIP scorer).
+TINY_CLIP_LAYERS = dict(
+    hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2
+)
+
 #: Side of the tiny safety checker's CLIP vision input: small, so checking costs nothing.
 SAFETY_IMAGE_SIZE = 32
 
@@ -541,7 +546,6 @@ def build_tiny_safety_checker(flag_everything: bool = True, seed: int = 0):
     from transformers import CLIPConfig, CLIPImageProcessor
 
     torch.manual_seed(seed)
-    small = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
     config = CLIPConfig(
         text_config=dict(
             vocab_size=99,
@@ -549,9 +553,11 @@ def build_tiny_safety_checker(flag_everything: bool = True, seed: int = 0):
             bos_token_id=0,  # the defaults (49406...) lie outside this tiny vocabulary
             eos_token_id=2,
             pad_token_id=1,
-            **small,
+            **TINY_CLIP_LAYERS,
         ),
-        vision_config=dict(image_size=SAFETY_IMAGE_SIZE, patch_size=4, num_channels=3, **small),
+        vision_config=dict(
+            image_size=SAFETY_IMAGE_SIZE, patch_size=4, num_channels=3, **TINY_CLIP_LAYERS
+        ),
         projection_dim=32,
     )
     checker = StableDiffusionSafetyChecker(config).eval()
@@ -596,10 +602,9 @@ def build_tiny_clip(tokenizer, seed: int = 0, image_size: int = 32):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     torch.manual_seed(seed)
-    small = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
     config = CLIPConfig(
         text_config=clip_text_config(tokenizer).to_dict(),
-        vision_config=dict(image_size=image_size, patch_size=4, num_channels=3, **small),
+        vision_config=dict(image_size=image_size, patch_size=4, num_channels=3, **TINY_CLIP_LAYERS),
         projection_dim=32,
     )
     processor = CLIPImageProcessor(

@@ -75,6 +75,16 @@ def remove_temp_files(shards_dir: Path) -> int:
     return removed
 
 
+def count_true(shards_dir: Path, columns: list[str]) -> tuple[int, dict[str, int]]:
+    """Rows in the committed shards, and how many are true in each boolean column."""
+    counts, rows = dict.fromkeys(columns, 0), 0
+    for record in read_records(shards_dir, columns=columns):
+        rows += 1
+        for column in columns:
+            counts[column] += bool(record[column])
+    return rows, counts
+
+
 def committed_item_ids(shards_dir: Path) -> set[str]:
     """item_ids already in committed shards: the work a resumed run skips."""
     ids: set[str] = set()
