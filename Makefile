@@ -31,8 +31,8 @@ wordnet:
 		wordnet-base wordnet-sense-index
 
 lint: $(STAMP)
-	$(BIN)/ruff check augment tests analysis
-	$(BIN)/ruff format --check augment tests analysis
+	$(BIN)/ruff check augment tests analysis scripts
+	$(BIN)/ruff format --check augment tests analysis scripts
 
 test: install lint
 	$(BIN)/python -m pytest tests

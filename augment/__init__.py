@@ -1,1 +1,68 @@
-"""augment: synthetic training data with Stable Diffusion."""
+"""augment: synthetic training data with Stable Diffusion, and the numbers that say whether it
+helps.
+
+    import augment as ag
+    spec = ag.load_spec("jobs/demo.yaml", {"limit": 20})
+    result = ag.run(spec, out="out/x", distributor="local")
+    frame = ag.read(result.out_dir)
+
+The stages (`augment.api`) load on first use, so importing one module of the package (as a Ray
+worker does) does not import them all.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+__all__ = [
+    "AugmentError",
+    "classify",
+    "concepts",
+    "demo",
+    "detect",
+    "export",
+    "load_spec",
+    "logs",
+    "plan",
+    "prompts",
+    "read",
+    "report",
+    "run",
+    "status",
+    "submit",
+]
+
+if TYPE_CHECKING:
+    from augment.api import (
+        classify,
+        concepts,
+        demo,
+        detect,
+        export,
+        load_spec,
+        logs,
+        plan,
+        prompts,
+        read,
+        report,
+        run,
+        status,
+        submit,
+    )
+    from augment.errors import AugmentError
+
+
+def __getattr__(name: str):
+    if name == "AugmentError":
+        from augment.errors import AugmentError
+
+        return AugmentError
+    if name in __all__:
+        from augment import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'augment' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

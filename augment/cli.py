@@ -1,6 +1,8 @@
-"""The `augment` command line: parses, calls a stage, prints. No logic of its own.
+"""The `augment` command line: parses, calls the public API (`augment.api`), prints.
 
-User errors (`AugmentError`) print one line and exit 2; `--debug` shows the traceback.
+It has no logic of its own: each command is one small parser function and one handler that
+calls the same function a notebook would. User errors (`AugmentError`) print one line and exit
+2; `--debug` shows the traceback.
 """
 
 from __future__ import annotations
@@ -14,11 +16,17 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from augment import api
 from augment.errors import AugmentError
 from augment.progress import quiet_libraries
 
 out = Console()
 err = Console(stderr=True)
+
+Commands = argparse._SubParsersAction  # what add_subparsers returns
+
+
+# Shared pieces ------------------------------------------------------------------------------
 
 
 def add_job_overrides(parser: argparse.ArgumentParser) -> None:
@@ -28,12 +36,10 @@ def add_job_overrides(parser: argparse.ArgumentParser) -> None:
 
 
 def load_job(args: argparse.Namespace):
-    from augment.config import load_spec
-
     overrides = {"seed": args.seed, "limit": args.limit}
     if getattr(args, "out", None) is not None:
         overrides["output.dir"] = str(args.out)
-    return load_spec(args.job, overrides)
+    return api.load_spec(args.job, overrides)
 
 
 def print_outputs(outputs: dict[str, Path]) -> None:
@@ -42,133 +48,9 @@ def print_outputs(outputs: dict[str, Path]) -> None:
         out.print(f"  {name:<11} {path}", soft_wrap=True, highlight=False)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from augment.job import RunOptions, run_job
-
-    spec = load_job(args)
-    quiet_libraries()
-    options = RunOptions(
-        distributor=args.distributor,
-        workers=args.workers,
-        address=args.address,
-        retries=args.retries,
-        force=args.force,
-    )
-    out.print(f"[bold]{spec.name}[/]: {spec.generation.mode} with {spec.generation.model}")
-    result = run_job(spec, base_dir=args.job.parent, options=options)
-    out.print(
-        f"{result.rendered} images rendered, {result.skipped} already done, "
-        f"{result.flagged} flagged, {result.failed} failed, of {result.planned} planned, "
-        f"in {result.seconds:.1f} s"
-    )
-    print_outputs(result.outputs)
-    if result.failed:
-        err.print(f"{result.failed} items failed (errors in manifest.json); rerun to retry them")
-        return 1
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from augment.sinks import export
-
-    outputs = export(args.out_dir, args.format, include_flagged=args.include_flagged)
-    print_outputs(outputs)
-    return 0
-
-
-def cmd_submit(args: argparse.Namespace) -> int:
-    from augment.distribute import submit_job
-
-    spec = load_job(args)
-    job_id = submit_job(spec, args.job, args.address, args.workers)
-    for line in (
-        f"submitted {job_id} to {args.address}; outputs go to {spec.output.dir}",
-        f"follow it: augment status {job_id} --address {args.address}",
-        f"           augment logs {job_id} --address {args.address} --follow",
-    ):
+def print_lines(*lines: str) -> None:
+    for line in lines:
         out.print(line, soft_wrap=True, highlight=False)
-    return 0
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from augment.distribute import job_status
-
-    out.print(f"{args.job_id}: {job_status(args.job_id, args.address)}", soft_wrap=True)
-    return 0
-
-
-def cmd_logs(args: argparse.Namespace) -> int:
-    from augment.distribute import job_logs
-
-    for chunk in job_logs(args.job_id, args.address, follow=args.follow):
-        print(chunk, end="", flush=True)
-    return 0
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    from augment.job import plan_for
-    from augment.plan import write_plan
-
-    spec = load_job(args)
-    quiet_libraries()
-    items = plan_for(spec, base_dir=args.job.parent)
-    counts = Counter(item.concept_name for item in items)
-    table = Table("concept", "items")
-    for name, count in counts.items():
-        table.add_row(name, str(count))
-    out.print(table)
-    out.print(f"{len(items)} work items for {len(counts)} concepts")
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        write_plan(items, args.output)
-        out.print(f"plan written to {args.output}")
-    return 0
-
-
-def cmd_prompts(args: argparse.Namespace) -> int:
-    from augment.job import concepts_for, prompts_for
-
-    spec = load_job(args)
-    quiet_libraries()
-    prompts = prompts_for(spec, concepts_for(spec, args.job.parent), args.job.parent)
-    shown = prompts[: args.limit] if args.limit else prompts
-    table = Table("concept", "variant", "prompt")
-    for prompt in shown:
-        table.add_row(prompt.concept.name, str(prompt.variant), prompt.text)
-    out.print(table)
-    out.print(f"negative prompt: {spec.prompts.negative_prompt!r}")
-    out.print(f"{len(shown)} of {len(prompts)} prompts shown")
-    return 0
-
-
-def cmd_taxonomy_show(args: argparse.Namespace) -> int:
-    import json
-
-    from rich.tree import Tree
-
-    from augment.taxonomy import load_concepts
-
-    concepts = load_concepts(
-        args.source,
-        max_concepts=args.max,
-        depth=args.depth,
-        leaves=args.leaves,
-        exclude=tuple(args.exclude),
-    )
-    if args.json:
-        print(json.dumps([c.to_dict() for c in concepts], indent=1))
-        return 0
-    root = Tree(f"[bold]{args.source}[/]")
-    nodes: dict[str, Tree] = {}
-    for concept in concepts:
-        parent_key = concept.hypernyms[-1] if concept.hypernyms else concept.supercategory
-        if parent_key not in nodes:
-            nodes[parent_key] = root if concept.hypernyms else root.add(parent_key)
-        label = f"{concept.name} [dim]({concept.synset or concept.id}, id {concept.category_id})"
-        nodes[concept.synset or concept.id] = nodes[parent_key].add(label)
-    out.print(root)
-    out.print(f"{len(concepts)} concepts")
-    return 0
 
 
 def number_list(kind):
@@ -179,6 +61,12 @@ def number_list(kind):
             raise argparse.ArgumentTypeError(f"expected numbers like 5,10, got {text!r}") from None
 
     return parse
+
+
+def given(args: argparse.Namespace, *names: str) -> dict:
+    """The options set on the command line; the others keep the settings' own defaults."""
+    values = {name: getattr(args, name) for name in names}
+    return {k: str(v) if isinstance(v, Path) else v for k, v in values.items() if v is not None}
 
 
 def print_results(results, folder: str, columns: list[str], metrics: list[str]) -> None:
@@ -196,49 +84,332 @@ def print_results(results, folder: str, columns: list[str], metrics: list[str]) 
     out.print(f"results: {Path(folder) / 'results.parquet'}", soft_wrap=True)
 
 
-def given(args: argparse.Namespace, *names: str) -> dict:
-    """The options set on the command line; the others keep the settings' own defaults."""
-    values = {name: getattr(args, name) for name in names}
-    return {k: str(v) if isinstance(v, Path) else v for k, v in values.items() if v is not None}
+# run, export, plan, prompts, taxonomy ---------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    spec = load_job(args)
+    quiet_libraries()
+    out.print(f"[bold]{spec.name}[/]: {spec.generation.mode} with {spec.generation.model}")
+    result = api.run(
+        spec,
+        workers=args.workers,
+        distributor=args.distributor,
+        address=args.address,
+        retries=args.retries,
+        force=args.force,
+    )
+    out.print(
+        f"{result.rendered} images rendered, {result.skipped} already done, "
+        f"{result.flagged} flagged, {result.failed} failed, of {result.planned} planned, "
+        f"in {result.seconds:.1f} s"
+    )
+    print_outputs(result.outputs)
+    if result.failed:
+        err.print(f"{result.failed} items failed (errors in manifest.json); rerun to retry them")
+        return 1
+    return 0
+
+
+def add_run(commands: Commands) -> None:
+    run = commands.add_parser(
+        "run",
+        help="run a job end to end: plan, render, shards, exports",
+        description="Run (or resume) a job: concepts -> prompts -> plan -> images -> Parquet "
+        "shards -> exports. Rerunning in the same --out skips the images already written.",
+        epilog="example: augment run jobs/demo.yaml --out out/demo --limit 20",
+    )
+    add_job_overrides(run)
+    run.add_argument("--out", type=Path, help="output folder (overrides output.dir)")
+    run.add_argument(
+        "--force", action="store_true", help="delete a previous run in --out and start over"
+    )
+    run.add_argument(
+        "--distributor",
+        choices=("ray", "local"),
+        default="ray",
+        help="ray (default: local Ray, or --address) or local (this process, no Ray)",
+    )
+    run.add_argument("--workers", type=int, help="CPU workers (default: every CPU; GPUs: one each)")
+    run.add_argument(
+        "--address", help="attach to a Ray cluster (default: $RAY_ADDRESS, else local)"
+    )
+    run.add_argument("--retries", type=int, default=2, help="attempts per failing item")
+    run.set_defaults(func=cmd_run)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    print_outputs(api.export(args.out_dir, args.format, include_flagged=args.include_flagged))
+    return 0
+
+
+def add_export(commands: Commands) -> None:
+    export = commands.add_parser(
+        "export",
+        help="write COCO / YOLO / ImageFolder exports from a run's shards",
+        description="Derive exports from OUT/shards (flagged images left out unless asked).",
+        epilog="example: augment export out/demo --format coco --format yolo",
+    )
+    export.add_argument("out_dir", type=Path, help="an `augment run` output folder")
+    export.add_argument(
+        "--format",
+        action="append",
+        required=True,
+        choices=("coco", "yolo", "imagefolder"),
+        help="repeat for several",
+    )
+    export.add_argument("--include-flagged", action="store_true", help="keep flagged images")
+    export.set_defaults(func=cmd_export)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    spec = load_job(args)
+    quiet_libraries()
+    items = api.plan(spec, args.output)
+    counts = Counter(items["concept_name"])
+    table = Table("concept", "items")
+    for name, count in counts.items():
+        table.add_row(name, str(count))
+    out.print(table)
+    out.print(f"{len(items)} work items for {len(counts)} concepts")
+    if args.output is not None:
+        out.print(f"plan written to {args.output}")
+    return 0
+
+
+def add_plan(commands: Commands) -> None:
+    plan = commands.add_parser(
+        "plan",
+        help="expand a job into work items and show counts per concept",
+        description="Expand the job's concepts and prompts into deterministic work items.",
+        epilog="example: augment plan jobs/demo.yaml -o plan.parquet",
+    )
+    add_job_overrides(plan)
+    plan.add_argument("-o", "--output", type=Path, help="write the plan as Parquet here")
+    plan.set_defaults(func=cmd_plan)
+
+
+def cmd_prompts(args: argparse.Namespace) -> int:
+    spec = load_job(args)
+    quiet_libraries()
+    prompts = api.prompts(spec)
+    shown = prompts[: args.limit] if args.limit else prompts
+    table = Table("concept", "variant", "prompt")
+    for prompt in shown:
+        table.add_row(prompt.concept.name, str(prompt.variant), prompt.text)
+    out.print(table)
+    out.print(f"negative prompt: {spec.prompts.negative_prompt!r}")
+    out.print(f"{len(shown)} of {len(prompts)} prompts shown")
+    return 0
+
+
+def add_prompts(commands: Commands) -> None:
+    prompts = commands.add_parser(
+        "prompts",
+        help="preview a job's prompts",
+        description="Fill the job's templates for each concept and show the prompts, checked "
+        "against the model's text encoder length when the model is available.",
+        epilog="example: augment prompts jobs/wordnet-definitions.yaml --limit 10",
+    )
+    add_job_overrides(prompts)
+    prompts.set_defaults(func=cmd_prompts)
+
+
+def cmd_taxonomy_show(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.tree import Tree
+
+    concepts = api.concepts(
+        args.source,
+        depth=args.depth,
+        leaves=args.leaves,
+        exclude=tuple(args.exclude),
+        max_concepts=args.max,
+    )
+    if args.json:
+        print(json.dumps([c.to_dict() for c in concepts], indent=1))
+        return 0
+    root = Tree(f"[bold]{args.source}[/]")
+    nodes: dict[str, Tree] = {}
+    for concept in concepts:
+        parent_key = concept.hypernyms[-1] if concept.hypernyms else concept.supercategory
+        if parent_key not in nodes:
+            nodes[parent_key] = root if concept.hypernyms else root.add(parent_key)
+        label = f"{concept.name} [dim]({concept.synset or concept.id}, id {concept.category_id})"
+        nodes[concept.synset or concept.id] = nodes[parent_key].add(label)
+    out.print(root)
+    out.print(f"{len(concepts)} concepts")
+    return 0
+
+
+def add_taxonomy(commands: Commands) -> None:
+    taxonomy = commands.add_parser(
+        "taxonomy", help="inspect concept sources", description="Inspect concept sources."
+    )
+    taxonomy_commands = taxonomy.add_subparsers(dest="taxonomy_command", required=True)
+    show = taxonomy_commands.add_parser(
+        "show",
+        help="expand a source into concepts and print them as a tree or JSON",
+        description="Expand a concept source: wordnet:<synset>, coco, coco:<supercategory>, "
+        "or a list file (path or shipped name: digits, weeds).",
+        epilog="example: augment taxonomy show wordnet:weed.n.01 --depth 1 --json",
+    )
+    show.add_argument("source", help="wordnet:<synset> | coco[:<supercategory>] | list file")
+    show.add_argument("--depth", type=int, help="wordnet: levels below the root to keep")
+    show.add_argument(
+        "--leaves", action="store_true", help="wordnet: only synsets without hyponyms"
+    )
+    show.add_argument("--exclude", action="append", default=[], help="drop a synset or concept id")
+    show.add_argument("--max", type=int, help="keep the first N concepts")
+    show.add_argument("--json", action="store_true", help="print a JSON array of concepts")
+    show.set_defaults(func=cmd_taxonomy_show)
+
+
+# cluster: submit, status, logs --------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    spec = load_job(args)
+    job_id = api.submit(spec, args.address, args.workers)
+    print_lines(
+        f"submitted {job_id} to {args.address}; outputs go to {spec.output.dir}",
+        f"follow it: augment status {job_id} --address {args.address}",
+        f"           augment logs {job_id} --address {args.address} --follow",
+    )
+    return 0
+
+
+def add_submit(commands: Commands) -> None:
+    submit = commands.add_parser(
+        "submit",
+        help="submit a job to a Ray cluster (job submission API)",
+        description="Submit `augment run JOB` to a Ray cluster with this project as its "
+        "working_dir. --out must be a folder every node can write (shared storage).",
+        epilog="example: augment submit jobs/coco-txt2img.yaml --address http://head:8265 "
+        "--out /shared/out/coco",
+    )
+    add_job_overrides(submit)
+    submit.add_argument("--address", required=True, help="the head's dashboard, http://HEAD:8265")
+    submit.add_argument("--out", type=Path, help="output folder on shared storage")
+    submit.add_argument("--workers", type=int, help="CPU workers (GPU clusters: one per GPU)")
+    submit.set_defaults(func=cmd_submit)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    out.print(f"{args.job_id}: {api.status(args.job_id, args.address)}", soft_wrap=True)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    for chunk in api.logs(args.job_id, args.address, follow=args.follow):
+        print(chunk, end="", flush=True)
+    return 0
+
+
+def add_job_query(commands: Commands, name: str, text: str) -> argparse.ArgumentParser:
+    """`status` and `logs`: a submitted job's id and the cluster's address."""
+    query = commands.add_parser(
+        name,
+        help=text,
+        description=text[0].upper() + text[1:] + ".",
+        epilog=f"example: augment {name} raysubmit_XXXX --address http://head:8265",
+    )
+    query.add_argument("job_id", help="the id `augment submit` printed")
+    query.add_argument("--address", required=True, help="the head's dashboard, http://HEAD:8265")
+    return query
+
+
+def add_status(commands: Commands) -> None:
+    add_job_query(commands, "status", "show a submitted job's status").set_defaults(func=cmd_status)
+
+
+def add_logs(commands: Commands) -> None:
+    logs = add_job_query(commands, "logs", "print a submitted job's logs")
+    logs.add_argument("--follow", action="store_true", help="stream until the job ends")
+    logs.set_defaults(func=cmd_logs)
+
+
+# bench: classify, detect ----------------------------------------------------------------------
 
 
 def cmd_bench_classify(args: argparse.Namespace) -> int:
-    from augment.bench.classify import ClassifySettings, run_classify
-
-    settings = ClassifySettings(
-        **given(
-            args,
-            "real",
-            "synthetic",
-            "out",
-            "model",
-            "weights",
-            "image_size",
-            "shots",
-            "ratios",
-            "seeds",
-            "steps",
-        ),
-        synthetic_only=not args.no_synthetic_only,
-    )
-    if args.smoke:
-        settings.seeds, settings.steps, settings.shots, settings.ratios = 3, 30, [5], [1.0]
-    results = run_classify(settings)
-    print_results(results, settings.out, ["arm", "ratio", "shots"], metrics=["top1"])
+    names = ("real", "synthetic", "out", "model", "weights", "image_size")
+    options = given(args, *names, "shots", "ratios", "seeds", "steps")
+    results = api.classify(**options, synthetic_only=not args.no_synthetic_only, smoke=args.smoke)
+    folder = options.get("out", "bench")
+    print_results(results, folder, ["arm", "ratio", "shots"], metrics=["top1"])
     return 0
+
+
+def add_bench_classify(bench_commands: Commands) -> None:
+    from augment.classifier import MODELS
+
+    classify = bench_commands.add_parser(
+        "classify",
+        help="classifier: real-only vs real + synthetic vs synthetic-only, k seeds",
+        description="Train a classifier on few-shot real data alone and with synthetic images "
+        "at several ratios (and on synthetic alone); score each on the held-out real test set.",
+        epilog="example: augment bench classify --real digits --synthetic out/demo "
+        "--shots 5,10 --ratios 0.5,1,2 --seeds 5 --out out/demo/bench",
+    )
+    classify.add_argument("--real", help="digits (default) | ImageFolder dir | COCO json")
+    classify.add_argument("--synthetic", type=Path, help="an `augment run` output folder")
+    classify.add_argument("--out", type=Path, help="results folder (default: bench)")
+    classify.add_argument("--model", choices=MODELS)
+    classify.add_argument("--weights", help="local state_dict for resnet18/50 (no downloads)")
+    classify.add_argument("--image-size", type=int, help="train and test at this size")
+    classify.add_argument("--shots", type=number_list(int), help="real per class, e.g. 5,10,20")
+    classify.add_argument(
+        "--ratios",
+        type=number_list(float),
+        help="synthetic images per real image, e.g. 0.5,1,2",
+    )
+    classify.add_argument("--no-synthetic-only", action="store_true", help="skip that arm")
+    classify.add_argument("--seeds", type=int, help="seeds per arm")
+    classify.add_argument("--steps", type=int, help="optimisation steps per model")
+    classify.add_argument("--smoke", action="store_true", help="tiny settings: under a minute")
+    classify.set_defaults(func=cmd_bench_classify)
 
 
 def cmd_bench_detect(args: argparse.Namespace) -> int:
-    from augment.bench.detect import DetectSettings, run_detect
-
-    settings = DetectSettings(
-        **given(args, "real", "synthetic", "out", "model", "imgsz", "epochs", "seeds")
-    )
-    if args.smoke:
-        settings.epochs, settings.seeds = 1, 3
-    results = run_detect(settings)
-    print_results(results, settings.out, ["arm", "metric"], metrics=["map50", "map50_95"])
+    options = given(args, "real", "synthetic", "out", "model", "imgsz", "epochs", "seeds")
+    results = api.detect(**options, smoke=args.smoke)
+    folder = options.get("out", "bench")
+    print_results(results, folder, ["arm", "metric"], metrics=["map50", "map50_95"])
     return 0
+
+
+def add_bench_detect(bench_commands: Commands) -> None:
+    detect = bench_commands.add_parser(
+        "detect",
+        help="detector: YOLO on real-only vs real + synthetic, COCOeval mAP, k seeds",
+        description="Train ultralytics YOLO (yolov8n.yaml from scratch, offline) on real data "
+        "alone and with boxed synthetic images; score on the real val set with COCOeval.",
+        epilog="example: augment bench detect --real out/digits-canvases --synthetic "
+        "out/demo/canvases --epochs 10 --seeds 3 --out out/demo/bench",
+    )
+    detect.add_argument("--real", required=True, help="COCO folder (train/ + val/) or json")
+    detect.add_argument("--synthetic", type=Path, help="an augment output with boxes")
+    detect.add_argument("--out", type=Path, help="results folder (default: bench)")
+    detect.add_argument("--model", help="a model yaml or a local .pt (default: yolov8n.yaml)")
+    detect.add_argument("--imgsz", type=int)
+    detect.add_argument("--epochs", type=int)
+    detect.add_argument("--seeds", type=int)
+    detect.add_argument("--smoke", action="store_true", help="1 epoch, 3 seeds")
+    detect.set_defaults(func=cmd_bench_detect)
+
+
+def add_bench(commands: Commands) -> None:
+    bench = commands.add_parser(
+        "bench", help="measure the gain from synthetic data", description="Benchmarks."
+    )
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True)
+    add_bench_classify(bench_commands)
+    add_bench_detect(bench_commands)
+
+
+# digits: the embedded world -------------------------------------------------------------------
 
 
 def cmd_digits_canvases(args: argparse.Namespace) -> int:
@@ -254,18 +425,58 @@ def cmd_digits_canvases(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_digits_train(args: argparse.Namespace) -> int:
-    from augment.digits.train import train_digits_model
-
-    stats = train_digits_model(
-        args.out, steps=args.steps, seed=args.seed, threads=args.threads, device=args.device
+def add_digits_canvases(digits_commands: Commands) -> None:
+    canvases = digits_commands.add_parser(
+        "canvases",
+        help="digits on canvases with boxes: real (COCO) and from a run's synthetic digits",
+        description="Build the digits detection world: real digits (pool -> train, test -> "
+        "val) on 96 px canvases as COCO, and canvases of a run's generated digits as shards.",
+        epilog="example: augment digits canvases --real out/digits-canvases "
+        "--synthetic-from out/demo",
     )
+    canvases.add_argument("--real", type=Path, help="write real canvases (COCO) here")
+    canvases.add_argument("--train", type=int, default=300, help="real train canvases")
+    canvases.add_argument("--val", type=int, default=150, help="real val canvases")
+    canvases.add_argument("--synthetic-from", type=Path, help="an augment run of digit concepts")
+    canvases.add_argument(
+        "--out", type=Path, help="synthetic canvases folder (default RUN/canvases)"
+    )
+    canvases.add_argument("--count", type=int, default=300, help="synthetic canvases")
+    canvases.set_defaults(func=cmd_digits_canvases)
+
+
+def cmd_digits_train(args: argparse.Namespace) -> int:
+    from augment.digits.train import DigitsTrainConfig, train_digits_model
+
+    config = DigitsTrainConfig(
+        **given(args, "steps", "seed", "threads", "device"), samples=not args.no_samples
+    )
+    stats = train_digits_model(args.out, config)
     out.print(
         f"digits model: {args.out} ({stats['folder_mb']:.1f} MB), {stats['steps']} UNet steps "
         f"in {stats['seconds']:.0f} s; model card: {args.out / 'README.md'}",
         soft_wrap=True,
     )
     return 0
+
+
+def add_digits_train(digits_commands: Commands) -> None:
+    train = digits_commands.add_parser(
+        "train",
+        help="train the digits diffusion model (VAE + UNet + text encoder) on the CPU",
+        description="Train the embedded text-conditioned latent diffusion model on the "
+        "generator split of scikit-learn's digits; writes a diffusers folder with a model card.",
+        epilog="example: augment digits train --out augment/digits/model --steps 3000",
+    )
+    train.add_argument("--out", type=Path, required=True, help="model folder (replaced)")
+    train.add_argument("--steps", type=int, help="UNet training steps (default: the shipped 3000)")
+    train.add_argument("--seed", type=int, help="default 0")
+    train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.add_argument("--no-samples", action="store_true", help="skip samples.png")
+    train.add_argument(
+        "--device", default="cpu", help="cpu (the shipped model's) or cuda; same seeds, same draws"
+    )
+    train.set_defaults(func=cmd_digits_train)
 
 
 def cmd_digits_train_scorer(args: argparse.Namespace) -> int:
@@ -281,11 +492,36 @@ def cmd_digits_train_scorer(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from augment.digits.demo import run_demo
+def add_digits_train_scorer(digits_commands: Commands) -> None:
+    scorer = digits_commands.add_parser(
+        "train-scorer",
+        help="train the digits scorer (the filter's classifier) on the generator split",
+        description="Train the small CNN that scores generated digits (filters.scorer: "
+        "builtin:digits-scorer) on the generator split only; reports its accuracy on the pool.",
+        epilog="example: augment digits train-scorer --out augment/digits/scorer",
+    )
+    scorer.add_argument("--out", type=Path, required=True, help="scorer folder")
+    scorer.add_argument("--steps", type=int, default=1500, help="training steps")
+    scorer.add_argument("--seed", type=int, default=0)
+    scorer.set_defaults(func=cmd_digits_train_scorer)
 
+
+def add_digits(commands: Commands) -> None:
+    digits = commands.add_parser(
+        "digits", help="the embedded digits world", description="The embedded digits world."
+    )
+    digits_commands = digits.add_subparsers(dest="digits_command", required=True)
+    add_digits_canvases(digits_commands)
+    add_digits_train(digits_commands)
+    add_digits_train_scorer(digits_commands)
+
+
+# demo, report -------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
     quiet_libraries()
-    summary = run_demo(args.out, quick=args.quick, workers=args.workers, model=args.model)
+    summary = api.demo(args.out, quick=args.quick, workers=args.workers, model=args.model)
     accuracy = summary["accuracy_percent"]
     table = Table(
         "classifier arm", f"top-1 % at {summary['real_images_per_class']} real/class", "seeds"
@@ -314,238 +550,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from augment.report import write_report
-
-    results = args.results / "results.parquet" if args.results.is_dir() else args.results
-    if not results.is_file():
-        raise AugmentError(f"{results}: no results table; run `augment bench ...` first")
-    out_dir = args.out or results.parent / "report"
-    path = write_report(
-        results, out_dir, args.real, str(args.synthetic) if args.synthetic else None
-    )
-    out.print(f"report: {path}", soft_wrap=True)
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="augment",
-        description="Synthetic training data with Stable Diffusion, and the numbers that say "
-        "whether it helps.",
-    )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    run = commands.add_parser(
-        "run",
-        help="run a job end to end: plan, render, shards, exports",
-        description="Run (or resume) a job: concepts -> prompts -> plan -> images -> Parquet "
-        "shards -> exports. Rerunning in the same --out skips the images already written.",
-        epilog="example: augment run jobs/demo.yaml --out out/demo --limit 20",
-    )
-    add_job_overrides(run)
-    run.add_argument("--out", type=Path, help="output folder (overrides output.dir)")
-    run.add_argument(
-        "--force", action="store_true", help="delete a previous run in --out and start over"
-    )
-    run.add_argument(
-        "--distributor",
-        choices=("ray", "local"),
-        default="ray",
-        help="ray (default: local Ray, or --address) or local (this process, no Ray)",
-    )
-    run.add_argument("--workers", type=int, help="CPU workers (default: every CPU; GPUs: one each)")
-    run.add_argument(
-        "--address", help="attach to a Ray cluster (default: $RAY_ADDRESS, else local)"
-    )
-    run.add_argument("--retries", type=int, default=2, help="attempts per failing item")
-    run.set_defaults(func=cmd_run)
-
-    export = commands.add_parser(
-        "export",
-        help="write COCO / YOLO / ImageFolder exports from a run's shards",
-        description="Derive exports from OUT/shards (flagged images left out unless asked).",
-        epilog="example: augment export out/demo --format coco --format yolo",
-    )
-    export.add_argument("out_dir", type=Path, help="an `augment run` output folder")
-    export.add_argument(
-        "--format",
-        action="append",
-        required=True,
-        choices=("coco", "yolo", "imagefolder"),
-        help="repeat for several",
-    )
-    export.add_argument("--include-flagged", action="store_true", help="keep flagged images")
-    export.set_defaults(func=cmd_export)
-
-    submit = commands.add_parser(
-        "submit",
-        help="submit a job to a Ray cluster (job submission API)",
-        description="Submit `augment run JOB` to a Ray cluster with this project as its "
-        "working_dir. --out must be a folder every node can write (shared storage).",
-        epilog="example: augment submit jobs/coco-txt2img.yaml --address http://head:8265 "
-        "--out /shared/out/coco",
-    )
-    add_job_overrides(submit)
-    submit.add_argument("--address", required=True, help="the head's dashboard, http://HEAD:8265")
-    submit.add_argument("--out", type=Path, help="output folder on shared storage")
-    submit.add_argument("--workers", type=int, help="CPU workers (GPU clusters: one per GPU)")
-    submit.set_defaults(func=cmd_submit)
-
-    for name, func, text in (
-        ("status", cmd_status, "show a submitted job's status"),
-        ("logs", cmd_logs, "print a submitted job's logs"),
-    ):
-        sub = commands.add_parser(
-            name,
-            help=text,
-            description=text[0].upper() + text[1:] + ".",
-            epilog=f"example: augment {name} raysubmit_XXXX --address http://head:8265",
-        )
-        sub.add_argument("job_id", help="the id `augment submit` printed")
-        sub.add_argument("--address", required=True, help="the head's dashboard, http://HEAD:8265")
-        if name == "logs":
-            sub.add_argument("--follow", action="store_true", help="stream until the job ends")
-        sub.set_defaults(func=func)
-
-    plan = commands.add_parser(
-        "plan",
-        help="expand a job into work items and show counts per concept",
-        description="Expand the job's concepts and prompts into deterministic work items.",
-        epilog="example: augment plan jobs/demo.yaml -o plan.parquet",
-    )
-    add_job_overrides(plan)
-    plan.add_argument("-o", "--output", type=Path, help="write the plan as Parquet here")
-    plan.set_defaults(func=cmd_plan)
-
-    prompts = commands.add_parser(
-        "prompts",
-        help="preview a job's prompts",
-        description="Fill the job's templates for each concept and show the prompts, checked "
-        "against the model's text encoder length when the model is available.",
-        epilog="example: augment prompts jobs/wordnet-definitions.yaml --limit 10",
-    )
-    add_job_overrides(prompts)
-    prompts.set_defaults(func=cmd_prompts)
-
-    taxonomy = commands.add_parser(
-        "taxonomy", help="inspect concept sources", description="Inspect concept sources."
-    )
-    taxonomy_commands = taxonomy.add_subparsers(dest="taxonomy_command", required=True)
-    show = taxonomy_commands.add_parser(
-        "show",
-        help="expand a source into concepts and print them as a tree or JSON",
-        description="Expand a concept source: wordnet:<synset>, coco, coco:<supercategory>, "
-        "or a list file (path or shipped name: digits, weeds).",
-        epilog="example: augment taxonomy show wordnet:weed.n.01 --depth 1 --json",
-    )
-    show.add_argument("source", help="wordnet:<synset> | coco[:<supercategory>] | list file")
-    show.add_argument("--depth", type=int, help="wordnet: levels below the root to keep")
-    show.add_argument(
-        "--leaves", action="store_true", help="wordnet: only synsets without hyponyms"
-    )
-    show.add_argument("--exclude", action="append", default=[], help="drop a synset or concept id")
-    show.add_argument("--max", type=int, help="keep the first N concepts")
-    show.add_argument("--json", action="store_true", help="print a JSON array of concepts")
-    show.set_defaults(func=cmd_taxonomy_show)
-
-    bench = commands.add_parser(
-        "bench", help="measure the gain from synthetic data", description="Benchmarks."
-    )
-    bench_commands = bench.add_subparsers(dest="bench_command", required=True)
-    classify = bench_commands.add_parser(
-        "classify",
-        help="classifier: real-only vs real + synthetic vs synthetic-only, k seeds",
-        description="Train a classifier on few-shot real data alone and with synthetic images "
-        "at several ratios (and on synthetic alone); score each on the held-out real test set.",
-        epilog="example: augment bench classify --real digits --synthetic out/demo "
-        "--shots 5,10 --ratios 0.5,1,2 --seeds 5 --out out/demo/bench",
-    )
-    classify.add_argument("--real", help="digits (default) | ImageFolder dir | COCO json")
-    classify.add_argument("--synthetic", type=Path, help="an `augment run` output folder")
-    classify.add_argument("--out", type=Path, help="results folder (default: bench)")
-    classify.add_argument("--model", choices=("smallcnn", "resnet18", "resnet50"))
-    classify.add_argument("--weights", help="local state_dict for resnet18/50 (no downloads)")
-    classify.add_argument("--image-size", type=int, help="train and test at this size")
-    classify.add_argument("--shots", type=number_list(int), help="real per class, e.g. 5,10,20")
-    classify.add_argument(
-        "--ratios",
-        type=number_list(float),
-        help="synthetic images per real image, e.g. 0.5,1,2",
-    )
-    classify.add_argument("--no-synthetic-only", action="store_true", help="skip that arm")
-    classify.add_argument("--seeds", type=int, help="seeds per arm")
-    classify.add_argument("--steps", type=int, help="optimisation steps per model")
-    classify.add_argument("--smoke", action="store_true", help="tiny settings: under a minute")
-    classify.set_defaults(func=cmd_bench_classify)
-
-    detect = bench_commands.add_parser(
-        "detect",
-        help="detector: YOLO on real-only vs real + synthetic, COCOeval mAP, k seeds",
-        description="Train ultralytics YOLO (yolov8n.yaml from scratch, offline) on real data "
-        "alone and with boxed synthetic images; score on the real val set with COCOeval.",
-        epilog="example: augment bench detect --real out/digits-canvases --synthetic "
-        "out/demo/canvases --epochs 10 --seeds 3 --out out/demo/bench",
-    )
-    detect.add_argument("--real", required=True, help="COCO folder (train/ + val/) or json")
-    detect.add_argument("--synthetic", type=Path, help="an augment output with boxes")
-    detect.add_argument("--out", type=Path, help="results folder (default: bench)")
-    detect.add_argument("--model", help="a model yaml or a local .pt (default: yolov8n.yaml)")
-    detect.add_argument("--imgsz", type=int)
-    detect.add_argument("--epochs", type=int)
-    detect.add_argument("--seeds", type=int)
-    detect.add_argument("--smoke", action="store_true", help="1 epoch, 3 seeds")
-    detect.set_defaults(func=cmd_bench_detect)
-
-    digits = commands.add_parser(
-        "digits", help="the embedded digits world", description="The embedded digits world."
-    )
-    digits_commands = digits.add_subparsers(dest="digits_command", required=True)
-    canvases = digits_commands.add_parser(
-        "canvases",
-        help="digits on canvases with boxes: real (COCO) and from a run's synthetic digits",
-        description="Build the digits detection world: real digits (pool -> train, test -> "
-        "val) on 96 px canvases as COCO, and canvases of a run's generated digits as shards.",
-        epilog="example: augment digits canvases --real out/digits-canvases "
-        "--synthetic-from out/demo",
-    )
-    canvases.add_argument("--real", type=Path, help="write real canvases (COCO) here")
-    canvases.add_argument("--train", type=int, default=300, help="real train canvases")
-    canvases.add_argument("--val", type=int, default=150, help="real val canvases")
-    canvases.add_argument("--synthetic-from", type=Path, help="an augment run of digit concepts")
-    canvases.add_argument(
-        "--out", type=Path, help="synthetic canvases folder (default RUN/canvases)"
-    )
-    canvases.add_argument("--count", type=int, default=300, help="synthetic canvases")
-    canvases.set_defaults(func=cmd_digits_canvases)
-    train = digits_commands.add_parser(
-        "train",
-        help="train the digits diffusion model (VAE + UNet + text encoder) on the CPU",
-        description="Train the embedded text-conditioned latent diffusion model on the "
-        "generator split of scikit-learn's digits; writes a diffusers folder with a model card.",
-        epilog="example: augment digits train --out augment/digits/model --steps 3000",
-    )
-    train.add_argument("--out", type=Path, required=True, help="model folder (replaced)")
-    train.add_argument("--steps", type=int, default=3000, help="UNet training steps")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--threads", type=int, help="torch CPU threads")
-    train.add_argument(
-        "--device", default="cpu", help="cpu (the shipped model's) or cuda; same seeds, same draws"
-    )
-    train.set_defaults(func=cmd_digits_train)
-    scorer = digits_commands.add_parser(
-        "train-scorer",
-        help="train the digits scorer (the filter's classifier) on the generator split",
-        description="Train the small CNN that scores generated digits (filters.scorer: "
-        "builtin:digits-scorer) on the generator split only; reports its accuracy on the pool.",
-        epilog="example: augment digits train-scorer --out augment/digits/scorer",
-    )
-    scorer.add_argument("--out", type=Path, required=True, help="scorer folder")
-    scorer.add_argument("--steps", type=int, default=1500, help="training steps")
-    scorer.add_argument("--seed", type=int, default=0)
-    scorer.set_defaults(func=cmd_digits_train_scorer)
-
+def add_demo(commands: Commands) -> None:
     demo = commands.add_parser(
         "demo",
         help="the whole mission on the embedded digits world (make demo)",
@@ -559,6 +564,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", help="another model than the shipped builtin:digits")
     demo.set_defaults(func=cmd_demo)
 
+
+def cmd_report(args: argparse.Namespace) -> int:
+    path = api.report(args.results, args.out, args.real, args.synthetic)
+    out.print(f"report: {path}", soft_wrap=True)
+    return 0
+
+
+def add_report(commands: Commands) -> None:
     report = commands.add_parser(
         "report",
         help="write report.md and plots from a results table",
@@ -571,6 +584,34 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--real", help="real source for sample grids (default: from settings)")
     report.add_argument("--synthetic", type=Path, help="synthetic run for sample grids")
     report.set_defaults(func=cmd_report)
+
+
+COMMANDS = (
+    add_run,
+    add_export,
+    add_submit,
+    add_status,
+    add_logs,
+    add_plan,
+    add_prompts,
+    add_taxonomy,
+    add_bench,
+    add_digits,
+    add_demo,
+    add_report,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="augment",
+        description="Synthetic training data with Stable Diffusion, and the numbers that say "
+        "whether it helps.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in COMMANDS:
+        add_command(commands)
     return parser
 
 

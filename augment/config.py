@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import json
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,14 +21,29 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from augment import registry
 from augment.errors import SpecError
-from augment.generate.pipelines import SCHEDULERS
-from augment.prompts import DEFAULT_NEGATIVE
+from augment.prompting import DEFAULT_NEGATIVE
+
+#: Scheduler names accepted in job specs, mapped to diffusers classes.
+SCHEDULERS = {
+    "DDIM": "DDIMScheduler",
+    "DDPM": "DDPMScheduler",
+    "PNDM": "PNDMScheduler",
+    "LMS": "LMSDiscreteScheduler",
+    "Euler": "EulerDiscreteScheduler",
+    "EulerAncestral": "EulerAncestralDiscreteScheduler",
+    "Heun": "HeunDiscreteScheduler",
+    "DPMSolverMultistep": "DPMSolverMultistepScheduler",
+    "UniPC": "UniPCMultistepScheduler",
+    "LCM": "LCMScheduler",
+}
 
 Mode = Literal["txt2img", "img2img", "inpaint", "controlnet", "interpolate"]
 #: Modes that start from a source image: their plan is built from `source:` images.
@@ -231,6 +247,15 @@ class JobSpec(StrictModel):
     filters: FilterSpec = FilterSpec()
     output: OutputSpec = OutputSpec()
     limit: int | None = Field(default=None, ge=1, description="Render at most this many items.")
+    _base_dir: Path | None = PrivateAttr(default=None)  # relative file names start here
+    _paths: SpecPaths | None = PrivateAttr(default=None)
+
+    @property
+    def paths(self) -> SpecPaths:
+        """Where the files this spec names are (resolved by `load_spec`; else from the cwd)."""
+        if self._paths is None:
+            self._paths = resolve_paths(self, self._base_dir)
+        return self._paths
 
     @model_validator(mode="after")
     def _source_for_source_modes(self) -> JobSpec:
@@ -249,12 +274,16 @@ class JobSpec(StrictModel):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
+    def with_output_dir(self, out: str | Path) -> JobSpec:
+        """The same spec writing to `out` (its resolved paths kept)."""
+        return self.model_copy(update={"output": self.output.model_copy(update={"dir": str(out)})})
+
 
 class _LineLoader(yaml.SafeLoader):
     """A YAML loader that remembers the line of every key, to point errors at it."""
 
 
-def _key_lines(text: str) -> dict[tuple, int]:
+def _key_lines(root: yaml.Node) -> dict[tuple, int]:
     """Map each key path (tuple of keys and list indices) to its 1-based line number."""
     lines: dict[tuple, int] = {}
 
@@ -269,9 +298,7 @@ def _key_lines(text: str) -> dict[tuple, int]:
             for index, item in enumerate(node.value):
                 walk(item, (*path, index))
 
-    root = yaml.compose(text, Loader=_LineLoader)
-    if root is not None:
-        walk(root, ())
+    walk(root, ())
     return lines
 
 
@@ -341,21 +368,72 @@ def _format_location(source: str, lines: dict[tuple, int], path: tuple) -> str:
     return f"{source}: {dotted}"
 
 
-def parse_spec(text: str, source: str = "<spec>") -> JobSpec:
-    """Validate YAML text into a JobSpec; raises SpecError naming file, line and key."""
+#: A spec is small: more YAML nodes than this (aliases counted as often as they are used) is
+#: a file that would take minutes to validate, not a job.
+MAX_SPEC_NODES = 100_000
+
+
+def expanded_size(root: yaml.Node, limit: int) -> int:
+    """Nodes in the document with every alias expanded, counted without expanding (memoised),
+    stopping early past `limit`."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        if children_done:
+            sizes[id(node)] = min(limit + 1, 1 + sum(sizes[id(c)] for c in children))
+            continue
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
+
+
+def read_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
+    """The YAML document and its node tree; bounded in time and memory whatever the text."""
+    loader = _LineLoader(text)
     try:
-        data = yaml.load(text, Loader=_LineLoader)
+        root = loader.get_single_node()
+        if root is None:
+            return None, None
+        size = expanded_size(root, MAX_SPEC_NODES)
+        if size > MAX_SPEC_NODES:
+            raise SpecError(
+                f"{source}: the YAML expands to more than {MAX_SPEC_NODES:,} values (anchors and "
+                "aliases nested in each other); write the spec out plainly"
+            )
+        return loader.construct_document(root), root
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError(f"{source}{where}: not valid YAML: {problem}") from exc
+    except RecursionError:
+        raise SpecError(f"{source}: the YAML is nested too deeply to be a job spec") from None
+    finally:
+        loader.dispose()
+
+
+def parse_spec(text: str, source: str = "<spec>") -> JobSpec:
+    """Validate YAML text into a JobSpec; raises SpecError naming file, line and key."""
+    data, root = read_yaml(text, source)
     if not isinstance(data, dict):
         raise SpecError(f"{source}: a job spec is a YAML mapping (name:, taxonomy:, ...)")
+    return validate_spec(data, source, root)
+
+
+def validate_spec(data: dict, source: str, root: yaml.Node | None = None) -> JobSpec:
+    """A dict (from YAML or built in code) as a JobSpec; SpecError names the key (and line)."""
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
-        lines = _key_lines(text)
+        lines = _key_lines(root) if root is not None else {}
         # A misspelt key also makes the right one "missing": report the misspelling first.
         errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
         first = errors[0]
@@ -366,17 +444,30 @@ def parse_spec(text: str, source: str = "<spec>") -> JobSpec:
         raise SpecError(message) from exc
 
 
-def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSpec:
-    """Read a job YAML file, apply CLI overrides ({'seed': 3, 'output.dir': 'x'})."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpecError(f"{path}: job file not found") from None
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read job file: {exc.strerror}") from None
-    spec = parse_spec(text, str(path))
-    return apply_overrides(spec, overrides or {}, str(path))
+def load_spec(
+    spec: str | Path | dict | JobSpec, overrides: dict[str, Any] | None = None
+) -> JobSpec:
+    """A job spec from a YAML file, a dict (notebooks) or a JobSpec, with dotted overrides
+    ({'seed': 3, 'output.dir': 'x'}) applied; every file it names is resolved once, here:
+    relative to the job file's folder (a dict or JobSpec: to the working directory)."""
+    if isinstance(spec, JobSpec):
+        parsed, source, base_dir = spec, "<spec>", spec._base_dir
+    elif isinstance(spec, dict):
+        parsed, source, base_dir = validate_spec(spec, "<spec>"), "<spec>", None
+    else:
+        path = Path(spec)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise SpecError(f"{path}: job file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not a text file"
+            raise SpecError(f"{path}: cannot read job file: {reason}") from None
+        parsed, source, base_dir = parse_spec(text, str(path)), str(path), path.parent.absolute()
+    resolved = apply_overrides(parsed, overrides or {}, source)
+    resolved._base_dir = base_dir
+    resolved._paths = resolve_paths(resolved, base_dir)
+    return resolved
 
 
 def apply_overrides(spec: JobSpec, overrides: dict[str, Any], source: str) -> JobSpec:
@@ -388,6 +479,8 @@ def apply_overrides(spec: JobSpec, overrides: dict[str, Any], source: str) -> Jo
         node = data
         *parents, leaf = dotted.split(".")
         for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
             node = node[part]
         node[leaf] = value
     try:
@@ -396,3 +489,77 @@ def apply_overrides(spec: JobSpec, overrides: dict[str, Any], source: str) -> Jo
         first = exc.errors()[0]
         dotted = ".".join(str(p) for p in first["loc"])
         raise SpecError(f"{source}: {dotted} (from the command line): {_describe(first)}") from exc
+
+
+@dataclass(frozen=True)
+class SpecPaths:
+    """Where each file a spec names is, resolved once when the spec is loaded.
+
+    Local files are absolute paths; builtins are the paths their builders return; hub ids stay
+    hub ids. A file that is not there keeps the absolute path it would have, so the stage that
+    needs it says so, naming the spec key: a spec for another machine still loads and plans.
+    """
+
+    model: str
+    config: str | None = None
+    controlnet: str | None = None
+    loras: tuple[str, ...] = ()
+    textual_inversions: tuple[str, ...] = ()
+    mask_files: str | None = None
+    scorer: str | None = None
+    source: str | None = None
+    taxonomy: str = ""  # a list file's absolute path, or the wordnet:/coco source itself
+
+
+def locate(name: str, base_dir: Path | None, key: str, kind: registry.Kind = "model") -> str:
+    """A file name from the spec as something a loader can open: see `SpecPaths`."""
+    if name.startswith("builtin:"):
+        return str(registry.resolve(kind, name, key).resolve())
+    candidates = [Path(name).expanduser()]
+    if base_dir is not None and not candidates[0].is_absolute():
+        candidates.append(base_dir / name)
+    for candidate in candidates:
+        if candidate.exists():
+            return str(candidate.resolve())
+    if looks_like_hub_id(name):
+        return name
+    return str(candidates[-1].resolve())
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """'owner/name', not a relative or absolute path."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~"))
+
+
+def resolve_paths(spec: JobSpec, base_dir: Path | None) -> SpecPaths:
+    """Resolve every file name of `spec` (relative ones against `base_dir`, else the cwd)."""
+    from augment.taxonomy import resolve_list_file
+
+    g = spec.generation
+    taxonomy = spec.taxonomy.source
+    if taxonomy.partition(":")[0] not in ("wordnet", "coco"):
+        taxonomy = str(resolve_list_file(taxonomy, base_dir).resolve())
+    mask_files = None
+    if g.mask.files is not None:
+        mask_files = locate(g.mask.files, base_dir, "generation.mask.files")
+    return SpecPaths(
+        model=locate(g.model, base_dir, "generation.model"),
+        config=locate(g.config, base_dir, "generation.config") if g.config else None,
+        controlnet=locate(g.controlnet.model, base_dir, "generation.controlnet.model")
+        if g.controlnet is not None
+        else None,
+        loras=tuple(
+            locate(lora.path, base_dir, f"generation.loras[{n}].path")
+            for n, lora in enumerate(g.loras)
+        ),
+        textual_inversions=tuple(
+            locate(ti.path, base_dir, f"generation.textual_inversions[{n}].path")
+            for n, ti in enumerate(g.textual_inversions)
+        ),
+        mask_files=mask_files,
+        scorer=locate(spec.filters.scorer, base_dir, "filters.scorer")
+        if spec.filters.scorer
+        else None,
+        source=locate(spec.source.path, base_dir, "source.path", "source") if spec.source else None,
+        taxonomy=taxonomy,
+    )

@@ -26,10 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from augment.config import GenerationSpec
+from augment.config import JobSpec
 from augment.errors import AugmentError
-from augment.plan import WorkItem
-from augment.sinks import FLAGS
+from augment.records import FLAGS, WorkItem
 from augment.sinks.parquet import write_shard
 
 log = logging.getLogger(__name__)
@@ -83,44 +82,32 @@ class BlockWorker:
 
     def __init__(
         self,
-        generation: dict,
-        shards_dir: str,
-        source: dict | None = None,
-        base_dir: str | None = None,
+        spec: JobSpec,
+        concepts: list[str],
+        shards_dir: str | Path,
         threads: int | None = 1,
         retries: int = 2,
-        filters: dict | None = None,
-        concepts: list[str] | None = None,
     ):
         import torch
 
-        from augment.config import SourceSpec
         from augment.generate.engine import make_generator
         from augment.progress import quiet_libraries
 
         quiet_libraries()
         if threads:
             torch.set_num_threads(threads)
-        self.settings = GenerationSpec(**generation)
+        self.settings = spec.generation
         self.shards_dir = Path(shards_dir)
         self.retries = retries
         self.init_error: AugmentError | None = None
         self.filter = None
         try:
-            self.generator = make_generator(
-                self.settings,
-                Path(base_dir) if base_dir else None,
-                SourceSpec(**source) if source else None,
-            )
-            if filters and filters.get("scorer"):
-                from augment.config import FilterSpec
+            self.generator = make_generator(spec)
+            if spec.filters.scorer is not None:
                 from augment.filters import ImageFilter
 
                 self.filter = ImageFilter(
-                    FilterSpec(**filters),
-                    concepts or [],
-                    Path(base_dir) if base_dir else None,
-                    str(self.generator.pipe.device),
+                    spec.filters, spec.paths.scorer, concepts, str(self.generator.pipe.device)
                 )
         except AugmentError as exc:  # raised again by render(), where the driver sees it
             self.init_error = exc
@@ -258,131 +245,3 @@ def run_ray(
 
 
 DISTRIBUTORS = {"local": run_local, "ray": run_ray}
-
-
-# Cluster job submission ---------------------------------------------------------------------
-
-SUBMIT_EXCLUDES = [
-    "out",
-    "*.egg-info",
-    "__pycache__",
-    ".pytest_cache",
-    ".ruff_cache",
-]  # + .git, .venv
-
-
-def project_root() -> Path:
-    """The source checkout `augment` runs from: it becomes the job's working_dir."""
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "pyproject.toml").is_file():
-        raise AugmentError(
-            "augment submit needs a source checkout of augment (pyproject.toml beside augment/)"
-        )
-    return root
-
-
-def portable_spec(spec, job_path: Path, root: Path):
-    """The spec with paths the cluster can resolve: list files relative to the project,
-    local model folders absolute, the output folder absolute."""
-    from augment.taxonomy import resolve_list_file
-
-    updates: dict = {
-        "output": {**spec.output.model_dump(), "dir": str(Path(spec.output.dir).resolve())}
-    }
-    source = spec.taxonomy.source
-    if not source.startswith(("wordnet:", "coco")):
-        found = resolve_list_file(source, job_path.parent).resolve()
-        if not found.is_relative_to(root):
-            raise AugmentError(
-                f"taxonomy file {found} is outside the project {root}: copy it into "
-                "taxonomies/ so the cluster receives it"
-            )
-        updates["taxonomy"] = {**spec.taxonomy.model_dump(), "source": str(found.relative_to(root))}
-    model = Path(job_path.parent, spec.generation.model)
-    if not spec.generation.model.startswith("builtin:") and model.is_dir():
-        updates["generation"] = {**spec.generation.model_dump(), "model": str(model.resolve())}
-    return spec.model_validate({**spec.model_dump(), **updates})
-
-
-def use_ray_token_if_present() -> None:
-    """Ray's own CLI sends the cluster token when one is on this machine; do the same."""
-    if "RAY_AUTH_MODE" in os.environ:
-        return
-    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-    if "RAY_AUTH_TOKEN" in os.environ or token_file.is_file():
-        os.environ["RAY_AUTH_MODE"] = "token"
-
-
-def job_client(address: str):
-    use_ray_token_if_present()  # before Ray reads its configuration
-    from ray.exceptions import AuthenticationError
-    from ray.job_submission import JobSubmissionClient
-
-    logging.getLogger("ray").setLevel(logging.ERROR)  # no per-file upload chatter
-    try:
-        return JobSubmissionClient(address)
-    except AuthenticationError:
-        raise AugmentError(
-            f"the Ray cluster at {address} wants a token: set RAY_AUTH_TOKEN (or copy the "
-            "head's ~/.ray/auth_token here) and RAY_AUTH_MODE=token"
-        ) from None
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise AugmentError(
-            f"cannot reach a Ray cluster at {address} ({exc}); start one with "
-            "`ray start --head --dashboard-host 0.0.0.0` and pass http://HEAD:8265"
-        ) from None
-
-
-def submit_job(spec, job_path: Path, address: str, workers: int | None = None) -> str:
-    """Submit `augment run` of `spec` to the cluster at `address`; returns the job id."""
-    root = project_root()
-    portable = portable_spec(spec, Path(job_path), root)
-    # The spec travels in an environment variable and is written into the job's own copy of
-    # the project, so nothing is left in the user's checkout.
-    entrypoint = (
-        'printf "%s" "$AUGMENT_SUBMITTED_SPEC" > submitted-job.yaml && '
-        "python -m augment.cli run submitted-job.yaml"
-    )
-    if workers:
-        entrypoint += f" --workers {workers}"
-    client = job_client(address)
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            return client.submit_job(
-                entrypoint=entrypoint,
-                runtime_env={
-                    "working_dir": str(root),
-                    "excludes": SUBMIT_EXCLUDES,
-                    "env_vars": {"AUGMENT_SUBMITTED_SPEC": portable.to_yaml()},
-                },
-                metadata={"augment_job": portable.name, "spec_hash": portable.spec_hash()},
-            )
-        except RuntimeError as exc:  # a head that just started has no job agent yet
-            if "No available agent" not in str(exc) or time.monotonic() > deadline:
-                raise AugmentError(f"the cluster at {address} refused the job: {exc}") from None
-            time.sleep(2)
-
-
-def job_status(job_id: str, address: str) -> str:
-    return str(job_client(address).get_job_status(job_id).value)
-
-
-def job_logs(job_id: str, address: str, follow: bool = False):
-    """Yield the job's log text; with `follow`, stream it until the job ends."""
-    client = job_client(address)
-    if not follow:
-        yield client.get_job_logs(job_id)
-        return
-    import asyncio
-
-    stream = client.tail_job_logs(job_id)
-    loop = asyncio.new_event_loop()
-    try:
-        while True:
-            try:
-                yield loop.run_until_complete(anext(stream))
-            except StopAsyncIteration:
-                return
-    finally:
-        loop.close()

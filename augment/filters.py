@@ -13,8 +13,8 @@ benchmarks leave it out, like black or NSFW images (`augment export --include-fl
 
 Scorers:
 - an augment image classifier folder (`scorer.json` + `model.safetensors`, written by
-  `save_classifier`), whose classes cover the job's concepts: `builtin:digits-scorer`, trained
-  on the digits generator split, the data the digits model saw;
+  `augment.classifier.save_classifier`), whose classes cover the job's concepts:
+  `builtin:digits-scorer`, trained on the digits generator split, the data the digits model saw;
 - a CLIP model (a transformers folder, or a hub id already in the local cache), zero-shot over
   the job's concept names.
 """
@@ -28,25 +28,25 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from augment.config import FilterSpec
+from augment.classifier import CLASSIFIER_CONFIG, load_classifier, to_array, to_tensor
+from augment.config import FilterSpec, looks_like_hub_id
 from augment.errors import ModelError
 from augment.taxonomy.listfile import slugify
 
-#: The file that marks an augment classifier folder.
-CLASSIFIER_CONFIG = "scorer.json"
 #: Zero-shot CLIP text for a concept.
 CLIP_CONCEPT_TEMPLATE = "a photo of a {name}"
 #: Images per scorer forward pass.
 SCORE_BATCH = 64
 
 
-def resolve_scorer(name: str, base_dir: Path | None = None) -> str:
-    """A scorer folder, a builtin, or a hub id in the local cache; nothing is downloaded."""
-    from augment.generate.pipelines import in_hub_cache, looks_like_hub_id, resolve_path
+def check_scorer_location(location: str, declared: str) -> str:
+    """A scorer folder, or a hub id in the local cache (resolved from the spec's `declared`
+    name when it was loaded); nothing is downloaded."""
+    from augment.generate.pipelines import in_hub_cache
 
     key = "filters.scorer"
-    path = resolve_path(name, base_dir, key)
-    if path is not None:
+    path = Path(location)
+    if path.exists():
         if not path.is_dir() or not (
             (path / CLASSIFIER_CONFIG).is_file() or (path / "config.json").is_file()
         ):
@@ -54,12 +54,12 @@ def resolve_scorer(name: str, base_dir: Path | None = None) -> str:
                 f"{key}: {path} is neither an augment classifier folder ({CLASSIFIER_CONFIG}) "
                 "nor a CLIP model folder (config.json)"
             )
-        return str(path)
-    if looks_like_hub_id(name) and in_hub_cache(name):
-        return name
+        return location
+    if looks_like_hub_id(location) and in_hub_cache(location):
+        return location
     raise ModelError(
-        f"{key}: '{name}' not found: give an augment classifier folder, a CLIP model folder, a "
-        "CLIP hub id already in the Hugging Face cache (e.g. openai/clip-vit-large-patch14), "
+        f"{key}: '{declared}' not found: give an augment classifier folder, a CLIP model folder, "
+        "a CLIP hub id already in the Hugging Face cache (e.g. openai/clip-vit-large-patch14), "
         "or builtin:digits-scorer"
     )
 
@@ -80,11 +80,11 @@ def concept_columns(classes: list[str], concepts: list[str], location: str) -> l
     return [index[slugify(name)] for name in concepts]
 
 
-def check_scorer(spec: FilterSpec, concepts: list[str], base_dir: Path | None = None) -> str | None:
+def check_scorer(spec: FilterSpec, location: str | None, concepts: list[str]) -> str | None:
     """The scorer's location; fails (before a run touches its output) when it cannot score."""
-    if spec.scorer is None:
+    if spec.scorer is None or location is None:
         return None
-    location = resolve_scorer(spec.scorer, base_dir)
+    location = check_scorer_location(location, spec.scorer)
     if is_classifier(location):
         config = json.loads((Path(location) / CLASSIFIER_CONFIG).read_text())
         concept_columns(config["classes"], concepts, location)
@@ -96,44 +96,20 @@ def check_scorer(spec: FilterSpec, concepts: list[str], base_dir: Path | None = 
     return location
 
 
-def save_classifier(
-    model, folder: Path, classes: list[str], image_size: int, architecture: str, **about
-) -> Path:
-    """Write an augment classifier folder: weights as safetensors + scorer.json."""
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
-    config = {"architecture": architecture, "image_size": image_size, "classes": classes, **about}
-    (folder / CLASSIFIER_CONFIG).write_text(json.dumps(config, indent=2))
-    return folder
-
-
 class ClassifierScorer:
     """An augment image classifier: softmax over the job's concept columns."""
 
     def __init__(self, location: str, concepts: list[str], device: str = "cpu"):
-        from safetensors.torch import load_file
-
-        from augment.bench.classify import build_model
-
-        config = json.loads((Path(location) / CLASSIFIER_CONFIG).read_text())
+        model, config = load_classifier(location)
         self.image_size = int(config["image_size"])
         self.columns = concept_columns(config["classes"], concepts, location)
         self.device = device
-        self.model = build_model(config["architecture"], len(config["classes"]))
-        self.model.load_state_dict(load_file(str(Path(location) / "model.safetensors")))
-        self.model.to(device).eval()
+        self.model = model.to(device)
 
     def __call__(
         self, images: list[Image.Image], prompts: list[str]
     ) -> tuple[np.ndarray, np.ndarray | None]:
         import torch
-
-        from augment.bench.classify import to_tensor
-        from augment.bench.data import to_array
 
         pixels = np.stack([to_array(image, self.image_size) for image in images])
         with torch.no_grad():
@@ -193,16 +169,10 @@ def normalized(features):
 class ImageFilter:
     """Loaded once per worker; `__call__` returns the records with scores and `filtered` set."""
 
-    def __init__(
-        self,
-        spec: FilterSpec,
-        concepts: list[str],
-        base_dir: Path | None = None,
-        device: str = "cpu",
-    ):
+    def __init__(self, spec: FilterSpec, location: str, concepts: list[str], device: str = "cpu"):
         if spec.scorer is None:
             raise ValueError("ImageFilter needs filters.scorer")
-        location = check_scorer(spec, concepts, base_dir)
+        location = check_scorer(spec, location, concepts)
         scorer_class = ClassifierScorer if is_classifier(location) else ClipScorer
         self.spec = spec
         self.scorer = scorer_class(location, concepts, device)

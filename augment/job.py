@@ -23,15 +23,10 @@ from augment.config import SOURCE_MODES, JobSpec
 from augment.errors import ModelError, OutputError
 from augment.filters import check_scorer
 from augment.generate.pipelines import check_models, load_tokenizer
-from augment.plan import (
-    WorkItem,
-    build_interpolation_plan,
-    build_plan,
-    build_source_plan,
-    write_plan,
-)
-from augment.prompts import Prompt, build_prompts, enforce_token_limit
-from augment.sinks import FLAGS, export, parquet
+from augment.planning import build_interpolation_plan, build_plan, build_source_plan, write_plan
+from augment.prompting import Prompt, build_prompts, enforce_token_limit
+from augment.records import FLAGS, WorkItem
+from augment.sinks import export, parquet
 from augment.sinks.animation import write_animations
 from augment.sources import SourceSet
 from augment.taxonomy import Concept, load_concepts
@@ -55,24 +50,28 @@ class RunResult:
     outputs: dict[str, Path] = field(default_factory=dict)
 
 
-def concepts_for(spec: JobSpec, base_dir: Path | None) -> list[Concept]:
+def concepts_for(spec: JobSpec) -> list[Concept]:
     t = spec.taxonomy
-    return load_concepts(t.source, base_dir, t.max_concepts, t.depth, t.leaves, tuple(t.exclude))
+    return load_concepts(spec.paths.taxonomy, t.max_concepts, t.depth, t.leaves, tuple(t.exclude))
 
 
-def tokenizer_for(spec: JobSpec, base_dir: Path | None):
+def tokenizer_for(spec: JobSpec):
     """The model's tokenizer, or None (with a warning) when the model is not here."""
+    paths, g = spec.paths, spec.generation
+    # A single-file checkpoint's tokenizer is in the diffusers folder its configs come from.
+    single_file = Path(paths.model).is_file() and paths.config is not None
+    location, declared = (paths.config, g.config) if single_file else (paths.model, g.model)
     try:
-        return load_tokenizer(spec.generation.model, base_dir)
+        return load_tokenizer(location, declared)
     except ModelError as exc:
         log.warning("prompt lengths not checked: %s", exc)
         return None
 
 
-def prompts_for(
-    spec: JobSpec, concepts: list[Concept], base_dir: Path | None = None
-) -> list[Prompt]:
+def prompts_for(spec: JobSpec, concepts: list[Concept] | None = None) -> list[Prompt]:
     """The job's prompts, checked against the model's text encoder length when it is here."""
+    if concepts is None:
+        concepts = concepts_for(spec)
     p = spec.prompts
     prompts = build_prompts(
         concepts,
@@ -82,16 +81,14 @@ def prompts_for(
         p.attributes,
         p.combine,
     )
-    tokenizer = tokenizer_for(spec, base_dir)
+    tokenizer = tokenizer_for(spec)
     if tokenizer is not None:
         limit = min(p.max_tokens, tokenizer.model_max_length)  # a model may read fewer than 77
         prompts = enforce_token_limit(prompts, tokenizer, limit, p.on_long_prompt)
     return prompts
 
 
-def plan_for(
-    spec: JobSpec, base_dir: Path | None = None, concepts: list[Concept] | None = None
-) -> list[WorkItem]:
+def plan_for(spec: JobSpec, concepts: list[Concept] | None = None) -> list[WorkItem]:
     """The work items of a spec, then --limit.
 
     txt2img: concepts x templates x images_per_concept. Source modes: each source image (or
@@ -99,11 +96,12 @@ def plan_for(
     interpolate: images_per_concept sequences per concept, `frames` items each.
     """
     if concepts is None:
-        concepts = concepts_for(spec, base_dir)
-    prompts = prompts_for(spec, concepts, base_dir)
+        concepts = concepts_for(spec)
+    prompts = prompts_for(spec, concepts)
     g = spec.generation
     if g.mode in SOURCE_MODES:
-        targets = SourceSet(spec.source, base_dir).targets(concepts, g.mode, g.mask)
+        sources = SourceSet.of(spec)
+        targets = sources.targets(concepts, g.mode, g.mask, spec.paths.mask_files)
         longest = max(g.width, g.height)
         items = build_source_plan(spec.name, spec.seed, prompts, targets, longest)
     elif g.mode == "interpolate":
@@ -232,7 +230,6 @@ def render_blocks(
     items: list[WorkItem],
     done: set[str],
     out_dir: Path,
-    base_dir: Path | None,
     options: RunOptions,
 ) -> tuple[int, int, list[dict]]:
     """Render the plan items not in `done`; returns (rendered, flagged, failures)."""
@@ -243,13 +240,10 @@ def render_blocks(
     size = block_size(len(items), spec.generation.batch_size, spec.output.rows_per_shard)
     blocks = make_blocks(items, done, size, parquet.next_shard_index(shards_dir))
     worker_kwargs = {
-        "generation": spec.generation.model_dump(),
-        "source": spec.source.model_dump() if spec.source else None,
-        "shards_dir": str(shards_dir),
-        "base_dir": str(base_dir) if base_dir else None,
-        "retries": options.retries,
-        "filters": spec.filters.model_dump(),
+        "spec": spec,
         "concepts": [concept.name for concept in concepts],
+        "shards_dir": shards_dir,
+        "retries": options.retries,
     }
     totals = {"rendered": 0, "flagged": 0}
     failures: list[dict] = []
@@ -271,25 +265,21 @@ def render_blocks(
     return totals["rendered"], totals["flagged"], failures
 
 
-def run_job(
-    spec: JobSpec, base_dir: Path | None = None, options: RunOptions | None = None
-) -> RunResult:
+def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
     """Run (or resume) a job; returns what was done and where the outputs are."""
     options = options or RunOptions()
     started = time.perf_counter()
     out_dir = Path(spec.output.dir)
-    check_models(spec.generation, base_dir)  # fail before touching OUT
-    concepts = concepts_for(spec, base_dir)
-    check_scorer(spec.filters, [c.name for c in concepts], base_dir)
-    items = plan_for(spec, base_dir, concepts)
+    check_models(spec.generation, spec.paths)  # fail before touching OUT
+    concepts = concepts_for(spec)
+    check_scorer(spec.filters, spec.paths.scorer, [c.name for c in concepts])
+    items = plan_for(spec, concepts)
     prepare_output(out_dir, spec, options.force)
     write_plan(items, out_dir / "plan.parquet")
     parquet.remove_temp_files(out_dir / "shards")
     done = parquet.committed_item_ids(out_dir / "shards")
     try:
-        rendered, flagged, failures = render_blocks(
-            spec, concepts, items, done, out_dir, base_dir, options
-        )
+        rendered, flagged, failures = render_blocks(spec, concepts, items, done, out_dir, options)
     finally:
         parquet.remove_temp_files(out_dir / "shards")  # a worker killed mid-write leaves one
     outputs = {

@@ -13,57 +13,20 @@ import io
 import json
 import logging
 import re
-import shutil
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from augment.config import MaskSpec, SourceSpec
+from augment.config import JobSpec, MaskSpec
 from augment.errors import SpecError
-from augment.taxonomy import Concept
+from augment.records import SourceBox, SourceImage, SourceTarget
+from augment.taxonomy.concept import Concept
 from augment.taxonomy.listfile import slugify
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
-
-
-@dataclass(frozen=True)
-class SourceBox:
-    label: str  # the class name as the source spells it
-    bbox: tuple[float, float, float, float]  # COCO xywh, source pixels
-
-
-@dataclass(frozen=True)
-class SourceImage:
-    id: str
-    location: str  # a file path, or "<parquet file>#<row>"
-    width: int
-    height: int
-    label: str | None = None  # the image's class (image folders, Parquet rows)
-    boxes: tuple[SourceBox, ...] = ()
-
-    def main_label(self) -> str | None:
-        """The image's class, else the class covering the most box area."""
-        if self.label is not None:
-            return self.label
-        area: dict[str, float] = {}
-        for box in self.boxes:
-            area[box.label] = area.get(box.label, 0.0) + box.bbox[2] * box.bbox[3]
-        return max(area, key=lambda k: (area[k], k)) if area else None
-
-
-@dataclass(frozen=True)
-class SourceTarget:
-    """One thing to render from a source image: the whole image, one box, or one class."""
-
-    image: SourceImage
-    concept: Concept
-    target: str | None  # None, "box:<index into boxes>" or "class:<concept id>"
-    boxes: tuple[tuple[int, tuple], ...] = ()  # the image's boxes of known concepts: (id, xywh)
 
 
 def natural_key(text: str) -> list:
@@ -202,47 +165,12 @@ def image_cells(file: str | Path) -> list[bytes]:
 READERS = {"coco": read_coco, "imagefolder": read_imagefolder, "parquet": read_parquet}
 
 
-def resolve_source_path(path: str, base_dir: Path | None) -> Path:
-    if path.startswith("builtin:"):
-        return builtin_source(path.removeprefix("builtin:"))
-    candidates = [Path(path).expanduser()]
-    if base_dir is not None and not Path(path).is_absolute():
-        candidates.append(base_dir / path)
-    for candidate in candidates:
-        if candidate.exists():
-            return candidate
-    raise SpecError(
-        f"source.path: '{path}' not found (looked in {', '.join(str(c) for c in candidates)}); "
-        "give a COCO folder, an image folder, a Parquet file or builtin:digits-canvases"
-    )
-
-
-def builtin_source(name: str) -> Path:
-    """Small real sets built from the bundled digits data, cached."""
-    from augment.cache import cache_dir
-    from augment.digits.canvases import real_canvases
-
-    if name != "digits-canvases":
-        raise SpecError(f"source.path: unknown builtin source '{name}'; known: digits-canvases")
-    folder = cache_dir() / "sources" / "digits-canvases-v1"
-    if not (folder / "train" / "annotations.json").is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".digits-canvases.", dir=folder.parent))
-        real_canvases(tmp, train_count=32, val_count=8)
-        try:
-            tmp.rename(folder)
-        except OSError:  # built by a concurrent run meanwhile
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder / "train"
-
-
 class SourceSet:
     """The source images of a job, indexed by id; pixels are decoded on demand."""
 
-    def __init__(self, spec: SourceSpec, base_dir: Path | None = None):
-        self.base_dir = base_dir
-        self.path = resolve_source_path(spec.path, base_dir)
-        fmt = detect_format(self.path) if spec.format == "auto" else spec.format
+    def __init__(self, path: str | Path, format: str = "auto", limit: int | None = None):
+        self.path = Path(path)
+        fmt = detect_format(self.path) if format == "auto" else format
         if fmt not in READERS:
             raise SpecError(
                 f"source.path: cannot tell what {self.path} holds; set source.format to coco, "
@@ -252,9 +180,20 @@ class SourceSet:
         images = sorted(READERS[fmt](self.path), key=lambda i: natural_key(i.id))
         if not images:
             raise SpecError(f"source.path: {self.path} holds no images")
-        self.images = images[: spec.limit] if spec.limit else images
+        self.images = images[:limit] if limit else images
         self.by_id = {image.id: image for image in self.images}
         self._parquet_images: dict[str, list] = {}  # file -> image column, read once
+
+    @classmethod
+    def of(cls, spec: JobSpec) -> SourceSet:
+        """The source images a spec names (at the path resolved when it was loaded)."""
+        path = Path(spec.paths.source)
+        if not path.exists():
+            raise SpecError(
+                f"source.path: '{spec.source.path}' not found (no {path}); give a COCO folder, "
+                "an image folder, a Parquet file or builtin:digits-canvases"
+            )
+        return cls(path, spec.source.format, spec.source.limit)
 
     def pixels(self, image_id: str) -> Image.Image:
         """The source image as RGB; a missing or corrupt file is an error naming it."""
@@ -271,7 +210,9 @@ class SourceSet:
         except (OSError, UnidentifiedImageError) as exc:
             raise SpecError(f"source image {image_id} ({location}) cannot be read: {exc}") from None
 
-    def targets(self, concepts: list[Concept], mode: str, mask: MaskSpec) -> list[SourceTarget]:
+    def targets(
+        self, concepts: list[Concept], mode: str, mask: MaskSpec, mask_files: str | None = None
+    ) -> list[SourceTarget]:
         """What to render: one target per image, or per box / class when inpainting boxes.
 
         Boxes whose label is not a concept of the job are not transferred (and are logged):
@@ -312,8 +253,8 @@ class SourceSet:
             )
         if mode == "inpaint" and mask.source == "files":
             for target in targets:  # checked before anything renders
-                if self.mask_path(mask.files, target.image.id) is None:
-                    raise self.no_mask(mask.files, target.image.id)
+                if self.mask_path(mask_files, target.image.id) is None:
+                    raise self.no_mask(mask_files, target.image.id)
         if not targets:
             need = (
                 "inpainting from boxes needs images with boxes of the job's concepts"
@@ -334,14 +275,10 @@ class SourceSet:
 
     def mask_path(self, folder: str, image_id: str) -> Path | None:
         """The mask file of a source image: same file stem, any image suffix."""
-        roots = [Path(folder).expanduser()]
-        if self.base_dir is not None and not Path(folder).is_absolute():
-            roots.append(self.base_dir / folder)
         stem = self.mask_stem(image_id)
-        for root in roots:
-            for suffix in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
-                if (root / f"{stem}{suffix}").is_file():
-                    return root / f"{stem}{suffix}"
+        for suffix in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
+            if (Path(folder) / f"{stem}{suffix}").is_file():
+                return Path(folder) / f"{stem}{suffix}"
         return None
 
     def mask(self, folder: str, image_id: str) -> Image.Image:

@@ -107,7 +107,7 @@ def digits_generator_run(tmp_path_factory) -> Path:
 
 
 def test_classify_writes_seeds_per_arm_and_the_report(digits_generator_run, tmp_path):
-    from augment.report import write_report
+    from augment.reporting import write_report
 
     settings = ClassifySettings(
         synthetic=str(digits_generator_run),
@@ -215,7 +215,7 @@ def test_resnet_loads_local_weights_and_bad_weights_are_a_clear_error(tmp_path):
     import torch
     import torchvision
 
-    from augment.bench.classify import build_model
+    from augment.classifier import build_model
 
     reference = torchvision.models.resnet18(weights=None)
     torch.save(reference.state_dict(), tmp_path / "resnet18.pt")

@@ -60,11 +60,10 @@ def test_prompts():
 
 
 def test_training_writes_a_loadable_pipeline(tmp_path):
-    from augment.digits.train import train_digits_model
+    from augment.digits.train import DigitsTrainConfig, train_digits_model
 
     out = tmp_path / "digits-model"
-    stats = train_digits_model(
-        out,
+    config = DigitsTrainConfig(
         steps=3,
         vae_steps=2,
         batch_size=8,
@@ -75,6 +74,7 @@ def test_training_writes_a_loadable_pipeline(tmp_path):
         samples=True,
         sample_steps=2,
     )
+    stats = train_digits_model(out, config)
     assert stats["steps"] == 3 and len(stats["loss"]) == 3 and len(stats["vae_loss"]) == 2
     assert stats["seconds"] > 0
     assert stats["split_sizes"] == {"generator": 997, "pool": 300, "test": 500}

@@ -51,15 +51,10 @@ def test_blocks_are_fixed_by_the_plan_and_skip_done_items(write_job):
 
 def test_one_and_two_ray_workers_write_identical_images(write_job, tmp_path, ray_session):
     job = write_job()
-    one = run_job(
-        load_spec(job, {"output.dir": str(tmp_path / "one")}), job.parent, RunOptions(workers=1)
-    )
-    two = run_job(
-        load_spec(job, {"output.dir": str(tmp_path / "two")}), job.parent, RunOptions(workers=2)
-    )
+    one = run_job(load_spec(job, {"output.dir": str(tmp_path / "one")}), RunOptions(workers=1))
+    two = run_job(load_spec(job, {"output.dir": str(tmp_path / "two")}), RunOptions(workers=2))
     local = run_job(
         load_spec(job, {"output.dir": str(tmp_path / "local")}),
-        job.parent,
         RunOptions(distributor="local"),
     )
     assert one.rendered == two.rendered == local.rendered == 9
@@ -86,7 +81,7 @@ def test_a_failing_item_is_reported_retried_and_never_stops_the_rest(
         return original(self, items)
 
     monkeypatch.setattr(engine.Txt2ImgGenerator, "render_batch", render_batch)
-    result = run_job(spec, job.parent, RunOptions(distributor="local", retries=2))
+    result = run_job(spec, RunOptions(distributor="local", retries=2))
     assert (result.rendered, result.failed) == (8, 1)
     assert attempts == [4, 1, 1]  # the batch, then the item alone, twice
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -95,7 +90,7 @@ def test_a_failing_item_is_reported_retried_and_never_stops_the_rest(
     assert failure["item_id"] == bad and "illegal memory access" in failure["error"]
 
     monkeypatch.setattr(engine.Txt2ImgGenerator, "render_batch", original)
-    rerun = run_job(spec, job.parent, RunOptions(distributor="local"))
+    rerun = run_job(spec, RunOptions(distributor="local"))
     assert (rerun.skipped, rerun.rendered, rerun.failed) == (8, 1, 0)
     assert len(images_by_item(tmp_path / "out")) == 9
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from augment.config import FilterSpec, load_spec
+from augment.config import FilterSpec, load_spec, locate
 from augment.digits.data import DIGIT_NAMES, digit_splits, load_digit_images
 from augment.errors import ModelError
 from augment.filters import ImageFilter
@@ -19,6 +19,11 @@ from augment.sinks import export
 from tests.conftest import TINY_JOB
 
 LOCAL = RunOptions(distributor="local")
+
+
+def scorer_at(spec: FilterSpec) -> str:
+    """Where the spec's scorer is, as `load_spec` resolves it."""
+    return locate(spec.scorer, None, "filters.scorer")
 
 
 def digit_records(rows: np.ndarray, names: list[str]) -> list[dict]:
@@ -40,7 +45,8 @@ def test_digits_scorer_keeps_true_digits_and_flags_mislabelled_ones():
     """On the real pool digits (unseen by the scorer), right labels pass, wrong ones do not."""
     _, labels = load_digit_images(8)
     pool = digit_splits()["pool"]
-    image_filter = ImageFilter(FilterSpec(scorer="builtin:digits-scorer"), list(DIGIT_NAMES))
+    spec = FilterSpec(scorer="builtin:digits-scorer")
+    image_filter = ImageFilter(spec, scorer_at(spec), list(DIGIT_NAMES))
     right = image_filter(digit_records(pool, [DIGIT_NAMES[i] for i in labels[pool]]))
     wrong = image_filter(digit_records(pool, [DIGIT_NAMES[(i + 1) % 10] for i in labels[pool]]))
     assert np.mean([not r["filtered"] for r in right]) >= 0.97
@@ -59,7 +65,7 @@ def filtered_job(tmp_path: Path, name: str, filters: str) -> Path:
 
 def test_run_scores_every_image_flags_those_under_the_minimum_and_exports_the_rest(tmp_path):
     scored = filtered_job(tmp_path, "scored", "filters:\n  scorer: builtin:digits-scorer\n")
-    run_job(load_spec(scored), tmp_path, LOCAL)
+    run_job(load_spec(scored), LOCAL)
     scores = pd.read_parquet(tmp_path / "scored" / "shards").set_index("item_id")["concept_score"]
     assert scores.between(0, 1).all() and scores.nunique() > 1
     # A minimum at the median splits the same images (the same seeds) into flagged and kept.
@@ -69,7 +75,7 @@ def test_run_scores_every_image_flags_those_under_the_minimum_and_exports_the_re
         "cut",
         f"filters:\n  scorer: builtin:digits-scorer\n  min_concept_score: {median}\n",
     )
-    run_job(load_spec(cut), tmp_path, LOCAL)
+    run_job(load_spec(cut), LOCAL)
     out = tmp_path / "cut"
     records = pd.read_parquet(out / "shards").set_index("item_id")
     assert len(records) == 12  # nothing is deleted
@@ -91,20 +97,21 @@ def test_clip_scorer_gives_zero_shot_probabilities_and_clip_scores(tmp_path):
     records = digit_records(np.arange(6), [concepts[i % 3] for i in range(6)])
     records[0]["prompt"] = "a handwritten digit zero " * 40  # past CLIP's 77 tokens: truncated
     spec = FilterSpec(scorer="builtin:tiny-clip", min_concept_score=0.0, min_clip_score=0.0)
-    kept = ImageFilter(spec, concepts)(records)
+    kept = ImageFilter(spec, scorer_at(spec), concepts)(records)
     for record in kept:
         assert 0.0 < record["concept_score"] < 1.0 and 0.0 <= record["clip_score"] <= 100.0
         assert not record["filtered"]
     strict = spec.model_copy(update={"min_clip_score": 100.0})
-    assert all(r["filtered"] for r in ImageFilter(strict, concepts)(records))
+    assert all(r["filtered"] for r in ImageFilter(strict, scorer_at(spec), concepts)(records))
 
 
 def test_clip_probabilities_sum_to_one_over_the_jobs_concepts():
     from PIL import Image
 
-    from augment.filters import ClipScorer, resolve_scorer
+    from augment.filters import ClipScorer
 
-    scorer = ClipScorer(resolve_scorer("builtin:tiny-clip"), ["zero", "one", "two", "three"])
+    location = scorer_at(FilterSpec(scorer="builtin:tiny-clip"))
+    scorer = ClipScorer(location, ["zero", "one", "two", "three"])
     image = Image.fromarray(load_digit_images(32)[0][0])
     probabilities, clip_scores = scorer([image, image], ["a digit", "a digit"])
     assert probabilities.shape == (2, 4) and np.allclose(probabilities.sum(axis=1), 1.0)
@@ -121,7 +128,7 @@ def test_clip_probabilities_sum_to_one_over_the_jobs_concepts():
 def test_a_missing_scorer_fails_before_the_output_is_created(tmp_path, filters, message):
     job = filtered_job(tmp_path, "out", "filters:\n" + filters)
     with pytest.raises(ModelError, match=message):
-        run_job(load_spec(job), tmp_path, LOCAL)
+        run_job(load_spec(job), LOCAL)
     assert not (tmp_path / "out").exists()
 
 
@@ -129,7 +136,7 @@ def test_a_classifier_that_does_not_know_a_concept_is_refused(tmp_path):
     job = filtered_job(tmp_path, "out", "filters:\n  scorer: builtin:digits-scorer\n")
     job.write_text(job.read_text().replace("source: digits", "source: weeds"))
     with pytest.raises(ModelError, match="knows zero, one, .* not .*; use a scorer trained"):
-        run_job(load_spec(job), tmp_path, LOCAL)
+        run_job(load_spec(job), LOCAL)
     assert not (tmp_path / "out").exists()
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from augment.config import GenerationSpec, SourceSpec, load_spec, parse_spec
+from augment.config import JobSpec, SourceSpec, load_spec, parse_spec
 from augment.errors import ModelError, SpecError
 from augment.generate.engine import make_generator
 from augment.job import plan_for
@@ -87,11 +87,16 @@ def test_tiny_job_runs_and_its_records_say_how_they_were_made(job: Path, tmp_pat
         assert len(list((out / "animations").glob("*/frame-*.png"))) == len(rows)
 
 
-def render(spec_text: str, base_dir: Path | None = None, **changes) -> list[dict]:
-    spec = parse_spec(spec_text)
-    settings = GenerationSpec.model_validate({**spec.generation.model_dump(), **changes})
-    items = plan_for(spec, base_dir)
-    return make_generator(settings, base_dir, spec.source)(items)
+def changed(spec: JobSpec, **generation) -> JobSpec:
+    """The spec with some generation settings changed, its files resolved again."""
+    data = spec.model_dump()
+    data["generation"].update(generation)
+    return load_spec(data)
+
+
+def render(spec_text: str, **changes) -> list[dict]:
+    spec = changed(parse_spec(spec_text), **changes)
+    return make_generator(spec)(plan_for(spec))
 
 
 def test_a_batch_of_8_equals_8_single_renders():
@@ -99,9 +104,7 @@ def test_a_batch_of_8_equals_8_single_renders():
     for name in ("txt2img", "img2img"):
         spec = load_spec(REPO / "jobs" / "tiny" / f"{name}.yaml")
         items = plan_for(spec)[:8]
-        batched = make_generator(
-            spec.generation.model_copy(update={"batch_size": 8}), None, spec.source
-        )
+        batched = make_generator(changed(spec, batch_size=8))
         singles = [r for item in items for r in batched([item])]
         together = batched(items)
         difference = max(
@@ -127,7 +130,7 @@ def poison_unet(monkeypatch, generator, below_float32_only: bool) -> None:
 def test_nan_latents_are_flagged_and_rerendered_in_float32(monkeypatch):
     spec = parse_spec(TINY_JOB.replace("OUT_DIR", "unused"))
     items = plan_for(spec)[:2]
-    low = make_generator(spec.generation.model_copy(update={"dtype": "bfloat16"}))
+    low = make_generator(changed(spec, dtype="bfloat16"))
     poison_unet(monkeypatch, low, below_float32_only=True)
     records = low(items)
     assert [r["float32_retry"] for r in records] == [True, True]
@@ -135,7 +138,7 @@ def test_nan_latents_are_flagged_and_rerendered_in_float32(monkeypatch):
     assert low.pipe.dtype == torch.bfloat16  # back to its own precision afterwards
 
     # Already float32: nothing to retry in, so the NaN stays flagged (and out of the exports).
-    full = make_generator(spec.generation)
+    full = make_generator(spec)
     poison_unet(monkeypatch, full, below_float32_only=False)
     records = full(items)
     assert [(r["nan"], r["float32_retry"]) for r in records] == [(True, False), (True, False)]
@@ -162,13 +165,10 @@ def test_lora_changes_the_images_and_a_missing_lora_is_one_line(tmp_path: Path):
 
 def test_a_lora_of_the_other_family_is_refused():
     spec = parse_spec(TINY_JOB.replace("OUT_DIR", "unused"))
-    settings = GenerationSpec.model_validate(
-        {**spec.generation.model_dump(), "loras": [{"path": "builtin:tiny-lora-sdxl"}]}
-    )
     with pytest.raises(
         ModelError, match=r"loras\[0\].path: LoRA .* does not fit this sd model: "
     ) as error:
-        make_generator(settings)
+        make_generator(changed(spec, loras=[{"path": "builtin:tiny-lora-sdxl"}]))
     assert "size mismatch" in str(error.value) and "\n" not in str(error.value)
 
 
@@ -176,7 +176,7 @@ def test_controlnet_of_the_other_family_is_refused(tmp_path: Path):
     job = (REPO / "jobs" / "tiny" / "controlnet.yaml").read_text()
     spec = parse_spec(job.replace("builtin:tiny-controlnet", "builtin:tiny-controlnet-sdxl"))
     with pytest.raises(ModelError, match="use a ControlNet trained for this base model"):
-        make_generator(spec.generation, None, spec.source)
+        make_generator(spec)
 
 
 def test_safety_checker_sets_the_nsfw_flag_and_exports_leave_those_out(tmp_path: Path):
@@ -226,7 +226,7 @@ def test_sources_from_an_image_folder_and_from_an_augment_run(tmp_path: Path):
     items = plan_for(spec)
     assert sorted(i.source_image_id for i in items) == ["seven/a", "three/a"]  # no 'cat' concept
     assert {(i.width, i.height) for i in items} == {(96, 56)}  # aspect kept, multiples of 8
-    records = make_generator(spec.generation, None, spec.source)(items)
+    records = make_generator(spec)(items)
     assert {(r["width"], r["height"]) for r in records} == {(96, 56)}
 
     run = tmp_path / "run"
@@ -273,7 +273,7 @@ def test_sdxl_family_renders_every_mode(mode: str):
     job = job.replace("model: builtin:digits", "model: builtin:tiny-sdxl")
     spec = parse_spec(job)
     items = plan_for(spec)[:3]
-    records = make_generator(spec.generation, None, spec.source)(items)
+    records = make_generator(spec)(items)
     assert len(records) == 3
     assert {(r["mode"], r["family"]) for r in records} == {(mode, "sdxl")}
     assert not any(r["nan"] for r in records)
@@ -294,7 +294,7 @@ def test_inpaint_from_mask_files(tmp_path: Path):
     spec = parse_spec(job)
     items = plan_for(spec)
     assert [i.source_image_id for i in items] == ["1", "2"] and items[0].target is None
-    generator = make_generator(spec.generation, None, spec.source)
+    generator = make_generator(spec)
     records = generator(items)
     assert len(records) == 2 and not any(r["nan"] for r in records)
     mask = np.asarray(generator.mask(items[0]))  # what the pipeline got: the file, at 64 px
@@ -308,16 +308,13 @@ def test_inpaint_from_mask_files(tmp_path: Path):
 
 def test_render_settings_reach_the_pipeline():
     spec = parse_spec(TINY_JOB.replace("OUT_DIR", "unused"))
-    settings = GenerationSpec.model_validate(
-        {
-            **spec.generation.model_dump(),
-            "vae_slicing": True,
-            "vae_tiling": True,
-            "attention": "eager",
-            "scheduler": "EulerAncestral",
-        }
-    )
-    pipe = make_generator(settings).pipe
+    settings = {
+        "vae_slicing": True,
+        "vae_tiling": True,
+        "attention": "eager",
+        "scheduler": "EulerAncestral",
+    }
+    pipe = make_generator(changed(spec, **settings)).pipe
     assert pipe.vae.use_slicing and pipe.vae.use_tiling
     assert type(pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
     processors = {type(p).__name__ for p in pipe.unet.attn_processors.values()}
@@ -332,12 +329,8 @@ def test_sdxl_textual_inversion_loads_into_both_text_encoders(tmp_path: Path):
     job = job.replace('{name}"]', '{name} <sks>"]')
     spec = parse_spec(job)
     inversion = [{"path": str(embedding), "token": "<sks>"}]
-    plain = make_generator(spec.generation)
-    with_token = make_generator(
-        GenerationSpec.model_validate(
-            {**spec.generation.model_dump(), "textual_inversions": inversion}
-        )
-    )
+    plain = make_generator(spec)
+    with_token = make_generator(changed(spec, textual_inversions=inversion))
     for tokenizer in (with_token.pipe.tokenizer, with_token.pipe.tokenizer_2):
         assert "<sks>" in tokenizer.get_vocab()
     items = plan_for(spec)[:2]

@@ -1,7 +1,7 @@
 from augment.config import load_spec
 from augment.job import limit_plan, plan_for
-from augment.plan import read_plan, write_plan
-from augment.prompts import build_prompts
+from augment.planning import read_plan, write_plan
+from augment.prompting import build_prompts
 from augment.taxonomy import load_concepts
 
 
@@ -23,7 +23,7 @@ def test_changing_one_template_changes_only_its_items():
     concepts = load_concepts("digits", max_concepts=2)
     before = build_prompts(concepts, ["a {name}", "the digit {name}"], "", 4)
     after = build_prompts(concepts, ["a {name}", "a drawn digit {name}"], "", 4)
-    from augment.plan import build_plan
+    from augment.planning import build_plan
 
     ids_before = [i.item_id for i in build_plan("j", 0, before)]
     ids_after = [i.item_id for i in build_plan("j", 0, after)]

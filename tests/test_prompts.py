@@ -8,7 +8,7 @@ import pytest
 
 from augment.errors import SpecError
 from augment.generate.tiny import build_tokenizer
-from augment.prompts import build_prompts, enforce_token_limit, token_count
+from augment.prompting import build_prompts, enforce_token_limit, token_count
 from augment.taxonomy import load_concepts
 
 

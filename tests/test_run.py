@@ -26,7 +26,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("run")
     job = folder / "job.yaml"
     job.write_text(TINY_JOB.replace("OUT_DIR", str(folder / "out")))
-    result = run_job(load_spec(job), base_dir=folder, options=LOCAL)
+    result = run_job(load_spec(job), LOCAL)
     assert (result.planned, result.rendered, result.skipped) == (9, 9, 0)
     return job, folder / "out"
 
@@ -78,7 +78,7 @@ def test_manifest_and_resolved_spec_are_written(tiny_run):
 def test_two_runs_give_byte_identical_images(tiny_run, tmp_path):
     job, out = tiny_run
     other = tmp_path / "B"
-    run_job(load_spec(job, {"output.dir": str(other)}), job.parent, LOCAL)
+    run_job(load_spec(job, {"output.dir": str(other)}), LOCAL)
     first, second = images_by_item(out), images_by_item(other)
     assert first.keys() == second.keys()
     assert all(first[key] == second[key] for key in first)
@@ -87,9 +87,9 @@ def test_two_runs_give_byte_identical_images(tiny_run, tmp_path):
 
 def test_rerun_skips_committed_items_and_renders_the_rest(write_job, tmp_path):
     job = write_job()
-    partial = run_job(load_spec(job, {"limit": 4}), job.parent, LOCAL)
+    partial = run_job(load_spec(job, {"limit": 4}), LOCAL)
     assert partial.rendered == 4
-    resumed = run_job(load_spec(job), job.parent, LOCAL)
+    resumed = run_job(load_spec(job), LOCAL)
     assert (resumed.skipped, resumed.rendered) == (4, 5)
     table = pd.read_parquet(tmp_path / "out" / "shards", columns=["item_id"])
     assert len(table) == table.item_id.nunique() == 9
@@ -97,12 +97,12 @@ def test_rerun_skips_committed_items_and_renders_the_rest(write_job, tmp_path):
 
 def test_changed_spec_is_refused_unless_forced(write_job, tmp_path):
     job = write_job()
-    run_job(load_spec(job, {"limit": 2}), job.parent, LOCAL)
+    run_job(load_spec(job, {"limit": 2}), LOCAL)
     changed = load_spec(job, {"seed": 99, "limit": 2})
     with pytest.raises(OutputError, match="holds a run of a different spec.*--force"):
-        run_job(changed, job.parent, LOCAL)
+        run_job(changed, LOCAL)
     assert len(pd.read_parquet(tmp_path / "out" / "shards")) == 2  # nothing lost
-    forced = run_job(changed, job.parent, RunOptions(distributor="local", force=True))
+    forced = run_job(changed, RunOptions(distributor="local", force=True))
     assert (forced.skipped, forced.rendered) == (0, 2)
 
 
@@ -111,4 +111,4 @@ def test_unwritable_output_is_a_clear_error(write_job, tmp_path):
     blocker.write_text("not a folder")
     job = write_job(out=blocker / "out")
     with pytest.raises(OutputError, match="is not writable.*--out"):
-        run_job(load_spec(job), job.parent, LOCAL)
+        run_job(load_spec(job), LOCAL)

@@ -88,7 +88,6 @@ def test_submitted_job_matches_a_local_run(ray_head, tmp_path):
 
     local = run_job(
         load_spec(job, {"output.dir": str(tmp_path / "local")}),
-        job.parent,
         RunOptions(distributor="local"),
     )
     cluster, here = images_by_item(tmp_path / "cluster"), images_by_item(local.out_dir)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,11 +19,10 @@ import numpy as np
 import pandas as pd
 
 from augment.bench.data import Classes, ImageSet, RealData, check_no_leak, load_real, load_synthetic
+from augment.classifier import build_model, to_tensor
 from augment.errors import AugmentError
 
 log = logging.getLogger(__name__)
-
-MODELS = ("smallcnn", "resnet18", "resnet50")
 
 
 @dataclass
@@ -44,55 +42,6 @@ class ClassifySettings:
     lr: float = 2e-3
     test_fraction: float = 0.3  # for ImageFolder / COCO real sets
     split_seed: int = 0
-
-
-def build_model(name: str, num_classes: int, weights: str | None = None):
-    import torch
-    from torch import nn
-
-    if name == "smallcnn":
-        return nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1),
-            nn.BatchNorm2d(32),
-            nn.ReLU(),
-            nn.Conv2d(32, 32, 3, padding=1),
-            nn.BatchNorm2d(32),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1),
-            nn.BatchNorm2d(64),
-            nn.ReLU(),
-            nn.Conv2d(64, 64, 3, padding=1),
-            nn.BatchNorm2d(64),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(4),
-            nn.Flatten(),
-            nn.Dropout(0.3),
-            nn.Linear(64 * 16, 128),
-            nn.ReLU(),
-            nn.Linear(128, num_classes),
-        )
-    import torchvision
-
-    if name not in ("resnet18", "resnet50"):
-        raise AugmentError(f"unknown classifier '{name}'; known: {', '.join(MODELS)}")
-    model = getattr(torchvision.models, name)(weights=None)
-    if weights:
-        try:
-            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
-            first_line = str(exc).splitlines()[0]
-            raise AugmentError(
-                f"--weights {weights}: cannot load a state_dict for {name} ({first_line})"
-            ) from None
-    model.fc = nn.Linear(model.fc.in_features, num_classes)
-    return model
-
-
-def to_tensor(images: np.ndarray):
-    import torch
-
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 def random_shift(batch, max_shift: int, generator):

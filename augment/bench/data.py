@@ -1,10 +1,11 @@
 """Benchmark inputs: a real labelled set split into train pool and held-out test, and a
 synthetic set read from an `augment` output folder.
 
-Real sources: ``digits`` (the embedded world, its fixed pool/test splits), an ImageFolder tree
-(one folder per class), or a COCO annotations.json (an image's label is its `category_id` key,
-else the category of its largest box). The test split is real images only; synthetic images go
-to training alone, and `check_no_leak` refuses a synthetic set that contains a test image.
+Real sources: a built-in set (``digits``: the embedded world registers it, with its fixed
+pool/test splits), an ImageFolder tree (one folder per class), or a COCO annotations.json (an
+image's label is its `category_id` key, else the category of its largest box). The test split
+is real images only; synthetic images go to training alone, and `check_no_leak` refuses a
+synthetic set that contains a test image.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from augment import registry
+from augment.classifier import to_array
 from augment.errors import AugmentError
 from augment.sinks import export_records, run_categories
 from augment.taxonomy.listfile import slugify
@@ -65,13 +68,6 @@ class RealData:
     split: dict  # what was split how, saved beside the results
 
 
-def to_array(image: Image.Image, size: int) -> np.ndarray:
-    image = image.convert("RGB")
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.BICUBIC)
-    return np.asarray(image, dtype=np.uint8)
-
-
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple:
     rng = np.random.default_rng(seed)
     test = []
@@ -81,28 +77,6 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
     test_rows = np.sort(np.array(test))
     pool_rows = np.setdiff1d(np.arange(len(labels)), test_rows)
     return pool_rows, test_rows
-
-
-def digit_sets(size: int) -> tuple[dict[str, ImageSet], dict[str, np.ndarray]]:
-    """The digits splits (generator, pool, test) as ImageSets, and their index arrays."""
-    from augment.digits.data import digit_splits, load_digit_images
-
-    images, labels = load_digit_images(size)
-    splits = digit_splits()
-    every = ImageSet(images, labels, [f"digits-{i}" for i in range(len(labels))])
-    return {name: every.subset(rows) for name, rows in splits.items()}, splits
-
-
-def load_digits_real(size: int) -> RealData:
-    from augment.taxonomy import load_concepts
-
-    concepts = load_concepts("digits")
-    classes = Classes(
-        [c.name for c in concepts], [c.synset for c in concepts], [c.hypernyms for c in concepts]
-    )
-    sets, splits = digit_sets(size)
-    split = {"source": "digits", "pool": splits["pool"].tolist(), "test": splits["test"].tolist()}
-    return RealData(classes, sets["pool"], sets["test"], split)
 
 
 def load_imagefolder_real(root: Path, size: int, test_fraction: float, seed: int) -> RealData:
@@ -169,9 +143,11 @@ def open_image(path: Path) -> Image.Image:
 
 
 def load_real(source: str, size: int, test_fraction: float = 0.3, seed: int = 0) -> RealData:
-    """`digits`, an ImageFolder directory, or a COCO annotations.json."""
-    if source == "digits":
-        return load_digits_real(size)
+    """A built-in real set (`digits`, with its own fixed splits), an ImageFolder directory, or a
+    COCO annotations.json."""
+    name = source.removeprefix("builtin:")
+    if name in registry.names("real"):
+        return registry.build("real", name, "--real")(size)
     path = Path(source)
     if path.is_dir() and (path / "annotations.json").is_file():
         path = path / "annotations.json"
@@ -179,9 +155,10 @@ def load_real(source: str, size: int, test_fraction: float = 0.3, seed: int = 0)
         return load_coco_real(path, size, test_fraction, seed)
     if path.is_dir():
         return load_imagefolder_real(path, size, test_fraction, seed)
+    builtins = ", ".join(registry.names("real")) or "none installed"
     raise AugmentError(
-        f"real data '{source}' not found: give digits, an ImageFolder directory, or a COCO "
-        "annotations.json (with images/ beside it)"
+        f"real data '{source}' not found: give a built-in set ({builtins}), an ImageFolder "
+        "directory, or a COCO annotations.json (with images/ beside it)"
     )
 
 

@@ -63,3 +63,27 @@ def digit_splits(seed: int = 0) -> dict[str, np.ndarray]:
         parts["pool"].append(members[TEST_PER_CLASS : TEST_PER_CLASS + POOL_PER_CLASS])
         parts["generator"].append(members[TEST_PER_CLASS + POOL_PER_CLASS :])
     return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
+
+
+def digit_sets(size: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """The digits splits (generator, pool, test) as benchmark ImageSets, and their indices."""
+    from augment.bench.data import ImageSet
+
+    images, labels = load_digit_images(size)
+    splits = digit_splits()
+    every = ImageSet(images, labels, [f"digits-{i}" for i in range(len(labels))])
+    return {name: every.subset(rows) for name, rows in splits.items()}, splits
+
+
+def real_digits(size: int):
+    """The benchmark's real set (`--real digits`): the fixed pool and held-out test splits."""
+    from augment.bench.data import Classes, RealData
+    from augment.taxonomy import load_concepts
+
+    concepts = load_concepts("digits")
+    classes = Classes(
+        [c.name for c in concepts], [c.synset for c in concepts], [c.hypernyms for c in concepts]
+    )
+    sets, splits = digit_sets(size)
+    split = {"source": "digits", "pool": splits["pool"].tolist(), "test": splits["test"].tolist()}
+    return RealData(classes, sets["pool"], sets["test"], split)

@@ -45,7 +45,7 @@ def run_demo(
     from augment.config import load_spec
     from augment.digits.canvases import real_canvases, synthetic_canvases
     from augment.job import RunOptions, run_job
-    from augment.report import headline, write_report
+    from augment.reporting import headline, write_report
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -61,7 +61,7 @@ def run_demo(
         "generation.model": model,
     }
     spec = load_spec(DEMO_JOB, overrides)
-    run = run_job(spec, DEMO_JOB.parent, RunOptions(workers=workers))
+    run = run_job(spec, RunOptions(workers=workers))
     lap("generation")
     bench = out / "bench"
     run_classify(

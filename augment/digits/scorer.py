@@ -29,8 +29,8 @@ def train_digits_scorer(
     import torch
 
     from augment.bench.classify import ClassifySettings, predict, train_classifier
-    from augment.bench.data import digit_sets
-    from augment.filters import save_classifier
+    from augment.classifier import save_classifier
+    from augment.digits.data import digit_sets
     from augment.progress import image_progress
 
     if threads:
@@ -60,7 +60,7 @@ def train_digits_scorer(
 def write_card(folder: Path, stats: dict) -> None:
     card = f"""# augment digits scorer
 
-A small CNN (`augment.bench.classify.build_model("smallcnn")`, {IMAGE_SIZE} px) that gives the
+A small CNN (`augment.classifier.build_model("smallcnn")`, {IMAGE_SIZE} px) that gives the
 probability of each digit class for an image. `augment` uses it as `filters.scorer:
 builtin:digits-scorer` to flag generated digits that do not show their prompted class.
 

@@ -12,21 +12,20 @@ The result is saved as a standard `StableDiffusionPipeline` folder (vae, unet, t
 tokenizer, DDIMScheduler), loadable offline with `StableDiffusionPipeline.from_pretrained`,
 plus a model card (README.md), the loss curves (loss.png) and a grid of samples (samples.png).
 
-Retrain the shipped model with ``augment digits train --out DIR --steps N`` (or
-``python -m augment.digits.train --out DIR --steps N``). Everything is seeded: on the same CPU
-and thread count, the same steps and seed give the same weights.
+Retrain the shipped model with ``augment digits train --out DIR --steps N``; from Python, call
+`train_digits_model(out_dir, DigitsTrainConfig(...))`. Everything is seeded: on the same CPU and
+thread count, the same settings give the same weights.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
 import shutil
-import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -493,8 +492,7 @@ image = pipe(
   (load with `dtype=torch.float32` on a CPU); folder {stats["folder_mb"]:.1f} MB.
 
 ## Training
-- Command: `augment digits train --out DIR --steps {stats["steps"]}` (seed {stats["seed"]};
-  also `python -m augment.digits.train --out DIR --steps {stats["steps"]}`).
+- Command: `augment digits train --out DIR --steps {stats["steps"]}` (seed {stats["seed"]}).
 - {stats["steps"]} UNet steps (batch {stats["batch_size"]}, AdamW lr {stats["lr"]:g}, cosine),
   {stats["vae_steps"]} VAE steps (batch {stats["vae_batch_size"]}); {stats["threads"]} CPU
   thread(s); {stats["seconds"]:.0f} s in all (VAE {stats["vae_seconds"]:.0f} s, UNet
@@ -509,54 +507,81 @@ image = pipe(
     (folder / "README.md").write_text(card)
 
 
-def train_digits_model(
-    out_dir: Path,
-    steps: int = DEFAULT_STEPS,
-    seed: int = 0,
-    *,
-    vae_steps: int | None = None,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    vae_batch_size: int = 64,
-    vae_lr: float = 1e-3,
-    kl_weight: float = 1e-4,
-    max_shift: int = 2,
-    cfg_dropout: float = 0.1,
-    min_snr: float = 5.0,
-    ema_decay: float = 0.999,
-    unet_channels: tuple[int, ...] = (64, 96),
-    unet_layers: int = 1,
-    half: bool = True,
-    samples: bool = True,
-    sample_steps: int = 25,
-    threads: int | None = None,
-    progress: bool = True,
-    device: str = "cpu",
-) -> dict:
+@dataclass(frozen=True, kw_only=True)
+class DigitsTrainConfig:
+    """Every setting of `train_digits_model`; the defaults train the shipped model."""
+
+    # UNet training steps (the shipped model's: DEFAULT_STEPS); must be >= 1.
+    steps: int = DEFAULT_STEPS
+    # Seed of torch's global RNG, the numpy batch sampler and the CPU noise generator.
+    seed: int = 0
+    # VAE training steps, run before the UNet's; None means max(1, steps // 3).
+    vae_steps: int | None = None
+    # UNet batch size (latents per step).
+    batch_size: int = 128
+    # Peak UNet + text-encoder AdamW learning rate (warmup, then cosine down to 10%).
+    lr: float = 1e-3
+    # VAE batch size (images per step).
+    vae_batch_size: int = 64
+    # Peak VAE AdamW learning rate (warmup, then cosine down to 10%).
+    vae_lr: float = 1e-3
+    # Weight of the KL term in the VAE loss (per latent element).
+    kl_weight: float = 1e-4
+    # Augmentation: every shift of up to this many pixels (32 px scale), black fill.
+    max_shift: int = 2
+    # Share of UNet samples trained unconditional (classifier-free-guidance dropout).
+    cfg_dropout: float = 0.1
+    # Clamp of the min-SNR loss weights, min(SNR, min_snr) / SNR.
+    min_snr: float = 5.0
+    # Decay of the EMA weights that are saved (warmed up as (1 + step) / (10 + step)).
+    ema_decay: float = 0.999
+    # UNet block_out_channels (one entry per down/up block).
+    unet_channels: tuple[int, ...] = (64, 96)
+    # UNet layers per block.
+    unet_layers: int = 1
+    # Save the weights as float16 (True, the shipped model) or float32.
+    half: bool = True
+    # Render samples.png (one row per digit) from the saved folder.
+    samples: bool = True
+    # DDIM steps per image of samples.png.
+    sample_steps: int = 25
+    # torch CPU threads during training (restored after); None keeps the current count.
+    threads: int | None = None
+    # Show tqdm progress bars.
+    progress: bool = True
+    # Torch device to train on: "cpu" (the shipped model's) or e.g. "cuda".
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError("steps must be >= 1")
+
+
+def train_digits_model(out_dir: Path, config: DigitsTrainConfig | None = None) -> dict:
     """Train the digits model and save a complete StableDiffusionPipeline folder at `out_dir`.
 
-    `steps` counts UNet steps; the VAE trains `vae_steps` (default steps // 3, at least 1)
-    first. The folder is written next to `out_dir` and moved into place at the end (an existing
-    folder is replaced). Returns training stats: loss curves, seconds, steps, split sizes.
+    `config` holds every setting (None: `DigitsTrainConfig()`, the shipped model's). Its `steps`
+    counts UNet steps; the VAE trains `vae_steps` (default steps // 3, at least 1) first. The
+    folder is written next to `out_dir` and moved into place at the end (an existing folder is
+    replaced). Returns training stats: loss curves, seconds, steps, split sizes.
     """
     from augment.generate.tiny import assemble_sd_pipeline
 
+    config = DigitsTrainConfig() if config is None else config
     out_dir = Path(out_dir)
-    if steps < 1:
-        raise ValueError("steps must be >= 1")
-    vae_steps = max(1, steps // 3) if vae_steps is None else vae_steps
+    vae_steps = max(1, config.steps // 3) if config.vae_steps is None else config.vae_steps
     old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     started = time.perf_counter()
     try:
-        torch.manual_seed(seed)
-        rng = np.random.default_rng(seed)
-        gen = torch.Generator("cpu").manual_seed(seed)
+        torch.manual_seed(config.seed)
+        rng = np.random.default_rng(config.seed)
+        gen = torch.Generator("cpu").manual_seed(config.seed)
         splits = digit_splits(seed=0)
         images, labels = load_digit_images(IMAGE_SIZE)
         train_idx = splits["generator"]
-        pixels = _shifted(images[train_idx], max_shift)
+        pixels = _shifted(images[train_idx], config.max_shift)
         train_labels = labels[train_idx]
 
         tok_dir = Path(tempfile.mkdtemp(prefix="augment-digits-tok-"))
@@ -564,8 +589,10 @@ def train_digits_model(
             tokenizer = _build_tokenizer(tok_dir)
         finally:
             shutil.rmtree(tok_dir, ignore_errors=True)
-        vae, unet, text_encoder = build_components(tokenizer, unet_channels, unet_layers)
-        vae, unet, text_encoder = vae.to(device), unet.to(device), text_encoder.to(device)
+        vae, unet, text_encoder = build_components(
+            tokenizer, config.unet_channels, config.unet_layers
+        )
+        vae, unet, text_encoder = (m.to(config.device) for m in (vae, unet, text_encoder))
         params = {
             name: sum(p.numel() for p in m.parameters())
             for name, m in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder))
@@ -577,16 +604,17 @@ def train_digits_model(
             vae_steps,
             rng,
             gen,
-            batch_size=vae_batch_size,
-            lr=vae_lr,
-            kl_weight=kl_weight,
-            progress=progress,
-            device=device,
+            batch_size=config.vae_batch_size,
+            lr=config.vae_lr,
+            kl_weight=config.kl_weight,
+            progress=config.progress,
+            device=config.device,
         )
         vae.requires_grad_(False)
-        lat_mean, lat_std = encode_all(vae, pixels, device=device)
-        center = max_shift * (2 * max_shift + 1) + max_shift  # the unshifted copy
-        noise = torch.randn(lat_mean[center].shape, generator=gen).to(device)
+        lat_mean, lat_std = encode_all(vae, pixels, device=config.device)
+        shift = config.max_shift
+        center = shift * (2 * shift + 1) + shift  # the unshifted copy
+        noise = torch.randn(lat_mean[center].shape, generator=gen).to(config.device)
         z = lat_mean[center] + lat_std[center] * noise
         scaling = float(1.0 / z.std())
         vae.register_to_config(scaling_factor=scaling)
@@ -603,50 +631,50 @@ def train_digits_model(
             scaling,
             token_ids,
             uncond_start,
-            steps,
+            config.steps,
             rng,
             gen,
-            batch_size=batch_size,
-            lr=lr,
-            cfg_dropout=cfg_dropout,
-            min_snr=min_snr,
-            ema_decay=ema_decay,
-            progress=progress,
-            device=device,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            cfg_dropout=config.cfg_dropout,
+            min_snr=config.min_snr,
+            ema_decay=config.ema_decay,
+            progress=config.progress,
+            device=config.device,
         )
         unet_seconds = time.perf_counter() - unet_started
         seconds = time.perf_counter() - started
 
         vae, ema_text, ema_unet = vae.cpu(), ema_text.cpu(), ema_unet.cpu()
         pipe = assemble_sd_pipeline(vae.eval(), ema_text, tokenizer, ema_unet, _ddim_scheduler())
-        if half:
+        if config.half:
             pipe.to(dtype=torch.float16)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
         try:
             pipe.save_pretrained(tmp)
             stats = {
-                "steps": steps,
+                "steps": config.steps,
                 "vae_steps": vae_steps,
-                "seed": seed,
+                "seed": config.seed,
                 "seconds": seconds,
                 "vae_seconds": vae_seconds,
                 "unet_seconds": unet_seconds,
                 "threads": torch.get_num_threads(),
-                "device": str(device),
-                "batch_size": batch_size,
-                "vae_batch_size": vae_batch_size,
-                "lr": lr,
-                "kl_weight": kl_weight,
-                "max_shift": max_shift,
-                "cfg_dropout": cfg_dropout,
-                "min_snr": min_snr,
-                "ema_decay": ema_decay,
-                "unet_channels": list(unet_channels),
-                "unet_layers": unet_layers,
+                "device": str(config.device),
+                "batch_size": config.batch_size,
+                "vae_batch_size": config.vae_batch_size,
+                "lr": config.lr,
+                "kl_weight": config.kl_weight,
+                "max_shift": config.max_shift,
+                "cfg_dropout": config.cfg_dropout,
+                "min_snr": config.min_snr,
+                "ema_decay": config.ema_decay,
+                "unet_channels": list(config.unet_channels),
+                "unet_layers": config.unet_layers,
                 "scaling_factor": scaling,
                 "params": params,
-                "weights_dtype": "float16" if half else "float32",
+                "weights_dtype": "float16" if config.half else "float32",
                 "split_sizes": {k: int(len(v)) for k, v in splits.items()},
                 "final_vae_loss": float(np.mean(vae_losses[-100:])),
                 "final_unet_loss": float(np.mean(unet_losses[-100:])),
@@ -655,8 +683,8 @@ def train_digits_model(
                 "loss": unet_losses,
             }
             plot_losses(vae_losses, unet_losses, tmp / "loss.png")
-            if samples:
-                render_grid(tmp, tmp / "samples.png", steps=sample_steps)
+            if config.samples:
+                render_grid(tmp, tmp / "samples.png", steps=config.sample_steps)
             stats["folder_mb"] = _folder_mb(tmp)
             write_model_card(tmp, stats)
             summary = {k: v for k, v in stats.items() if k not in _CURVES}
@@ -671,34 +699,3 @@ def train_digits_model(
         return stats
     finally:
         torch.set_num_threads(old_threads)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="augment digits train", description="Train the embedded digits diffusion model."
-    )
-    parser.add_argument("--out", required=True, type=Path, help="folder to write (replaced)")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="UNet training steps")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--no-samples", action="store_true", help="skip samples.png")
-    parser.add_argument("--device", default="cpu", help="cpu (the shipped model's) or cuda")
-    args = parser.parse_args(argv)
-    stats = train_digits_model(
-        args.out,
-        steps=args.steps,
-        seed=args.seed,
-        threads=args.threads,
-        samples=not args.no_samples,
-        device=args.device,
-    )
-    print(
-        f"digits model: {args.out} ({stats['folder_mb']:.1f} MB), {stats['steps']} UNet + "
-        f"{stats['vae_steps']} VAE steps in {stats['seconds']:.0f} s; final losses "
-        f"VAE {stats['final_vae_loss']:.5f}, UNet {stats['final_unet_loss']:.4f}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

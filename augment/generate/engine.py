@@ -19,13 +19,13 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from augment.config import GenerationSpec, SourceSpec
-from augment.plan import WorkItem
+from augment.config import GenerationSpec, JobSpec, SpecPaths
+from augment.records import WorkItem
+from augment.sources import SourceSet
 
 #: An image whose brightest pixel is at most this (0..255) counts as black.
 BLACK_MAX_VALUE = 4
@@ -92,20 +92,14 @@ class Generator:
     mode = "txt2img"
 
     def __init__(
-        self,
-        settings: GenerationSpec,
-        base_dir: Path | None = None,
-        source: SourceSpec | None = None,
+        self, settings: GenerationSpec, paths: SpecPaths, sources: SourceSet | None = None
     ):
         from augment.generate.pipelines import load_pipeline
 
         self.settings = settings
-        self.pipe = load_pipeline(settings, base_dir)
-        self.sources = None
-        if source is not None:
-            from augment.sources import SourceSet
-
-            self.sources = SourceSet(source, base_dir)
+        self.pipe = load_pipeline(settings, paths)
+        self.sources = sources
+        self.mask_files = paths.mask_files
         unused = {key for key, modes in MODE_SETTINGS.items() if settings.mode not in modes}
         render = settings.model_dump(mode="json", exclude=NOT_RENDER_SETTINGS | unused)
         self.settings_json = json.dumps(render, sort_keys=True)
@@ -271,7 +265,8 @@ class InpaintGenerator(SourceGenerator):
 
         spec, size = self.settings.mask, self.size_of(item)
         if spec.source == "files":
-            return self.sources.mask(spec.files, item.source_image_id).resize(size, Image.NEAREST)
+            mask = self.sources.mask(self.mask_files, item.source_image_id)
+            return mask.resize(size, Image.NEAREST)
         kind, _, which = (item.target or "").partition(":")
         boxes = item.boxes or []
         if kind == "box":
@@ -378,8 +373,7 @@ GENERATORS: dict[str, type[Generator]] = {
 }
 
 
-def make_generator(
-    settings: GenerationSpec, base_dir: Path | None = None, source: SourceSpec | None = None
-) -> Generator:
-    """The generator for the spec's mode."""
-    return GENERATORS[settings.mode](settings, base_dir, source)
+def make_generator(spec: JobSpec) -> Generator:
+    """The generator for the spec's mode, with its source images when the mode has some."""
+    sources = SourceSet.of(spec) if spec.source is not None else None
+    return GENERATORS[spec.generation.mode](spec.generation, spec.paths, sources)

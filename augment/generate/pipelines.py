@@ -1,8 +1,9 @@
-"""Find and load a diffusers pipeline: local folder, hub cache, or a builtin model.
+"""Load a diffusers pipeline from the locations a spec resolved: a folder, a file, a hub id.
 
-Nothing is downloaded here. A model is either a diffusers folder on disk, a hub id that is
-already in the local Hugging Face cache, or ``builtin:<name>``: a model `augment` builds or
-ships itself. Each failure says which of these was tried and how to fix it.
+Nothing is downloaded here. The spec's names (relative paths, ``builtin:`` names) were turned
+into locations once, when it was loaded (`config.SpecPaths`): a diffusers folder on disk, a
+single-file checkpoint, or a hub id that must already be in the local Hugging Face cache. Each
+failure names the spec key, says which of these was tried and how to fix it.
 """
 
 from __future__ import annotations
@@ -10,28 +11,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from augment.cache import cache_dir
+from augment.config import SCHEDULERS, GenerationSpec, SpecPaths, looks_like_hub_id
 from augment.errors import ModelError
-
-if TYPE_CHECKING:
-    from augment.config import GenerationSpec
-
-#: Scheduler names accepted in job specs, mapped to diffusers classes.
-SCHEDULERS = {
-    "DDIM": "DDIMScheduler",
-    "DDPM": "DDPMScheduler",
-    "PNDM": "PNDMScheduler",
-    "LMS": "LMSDiscreteScheduler",
-    "Euler": "EulerDiscreteScheduler",
-    "EulerAncestral": "EulerAncestralDiscreteScheduler",
-    "Heun": "HeunDiscreteScheduler",
-    "DPMSolverMultistep": "DPMSolverMultistepScheduler",
-    "UniPC": "UniPCMultistepScheduler",
-    "LCM": "LCMScheduler",
-}
-
 
 #: Pipeline classes by family and mode; interpolate drives the txt2img pipeline with its own
 #: latents and text embeddings.
@@ -54,81 +36,12 @@ PIPELINES = {
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
-#: The digits model trained by `augment digits train` and shipped inside the package.
-SHIPPED_DIGITS_MODEL = Path(__file__).resolve().parents[1] / "digits" / "model"
-#: The digits classifier that scores generated digits (`filters.scorer`), shipped beside it.
-SHIPPED_DIGITS_SCORER = Path(__file__).resolve().parents[1] / "digits" / "scorer"
 
-
-def shipped_folder(folder: Path, marker: str, command: str) -> Path:
-    if not (folder / marker).is_file():
-        raise ModelError(
-            f"the shipped folder {folder} is missing (no {marker}); rebuild it with "
-            f"`{command} --out {folder}`"
-        )
-    return folder
-
-
-def shipped_digits_model() -> Path:
-    return shipped_folder(SHIPPED_DIGITS_MODEL, "model_index.json", "augment digits train")
-
-
-def shipped_digits_scorer() -> Path:
-    return shipped_folder(SHIPPED_DIGITS_SCORER, "scorer.json", "augment digits train-scorer")
-
-
-def builtin_models() -> dict:
-    """Models augment builds (tiny random ones, for tests and tiny jobs) or ships (digits)."""
-    from augment.generate import tiny
-
-    models = cache_dir() / "models"
-    return {
-        "tiny-sd": lambda: tiny.save_tiny_sd(models / "tiny-sd-v1"),
-        "tiny-sdxl": lambda: tiny.save_tiny_sdxl(models / "tiny-sdxl-v1"),
-        "tiny-sd-inpaint": lambda: tiny.save_tiny_sd_inpaint(models / "tiny-sd-inpaint-v1"),
-        "tiny-controlnet": lambda: tiny.save_tiny_controlnet(models / "tiny-controlnet-v1"),
-        "tiny-controlnet-sdxl": lambda: tiny.save_tiny_controlnet_sdxl(
-            models / "tiny-controlnet-sdxl-v1"
-        ),
-        "tiny-lora": lambda: tiny.save_tiny_lora(models / "tiny-lora-sd-v1", family="sd"),
-        "tiny-lora-sdxl": lambda: tiny.save_tiny_lora(models / "tiny-lora-sdxl-v1", "sdxl"),
-        "tiny-textual-inversion": lambda: tiny.save_tiny_textual_inversion(
-            models / "tiny-textual-inversion-v1.safetensors"
-        ),
-        "tiny-clip": lambda: tiny.save_tiny_clip(models / "tiny-clip-v1"),
-        "digits": shipped_digits_model,
-        "digits-scorer": shipped_digits_scorer,
-    }
-
-
-def resolve_builtin(name: str, key: str) -> str:
-    builders = builtin_models()
-    if name not in builders:
-        raise ModelError(
-            f"{key}: unknown builtin '{name}'; available: "
-            + ", ".join("builtin:" + n for n in builders)
-        )
-    return str(builders[name]())
-
-
-def resolve_path(path: str, base_dir: Path | None, key: str) -> Path | None:
-    """`path` as given, else relative to the job file's folder; None when neither exists."""
-    if path.startswith("builtin:"):
-        return Path(resolve_builtin(path.removeprefix("builtin:"), key))
-    candidates = [Path(path).expanduser()]
-    if base_dir is not None and not Path(path).is_absolute():
-        candidates.append(base_dir / path)
-    return next((c for c in candidates if c.exists()), None)
-
-
-def resolve_model(model: str, base_dir: Path | None = None, key: str = "generation.model") -> str:
-    """Turn a model name from the spec into something diffusers can load offline.
-
-    A diffusers folder, a single-file checkpoint (.safetensors/.ckpt), a builtin, or a hub id
-    already in the local cache. Nothing is downloaded.
-    """
-    path = resolve_path(model, base_dir, key)
-    if path is not None:
+def check_model(location: str, declared: str, key: str = "generation.model") -> str:
+    """`location` (resolved from the spec's `declared` name) is something diffusers can load
+    offline: a diffusers folder, a single-file checkpoint, or a hub id already in the cache."""
+    path = Path(location)
+    if path.exists():
         if (
             path.is_dir()
             and not (path / "model_index.json").is_file()
@@ -143,59 +56,55 @@ def resolve_model(model: str, base_dir: Path | None = None, key: str = "generati
                 f"{key}: {path} is a file but not a checkpoint (.safetensors or .ckpt); give a "
                 "diffusers folder or a single-file checkpoint"
             )
-        return str(path)
-    hub_id = looks_like_hub_id(model)
-    if hub_id and in_hub_cache(model):
-        return model
-    where = Path(model) if base_dir is None else base_dir / model
-    hub = f", and no hub model '{model}' in the Hugging Face cache ({hub_home()})"
+        return location
+    hub_id = looks_like_hub_id(location)
+    if hub_id and in_hub_cache(location):
+        return location
+    where = (
+        f"no such file or folder, and no hub model '{location}' in the Hugging Face cache "
+        f"({hub_home()})"
+    )
+    if not hub_id:
+        where = f"no file or folder {location}"
     raise ModelError(
-        f"{key}: '{model}' not found: no file or folder {where.resolve()}"
-        f"{hub if hub_id else ''}. Give a diffusers folder (with model_index.json), "
-        "a .safetensors checkpoint, a hub id downloaded where there is network "
-        "(huggingface-cli download ID), or a builtin (builtin:tiny-sd)"
+        f"{key}: '{declared}' not found: {where}. Give a diffusers folder (with "
+        "model_index.json), a .safetensors checkpoint, a hub id downloaded where there is "
+        "network (huggingface-cli download ID), or a builtin (builtin:tiny-sd)"
     )
 
 
-def check_models(settings: GenerationSpec, base_dir: Path | None = None) -> None:
+def check_models(settings: GenerationSpec, paths: SpecPaths) -> None:
     """Every model and adapter the spec names exists, before a run touches its output folder."""
-    resolve_model(settings.model, base_dir)
+    check_model(paths.model, settings.model)
     if settings.config is not None:
-        resolve_model(settings.config, base_dir, "generation.config")
+        check_model(paths.config, settings.config, "generation.config")
     if settings.mode == "controlnet" and settings.controlnet is not None:
-        resolve_model(settings.controlnet.model, base_dir, "generation.controlnet.model")
+        check_model(paths.controlnet, settings.controlnet.model, "generation.controlnet.model")
     for number, lora in enumerate(settings.loras):
-        lora_path(lora.path, number, base_dir)
+        lora_path(paths.loras[number], lora.path, number)
     for number, inversion in enumerate(settings.textual_inversions):
-        embedding_path(inversion.path, number, base_dir)
+        embedding_path(paths.textual_inversions[number], inversion.path, number)
 
 
-def lora_path(path: str, number: int, base_dir: Path | None) -> Path:
-    found = resolve_path(path, base_dir, f"generation.loras[{number}].path")
-    if found is None:
+def lora_path(location: str, declared: str, number: int) -> Path:
+    if not Path(location).exists():
         raise ModelError(
-            f"generation.loras[{number}].path: LoRA '{path}' not found; "
+            f"generation.loras[{number}].path: LoRA '{declared}' not found; "
             "give a folder or .safetensors"
         )
-    return found
+    return Path(location)
 
 
-def embedding_path(path: str, number: int, base_dir: Path | None) -> Path:
-    found = resolve_path(path, base_dir, f"generation.textual_inversions[{number}].path")
-    if found is None:
+def embedding_path(location: str, declared: str, number: int) -> Path:
+    if not Path(location).exists():
         raise ModelError(
-            f"generation.textual_inversions[{number}].path: embedding '{path}' not found"
+            f"generation.textual_inversions[{number}].path: embedding '{declared}' not found"
         )
-    return found
+    return Path(location)
 
 
 def hub_home() -> str:
     return os.environ.get("HF_HOME", "~/.cache/huggingface")
-
-
-def looks_like_hub_id(name: str) -> bool:
-    """'owner/name', not a relative or absolute path."""
-    return name.count("/") == 1 and not name.startswith((".", "/", "~"))
 
 
 def in_hub_cache(repo_id: str) -> bool:
@@ -268,10 +177,12 @@ def has_safety_checker(location: str) -> bool:
     return bool(entry and entry[0])
 
 
-def load_controlnet(settings: GenerationSpec, base_dir: Path | None, dtype):
+def load_controlnet(settings: GenerationSpec, paths: SpecPaths, dtype):
     import diffusers
 
-    location = resolve_model(settings.controlnet.model, base_dir, "generation.controlnet.model")
+    location = check_model(
+        paths.controlnet, settings.controlnet.model, "generation.controlnet.model"
+    )
     try:
         return diffusers.ControlNetModel.from_pretrained(
             location, dtype=dtype, local_files_only=True
@@ -282,17 +193,16 @@ def load_controlnet(settings: GenerationSpec, base_dir: Path | None, dtype):
         ) from exc
 
 
-def load_base(
-    settings: GenerationSpec, base_dir: Path | None, location: str, family: str, device: str
-):
+def load_base(settings: GenerationSpec, paths: SpecPaths, family: str, device: str):
     """The pipeline class for (family, mode), from a folder, a hub cache or a single file."""
     import diffusers
 
+    location = paths.model
     dtype = torch_dtype(settings.dtype, device)
     cls = getattr(diffusers, PIPELINES[family][settings.mode])
     kwargs: dict = {"dtype": dtype, "local_files_only": True}
     if settings.mode == "controlnet":
-        kwargs["controlnet"] = load_controlnet(settings, base_dir, dtype)
+        kwargs["controlnet"] = load_controlnet(settings, paths, dtype)
     if family == "sd" and not (settings.safety_checker and has_safety_checker(location)):
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
@@ -303,7 +213,7 @@ def load_base(
                     f"folder (or cached hub id) of the same family ({family}) whose configs "
                     "describe it, e.g. config: models/sd21 (nothing is downloaded)"
                 )
-            config = resolve_model(settings.config, base_dir, "generation.config")
+            config = check_model(paths.config, settings.config, "generation.config")
             return cls.from_single_file(location, config=config, **kwargs)
         return cls.from_pretrained(location, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -330,12 +240,12 @@ def check_controlnet_fits(pipe, family: str) -> None:
         )
 
 
-def load_loras(pipe, settings: GenerationSpec, base_dir: Path | None, family: str) -> None:
+def load_loras(pipe, settings: GenerationSpec, paths: SpecPaths, family: str) -> None:
     """Load each LoRA as a named adapter, then activate them all with their scales."""
     names = []
     for number, lora in enumerate(settings.loras):
         key = f"generation.loras[{number}].path"
-        path = lora_path(lora.path, number, base_dir)
+        path = lora_path(paths.loras[number], lora.path, number)
         name = f"lora{number}"
         source, weight_name = (path.parent, path.name) if path.is_file() else (path, None)
         try:
@@ -354,11 +264,11 @@ def load_loras(pipe, settings: GenerationSpec, base_dir: Path | None, family: st
         pipe.set_adapters(names, adapter_weights=[lora.scale for lora in settings.loras])
 
 
-def load_textual_inversions(pipe, settings: GenerationSpec, base_dir: Path | None) -> None:
+def load_textual_inversions(pipe, settings: GenerationSpec, paths: SpecPaths) -> None:
     """Embeddings for new tokens; an SDXL file holds one per text encoder (clip_l, clip_g)."""
     for number, inversion in enumerate(settings.textual_inversions):
         key = f"generation.textual_inversions[{number}].path"
-        path = embedding_path(inversion.path, number, base_dir)
+        path = embedding_path(paths.textual_inversions[number], inversion.path, number)
         try:
             if getattr(pipe, "text_encoder_2", None) is not None:
                 from safetensors.torch import load_file
@@ -385,22 +295,22 @@ def load_textual_inversions(pipe, settings: GenerationSpec, base_dir: Path | Non
             raise ModelError(f"{key}: cannot load {path}: {first_line(exc)}") from exc
 
 
-def load_pipeline(settings: GenerationSpec, base_dir: Path | None = None, keep_scheduler=False):
+def load_pipeline(settings: GenerationSpec, paths: SpecPaths, keep_scheduler: bool = False):
     """The diffusers pipeline a spec asks for, loaded offline, ready on its device.
 
     Family and mode pick the class; then scheduler, ControlNet, LoRAs, textual inversions,
     attention, VAE slicing/tiling and torch.compile are applied as the spec says.
     """
-    location = resolve_model(settings.model, base_dir)
+    location = check_model(paths.model, settings.model)
     device = select_device(settings.device)
     family = model_family(location) if settings.family == "auto" else settings.family
-    pipe = load_base(settings, base_dir, location, family, device)
+    pipe = load_base(settings, paths, family, device)
     if settings.mode == "controlnet":
         check_controlnet_fits(pipe, family)
     if not keep_scheduler:
         pipe.scheduler = scheduler_from_name(settings.scheduler, pipe.scheduler.config)
-    load_loras(pipe, settings, base_dir, family)
-    load_textual_inversions(pipe, settings, base_dir)
+    load_loras(pipe, settings, paths, family)
+    load_textual_inversions(pipe, settings, paths)
     if settings.attention == "eager":
         from diffusers.models.attention_processor import AttnProcessor
 
@@ -420,30 +330,25 @@ def load_pipeline(settings: GenerationSpec, base_dir: Path | None = None, keep_s
 
 
 def load_txt2img_pipeline(
-    model: str,
-    dtype: str = "float32",
-    device: str = "auto",
-    scheduler: str | None = None,
-    base_dir: Path | None = None,
+    location: str, dtype: str = "float32", device: str = "auto", scheduler: str | None = None
 ):
-    """A text-to-image pipeline with the model's own scheduler unless one is named."""
-    from augment.config import GenerationSpec
-
+    """A text-to-image pipeline from a folder (or cached hub id), with the model's own
+    scheduler unless one is named."""
     settings = GenerationSpec(
-        model=model, dtype=dtype, device=device, scheduler=scheduler or "DDIM"
+        model=location, dtype=dtype, device=device, scheduler=scheduler or "DDIM"
     )
-    return load_pipeline(settings, base_dir, keep_scheduler=scheduler is None)
+    return load_pipeline(settings, SpecPaths(model=location), keep_scheduler=scheduler is None)
 
 
-def load_tokenizer(model: str, base_dir: Path | None = None):
+def load_tokenizer(location: str, declared: str):
     """The model's (first) CLIP tokenizer, offline: used to check prompt lengths."""
     from transformers import CLIPTokenizer
 
-    location = resolve_model(model, base_dir)
+    check_model(location, declared)
     try:
         return CLIPTokenizer.from_pretrained(location, subfolder="tokenizer", local_files_only=True)
-    except OSError as exc:
-        raise ModelError(f"generation.model: no tokenizer in '{model}': {exc}") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"generation.model: no tokenizer in '{declared}': {exc}") from exc
 
 
 def scheduler_from_name(name: str, config):

@@ -7,37 +7,14 @@ can be rerun at any time: ``augment export OUT --format coco --format yolo``. Fl
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from augment.errors import OutputError
-from augment.sinks.parquet import read_records, shard_paths
-from augment.taxonomy.listfile import slugify
+from augment.sinks.parquet import shard_paths
+from augment.sinks.rows import export_records, image_file_name, run_categories
 
-FLAGS = ("black", "nan", "nsfw", "filtered")
-
-
-def image_file_name(record: dict) -> str:
-    """A flat, safe file name: sanitized concept name + item_id (never leaves its folder)."""
-    return f"{slugify(record['concept_name'])}_{record['item_id']}.png"
-
-
-def export_records(out_dir: Path, include_flagged: bool = False) -> Iterator[dict]:
-    for record in read_records(Path(out_dir) / "shards"):
-        if include_flagged or not any(record[flag] for flag in FLAGS):
-            yield record
-
-
-def run_categories(out_dir: Path) -> list[dict]:
-    """The run's categories, from its manifest (written by `augment run`)."""
-    manifest = Path(out_dir) / "manifest.json"
-    if not manifest.is_file():
-        raise OutputError(
-            f"{out_dir} has no manifest.json: it is not a finished `augment run` output; "
-            "run the job (a rerun resumes) before exporting"
-        )
-    return json.loads(manifest.read_text())["categories"]
+__all__ = ["export", "export_records", "image_file_name", "run_categories"]
 
 
 def exporters() -> dict[str, Callable[[Path, list[dict], Iterator[dict]], Path]]:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from augment.sinks import image_file_name
+from augment.sinks.rows import image_file_name
 
 
 def export_coco(out_dir: Path, categories: list[dict], records: Iterable[dict]) -> Path:

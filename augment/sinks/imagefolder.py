@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from augment.sinks import image_file_name
+from augment.sinks.rows import image_file_name
 from augment.taxonomy.listfile import slugify
 
 

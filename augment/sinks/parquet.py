@@ -8,58 +8,24 @@ reader (or a resumed run) never sees half a shard. The image column is the Huggi
 
 from __future__ import annotations
 
-import json
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from augment.plan import BOX_TYPE
+from augment.errors import OutputError
+from augment.records import RECORD_SCHEMA
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from PIL import Image
 
 SHARD_GLOB = "part-*.parquet"
 ROW_GROUP_SIZE = 100  # images are large rows: small row groups keep readers' memory low
-
-RECORD_SCHEMA = pa.schema(
-    [
-        ("item_id", pa.string()),
-        ("concept_id", pa.string()),
-        ("concept_name", pa.string()),
-        ("synset", pa.string()),
-        ("category_id", pa.int64()),
-        ("prompt", pa.string()),
-        ("negative_prompt", pa.string()),
-        ("mode", pa.string()),
-        ("model", pa.string()),
-        ("family", pa.string()),
-        ("dtype", pa.string()),
-        ("scheduler", pa.string()),
-        ("steps", pa.int64()),
-        ("guidance", pa.float64()),
-        ("strength", pa.float64()),
-        ("settings", pa.string()),  # JSON: every generation setting that shapes the pixels
-        ("seed", pa.int64()),
-        ("width", pa.int64()),
-        ("height", pa.int64()),
-        ("source_image_id", pa.string()),
-        ("target", pa.string()),
-        ("boxes", pa.list_(BOX_TYPE)),
-        ("sequence_id", pa.string()),
-        ("frame", pa.int64()),
-        ("prompt_b", pa.string()),
-        ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
-        ("clip_score", pa.float64()),
-        ("concept_score", pa.float64()),  # filters: p(own concept | image)
-        ("black", pa.bool_()),
-        ("nan", pa.bool_()),
-        ("nsfw", pa.bool_()),
-        ("float32_retry", pa.bool_()),  # first render NaN/black: this is the float32 re-render
-        ("filtered", pa.bool_()),
-        ("render_s", pa.float64()),
-    ],
-    metadata={"huggingface": json.dumps({"info": {"features": {"image": {"_type": "Image"}}}})},
-)
 
 
 def shard_paths(shards_dir: Path) -> list[Path]:
@@ -119,3 +85,57 @@ def next_shard_index(shards_dir: Path) -> int:
     """One past the highest committed shard number: new shards never overwrite old ones."""
     numbers = [int(p.stem.rsplit("-", 1)[-1]) for p in shard_paths(shards_dir)]
     return max(numbers, default=-1) + 1
+
+
+class EncodedImage:
+    """An image kept as its encoded bytes, decoded only when asked: `.open()` gives a PIL
+    image, and a notebook shows it as a picture."""
+
+    __slots__ = ("data", "path")
+
+    def __init__(self, data: bytes, path: str | None = None):
+        self.data = data
+        self.path = path
+
+    def open(self) -> Image.Image:
+        from PIL import Image
+
+        return Image.open(io.BytesIO(self.data))
+
+    def _repr_png_(self) -> bytes:
+        return self.data
+
+    def __repr__(self) -> str:
+        return f"<EncodedImage {self.path} ({len(self.data):,} bytes)>"
+
+
+def run_shards(out_dir: Path) -> list[Path]:
+    """The committed shards of an output folder; an error when there are none."""
+    shards = shard_paths(Path(out_dir) / "shards")
+    if not shards:
+        raise OutputError(
+            f"{out_dir}/shards holds no shards: not an `augment run` output, or nothing rendered"
+        )
+    return shards
+
+
+def read_frame(out_dir: Path) -> pd.DataFrame:
+    """Every record of a run as a DataFrame; `image` cells are `EncodedImage`s."""
+    table = pq.ParquetDataset(run_shards(out_dir), schema=RECORD_SCHEMA).read()
+    frame = table.to_pandas()
+    frame["image"] = [
+        EncodedImage(cell["bytes"], cell["path"]) if cell is not None else None
+        for cell in frame["image"]
+    ]
+    return frame
+
+
+def read_dataset(out_dir: Path):
+    """Every record of a run as a Hugging Face `datasets.Dataset` (images as an Image feature,
+    from the shards' schema metadata)."""
+    try:
+        import datasets
+    except ImportError:
+        raise OutputError("reading a run as a Dataset needs `pip install datasets`") from None
+    table = pq.ParquetDataset(run_shards(out_dir), schema=RECORD_SCHEMA).read()
+    return datasets.Dataset(table)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from augment.sinks import image_file_name
+from augment.sinks.rows import image_file_name
 
 
 def yolo_label_lines(record: dict, class_index: dict[int, int]) -> list[str]:

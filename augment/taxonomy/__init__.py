@@ -50,7 +50,6 @@ def coco_concepts(supercategory: str | None) -> list[Concept]:
 
 def load_concepts(
     source: str,
-    base_dir: Path | None = None,
     max_concepts: int | None = None,
     depth: int | None = None,
     leaves: bool = False,
@@ -70,7 +69,7 @@ def load_concepts(
         if kind == "coco":
             concepts = coco_concepts(argument or None)
         else:
-            concepts = load_list_file(resolve_list_file(source, base_dir))
+            concepts = load_list_file(resolve_list_file(source))
         concepts = [c for c in concepts if c.id not in exclude and c.name not in exclude]
     if max_concepts is not None:
         concepts = concepts[:max_concepts]

@@ -1,6 +1,7 @@
 """Generation performance and consistency on the machine at hand (a GPU when there is one).
 
-`python -m augment.bench.perf --out DIR` measures, in one run:
+`python scripts/perf.py --out DIR` (from a checkout, with the project installed) measures,
+in one run:
 
 - each jobs/tiny/*.yaml through `run_job` on this device (float16 on a GPU): rows, flags,
   float32 re-renders, seconds;
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def pixels(record: dict) -> np.ndarray:
@@ -44,7 +45,7 @@ def tiny_jobs(device: str, dtype: str, out: Path) -> list[dict]:
         overrides = {"generation.device": device, "generation.dtype": dtype}
         spec = load_spec(job, {**overrides, "output.dir": str(out / job.stem)})
         started = time.perf_counter()
-        result = run_job(spec, job.parent, RunOptions(distributor="local", force=True))
+        result = run_job(spec, RunOptions(distributor="local", force=True))
         seconds = time.perf_counter() - started
         rows = pq.read_table(out / job.stem / "shards").to_pylist()
         results.append(
@@ -72,8 +73,8 @@ def batch_consistency(job: str, device: str, dtype: str) -> dict:
 
     overrides = {"generation.device": device, "generation.dtype": dtype, "generation.batch_size": 8}
     spec = load_spec(REPO / "jobs" / "tiny" / f"{job}.yaml", overrides)
-    items = plan_for(spec, REPO / "jobs" / "tiny")[:8]
-    generator = make_generator(spec.generation, REPO / "jobs" / "tiny", spec.source)
+    items = plan_for(spec)[:8]
+    generator = make_generator(spec)
     together = generator(items)
     singles = [r for item in items for r in generator([item])]
     diff = max(
@@ -92,7 +93,7 @@ def demo_generation(device: str, out: Path) -> dict:
     overrides = {"generation.device": device, "output.dir": str(out)}
     spec = load_spec(REPO / "jobs" / "demo.yaml", overrides)
     started = time.perf_counter()
-    result = run_job(spec, REPO / "jobs", RunOptions(distributor="local", force=True))
+    result = run_job(spec, RunOptions(distributor="local", force=True))
     seconds = time.perf_counter() - started
     summary = {"images": result.rendered, "seconds": round(seconds, 2)}
     print("demo generation", summary, flush=True)

@@ -259,7 +259,7 @@ def verdict(gain: dict) -> str:
 
 def synthetic_set_lines(synthetic: str | None) -> list[str]:
     """What the synthetic set is: images generated, flagged, and by which filter (its shards)."""
-    from augment.sinks import FLAGS
+    from augment.records import FLAGS
     from augment.sinks.parquet import count_true, shard_paths
 
     if not synthetic or not shard_paths(Path(synthetic) / "shards"):

@@ -9,71 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from augment.labels import fitted_size, transfer_boxes
-from augment.prompts import Prompt
-from augment.sources import SourceTarget
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    item_id: str
-    concept_id: str
-    concept_name: str
-    synset: str | None
-    category_id: int
-    prompt: str
-    negative_prompt: str
-    variant: int
-    seed: int
-    source_image_id: str | None = None
-    width: int | None = None  # source modes: the render size (the source's aspect kept)
-    height: int | None = None
-    boxes: tuple[dict, ...] | None = None  # source modes: the source's boxes, at render size
-    target: str | None = None  # inpaint: "box:<index>" or "class:<concept id>"
-    sequence_id: str | None = None  # interpolate: the frames of one animation share it
-    frame: int | None = None
-    frames: int | None = None
-    prompt_b: str | None = None  # interpolate: the sequence's end prompt and seed
-    seed_b: int | None = None
-
-
-BOX_TYPE = pa.struct(
-    [
-        ("category_id", pa.int64()),
-        ("bbox", pa.list_(pa.float64())),  # COCO xywh, pixels
-        ("segmentation", pa.list_(pa.list_(pa.float64()))),
-    ]
-)
-
-PLAN_SCHEMA = pa.schema(
-    [
-        ("item_id", pa.string()),
-        ("concept_id", pa.string()),
-        ("concept_name", pa.string()),
-        ("synset", pa.string()),
-        ("category_id", pa.int64()),
-        ("prompt", pa.string()),
-        ("negative_prompt", pa.string()),
-        ("variant", pa.int64()),
-        ("seed", pa.int64()),
-        ("source_image_id", pa.string()),
-        ("width", pa.int64()),
-        ("height", pa.int64()),
-        ("boxes", pa.list_(BOX_TYPE)),
-        ("target", pa.string()),
-        ("sequence_id", pa.string()),
-        ("frame", pa.int64()),
-        ("frames", pa.int64()),
-        ("prompt_b", pa.string()),
-        ("seed_b", pa.int64()),
-    ]
-)
+from augment.prompting import Prompt
+from augment.records import PLAN_SCHEMA, SourceTarget, WorkItem
 
 
 def make_item_id(

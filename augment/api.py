@@ -1,0 +1,226 @@
+"""The public API: every stage as a plain function over plain data (`import augment as ag`).
+
+The command line calls exactly these functions, so anything `augment` does from the shell can
+be done from a notebook:
+
+    spec = ag.load_spec("jobs/demo.yaml", {"limit": 20})   # or a dict built in code
+    result = ag.run(spec, out="out/x", distributor="local")
+    frame = ag.read(result.out_dir)                         # one row per image
+    results = ag.classify(synthetic=result.out_dir, out="out/x/bench")
+    ag.report("out/x/bench")
+
+Mistakes raise `augment.AugmentError` subclasses whose message is the one line the CLI prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from augment.config import JobSpec
+from augment.config import load_spec as _load_spec
+from augment.errors import AugmentError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from augment.job import RunResult
+    from augment.prompting import Prompt
+    from augment.taxonomy import Concept
+
+Spec = str | Path | dict | JobSpec
+
+#: Benchmark settings that make a run take about a minute: a check that everything works.
+CLASSIFY_SMOKE = {"seeds": 3, "steps": 30, "shots": [5], "ratios": [1.0]}
+DETECT_SMOKE = {"epochs": 1, "seeds": 3}
+
+
+def load_spec(spec: Spec, overrides: dict[str, Any] | None = None) -> JobSpec:
+    """A validated job spec from a YAML file, a dict or a JobSpec, with dotted overrides
+    (``{"seed": 3, "output.dir": "out/x"}``); its files are resolved here, once."""
+    return _load_spec(spec, overrides)
+
+
+def _spec(spec: Spec) -> JobSpec:
+    """A loaded spec: a JobSpec as it is, anything else through `load_spec`."""
+    return spec if isinstance(spec, JobSpec) else load_spec(spec)
+
+
+def concepts(
+    spec: Spec,
+    *,
+    depth: int | None = None,
+    leaves: bool = False,
+    exclude: tuple[str, ...] = (),
+    max_concepts: int | None = None,
+) -> list[Concept]:
+    """The concepts of a job spec, or of a taxonomy source string (``"wordnet:weed.n.01"``,
+    ``"coco:animal"``, ``"weeds"``, a list file) with its own depth/leaves/exclude/max."""
+    from augment.job import concepts_for
+    from augment.taxonomy import load_concepts
+
+    if isinstance(spec, str) and not spec.endswith((".yaml", ".yml")):
+        return load_concepts(spec, max_concepts, depth, leaves, tuple(exclude))
+    return concepts_for(_spec(spec))
+
+
+def prompts(spec: Spec) -> list[Prompt]:
+    """The job's prompts, checked against the model's text encoder length when it is here."""
+    from augment.job import prompts_for
+
+    return prompts_for(_spec(spec))
+
+
+def plan(spec: Spec, output: str | Path | None = None) -> pd.DataFrame:
+    """The work items (one row per image to render); written as Parquet to `output` if given."""
+    from augment.job import plan_for
+    from augment.planning import plan_table, write_plan
+
+    items = plan_for(_spec(spec))
+    if output is not None:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        write_plan(items, Path(output))
+    return plan_table(items).to_pandas()
+
+
+def run(
+    spec: Spec,
+    out: str | Path | None = None,
+    workers: int | None = None,
+    distributor: Literal["ray", "local"] = "ray",
+    *,
+    address: str | None = None,
+    retries: int = 2,
+    force: bool = False,
+) -> RunResult:
+    """Run (or resume) a job into `out` (default: the spec's output.dir): plan, render,
+    filter, shards, exports. `distributor="local"` renders in this process, without Ray."""
+    from augment.job import RunOptions, run_job
+
+    if distributor not in ("ray", "local"):
+        raise AugmentError(f"distributor must be 'ray' or 'local', got {distributor!r}")
+    loaded = _spec(spec)
+    if out is not None:
+        loaded = loaded.with_output_dir(out)
+    options = RunOptions(distributor, workers, address, retries, force)
+    return run_job(loaded, options)
+
+
+def read(out: str | Path, as_dataset: bool = False):
+    """A run's shards: a pandas DataFrame, one row per image (flagged ones included, see the
+    flag columns), whose `image` cells decode on demand (`.open()` gives a PIL image); or, with
+    `as_dataset`, a Hugging Face `datasets.Dataset` whose `image` column is an Image feature."""
+    from augment.sinks.parquet import read_dataset, read_frame
+
+    return read_dataset(Path(out)) if as_dataset else read_frame(Path(out))
+
+
+def export(out: str | Path, formats: list[str], include_flagged: bool = False) -> dict[str, Path]:
+    """Write exports (coco, yolo, imagefolder) from a run's shards; returns their paths."""
+    from augment.sinks import export as export_formats
+
+    return export_formats(Path(out), formats, include_flagged)
+
+
+def classify(
+    real: str = "digits",
+    synthetic: str | Path | None = None,
+    out: str | Path = "bench",
+    smoke: bool = False,
+    **settings: Any,
+) -> pd.DataFrame:
+    """Classifier benchmark: real-only vs real + synthetic (each ratio) vs synthetic-only,
+    over seeds, on the held-out real test set. `settings` are `ClassifySettings` fields
+    (model, image_size, shots, ratios, seeds, steps, ...); `smoke` is a one-minute check.
+    Writes OUT/results.parquet and returns it."""
+    from augment.bench.classify import ClassifySettings, run_classify
+
+    chosen = {"real": real, "synthetic": synthetic, "out": out, **settings}
+    if smoke:
+        chosen.update(CLASSIFY_SMOKE)
+    return run_classify(_settings(ClassifySettings, chosen))
+
+
+def detect(
+    real: str | Path,
+    synthetic: str | Path | None = None,
+    out: str | Path = "bench",
+    smoke: bool = False,
+    **settings: Any,
+) -> pd.DataFrame:
+    """Detector benchmark: YOLO from scratch on real-only vs real + synthetic boxes, COCOeval
+    mAP on the real val set, over seeds. `settings` are `DetectSettings` fields (model, imgsz,
+    epochs, seeds, ...). Writes OUT/results.parquet and returns it."""
+    from augment.bench.detect import DetectSettings, run_detect
+
+    chosen = {"real": real, "synthetic": synthetic, "out": out, **settings}
+    if smoke:
+        chosen.update(DETECT_SMOKE)
+    return run_detect(_settings(DetectSettings, chosen))
+
+
+def _settings(kind: type, chosen: dict):
+    """A settings dataclass from keyword arguments; paths as strings, None left as default."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(chosen) - known)
+    if unknown:
+        raise AugmentError(
+            f"unknown {kind.__name__} setting(s) {', '.join(unknown)}; known: "
+            f"{', '.join(sorted(known))}"
+        )
+    values = {k: str(v) if isinstance(v, Path) else v for k, v in chosen.items() if v is not None}
+    return kind(**values)
+
+
+def report(
+    results: str | Path,
+    out: str | Path | None = None,
+    real: str | None = None,
+    synthetic: str | Path | None = None,
+) -> Path:
+    """report.md and its plots from a results table (the file, or the folder holding it)."""
+    from augment.reporting import write_report
+
+    results = Path(results)
+    table = results / "results.parquet" if results.is_dir() else results
+    if not table.is_file():
+        raise AugmentError(f"{table}: no results table; run `augment bench ...` first")
+    out_dir = Path(out) if out is not None else table.parent / "report"
+    return write_report(table, out_dir, real, str(synthetic) if synthetic else None)
+
+
+def submit(spec: Spec, address: str, workers: int | None = None) -> str:
+    """Submit `augment run` of the spec to the Ray cluster at `address`; returns the job id."""
+    from augment.cluster import submit_job
+
+    return submit_job(_spec(spec), address, workers)
+
+
+def status(job_id: str, address: str) -> str:
+    """A submitted job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
+    from augment.cluster import job_status
+
+    return job_status(job_id, address)
+
+
+def logs(job_id: str, address: str, follow: bool = False) -> Iterator[str]:
+    """A submitted job's log text; with `follow`, streamed until the job ends."""
+    from augment.cluster import job_logs
+
+    return job_logs(job_id, address, follow)
+
+
+def demo(
+    out: str | Path = "out/demo",
+    quick: bool = False,
+    workers: int | None = None,
+    model: str | None = None,
+) -> dict:
+    """The whole mission on the embedded digits world (`make demo`): generate, export,
+    benchmark a classifier and a detector, report. Returns the headline figures."""
+    from augment.digits.demo import run_demo
+
+    return run_demo(Path(out), quick=quick, workers=workers, model=model)

@@ -1,0 +1,138 @@
+"""Ray job submission: send `augment run` of a spec to a cluster, follow its status and logs.
+
+The job runs this project's checkout as its working_dir on the cluster, with a copy of the spec
+whose paths the cluster can resolve; the run itself fans out over the cluster's GPUs
+(`distribute.run_ray`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from augment.config import JobSpec
+from augment.errors import AugmentError
+
+SUBMIT_EXCLUDES = [
+    "out",
+    "*.egg-info",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+]  # + .git, .venv
+
+
+def project_root() -> Path:
+    """The source checkout `augment` runs from: it becomes the job's working_dir."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "pyproject.toml").is_file():
+        raise AugmentError(
+            "augment submit needs a source checkout of augment (pyproject.toml beside augment/)"
+        )
+    return root
+
+
+def portable_spec(spec: JobSpec, root: Path) -> JobSpec:
+    """The spec with paths the cluster can resolve: list files relative to the project,
+    local model folders absolute, the output folder absolute."""
+    updates: dict = {
+        "output": {**spec.output.model_dump(), "dir": str(Path(spec.output.dir).resolve())}
+    }
+    if not spec.taxonomy.source.startswith(("wordnet:", "coco")):
+        found = Path(spec.paths.taxonomy)
+        if not found.is_relative_to(root):
+            raise AugmentError(
+                f"taxonomy file {found} is outside the project {root}: copy it into "
+                "taxonomies/ so the cluster receives it"
+            )
+        updates["taxonomy"] = {**spec.taxonomy.model_dump(), "source": str(found.relative_to(root))}
+    model = Path(spec.paths.model)
+    if not spec.generation.model.startswith("builtin:") and model.is_dir():
+        updates["generation"] = {**spec.generation.model_dump(), "model": str(model)}
+    return spec.model_validate({**spec.model_dump(), **updates})
+
+
+def use_ray_token_if_present() -> None:
+    """Ray's own CLI sends the cluster token when one is on this machine; do the same."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if "RAY_AUTH_TOKEN" in os.environ or token_file.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def job_client(address: str):
+    use_ray_token_if_present()  # before Ray reads its configuration
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    logging.getLogger("ray").setLevel(logging.ERROR)  # no per-file upload chatter
+    try:
+        return JobSubmissionClient(address)
+    except AuthenticationError:
+        raise AugmentError(
+            f"the Ray cluster at {address} wants a token: set RAY_AUTH_TOKEN (or copy the "
+            "head's ~/.ray/auth_token here) and RAY_AUTH_MODE=token"
+        ) from None
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise AugmentError(
+            f"cannot reach a Ray cluster at {address} ({exc}); start one with "
+            "`ray start --head --dashboard-host 0.0.0.0` and pass http://HEAD:8265"
+        ) from None
+
+
+def submit_job(spec: JobSpec, address: str, workers: int | None = None) -> str:
+    """Submit `augment run` of `spec` to the cluster at `address`; returns the job id."""
+    root = project_root()
+    portable = portable_spec(spec, root)
+    # The spec travels in an environment variable and is written into the job's own copy of
+    # the project, so nothing is left in the user's checkout.
+    entrypoint = (
+        'printf "%s" "$AUGMENT_SUBMITTED_SPEC" > submitted-job.yaml && '
+        "python -m augment.cli run submitted-job.yaml"
+    )
+    if workers:
+        entrypoint += f" --workers {workers}"
+    client = job_client(address)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            return client.submit_job(
+                entrypoint=entrypoint,
+                runtime_env={
+                    "working_dir": str(root),
+                    "excludes": SUBMIT_EXCLUDES,
+                    "env_vars": {"AUGMENT_SUBMITTED_SPEC": portable.to_yaml()},
+                },
+                metadata={"augment_job": portable.name, "spec_hash": portable.spec_hash()},
+            )
+        except RuntimeError as exc:  # a head that just started has no job agent yet
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise AugmentError(f"the cluster at {address} refused the job: {exc}") from None
+            time.sleep(2)
+
+
+def job_status(job_id: str, address: str) -> str:
+    return str(job_client(address).get_job_status(job_id).value)
+
+
+def job_logs(job_id: str, address: str, follow: bool = False):
+    """Yield the job's log text; with `follow`, stream it until the job ends."""
+    client = job_client(address)
+    if not follow:
+        yield client.get_job_logs(job_id)
+        return
+    import asyncio
+
+    stream = client.tail_job_logs(job_id)
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(anext(stream))
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.close()

@@ -1,0 +1,107 @@
+"""The Python front door: `import augment as ag` offers every stage, specs may be dicts, and
+errors are the project's own, with the messages the CLI prints."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import augment as ag
+from augment.cli import main
+from augment.errors import ModelError, SpecError
+from tests.conftest import TINY_JOB
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[dict, Path]:
+    """The tiny job as a dict (as a notebook builds it), run here with the local distributor."""
+    folder = tmp_path_factory.mktemp("api")
+    data = yaml.safe_load(TINY_JOB.replace("OUT_DIR", str(folder / "unused")))
+    result = ag.run(ag.load_spec(data, {"limit": 5}), out=folder / "out", distributor="local")
+    assert (result.planned, result.rendered, result.failed) == (5, 5, 0)
+    return data, result.out_dir
+
+
+def test_a_dict_spec_runs_and_reads_back(tiny_run):
+    data, out = tiny_run
+    frame = ag.read(out)
+    assert len(frame) == 5 and out == Path(out)
+    image = frame.image[0].open()
+    assert image.size == (32, 32)
+    assert frame.image[0]._repr_png_().startswith(b"\x89PNG")
+    dataset = ag.read(out, as_dataset=True)
+    assert len(dataset) == 5 and dataset[0]["image"].size == (32, 32)
+    assert sorted(dataset["item_id"]) == sorted(frame["item_id"])
+
+
+def test_a_dict_and_its_yaml_file_plan_the_same_items(tiny_run, tmp_path):
+    data, _ = tiny_run
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(data))
+    from_dict, from_file = ag.plan(data), ag.plan(path)
+    assert len(from_dict) == 9
+    assert from_dict["item_id"].tolist() == from_file["item_id"].tolist()
+    assert [p.text for p in ag.prompts(data)] == from_dict["prompt"].tolist()
+    assert [c.name for c in ag.concepts(data)] == ["zero", "one", "two"]
+    assert len(ag.concepts("digits")) == 10
+
+
+def test_export_and_rerun_through_the_api(tiny_run):
+    data, out = tiny_run
+    paths = ag.export(out, ["imagefolder"])
+    assert len(list(paths["imagefolder"].rglob("*.png"))) == 5
+    again = ag.run(ag.load_spec(data, {"limit": 5}), out=out, distributor="local")
+    assert (again.rendered, again.skipped) == (0, 5)
+
+
+def test_errors_are_the_projects_own_with_the_clis_message(tmp_path, capsys):
+    bad = yaml.safe_load(TINY_JOB.replace("OUT_DIR", str(tmp_path / "out")))
+    bad["generation"]["model"] = "models/nowhere"
+    with pytest.raises(ModelError) as raised:
+        ag.run(bad, distributor="local")
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    assert main(["run", str(path), "--distributor", "local"]) == 2
+    printed = capsys.readouterr().err.strip()
+    assert printed == f"error: {raised.value}"
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SpecError, match=r"<spec>: generation.num_inference_steps: must be >= 1"):
+        ag.load_spec({**bad, "generation": {**bad["generation"], "num_inference_steps": 0}})
+
+
+def test_every_api_name_stays_a_function_once_every_module_is_loaded():
+    """No submodule shadows a stage function of the same name (`ag.plan` is the function)."""
+    for module in pkgutil.walk_packages(ag.__path__, "augment."):
+        importlib.import_module(module.name)
+    for name in ag.__all__:
+        value = getattr(ag, name)
+        assert callable(value) and not isinstance(value, type(sys)), name
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, 10):
+        refs = ", ".join([f"*a{level - 1}"] * 9)
+        lines.append(f"a{level}: &a{level} [{refs}]")
+    lines.append("name: *a9")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    started = time.perf_counter()
+    with pytest.raises(SpecError, match="expands to more than 100,000 values"):
+        ag.load_spec(path)
+    assert time.perf_counter() - started < 1.0
+    cli = subprocess.run(
+        [sys.executable, "-m", "augment.cli", "plan", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli.returncode == 2
+    assert cli.stderr.count("\n") == 1 and "expands to more than" in cli.stderr
