@@ -568,7 +568,6 @@ def train_digits_model(out_dir: Path, config: DigitsTrainConfig | None = None) -
     from augment.generate.tiny import assemble_sd_pipeline
 
     config = DigitsTrainConfig() if config is None else config
-    out_dir = Path(out_dir)
     vae_steps = max(1, config.steps // 3) if config.vae_steps is None else config.vae_steps
     old_threads = torch.get_num_threads()
     if config.threads is not None:
@@ -598,26 +597,7 @@ def train_digits_model(out_dir: Path, config: DigitsTrainConfig | None = None) -
             for name, m in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder))
         }
 
-        vae_losses = train_vae(
-            vae,
-            pixels,
-            vae_steps,
-            rng,
-            gen,
-            batch_size=config.vae_batch_size,
-            lr=config.vae_lr,
-            kl_weight=config.kl_weight,
-            progress=config.progress,
-            device=config.device,
-        )
-        vae.requires_grad_(False)
-        lat_mean, lat_std = encode_all(vae, pixels, device=config.device)
-        shift = config.max_shift
-        center = shift * (2 * shift + 1) + shift  # the unshifted copy
-        noise = torch.randn(lat_mean[center].shape, generator=gen).to(config.device)
-        z = lat_mean[center] + lat_std[center] * noise
-        scaling = float(1.0 / z.std())
-        vae.register_to_config(scaling_factor=scaling)
+        vae_losses, lat_mean, lat_std, scaling = _fit_vae(vae, pixels, vae_steps, rng, gen, config)
         vae_seconds = time.perf_counter() - started
 
         token_ids, _, uncond_start = _prompt_table(tokenizer)
@@ -649,53 +629,87 @@ def train_digits_model(out_dir: Path, config: DigitsTrainConfig | None = None) -
         pipe = assemble_sd_pipeline(vae.eval(), ema_text, tokenizer, ema_unet, _ddim_scheduler())
         if config.half:
             pipe.to(dtype=torch.float16)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-        try:
-            pipe.save_pretrained(tmp)
-            stats = {
-                "steps": config.steps,
-                "vae_steps": vae_steps,
-                "seed": config.seed,
-                "seconds": seconds,
-                "vae_seconds": vae_seconds,
-                "unet_seconds": unet_seconds,
-                "threads": torch.get_num_threads(),
-                "device": str(config.device),
-                "batch_size": config.batch_size,
-                "vae_batch_size": config.vae_batch_size,
-                "lr": config.lr,
-                "kl_weight": config.kl_weight,
-                "max_shift": config.max_shift,
-                "cfg_dropout": config.cfg_dropout,
-                "min_snr": config.min_snr,
-                "ema_decay": config.ema_decay,
-                "unet_channels": list(config.unet_channels),
-                "unet_layers": config.unet_layers,
-                "scaling_factor": scaling,
-                "params": params,
-                "weights_dtype": "float16" if config.half else "float32",
-                "split_sizes": {k: int(len(v)) for k, v in splits.items()},
-                "final_vae_loss": float(np.mean(vae_losses[-100:])),
-                "final_unet_loss": float(np.mean(unet_losses[-100:])),
-                "vae_loss": vae_losses,
-                "unet_loss": unet_losses,
-                "loss": unet_losses,
-            }
-            plot_losses(vae_losses, unet_losses, tmp / "loss.png")
-            if config.samples:
-                render_grid(tmp, tmp / "samples.png", steps=config.sample_steps)
-            stats["folder_mb"] = _folder_mb(tmp)
-            write_model_card(tmp, stats)
-            summary = {k: v for k, v in stats.items() if k not in _CURVES}
-            (tmp / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
-            for path in [tmp, *tmp.rglob("*")]:  # mkdtemp and safetensors write private modes
-                path.chmod(0o755 if path.is_dir() else 0o644)
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            tmp.rename(out_dir)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        stats = {
+            "steps": config.steps,
+            "vae_steps": vae_steps,
+            "seed": config.seed,
+            "seconds": seconds,
+            "vae_seconds": vae_seconds,
+            "unet_seconds": unet_seconds,
+            "threads": torch.get_num_threads(),
+            "device": str(config.device),
+            "batch_size": config.batch_size,
+            "vae_batch_size": config.vae_batch_size,
+            "lr": config.lr,
+            "kl_weight": config.kl_weight,
+            "max_shift": config.max_shift,
+            "cfg_dropout": config.cfg_dropout,
+            "min_snr": config.min_snr,
+            "ema_decay": config.ema_decay,
+            "unet_channels": list(config.unet_channels),
+            "unet_layers": config.unet_layers,
+            "scaling_factor": scaling,
+            "params": params,
+            "weights_dtype": "float16" if config.half else "float32",
+            "split_sizes": {k: int(len(v)) for k, v in splits.items()},
+            "final_vae_loss": float(np.mean(vae_losses[-100:])),
+            "final_unet_loss": float(np.mean(unet_losses[-100:])),
+            "vae_loss": vae_losses,
+            "unet_loss": unet_losses,
+            "loss": unet_losses,
+        }
+        _save_model_folder(pipe, Path(out_dir), stats, config)
         return stats
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _fit_vae(vae, pixels: np.ndarray, vae_steps: int, rng, gen, config: DigitsTrainConfig):
+    """Train the VAE, encode every training image, and set the latents' scaling factor.
+
+    Returns the loss curve, the latent means and standard deviations, and the scaling factor
+    (1 / std of one sampled latent of each unshifted image)."""
+    vae_losses = train_vae(
+        vae,
+        pixels,
+        vae_steps,
+        rng,
+        gen,
+        batch_size=config.vae_batch_size,
+        lr=config.vae_lr,
+        kl_weight=config.kl_weight,
+        progress=config.progress,
+        device=config.device,
+    )
+    vae.requires_grad_(False)
+    lat_mean, lat_std = encode_all(vae, pixels, device=config.device)
+    shift = config.max_shift
+    center = shift * (2 * shift + 1) + shift  # the unshifted copy
+    noise = torch.randn(lat_mean[center].shape, generator=gen).to(config.device)
+    z = lat_mean[center] + lat_std[center] * noise
+    scaling = float(1.0 / z.std())
+    vae.register_to_config(scaling_factor=scaling)
+    return vae_losses, lat_mean, lat_std, scaling
+
+
+def _save_model_folder(pipe, out_dir: Path, stats: dict, config: DigitsTrainConfig) -> None:
+    """Write the pipeline, its loss curves, samples, card and training.json into a temporary
+    folder beside `out_dir`, then move it into place (replacing an existing folder)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        pipe.save_pretrained(tmp)
+        plot_losses(stats["vae_loss"], stats["unet_loss"], tmp / "loss.png")
+        if config.samples:
+            render_grid(tmp, tmp / "samples.png", steps=config.sample_steps)
+        stats["folder_mb"] = _folder_mb(tmp)
+        write_model_card(tmp, stats)
+        summary = {k: v for k, v in stats.items() if k not in _CURVES}
+        (tmp / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
+        for path in [tmp, *tmp.rglob("*")]:  # mkdtemp and safetensors write private modes
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
