@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from augment.config import JobSpec
+from augment.config import JobSpec, load_spec
 from augment.errors import AugmentError
 from augment.records import FLAGS, WorkItem
 from augment.sinks.parquet import write_shard
@@ -102,6 +102,9 @@ class BlockWorker:
         self.init_error: AugmentError | None = None
         self.filter = None
         try:
+            # Names resolve again on this worker's node: on a cluster, a builtin: name finds the
+            # node's own copy; on one machine the same names give the same files.
+            spec = load_spec(spec)
             self.generator = make_generator(spec)
             if spec.filters.scorer is not None:
                 from augment.filters import ImageFilter
