@@ -48,20 +48,24 @@ def _spec(spec: Spec) -> JobSpec:
 
 
 def concepts(
-    spec: Spec,
+    spec: Spec | None = None,
     *,
+    source: str | None = None,
     depth: int | None = None,
     leaves: bool = False,
     exclude: tuple[str, ...] = (),
     max_concepts: int | None = None,
 ) -> list[Concept]:
-    """The concepts of a job spec, or of a taxonomy source string (``"wordnet:weed.n.01"``,
-    ``"coco:animal"``, ``"weeds"``, a list file) with its own depth/leaves/exclude/max."""
+    """The concepts of a job spec; or, with `source` instead, of a taxonomy source
+    (``"wordnet:weed.n.01"``, ``"coco:animal"``, ``"weeds"``, a list file) with its own
+    depth/leaves/exclude/max_concepts."""
     from augment.job import concepts_for
     from augment.taxonomy import load_concepts
 
-    if isinstance(spec, str) and not spec.endswith((".yaml", ".yml")):
-        return load_concepts(spec, max_concepts, depth, leaves, tuple(exclude))
+    if (spec is None) == (source is None):
+        raise AugmentError("concepts() takes a job spec, or source= a taxonomy source: one of them")
+    if source is not None:
+        return load_concepts(source, max_concepts, depth, leaves, tuple(exclude))
     return concepts_for(_spec(spec))
 
 

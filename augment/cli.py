@@ -221,7 +221,7 @@ def cmd_taxonomy_show(args: argparse.Namespace) -> int:
     from rich.tree import Tree
 
     concepts = api.concepts(
-        args.source,
+        source=args.source,
         depth=args.depth,
         leaves=args.leaves,
         exclude=tuple(args.exclude),

@@ -50,7 +50,10 @@ def test_a_dict_and_its_yaml_file_plan_the_same_items(tiny_run, tmp_path):
     assert from_dict["item_id"].tolist() == from_file["item_id"].tolist()
     assert [p.text for p in ag.prompts(data)] == from_dict["prompt"].tolist()
     assert [c.name for c in ag.concepts(data)] == ["zero", "one", "two"]
-    assert len(ag.concepts("digits")) == 10
+    assert len(ag.concepts(source="digits")) == 10
+    assert [c.id for c in ag.concepts(source="taxonomies/weeds.yaml", max_concepts=2)] == [
+        c.id for c in ag.concepts(source="weeds")[:2]
+    ]
 
 
 def test_export_and_rerun_through_the_api(tiny_run):
