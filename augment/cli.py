@@ -65,8 +65,7 @@ def number_list(kind):
 
 def given(args: argparse.Namespace, *names: str) -> dict:
     """The options set on the command line; the others keep the settings' own defaults."""
-    values = {name: getattr(args, name) for name in names}
-    return {k: str(v) if isinstance(v, Path) else v for k, v in values.items() if v is not None}
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def print_results(results, folder: str, columns: list[str], metrics: list[str]) -> None:

@@ -119,10 +119,14 @@ def run_shards(out_dir: Path) -> list[Path]:
     return shards
 
 
+def read_run(out_dir: Path) -> pa.Table:
+    """Every record of a run as one Arrow table (the shards' schema, metadata included)."""
+    return pq.ParquetDataset(run_shards(out_dir), schema=RECORD_SCHEMA).read()
+
+
 def read_frame(out_dir: Path) -> pd.DataFrame:
     """Every record of a run as a DataFrame; `image` cells are `EncodedImage`s."""
-    table = pq.ParquetDataset(run_shards(out_dir), schema=RECORD_SCHEMA).read()
-    frame = table.to_pandas()
+    frame = read_run(out_dir).to_pandas()
     frame["image"] = [
         EncodedImage(cell["bytes"], cell["path"]) if cell is not None else None
         for cell in frame["image"]
@@ -137,5 +141,4 @@ def read_dataset(out_dir: Path):
         import datasets
     except ImportError:
         raise OutputError("reading a run as a Dataset needs `pip install datasets`") from None
-    table = pq.ParquetDataset(run_shards(out_dir), schema=RECORD_SCHEMA).read()
-    return datasets.Dataset(table)
+    return datasets.Dataset(read_run(out_dir))
