@@ -102,12 +102,10 @@ def run(
     filter, shards, exports. `distributor="local"` renders in this process, without Ray."""
     from augment.job import RunOptions, run_job
 
-    if distributor not in ("ray", "local"):
-        raise AugmentError(f"distributor must be 'ray' or 'local', got {distributor!r}")
+    options = RunOptions(distributor, workers, address, retries, force)  # checked first
     loaded = _spec(spec)
     if out is not None:
         loaded = loaded.with_output_dir(out)
-    options = RunOptions(distributor, workers, address, retries, force)
     return run_job(loaded, options)
 
 

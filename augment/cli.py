@@ -1,8 +1,9 @@
 """The `augment` command line: parses, calls the public API (`augment.api`), prints.
 
 It has no logic of its own: each command is one small parser function and one handler that
-calls the same function a notebook would. User errors (`AugmentError`) print one line and exit
-2; `--debug` shows the traceback.
+calls the same function a notebook would. Every failure is one line on stderr: bad input (an
+`AugmentError`, or an option argparse refuses) exits 2, a fault of the program exits 1, and
+`--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
 from rich.table import Table
@@ -26,13 +28,46 @@ err = Console(stderr=True)
 Commands = argparse._SubParsersAction  # what add_subparsers returns
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a refused option is one line (what was wrong, where to look), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        err.print(
+            f"error: {message} (see `{self.prog} --help`)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(2)
+
+
+class OneLineHandler(logging.Handler):
+    """augment's log records as `warning: ...` lines on stderr, like the errors."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = f"{record.levelname.lower()}: {record.getMessage()}"
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def setup_logging(debug: bool) -> None:
+    if debug:
+        logging.basicConfig(level=logging.INFO)
+        return
+    logger = logging.getLogger("augment")
+    logger.setLevel(logging.WARNING)
+    if not any(isinstance(h, OneLineHandler) for h in logger.handlers):
+        logger.addHandler(OneLineHandler())
+
+
 # Shared pieces ------------------------------------------------------------------------------
 
 
-def add_job_overrides(parser: argparse.ArgumentParser) -> None:
+def add_job_overrides(
+    parser: argparse.ArgumentParser, limit: str = "keep at most N work items (images to render)"
+) -> None:
     parser.add_argument("job", type=Path, help="job spec (YAML)")
     parser.add_argument("--seed", type=int, help="override the job seed")
-    parser.add_argument("--limit", type=int, help="render at most N work items")
+    parser.add_argument("--limit", type=int, help=limit)
 
 
 def load_job(args: argparse.Namespace):
@@ -76,7 +111,7 @@ def print_results(results, folder: str, columns: list[str], metrics: list[str]) 
     summary = summary[summary["metric"].isin(metrics) & (summary["label"] == "")]
     table = Table(*columns, "mean [95% CI]", "seeds")
     for _, row in summary.iterrows():
-        cells = [f"{row[c]:g}" if isinstance(row[c], float) else str(row[c]) for c in columns]
+        cells = [f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c]) for c in columns]
         interval = f"{row['mean']:.1f} [{row['ci_low']:.1f}, {row['ci_high']:.1f}]"
         table.add_row(*cells, interval, str(row["n_seeds"]))
     out.print(table)
@@ -105,7 +140,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     print_outputs(result.outputs)
     if result.failed:
-        err.print(f"{result.failed} items failed (errors in manifest.json); rerun to retry them")
+        first = result.failures[0]
+        err.print(
+            f"error: {result.failed} failed, first {first.get('item_id') or first['source']}: "
+            f"{first['error']} (all in {result.outputs['manifest']}); rerun to retry them",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         return 1
     return 0
 
@@ -210,7 +252,7 @@ def add_prompts(commands: Commands) -> None:
         "against the model's text encoder length when the model is available.",
         epilog="example: augment prompts jobs/wordnet-definitions.yaml --limit 10",
     )
-    add_job_overrides(prompts)
+    add_job_overrides(prompts, limit="show at most N prompts")
     prompts.set_defaults(func=cmd_prompts)
 
 
@@ -337,7 +379,8 @@ def cmd_bench_classify(args: argparse.Namespace) -> int:
     options = given(args, *names, "shots", "ratios", "seeds", "steps")
     results = api.classify(**options, synthetic_only=not args.no_synthetic_only, smoke=args.smoke)
     folder = options.get("out", "bench")
-    print_results(results, folder, ["arm", "ratio", "shots"], metrics=["top1"])
+    columns = ["arm", "ratio", "ratio_trained", "shots"]
+    print_results(results, folder, columns, metrics=["top1"])
     return 0
 
 
@@ -527,7 +570,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     for arm, figure in accuracy.items():
         table.add_row(
-            arm,
+            figure.get("label", arm),
             f"{figure['mean']:.1f} [{figure['ci_low']:.1f}, {figure['ci_high']:.1f}]",
             str(figure["n_seeds"]),
         )
@@ -543,7 +586,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"detector mAP50:95 {arm}: {figure['mean']:.1f} "
             f"[{figure['ci_low']:.1f}, {figure['ci_high']:.1f}]"
         )
-    out.print(f"{summary['images_generated']} images generated in {summary['wall_time_s']:.0f} s")
+    out.print(
+        f"{summary['images_generated']} images generated in "
+        f"{summary['stage_seconds']['generation']:.0f} s; the whole demo took "
+        f"{summary['wall_time_s']:.0f} s"
+    )
     out.print(f"report: {summary['report']}", soft_wrap=True)
     out.print(f"summary: {args.out / 'summary.json'}", soft_wrap=True)
     return 0
@@ -555,10 +602,14 @@ def add_demo(commands: Commands) -> None:
         help="the whole mission on the embedded digits world (make demo)",
         description="Generate digits with the shipped model over Ray, export, benchmark a "
         "classifier and a detector against real-only training, and report the gain.",
-        epilog="example: augment demo --out out/demo   (add --quick for a 3-minute run)",
+        epilog="example: augment demo --out out/demo   (add --quick for a one-minute run)",
     )
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
-    demo.add_argument("--quick", action="store_true", help="smaller sizes, about 3 minutes")
+    demo.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller sizes: about a minute on 2 cores (the full demo: about 12)",
+    )
     demo.add_argument("--workers", type=int, help="Ray CPU workers (default: every CPU)")
     demo.add_argument("--model", help="another model than the shipped builtin:digits")
     demo.set_defaults(func=cmd_demo)
@@ -602,7 +653,7 @@ COMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="augment",
         description="Synthetic training data with Stable Diffusion, and the numbers that say "
         "whether it helps.",
@@ -616,17 +667,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING)
+    setup_logging(args.debug)
     try:
         return args.func(args)
-    except AugmentError as exc:
-        if args.debug:
-            raise
-        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        return 2
     except KeyboardInterrupt:
         err.print("interrupted: committed shards are kept; rerun the same command to resume")
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        line, code = one_line(exc)
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
+        return code
+
+
+def one_line(exc: Exception) -> tuple[str, int]:
+    """The line a failure prints and the exit code: 2 for bad input or a machine problem (a
+    full disk, a missing right), 1 for a fault of augment itself."""
+    if isinstance(exc, AugmentError):
+        return f"error: {exc}", 2
+    if isinstance(exc, OSError) and exc.filename:
+        return f"error: {exc.filename}: {exc.strerror or exc}; check the path and its rights", 2
+    text = str(exc).strip()
+    first = f": {text.splitlines()[0]}" if text else ""
+    return (
+        f"error: {type(exc).__name__}{first}; a fault of augment, not of your input: rerun "
+        "with --debug for the traceback and report it",
+        1,
+    )
 
 
 if __name__ == "__main__":

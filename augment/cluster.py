@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from augment.config import JobSpec
-from augment.errors import AugmentError
+from augment.errors import AugmentError, at_least
 
 SUBMIT_EXCLUDES = [
     "out",
@@ -85,6 +85,8 @@ def job_client(address: str):
 
 def submit_job(spec: JobSpec, address: str, workers: int | None = None) -> str:
     """Submit `augment run` of `spec` to the cluster at `address`; returns the job id."""
+    if workers is not None:
+        at_least("workers", workers, 1, " (leave it out to use the whole cluster)")
     root = project_root()
     portable = portable_spec(spec, root)
     # The spec travels in an environment variable and is written into the job's own copy of
@@ -93,7 +95,7 @@ def submit_job(spec: JobSpec, address: str, workers: int | None = None) -> str:
         'printf "%s" "$AUGMENT_SUBMITTED_SPEC" > submitted-job.yaml && '
         "python -m augment.cli run submitted-job.yaml"
     )
-    if workers:
+    if workers is not None:
         entrypoint += f" --workers {workers}"
     client = job_client(address)
     deadline = time.monotonic() + 90

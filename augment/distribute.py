@@ -200,12 +200,23 @@ def run_ray(
 
     connect_ray(address)
     resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
     if gpus:
-        count, options, threads = min(workers or gpus, gpus), {"num_gpus": 1, "num_cpus": 1}, None
+        capacity, options, threads = min(gpus, cpus), {"num_gpus": 1, "num_cpus": 1}, None
+        unit = f"{gpus} GPUs and {cpus} CPUs (a worker takes one of each)"
     else:
-        count, options, threads = workers or int(resources.get("CPU", 1)), {"num_cpus": 1}, 1
-    count = max(1, min(count, len(blocks)))
+        capacity, options, threads = cpus, {"num_cpus": 1}, 1
+        unit = f"{cpus} CPUs (a worker takes one)"
+    if capacity < 1:
+        raise AugmentError(
+            f"the Ray cluster has {unit}: no worker can be placed; add a node with CPUs, or "
+            "run with --distributor local"
+        )
+    if workers is not None and workers > capacity:  # actors it cannot place would wait forever
+        log.warning(
+            "--workers %d: this Ray cluster has %s; running %d workers", workers, unit, capacity
+        )
+    count = max(1, min(workers or capacity, capacity, len(blocks)))
     actor_class = ray.remote(BlockWorker).options(**options, max_restarts=0)
 
     def start_worker():

@@ -24,3 +24,32 @@ class ModelError(AugmentError):
 
 class OutputError(AugmentError):
     """The output directory cannot be written or holds a run that conflicts with this one."""
+
+
+class ShardError(OutputError):
+    """A committed Parquet shard cannot be read (truncated, overwritten, not Parquet)."""
+
+    def __init__(self, path, reason: str):
+        self.path, self.reason = path, reason
+        super().__init__(
+            f"shard {path} cannot be read ({reason}); rerun `augment run` on this output to "
+            "move it to quarantine/ and render its items again"
+        )
+
+
+def at_least(name: str, value, minimum, hint: str = "") -> None:
+    """Raise `AugmentError` naming the setting when a number (or any in a list) is too small."""
+    _check(name, value, lambda v: v >= minimum, f"at least {minimum:g}", hint)
+
+
+def above(name: str, value, bound, hint: str = "") -> None:
+    """Raise `AugmentError` naming the setting when a number (or any in a list) is <= bound."""
+    _check(name, value, lambda v: v > bound, f"greater than {bound:g}", hint)
+
+
+def _check(name: str, value, holds, wanted: str, hint: str) -> None:
+    values = list(value) if isinstance(value, list | tuple) else [value]
+    bad = [v for v in values if not isinstance(v, int | float) or not holds(v)]
+    if bad or not values:
+        got = ", ".join(f"{v:g}" if isinstance(v, int | float) else repr(v) for v in bad)
+        raise AugmentError(f"{name} must be {wanted}, got {got or 'nothing'}{hint}")

@@ -2,7 +2,8 @@
 
 Each stage is a plain function of its own module; this module only chains them and keeps the
 output folder consistent: the resolved spec is saved first, committed shards are never
-rewritten, a rerun skips item_ids already committed, and a spec that changed is refused.
+rewritten, a rerun skips item_ids already committed, a shard that cannot be read is moved to
+OUT/quarantine/ (its items rendered again), and a spec that changed is refused.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from augment.config import SOURCE_MODES, JobSpec
-from augment.errors import ModelError, OutputError
+from augment.errors import AugmentError, ModelError, OutputError, at_least
 from augment.filters import check_scorer
 from augment.generate.pipelines import check_models, load_tokenizer
 from augment.planning import build_interpolation_plan, build_plan, build_source_plan, write_plan
@@ -48,6 +49,8 @@ class RunResult:
     failed: int
     seconds: float
     outputs: dict[str, Path] = field(default_factory=dict)
+    #: What failed, as in manifest.json: {"item_id", "error"} or {"source", "error"}.
+    failures: list[dict] = field(default_factory=list)
 
 
 def concepts_for(spec: JobSpec) -> list[Concept]:
@@ -63,8 +66,12 @@ def tokenizer_for(spec: JobSpec):
     location, declared = (paths.config, g.config) if single_file else (paths.model, g.model)
     try:
         return load_tokenizer(location, declared)
-    except ModelError as exc:
-        log.warning("prompt lengths not checked: %s", exc)
+    except ModelError:
+        log.warning(
+            "prompt lengths not checked: the tokenizer of %s is not on this machine; a run "
+            "checks them where the model is",
+            declared,
+        )
         return None
 
 
@@ -88,7 +95,9 @@ def prompts_for(spec: JobSpec, concepts: list[Concept] | None = None) -> list[Pr
     return prompts
 
 
-def plan_for(spec: JobSpec, concepts: list[Concept] | None = None) -> list[WorkItem]:
+def plan_for(
+    spec: JobSpec, concepts: list[Concept] | None = None, sources: SourceSet | None = None
+) -> list[WorkItem]:
     """The work items of a spec, then --limit.
 
     txt2img: concepts x templates x images_per_concept. Source modes: each source image (or
@@ -100,7 +109,15 @@ def plan_for(spec: JobSpec, concepts: list[Concept] | None = None) -> list[WorkI
     prompts = prompts_for(spec, concepts)
     g = spec.generation
     if g.mode in SOURCE_MODES:
-        sources = SourceSet.of(spec)
+        sources = sources or SourceSet.of(spec)
+        if sources.unreadable:
+            first = sources.unreadable[0]
+            log.warning(
+                "%d source image(s) cannot be read and are left out, first %s (%s)",
+                len(sources.unreadable),
+                first["source"],
+                first["error"],
+            )
         targets = sources.targets(concepts, g.mode, g.mask, spec.paths.mask_files)
         longest = max(g.width, g.height)
         items = build_source_plan(spec.name, spec.seed, prompts, targets, longest)
@@ -182,7 +199,8 @@ def write_manifest(
     seconds: float,
     failures: list[dict],
 ) -> Path:
-    """manifest.json: what is in OUT, written last (it marks a finished run)."""
+    """manifest.json: what is in OUT, written last (it marks a finished run). `failures` are
+    items that failed to render and source images that could not be read."""
     shards_dir = out_dir / "shards"
     shards = [
         {"file": p.name, "rows": parquet.pq.ParquetFile(p).metadata.num_rows}
@@ -203,6 +221,7 @@ def write_manifest(
         "timings": {"last_run_s": round(seconds, 3)},
         "versions": package_versions(),
         "shards": shards,
+        "quarantined": sorted(p.name for p in (out_dir / "quarantine").glob("*.parquet")),
         "categories": categories_for(concepts),
         "failures": failures,
     }
@@ -222,6 +241,13 @@ class RunOptions:
     address: str | None = None  # an existing Ray cluster; default: RAY_ADDRESS, else local
     retries: int = 2  # attempts per failed item before it is reported
     force: bool = False  # delete a previous run in OUT and start over
+
+    def __post_init__(self) -> None:
+        if self.distributor not in ("ray", "local"):
+            raise AugmentError(f"distributor must be 'ray' or 'local', got {self.distributor!r}")
+        if self.workers is not None:
+            at_least("workers", self.workers, 1, " (leave it out to use every CPU)")
+        at_least("retries", self.retries, 0)
 
 
 def render_blocks(
@@ -265,6 +291,20 @@ def render_blocks(
     return totals["rendered"], totals["flagged"], failures
 
 
+def resume_point(out_dir: Path) -> set[str]:
+    """The item_ids already committed; damaged shards go to OUT/quarantine/ first, so their
+    items are rendered again (named in the log here and in the manifest)."""
+    done, damaged = parquet.check_shards(out_dir / "shards")
+    for shard, moved in zip(damaged, parquet.quarantine(out_dir, list(damaged)), strict=True):
+        log.warning(
+            "shard %s cannot be read (%s): moved to %s; its items are rendered again",
+            shard,
+            damaged[shard],
+            moved,
+        )
+    return done
+
+
 def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
     """Run (or resume) a job; returns what was done and where the outputs are."""
     options = options or RunOptions()
@@ -273,13 +313,15 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
     check_models(spec.generation, spec.paths)  # fail before touching OUT
     concepts = concepts_for(spec)
     check_scorer(spec.filters, spec.paths.scorer, [c.name for c in concepts])
-    items = plan_for(spec, concepts)
+    sources = SourceSet.of(spec) if spec.generation.mode in SOURCE_MODES else None
+    items = plan_for(spec, concepts, sources)
     prepare_output(out_dir, spec, options.force)
     write_plan(items, out_dir / "plan.parquet")
     parquet.remove_temp_files(out_dir / "shards")
-    done = parquet.committed_item_ids(out_dir / "shards")
+    done = resume_point(out_dir)
     try:
         rendered, flagged, failures = render_blocks(spec, concepts, items, done, out_dir, options)
+        failures += sources.unreadable if sources is not None else []
     finally:
         parquet.remove_temp_files(out_dir / "shards")  # a worker killed mid-write leaves one
     outputs = {
@@ -302,4 +344,5 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
         failed=len(failures),
         seconds=seconds,
         outputs=outputs,
+        failures=failures,
     )

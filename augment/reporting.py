@@ -18,6 +18,7 @@ import pandas as pd
 import yaml
 
 from augment.bench.stats import paired_gain, summarize
+from augment.errors import AugmentError
 
 ARM_ORDER = ("real_only", "augmented", "synthetic_only")
 
@@ -37,8 +38,39 @@ def ci_text(mean: float, low: float, high: float, unit: str = "") -> str:
     return f"{mean:.1f}{unit} [{low:.1f}, {high:.1f}]"
 
 
+#: Columns a results table must have (what `augment bench` writes).
+RESULT_COLUMNS = ("task", "arm", "ratio", "shots", "seed", "metric", "label", "value")
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    """A results table written by `augment bench`, or an error saying what is wrong with it."""
+    try:
+        results = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:  # pyarrow's errors are both
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AugmentError(
+            f"{path} is not a readable results table ({reason}); rerun `augment bench ...` "
+            "to write it again"
+        ) from None
+    missing = [c for c in RESULT_COLUMNS if c not in results.columns]
+    if missing:
+        raise AugmentError(
+            f"{path} is not an `augment bench` results table: no column {', '.join(missing)}"
+        )
+    if results.empty:
+        raise AugmentError(f"{path} holds no results; rerun `augment bench ...`")
+    return results
+
+
 def arm_label(row) -> str:
-    return f"{row['arm']} ×{row['ratio']:g}" if row["arm"] == "augmented" else row["arm"]
+    """'augmented ×1', or 'augmented ×1 (trained ×0.4)' when the synthetic set ran short."""
+    if row["arm"] != "augmented":
+        return row["arm"]
+    label = f"augmented ×{row['ratio']:.3g}"
+    trained = row.get("ratio_trained", row["ratio"])
+    if not math.isclose(trained, row["ratio"], rel_tol=1e-3):
+        label += f" (trained ×{trained:.2g})"
+    return label
 
 
 def plot_arms(summary: pd.DataFrame, metric: str, path: Path, title: str) -> Path | None:
@@ -214,6 +246,8 @@ def headline(results: pd.DataFrame) -> dict:
                     "ci_high": best["ci_high"],
                     "n_seeds": int(best["n_seeds"]),
                     "ratio": float(best["ratio"]),
+                    "ratio_trained": float(best["ratio_trained"]),
+                    "label": arm_label(best),
                 }
         gains = paired_gain(results, "top1")
         gains = gains[(gains["label"] == "") & (gains["shots"] == shots)]
@@ -277,14 +311,32 @@ def synthetic_set_lines(synthetic: str | None) -> list[str]:
     return [line + "); flagged images are not trained on.", ""]
 
 
+def read_settings(path: Path) -> dict:
+    """The benchmark settings saved beside the results (for sample grids); {} if unreadable."""
+    try:
+        settings = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return settings if isinstance(settings, dict) else {}
+
+
+def detector_learnt_nothing(results: pd.DataFrame) -> list[str]:
+    """Detector arms that scored mAP50:95 0 in every seed: they learnt nothing, and comparing
+    them says nothing either."""
+    summary = summarize(results)
+    chosen = summary[
+        (summary["task"] == "detect") & (summary["metric"] == "map50_95") & (summary["label"] == "")
+    ]
+    return [arm_label(r) for _, r in chosen.iterrows() if r["mean"] == 0]
+
+
 def write_report(
     results_path: Path, out_dir: Path, real: str | None = None, synthetic: str | None = None
 ) -> Path:
     """Write OUT/report.md and its PNG plots from a results table."""
-    results = pd.read_parquet(results_path)
+    results = read_results(results_path)
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings_path = results_path.parent / "settings.json"
-    settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
+    settings = read_settings(results_path.parent / "settings.json")
     classify_settings = settings.get("classify", {})
     real = real or classify_settings.get("real")
     synthetic = synthetic or classify_settings.get("synthetic")
@@ -321,7 +373,7 @@ def write_report(
             if arm in figures:
                 f = figures[arm]
                 lines.append(
-                    f"- **{arm}**: {ci_text(f['mean'], f['ci_low'], f['ci_high'], ' %')}"
+                    f"- **{f['label']}**: {ci_text(f['mean'], f['ci_low'], f['ci_high'], ' %')}"
                     f" ({f['n_seeds']} seeds)"
                 )
         if "gain" in figures:
@@ -333,19 +385,32 @@ def write_report(
             ]
         lines.append("")
     lines += synthetic_set_lines(synthetic)
+    top1 = summary[(summary["metric"] == "top1") & (summary["label"] == "")]
+    short = sorted({arm_label(r) for _, r in top1.iterrows() if "trained" in arm_label(r)})
+    if short:
+        lines += [
+            f"The synthetic set was too small for {', '.join(short)}: each arm trained on the "
+            "ratio in brackets (`ratio_trained` in the results), not on the one asked.",
+            "",
+        ]
+    if zero := detector_learnt_nothing(results):
+        lines += [
+            f"**Detector {', '.join(zero)}: mAP 0.0 in every seed.** It learnt nothing at this "
+            "training length, so this comparison says nothing; train longer (--epochs).",
+            "",
+        ]
     overall = summary[summary["label"] == ""].copy()
     overall["value"] = [
         ci_text(r["mean"], r["ci_low"], r["ci_high"]) for _, r in overall.iterrows()
     ]
-    lines += [
-        "## All arms",
-        "",
-        markdown_table(overall[["task", "arm", "ratio", "shots", "metric", "value", "n_seeds"]]),
-        "",
-    ]
+    for column in ("ratio", "ratio_trained"):
+        overall[column] = [f"{value:.3g}" for value in overall[column]]
+    columns = ["task", "arm", "ratio", "ratio_trained", "shots", "metric", "value", "n_seeds"]
+    lines += ["## All arms", "", markdown_table(overall[columns]), ""]
     if not gains.empty:
         table = gains[gains["label"] == ""].copy()
         table["gain"] = [ci_text(r["gain"], r["ci_low"], r["ci_high"]) for _, r in table.iterrows()]
+        table["ratio"] = [f"{value:.3g}" for value in table["ratio"]]
         lines += [
             "## Paired gain in top-1 (points)",
             "",

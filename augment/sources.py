@@ -55,7 +55,25 @@ def detect_format(path: Path) -> str:
     return "unknown"
 
 
-def read_coco(path: Path) -> list[SourceImage]:
+def unreadable_image(file: Path | str, exc: Exception) -> dict:
+    """A failure entry for manifest.json: the source file and why it cannot be used."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return {"source": str(file), "error": reason}
+
+
+#: What decoding a user's file may raise: PIL's own errors, and whatever an image plugin that
+#: another library registered raises (ultralytics' HEIF opener raises ModuleNotFoundError).
+DECODE_ERRORS = (
+    OSError,
+    UnidentifiedImageError,
+    Image.DecompressionBombError,
+    ValueError,
+    ImportError,
+    SyntaxError,  # PIL raises it for some malformed headers
+)
+
+
+def read_coco(path: Path, unreadable: list[dict]) -> list[SourceImage]:
     annotations = path if path.is_file() else path / "annotations.json"
     try:
         document = json.loads(annotations.read_text())
@@ -70,6 +88,9 @@ def read_coco(path: Path) -> list[SourceImage]:
             file = folder / "images" / entry["file_name"]
             if not file.is_file():
                 file = folder / entry["file_name"]
+            if not file.is_file():
+                unreadable.append(unreadable_image(file, FileNotFoundError("no such file")))
+                continue
             images.append(
                 SourceImage(
                     id=str(entry["id"]),
@@ -86,14 +107,18 @@ def read_coco(path: Path) -> list[SourceImage]:
     return images
 
 
-def read_imagefolder(path: Path) -> list[SourceImage]:
+def read_imagefolder(path: Path, unreadable: list[dict]) -> list[SourceImage]:
     images = []
     for class_dir in sorted(p for p in path.iterdir() if p.is_dir()):
         for file in sorted(class_dir.iterdir()):
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            with Image.open(file) as image:
-                width, height = image.size
+            try:
+                with Image.open(file) as image:
+                    width, height = image.size
+            except DECODE_ERRORS as exc:
+                unreadable.append(unreadable_image(file, exc))
+                continue
             images.append(
                 SourceImage(
                     id=f"{class_dir.name}/{file.stem}",
@@ -113,7 +138,7 @@ def parquet_files(path: Path) -> list[Path]:
     return sorted(folder.glob("*.parquet"))
 
 
-def read_parquet(path: Path) -> list[SourceImage]:
+def read_parquet(path: Path, unreadable: list[dict]) -> list[SourceImage]:
     """Rows with an `image` column; ids from item_id/image_id/id, labels from concept_name/label.
 
     Box category ids are named through the folder's manifest.json when it is an augment run.
@@ -132,10 +157,16 @@ def read_parquet(path: Path) -> list[SourceImage]:
         columns = [c for c in (id_column, label_column, "width", "height", "boxes") if c]
         rows = pq.read_table(file, columns=[c for c in columns if c in schema.names]).to_pylist()
         if "width" not in schema.names or "height" not in schema.names:
-            for row, cell in zip(rows, image_cells(file), strict=True):
-                with Image.open(io.BytesIO(cell)) as image:
-                    row["width"], row["height"] = image.size
+            for row_index, (row, cell) in enumerate(zip(rows, image_cells(file), strict=True)):
+                try:
+                    with Image.open(io.BytesIO(cell)) as image:
+                        row["width"], row["height"] = image.size
+                except DECODE_ERRORS as exc:
+                    unreadable.append(unreadable_image(f"{file}#{row_index}", exc))
+                    row["unreadable"] = True
         for row_index, row in enumerate(rows):
+            if row.get("unreadable"):
+                continue
             boxes = tuple(
                 SourceBox(
                     box.get("label") or names.get(box["category_id"], str(box["category_id"])),
@@ -177,9 +208,11 @@ class SourceSet:
                 "imagefolder or parquet"
             )
         self.format = fmt
-        images = sorted(READERS[fmt](self.path), key=lambda i: natural_key(i.id))
+        #: Source images that cannot be used (missing, not decodable): listed in the manifest.
+        self.unreadable: list[dict] = []
+        images = sorted(READERS[fmt](self.path, self.unreadable), key=lambda i: natural_key(i.id))
         if not images:
-            raise SpecError(f"source.path: {self.path} holds no images")
+            raise SpecError(f"source.path: {self.path} holds no readable images")
         self.images = images[:limit] if limit else images
         self.by_id = {image.id: image for image in self.images}
         self._parquet_images: dict[str, list] = {}  # file -> image column, read once
@@ -207,7 +240,7 @@ class SourceSet:
                 return Image.open(io.BytesIO(data)).convert("RGB")
             with Image.open(location) as image:
                 return image.convert("RGB")
-        except (OSError, UnidentifiedImageError) as exc:
+        except DECODE_ERRORS as exc:
             raise SpecError(f"source image {image_id} ({location}) cannot be read: {exc}") from None
 
     def targets(

@@ -106,7 +106,7 @@ def digits_generator_run(tmp_path_factory) -> Path:
     return write_fake_run(tmp_path_factory.mktemp("fake"), images[chosen], labels[chosen])
 
 
-def test_classify_writes_seeds_per_arm_and_the_report(digits_generator_run, tmp_path):
+def test_classify_writes_seeds_per_arm_and_the_report(digits_generator_run, tmp_path, caplog):
     from augment.reporting import write_report
 
     settings = ClassifySettings(
@@ -114,11 +114,17 @@ def test_classify_writes_seeds_per_arm_and_the_report(digits_generator_run, tmp_
         out=str(tmp_path / "bench"),
         image_size=16,
         shots=[5],
-        ratios=[1.0, 2.0],
+        ratios=[2.0, 6.0],  # 20 synthetic images per class: x6 of 5 shots asks 30
         seeds=3,
         steps=40,
     )
     results = run_classify(settings)
+    short = results[(results["arm"] == "augmented") & (results["ratio"] == 6.0)]
+    assert (short["n_synthetic"] == 200).all() and (short["ratio_trained"] == 4.0).all()
+    assert short["synthetic_short"].all()
+    assert "augmented ×6 at 5 shots asks 300 synthetic images; the synthetic set has 200" in (
+        caplog.text
+    )
     top1 = results[(results["metric"] == "top1")]
     assert set(top1["arm"]) == {"real_only", "augmented", "synthetic_only"}
     assert (top1.groupby(["arm", "ratio"])["seed"].nunique() == 3).all()
@@ -133,6 +139,7 @@ def test_classify_writes_seeds_per_arm_and_the_report(digits_generator_run, tmp_
     report = write_report(tmp_path / "bench" / "results.parquet", tmp_path / "report")
     text = report.read_text()
     assert "real_only" in text and "Paired gain" in text and "[" in text
+    assert "augmented ×6 (trained ×4)" in text and "too small for augmented ×6" in text
     for name in ("classify_arms", "gain_vs_ratio", "per_class_gain", "wordnet_nodes", "samples"):
         assert (tmp_path / "report" / f"{name}.png").stat().st_size > 1000
     headline = json.loads((tmp_path / "report" / "headline.json").read_text())

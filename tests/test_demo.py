@@ -28,7 +28,16 @@ def test_quick_demo_writes_the_report_and_headline_figures(tmp_path):
         assert figure["n_seeds"] == 3 and figure["ci_low"] <= figure["mean"] <= figure["ci_high"]
     assert summary["gain"]["ci_low"] <= summary["gain"]["mean"] <= summary["gain"]["ci_high"]
     assert set(summary["detector_map50_95"]) == {"real_only", "augmented ×1"}
-    assert summary["images_generated"] == 200
+    assert summary["images_generated"] == 240
+    # Every class still fills the x2 arm after the filter: it trained on the ratio it says.
+    assert accuracy["augmented"]["ratio_trained"] == accuracy["augmented"]["ratio"] == 2.0
+    generation, whole = summary["stage_seconds"]["generation"], summary["wall_time_s"]
+    assert f"240 images generated in {generation:.0f} s; the whole demo took {whole:.0f} s" in (
+        result.stdout
+    )
+    # One detector epoch learns nothing: the demo says so rather than printing two zeros.
+    if summary["detector_map50_95"]["real_only"]["mean"] == 0:
+        assert "detector arm real_only: mAP50:95 0.0 in every seed" in result.stderr
     report = Path(summary["report"]).read_text()
     assert "Paired gain" in report and "samples.png" in report
     # The report says which images were trained on: the filter's count is the manifest's.

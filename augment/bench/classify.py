@@ -4,7 +4,8 @@ For each few-shot regime (N real images per class drawn from the real pool) and 
 same classifier is trained on each arm with the same number of optimisation steps (equal
 compute), then scored on the held-out real test set: top-1, macro-F1, per-class accuracy, and
 accuracy per WordNet node (every hypernym above the classes). One results row per (arm, ratio,
-shots, seed, metric, label).
+shots, seed, metric, label); `ratio` is the ratio asked, `ratio_trained` the one the arm trained
+on, which is lower (`synthetic_short`, and a warning) when the synthetic set runs short.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pandas as pd
 
 from augment.bench.data import Classes, ImageSet, RealData, check_no_leak, load_real, load_synthetic
 from augment.classifier import build_model, to_tensor
-from augment.errors import AugmentError
+from augment.errors import AugmentError, above, at_least
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,15 @@ class ClassifySettings:
     lr: float = 2e-3
     test_fraction: float = 0.3  # for ImageFolder / COCO real sets
     split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Refuse settings no benchmark can run, before any data is read."""
+        for name in ("shots", "seeds", "steps", "batch_size", "image_size"):
+            at_least(name, getattr(self, name), 1)
+        above("ratios", self.ratios, 0, " (synthetic images per real image, e.g. 0.5,1,2)")
+        above("lr", self.lr, 0)
+        if not 0 < self.test_fraction < 1:
+            raise AugmentError(f"test_fraction must be between 0 and 1, got {self.test_fraction}")
 
 
 def random_shift(batch, max_shift: int, generator):
@@ -148,20 +158,23 @@ def few_shot(pool: ImageSet, shots: int, seed: int) -> ImageSet:
 
 
 def balanced_sample(images: ImageSet, count: int, num_classes: int, seed: int) -> ImageSet:
-    """About count / num_classes synthetic images per class, drawn with `seed`."""
+    """`count` synthetic images spread evenly over the classes (the remainder to classes drawn
+    with `seed`); fewer where a class has fewer, which the caller reports."""
     rng = np.random.default_rng(seed + 1_000_003)
-    per_class = max(1, round(count / num_classes))
+    quota = np.full(num_classes, count // num_classes)
+    if count % num_classes:
+        quota[rng.choice(num_classes, count % num_classes, replace=False)] += 1
     rows = []
     for label in range(num_classes):
         members = np.flatnonzero(images.labels == label)
-        rows.extend(rng.choice(members, min(per_class, len(members)), replace=False))
+        rows.extend(rng.choice(members, min(quota[label], len(members)), replace=False))
     return images.subset(np.sort(np.array(rows, dtype=int)))
 
 
 def arms(settings: ClassifySettings, has_synthetic: bool) -> list[tuple[str, float]]:
     chosen = [("real_only", 0.0)]
     if has_synthetic:
-        chosen += [("augmented", ratio) for ratio in settings.ratios if ratio > 0]
+        chosen += [("augmented", ratio) for ratio in dict.fromkeys(settings.ratios)]
         if settings.synthetic_only:
             chosen.append(("synthetic_only", 0.0))
     return chosen
@@ -191,21 +204,36 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
         for arm, ratio in arms(settings, synthetic is not None)
     ]
     rows = []
+    short: set[tuple[int, float]] = set()  # (shots, ratio) the synthetic set could not fill
     with image_progress(len(plan) * settings.steps, "training classifiers", unit="step") as advance:
         for shots, seed, arm, ratio in plan:
             real_train = few_shot(real.pool, shots, seed)
+            asked = 0
             if arm == "real_only":
                 train = real_train
             elif arm == "synthetic_only":
                 train = balanced_sample(synthetic, len(synthetic), num_classes, seed)
             else:
-                extra = balanced_sample(synthetic, int(ratio * len(real_train)), num_classes, seed)
+                asked = round(ratio * len(real_train))
+                extra = balanced_sample(synthetic, asked, num_classes, seed)
                 train = ImageSet.concat(real_train, extra)
+                if len(extra) < asked and (shots, ratio) not in short:
+                    short.add((shots, ratio))
+                    log.warning(
+                        "augmented ×%g at %d shots asks %d synthetic images; the synthetic set "
+                        "has %d of them (×%.2g): that arm trains on fewer (see ratio_trained)",
+                        ratio,
+                        shots,
+                        asked,
+                        len(extra),
+                        len(extra) / len(real_train),
+                    )
             started = time.perf_counter()
             model = train_classifier(train, num_classes, settings, seed, advance)
             predictions = predict(model, real.test)
             seconds = time.perf_counter() - started
             n_real = 0 if arm == "synthetic_only" else len(real_train)
+            n_synthetic = len(train) - n_real
             for metric, label, value in score(predictions, real.test, real.classes):
                 rows.append(
                     {
@@ -220,7 +248,9 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
                         "model": settings.model,
                         "steps": settings.steps,
                         "n_real": n_real,
-                        "n_synthetic": len(train) - n_real,
+                        "n_synthetic": n_synthetic,
+                        "ratio_trained": n_synthetic / n_real if arm == "augmented" else 0.0,
+                        "synthetic_short": n_synthetic < asked,
                         "n_test": len(real.test),
                         "wall_s": seconds,
                     }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import shutil
 import time
@@ -24,7 +25,9 @@ import numpy as np
 import pandas as pd
 
 from augment.bench.classify import write_results
-from augment.errors import AugmentError
+from augment.errors import AugmentError, at_least
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,6 +42,14 @@ class DetectSettings:
     seeds: int = 3
     val_fraction: float = 0.3
     split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Refuse settings no benchmark can run, before any data is read."""
+        for name in ("epochs", "seeds", "batch"):
+            at_least(name, getattr(self, name), 1)
+        at_least("imgsz", self.imgsz, 32, " (YOLO's largest stride)")
+        if not 0 < self.val_fraction < 1:
+            raise AugmentError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
 
 
 def prepare_ultralytics(cache: Path) -> None:
@@ -275,6 +286,7 @@ def run_detect(settings: DetectSettings) -> pd.DataFrame:
                     "task": "detect",
                     "arm": arm,
                     "ratio": n_synthetic / n_real if arm == "augmented" else 0.0,
+                    "ratio_trained": n_synthetic / n_real if arm == "augmented" else 0.0,
                     "shots": 0,
                     "seed": seed,
                     "model": settings.model,
@@ -299,4 +311,13 @@ def run_detect(settings: DetectSettings) -> pd.DataFrame:
                 advance(1)
     results = pd.DataFrame(rows)
     write_results(results, out, {"detect": asdict(settings)})
+    scores = results[results["metric"] == "map50_95"].groupby("arm")["value"]
+    for arm, best in scores.max().items():
+        if best == 0:
+            log.warning(
+                "detector arm %s: mAP50:95 0.0 in every seed, it learnt nothing at --epochs %d, so "
+                "this comparison says nothing; train longer (--epochs)",
+                arm,
+                settings.epochs,
+            )
     return results

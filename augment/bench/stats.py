@@ -26,11 +26,17 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
 
 
 def summarize(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """One row per (task, arm, ratio, shots, metric, label): mean, ci_low, ci_high, n_seeds."""
+    """One row per (task, arm, ratio, shots, metric, label): mean, ci_low, ci_high, n_seeds,
+    and the ratio the arm trained on (`ratio_trained`, the asked one in older tables)."""
     keys = ["task", "arm", "ratio", "shots", "metric", "label"]
     rows = []
     for key, group in results.groupby(keys, dropna=False, sort=True):
         mean, low, high = mean_ci(group["value"], confidence)
+        trained = (
+            group["ratio_trained"].fillna(group["ratio"])
+            if "ratio_trained" in group
+            else group["ratio"]
+        )
         rows.append(
             {
                 **dict(zip(keys, key, strict=True)),
@@ -38,6 +44,7 @@ def summarize(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
                 "ci_low": low,
                 "ci_high": high,
                 "n_seeds": group["seed"].nunique(),
+                "ratio_trained": float(trained.mean()),
             }
         )
     return pd.DataFrame(rows)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from augment.errors import at_least
 from augment.labels import Canvas, compose_canvases
 from augment.sinks import export_records, run_categories
 from augment.sinks.parquet import write_shard
@@ -74,6 +75,8 @@ def real_canvases(
     folder: Path, train_count: int = 300, val_count: int = 150, seed: int = 0
 ) -> Path:
     """OUT/{train,val}/annotations.json from real digits: pool -> train, test -> val."""
+    at_least("train canvases", train_count, 1)
+    at_least("val canvases", val_count, 1)
     from augment.digits.data import digit_splits, load_digit_images
 
     images, labels = load_digit_images(32)
@@ -97,6 +100,7 @@ def real_canvases(
 
 def synthetic_canvases(run_dir: Path, out_dir: Path, count: int, seed: int = 0) -> Path:
     """Canvases from a run's generated digits, written as an augment output folder."""
+    at_least("synthetic canvases (--count)", count, 1)
     categories = run_categories(run_dir)
     by_name = {slugify(c["name"]): c["id"] for c in categories}
     objects, category_ids, ids = [], [], []

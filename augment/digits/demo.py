@@ -32,8 +32,11 @@ class DemoSize:
     synthetic_canvases: int
 
 
+# More images are generated per class than the largest ratio takes (×30 of 10 real = 300 per
+# class; ×2 = 20 in the quick demo): the filter flags about 5 %, and each class must still fill
+# its arm, or the arm would train on less than its ratio says.
 FULL = DemoSize(340, [1.0, 30.0], 5, 600, 3, 8, (300, 150), 300)
-QUICK = DemoSize(20, [2.0], 3, 60, 2, 1, (60, 30), 60)
+QUICK = DemoSize(24, [2.0], 3, 60, 2, 1, (60, 30), 60)
 
 
 def run_demo(

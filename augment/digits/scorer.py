@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from augment.digits.data import DIGIT_NAMES
+from augment.errors import at_least
 
 DEFAULT_STEPS = 1500
 IMAGE_SIZE = 32
@@ -26,6 +27,7 @@ def train_digits_scorer(
     out_dir: Path, steps: int = DEFAULT_STEPS, seed: int = 0, threads: int | None = 2
 ) -> dict:
     """Train the scorer on the generator split, measure it on the pool, save it; returns stats."""
+    at_least("steps", steps, 1)
     import torch
 
     from augment.bench.classify import ClassifySettings, predict, train_classifier

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from augment.digits.data import DIGIT_NAMES, digit_splits, load_digit_images, prompt_for
+from augment.errors import at_least
 
 #: UNet steps of the shipped model (`augment digits train --steps`).
 DEFAULT_STEPS = 3000
@@ -553,8 +554,12 @@ class DigitsTrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError("steps must be >= 1")
+        for name in ("steps", "batch_size", "vae_batch_size", "unet_layers", "sample_steps"):
+            at_least(name, getattr(self, name), 1)
+        if self.vae_steps is not None:
+            at_least("vae_steps", self.vae_steps, 1)
+        if self.threads is not None:
+            at_least("threads", self.threads, 1)
 
 
 def train_digits_model(out_dir: Path, config: DigitsTrainConfig | None = None) -> dict:

@@ -2,22 +2,29 @@
 
 Every export reads OUT/shards and OUT/manifest.json (for the categories), never memory, so it
 can be rerun at any time: ``augment export OUT --format coco --format yolo``. Flagged images
-(black, NaN, NSFW, filtered) are left out unless asked for.
+(black, NaN, NSFW, filtered) are left out unless asked for. A shard that cannot be read is
+skipped and named; each export is written to a temporary folder and renamed into place, so a
+failed export never leaves a half-written one (the previous export stays until then).
 """
 
 from __future__ import annotations
 
+import logging
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from augment.errors import OutputError
-from augment.sinks.parquet import shard_paths
+from augment.sinks.parquet import check_shards, shard_paths
 from augment.sinks.rows import export_records, image_file_name, run_categories
 
 __all__ = ["export", "export_records", "image_file_name", "run_categories"]
 
+log = logging.getLogger(__name__)
+
 
 def exporters() -> dict[str, Callable[[Path, list[dict], Iterator[dict]], Path]]:
+    """Format -> exporter(folder, categories, records), which writes into `folder`."""
     from augment.sinks.coco import export_coco
     from augment.sinks.imagefolder import export_imagefolder
     from augment.sinks.yolo import export_yolo
@@ -28,15 +35,41 @@ def exporters() -> dict[str, Callable[[Path, list[dict], Iterator[dict]], Path]]
 def export(out_dir: Path, formats: list[str], include_flagged: bool = False) -> dict[str, Path]:
     """Write each export format from the shards; returns format -> main output path."""
     out_dir = Path(out_dir)
-    if not shard_paths(out_dir / "shards"):
+    available = exporters()
+    unknown = [name for name in formats if name not in (*available, "parquet")]
+    if unknown:
+        raise OutputError(f"unknown export format '{unknown[0]}'; known: {', '.join(available)}")
+    shards = shard_paths(out_dir / "shards")
+    if not shards:
         raise OutputError(f"{out_dir}/shards holds no shards: nothing to export")
     categories = run_categories(out_dir)
-    available = exporters()
+    _, damaged = check_shards(out_dir / "shards")
+    for shard, reason in damaged.items():
+        log.warning("export skips shard %s: it cannot be read (%s)", shard, reason)
+    readable = [shard for shard in shards if shard not in damaged]
     paths = {}
-    for name in formats:
-        if name == "parquet":
-            continue
-        if name not in available:
-            raise OutputError(f"unknown export format '{name}'; known: {', '.join(available)}")
-        paths[name] = available[name](out_dir, categories, export_records(out_dir, include_flagged))
+    for name in dict.fromkeys(formats):
+        if name != "parquet":
+            records = export_records(out_dir, include_flagged, readable)
+            paths[name] = write_in_place(out_dir / name, available[name], categories, records)
     return paths
+
+
+def write_in_place(folder: Path, exporter: Callable, categories: list[dict], records) -> Path:
+    """Run `exporter` into a temporary folder, then swap it for `folder` in two renames."""
+    tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    try:
+        written = exporter(tmp, categories, records)
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+    except BaseException:
+        if old.exists() and not folder.exists():  # put the previous export back
+            old.rename(folder)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return folder / written.relative_to(tmp)

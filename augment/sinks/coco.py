@@ -16,8 +16,7 @@ from pathlib import Path
 from augment.sinks.rows import image_file_name
 
 
-def export_coco(out_dir: Path, categories: list[dict], records: Iterable[dict]) -> Path:
-    coco_dir = Path(out_dir) / "coco"
+def export_coco(coco_dir: Path, categories: list[dict], records: Iterable[dict]) -> Path:
     images_dir = coco_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
@@ -49,7 +48,7 @@ def export_coco(out_dir: Path, categories: list[dict], records: Iterable[dict]) 
             )
     document = {
         "info": {
-            "description": f"augment synthetic images from {Path(out_dir).name}",
+            "description": "augment synthetic images",
             "date_created": datetime.now(UTC).isoformat(timespec="seconds"),
         },
         "licenses": [],
@@ -61,7 +60,5 @@ def export_coco(out_dir: Path, categories: list[dict], records: Iterable[dict]) 
         ],
     }
     path = coco_dir / "annotations.json"
-    tmp = coco_dir / ".annotations.json.tmp"
-    tmp.write_text(json.dumps(document))
-    tmp.replace(path)
+    path.write_text(json.dumps(document))
     return path

@@ -9,8 +9,8 @@ from augment.sinks.rows import image_file_name
 from augment.taxonomy.listfile import slugify
 
 
-def export_imagefolder(out_dir: Path, categories: list[dict], records: Iterable[dict]) -> Path:
-    root = Path(out_dir) / "imagefolder"
+def export_imagefolder(root: Path, categories: list[dict], records: Iterable[dict]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
     folders = {c["id"]: root / slugify(c["name"]) for c in categories}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)

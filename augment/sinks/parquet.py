@@ -1,9 +1,12 @@
 """Parquet shards: the records of a run, committed atomically.
 
 A shard is written under a temporary name and renamed into place only when complete, so a
-reader (or a resumed run) never sees half a shard. The image column is the Hugging Face
-`datasets` Image struct {bytes, path}, declared in the schema metadata so that
-``datasets.load_dataset("parquet", ...)`` decodes it as images.
+reader (or a resumed run) never sees half a shard. Pages carry CRC checksums, so a shard damaged
+later (truncated, overwritten) is found when read: every reader here raises `ShardError` naming
+the shard, and a resumed run moves such a shard to OUT/quarantine/ and renders its items again.
+
+The image column is the Hugging Face `datasets` Image struct {bytes, path}, declared in the
+schema metadata so that ``datasets.load_dataset("parquet", ...)`` decodes it as images.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from augment.errors import OutputError
+from augment.errors import OutputError, ShardError
 from augment.records import RECORD_SCHEMA
 
 if TYPE_CHECKING:
@@ -51,20 +54,60 @@ def count_true(shards_dir: Path, columns: list[str]) -> tuple[int, dict[str, int
     return rows, counts
 
 
+def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """One whole shard (its pages' checksums verified), or `ShardError` naming it."""
+    try:
+        table = pq.read_table(path, columns=columns, page_checksum_verification=True)
+        missing = set(columns or ()) - set(table.column_names)
+        if missing:
+            raise ValueError(f"no column {', '.join(sorted(missing))}")
+        return table
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ShardError(path, reason) from None
+
+
+def check_shards(shards_dir: Path) -> tuple[set[str], dict[Path, str]]:
+    """Read every committed shard in full: (item_ids of the readable ones, damaged shard ->
+    why). A resumed run skips those items and quarantines the damaged shards."""
+    ids: set[str] = set()
+    damaged: dict[Path, str] = {}
+    for path in shard_paths(shards_dir):
+        try:
+            ids.update(read_shard(path).column("item_id").to_pylist())
+        except ShardError as exc:
+            damaged[path] = exc.reason
+    return ids, damaged
+
+
 def committed_item_ids(shards_dir: Path) -> set[str]:
-    """item_ids already in committed shards: the work a resumed run skips."""
+    """item_ids already in committed shards (a damaged shard is an error naming it)."""
     ids: set[str] = set()
     for path in shard_paths(shards_dir):
-        ids.update(pq.read_table(path, columns=["item_id"]).column("item_id").to_pylist())
+        ids.update(read_shard(path, ["item_id"]).column("item_id").to_pylist())
     return ids
 
 
-def read_records(shards_dir: Path, columns: list[str] | None = None) -> Iterator[dict]:
-    """Yield records shard by shard, row group by row group (images are not all in memory)."""
-    for path in shard_paths(shards_dir):
-        parquet = pq.ParquetFile(path)
-        for index in range(parquet.num_row_groups):
-            yield from parquet.read_row_group(index, columns=columns).to_pylist()
+def quarantine(out_dir: Path, shards: list[Path]) -> list[Path]:
+    """Move damaged shards to OUT/quarantine/ (never deleted: a person may want them back)."""
+    folder = Path(out_dir) / "quarantine"
+    folder.mkdir(exist_ok=True)
+    moved = []
+    for shard in shards:
+        target, copy = folder / shard.name, 1
+        while target.exists():  # a shard of the same name was quarantined before
+            target, copy = folder / f"{shard.stem}.{copy}{shard.suffix}", copy + 1
+        shard.replace(target)
+        moved.append(target)
+    return moved
+
+
+def read_records(
+    shards_dir: Path, columns: list[str] | None = None, shards: list[Path] | None = None
+) -> Iterator[dict]:
+    """Yield records shard by shard (one shard in memory at a time); `shards` picks some."""
+    for path in shard_paths(shards_dir) if shards is None else shards:
+        yield from read_shard(path, columns).to_pylist()
 
 
 def write_shard(shards_dir: Path, name: str, records: list[dict]) -> Path:
@@ -73,7 +116,7 @@ def write_shard(shards_dir: Path, name: str, records: list[dict]) -> Path:
     shards_dir.mkdir(parents=True, exist_ok=True)
     tmp = shards_dir / f".{name}.tmp"
     table = pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
-    pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE)
+    pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE, write_page_checksum=True)
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
     path = shards_dir / name
@@ -121,7 +164,8 @@ def run_shards(out_dir: Path) -> list[Path]:
 
 def read_run(out_dir: Path) -> pa.Table:
     """Every record of a run as one Arrow table (the shards' schema, metadata included)."""
-    return pq.ParquetDataset(run_shards(out_dir), schema=RECORD_SCHEMA).read()
+    tables = [read_shard(path) for path in run_shards(out_dir)]
+    return pa.concat_tables(tables).cast(RECORD_SCHEMA)
 
 
 def read_frame(out_dir: Path) -> pd.DataFrame:

@@ -17,8 +17,11 @@ def image_file_name(record: dict) -> str:
     return f"{slugify(record['concept_name'])}_{record['item_id']}.png"
 
 
-def export_records(out_dir: Path, include_flagged: bool = False) -> Iterator[dict]:
-    for record in read_records(Path(out_dir) / "shards"):
+def export_records(
+    out_dir: Path, include_flagged: bool = False, shards: list[Path] | None = None
+) -> Iterator[dict]:
+    """The records an export writes (flagged ones left out); `shards` picks some shards."""
+    for record in read_records(Path(out_dir) / "shards", shards=shards):
         if include_flagged or not any(record[flag] for flag in FLAGS):
             yield record
 

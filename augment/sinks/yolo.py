@@ -2,8 +2,9 @@
 
 Class indices follow the categories sorted by id (index 0 = the lowest category id); data.yaml
 lists the names and, as a comment-free extra key, the category id of each index. There is no
-`download:` key, so ultralytics never tries the network. Synthetic images are training data: the
-same folder serves as `val`, and benchmarks validate on real images instead.
+`download:` key, so ultralytics never tries the network, and no `path:` key, so ultralytics takes
+the folder of data.yaml as the root and the export can be moved. Synthetic images are training
+data: the same folder serves as `val`, and benchmarks validate on real images instead.
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ def yolo_label_lines(record: dict, class_index: dict[int, int]) -> list[str]:
     return lines
 
 
-def export_yolo(out_dir: Path, categories: list[dict], records: Iterable[dict]) -> Path:
-    yolo_dir = Path(out_dir) / "yolo"
+def export_yolo(yolo_dir: Path, categories: list[dict], records: Iterable[dict]) -> Path:
     images_dir, labels_dir = yolo_dir / "images", yolo_dir / "labels"
     images_dir.mkdir(parents=True, exist_ok=True)
     labels_dir.mkdir(parents=True, exist_ok=True)
@@ -41,7 +41,6 @@ def export_yolo(out_dir: Path, categories: list[dict], records: Iterable[dict]) 
         lines = yolo_label_lines(record, class_index)
         (labels_dir / name).with_suffix(".txt").write_text("\n".join(lines) + "\n" * bool(lines))
     data = {
-        "path": str(yolo_dir.resolve()),
         "train": "images",
         "val": "images",
         "names": {index: c["name"] for index, c in enumerate(ordered)},

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from augment.errors import TaxonomyError
+from augment.errors import TaxonomyError, at_least
 from augment.taxonomy.concept import Concept
 from augment.taxonomy.listfile import load_list_file
 
@@ -29,6 +29,12 @@ def resolve_list_file(source: str, base_dir: Path | None = None) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
+    folder = next((c for c in candidates if c.is_dir()), None)
+    if folder is not None:
+        raise TaxonomyError(
+            f"taxonomy '{source}' is a folder ({folder}); give a list file inside it (a YAML "
+            "file with a concepts: list)"
+        )
     shipped = sorted(p.stem for p in SHIPPED_TAXONOMIES.glob("*.yaml"))
     raise TaxonomyError(
         f"taxonomy '{source}' not found: give wordnet:<synset>, coco[:<supercategory>], a path "
@@ -56,6 +62,10 @@ def load_concepts(
     exclude: tuple[str, ...] = (),
 ) -> list[Concept]:
     """Expand a taxonomy source string into concepts, in a stable order."""
+    if depth is not None:
+        at_least("depth", depth, 0)
+    if max_concepts is not None:
+        at_least("max_concepts", max_concepts, 1)
     kind, _, argument = source.partition(":")
     if kind == "wordnet":
         from augment.taxonomy.wordnet import expand_synset

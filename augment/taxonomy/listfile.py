@@ -15,6 +15,7 @@ Format::
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -37,10 +38,18 @@ KNOWN_KEYS = {
 }
 
 
+#: Longest slug: file names hold the slug and an item id within common 255-byte limits.
+MAX_SLUG = 80
+
+
 def slugify(name: str) -> str:
-    """A file- and id-safe form of a concept name: 'Prickly acacia' -> 'prickly_acacia'."""
-    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-    return slug or "concept"
+    """A file- and id-safe form of a concept name: 'Prickly acacia' -> 'prickly_acacia'. A long
+    name is cut, with a hash of the whole name so that two long names stay apart."""
+    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "concept"
+    if len(slug) > MAX_SLUG:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        slug = f"{slug[: MAX_SLUG - 9].rstrip('_')}_{digest}"
+    return slug
 
 
 def load_list_file(path: Path) -> list[Concept]:

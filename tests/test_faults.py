@@ -1,0 +1,244 @@
+"""Every command fails well, driven as a user drives it: one line on stderr, exit 2 for bad
+input (1 for a fault of augment), never a traceback, and nothing already written lost."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from augment import api
+from augment.cli import main
+from tests.conftest import REPO, TINY_JOB, images_by_item
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """The exit code, stdout and stderr of `augment ARGS`, run in this process."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse refusing an option
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def error_line(err: str) -> str:
+    """The one line a failure prints; fails the test if there is more, or a traceback."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def damage(shard: Path, how: str) -> None:
+    data = shard.read_bytes()
+    if how == "truncated":
+        shard.write_bytes(data[: len(data) // 2])
+    else:  # junk bytes in its place, of the same length
+        shard.write_bytes(bytes(range(256)) * (len(data) // 256))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """The tiny job (9 items in shards of 4, 4 and 1) run once; tests copy it."""
+    folder = tmp_path_factory.mktemp("finished")
+    job = folder / "job.yaml"
+    job.write_text(TINY_JOB.replace("OUT_DIR", str(folder / "out")))
+    assert main(["run", str(job), "--distributor", "local"]) == 0
+    return folder
+
+
+@pytest.fixture
+def run_copy(finished_run: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """(job.yaml, OUT) of a private copy of the finished run."""
+    shutil.copytree(finished_run / "out", tmp_path / "out")
+    job = tmp_path / "job.yaml"
+    job.write_text(TINY_JOB.replace("OUT_DIR", str(tmp_path / "out")))
+    return job, tmp_path / "out"
+
+
+@pytest.mark.parametrize("how", ["truncated", "junk"])
+def test_resume_quarantines_a_damaged_shard_and_renders_exactly_its_items(run_copy, capsys, how):
+    job, out = run_copy
+    before = images_by_item(out)
+    shard = out / "shards" / "part-00001.parquet"
+    lost = pq.read_table(shard, columns=["item_id"]).column("item_id").to_pylist()
+    damage(shard, how)
+
+    code, stdout, err = cli(capsys, "run", job, "--distributor", "local")
+    assert code == 0, err
+    assert f"warning: shard {shard} cannot be read" in err and "Traceback" not in err
+    assert f"{len(lost)} images rendered, {9 - len(lost)} already done" in stdout
+    assert (out / "quarantine" / "part-00001.parquet").is_file()
+    ids = pd.read_parquet(out / "shards", columns=["item_id"])["item_id"]
+    assert len(ids) == ids.nunique() == 9  # the full plan, nothing twice
+    assert images_by_item(out) == before  # the same images, rendered again
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["quarantined"] == ["part-00001.parquet"]
+    assert manifest["counts"]["missing"] == 0
+
+
+def test_export_skips_a_damaged_shard_and_a_failed_export_keeps_the_last_one(
+    run_copy, capsys, monkeypatch
+):
+    _, out = run_copy
+    shard = out / "shards" / "part-00000.parquet"
+    lost = pq.read_table(shard, columns=["item_id"]).num_rows
+    damage(shard, "junk")
+
+    code, _, err = cli(capsys, "export", out, "--format", "yolo", "--format", "coco")
+    assert code == 0, err
+    assert f"warning: export skips shard {shard}" in err
+    images = sorted(p.name for p in (out / "yolo" / "images").iterdir())
+    assert len(images) == 9 - lost and (out / "yolo" / "data.yaml").is_file()
+    assert len(json.loads((out / "coco" / "annotations.json").read_text())["images"]) == 9 - lost
+
+    import augment.sinks.yolo as yolo
+
+    calls = []
+
+    def disk_fills_up(record, class_index):
+        calls.append(record)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device", str(out / "yolo" / "labels"))
+        return []
+
+    monkeypatch.setattr(yolo, "yolo_label_lines", disk_fills_up)
+    code, _, err = cli(capsys, "export", out, "--format", "yolo")
+    assert code == 2
+    warnings, last = err.strip().splitlines()[:-1], err.strip().splitlines()[-1]
+    assert all(line.startswith("warning: export skips") for line in warnings)
+    assert "No space left on device" in error_line(last)
+    assert sorted(p.name for p in (out / "yolo" / "images").iterdir()) == images  # the last one
+    assert not (out / ".yolo.tmp").exists() and not (out / ".yolo.old").exists()
+
+
+def test_reading_a_damaged_run_names_the_shard(run_copy, capsys):
+    _, out = run_copy
+    damage(out / "shards" / "part-00002.parquet", "truncated")
+    with pytest.raises(api.AugmentError, match="shard .*part-00002.parquet cannot be read"):
+        api.read(out)
+    code, _, err = cli(capsys, "bench", "classify", "--synthetic", out, "--smoke", "--out", out)
+    assert code == 2 and "part-00002.parquet cannot be read" in error_line(err)
+
+
+BAD_OPTIONS = [
+    (["bench", "classify", "--shots", "0"], "shots must be at least 1, got 0"),
+    (["bench", "classify", "--seeds", "0"], "seeds must be at least 1, got 0"),
+    (["bench", "classify", "--steps", "0"], "steps must be at least 1, got 0"),
+    (["bench", "classify", "--ratios", "-1"], "ratios must be greater than 0, got -1"),
+    (["bench", "classify", "--shots", "five"], "argument --shots: expected numbers like 5,10"),
+    (["bench", "detect", "--real", "nowhere", "--epochs", "0"], "epochs must be at least 1"),
+    (["run", "JOB", "--workers", "0"], "workers must be at least 1, got 0"),
+    (["run", "JOB", "--workers", "-3"], "workers must be at least 1, got -3"),
+    (["run", "JOB", "--retries", "-1"], "retries must be at least 0, got -1"),
+    (["run", "JOB", "--limit", "0"], "limit (from the command line): must be >= 1, got 0"),
+    (["taxonomy", "show", "digits", "--max", "0"], "max_concepts must be at least 1, got 0"),
+    (["digits", "canvases", "--real", "OUT", "--train", "0"], "train canvases must be at least 1"),
+    (["taxonomy", "show", "REPO/taxonomies/"], "is a folder"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"), BAD_OPTIONS, ids=[" ".join(args[:4]) for args, _ in BAD_OPTIONS]
+)
+def test_out_of_range_options_are_one_line_and_write_nothing(
+    args, expected, write_job, tmp_path, capsys
+):
+    job = write_job()
+    names = {"JOB": str(job), "OUT": str(tmp_path / "made"), "REPO": str(REPO)}
+    args = [names.get(a, a.replace("REPO", str(REPO))) for a in args]
+    if args[0] == "bench":
+        args += ["--out", str(tmp_path / "bench")]
+    code, _, err = cli(capsys, *args)
+    assert code == 2
+    assert expected in error_line(err)
+    assert not (tmp_path / "bench").exists() and not (tmp_path / "made").exists()
+    assert not (tmp_path / "out").exists()  # the job's output folder was never created
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        (b"PAR1 this is not a table", "is not a readable results table"),
+        (pd.DataFrame({"arm": ["real_only"], "value": [1.0]}), "no column task, ratio, shots"),
+        (
+            pd.DataFrame(
+                {
+                    c: []
+                    for c in ("task", "arm", "ratio", "shots", "seed", "metric", "label", "value")
+                }
+            ),
+            "holds no results",
+        ),
+    ],
+    ids=["junk", "columns", "empty"],
+)
+def test_a_results_table_that_is_not_one_is_one_line(table, expected, tmp_path, capsys):
+    path = tmp_path / "results.parquet"
+    if isinstance(table, bytes):
+        path.write_bytes(table)
+    else:
+        table.to_parquet(path)
+    written = path.read_bytes()
+    code, _, err = cli(capsys, "report", tmp_path)
+    assert code == 2 and expected in error_line(err)
+    assert path.read_bytes() == written and not (tmp_path / "report").exists()
+
+
+def test_a_fault_of_augment_is_one_line_exit_1(write_job, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise KeyError("concept_name")
+
+    monkeypatch.setattr(api, "plan", broken)
+    code, _, err = cli(capsys, "plan", write_job())
+    assert code == 1
+    line = error_line(err)
+    assert "KeyError: 'concept_name'" in line and "--debug" in line
+
+
+def test_unreadable_source_images_are_listed_and_the_rest_render(tmp_path, capsys):
+    for digit in ("three", "seven"):
+        (tmp_path / "folder" / digit).mkdir(parents=True)
+        Image.new("RGB", (32, 32), (220, 220, 220)).save(tmp_path / "folder" / digit / "a.png")
+    junk = tmp_path / "folder" / "seven" / "b.png"
+    junk.write_bytes(b"\x89PNG not really")
+    job = (REPO / "jobs" / "tiny" / "img2img.yaml").read_text()
+    job = job.replace("builtin:digits-canvases", str(tmp_path / "folder"))
+    job = job.replace("num_inference_steps: 10", "num_inference_steps: 4")
+    (tmp_path / "job.yaml").write_text(job.replace("out/tiny/img2img", str(tmp_path / "out")))
+
+    code, stdout, err = cli(capsys, "run", tmp_path / "job.yaml", "--distributor", "local")
+    assert code == 1
+    assert f"1 source image(s) cannot be read and are left out, first {junk}" in err
+    assert f"error: 1 failed, first {junk}" in err.strip().splitlines()[-1]
+    assert "2 images rendered" in stdout
+    failures = json.loads((tmp_path / "out" / "manifest.json").read_text())["failures"]
+    assert [f["source"] for f in failures] == [str(junk)]
+
+
+def test_more_workers_than_the_cluster_has_run_on_those_that_fit(
+    write_job, tmp_path, capsys, ray_session
+):
+    job = write_job(TINY_JOB.replace("batch_size: 4", "batch_size: 1"))  # 9 blocks
+    code, stdout, err = cli(capsys, "run", job, "--workers", "4")
+    assert code == 0, err
+    assert (
+        "warning: --workers 4: this Ray cluster has 2 CPUs (a worker takes one); running 2" in err
+    )
+    assert "9 images rendered" in stdout
+    ids = pd.read_parquet(tmp_path / "out" / "shards", columns=["item_id"])["item_id"]
+    assert len(ids) == ids.nunique() == 9
+
+
+def test_a_long_concept_name_gives_a_short_distinct_file_name():
+    from augment.taxonomy.listfile import slugify
+
+    first, second = "a" * 300 + " one", "a" * 300 + " two"
+    assert len(slugify(first)) <= 80 and slugify(first) != slugify(second)
+    assert slugify("Prickly acacia") == "prickly_acacia"
