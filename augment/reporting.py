@@ -380,7 +380,7 @@ def write_report(
             g = figures["gain"]
             lines += [
                 "",
-                f"**Paired gain** (augmented ×{g['ratio']:g} − real-only, same seeds): "
+                f"**Paired gain** ({figures['augmented']['label']} − real-only, same seeds): "
                 f"{ci_text(g['mean'], g['ci_low'], g['ci_high'], ' points')}: {verdict(g)}.",
             ]
         lines.append("")

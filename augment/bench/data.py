@@ -23,6 +23,7 @@ from augment import registry
 from augment.classifier import to_array
 from augment.errors import AugmentError
 from augment.sinks import export_records, run_categories
+from augment.sources import DECODE_ERRORS
 from augment.taxonomy.listfile import slugify
 
 
@@ -135,10 +136,13 @@ def split_real(classes, every: ImageSet, source: Path, test_fraction: float, see
     return RealData(classes, every.subset(pool_rows), every.subset(test_rows), split)
 
 
-def open_image(path: Path) -> Image.Image:
+def open_image(path: Path | str, data: bytes | None = None) -> Image.Image:
+    """An image decoded in full (a file, or `data` read from `path`); an error naming it."""
     try:
-        return Image.open(path)
-    except (OSError, ValueError) as exc:
+        image = Image.open(io.BytesIO(data) if data is not None else path)
+        image.load()
+        return image
+    except DECODE_ERRORS as exc:
         raise AugmentError(f"{path}: not a readable image ({exc}); remove or replace it") from None
 
 
@@ -171,7 +175,8 @@ def load_synthetic(out_dir: Path, classes: Classes, size: int) -> ImageSet:
         label = index.get(slugify(record["concept_name"]))
         if label is None:
             continue
-        images.append(to_array(Image.open(io.BytesIO(record["image"]["bytes"])), size))
+        where = f"{out_dir} item {record['item_id']}"
+        images.append(to_array(open_image(where, record["image"]["bytes"]), size))
         labels.append(label)
         ids.append(record["item_id"])
     if not images:
