@@ -6,20 +6,28 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+DEV_STAMP := $(VENV)/.dev-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 WORDNET_FILE := /usr/share/wordnet/data.noun
 
-.PHONY: install wordnet test lint demo clean
+.PHONY: install install-dev wordnet test lint demo clean
 
 install: $(STAMP) wordnet
+
+# The tests' own tools (pytest, ruff, datasets, notebooks): `make test` only, not `make demo`.
+install-dev: $(DEV_STAMP) wordnet
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) --version >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch and torchvision are pinned (torch==2.14.1, torchvision==0.29.1) in pyproject.toml
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e .
 	touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(DEV_STAMP)
 
 wordnet:
 	@if [ -f $(WORDNET_FILE) ]; then exit 0; fi; \
@@ -30,11 +38,11 @@ wordnet:
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 		wordnet-base wordnet-sense-index
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check augment tests analysis scripts
 	$(BIN)/ruff format --check augment tests analysis scripts
 
-test: install lint
+test: install-dev lint
 	$(BIN)/python -m pytest tests
 
 demo: install
