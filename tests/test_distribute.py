@@ -21,12 +21,21 @@ from tests.conftest import TINY_JOB, images_by_item
 AUGMENT = str(Path(sys.executable).parent / "augment")
 
 #: Slow enough (about 20 s of rendering on 2 cores) that a test can interrupt it mid-run.
+#: 80 items in 10 blocks of 8, slow enough to interrupt after two shards with eight to go.
 SLOW_JOB = (
     TINY_JOB.replace("max_concepts: 3", "max_concepts: 10")
-    .replace("images_per_concept: 3", "images_per_concept: 16")
-    .replace("num_inference_steps: 3", "num_inference_steps: 40")
+    .replace("images_per_concept: 3", "images_per_concept: 8")
+    .replace("num_inference_steps: 3", "num_inference_steps: 20")
     .replace("rows_per_shard: 4", "rows_per_shard: 8")
 )
+SLOW_ITEMS = 80
+
+
+def resume_in_process(job: Path) -> subprocess.CompletedProcess:
+    """The rerun after an interruption: the same resume logic without a second Ray start-up
+    (the distributor only renders what the resume left to do)."""
+    command = [AUGMENT, "run", str(job), "--distributor", "local"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
 def test_blocks_are_fixed_by_the_plan_and_skip_done_items(write_job):
@@ -145,7 +154,7 @@ def test_killed_worker_then_rerun_gives_exactly_the_plan(tmp_path):
     assert pids, "no Ray worker process found"
     os.kill(pids[0], signal.SIGKILL)
     driver.communicate(timeout=300)  # it replaces the worker and goes on, or stops cleanly
-    rerun = subprocess.run([AUGMENT, "run", str(job)], capture_output=True, text=True, timeout=300)
+    rerun = resume_in_process(job)
     assert rerun.returncode == 0, rerun.stderr
     assert_complete_without_duplicates(job, out)
 
@@ -162,8 +171,8 @@ def test_ctrl_c_then_rerun_gives_exactly_the_plan(tmp_path):
     assert driver.returncode == 130, stderr
     assert "rerun the same command to resume" in stderr
     committed = len(images_by_item(out))
-    assert 0 < committed < 160
-    rerun = subprocess.run([AUGMENT, "run", str(job)], capture_output=True, text=True, timeout=300)
+    assert 0 < committed < SLOW_ITEMS
+    rerun = resume_in_process(job)
     assert rerun.returncode == 0, rerun.stderr
-    assert f"{160 - committed} images rendered, {committed} already done" in rerun.stdout
+    assert f"{SLOW_ITEMS - committed} images rendered, {committed} already done" in rerun.stdout
     assert_complete_without_duplicates(job, out)
