@@ -163,7 +163,14 @@ def prepare_output(out_dir: Path, spec: JobSpec, force: bool) -> None:
                 "start over"
             )
     if force:
-        for name in ("shards", *EXPORT_DIRS, "plan.parquet", "manifest.json", "job.yaml"):
+        for name in (
+            "shards",
+            "quarantine",
+            *EXPORT_DIRS,
+            "plan.parquet",
+            "manifest.json",
+            "job.yaml",
+        ):
             target = out_dir / name
             if target.is_dir():
                 shutil.rmtree(target)

@@ -81,6 +81,8 @@ def test_resume_quarantines_a_damaged_shard_and_renders_exactly_its_items(run_co
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["quarantined"] == ["part-00001.parquet"]
     assert manifest["counts"]["missing"] == 0
+    assert cli(capsys, "run", job, "--distributor", "local", "--force")[0] == 0
+    assert not (out / "quarantine").exists()  # --force starts over, quarantine included
 
 
 def test_export_skips_a_damaged_shard_and_a_failed_export_keeps_the_last_one(

@@ -90,6 +90,8 @@ def committed_item_ids(shards_dir: Path) -> set[str]:
 
 def quarantine(out_dir: Path, shards: list[Path]) -> list[Path]:
     """Move damaged shards to OUT/quarantine/ (never deleted: a person may want them back)."""
+    if not shards:
+        return []
     folder = Path(out_dir) / "quarantine"
     folder.mkdir(exist_ok=True)
     moved = []
