@@ -37,6 +37,12 @@ class ShardError(OutputError):
         )
 
 
+def first_line(exc: BaseException) -> str:
+    """What a library exception says, on one line (its type name when it says nothing)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def at_least(name: str, value, minimum, hint: str = "") -> None:
     """Raise `AugmentError` naming the setting when a number (or any in a list) is too small."""
     _check(name, value, lambda v: v >= minimum, f"at least {minimum:g}", hint)

@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 
 from augment.bench.stats import paired_gain, summarize
-from augment.errors import AugmentError
+from augment.errors import AugmentError, first_line
 
 ARM_ORDER = ("real_only", "augmented", "synthetic_only")
 
@@ -47,7 +47,7 @@ def read_results(path: Path) -> pd.DataFrame:
     try:
         results = pd.read_parquet(path)
     except (OSError, ValueError) as exc:  # pyarrow's errors are both
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise AugmentError(
             f"{path} is not a readable results table ({reason}); rerun `augment bench ...` "
             "to write it again"

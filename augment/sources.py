@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from augment.config import JobSpec, MaskSpec
-from augment.errors import SpecError
+from augment.errors import SpecError, first_line
 from augment.records import SourceBox, SourceImage, SourceTarget
 from augment.taxonomy.concept import Concept
 from augment.taxonomy.listfile import slugify
@@ -57,7 +57,7 @@ def detect_format(path: Path) -> str:
 
 def unreadable_image(file: Path | str, exc: Exception) -> dict:
     """A failure entry for manifest.json: the source file and why it cannot be used."""
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = first_line(exc)
     return {"source": str(file), "error": reason}
 
 

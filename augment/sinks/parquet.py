@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from augment.errors import OutputError, ShardError
+from augment.errors import OutputError, ShardError, first_line
 from augment.records import RECORD_SCHEMA
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
             raise ValueError(f"no column {', '.join(sorted(missing))}")
         return table
     except (OSError, pa.ArrowException, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise ShardError(path, reason) from None
 
 
