@@ -25,6 +25,7 @@ from augment.errors import AugmentError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from augment.finetuning import FinetuneResult
     from augment.job import RunResult
     from augment.prompting import Prompt
     from augment.taxonomy import Concept
@@ -107,6 +108,14 @@ def run(
     if out is not None:
         loaded = loaded.with_output_dir(out)
     return run_job(loaded, options)
+
+
+def finetune(spec: Spec, force: bool = False) -> FinetuneResult:
+    """Train the job's `finetune:` adapter (LoRA, textual inversion or DreamBooth) from its real
+    images, or reuse it when complete; `run` does this first by itself. `force` starts over."""
+    from augment.job import finetune as train
+
+    return train(_spec(spec), force=force)
 
 
 def read(out: str | Path, as_dataset: bool = False):
@@ -220,9 +229,16 @@ def demo(
     quick: bool = False,
     workers: int | None = None,
     model: str | None = None,
+    personalise: bool = False,
 ) -> dict:
     """The whole mission on the embedded digits world (`make demo`): generate, export,
-    benchmark a classifier and a detector, report. Returns the headline figures."""
+    benchmark a classifier and a detector, report. Returns the headline figures. With
+    `personalise`, the novel-concept experiment instead (fine-tuning the 9-class digits model
+    on a class it never saw); its figures join OUT/summary.json under "personalise"."""
+    if personalise:
+        from augment.digits.personalise import run_personalise
+
+        return run_personalise(Path(out), quick=quick, workers=workers)
     from augment.digits.demo import run_demo
 
     return run_demo(Path(out), quick=quick, workers=workers, model=model)

@@ -179,6 +179,50 @@ def add_run(commands: Commands) -> None:
     run.set_defaults(func=cmd_run)
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    quiet_libraries()  # before the spec: it may build a builtin model
+    spec = api.load_spec(args.job, {"seed": args.seed, "finetune.steps": args.steps})
+    if spec.finetune is None:
+        raise AugmentError(
+            f"{args.job}: no finetune: section; add one (method, source, steps), see "
+            "jobs/tiny/finetune-lora.yaml"
+        )
+    f = spec.finetune
+    out.print(f"[bold]{spec.name}[/]: {f.method} on {spec.generation.model}, {f.steps} steps")
+    result = api.finetune(spec, force=args.force)
+    card = result.card
+    state = "trained" if result.trained else "already trained, reused"
+    print_lines(
+        f"{result.method} ({result.family}) {state}: {result.steps} steps, final loss "
+        f"{card['final_loss']:.4f}",
+        *(f"  {cid}: {token}" for cid, token in result.tokens.items()),
+        f"  folder      {result.folder}",
+        f"  card        {result.folder / 'README.md'}",
+        f"  samples     {result.folder / 'samples.png'}",
+        f"render with it: augment run {args.job} (prompts name a concept's token as {{token}})",
+    )
+    return 0
+
+
+def add_finetune(commands: Commands) -> None:
+    finetune = commands.add_parser(
+        "finetune",
+        help="teach the model the job's concepts from real images (LoRA, textual inversion, "
+        "DreamBooth)",
+        description="Train the job's finetune: section from its real images: a LoRA, one token "
+        "per concept, or a whole UNet. Ctrl-C keeps a checkpoint; rerunning resumes from it. "
+        "`augment run` trains it first when it is missing.",
+        epilog="example: augment finetune jobs/tiny/finetune-lora.yaml",
+    )
+    finetune.add_argument("job", type=Path, help="job spec (YAML) with a finetune: section")
+    finetune.add_argument("--steps", type=int, help="override finetune.steps")
+    finetune.add_argument("--seed", type=int, help="override the job seed")
+    finetune.add_argument(
+        "--force", action="store_true", help="delete the adapter and its checkpoints, start over"
+    )
+    finetune.set_defaults(func=cmd_finetune)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     print_outputs(api.export(args.out_dir, args.format, include_flagged=args.include_flagged))
     return 0
@@ -491,7 +535,9 @@ def cmd_digits_train(args: argparse.Namespace) -> int:
     from augment.digits.train import DigitsTrainConfig, train_digits_model
 
     config = DigitsTrainConfig(
-        **given(args, "steps", "seed", "threads", "device"), samples=not args.no_samples
+        **given(args, "steps", "seed", "threads", "device"),
+        samples=not args.no_samples,
+        without=tuple(args.without),
     )
     stats = train_digits_model(args.out, config)
     out.print(
@@ -515,6 +561,13 @@ def add_digits_train(digits_commands: Commands) -> None:
     train.add_argument("--seed", type=int, help="default 0")
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.add_argument("--no-samples", action="store_true", help="skip samples.png")
+    train.add_argument(
+        "--without",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="leave a digit class out of training (repeatable): the novel-concept base model",
+    )
     train.add_argument(
         "--device", default="cpu", help="cpu (the shipped model's) or cuda; same seeds, same draws"
     )
@@ -561,8 +614,39 @@ def add_digits(commands: Commands) -> None:
 # demo, report -------------------------------------------------------------------------------
 
 
+def print_personalise(summary: dict, out_dir: Path) -> None:
+    held = summary["held_out"]
+    table = Table(
+        "arm",
+        f"'{held}' test accuracy %",
+        f"gain over real-only ({held})",
+        "top-1 %",
+        f"scorer reads '{held}'",
+    )
+    for arm, figure in summary["arms"].items():
+        acc, top1, gain = figure["held_out_accuracy"], figure["top1"], figure.get("held_out_gain")
+        rate = figure["scorer_reads_held_out"]
+        table.add_row(
+            arm.replace("_", " "),
+            f"{acc['mean']:.1f} [{acc['low']:.1f}, {acc['high']:.1f}]",
+            f"{gain['mean']:+.1f} [{gain['low']:+.1f}, {gain['high']:+.1f}]" if gain else "",
+            f"{top1['mean']:.1f} [{top1['low']:.1f}, {top1['high']:.1f}]",
+            f"{100 * rate:.0f} %" if rate is not None else "",
+        )
+    out.print(table)
+    out.print(
+        f"the whole experiment took {summary['wall_time_s']:.0f} s; plot: "
+        f"{out_dir / 'personalise' / 'personalise.png'}; summary: {out_dir / 'summary.json'}",
+        soft_wrap=True,
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     quiet_libraries()
+    if args.personalise:
+        summary = api.demo(args.out, quick=args.quick, workers=args.workers, personalise=True)
+        print_personalise(summary, args.out)
+        return 0
     summary = api.demo(args.out, quick=args.quick, workers=args.workers, model=args.model)
     accuracy = summary["accuracy_percent"]
     table = Table(
@@ -612,6 +696,12 @@ def add_demo(commands: Commands) -> None:
     )
     demo.add_argument("--workers", type=int, help="Ray CPU workers (default: every CPU)")
     demo.add_argument("--model", help="another model than the shipped builtin:digits")
+    demo.add_argument(
+        "--personalise",
+        action="store_true",
+        help="instead: the novel-concept experiment (LoRA and textual inversion teach the "
+        "9-class digits model the class it never saw, from 10 real images per seed)",
+    )
     demo.set_defaults(func=cmd_demo)
 
 
@@ -638,6 +728,7 @@ def add_report(commands: Commands) -> None:
 
 COMMANDS = (
     add_run,
+    add_finetune,
     add_export,
     add_submit,
     add_status,

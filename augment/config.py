@@ -206,6 +206,92 @@ class GenerationSpec(StrictModel):
         return self
 
 
+class PriorSpec(StrictModel):
+    """DreamBooth's prior preservation: images of the concept's class, rendered by the base
+    model through the normal engine (cached beside the adapter), trained alongside."""
+
+    prompt: str = Field(
+        default="a photo of a {name}", description="the class prompt; concept fields allowed"
+    )
+    images: int = Field(default=50, ge=1, description="class images per concept")
+    weight: float = Field(default=1.0, gt=0, description="weight of the prior loss")
+
+
+#: Learning rates that work for each method at batch 1 (diffusers' training examples).
+DEFAULT_LEARNING_RATES = {"lora": 1e-4, "textual_inversion": 5e-3, "dreambooth": 5e-6}
+
+
+class FinetuneSpec(StrictModel):
+    """Teach the model the job's concepts from a few real images before rendering them."""
+
+    method: Literal["lora", "textual_inversion", "dreambooth"] = Field(
+        description="lora (DreamBooth-LoRA on the UNet attention), textual_inversion (one new "
+        "token per concept) or dreambooth (the whole UNet)"
+    )
+    source: SourceSpec = Field(description="the real images, labelled with concept names or ids")
+    concepts: list[str] | None = Field(
+        default=None, description="concept ids or names to teach; default: every concept"
+    )
+    images_per_concept: int | None = Field(
+        default=None, ge=1, description="use the first N real images of each concept"
+    )
+    token: str = Field(
+        default="<sks-{id}>", description="the concept's identifier; prompts use it as {token}"
+    )
+    instance_prompt: str = Field(
+        default="a photo of {token} {name}", description="the caption of every real image"
+    )
+    steps: int = Field(default=400, ge=1, description="optimizer steps")
+    learning_rate: float | None = Field(
+        default=None,
+        gt=0,
+        description="default: 1e-4 lora, 5e-3 textual_inversion, 5e-6 dreambooth",
+    )
+    warmup_steps: int = Field(default=0, ge=0, description="linear warmup, then constant")
+    rank: int = Field(default=4, ge=1, description="lora: rank of the update matrices")
+    train_text_encoder: bool = Field(
+        default=False, description="lora and dreambooth: adapt the text encoder(s) too"
+    )
+    resolution: int | None = Field(
+        default=None, ge=8, description="square training size; default: generation.height"
+    )
+    random_flip: bool = Field(default=False, description="mirror images at random")
+    batch_size: int = Field(default=1, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        default="no", description="fp16 needs a GPU; weights are kept in float32"
+    )
+    gradient_checkpointing: bool = False
+    prior_preservation: PriorSpec | None = None
+    checkpoint_every: int = Field(default=100, ge=1, description="steps between checkpoints")
+    validation_every: int = Field(
+        default=0, ge=0, description="steps between validation grids; 0: the final grid only"
+    )
+    validation_images: int = Field(default=4, ge=1, description="images per concept in a grid")
+    seed: int | None = Field(default=None, description="default: the job's seed")
+    out: str | None = Field(
+        default=None, description="folder of adapters; default: the cache (AUGMENT_CACHE)"
+    )
+
+    @field_validator("resolution")
+    @classmethod
+    def _resolution_multiple_of_8(cls, size: int | None) -> int | None:
+        if size is not None and size % 8:
+            raise ValueError(f"must be a multiple of 8, got {size}")
+        return size
+
+    @field_validator("token")
+    @classmethod
+    def _token_names_concept(cls, token: str) -> str:
+        if "{id}" not in token and "{name}" not in token:
+            raise ValueError(
+                f"{token!r} would give every concept the same token; put {{id}} or {{name}} in it"
+            )
+        if any(ch.isspace() for ch in token):
+            raise ValueError(f"{token!r} must be one word (no spaces)")
+        return token
+
+
 class FilterSpec(StrictModel):
     """Score every generated image and flag the ones that do not show their concept."""
 
@@ -245,6 +331,7 @@ class JobSpec(StrictModel):
     generation: GenerationSpec
     source: SourceSpec | None = None
     filters: FilterSpec = FilterSpec()
+    finetune: FinetuneSpec | None = None
     output: OutputSpec = OutputSpec()
     limit: int | None = Field(default=None, ge=1, description="Render at most this many items.")
     _base_dir: Path | None = PrivateAttr(default=None)  # relative file names start here
@@ -269,6 +356,36 @@ class JobSpec(StrictModel):
     def spec_hash(self) -> str:
         """Hash of everything that decides which images a run makes (not where they go)."""
         content = self.model_dump(mode="json", exclude={"output": {"dir"}, "limit": True})
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+    def finetune_hash(self) -> str:
+        """Hash of everything that decides a fine-tune's weights, and nothing else: not the
+        step count (a longer run resumes a shorter one), not the checkpoint or validation
+        cadence, not where adapters go. The real images are checked against the adapter's card
+        when it is used, so an edited folder is noticed without reading images here."""
+        f = self.finetune
+        if f is None:
+            return ""
+        g = self.generation
+        content = {
+            "finetune": f.model_dump(
+                mode="json",
+                exclude={
+                    "steps",
+                    "checkpoint_every",
+                    "validation_every",
+                    "validation_images",
+                    "out",
+                },
+            ),
+            "seed": self.seed if f.seed is None else f.seed,
+            "resolution": f.resolution or g.height,
+            "model": [g.model, g.config, g.family],
+            "taxonomy": self.taxonomy.model_dump(mode="json"),
+        }
+        if f.prior_preservation is not None:  # class images are rendered with these settings
+            content["render"] = g.model_dump(mode="json", exclude={"loras", "textual_inversions"})
+            content["negative_prompt"] = self.prompts.negative_prompt
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:
@@ -509,6 +626,8 @@ class SpecPaths:
     scorer: str | None = None
     source: str | None = None
     taxonomy: str = ""  # a list file's absolute path, or the wordnet:/coco source itself
+    finetune_source: str | None = None
+    finetuned: str | None = None  # the adapter folder a `finetune:` section trains and uses
 
 
 def locate(name: str, base_dir: Path | None, key: str, kind: registry.Kind = "model") -> str:
@@ -562,4 +681,23 @@ def resolve_paths(spec: JobSpec, base_dir: Path | None) -> SpecPaths:
         else None,
         source=locate(spec.source.path, base_dir, "source.path", "source") if spec.source else None,
         taxonomy=taxonomy,
+        finetune_source=locate(
+            spec.finetune.source.path, base_dir, "finetune.source.path", "source"
+        )
+        if spec.finetune
+        else None,
+        finetuned=str(adapter_folder(spec, base_dir)) if spec.finetune else None,
     )
+
+
+def adapter_folder(spec: JobSpec, base_dir: Path | None) -> Path:
+    """Where the job's fine-tune lives: `finetune.out` (else the cache's adapters/), then a
+    folder named after the job and its `finetune_hash`."""
+    from augment.cache import cache_dir
+
+    root = cache_dir() / "adapters"
+    if spec.finetune.out is not None:
+        root = Path(spec.finetune.out).expanduser()
+        if not root.is_absolute():
+            root = (base_dir or Path.cwd()) / root
+    return root.absolute() / f"{spec.name}-{spec.finetune_hash()}"

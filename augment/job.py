@@ -21,9 +21,20 @@ from pathlib import Path
 import yaml
 
 from augment.config import SOURCE_MODES, JobSpec
-from augment.errors import AugmentError, ModelError, OutputError, at_least
+from augment.errors import AugmentError, ModelError, OutputError, SpecError, at_least
 from augment.filters import check_scorer
-from augment.generate.pipelines import check_models, load_tokenizer
+from augment.finetuning import (
+    FinetuneResult,
+    class_image_spec,
+    read_class_images,
+    real_images,
+    result_of,
+    reusable_adapter,
+    settings_for,
+    tokens_for,
+    train_adapter,
+)
+from augment.generate.pipelines import check_models, load_tokenizer, read_adapter_card
 from augment.planning import build_interpolation_plan, build_plan, build_source_plan, write_plan
 from augment.prompting import Prompt, build_prompts, enforce_token_limit
 from augment.records import FLAGS, WorkItem
@@ -87,6 +98,7 @@ def prompts_for(spec: JobSpec, concepts: list[Concept] | None = None) -> list[Pr
         p.images_per_concept,
         p.attributes,
         p.combine,
+        tokens_for(spec, concepts),
     )
     tokenizer = tokenizer_for(spec)
     if tokenizer is not None:
@@ -232,6 +244,14 @@ def write_manifest(
         "categories": categories_for(concepts),
         "failures": failures,
     }
+    card = read_adapter_card(spec.paths.finetuned) if spec.paths.finetuned else None
+    if card is not None:
+        manifest["finetune"] = {
+            "folder": spec.paths.finetuned,
+            "method": card["method"],
+            "steps": card["steps"],
+            "tokens": {c["id"]: c["token"] for c in card["concepts"]},
+        }
     path = out_dir / "manifest.json"
     tmp = out_dir / ".manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2))
@@ -312,11 +332,39 @@ def resume_point(out_dir: Path) -> set[str]:
     return done
 
 
+def finetune(spec: JobSpec, force: bool = False) -> FinetuneResult:
+    """Train the job's `finetune:` adapter, or reuse it when complete for these images.
+
+    Everything is checked before training: the base model and the job's LoRAs, the concepts,
+    every real image (readable, large enough), the token. Prior preservation's class images
+    are a run of their own, into the adapter's `class-images/`. `force` starts over."""
+    if spec.finetune is None:
+        raise SpecError("finetune: the job has no finetune: section (method, source, steps)")
+    check_models(spec.generation, spec.paths)
+    concepts = concepts_for(spec)
+    taught = real_images(spec, concepts)
+    reused = reusable_adapter(spec, taught, force)
+    if reused is not None:
+        return reused
+    folder, settings = Path(spec.paths.finetuned), settings_for(spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    prior = []
+    if spec.finetune.prior_preservation is not None:
+        class_spec = class_image_spec(spec, taught, concepts, folder / "class-images")
+        run_job(class_spec, RunOptions(workers=1, distributor="local"))
+        prior = read_class_images(folder / "class-images", settings.resolution)
+    g, paths = spec.generation, spec.paths
+    card = train_adapter(paths.model, taught, settings, folder, prior, g.model, paths.config)
+    return result_of(folder, card, trained=True)
+
+
 def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
     """Run (or resume) a job; returns what was done and where the outputs are."""
     options = options or RunOptions()
     started = time.perf_counter()
     out_dir = Path(spec.output.dir)
+    if spec.finetune is not None:  # trains the adapter when this spec's is missing
+        finetune(spec)
     check_models(spec.generation, spec.paths)  # fail before touching OUT
     concepts = concepts_for(spec)
     check_scorer(spec.filters, spec.paths.scorer, [c.name for c in concepts])

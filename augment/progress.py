@@ -37,7 +37,8 @@ class RateColumn(ProgressColumn):
 
 @contextmanager
 def image_progress(total: int, label: str, unit: str = "img") -> Iterator[Callable[[int], None]]:
-    """A live bar; yields `advance(n)`. Quiet when stderr is not a terminal."""
+    """A live bar; yields `advance(n, note=None)`, `note` a short status shown after the bar
+    (a training loss). Quiet when stderr is not a terminal."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -46,10 +47,15 @@ def image_progress(total: int, label: str, unit: str = "img") -> Iterator[Callab
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
+        TextColumn("{task.fields[note]}"),
     )
     with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
-        task = progress.add_task(label, total=total)
-        yield lambda n: progress.advance(task, n)
+        task = progress.add_task(label, total=total, note="")
+
+        def advance(n: int, note: str | None = None) -> None:
+            progress.update(task, advance=n, **({"note": note} if note is not None else {}))
+
+        yield advance
 
 
 def quiet_libraries() -> None:

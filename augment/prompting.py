@@ -1,7 +1,9 @@
 """Prompts: templates x attributes x negatives.
 
 A template is a format string over concept fields (``{name}``, ``{definition}``,
-``{hypernym}``, ``{scientific_name}``, ``{supercategory}``, ``{synset}``) and attribute slots
+``{hypernym}``, ``{scientific_name}``, ``{supercategory}``, ``{synset}``, and ``{token}``: the
+identifier a fine-tune taught the concept, empty for concepts it did not teach, so that
+"a photo of {token} {name}" reads right for both) and attribute slots
 (``{viewpoint}``, ``{lighting}``, ``{background}`` or any slot the spec lists). Each concept gets
 ``images_per_concept`` prompts. With ``combine: exhaustive`` they cycle through every
 (template, attribute combination); with ``combine: sample`` variant *v* uses template
@@ -22,7 +24,7 @@ from augment.taxonomy.concept import Concept
 
 log = logging.getLogger(__name__)
 
-FIELDS = ("name", "definition", "hypernym", "scientific_name", "supercategory", "synset")
+FIELDS = ("name", "definition", "hypernym", "scientific_name", "supercategory", "synset", "token")
 
 #: Values for the common attribute slots, used when a template names a slot the spec omits.
 DEFAULT_ATTRIBUTES: dict[str, list[str]] = {
@@ -73,8 +75,9 @@ def attribute_values(templates: list[str], attributes: dict[str, list[str]]) -> 
     return used
 
 
-def concept_values(concept: Concept) -> dict[str, str]:
+def concept_values(concept: Concept, token: str | None = None) -> dict[str, str]:
     return {
+        "token": token or "",
         "name": concept.name,
         "definition": concept.definition,
         "hypernym": concept.hypernym,
@@ -111,13 +114,15 @@ def build_prompts(
     images_per_concept: int,
     attributes: dict[str, list[str]] | None = None,
     combine: str = "sample",
+    tokens: dict[str, str] | None = None,
 ) -> list[Prompt]:
-    """One Prompt per image to render, concept by concept."""
+    """One Prompt per image to render, concept by concept; `tokens` maps concept ids to the
+    identifiers a fine-tune taught ({token} in a template)."""
     slots = attribute_values(templates, attributes or {})
     choices = exhaustive_choices(templates, slots) if combine == "exhaustive" else None
     prompts = []
     for concept in concepts:
-        values = concept_values(concept)
+        values = concept_values(concept, (tokens or {}).get(concept.id))
         for variant in range(images_per_concept):
             if choices is not None:
                 template, chosen = choices[variant % len(choices)]

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
+
+from augment.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,3 +72,35 @@ def images_by_item(out: Path) -> dict[str, bytes]:
 
     table = pq.read_table(out / "shards", columns=["item_id", "image"]).to_pylist()
     return {row["item_id"]: row["image"]["bytes"] for row in table}
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """The exit code, stdout and stderr of `augment ARGS`, run in this process."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse refusing an option
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def error_line(err: str) -> str:
+    """The one line a failure prints; fails the test if there is more, or a traceback."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`augment ARGS` run in this process (the same `main` as the console script, without the
+    seconds a new Python spends importing torch), as a finished process."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:
+            code = exc.code
+    return subprocess.CompletedProcess(
+        ["augment", *args], code, stdout.getvalue(), stderr.getvalue()
+    )

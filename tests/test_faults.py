@@ -14,25 +14,7 @@ from PIL import Image
 
 from augment import api
 from augment.cli import main
-from tests.conftest import REPO, TINY_JOB, images_by_item
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """The exit code, stdout and stderr of `augment ARGS`, run in this process."""
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:  # argparse refusing an option
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def error_line(err: str) -> str:
-    """The one line a failure prints; fails the test if there is more, or a traceback."""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    return lines[0]
+from tests.conftest import REPO, TINY_JOB, cli, error_line, images_by_item
 
 
 def damage(shard: Path, how: str) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +21,9 @@ from augment.errors import ModelError, SpecError
 from augment.generate.engine import make_generator
 from augment.job import plan_for
 from tests.conftest import REPO, TINY_JOB
+from tests.conftest import run_cli as augment
 
-AUGMENT = str(Path(sys.executable).parent / "augment")
 TINY_JOBS = sorted((REPO / "jobs" / "tiny").glob("*.yaml"))
-
-
-def augment(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([AUGMENT, *args], capture_output=True, text=True)
 
 
 def pixels(record: dict) -> np.ndarray:

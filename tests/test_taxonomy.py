@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,14 +11,11 @@ from augment.errors import TaxonomyError
 from augment.taxonomy import load_concepts
 from augment.taxonomy.listfile import load_list_file
 from augment.taxonomy.wordnet import lookup_synset, prepare_wordnet_copy
-
-AUGMENT = str(Path(sys.executable).parent / "augment")
+from tests.conftest import run_cli
 
 
 def show_json(*args: str) -> list[dict]:
-    result = subprocess.run(
-        [AUGMENT, "taxonomy", "show", *args, "--json"], capture_output=True, text=True
-    )
+    result = run_cli("taxonomy", "show", *args, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -72,7 +67,7 @@ def test_misspelt_synset_suggests_close_matches():
     [("wordnet:weeed.n.01", "did you mean weed.n.01"), ("wordnet:seven.n.01", "no concepts")],
 )
 def test_cli_taxonomy_errors_exit_2_with_one_line(source, expected):
-    result = subprocess.run([AUGMENT, "taxonomy", "show", source], capture_output=True, text=True)
+    result = run_cli("taxonomy", "show", source)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from augment.digits.data import DIGIT_NAMES, digit_splits, load_digit_images, prompt_for
-from augment.errors import at_least
+from augment.errors import AugmentError, at_least
 
 #: UNet steps of the shipped model (`augment digits train --steps`).
 DEFAULT_STEPS = 3000
@@ -443,13 +443,20 @@ def rewrite_model_card(folder: Path) -> None:
 
 
 def write_model_card(folder: Path, stats: dict) -> None:
+    without = stats.get("without") or []
     measured = (
         MEASURED["line"]
-        if stats["steps"] == MEASURED["steps"] and stats["seed"] == MEASURED["seed"]
+        if stats["steps"] == MEASURED["steps"] and stats["seed"] == MEASURED["seed"] and not without
         else f"not measured for this run (the shipped model, {MEASURED['steps']} steps, seed "
         f"{MEASURED['seed']}: {MEASURED['line']})"
     )
     sizes = stats["split_sizes"]
+    held_out = (
+        f", every class but {', '.join(without)} (held out: the model never saw one; its word "
+        "is in the tokenizer, never paired with an image)"
+        if without
+        else ""
+    )
     card = f"""# augment digits: a tiny text-conditioned latent diffusion model
 
 A standard diffusers `StableDiffusionPipeline` folder trained by `augment` on scikit-learn's
@@ -469,8 +476,9 @@ image = pipe(
 - `sklearn.datasets.load_digits`: 1,797 real 8x8 scans (values 0..16), 10 classes, upscaled
   (bicubic) to 32x32, white ink on black, 3 identical channels, scaled to [-1, 1].
 - Trained on the `generator` split of `augment.digits.data.digit_splits(seed=0)` only:
-  {sizes["generator"]} images. Never seen: `pool` ({sizes["pool"]}, 30 per class, real images
-  for downstream classifiers) and `test` ({sizes["test"]}, 50 per class, held out).
+  {stats.get("images_trained", sizes["generator"])} images{held_out}. Never seen: `pool`
+  ({sizes["pool"]}, 30 per class, real images for downstream classifiers) and `test`
+  ({sizes["test"]}, 50 per class, held out).
 - Augmentation: all shifts of up to {stats["max_shift"]} px (32 px scale), black fill.
 - Prompts: "a handwritten digit {{name}}" half the time, else one of {len(TEMPLATES)} templates;
   {stats["cfg_dropout"]:.0%} unconditional (empty prompt, or a prompt without a digit name such as
@@ -552,8 +560,18 @@ class DigitsTrainConfig:
     progress: bool = True
     # Torch device to train on: "cpu" (the shipped model's) or e.g. "cuda".
     device: str = "cpu"
+    # Digit names left out of training entirely (the novel-concept experiment's base model:
+    # ("nine",)); their words stay in the tokenizer, never paired with an image.
+    without: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        unknown = [name for name in self.without if name not in DIGIT_NAMES]
+        if unknown:
+            raise AugmentError(
+                f"without: {', '.join(unknown)} is not a digit name; use {', '.join(DIGIT_NAMES)}"
+            )
+        if len(set(self.without)) == len(DIGIT_NAMES):
+            raise AugmentError("without: leaves no digit to train on; hold out fewer classes")
         for name in ("steps", "batch_size", "vae_batch_size", "unet_layers", "sample_steps"):
             at_least(name, getattr(self, name), 1)
         if self.vae_steps is not None:
@@ -584,7 +602,8 @@ def train_digits_model(out_dir: Path, config: DigitsTrainConfig | None = None) -
         gen = torch.Generator("cpu").manual_seed(config.seed)
         splits = digit_splits(seed=0)
         images, labels = load_digit_images(IMAGE_SIZE)
-        train_idx = splits["generator"]
+        held_out = [DIGIT_NAMES.index(name) for name in config.without]
+        train_idx = splits["generator"][~np.isin(labels[splits["generator"]], held_out)]
         pixels = _shifted(images[train_idx], config.max_shift)
         train_labels = labels[train_idx]
 
@@ -657,6 +676,8 @@ def train_digits_model(out_dir: Path, config: DigitsTrainConfig | None = None) -
             "params": params,
             "weights_dtype": "float16" if config.half else "float32",
             "split_sizes": {k: int(len(v)) for k, v in splits.items()},
+            "without": list(config.without),
+            "images_trained": int(len(train_idx)),
             "final_vae_loss": float(np.mean(vae_losses[-100:])),
             "final_unet_loss": float(np.mean(unet_losses[-100:])),
             "vae_loss": vae_losses,

@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
-from augment.config import SCHEDULERS, GenerationSpec, SpecPaths, looks_like_hub_id
+from augment.config import (
+    SCHEDULERS,
+    GenerationSpec,
+    LoraSpec,
+    SpecPaths,
+    TextualInversionSpec,
+    looks_like_hub_id,
+)
 from augment.errors import ModelError
 
 #: Pipeline classes by family and mode; interpolate drives the txt2img pipeline with its own
@@ -35,6 +43,11 @@ PIPELINES = {
 }
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+#: A fine-tuned adapter's card (`augment.finetuning`): written last, so its presence means the
+#: adapter is complete.
+ADAPTER_CARD = "finetune.json"
+#: The file a LoRA folder holds (diffusers' `save_lora_weights`).
+LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 
 
 def check_model(location: str, declared: str, key: str = "generation.model") -> str:
@@ -81,7 +94,12 @@ def check_models(settings: GenerationSpec, paths: SpecPaths) -> None:
     if settings.mode == "controlnet" and settings.controlnet is not None:
         check_model(paths.controlnet, settings.controlnet.model, "generation.controlnet.model")
     for number, lora in enumerate(settings.loras):
-        lora_path(paths.loras[number], lora.path, number)
+        path = lora_path(paths.loras[number], lora.path, number)
+        mismatch = lora_mismatch(path, paths.model)
+        if mismatch:
+            raise ModelError(
+                f"generation.loras[{number}].path: LoRA {path} does not fit: {mismatch}"
+            )
     for number, inversion in enumerate(settings.textual_inversions):
         embedding_path(paths.textual_inversions[number], inversion.path, number)
 
@@ -240,12 +258,19 @@ def check_controlnet_fits(pipe, family: str) -> None:
         )
 
 
-def load_loras(pipe, settings: GenerationSpec, paths: SpecPaths, family: str) -> None:
-    """Load each LoRA as a named adapter, then activate them all with their scales."""
+def load_loras(
+    pipe, settings: GenerationSpec, paths: SpecPaths, family: str, card: dict | None = None
+) -> None:
+    """Load each LoRA as a named adapter (the job's fine-tuned one last, at scale 1), then
+    activate them all with their scales."""
+    wanted = [
+        (f"generation.loras[{n}].path", lora_path(paths.loras[n], lora.path, n), lora)
+        for n, lora in enumerate(settings.loras)
+    ]
+    if card is not None and card["method"] == "lora":
+        wanted.append(("finetune", Path(paths.finetuned), LoraSpec(path=paths.finetuned)))
     names = []
-    for number, lora in enumerate(settings.loras):
-        key = f"generation.loras[{number}].path"
-        path = lora_path(paths.loras[number], lora.path, number)
+    for number, (key, path, lora) in enumerate(wanted):
         name = f"lora{number}"
         source, weight_name = (path.parent, path.name) if path.is_file() else (path, None)
         try:
@@ -261,14 +286,93 @@ def load_loras(pipe, settings: GenerationSpec, paths: SpecPaths, family: str) ->
             raise ModelError(f"{key}: LoRA {path} holds no weights for this {family} model")
         names.append(name)
     if names:
-        pipe.set_adapters(names, adapter_weights=[lora.scale for lora in settings.loras])
+        pipe.set_adapters(names, adapter_weights=[lora.scale for _, _, lora in wanted])
 
 
-def load_textual_inversions(pipe, settings: GenerationSpec, paths: SpecPaths) -> None:
-    """Embeddings for new tokens; an SDXL file holds one per text encoder (clip_l, clip_g)."""
-    for number, inversion in enumerate(settings.textual_inversions):
-        key = f"generation.textual_inversions[{number}].path"
-        path = embedding_path(paths.textual_inversions[number], inversion.path, number)
+def read_adapter_card(folder: str | Path) -> dict | None:
+    """A fine-tuned adapter's card, or None when the adapter is not complete."""
+    path = Path(folder) / ADAPTER_CARD
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"finetune: the card {path} cannot be read ({first_line(exc)})") from None
+
+
+def finetune_card(paths: SpecPaths) -> dict | None:
+    """The card of the job's fine-tune (`finetune:`), which must be trained by now."""
+    if paths.finetuned is None:
+        return None
+    card = read_adapter_card(paths.finetuned)
+    if card is None:
+        raise ModelError(
+            f"finetune: the adapter {paths.finetuned} is not trained yet; run `augment finetune "
+            "JOB` (or `augment run JOB`, which trains it first)"
+        )
+    return card
+
+
+def check_finetune_family(card: dict | None, family: str, paths: SpecPaths) -> None:
+    if card is not None and card["family"] != family:
+        raise ModelError(
+            f"finetune: the adapter {paths.finetuned} was trained on a {card['family']} model, "
+            f"this one is {family}; retrain it on this model (augment finetune JOB --force)"
+        )
+
+
+def lora_mismatch(path: Path, location: str) -> str | None:
+    """Why a LoRA file cannot fit the model at `location`, read from tensor shapes alone: the
+    cross-attention width a LoRA was made for (768 SD 1.x, 1024 SD 2.x, 2048 SDXL) must be
+    the UNet's. None when it fits or cannot be told (a hub id, a single file, another layout)."""
+    unet_config = Path(location) / "unet" / "config.json"
+    weights = path / LORA_WEIGHTS_FILE if path.is_dir() else path
+    if not unet_config.is_file() or weights.suffix != ".safetensors" or not weights.is_file():
+        return None
+    from safetensors import safe_open
+
+    expected = json.loads(unet_config.read_text()).get("cross_attention_dim")
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            for key in handle.keys():
+                if (
+                    key.startswith("unet.")
+                    and "attn2.to_k.lora" in key
+                    and ("lora_A" in key or "lora.down" in key)
+                ):
+                    width = handle.get_slice(key).get_shape()[-1]
+                    if width != expected:
+                        return (
+                            f"it was made for text features of width {width}, this model's "
+                            f"UNet reads {expected}: a LoRA of another family (768: SD 1.x, "
+                            "1024: SD 2.x, 2048: SDXL)"
+                        )
+                    return None
+    except (OSError, ValueError, RuntimeError) as exc:
+        return f"it cannot be read ({first_line(exc)})"
+    return None
+
+
+def load_textual_inversions(
+    pipe, settings: GenerationSpec, paths: SpecPaths, card: dict | None = None
+) -> None:
+    """Embeddings for new tokens (the job's fine-tuned ones last); an SDXL file holds one per
+    text encoder (clip_l, clip_g)."""
+    wanted = [
+        (
+            f"generation.textual_inversions[{n}].path",
+            embedding_path(paths.textual_inversions[n], inversion.path, n),
+            inversion,
+        )
+        for n, inversion in enumerate(settings.textual_inversions)
+    ]
+    if card is not None and card["method"] == "textual_inversion":
+        for concept, file in zip(card["concepts"], card["files"], strict=True):
+            path = Path(paths.finetuned) / file
+            wanted.append(
+                ("finetune", path, TextualInversionSpec(path=str(path), token=concept["token"]))
+            )
+    for key, path, inversion in wanted:
         try:
             if getattr(pipe, "text_encoder_2", None) is not None:
                 from safetensors.torch import load_file
@@ -301,16 +405,20 @@ def load_pipeline(settings: GenerationSpec, paths: SpecPaths, keep_scheduler: bo
     Family and mode pick the class; then scheduler, ControlNet, LoRAs, textual inversions,
     attention, VAE slicing/tiling and torch.compile are applied as the spec says.
     """
+    card = finetune_card(paths)
+    if card is not None and card["method"] == "dreambooth":  # the fine-tuned pipeline itself
+        paths = replace(paths, model=paths.finetuned, config=None)
     location = check_model(paths.model, settings.model)
     device = select_device(settings.device)
     family = model_family(location) if settings.family == "auto" else settings.family
+    check_finetune_family(card, family, paths)
     pipe = load_base(settings, paths, family, device)
     if settings.mode == "controlnet":
         check_controlnet_fits(pipe, family)
     if not keep_scheduler:
         pipe.scheduler = scheduler_from_name(settings.scheduler, pipe.scheduler.config)
-    load_loras(pipe, settings, paths, family)
-    load_textual_inversions(pipe, settings, paths)
+    load_loras(pipe, settings, paths, family, card)
+    load_textual_inversions(pipe, settings, paths, card)
     if settings.attention == "eager":
         from diffusers.models.attention_processor import AttnProcessor
 

@@ -1,0 +1,276 @@
+"""Fine-tuning (LoRA, textual inversion, DreamBooth) on tiny models of both families: the loss
+falls, generation loads the result and renders other pixels, Ctrl-C resumes to the same
+weights, and bad input is refused in one line before anything trains."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from augment import registry
+from augment.config import GenerationSpec, LoraSpec, SpecPaths, TextualInversionSpec, load_spec
+from augment.finetuning import (
+    LORA_FILE,
+    TaughtConcept,
+    TrainSettings,
+    train_adapter,
+    train_image,
+)
+from augment.generate.pipelines import load_pipeline, read_adapter_card
+from tests.conftest import cli, error_line
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPT = "a handwritten digit <sks-nine>"
+
+
+def digit_images(count: int = 2) -> list[Image.Image]:
+    from augment.digits.data import digit_splits, load_digit_images
+
+    images, labels = load_digit_images(32)
+    nines = [i for i in digit_splits()["pool"] if labels[i] == 9][:count]
+    return [Image.fromarray(images[i]) for i in nines]
+
+
+def nine(count: int = 2) -> TaughtConcept:
+    """Real nines under a new token; its embedding starts from the word 'digit'."""
+    images = tuple(
+        train_image("nine", PROMPT, image, f"pool-{k}", 32)
+        for k, image in enumerate(digit_images(count))
+    )
+    return TaughtConcept("nine", "digit", "<sks-nine>", images)
+
+
+#: Learning rates that move each method in 10 steps without overshooting.
+RATES = {"lora": 1e-2, "textual_inversion": 5e-2, "dreambooth": 1e-4}
+
+
+def settings(method: str, **changes) -> TrainSettings:
+    base = dict(
+        method=method,
+        steps=10,
+        resolution=32,
+        learning_rate=RATES[method],
+        batch_size=2,
+        checkpoint_every=100,
+        validation_images=1,
+        render={"num_inference_steps": 2, "guidance_scale": 1.0},
+    )
+    return TrainSettings(**{**base, **changes})
+
+
+def base_model(name: str) -> str:
+    return str(registry.resolve("model", f"builtin:{name}", "test"))
+
+
+def render(model: str, **generation) -> np.ndarray:
+    settings = GenerationSpec(model=model, num_inference_steps=2, guidance_scale=1.0, **generation)
+    paths = SpecPaths(
+        model=model,
+        loras=tuple(lora.path for lora in settings.loras),
+        textual_inversions=tuple(ti.path for ti in settings.textual_inversions),
+    )
+    pipe = load_pipeline(settings, paths)
+    return pipe(
+        PROMPT,
+        height=32,
+        width=32,
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images[0]
+
+
+def loaded_by_generation(method: str, folder: Path, card: dict) -> dict:
+    """The generation settings that use a fine-tune's output."""
+    if method == "lora":
+        return {"loras": [LoraSpec(path=str(folder))]}
+    if method == "textual_inversion":
+        path = str(folder / card["files"][0])
+        return {"textual_inversions": [TextualInversionSpec(path=path, token="<sks-nine>")]}
+    return {"model": str(folder)}
+
+
+@pytest.mark.parametrize(
+    ("method", "model", "family"),
+    [
+        ("lora", "tiny-sd", "sd"),
+        ("lora", "tiny-sdxl", "sdxl"),
+        ("dreambooth", "tiny-sd", "sd"),
+        ("dreambooth", "tiny-sdxl", "sdxl"),
+        # A random tiny UNet barely listens to its text: a token cannot move its loss. The
+        # shipped digits model (SD family) does.
+        ("textual_inversion", "digits", "sd"),
+    ],
+)
+def test_finetune_lowers_the_loss_and_generation_loads_it(tmp_path: Path, method, model, family):
+    torch.set_num_threads(1)
+    folder = tmp_path / "adapter"
+    card = train_adapter(base_model(model), [nine()], settings(method), folder)
+
+    assert card["family"] == family and card["steps"] == 10 and len(card["loss"]) == 10
+    assert card["fixed_loss"]["end"] < card["fixed_loss"]["start"]
+    assert read_adapter_card(folder) == card
+    assert [i["id"] for i in card["concepts"][0]["images"]] == ["pool-0", "pool-1"]
+    assert all(len(i["sha256"]) == 64 for i in card["concepts"][0]["images"])
+    for name in ("README.md", "loss.png", "samples.png", *card["files"]):
+        assert (folder / name).is_file()
+    base = base_model(model)
+    changed = render(**{"model": base, **loaded_by_generation(method, folder, card)})
+    assert np.abs(changed - render(base)).mean() > 1e-4
+
+
+def test_textual_inversion_on_sdxl_learns_one_vector_per_text_encoder(tmp_path: Path):
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    folder = tmp_path / "adapter"
+    card = train_adapter(base_model("tiny-sdxl"), [nine()], settings("textual_inversion"), folder)
+    vectors = load_file(folder / card["files"][0])
+    assert set(vectors) == {"clip_l", "clip_g"} and vectors["clip_l"].shape[0] == 1
+    base = base_model("tiny-sdxl")
+    changed = render(base, **loaded_by_generation("textual_inversion", folder, card))
+    assert np.abs(changed - render(base)).mean() > 1e-5
+
+
+def test_ctrl_c_keeps_a_checkpoint_and_the_rerun_ends_with_the_same_weights(tmp_path: Path):
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    chosen = settings("lora", steps=8, checkpoint_every=2)
+    train_adapter(base_model("tiny-sd"), [nine()], chosen, tmp_path / "whole")
+
+    stopped = tmp_path / "stopped"
+    first = stopped / "checkpoints" / "step-0000002.pt"
+
+    def press_ctrl_c() -> None:
+        deadline = time.monotonic() + 60
+        while not first.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt, match="rerun to resume"):
+        train_adapter(base_model("tiny-sd"), [nine()], chosen, stopped)
+    kept = sorted(p.name for p in (stopped / "checkpoints").iterdir())
+    assert len(kept) == 1 and kept[0] < "step-0000008.pt", kept
+    assert read_adapter_card(stopped) is None  # not finished: no card
+
+    card = train_adapter(base_model("tiny-sd"), [nine()], chosen, stopped)
+    assert 2 <= card["resumed_from"] < 8
+    whole, resumed = load_file(tmp_path / "whole" / LORA_FILE), load_file(stopped / LORA_FILE)
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[key], resumed[key]) for key in whole)
+
+
+def test_run_trains_first_then_renders_with_the_token(tmp_path: Path, capsys):
+    job = (REPO / "jobs" / "tiny" / "finetune-lora.yaml").read_text()
+    job = job.replace("out/tiny/finetune-lora", str(tmp_path / "out"))
+    job = job.replace(
+        "  steps: 12",
+        "  steps: 4\n  prior_preservation: {prompt: 'a photo of a {name}', images: 2}",
+    )
+    path = tmp_path / "job.yaml"
+    path.write_text(job)
+
+    code, out, err = cli(capsys, "run", path, "--distributor", "local")
+    assert code == 0, err
+    spec = load_spec(path)
+    card = read_adapter_card(spec.paths.finetuned)
+    assert card["steps"] == 4 and card["prior_images"] == 2
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["finetune"]["tokens"] == {"nine": "<sks-nine>"}
+    rows = pq.read_table(tmp_path / "out" / "shards", columns=["concept_id", "prompt"]).to_pylist()
+    prompts = {row["concept_id"]: row["prompt"] for row in rows}
+    assert prompts["nine"] == "a photo of <sks-nine> nine"
+    assert prompts["eight"] == "a photo of eight"  # {token} is empty for a concept not taught
+
+    code, out, err = cli(capsys, "finetune", path)
+    assert code == 0 and "already trained, reused" in out, err
+
+
+def finetune_job(tmp_path: Path, images: Path, **finetune) -> Path:
+    model = finetune.pop("model", "builtin:tiny-sd")
+    lines = "\n".join(f"  {key}: {value}" for key, value in finetune.items())
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        f"""name: bad
+taxonomy: {{source: digits}}
+prompts: {{templates: ["a photo of {{token}} {{name}}"], images_per_concept: 1}}
+generation: {{model: {model}, height: 32, width: 32}}
+finetune:
+  method: lora
+  source: {{path: {images}}}
+  concepts: [nine]
+  out: {tmp_path / "adapters"}
+{lines}
+output: {{dir: {tmp_path / "out"}}}
+"""
+    )
+    return path
+
+
+def image_folder(tmp_path: Path, **files: bytes | tuple[int, int]) -> Path:
+    """An image folder: nine/<name>.png as digit images, `files` added (bytes or a size)."""
+    folder = tmp_path / "real"
+    (folder / "nine").mkdir(parents=True)
+    for k, image in enumerate(digit_images(2)):
+        image.save(folder / "nine" / f"{k}.png")
+    for name, content in files.items():
+        target = folder / name.replace("__", "/")
+        target.parent.mkdir(exist_ok=True)
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            Image.new("RGB", content).save(target)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("files", "finetune", "message"),
+    [
+        ({}, {"concepts": "[eight]"}, "no real image of concept 'eight'"),
+        ({"nine__broken.png": b"not a png"}, {}, "broken.png cannot be read"),
+        ({"nine__small.png": (16, 16)}, {}, "is 16x16, smaller than the training resolution 32"),
+        ({}, {"method": "textual_inversion", "token": "'{name}'"}, "'nine' is already a word"),
+        ({}, {"rank": 0}, "finetune.rank: must be >= 1, got 0"),
+        ({}, {"model": "models/missing"}, "generation.model: 'models/missing' not found"),
+    ],
+)
+def test_bad_input_exits_2_in_one_line_and_keeps_checkpoints(
+    tmp_path: Path, capsys, files, finetune, message
+):
+    job = finetune_job(tmp_path, image_folder(tmp_path, **files), **finetune)
+    checkpoint = None
+    if "rank" not in finetune:
+        checkpoint = Path(load_spec(job).paths.finetuned) / "checkpoints" / "step-0000002.pt"
+        checkpoint.parent.mkdir(parents=True)
+        checkpoint.write_bytes(b"a checkpoint")
+    capsys.readouterr()  # what building the tiny model printed above
+    code, out, err = cli(capsys, "finetune", job)
+    assert code == 2 and message in error_line(err), err
+    if checkpoint is not None:
+        assert checkpoint.read_bytes() == b"a checkpoint"
+
+
+def test_a_lora_of_the_other_family_is_refused_before_training(tmp_path: Path, capsys):
+    job = finetune_job(tmp_path, image_folder(tmp_path))
+    job.write_text(
+        job.read_text().replace(
+            "height: 32", "loras: [{path: 'builtin:tiny-lora-sdxl'}], height: 32"
+        )
+    )
+    code, out, err = cli(capsys, "finetune", job)
+    line = error_line(err)
+    assert code == 2 and "generation.loras[0].path" in line and "another family" in line
+    assert not (tmp_path / "adapters").exists()
