@@ -15,12 +15,12 @@ from PIL import Image
 
 from augment.errors import AugmentError, SpecError
 from augment.finetuning.data import TaughtConcept, TrainImage, TrainSettings
+from augment.generate.pipelines import LORA_TARGETS as UNET_TARGETS
+from augment.generate.pipelines import LORA_WEIGHTS_FILE as LORA_FILE
 
 log = logging.getLogger(__name__)
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
-#: Attention projections adapted: the UNet's (as diffusers' scripts) and CLIP's.
-UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+#: CLIP text-encoder projections a LoRA adapts (the UNet's: pipelines.LORA_TARGETS).
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 

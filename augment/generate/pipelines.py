@@ -48,6 +48,8 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 ADAPTER_CARD = "finetune.json"
 #: The file a LoRA folder holds (diffusers' `save_lora_weights`).
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
+#: The UNet attention projections a LoRA adapts, as diffusers' training scripts choose them.
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 def check_model(location: str, declared: str, key: str = "generation.model") -> str:

@@ -414,7 +414,8 @@ def save_tiny_controlnet_sdxl(folder: Path, seed: int = 0) -> Path:
     )
 
 
-#: Attention projections a LoRA adapts, as diffusers' training scripts choose them.
+#: The same as `pipelines.LORA_TARGETS` and `pipelines.LORA_WEIGHTS_FILE`; written again here
+#: because importing pipelines would close a cycle (pipelines -> config -> registry -> tiny).
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
