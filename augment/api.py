@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from augment.finetuning import FinetuneResult
     from augment.job import RunResult
+    from augment.labels.paste import PasteResult
     from augment.prompting import Prompt
     from augment.taxonomy import Concept
 
@@ -116,6 +117,14 @@ def finetune(spec: Spec, force: bool = False) -> FinetuneResult:
     from augment.job import finetune as train
 
     return train(_spec(spec), force=force)
+
+
+def paste(spec: Spec, force: bool = False) -> PasteResult:
+    """Paste the job's segmented renders onto its `paste.backgrounds` into OUT/paste (resumed
+    when it holds the same paste; `force` starts over); `run` does this last by itself."""
+    from augment.job import paste as paste_job
+
+    return paste_job(_spec(spec), force=force)
 
 
 def read(out: str | Path, as_dataset: bool = False):

@@ -204,6 +204,36 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_paste(args: argparse.Namespace) -> int:
+    spec = api.load_spec(args.job)
+    if spec.paste is None:
+        raise AugmentError(
+            f"{args.job}: no paste: section; add one (backgrounds, instances, scale), see "
+            "jobs/tiny/paste.yaml"
+        )
+    result = api.paste(spec, force=args.force)
+    print_lines(
+        f"pasted {result.pasted} images ({result.instances} instances), {result.skipped} "
+        f"already there, {result.failed} failed, in {result.seconds:.1f} s",
+        *(f"  {name:<11} {path}" for name, path in result.outputs.items()),
+    )
+    return 0
+
+
+def add_paste(commands: Commands) -> None:
+    paste = commands.add_parser(
+        "paste",
+        help="paste the job's segmented renders onto real backgrounds (OUT/paste)",
+        description="Copy-paste: cut each render of the job's output along its mask (segment:) "
+        "and paste 1..k onto each background of paste.backgrounds, keeping the background's "
+        "boxes and adding a box and mask per instance. `augment run` does this last by itself.",
+        epilog="example: augment paste jobs/tiny/paste.yaml",
+    )
+    paste.add_argument("job", type=Path, help="job spec (YAML) with segment: and paste:")
+    paste.add_argument("--force", action="store_true", help="delete OUT/paste and start over")
+    paste.set_defaults(func=cmd_paste)
+
+
 def add_finetune(commands: Commands) -> None:
     finetune = commands.add_parser(
         "finetune",
@@ -729,6 +759,7 @@ def add_report(commands: Commands) -> None:
 COMMANDS = (
     add_run,
     add_finetune,
+    add_paste,
     add_export,
     add_submit,
     add_status,

@@ -317,6 +317,98 @@ class FilterSpec(StrictModel):
     )
 
 
+class SegmentSpec(StrictModel):
+    """A foreground mask and a tight box for the object each rendered image shows."""
+
+    method: Literal["threshold", "clipseg", "sam"] = Field(
+        default="threshold",
+        description="threshold: pixels that differ from the background (plain or white "
+        "backgrounds, e.g. prompts '... isolated on a white background'); clipseg: CLIPSeg "
+        "prompted with the concept name; sam: SAM prompted with the threshold mask's box",
+    )
+    model: str | None = Field(
+        default=None,
+        description="clipseg and sam: a transformers model folder, or a hub id already in the "
+        "local cache (CIDAS/clipseg-rd64-refined, facebook/sam-vit-base)",
+    )
+    threshold: float | None = Field(
+        default=None,
+        ge=0,
+        description="threshold: grey levels (0-255) a foreground pixel differs from the "
+        "background by (default 40); clipseg: the probability a foreground pixel reaches "
+        "(default 0.4); sam: unused",
+    )
+    prompt: str = Field(
+        default="{name}", description="clipseg: the text it is prompted with ({name}: concept)"
+    )
+    min_area: float = Field(
+        default=0.002, ge=0, le=1, description="flag a mask covering less of the image"
+    )
+    max_area: float = Field(
+        default=0.9, ge=0, le=1, description="flag a mask covering more of the image"
+    )
+    max_border: float = Field(
+        default=0.3,
+        ge=0,
+        le=1,
+        description="flag a mask covering more of the image's border pixels (a cut-off object, "
+        "or a background taken for the object)",
+    )
+
+    @model_validator(mode="after")
+    def _model_for_learnt_methods(self) -> SegmentSpec:
+        if self.method != "threshold" and self.model is None:
+            raise ValueError(f"segment.method {self.method} needs segment.model (a folder)")
+        if self.method == "threshold" and self.model is not None:
+            raise ValueError("segment.method threshold uses no model: remove segment.model")
+        return self
+
+
+class PasteSpec(StrictModel):
+    """Copy-paste: the job's segmented renders pasted onto real background images (OUT/paste)."""
+
+    backgrounds: SourceSpec = Field(
+        description="Real background images: a COCO folder, an image folder, a Parquet file or "
+        "an augment output; their own boxes are kept"
+    )
+    images_per_background: int = Field(default=1, ge=1)
+    instances: tuple[int, int] = Field(
+        default=(1, 3), description="[min, max] instances pasted onto each image"
+    )
+    scale: tuple[float, float] = Field(
+        default=(0.2, 0.5),
+        description="[min, max] longer side of a pasted instance, as a share of the "
+        "background's shorter side",
+    )
+    flip: bool = Field(default=True, description="mirror half of the instances")
+    max_overlap: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="the share of a pasted box that may cover a box already there (the "
+        "background's own, or an instance pasted before it); an instance that finds no such "
+        "place in 20 tries is left out",
+    )
+    blend: Literal["hard", "gaussian"] = Field(
+        default="gaussian", description="hard: the mask as is; gaussian: its edge feathered"
+    )
+    feather: float = Field(default=1.0, gt=0, description="gaussian: the blur's sigma, pixels")
+
+    @field_validator("instances")
+    @classmethod
+    def _instance_counts(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= value[0] <= value[1]:
+            raise ValueError(f"must be [min, max] with 1 <= min <= max, got {list(value)}")
+        return value
+
+    @field_validator("scale")
+    @classmethod
+    def _scales(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1] <= 1:
+            raise ValueError(f"must be [min, max] with 0 < min <= max <= 1, got {list(value)}")
+        return value
+
+
 class OutputSpec(StrictModel):
     dir: str = "out"
     formats: list[Format] = ["parquet", "coco"]
@@ -331,6 +423,8 @@ class JobSpec(StrictModel):
     generation: GenerationSpec
     source: SourceSpec | None = None
     filters: FilterSpec = FilterSpec()
+    segment: SegmentSpec | None = None
+    paste: PasteSpec | None = None
     finetune: FinetuneSpec | None = None
     output: OutputSpec = OutputSpec()
     limit: int | None = Field(default=None, ge=1, description="Render at most this many items.")
@@ -351,11 +445,29 @@ class JobSpec(StrictModel):
             raise ValueError(f"mode {mode} starts from real images: add a source: section")
         if mode not in SOURCE_MODES and self.source is not None:
             raise ValueError(f"mode {mode} does not use source images: remove source:")
+        if self.paste is not None and self.segment is None:
+            raise ValueError(
+                "paste: pastes the masks of the job's renders; add a segment: section "
+                "(e.g. segment: {method: threshold})"
+            )
+        if mode in SOURCE_MODES and self.segment is not None:
+            raise ValueError(
+                f"segment: masks the one object a rendered image shows; mode {mode} keeps its "
+                "source's boxes: remove segment:"
+            )
         return self
 
     def spec_hash(self) -> str:
-        """Hash of everything that decides which images a run makes (not where they go)."""
-        content = self.model_dump(mode="json", exclude={"output": {"dir"}, "limit": True})
+        """Hash of everything that decides which images a run makes (not where they go, nor
+        what `paste:` makes of them in OUT/paste: that has `paste_hash`)."""
+        content = self.model_dump(
+            mode="json", exclude={"output": {"dir"}, "limit": True, "paste": True}
+        )
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+    def paste_hash(self) -> str:
+        """Hash of what decides OUT/paste's images: the renders (`spec_hash`) and `paste:`."""
+        content = [self.spec_hash(), self.paste.model_dump(mode="json") if self.paste else None]
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
     def finetune_hash(self) -> str:
@@ -624,6 +736,8 @@ class SpecPaths:
     textual_inversions: tuple[str, ...] = ()
     mask_files: str | None = None
     scorer: str | None = None
+    segmenter: str | None = None
+    backgrounds: str | None = None  # paste.backgrounds.path
     source: str | None = None
     taxonomy: str = ""  # a list file's absolute path, or the wordnet:/coco source itself
     finetune_source: str | None = None
@@ -678,6 +792,14 @@ def resolve_paths(spec: JobSpec, base_dir: Path | None) -> SpecPaths:
         mask_files=mask_files,
         scorer=locate(spec.filters.scorer, base_dir, "filters.scorer")
         if spec.filters.scorer
+        else None,
+        segmenter=locate(spec.segment.model, base_dir, "segment.model")
+        if spec.segment and spec.segment.model
+        else None,
+        backgrounds=locate(
+            spec.paste.backgrounds.path, base_dir, "paste.backgrounds.path", "source"
+        )
+        if spec.paste
         else None,
         source=locate(spec.source.path, base_dir, "source.path", "source") if spec.source else None,
         taxonomy=taxonomy,

@@ -101,17 +101,21 @@ class BlockWorker:
         self.retries = retries
         self.init_error: AugmentError | None = None
         self.filter = None
+        self.segmenter = None
         try:
             # Names resolve again on this worker's node: on a cluster, a builtin: name finds the
             # node's own copy; on one machine the same names give the same files.
             spec = load_spec(spec)
             self.generator = make_generator(spec)
+            device = str(self.generator.pipe.device)
+            if spec.segment is not None:
+                from augment.labels.segment import Segmenter
+
+                self.segmenter = Segmenter(spec.segment, spec.paths.segmenter, device)
             if spec.filters.scorer is not None:
                 from augment.filters import ImageFilter
 
-                self.filter = ImageFilter(
-                    spec.filters, spec.paths.scorer, concepts, str(self.generator.pipe.device)
-                )
+                self.filter = ImageFilter(spec.filters, spec.paths.scorer, concepts, device)
         except AugmentError as exc:  # raised again by render(), where the driver sees it
             self.init_error = exc
 
@@ -135,6 +139,8 @@ class BlockWorker:
                     record, failure = self.render_alone(item)
                     records.extend(record)
                     failures.extend(failure)
+        if records and self.segmenter is not None:
+            records = self.segmenter(records)
         if records and self.filter is not None:
             records = self.filter(records)
         if records:

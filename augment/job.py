@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import yaml
 
 from augment.config import SOURCE_MODES, JobSpec
@@ -35,6 +37,7 @@ from augment.finetuning import (
     train_adapter,
 )
 from augment.generate.pipelines import check_models, load_tokenizer, read_adapter_card
+from augment.labels.segment import check_segmenter
 from augment.planning import build_interpolation_plan, build_plan, build_source_plan, write_plan
 from augment.prompting import Prompt, build_prompts, enforce_token_limit
 from augment.records import FLAGS, WorkItem
@@ -42,6 +45,9 @@ from augment.sinks import export, parquet
 from augment.sinks.animation import write_animations
 from augment.sources import SourceSet
 from augment.taxonomy import Concept, load_concepts
+
+if TYPE_CHECKING:
+    from augment.labels.paste import PasteResult
 
 log = logging.getLogger(__name__)
 
@@ -358,6 +364,118 @@ def finetune(spec: JobSpec, force: bool = False) -> FinetuneResult:
     return result_of(folder, card, trained=True)
 
 
+def paste_backgrounds(spec: JobSpec) -> SourceSet:
+    """The paste's background images, listed (a missing or empty source is an error)."""
+    f = spec.paste.backgrounds
+    source = Path(spec.paths.backgrounds)
+    if not source.exists():
+        raise SpecError(
+            f"paste.backgrounds.path: '{f.path}' not found (no {source}); give a COCO folder, an "
+            "image folder, a Parquet file or an augment output"
+        )
+    try:
+        return SourceSet(source, f.format, f.limit)
+    except SpecError as exc:
+        raise SpecError(str(exc).replace("source.path", "paste.backgrounds.path", 1)) from None
+
+
+def paste(spec: JobSpec, force: bool = False) -> PasteResult:
+    """Paste the run's segmented renders (OUT) onto the backgrounds, into OUT/paste (resumed
+    when it holds the same paste; `force` starts it over)."""
+    from augment.labels.paste import (
+        PasteResult,
+        known_boxes,
+        load_instances,
+        paste_onto,
+        paste_plan,
+        paste_record,
+        prepare_paste_output,
+    )
+    from augment.progress import image_progress
+
+    if spec.paste is None:
+        raise SpecError("this job has no paste: section; add one (see the README, Copy-paste)")
+    started = time.perf_counter()
+    settings = spec.paste
+    backgrounds = paste_backgrounds(spec)
+    out_dir = Path(spec.output.dir)
+    concepts = concepts_for(spec)
+    instances = load_instances(out_dir, concepts)
+    folder = out_dir / "paste"
+    prepare_paste_output(folder, spec, force)
+    shards_dir = folder / "shards"
+    parquet.remove_temp_files(shards_dir)
+    done = parquet.committed_item_ids(shards_dir)
+    items = paste_plan(spec.name, spec.seed, backgrounds.images, settings.images_per_background)
+    failures = list(backgrounds.unreadable)
+    pending, written, count = [], 0, 0
+    todo = [item for item in items if item.item_id not in done]
+
+    def commit() -> None:
+        nonlocal pending
+        if pending:
+            name = f"part-{parquet.next_shard_index(shards_dir):05d}.parquet"
+            parquet.write_shard(shards_dir, name, pending)
+            pending = []
+
+    with image_progress(len(todo), "pasting") as advance:
+        for item in todo:
+            begun = time.perf_counter()
+            background = backgrounds.by_id[item.background_id]
+            try:
+                pixels = np.asarray(backgrounds.pixels(item.background_id))
+            except SpecError as exc:
+                failures.append({"source": background.location, "error": str(exc)})
+                advance(1)
+                continue
+            known = known_boxes(background, concepts)
+            taken = [list(box.bbox) for box in background.boxes]
+            rng = np.random.default_rng(item.seed)
+            composite, pasted = paste_onto(pixels, taken, instances, settings, rng)
+            pending.append(
+                paste_record(
+                    item,
+                    background,
+                    known,
+                    composite,
+                    pasted,
+                    settings,
+                    time.perf_counter() - begun,
+                )
+            )
+            written += 1
+            count += len(pasted)
+            if len(pending) >= spec.output.rows_per_shard:
+                commit()
+            advance(1)
+        commit()
+    seconds = time.perf_counter() - started
+    shards = parquet.shard_paths(shards_dir)
+    manifest = {
+        "job": spec.name,
+        "paste_hash": spec.paste_hash(),
+        "renders": str(out_dir),
+        "counts": {
+            "planned": len(items),
+            "records": sum(parquet.pq.ParquetFile(p).metadata.num_rows for p in shards),
+            "instances_available": len(instances),
+            "failed": len(failures),
+        },
+        "timings": {"last_run_s": round(seconds, 3)},
+        "versions": package_versions(),
+        "shards": [p.name for p in shards],
+        "categories": categories_for(concepts),
+        "failures": failures,
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    outputs = {"manifest": folder / "manifest.json", "shards": shards_dir}
+    if shards:
+        outputs.update(export(folder, spec.output.formats))
+    return PasteResult(
+        folder, len(items), len(items) - len(todo), written, count, len(failures), seconds, outputs
+    )
+
+
 def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
     """Run (or resume) a job; returns what was done and where the outputs are."""
     options = options or RunOptions()
@@ -368,6 +486,10 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
     check_models(spec.generation, spec.paths)  # fail before touching OUT
     concepts = concepts_for(spec)
     check_scorer(spec.filters, spec.paths.scorer, [c.name for c in concepts])
+    if spec.segment is not None:
+        check_segmenter(spec.segment, spec.paths.segmenter)
+    if spec.paste is not None:
+        paste_backgrounds(spec)  # fail before touching OUT
     sources = SourceSet.of(spec) if spec.generation.mode in SOURCE_MODES else None
     items = plan_for(spec, concepts, sources)
     prepare_output(out_dir, spec, options.force)
@@ -390,6 +512,8 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
         outputs.update(export(out_dir, spec.output.formats))
         if spec.generation.mode == "interpolate":
             outputs["animations"] = write_animations(out_dir, spec.generation.interpolate.frame_ms)
+    if spec.paste is not None and parquet.shard_paths(out_dir / "shards"):
+        outputs["paste"] = paste(spec, options.force).out_dir
     return RunResult(
         out_dir=out_dir,
         planned=len(items),

@@ -16,7 +16,7 @@ import pyarrow as pa
 from augment.taxonomy.concept import Concept
 
 #: Record columns that flag an image: exports and benchmarks leave flagged rows out.
-FLAGS = ("black", "nan", "nsfw", "filtered")
+FLAGS = ("black", "nan", "nsfw", "filtered", "bad_mask")
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,12 @@ BOX_TYPE = pa.struct(
     [
         ("category_id", pa.int64()),
         ("bbox", pa.list_(pa.float64())),  # COCO xywh, pixels
-        ("segmentation", pa.list_(pa.list_(pa.float64()))),
+        ("segmentation", pa.list_(pa.list_(pa.float64()))),  # COCO polygons
+        ("rle", pa.string()),  # or a mask: COCO compressed RLE counts, at the image's size
+        ("area", pa.float64()),  # the mask's pixels (None: no mask)
+        ("score", pa.float64()),  # the labeller's confidence, where it gives one
+        ("labeller", pa.string()),  # who drew it: None (the source), "threshold", "sam", ...
+        ("instance_of", pa.string()),  # paste: the item_id of the render it was cut from
     ]
 )
 
@@ -89,6 +94,8 @@ RECORD_SCHEMA = pa.schema(
         ("nsfw", pa.bool_()),
         ("float32_retry", pa.bool_()),  # first render NaN/black: this is the float32 re-render
         ("filtered", pa.bool_()),
+        ("mask_area", pa.float64()),  # segment: the share of the image its object's mask covers
+        ("bad_mask", pa.bool_()),  # segment: mask empty, (almost) the whole image, or cut off
         ("render_s", pa.float64()),
     ],
     metadata={"huggingface": json.dumps({"info": {"features": {"image": {"_type": "Image"}}}})},

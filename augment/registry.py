@@ -102,6 +102,8 @@ def _register_tiny_models() -> None:
             "tiny-textual-inversion-v1.safetensors",
         ),
         ("tiny-clip", "save_tiny_clip", "tiny-clip-v1"),
+        ("tiny-clipseg", "save_tiny_clipseg", "tiny-clipseg-v1"),
+        ("tiny-sam", "save_tiny_sam", "tiny-sam-v1"),
     ):
         register("model", name, tiny(builder, folder, *args))
 

@@ -50,7 +50,9 @@ def detect_format(path: Path) -> str:
         return "coco"
     if (path / "shards").is_dir() or any(path.glob("*.parquet")):
         return "parquet"
-    if path.is_dir() and any(p.is_dir() for p in path.iterdir()):
+    if path.is_dir() and any(
+        p.is_dir() or p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()
+    ):
         return "imagefolder"
     return "unknown"
 
@@ -108,10 +110,13 @@ def read_coco(path: Path, unreadable: list[dict]) -> list[SourceImage]:
 
 
 def read_imagefolder(path: Path, unreadable: list[dict]) -> list[SourceImage]:
+    """<class>/<image> files labelled by their folder, and images right in `path` unlabelled
+    (a flat folder of backgrounds)."""
     images = []
-    for class_dir in sorted(p for p in path.iterdir() if p.is_dir()):
+    groups = [(None, path), *((d.name, d) for d in sorted(p for p in path.iterdir() if p.is_dir()))]
+    for label, class_dir in groups:
         for file in sorted(class_dir.iterdir()):
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
+            if not file.is_file() or file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             try:
                 with Image.open(file) as image:
@@ -121,11 +126,11 @@ def read_imagefolder(path: Path, unreadable: list[dict]) -> list[SourceImage]:
                 continue
             images.append(
                 SourceImage(
-                    id=f"{class_dir.name}/{file.stem}",
+                    id=file.stem if label is None else f"{label}/{file.stem}",
                     location=str(file),
                     width=width,
                     height=height,
-                    label=class_dir.name,
+                    label=label,
                 )
             )
     return images

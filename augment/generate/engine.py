@@ -223,6 +223,8 @@ class Generator:
             "nsfw": nsfw,
             "float32_retry": float32_retry,
             "filtered": False,
+            "mask_area": None,
+            "bad_mask": False,
             "render_s": render_s,
         }
 

@@ -630,3 +630,78 @@ def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
         shutil.rmtree(tmp / "vocab")
 
     return save_atomically(folder, write, "config.json")
+
+
+def save_tiny_clipseg(folder: Path, seed: int = 0) -> Path:
+    """A tiny random CLIPSeg folder (model + processor), as `segment.model` loads one."""
+    from transformers import (
+        CLIPSegConfig,
+        CLIPSegForImageSegmentation,
+        CLIPSegProcessor,
+        ViTImageProcessor,
+    )
+
+    def write(tmp: Path) -> None:
+        tokenizer = build_tokenizer(tmp / "vocab")
+        torch.manual_seed(seed)
+        config = CLIPSegConfig(
+            text_config=clip_text_config(tokenizer).to_dict(),
+            vision_config=dict(image_size=32, patch_size=4, num_channels=3, **TINY_CLIP_LAYERS),
+            projection_dim=32,
+            reduce_dim=16,
+            extract_layers=[1, 1, 1],
+            decoder_num_attention_heads=2,
+            decoder_intermediate_size=32,
+        )
+        CLIPSegForImageSegmentation(config).eval().save_pretrained(tmp)
+        image_processor = ViTImageProcessor(
+            size={"height": 32, "width": 32},
+            image_mean=[0.48145466, 0.4578275, 0.40821073],
+            image_std=[0.26862954, 0.26130258, 0.27577711],
+        )
+        CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(tmp)
+        shutil.rmtree(tmp / "vocab")
+
+    return save_atomically(folder, write, "config.json")
+
+
+def save_tiny_sam(folder: Path, seed: int = 0) -> Path:
+    """A tiny random SAM folder (model + processor) on 64 px inputs, as `segment.model` loads."""
+    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+
+    def write(tmp: Path) -> None:
+        torch.manual_seed(seed)
+        config = SamConfig(
+            vision_config=dict(
+                hidden_size=32,
+                output_channels=16,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                image_size=64,
+                patch_size=8,
+                mlp_dim=64,
+                global_attn_indexes=[1],
+                window_size=4,
+                num_pos_feats=8,
+            ),
+            prompt_encoder_config=dict(
+                hidden_size=16, image_size=64, patch_size=8, mask_input_channels=4
+            ),
+            mask_decoder_config=dict(
+                hidden_size=16,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                mlp_dim=32,
+                iou_head_hidden_dim=16,
+            ),
+        )
+        SamModel(config).eval().save_pretrained(tmp)
+        image_processor = SamImageProcessor(
+            size={"longest_edge": 64},
+            pad_size={"height": 64, "width": 64},
+            mask_size={"longest_edge": 16},
+            mask_pad_size={"height": 16, "width": 16},
+        )
+        SamProcessor(image_processor=image_processor).save_pretrained(tmp)
+
+    return save_atomically(folder, write, "config.json")

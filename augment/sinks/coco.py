@@ -3,7 +3,9 @@
 Ids start at 1, the file has the `info` key pycocotools expects, and categories keep the
 taxonomy's ids (COCO ids for COCO concepts). Each image entry also carries the concept it was
 rendered for (`category_id`, `item_id`): txt2img images have no boxes, and that image-level
-label is what a classifier trains on.
+label is what a classifier trains on. A box with a mask (`segment:`) has it as compressed RLE
+in `segmentation`, which pycocotools' `COCOeval(..., "segm")` reads; a box without a mask has
+its rectangle there, marked `"mask": false`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,30 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from augment.sinks.rows import image_file_name
+
+
+def annotation(box: dict, record: dict) -> dict:
+    """A record box as a COCO annotation: a mask as RLE (its area the mask's pixels), else the
+    polygons it carries, else its rectangle as a polygon marked `"mask": false` (so that
+    `COCOeval(..., "segm")` runs on files that mix boxes and masks)."""
+    x, y, w, h = box["bbox"]
+    entry = {
+        "category_id": box["category_id"],
+        "bbox": [x, y, w, h],
+        "area": w * h,
+        "iscrowd": 0,
+        "segmentation": box["segmentation"] or [[x, y, x + w, y, x + w, y + h, x, y + h]],
+    }
+    if not box["segmentation"] and not box.get("rle"):
+        entry["mask"] = False
+    if box.get("rle"):
+        size = [record["height"], record["width"]]
+        entry.update(area=box["area"], segmentation={"size": size, "counts": box["rle"]})
+    if box.get("score") is not None:
+        entry["score"] = box["score"]
+    if box.get("labeller"):
+        entry["labeller"] = box["labeller"]
+    return entry
 
 
 def export_coco(coco_dir: Path, categories: list[dict], records: Iterable[dict]) -> Path:
@@ -34,17 +60,8 @@ def export_coco(coco_dir: Path, categories: list[dict], records: Iterable[dict])
             }
         )
         for box in record["boxes"] or []:
-            x, y, w, h = box["bbox"]
             annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": box["category_id"],
-                    "bbox": [x, y, w, h],
-                    "area": w * h,
-                    "iscrowd": 0,
-                    "segmentation": box["segmentation"] or [],
-                }
+                {"id": len(annotations) + 1, "image_id": image_id, **annotation(box, record)}
             )
     document = {
         "info": {

@@ -55,16 +55,33 @@ def count_true(shards_dir: Path, columns: list[str]) -> tuple[int, dict[str, int
 
 
 def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """One whole shard (its pages' checksums verified), or `ShardError` naming it."""
+    """One whole shard (its pages' checksums verified), or `ShardError` naming it. A shard
+    written before a column existed reads with that column empty."""
     try:
-        table = pq.read_table(path, columns=columns, page_checksum_verification=True)
-        missing = set(columns or ()) - set(table.column_names)
-        if missing:
+        names = pq.read_schema(path).names
+        present = None if columns is None else [c for c in columns if c in names]
+        table = pq.read_table(path, columns=present, page_checksum_verification=True)
+        missing = set(columns or ()) - set(names)
+        if missing - set(LATER_COLUMNS):
             raise ValueError(f"no column {', '.join(sorted(missing))}")
-        return table
+        return conform(table, columns)
     except (OSError, pa.ArrowException, ValueError) as exc:
         reason = first_line(exc)
         raise ShardError(path, reason) from None
+
+
+#: Record columns added after shards were first written; older shards read them as empty.
+LATER_COLUMNS = ("mask_area", "bad_mask")
+
+
+def conform(table: pa.Table, columns: list[str] | None) -> pa.Table:
+    """An older shard's table in today's schema (new columns and box fields empty)."""
+    schema = RECORD_SCHEMA
+    if columns is not None:
+        schema = pa.schema(RECORD_SCHEMA.field(c) for c in columns)
+    if table.schema.equals(schema, check_metadata=False):
+        return table
+    return pa.Table.from_pylist(table.to_pylist(), schema=schema)
 
 
 def check_shards(shards_dir: Path) -> tuple[set[str], dict[Path, str]]:

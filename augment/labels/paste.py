@@ -1,0 +1,266 @@
+"""Copy-paste composition: a job's segmented renders pasted onto real background images.
+
+Render -> Segment -> Paste (X-Paste's recipe, and Deng & Lu's for weeds): each rendered object
+with a mask (`segment:`) is an instance; each output image is a real background with 1..k
+instances pasted at seeded scales, places and flips, never covering more than `max_overlap` of a
+box already there (the background's own, or an instance pasted before), blended with a hard or
+feathered mask. The image keeps the background's own boxes (those of the job's concepts) and
+gains one box + RLE mask per pasted instance (`labeller: paste`, `instance_of`: the render it was
+cut from); a later instance that covers part of an earlier one trims that one's mask.
+
+The result is an output folder of its own, OUT/paste (shards, manifest.json, exports), resumed
+like a run: an item already in a shard is not pasted again. A background that cannot be decoded
+is named in its manifest's failures and the other items go on.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from augment.config import JobSpec, PasteSpec
+from augment.errors import OutputError
+from augment.labels.segment import decode_rle, encode_rle, mask_box
+from augment.records import SourceImage
+from augment.taxonomy import Concept
+
+#: Labellers whose boxes carry the object's own mask (what the segment stage writes).
+SEGMENTERS = ("threshold", "clipseg", "sam")
+#: Places tried for an instance before it is left out.
+PLACEMENT_TRIES = 20
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A rendered object cut to its mask's box."""
+
+    item_id: str
+    category_id: int
+    concept: Concept | None
+    pixels: np.ndarray  # h x w x 3 uint8
+    mask: np.ndarray  # h x w bool
+
+
+@dataclass(frozen=True)
+class PasteItem:
+    item_id: str
+    background_id: str
+    variant: int
+    seed: int
+
+
+@dataclass
+class PasteResult:
+    out_dir: Path
+    planned: int
+    skipped: int
+    pasted: int  # images written this time
+    instances: int  # instances pasted into them
+    failed: int
+    seconds: float
+    outputs: dict
+
+
+def load_instances(out_dir: Path, concepts: list[Concept]) -> list[Instance]:
+    """Every unflagged render of a run that has a mask, cut to its mask's box."""
+    from augment.sinks.rows import export_records
+
+    by_category = {c.category_id: c for c in concepts}
+    instances = []
+    for record in export_records(out_dir):
+        box = next(
+            (b for b in record["boxes"] or [] if b["rle"] and b["labeller"] in SEGMENTERS), None
+        )
+        if box is None:
+            continue
+        mask = decode_rle(box["rle"], record["height"], record["width"])
+        x, y, w, h = (int(v) for v in box["bbox"])
+        pixels = np.asarray(Image.open(io.BytesIO(record["image"]["bytes"])).convert("RGB"))
+        instances.append(
+            Instance(
+                record["item_id"],
+                box["category_id"],
+                by_category.get(box["category_id"]),
+                pixels[y : y + h, x : x + w].copy(),
+                mask[y : y + h, x : x + w].copy(),
+            )
+        )
+    if not instances:
+        raise OutputError(
+            f"{out_dir} holds no segmented render to paste (every mask empty or flagged); "
+            "check segment: (method, threshold) on a few renders with `augment view`"
+        )
+    return sorted(instances, key=lambda i: i.item_id)
+
+
+def paste_plan(job_name: str, job_seed: int, backgrounds: list[SourceImage], per: int):
+    """One item per (background, variant); ids and seeds as the plan's contract makes them."""
+    from augment.planning import item_seed, make_item_id
+
+    items = []
+    for background in backgrounds:
+        for variant in range(per):
+            item_id = make_item_id(job_name, "paste", "", variant, background.id)
+            items.append(PasteItem(item_id, background.id, variant, item_seed(job_seed, item_id)))
+    return items
+
+
+def shared_share(a: list[float], b: list[float]) -> float:
+    """The larger of the shares of `a` and of `b` that the two boxes share."""
+    w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    h = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    return w * h / max(min(a[2] * a[3], b[2] * b[3]), 1e-9)
+
+
+def paste_onto(
+    background: np.ndarray,
+    taken: list[list[float]],
+    instances: list[Instance],
+    settings: PasteSpec,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, list[tuple[Instance, np.ndarray]]]:
+    """Paste 1..k instances onto `background` (H x W x 3 uint8), avoiding the `taken` boxes:
+    the composite and each pasted instance's full-size mask (trimmed where later ones cover)."""
+    height, width = background.shape[:2]
+    canvas = background.astype(np.float32)
+    taken = list(taken)
+    pasted: list[tuple[Instance, np.ndarray]] = []
+    low, high = settings.instances
+    for _ in range(int(rng.integers(low, high + 1))):
+        instance = instances[int(rng.integers(len(instances)))]
+        longer = rng.uniform(*settings.scale) * min(height, width)
+        factor = longer / max(instance.mask.shape)
+        size = (
+            max(1, round(instance.mask.shape[1] * factor)),
+            max(1, round(instance.mask.shape[0] * factor)),
+        )
+        pixels = np.asarray(Image.fromarray(instance.pixels).resize(size, Image.BICUBIC))
+        mask = np.asarray(
+            Image.fromarray(instance.mask.astype(np.uint8) * 255).resize(size, Image.BILINEAR)
+        )
+        if settings.flip and rng.random() < 0.5:
+            pixels, mask = pixels[:, ::-1], mask[:, ::-1]
+        if size[0] > width or size[1] > height or not (mask > 127).any():
+            continue
+        own = mask_box(mask > 127)
+        for _try in range(PLACEMENT_TRIES):
+            x, y = (
+                int(rng.integers(0, width - size[0] + 1)),
+                int(rng.integers(0, height - size[1] + 1)),
+            )
+            box = [x + own[0], y + own[1], own[2], own[3]]
+            if all(shared_share(box, other) <= settings.max_overlap for other in taken):
+                break
+        else:
+            continue
+        alpha = np.zeros((height, width), np.float32)
+        alpha[y : y + size[1], x : x + size[0]] = mask / 255.0
+        hard = alpha > 0.5
+        if settings.blend == "gaussian":
+            blurred = Image.fromarray((alpha * 255).astype(np.uint8)).filter(
+                ImageFilter.GaussianBlur(settings.feather)
+            )
+            alpha = np.asarray(blurred, np.float32) / 255.0
+        placed = np.zeros_like(canvas)
+        placed[y : y + size[1], x : x + size[0]] = pixels
+        canvas = alpha[..., None] * placed + (1 - alpha[..., None]) * canvas
+        for _, earlier in pasted:
+            earlier &= ~hard
+        pasted.append((instance, hard))
+        taken.append(box)
+    return np.clip(canvas + 0.5, 0, 255).astype(np.uint8), pasted
+
+
+def paste_record(
+    item: PasteItem,
+    background: SourceImage,
+    known: list[tuple[int, tuple]],
+    pixels: np.ndarray,
+    pasted: list[tuple[Instance, np.ndarray]],
+    settings: PasteSpec,
+    seconds: float,
+) -> dict:
+    """A shard record for a composite: the background's boxes of known concepts, then one box
+    with its mask per pasted instance still visible. Its concept is its first instance's."""
+    from augment.generate.engine import encode_png
+
+    boxes = [
+        {"category_id": category_id, "bbox": list(bbox), "segmentation": []}
+        for category_id, bbox in known
+    ]
+    for instance, mask in pasted:
+        box = mask_box(mask)
+        if box is not None:
+            boxes.append(
+                {
+                    "category_id": instance.category_id,
+                    "bbox": box,
+                    "segmentation": [],
+                    "rle": encode_rle(mask),
+                    "area": float(mask.sum()),
+                    "labeller": "paste",
+                    "instance_of": instance.item_id,
+                }
+            )
+    first = pasted[0][0].concept if pasted else None
+    height, width = pixels.shape[:2]
+    return {
+        "item_id": item.item_id,
+        "concept_id": first.id if first else None,
+        "concept_name": first.name if first else "background",
+        "synset": first.synset if first else None,
+        "category_id": first.category_id if first else None,
+        "prompt": "",
+        "negative_prompt": "",
+        "mode": "paste",
+        "settings": settings.model_dump_json(),
+        "seed": item.seed,
+        "width": width,
+        "height": height,
+        "source_image_id": background.id,
+        "boxes": boxes,
+        "image": {"bytes": encode_png(pixels), "path": f"{item.item_id}.png"},
+        "black": False,
+        "nan": False,
+        "nsfw": False,
+        "filtered": False,
+        "bad_mask": False,
+        "render_s": seconds,
+    }
+
+
+def prepare_paste_output(folder: Path, spec: JobSpec, force: bool) -> None:
+    """Create OUT/paste, or check it holds this same paste (then it resumes)."""
+    marker = folder / "paste.json"
+    if force and folder.exists():
+        shutil.rmtree(folder)
+    if marker.is_file():
+        previous = json.loads(marker.read_text())["paste_hash"]
+        if previous != spec.paste_hash():
+            raise OutputError(
+                f"{folder} holds a paste of other renders or settings (hash {previous}, now "
+                f"{spec.paste_hash()}); use --force to delete it and paste again"
+            )
+    (folder / "shards").mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"paste_hash": spec.paste_hash(), "job": spec.name}))
+
+
+def known_boxes(background: SourceImage, concepts: list[Concept]) -> list[tuple[int, tuple]]:
+    """The background's boxes whose label is a concept of the job: (category_id, xywh)."""
+    from augment.sources import concept_index
+    from augment.taxonomy.listfile import slugify
+
+    index = concept_index(concepts)
+    return [
+        (index[slugify(box.label)].category_id, box.bbox)
+        for box in background.boxes
+        if slugify(box.label) in index
+    ]

@@ -1,0 +1,223 @@
+"""Segment stage: a foreground mask and a tight box for the object a rendered image shows.
+
+Generate -> Segment -> Filter -> Shards. A `Segmenter` is loaded once per worker, beside the
+generator, and adds to each record one box: the concept's category, the mask's tight xywh box,
+the mask as COCO compressed RLE (pycocotools) at the image's size, its pixel area, a score
+where the method gives one, and the method's name as `labeller`. The record's `mask_area` is the
+share of the image the mask covers, and `bad_mask` flags a mask that is empty, covers (almost)
+the whole image, or covers too much of the image border (a cut-off object, or background taken
+for the object): flagged, not dropped, like the filter's flags.
+
+Methods:
+- `threshold`: pixels whose grey level differs from the background's (the median of the
+  border pixels) by more than `threshold`; for plain dark or white backgrounds;
+- `clipseg`: transformers' CLIPSeg prompted with the concept name, pixels whose probability
+  reaches `threshold`;
+- `sam`: transformers' SAM prompted with the box of the threshold mask (the whole image when
+  that is empty), the mask it scores best.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from augment.config import SegmentSpec, looks_like_hub_id
+from augment.errors import ModelError
+
+#: Defaults of `segment.threshold` per method.
+DEFAULT_THRESHOLDS = {"threshold": 40.0, "clipseg": 0.4, "sam": 0.0}
+#: Images per forward pass of a learnt segmenter.
+SEGMENT_BATCH = 16
+#: The transformers model class each learnt method needs, as config.json names it.
+MODEL_TYPES = {"clipseg": "clipseg", "sam": "sam"}
+
+
+def threshold_mask(image: Image.Image, threshold: float = DEFAULT_THRESHOLDS["threshold"]):
+    """Pixels whose grey level differs from the background's (the border's median)."""
+    grey = np.asarray(image.convert("L"), dtype=np.float32)
+    border = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
+    return np.abs(grey - np.median(border)) > threshold
+
+
+def mask_box(mask: np.ndarray) -> list[float] | None:
+    """The tight xywh box of a mask's pixels, or None when it has none."""
+    if not mask.any():
+        return None
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    x, y = int(cols[0]), int(rows[0])
+    return [float(x), float(y), float(cols[-1] - x + 1), float(rows[-1] - y + 1)]
+
+
+def encode_rle(mask: np.ndarray) -> str:
+    """A boolean mask as COCO compressed RLE counts (its size is the image's)."""
+    from pycocotools import mask as coco_mask
+
+    return coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode("ascii")
+
+
+def decode_rle(counts: str, height: int, width: int) -> np.ndarray:
+    """The boolean mask of `encode_rle` counts."""
+    from pycocotools import mask as coco_mask
+
+    rle = {"size": [height, width], "counts": counts.encode("ascii")}
+    with warnings.catch_warnings():  # pycocotools' numpy-2 copy= notice, on every call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return coco_mask.decode(rle).astype(bool)
+
+
+def border_share(mask: np.ndarray) -> float:
+    """The share of the image's border pixels that the mask covers."""
+    border = np.concatenate([mask[0], mask[-1], mask[1:-1, 0], mask[1:-1, -1]])
+    return float(border.mean())
+
+
+def instance(
+    mask: np.ndarray, category_id: int, labeller: str, score: float | None = None
+) -> dict | None:
+    """A record box for a mask (None when the mask is empty)."""
+    box = mask_box(mask)
+    if box is None:
+        return None
+    return {
+        "category_id": category_id,
+        "bbox": box,
+        "segmentation": [],
+        "rle": encode_rle(mask),
+        "area": float(mask.sum()),
+        "score": score,
+        "labeller": labeller,
+    }
+
+
+def check_segmenter(spec: SegmentSpec, location: str | None) -> str | None:
+    """The learnt segmenter's folder or cached hub id; fails (before a run touches its output)
+    when it is missing or is not the method's kind of model."""
+    if spec.method == "threshold":
+        return None
+    import json
+
+    path = Path(location or spec.model)
+    if path.exists():
+        config = path / "config.json"
+        kind = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+        if kind != MODEL_TYPES[spec.method]:
+            what = f"a {kind} model" if kind else "no transformers model folder"
+            raise ModelError(
+                f"segment.model: {path} is {what}, not {spec.method}; give a {spec.method} "
+                f"folder (config.json model_type '{MODEL_TYPES[spec.method]}')"
+            )
+        return str(path)
+    from augment.generate.pipelines import in_hub_cache
+
+    if looks_like_hub_id(spec.model) and in_hub_cache(spec.model):
+        return spec.model
+    examples = {"clipseg": "CIDAS/clipseg-rd64-refined", "sam": "facebook/sam-vit-base"}
+    raise ModelError(
+        f"segment.model: '{spec.model}' not found: give a {spec.method} model folder or a hub id "
+        f"already in the Hugging Face cache (e.g. {examples[spec.method]}); nothing is downloaded"
+    )
+
+
+class Segmenter:
+    """Loaded once per worker; `__call__` returns the records with their object's mask added."""
+
+    def __init__(self, spec: SegmentSpec, location: str | None = None, device: str = "cpu"):
+        self.spec = spec
+        self.device = device
+        self.threshold = (
+            DEFAULT_THRESHOLDS[spec.method] if spec.threshold is None else spec.threshold
+        )
+        location = check_segmenter(spec, location)
+        self.model = self.processor = None
+        if spec.method == "clipseg":
+            from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
+
+            self.model = CLIPSegForImageSegmentation.from_pretrained(location).to(device).eval()
+            self.processor = CLIPSegProcessor.from_pretrained(location)
+        elif spec.method == "sam":
+            from transformers import SamModel, SamProcessor
+
+            self.model = SamModel.from_pretrained(location).to(device).eval()
+            self.processor = SamProcessor.from_pretrained(location)
+
+    def masks(
+        self, images: list[Image.Image], names: list[str]
+    ) -> list[tuple[np.ndarray, float | None]]:
+        """(mask, score) for each image, its object named by `names`."""
+        images = [image.convert("RGB") for image in images]
+        if self.spec.method == "threshold":
+            return [(threshold_mask(image, self.threshold), None) for image in images]
+        out = []
+        for start in range(0, len(images), SEGMENT_BATCH):
+            chunk = slice(start, start + SEGMENT_BATCH)
+            method = self._clipseg if self.spec.method == "clipseg" else self._sam
+            out.extend(method(images[chunk], names[chunk]))
+        return out
+
+    def _clipseg(self, images, names):
+        import torch
+
+        prompts = [self.spec.prompt.format(name=name) for name in names]
+        inputs = self.processor(text=prompts, images=images, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            logits = self.model(**inputs.to(self.device)).logits
+        probabilities = torch.sigmoid(logits.reshape(len(images), 1, *logits.shape[-2:])).cpu()
+        out = []
+        for image, probability in zip(images, probabilities, strict=True):
+            full = torch.nn.functional.interpolate(
+                probability[None], size=(image.height, image.width), mode="bilinear"
+            )[0, 0].numpy()
+            mask = full >= self.threshold
+            out.append((mask, float(full[mask].mean()) if mask.any() else 0.0))
+        return out
+
+    def _sam(self, images, names):
+        import torch
+
+        boxes = []
+        for image in images:
+            box = mask_box(threshold_mask(image, DEFAULT_THRESHOLDS["threshold"]))
+            x, y, w, h = box if box is not None else (0, 0, image.width, image.height)
+            boxes.append([[x, y, x + w, y + h]])
+        inputs = self.processor(images=images, input_boxes=boxes, return_tensors="pt")
+        with torch.no_grad():
+            output = self.model(**inputs.to(self.device), multimask_output=True)
+        masks = self.processor.image_processor.post_process_masks(
+            output.pred_masks.cpu(),
+            inputs["original_sizes"].cpu(),
+            inputs["reshaped_input_sizes"].cpu(),
+            mask_threshold=self.threshold,
+        )
+        scores = output.iou_scores.cpu()
+        out = []
+        for k, candidates in enumerate(masks):
+            best = int(scores[k, 0].argmax())
+            out.append((candidates[0, best].numpy().astype(bool), float(scores[k, 0, best])))
+        return out
+
+    def __call__(self, records: list[dict]) -> list[dict]:
+        images = [Image.open(io.BytesIO(r["image"]["bytes"])) for r in records]
+        found = self.masks(images, [r["concept_name"] for r in records])
+        out = []
+        for record, (mask, score) in zip(records, found, strict=True):
+            area = float(mask.mean())
+            bad = (
+                area < self.spec.min_area
+                or area > self.spec.max_area
+                or border_share(mask) > self.spec.max_border
+            )
+            box = instance(mask, record["category_id"], self.spec.method, score)
+            out.append(
+                {
+                    **record,
+                    "boxes": list(record["boxes"] or []) + ([box] if box else []),
+                    "mask_area": area,
+                    "bad_mask": bool(bad),
+                }
+            )
+        return out

@@ -1,0 +1,177 @@
+"""Copy-paste: segmented renders pasted onto real backgrounds, their boxes and masks exported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from augment.config import PasteSpec, load_spec
+from augment.job import RunOptions, paste, run_job
+from augment.labels.paste import Instance, paste_onto, shared_share
+from augment.labels.segment import decode_rle
+from tests.conftest import REPO, error_line, run_cli
+
+LOCAL = RunOptions(distributor="local")
+
+
+def tiny_paste_spec(out: Path, **changes):
+    overrides = {
+        "output.dir": str(out),
+        "prompts.images_per_concept": 1,
+        "generation.num_inference_steps": 6,
+        "paste.backgrounds.limit": 4,
+        **changes,
+    }
+    return load_spec(REPO / "jobs" / "tiny" / "paste.yaml", overrides)
+
+
+@pytest.fixture(scope="module")
+def pasted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("paste") / "out"
+    result = run_job(tiny_paste_spec(out), LOCAL)
+    assert result.outputs["paste"] == out / "paste"
+    return out
+
+
+def test_composites_keep_the_background_boxes_and_add_each_instance_with_its_mask(pasted):
+    from augment.sources import SourceSet
+
+    renders = set(pd.read_parquet(pasted / "shards")["item_id"])
+    frame = pd.read_parquet(pasted / "paste" / "shards")
+    spec = tiny_paste_spec(pasted)
+    backgrounds = SourceSet(spec.paths.backgrounds, "auto", 4)
+    assert len(frame) == 8 and set(frame["mode"]) == {"paste"}
+    for _, row in frame.iterrows():
+        own = [b for b in row["boxes"] if b["labeller"] is None]
+        added = [b for b in row["boxes"] if b["labeller"] == "paste"]
+        truth = backgrounds.by_id[row["source_image_id"]].boxes
+        assert [list(b["bbox"]) for b in own] == [list(b.bbox) for b in truth]
+        assert 1 <= len(added) <= 3
+        for box in added:
+            assert box["instance_of"] in renders
+            mask = decode_rle(box["rle"], row["height"], row["width"])
+            x, y, w, h = (int(v) for v in box["bbox"])
+            assert mask.sum() == box["area"] == mask[y : y + h, x : x + w].sum() > 0
+            for other in own:  # the overlap limit against the background's own boxes
+                assert shared_share(list(box["bbox"]), list(other["bbox"])) <= 0.05
+
+
+def test_coco_export_evaluates_as_bbox_and_segm_and_yolo_lists_every_box(pasted):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    coco_file = pasted / "paste" / "coco" / "annotations.json"
+    document = json.loads(coco_file.read_text())
+    masks = [a for a in document["annotations"] if isinstance(a["segmentation"], dict)]
+    assert masks and all(a["labeller"] == "paste" for a in masks)
+    boxes_only = [a for a in document["annotations"] if a.get("mask") is False]
+    assert len(boxes_only) + len(masks) == len(document["annotations"])
+    truth = COCO(str(coco_file))
+    detections = truth.loadRes([{**a, "score": 1.0} for a in masks])
+    for kind in ("bbox", "segm"):
+        evaluation = COCOeval(truth, detections, kind)
+        evaluation.evaluate(), evaluation.accumulate(), evaluation.summarize()
+        assert 0 < evaluation.stats[0] <= 1  # masks only: the background's boxes are missed
+    labels = list((pasted / "paste" / "yolo" / "labels").glob("*.txt"))
+    lines = sum(len(p.read_text().splitlines()) for p in labels)
+    assert len(labels) == 8 and lines == len(document["annotations"])
+
+
+def test_paste_is_seeded_and_resumes(pasted, tmp_path):
+    """The same paste again gives the same bytes; a lost shard is pasted again, nothing else."""
+    frame = pd.read_parquet(pasted / "paste" / "shards").set_index("item_id")
+    spec = tiny_paste_spec(pasted)
+    again = paste(spec)
+    assert again.skipped == 8 and again.pasted == 0
+    shards = sorted((pasted / "paste" / "shards").glob("*.parquet"))
+    lost = pd.read_parquet(shards[0])["item_id"].tolist()
+    shards[0].unlink()
+    resumed = paste(spec)
+    assert resumed.pasted == len(lost) and resumed.skipped == 8 - len(lost)
+    after = pd.read_parquet(pasted / "paste" / "shards").set_index("item_id")
+    for item_id in frame.index:
+        assert after.loc[item_id, "image"]["bytes"] == frame.loc[item_id, "image"]["bytes"]
+    changed = tiny_paste_spec(pasted, **{"paste.feather": 2.0})
+    with pytest.raises(Exception, match="holds a paste of other renders or settings"):
+        paste(changed)
+
+
+def test_later_instances_trim_earlier_masks_and_respect_the_overlap_limit():
+    square = Instance("a", 1, None, np.full((10, 10, 3), 255, np.uint8), np.ones((10, 10), bool))
+    settings = PasteSpec(
+        backgrounds={"path": "x"},
+        instances=(6, 6),
+        scale=(0.5, 0.5),
+        max_overlap=0.3,
+        blend="hard",
+        flip=False,
+    )
+    background = np.zeros((40, 40, 3), np.uint8)
+    taken = [[0.0, 0.0, 10.0, 10.0]]
+    for seed in range(20):
+        image, pasted = paste_onto(
+            background, taken, [square], settings, np.random.default_rng(seed)
+        )
+        union = np.zeros((40, 40), bool)
+        for _, mask in pasted:
+            assert not (union & mask).any()  # no pixel belongs to two instances
+            union |= mask
+        assert ((image[..., 0] == 255) == union).all()  # what shows is what the masks say
+        boxes = [[*np.argwhere(m).min(0)[::-1], 20, 20] for _, m in pasted]
+        for box in boxes:
+            assert shared_share([float(v) for v in box], taken[0]) <= 0.3
+
+
+def test_bad_paste_input_fails_before_the_run_and_a_corrupt_background_is_named(tmp_path):
+    job = tmp_path / "job.yaml"
+    text = (REPO / "jobs" / "tiny" / "paste.yaml").read_text()
+    job.write_text(text.replace("builtin:digits-canvases", str(tmp_path / "nowhere")))
+    done = run_cli("run", str(job), "--out", str(tmp_path / "a"), "--distributor", "local")
+    assert done.returncode == 2 and "paste.backgrounds.path" in error_line(done.stderr)
+    assert not (tmp_path / "a").exists()
+    job.write_text(text.replace("instances: [1, 3]", "instances: [0, 3]"))
+    done = run_cli("run", str(job), "--out", str(tmp_path / "b"))
+    assert done.returncode == 2 and "paste.instances" in error_line(done.stderr)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    job.write_text(text.replace("builtin:digits-canvases", str(empty)))
+    done = run_cli("run", str(job), "--out", str(tmp_path / "c"))
+    assert done.returncode == 2 and "paste.backgrounds.path" in error_line(done.stderr)
+    backgrounds = tmp_path / "backgrounds"
+    backgrounds.mkdir()
+    for k in range(3):
+        Image.new("RGB", (64, 48)).save(backgrounds / f"field{k}.png")
+    (backgrounds / "broken.png").write_bytes(b"not a png")
+    spec = tiny_paste_spec(tmp_path / "d", **{"paste.backgrounds.path": str(backgrounds)})
+    result = run_job(spec, LOCAL)
+    manifest = json.loads((tmp_path / "d" / "paste" / "manifest.json").read_text())
+    assert manifest["counts"]["records"] == 6 and "broken.png" in manifest["failures"][0]["source"]
+    assert result.outputs["paste"].is_dir()
+
+
+@pytest.mark.slow
+def test_the_paste_yolo_export_trains_one_epoch_offline(pasted, tmp_path, monkeypatch):
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    monkeypatch.setenv("YOLO_AUTOINSTALL", "0")
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo-config"))
+    from ultralytics import YOLO
+
+    YOLO("yolov8n.yaml").train(
+        data=str(pasted / "paste" / "yolo" / "data.yaml"),
+        epochs=1,
+        imgsz=96,
+        batch=8,
+        workers=0,
+        device="cpu",
+        amp=False,
+        plots=False,
+        project=str(tmp_path / "runs"),
+        name="smoke",
+        verbose=False,
+    )
+    assert (tmp_path / "runs" / "smoke" / "weights" / "last.pt").is_file()
