@@ -366,17 +366,7 @@ def finetune(spec: JobSpec, force: bool = False) -> FinetuneResult:
 
 def paste_backgrounds(spec: JobSpec) -> SourceSet:
     """The paste's background images, listed (a missing or empty source is an error)."""
-    f = spec.paste.backgrounds
-    source = Path(spec.paths.backgrounds)
-    if not source.exists():
-        raise SpecError(
-            f"paste.backgrounds.path: '{f.path}' not found (no {source}); give a COCO folder, an "
-            "image folder, a Parquet file or an augment output"
-        )
-    try:
-        return SourceSet(source, f.format, f.limit)
-    except SpecError as exc:
-        raise SpecError(str(exc).replace("source.path", "paste.backgrounds.path", 1)) from None
+    return SourceSet.at("paste.backgrounds", spec.paths.backgrounds, spec.paste.backgrounds)
 
 
 def paste(spec: JobSpec, force: bool = False) -> PasteResult:

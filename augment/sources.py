@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from augment.config import JobSpec, MaskSpec
+from augment.config import JobSpec, MaskSpec, SourceSpec
 from augment.errors import SpecError, first_line
 from augment.records import SourceBox, SourceImage, SourceTarget
 from augment.taxonomy.concept import Concept
@@ -221,6 +221,21 @@ class SourceSet:
         self.images = images[:limit] if limit else images
         self.by_id = {image.id: image for image in self.images}
         self._parquet_images: dict[str, list] = {}  # file -> image column, read once
+
+    @classmethod
+    def at(cls, key: str, resolved: str | None, declared: SourceSpec) -> SourceSet:
+        """The images a spec's source section (`key`, e.g. "paste.backgrounds") names, at the
+        path resolved when the spec was loaded; errors name `key`."""
+        path = Path(resolved or declared.path)
+        if not path.exists():
+            raise SpecError(
+                f"{key}.path: '{declared.path}' not found (no {path}); give a COCO folder, an "
+                "image folder (<class>/<image>, or flat), a Parquet file or an augment output"
+            )
+        try:
+            return cls(path, declared.format, declared.limit)
+        except SpecError as exc:
+            raise SpecError(str(exc).replace("source.path", f"{key}.path", 1)) from None
 
     @classmethod
     def of(cls, spec: JobSpec) -> SourceSet:

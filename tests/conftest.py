@@ -104,3 +104,26 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(
         ["augment", *args], code, stdout.getvalue(), stderr.getvalue()
     )
+
+
+def train_yolo_one_epoch(data_yaml: Path, tmp_path: Path, monkeypatch, imgsz: int) -> Path:
+    """Train yolov8n from its yaml for one epoch on an export, offline; the last weights."""
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    monkeypatch.setenv("YOLO_AUTOINSTALL", "0")
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo-config"))
+    from ultralytics import YOLO
+
+    YOLO("yolov8n.yaml").train(
+        data=str(data_yaml),
+        epochs=1,
+        imgsz=imgsz,
+        batch=8,
+        workers=0,
+        device="cpu",
+        amp=False,
+        plots=False,
+        project=str(tmp_path / "runs"),
+        name="smoke",
+        verbose=False,
+    )
+    return tmp_path / "runs" / "smoke" / "weights" / "last.pt"

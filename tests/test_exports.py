@@ -15,6 +15,7 @@ from PIL import Image
 
 from augment.sinks import export
 from augment.sinks.parquet import write_shard
+from tests.conftest import train_yolo_one_epoch
 
 AUGMENT = str(Path(sys.executable).parent / "augment")
 CATEGORIES = [
@@ -103,27 +104,9 @@ def test_yolo_labels_are_normalised_center_boxes(run_dir):
 
 @pytest.mark.slow
 def test_yolo_export_trains_one_epoch_offline(run_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("YOLO_OFFLINE", "1")
-    monkeypatch.setenv("YOLO_AUTOINSTALL", "0")
-    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo-config"))
     export(run_dir, ["yolo"])
-    from ultralytics import YOLO
-
-    model = YOLO("yolov8n.yaml")
-    model.train(
-        data=str(run_dir / "yolo" / "data.yaml"),
-        epochs=1,
-        imgsz=64,
-        batch=8,
-        workers=0,
-        device="cpu",
-        amp=False,
-        plots=False,
-        project=str(tmp_path / "runs"),
-        name="smoke",
-        verbose=False,
-    )
-    assert (tmp_path / "runs" / "smoke" / "weights" / "last.pt").is_file()
+    data = run_dir / "yolo" / "data.yaml"
+    assert train_yolo_one_epoch(data, tmp_path, monkeypatch, imgsz=64).is_file()
 
 
 def test_cli_export_and_its_errors(run_dir, tmp_path):

@@ -14,7 +14,7 @@ from augment.config import PasteSpec, load_spec
 from augment.job import RunOptions, paste, run_job
 from augment.labels.paste import Instance, paste_onto, shared_share
 from augment.labels.segment import decode_rle
-from tests.conftest import REPO, error_line, run_cli
+from tests.conftest import REPO, error_line, run_cli, train_yolo_one_epoch
 
 LOCAL = RunOptions(distributor="local")
 
@@ -156,22 +156,5 @@ def test_bad_paste_input_fails_before_the_run_and_a_corrupt_background_is_named(
 
 @pytest.mark.slow
 def test_the_paste_yolo_export_trains_one_epoch_offline(pasted, tmp_path, monkeypatch):
-    monkeypatch.setenv("YOLO_OFFLINE", "1")
-    monkeypatch.setenv("YOLO_AUTOINSTALL", "0")
-    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo-config"))
-    from ultralytics import YOLO
-
-    YOLO("yolov8n.yaml").train(
-        data=str(pasted / "paste" / "yolo" / "data.yaml"),
-        epochs=1,
-        imgsz=96,
-        batch=8,
-        workers=0,
-        device="cpu",
-        amp=False,
-        plots=False,
-        project=str(tmp_path / "runs"),
-        name="smoke",
-        verbose=False,
-    )
-    assert (tmp_path / "runs" / "smoke" / "weights" / "last.pt").is_file()
+    data = pasted / "paste" / "yolo" / "data.yaml"
+    assert train_yolo_one_epoch(data, tmp_path, monkeypatch, imgsz=96).is_file()

@@ -159,16 +159,7 @@ def real_images(spec: JobSpec, concepts: list[Concept]) -> list[TaughtConcept]:
     from augment.taxonomy.listfile import slugify
 
     f = spec.finetune
-    path = Path(spec.paths.finetune_source)
-    if not path.exists():
-        raise SpecError(
-            f"finetune.source.path: '{f.source.path}' not found (no {path}); give an image folder "
-            "(<concept>/<image>), a COCO folder, a Parquet file or an augment output"
-        )
-    try:
-        sources = SourceSet(path, f.source.format, f.source.limit)
-    except SpecError as exc:
-        raise SpecError(str(exc).replace("source.path", "finetune.source.path", 1)) from None
+    sources = SourceSet.at("finetune.source", spec.paths.finetune_source, f.source)
     if sources.unreadable:
         bad = sources.unreadable[0]
         raise SpecError(
@@ -194,9 +185,9 @@ def real_images(spec: JobSpec, concepts: list[Concept]) -> list[TaughtConcept]:
         chosen = by_concept.get(concept.id, [])[: f.images_per_concept]
         if not chosen:
             raise SpecError(
-                f"finetune.source: no real image of concept '{concept.name}' in {path} (images "
-                f"are matched to concepts by their folder, label or category name); add some, "
-                "or leave the concept out with finetune.concepts"
+                f"finetune.source: no real image of concept '{concept.name}' in {sources.path} "
+                "(images are matched to concepts by their folder, label or category name); add "
+                "some, or leave the concept out with finetune.concepts"
             )
         token = token_for(f, concept)
         prompt = fill(f.instance_prompt, {**concept_values(concept, token)})
