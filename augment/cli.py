@@ -529,35 +529,25 @@ def add_bench(commands: Commands) -> None:
 
 
 def cmd_digits_canvases(args: argparse.Namespace) -> int:
-    from augment.digits.canvases import real_canvases, synthetic_canvases
+    from augment.digits.canvases import real_canvases
 
-    if args.real:
-        real_canvases(args.real, args.train, args.val)
-        out.print(f"real canvases: {args.real}/train, {args.real}/val (COCO)", soft_wrap=True)
-    if args.synthetic_from:
-        target = args.out or args.synthetic_from / "canvases"
-        synthetic_canvases(args.synthetic_from, target, args.count)
-        out.print(f"synthetic canvases: {target} (shards with boxes)", soft_wrap=True)
+    real_canvases(args.real, args.train, args.val)
+    out.print(f"real canvases: {args.real}/train, {args.real}/val (COCO)", soft_wrap=True)
     return 0
 
 
 def add_digits_canvases(digits_commands: Commands) -> None:
     canvases = digits_commands.add_parser(
         "canvases",
-        help="digits on canvases with boxes: real (COCO) and from a run's synthetic digits",
-        description="Build the digits detection world: real digits (pool -> train, test -> "
-        "val) on 96 px canvases as COCO, and canvases of a run's generated digits as shards.",
-        epilog="example: augment digits canvases --real out/digits-canvases "
-        "--synthetic-from out/demo",
+        help="real digits on canvases with boxes (COCO), the detector's real set",
+        description="Build the digits detection world's real set: real digits (pool -> train, "
+        "test -> val) on 96 px canvases as COCO. Synthetic canvases come from a job's segment: "
+        "and paste: sections (jobs/demo.yaml), written into OUT/paste by `augment run`.",
+        epilog="example: augment digits canvases --real out/digits-canvases",
     )
-    canvases.add_argument("--real", type=Path, help="write real canvases (COCO) here")
+    canvases.add_argument("--real", type=Path, required=True, help="write real canvases here")
     canvases.add_argument("--train", type=int, default=300, help="real train canvases")
     canvases.add_argument("--val", type=int, default=150, help="real val canvases")
-    canvases.add_argument("--synthetic-from", type=Path, help="an augment run of digit concepts")
-    canvases.add_argument(
-        "--out", type=Path, help="synthetic canvases folder (default RUN/canvases)"
-    )
-    canvases.add_argument("--count", type=int, default=300, help="synthetic canvases")
     canvases.set_defaults(func=cmd_digits_canvases)
 
 

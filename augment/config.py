@@ -364,6 +364,28 @@ class SegmentSpec(StrictModel):
         return self
 
 
+class LabelSpec(StrictModel):
+    """Open-vocabulary auto-labels: a zero-shot detector boxes each rendered image."""
+
+    detector: str = Field(
+        description="An OWLv2, OWL-ViT or Grounding DINO transformers folder, or a hub id "
+        "already in the local cache (google/owlv2-base-patch16-ensemble, "
+        "IDEA-Research/grounding-dino-tiny)"
+    )
+    threshold: float = Field(
+        default=0.1, ge=0, le=1, description="keep boxes whose score reaches this"
+    )
+    concepts: Literal["own", "all"] = Field(
+        default="own",
+        description="own: look for the concept the image was rendered for; all: for every "
+        "concept of the job",
+    )
+    prompt: str = Field(default="a photo of a {name}", description="the text query per concept")
+    nms_iou: float = Field(
+        default=0.5, gt=0, le=1, description="of two boxes of a concept overlapping more, keep one"
+    )
+
+
 class PasteSpec(StrictModel):
     """Copy-paste: the job's segmented renders pasted onto real background images (OUT/paste)."""
 
@@ -423,6 +445,7 @@ class JobSpec(StrictModel):
     generation: GenerationSpec
     source: SourceSpec | None = None
     filters: FilterSpec = FilterSpec()
+    labels: LabelSpec | None = None
     segment: SegmentSpec | None = None
     paste: PasteSpec | None = None
     finetune: FinetuneSpec | None = None
@@ -449,6 +472,11 @@ class JobSpec(StrictModel):
             raise ValueError(
                 "paste: pastes the masks of the job's renders; add a segment: section "
                 "(e.g. segment: {method: threshold})"
+            )
+        if mode in SOURCE_MODES and self.labels is not None:
+            raise ValueError(
+                f"labels: boxes rendered scenes; mode {mode} keeps its source's boxes: remove "
+                "labels:"
             )
         if mode in SOURCE_MODES and self.segment is not None:
             raise ValueError(
@@ -737,6 +765,7 @@ class SpecPaths:
     mask_files: str | None = None
     scorer: str | None = None
     segmenter: str | None = None
+    detector: str | None = None  # labels.detector
     backgrounds: str | None = None  # paste.backgrounds.path
     source: str | None = None
     taxonomy: str = ""  # a list file's absolute path, or the wordnet:/coco source itself
@@ -793,6 +822,7 @@ def resolve_paths(spec: JobSpec, base_dir: Path | None) -> SpecPaths:
         scorer=locate(spec.filters.scorer, base_dir, "filters.scorer")
         if spec.filters.scorer
         else None,
+        detector=locate(spec.labels.detector, base_dir, "labels.detector") if spec.labels else None,
         segmenter=locate(spec.segment.model, base_dir, "segment.model")
         if spec.segment and spec.segment.model
         else None,

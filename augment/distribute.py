@@ -102,12 +102,20 @@ class BlockWorker:
         self.init_error: AugmentError | None = None
         self.filter = None
         self.segmenter = None
+        self.labeller = None
         try:
             # Names resolve again on this worker's node: on a cluster, a builtin: name finds the
             # node's own copy; on one machine the same names give the same files.
             spec = load_spec(spec)
             self.generator = make_generator(spec)
             device = str(self.generator.pipe.device)
+            if spec.labels is not None:
+                from augment.labels.autolabel import AutoLabeller
+                from augment.taxonomy import spec_concepts
+
+                names = set(concepts)
+                chosen = [c for c in spec_concepts(spec) if c.name in names]
+                self.labeller = AutoLabeller(spec.labels, spec.paths.detector, chosen, device)
             if spec.segment is not None:
                 from augment.labels.segment import Segmenter
 
@@ -139,6 +147,8 @@ class BlockWorker:
                     record, failure = self.render_alone(item)
                     records.extend(record)
                     failures.extend(failure)
+        if records and self.labeller is not None:
+            records = self.labeller(records)
         if records and self.segmenter is not None:
             records = self.segmenter(records)
         if records and self.filter is not None:

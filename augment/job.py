@@ -37,6 +37,7 @@ from augment.finetuning import (
     train_adapter,
 )
 from augment.generate.pipelines import check_models, load_tokenizer, read_adapter_card
+from augment.labels.autolabel import check_detector
 from augment.labels.segment import check_segmenter
 from augment.planning import build_interpolation_plan, build_plan, build_source_plan, write_plan
 from augment.prompting import Prompt, build_prompts, enforce_token_limit
@@ -44,7 +45,7 @@ from augment.records import FLAGS, WorkItem
 from augment.sinks import export, parquet
 from augment.sinks.animation import write_animations
 from augment.sources import SourceSet
-from augment.taxonomy import Concept, load_concepts
+from augment.taxonomy import Concept, spec_concepts
 
 if TYPE_CHECKING:
     from augment.labels.paste import PasteResult
@@ -71,8 +72,7 @@ class RunResult:
 
 
 def concepts_for(spec: JobSpec) -> list[Concept]:
-    t = spec.taxonomy
-    return load_concepts(spec.paths.taxonomy, t.max_concepts, t.depth, t.leaves, tuple(t.exclude))
+    return spec_concepts(spec)
 
 
 def tokenizer_for(spec: JobSpec):
@@ -476,6 +476,8 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
     check_models(spec.generation, spec.paths)  # fail before touching OUT
     concepts = concepts_for(spec)
     check_scorer(spec.filters, spec.paths.scorer, [c.name for c in concepts])
+    if spec.labels is not None:
+        check_detector(spec.labels, spec.paths.detector)
     if spec.segment is not None:
         check_segmenter(spec.segment, spec.paths.segmenter)
     if spec.paste is not None:

@@ -16,7 +16,7 @@ import pyarrow as pa
 from augment.taxonomy.concept import Concept
 
 #: Record columns that flag an image: exports and benchmarks leave flagged rows out.
-FLAGS = ("black", "nan", "nsfw", "filtered", "bad_mask")
+FLAGS = ("black", "nan", "nsfw", "filtered", "bad_mask", "not_found")
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,7 @@ RECORD_SCHEMA = pa.schema(
         ("filtered", pa.bool_()),
         ("mask_area", pa.float64()),  # segment: the share of the image its object's mask covers
         ("bad_mask", pa.bool_()),  # segment: mask empty, (almost) the whole image, or cut off
+        ("not_found", pa.bool_()),  # labels: the detector found no box of the image's concept
         ("render_s", pa.float64()),
     ],
     metadata={"huggingface": json.dumps({"info": {"features": {"image": {"_type": "Image"}}}})},

@@ -104,6 +104,8 @@ def _register_tiny_models() -> None:
         ("tiny-clip", "save_tiny_clip", "tiny-clip-v1"),
         ("tiny-clipseg", "save_tiny_clipseg", "tiny-clipseg-v1"),
         ("tiny-sam", "save_tiny_sam", "tiny-sam-v1"),
+        ("tiny-owlv2", "save_tiny_owlv2", "tiny-owlv2-v1"),
+        ("tiny-grounding-dino", "save_tiny_grounding_dino", "tiny-grounding-dino-v2"),
     ):
         register("model", name, tiny(builder, folder, *args))
 

@@ -184,15 +184,27 @@ def test_canvases_keep_boxes_on_the_ink(tmp_path):
 
 
 @pytest.mark.slow
-def test_detect_runs_three_seeds_and_cocoeval_matches_ultralytics(digits_generator_run, tmp_path):
+def test_detect_runs_three_seeds_and_cocoeval_matches_ultralytics(tmp_path):
+    """On the demo's own detection data: real canvases, and rendered digits pasted by the demo
+    job's segment: and paste: sections (OUT/paste)."""
     from augment.bench.detect import DetectSettings, run_detect
-    from augment.digits.canvases import real_canvases, synthetic_canvases
+    from augment.config import load_spec
+    from augment.digits.canvases import real_canvases
+    from augment.digits.demo import DEMO_JOB
+    from augment.job import RunOptions, run_job
 
     real_canvases(tmp_path / "real", train_count=60, val_count=30)
-    synthetic_canvases(digits_generator_run, tmp_path / "synthetic", count=60)
+    overrides = {
+        "output.dir": str(tmp_path / "renders"),
+        "prompts.images_per_concept": 6,
+        "generation.num_inference_steps": 8,
+        "paste.images_per_background": 60,
+        "filters.scorer": None,
+    }
+    run_job(load_spec(DEMO_JOB, overrides), RunOptions(distributor="local"))
     settings = DetectSettings(
         real=str(tmp_path / "real"),
-        synthetic=str(tmp_path / "synthetic"),
+        synthetic=str(tmp_path / "renders" / "paste"),
         out=str(tmp_path / "bench"),
         epochs=3,
         seeds=3,

@@ -20,15 +20,14 @@ from tests.conftest import TINY_JOB, images_by_item
 
 AUGMENT = str(Path(sys.executable).parent / "augment")
 
-#: Slow enough (about 20 s of rendering on 2 cores) that a test can interrupt it mid-run.
-#: 80 items in 10 blocks of 8, slow enough to interrupt after two shards with eight to go.
+#: Slow enough (about 10 s of rendering on 2 cores) that a test can interrupt it mid-run:
+#: 40 items in 10 blocks of 4, interrupted after two shards with eight to go.
 SLOW_JOB = (
     TINY_JOB.replace("max_concepts: 3", "max_concepts: 10")
-    .replace("images_per_concept: 3", "images_per_concept: 8")
     .replace("num_inference_steps: 3", "num_inference_steps: 20")
-    .replace("rows_per_shard: 4", "rows_per_shard: 8")
+    .replace("images_per_concept: 3", "images_per_concept: 4")
 )
-SLOW_ITEMS = 80
+SLOW_ITEMS = 40
 
 
 def resume_in_process(job: Path) -> subprocess.CompletedProcess:

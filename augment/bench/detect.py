@@ -161,7 +161,8 @@ def synthetic_coco(run_dir: Path, target: Path) -> tuple[dict, Path]:
     if not annotations:
         raise AugmentError(
             f"{run_dir}: no record carries boxes; detection needs boxed synthetic images "
-            "(e.g. `augment digits canvases`, img2img/inpaint of a COCO set)"
+            "(a job's OUT/paste from segment: and paste:, labels: auto-labels, or img2img/inpaint "
+            "of a COCO set)"
         )
     return {"images": images, "annotations": annotations}, images_dir
 

@@ -62,6 +62,24 @@ def canvases_source() -> Path:
     return folder / "train"
 
 
+def blank_canvas_source() -> Path:
+    """One black 96 px canvas (a flat image folder): the background the demo pastes its
+    rendered digits onto, `paste.images_per_background` times, for the detector's synthetic
+    arm (the real canvases are black too)."""
+    from PIL import Image
+
+    from augment.cache import cache_dir
+    from augment.digits.canvases import CANVAS_SIZE
+
+    folder = cache_dir() / "sources" / "digits-blank-canvas-v1"
+    if not (folder / "canvas.png").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / ".canvas.png.tmp"
+        Image.new("RGB", (CANVAS_SIZE, CANVAS_SIZE)).save(tmp, format="PNG")
+        tmp.replace(folder / "canvas.png")
+    return folder
+
+
 def pool_source() -> Path:
     """The `pool` split (30 real digits per class, never seen by the digits model) as an image
     folder, built once into the cache: the real images a fine-tune may learn from."""
@@ -98,5 +116,6 @@ def register(add: Callable[[str, str, Callable], None]) -> None:
     add("model", "digits-without-nine", shipped_model_without_nine)
     add("model", "digits-scorer", shipped_scorer)
     add("source", "digits-canvases", canvases_source)
+    add("source", "digits-blank-canvas", blank_canvas_source)
     add("source", "digits-pool", pool_source)
     add("real", "digits", real_set)

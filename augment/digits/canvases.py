@@ -1,9 +1,10 @@
 """The digits detection world: digits on 96 px canvases, with boxes.
 
 Real canvases come from real digits (the classifier's pool for training, the held-out test
-split for validation) and are written as a COCO dataset; synthetic canvases come from the
-digits an `augment run` generated and are written as an `augment` output folder (shards with
-boxes + manifest), so the same exports (YOLO) and benchmarks read them.
+split for validation) and are written as a COCO dataset. Synthetic canvases are not made here:
+the demo job's own `segment:` and `paste:` sections cut the rendered digits along their
+threshold masks and paste them onto a blank canvas (`builtin:digits-blank-canvas`), into
+OUT/paste, the general copy-paste stage any job can use.
 """
 
 from __future__ import annotations
@@ -17,9 +18,6 @@ from PIL import Image
 
 from augment.errors import at_least
 from augment.labels import Canvas, compose_canvases
-from augment.sinks import export_records, run_categories
-from augment.sinks.parquet import write_shard
-from augment.taxonomy.listfile import slugify
 
 CANVAS_SIZE = 96
 
@@ -96,51 +94,3 @@ def real_canvases(
         )
         write_coco(canvases, folder / name)
     return folder
-
-
-def synthetic_canvases(run_dir: Path, out_dir: Path, count: int, seed: int = 0) -> Path:
-    """Canvases from a run's generated digits, written as an augment output folder."""
-    at_least("synthetic canvases (--count)", count, 1)
-    categories = run_categories(run_dir)
-    by_name = {slugify(c["name"]): c["id"] for c in categories}
-    objects, category_ids, ids = [], [], []
-    for record in export_records(run_dir):
-        objects.append(np.asarray(Image.open(io.BytesIO(record["image"]["bytes"])).convert("RGB")))
-        category_ids.append(by_name[slugify(record["concept_name"])])
-        ids.append(record["item_id"])
-    canvases = compose_canvases(
-        np.stack(objects), np.array(category_ids), ids, count, CANVAS_SIZE, seed=seed
-    )
-    records = []
-    for index, canvas in enumerate(canvases):
-        item_id = f"canvas{index:05d}"
-        first = canvas.boxes[0][0] if canvas.boxes else categories[0]["id"]
-        records.append(
-            {
-                "item_id": item_id,
-                "concept_id": "canvas",
-                "concept_name": "canvas",
-                "category_id": first,
-                "prompt": None,
-                "mode": "canvas",
-                "source_image_id": ",".join(canvas.sources),
-                "width": CANVAS_SIZE,
-                "height": CANVAS_SIZE,
-                "boxes": [
-                    {"category_id": c, "bbox": box, "segmentation": []} for c, box in canvas.boxes
-                ],
-                "image": {"bytes": png_bytes(canvas.pixels), "path": f"{item_id}.png"},
-                "black": False,
-                "nan": False,
-                "nsfw": False,
-                "filtered": False,
-            }
-        )
-    write_shard(out_dir / "shards", "part-00000.parquet", records)
-    manifest = {
-        "job": f"canvases of {run_dir}",
-        "categories": categories,
-        "counts": {"records": len(records)},
-    }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return out_dir

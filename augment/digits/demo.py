@@ -2,7 +2,8 @@
 
 taxonomy -> prompts -> plan -> Ray generation with the shipped digits model -> shards ->
 COCO/YOLO exports -> classifier benchmark (10 real images per class: real-only vs real +
-synthetic vs synthetic-only, several seeds) -> digit canvases -> detector benchmark -> report
+synthetic vs synthetic-only, several seeds) -> digit canvases (the rendered digits cut along
+their threshold masks and pasted by the paste stage) -> detector benchmark -> report
 with the gain and its 95 % CI -> OUT/summary.json with the headline figures.
 """
 
@@ -46,7 +47,7 @@ def run_demo(
     from augment.bench.classify import ClassifySettings, run_classify
     from augment.bench.detect import DetectSettings, run_detect
     from augment.config import load_spec
-    from augment.digits.canvases import real_canvases, synthetic_canvases
+    from augment.digits.canvases import real_canvases
     from augment.job import RunOptions, run_job
     from augment.reporting import headline, write_report
 
@@ -62,9 +63,10 @@ def run_demo(
         "prompts.images_per_concept": size.images_per_concept,
         "output.formats": ["parquet", "coco", "yolo"],
         "generation.model": model,
+        "paste.images_per_background": size.synthetic_canvases,
     }
     spec = load_spec(DEMO_JOB, overrides)
-    run = run_job(spec, RunOptions(workers=workers))
+    run = run_job(spec, RunOptions(workers=workers))  # renders, masks, pastes into OUT/paste
     lap("generation")
     bench = out / "bench"
     run_classify(
@@ -81,12 +83,11 @@ def run_demo(
     )
     lap("classifier_benchmark")
     real_canvases(out / "real-canvases", *size.real_canvases)
-    synthetic_canvases(out, out / "canvases", size.synthetic_canvases)
     lap("canvases")
     run_detect(
         DetectSettings(
             real=str(out / "real-canvases"),
-            synthetic=str(out / "canvases"),
+            synthetic=str(out / "paste"),
             out=str(bench),
             epochs=size.detect_epochs,
             seeds=size.detect_seeds,

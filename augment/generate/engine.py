@@ -225,6 +225,7 @@ class Generator:
             "filtered": False,
             "mask_area": None,
             "bad_mask": False,
+            "not_found": False,
             "render_s": render_s,
         }
 

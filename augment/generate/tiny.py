@@ -705,3 +705,94 @@ def save_tiny_sam(folder: Path, seed: int = 0) -> Path:
         SamProcessor(image_processor=image_processor).save_pretrained(tmp)
 
     return save_atomically(folder, write, "config.json")
+
+
+def save_tiny_owlv2(folder: Path, seed: int = 0) -> Path:
+    """A tiny random OWLv2 folder (model + processor), as `labels.detector` loads one."""
+    from transformers import (
+        Owlv2Config,
+        Owlv2ForObjectDetection,
+        Owlv2ImageProcessor,
+        Owlv2Processor,
+    )
+
+    def write(tmp: Path) -> None:
+        tokenizer = build_tokenizer(tmp / "vocab")
+        torch.manual_seed(seed)
+        config = Owlv2Config(
+            text_config=clip_text_config(tokenizer).to_dict(),
+            vision_config=dict(image_size=32, patch_size=8, num_channels=3, **TINY_CLIP_LAYERS),
+            projection_dim=32,
+        )
+        Owlv2ForObjectDetection(config).eval().save_pretrained(tmp)
+        image_processor = Owlv2ImageProcessor(size={"height": 32, "width": 32})
+        Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(tmp)
+        shutil.rmtree(tmp / "vocab")
+
+    return save_atomically(folder, write, "config.json")
+
+
+def save_tiny_grounding_dino(folder: Path, seed: int = 0) -> Path:
+    """A tiny random Grounding DINO folder (Swin + BERT, 77k parameters) with its processor."""
+    from transformers import (
+        BertConfig,
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+
+    def write(tmp: Path) -> None:
+        words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *TINY_WORDS]
+        vocab = tmp / "vocab" / "vocab.txt"
+        vocab.parent.mkdir()
+        vocab.write_text("\n".join(dict.fromkeys(words)) + "\n")
+        tokenizer = BertTokenizer(vocab=str(vocab))  # transformers 5: `vocab`, not vocab_file
+        torch.manual_seed(seed)
+        backbone = SwinConfig(
+            image_size=64,
+            patch_size=4,
+            embed_dim=8,
+            depths=[1, 1],
+            num_heads=[1, 1],
+            window_size=4,
+            out_features=["stage1", "stage2"],
+        )
+        text = BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=64,
+        )
+        config = GroundingDinoConfig(
+            backbone_config=backbone.to_dict(),
+            text_config=text.to_dict(),
+            d_model=32,
+            encoder_layers=1,
+            decoder_layers=2,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            num_queries=10,
+            num_feature_levels=2,
+            encoder_n_points=2,
+            decoder_n_points=2,
+            max_text_len=32,
+            use_timm_backbone=False,
+            use_pretrained_backbone=False,
+        )
+        GroundingDinoForObjectDetection(config).eval().save_pretrained(tmp)
+        image_processor = GroundingDinoImageProcessor(
+            size={"shortest_edge": 64, "longest_edge": 64}
+        )
+        GroundingDinoProcessor(
+            image_processor=image_processor, tokenizer=tokenizer
+        ).save_pretrained(tmp)
+        shutil.rmtree(vocab.parent)
+
+    return save_atomically(folder, write, "config.json")

@@ -233,6 +233,7 @@ def paste_record(
         "nsfw": False,
         "filtered": False,
         "bad_mask": False,
+        "not_found": False,
         "render_s": seconds,
     }
 

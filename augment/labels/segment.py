@@ -13,21 +13,21 @@ Methods:
   border pixels) by more than `threshold`; for plain dark or white backgrounds;
 - `clipseg`: transformers' CLIPSeg prompted with the concept name, pixels whose probability
   reaches `threshold`;
-- `sam`: transformers' SAM prompted with the box of the threshold mask (the whole image when
-  that is empty), the mask it scores best.
+- `sam`: transformers' SAM prompted with the box a `labels:` detector found for the image's
+  concept, else the threshold mask's (the whole image when that is empty); the mask it scores
+  best.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from augment.config import SegmentSpec, looks_like_hub_id
-from augment.errors import ModelError
+from augment.config import SegmentSpec
+from augment.labels.models import check_model
 
 #: Defaults of `segment.threshold` per method.
 DEFAULT_THRESHOLDS = {"threshold": 40.0, "clipseg": 0.4, "sam": 0.0}
@@ -99,28 +99,9 @@ def check_segmenter(spec: SegmentSpec, location: str | None) -> str | None:
     when it is missing or is not the method's kind of model."""
     if spec.method == "threshold":
         return None
-    import json
-
-    path = Path(location or spec.model)
-    if path.exists():
-        config = path / "config.json"
-        kind = json.loads(config.read_text()).get("model_type") if config.is_file() else None
-        if kind != MODEL_TYPES[spec.method]:
-            what = f"a {kind} model" if kind else "no transformers model folder"
-            raise ModelError(
-                f"segment.model: {path} is {what}, not {spec.method}; give a {spec.method} "
-                f"folder (config.json model_type '{MODEL_TYPES[spec.method]}')"
-            )
-        return str(path)
-    from augment.generate.pipelines import in_hub_cache
-
-    if looks_like_hub_id(spec.model) and in_hub_cache(spec.model):
-        return spec.model
     examples = {"clipseg": "CIDAS/clipseg-rd64-refined", "sam": "facebook/sam-vit-base"}
-    raise ModelError(
-        f"segment.model: '{spec.model}' not found: give a {spec.method} model folder or a hub id "
-        f"already in the Hugging Face cache (e.g. {examples[spec.method]}); nothing is downloaded"
-    )
+    kinds = (MODEL_TYPES[spec.method],)
+    return check_model("segment.model", spec.model, location, kinds, examples[spec.method])[0]
 
 
 class Segmenter:
@@ -146,17 +127,24 @@ class Segmenter:
             self.processor = SamProcessor.from_pretrained(location)
 
     def masks(
-        self, images: list[Image.Image], names: list[str]
+        self,
+        images: list[Image.Image],
+        names: list[str],
+        prompts: list[list[float] | None] | None = None,
     ) -> list[tuple[np.ndarray, float | None]]:
-        """(mask, score) for each image, its object named by `names`."""
+        """(mask, score) for each image, its object named by `names`; SAM starts from the
+        `prompts` box (xywh, a detector's) where there is one, else the threshold mask's."""
         images = [image.convert("RGB") for image in images]
+        prompts = prompts or [None] * len(images)
         if self.spec.method == "threshold":
             return [(threshold_mask(image, self.threshold), None) for image in images]
         out = []
         for start in range(0, len(images), SEGMENT_BATCH):
             chunk = slice(start, start + SEGMENT_BATCH)
-            method = self._clipseg if self.spec.method == "clipseg" else self._sam
-            out.extend(method(images[chunk], names[chunk]))
+            if self.spec.method == "clipseg":
+                out.extend(self._clipseg(images[chunk], names[chunk]))
+            else:
+                out.extend(self._sam(images[chunk], prompts[chunk]))
         return out
 
     def _clipseg(self, images, names):
@@ -176,12 +164,12 @@ class Segmenter:
             out.append((mask, float(full[mask].mean()) if mask.any() else 0.0))
         return out
 
-    def _sam(self, images, names):
+    def _sam(self, images, prompts):
         import torch
 
         boxes = []
-        for image in images:
-            box = mask_box(threshold_mask(image, DEFAULT_THRESHOLDS["threshold"]))
+        for image, prompt in zip(images, prompts, strict=True):
+            box = prompt or mask_box(threshold_mask(image, DEFAULT_THRESHOLDS["threshold"]))
             x, y, w, h = box if box is not None else (0, 0, image.width, image.height)
             boxes.append([[x, y, x + w, y + h]])
         inputs = self.processor(images=images, input_boxes=boxes, return_tensors="pt")
@@ -201,8 +189,11 @@ class Segmenter:
         return out
 
     def __call__(self, records: list[dict]) -> list[dict]:
+        from augment.labels.autolabel import best_own_box
+
         images = [Image.open(io.BytesIO(r["image"]["bytes"])) for r in records]
-        found = self.masks(images, [r["concept_name"] for r in records])
+        prompts = [best_own_box(r) for r in records]
+        found = self.masks(images, [r["concept_name"] for r in records], prompts)
         out = []
         for record, (mask, score) in zip(records, found, strict=True):
             area = float(mask.mean())

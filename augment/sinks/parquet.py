@@ -71,7 +71,7 @@ def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
 
 
 #: Record columns added after shards were first written; older shards read them as empty.
-LATER_COLUMNS = ("mask_area", "bad_mask")
+LATER_COLUMNS = ("mask_area", "bad_mask", "not_found")
 
 
 def conform(table: pa.Table, columns: list[str] | None) -> pa.Table:

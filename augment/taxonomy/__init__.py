@@ -89,3 +89,9 @@ def load_concepts(
             "or pick another source"
         )
     return concepts
+
+
+def spec_concepts(spec) -> list[Concept]:
+    """The concepts a job spec's `taxonomy:` section names (its source resolved at load)."""
+    t = spec.taxonomy
+    return load_concepts(spec.paths.taxonomy, t.max_concepts, t.depth, t.leaves, tuple(t.exclude))

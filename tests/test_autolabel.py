@@ -1,0 +1,103 @@
+"""Open-vocabulary auto-labels: a zero-shot detector boxes each rendered image in the worker."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from augment.config import load_spec
+from augment.job import RunOptions, run_job
+from augment.labels.autolabel import concept_of_phrase
+from tests.conftest import TINY_JOB, error_line, run_cli
+
+LOCAL = RunOptions(distributor="local")
+
+
+def labelled_job(tmp_path, name: str, section: str):
+    job = tmp_path / f"{name}.yaml"
+    job.write_text(TINY_JOB.replace("OUT_DIR", str(tmp_path / name)) + section)
+    return job
+
+
+@pytest.mark.parametrize("detector", ["owlv2", "grounding-dino"])
+def test_each_detector_writes_scored_boxes_of_the_job_concepts(tmp_path, detector):
+    job = labelled_job(
+        tmp_path,
+        detector,
+        f"labels:\n  detector: builtin:tiny-{detector}\n  threshold: 0.0\n  concepts: all\n",
+    )
+    run_job(load_spec(job), LOCAL)
+    frame = pd.read_parquet(tmp_path / detector / "shards")
+    categories = set(frame["category_id"])
+    boxes = [b for row in frame["boxes"] for b in row]
+    assert boxes, "a random detector at threshold 0 still boxes something"
+    for box in boxes:
+        assert box["labeller"] == detector and 0.0 <= box["score"] <= 1.0
+        assert box["category_id"] in categories
+        x, y, w, h = box["bbox"]
+        assert x >= 0 and y >= 0 and w > 0 and h > 0 and x + w <= 32 and y + h <= 32
+    for _, row in frame.iterrows():  # not_found: no box of the image's own concept
+        own = any(b["category_id"] == row["category_id"] for b in row["boxes"])
+        assert row["not_found"] == (not own)
+
+
+def test_images_without_their_concept_are_flagged_and_left_out_of_exports(tmp_path):
+    job = labelled_job(
+        tmp_path, "strict", "labels:\n  detector: builtin:tiny-owlv2\n  threshold: 1.0\n"
+    )
+    result = run_job(load_spec(job), LOCAL)
+    frame = pd.read_parquet(tmp_path / "strict" / "shards")
+    assert frame["not_found"].all() and frame["boxes"].map(len).eq(0).all()
+    manifest = json.loads((tmp_path / "strict" / "manifest.json").read_text())
+    assert manifest["counts"]["not_found"] == len(frame) == result.flagged
+    coco = json.loads((tmp_path / "strict" / "coco" / "annotations.json").read_text())
+    assert coco["images"] == []
+
+
+def test_sam_starts_from_the_detector_box(tmp_path, monkeypatch):
+    """In a run with labels: and segment: sam, SAM is prompted with the detector's best box of
+    the image's own concept, and its mask is added after the detector's boxes."""
+    from augment.labels.segment import Segmenter
+
+    prompted = []
+    sam = Segmenter._sam
+
+    def spy(self, images, prompts):
+        prompted.extend(prompts)
+        return sam(self, images, prompts)
+
+    monkeypatch.setattr(Segmenter, "_sam", spy)
+    section = (
+        "labels:\n  detector: builtin:tiny-owlv2\n  threshold: 0.0\n"
+        "segment:\n  method: sam\n  model: builtin:tiny-sam\n  max_border: 1\n  max_area: 1\n"
+        "  min_area: 0\n"
+    )
+    run_job(load_spec(labelled_job(tmp_path, "both", section)), LOCAL)
+    frame = pd.read_parquet(tmp_path / "both" / "shards")
+    assert len(prompted) == len(frame)
+    for _, row in frame.iterrows():
+        detected = [b for b in row["boxes"] if b["labeller"] == "owlv2"]
+        assert row["boxes"][-1]["labeller"] == "sam"
+        if detected:  # the best own box was the prompt (the threshold box otherwise)
+            best = max(detected, key=lambda b: b["score"])
+            assert [list(best["bbox"])] == [p for p in prompted if p == list(best["bbox"])][:1]
+
+
+def test_a_phrase_maps_to_the_concept_it_names():
+    names = ["apple", "pineapple", "dog"]
+    assert concept_of_phrase("a pineapple", names) == 1
+    assert concept_of_phrase("dog", names) == 2
+    assert concept_of_phrase("[UNK]", names) is None
+
+
+def test_a_detector_of_the_wrong_kind_or_missing_stops_the_run(tmp_path):
+    job = labelled_job(tmp_path, "wrong", "labels:\n  detector: builtin:tiny-sam\n")
+    done = run_cli("run", str(job), "--distributor", "local")
+    line = error_line(done.stderr)
+    assert done.returncode == 2 and "labels.detector" in line and "not owlv2" in line
+    job = labelled_job(tmp_path, "missing", "labels:\n  detector: models/none\n")
+    done = run_cli("run", str(job), "--distributor", "local")
+    assert done.returncode == 2 and "not found" in error_line(done.stderr)
+    assert not (tmp_path / "wrong").exists() and not (tmp_path / "missing").exists()
