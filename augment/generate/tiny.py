@@ -29,6 +29,11 @@ TINY_WORDS = tuple(
 )
 
 
+#: CLIP's image normalisation, for the tiny models' image processors.
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
 def bytes_to_unicode() -> dict[int, str]:
     """CLIP's reversible byte -> printable character table (as in openai/CLIP)."""
     printable = (
@@ -572,8 +577,8 @@ def build_tiny_safety_checker(flag_everything: bool = True, seed: int = 0):
         do_resize=True,
         do_center_crop=True,
         do_normalize=True,
-        image_mean=[0.48145466, 0.4578275, 0.40821073],
-        image_std=[0.26862954, 0.26130258, 0.27577711],
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
     )
     return checker, feature_extractor
 
@@ -611,8 +616,8 @@ def build_tiny_clip(tokenizer, seed: int = 0, image_size: int = 32):
     processor = CLIPImageProcessor(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
-        image_mean=[0.48145466, 0.4578275, 0.40821073],
-        image_std=[0.26862954, 0.26130258, 0.27577711],
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
     )
     return CLIPModel(config).eval(), processor
 
@@ -632,6 +637,36 @@ def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
     return save_atomically(folder, write, "config.json")
 
 
+def save_tiny_clip_family(
+    folder: Path,
+    seed: int,
+    model_class,
+    config_class,
+    processor_class,
+    image_processor,
+    patch_size: int,
+    **config,
+) -> Path:
+    """A tiny random model of CLIP's family (a CLIP text tower over our tokenizer, a 32 px
+    vision tower) with its processor, saved as a transformers folder."""
+
+    def write(tmp: Path) -> None:
+        tokenizer = build_tokenizer(tmp / "vocab")
+        torch.manual_seed(seed)
+        vision = dict(image_size=32, patch_size=patch_size, num_channels=3, **TINY_CLIP_LAYERS)
+        model_config = config_class(
+            text_config=clip_text_config(tokenizer).to_dict(),
+            vision_config=vision,
+            projection_dim=32,
+            **config,
+        )
+        model_class(model_config).eval().save_pretrained(tmp)
+        processor_class(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(tmp)
+        shutil.rmtree(tmp / "vocab")
+
+    return save_atomically(folder, write, "config.json")
+
+
 def save_tiny_clipseg(folder: Path, seed: int = 0) -> Path:
     """A tiny random CLIPSeg folder (model + processor), as `segment.model` loads one."""
     from transformers import (
@@ -641,28 +676,22 @@ def save_tiny_clipseg(folder: Path, seed: int = 0) -> Path:
         ViTImageProcessor,
     )
 
-    def write(tmp: Path) -> None:
-        tokenizer = build_tokenizer(tmp / "vocab")
-        torch.manual_seed(seed)
-        config = CLIPSegConfig(
-            text_config=clip_text_config(tokenizer).to_dict(),
-            vision_config=dict(image_size=32, patch_size=4, num_channels=3, **TINY_CLIP_LAYERS),
-            projection_dim=32,
-            reduce_dim=16,
-            extract_layers=[1, 1, 1],
-            decoder_num_attention_heads=2,
-            decoder_intermediate_size=32,
-        )
-        CLIPSegForImageSegmentation(config).eval().save_pretrained(tmp)
-        image_processor = ViTImageProcessor(
-            size={"height": 32, "width": 32},
-            image_mean=[0.48145466, 0.4578275, 0.40821073],
-            image_std=[0.26862954, 0.26130258, 0.27577711],
-        )
-        CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(tmp)
-        shutil.rmtree(tmp / "vocab")
-
-    return save_atomically(folder, write, "config.json")
+    image_processor = ViTImageProcessor(
+        size={"height": 32, "width": 32}, image_mean=CLIP_MEAN, image_std=CLIP_STD
+    )
+    return save_tiny_clip_family(
+        folder,
+        seed,
+        CLIPSegForImageSegmentation,
+        CLIPSegConfig,
+        CLIPSegProcessor,
+        image_processor,
+        patch_size=4,
+        reduce_dim=16,
+        extract_layers=[1, 1, 1],
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=32,
+    )
 
 
 def save_tiny_sam(folder: Path, seed: int = 0) -> Path:
@@ -716,20 +745,16 @@ def save_tiny_owlv2(folder: Path, seed: int = 0) -> Path:
         Owlv2Processor,
     )
 
-    def write(tmp: Path) -> None:
-        tokenizer = build_tokenizer(tmp / "vocab")
-        torch.manual_seed(seed)
-        config = Owlv2Config(
-            text_config=clip_text_config(tokenizer).to_dict(),
-            vision_config=dict(image_size=32, patch_size=8, num_channels=3, **TINY_CLIP_LAYERS),
-            projection_dim=32,
-        )
-        Owlv2ForObjectDetection(config).eval().save_pretrained(tmp)
-        image_processor = Owlv2ImageProcessor(size={"height": 32, "width": 32})
-        Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(tmp)
-        shutil.rmtree(tmp / "vocab")
-
-    return save_atomically(folder, write, "config.json")
+    image_processor = Owlv2ImageProcessor(size={"height": 32, "width": 32})
+    return save_tiny_clip_family(
+        folder,
+        seed,
+        Owlv2ForObjectDetection,
+        Owlv2Config,
+        Owlv2Processor,
+        image_processor,
+        patch_size=8,
+    )
 
 
 def save_tiny_grounding_dino(folder: Path, seed: int = 0) -> Path:
