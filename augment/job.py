@@ -44,7 +44,7 @@ from augment.prompting import Prompt, build_prompts, enforce_token_limit
 from augment.records import FLAGS, WorkItem
 from augment.sinks import export, parquet
 from augment.sinks.animation import write_animations
-from augment.sources import SourceSet
+from augment.sources import SourceSet, concept_index
 from augment.taxonomy import Concept, spec_concepts
 
 if TYPE_CHECKING:
@@ -390,6 +390,7 @@ def paste(spec: JobSpec, force: bool = False) -> PasteResult:
     backgrounds = paste_backgrounds(spec)
     out_dir = Path(spec.output.dir)
     concepts = concepts_for(spec)
+    index = concept_index(concepts)  # background labels -> concepts, built once
     instances = load_instances(out_dir, concepts)
     folder = out_dir / "paste"
     prepare_paste_output(folder, spec, force)
@@ -418,7 +419,7 @@ def paste(spec: JobSpec, force: bool = False) -> PasteResult:
                 failures.append({"source": background.location, "error": str(exc)})
                 advance(1)
                 continue
-            known = known_boxes(background, concepts)
+            known = known_boxes(background, index)
             taken = [list(box.bbox) for box in background.boxes]
             rng = np.random.default_rng(item.seed)
             composite, pasted = paste_onto(pixels, taken, instances, settings, rng)

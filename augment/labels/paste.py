@@ -254,12 +254,11 @@ def prepare_paste_output(folder: Path, spec: JobSpec, force: bool) -> None:
     marker.write_text(json.dumps({"paste_hash": spec.paste_hash(), "job": spec.name}))
 
 
-def known_boxes(background: SourceImage, concepts: list[Concept]) -> list[tuple[int, tuple]]:
-    """The background's boxes whose label is a concept of the job: (category_id, xywh)."""
-    from augment.sources import concept_index
+def known_boxes(background: SourceImage, index: dict[str, Concept]) -> list[tuple[int, tuple]]:
+    """The background's boxes whose label is a concept of the job (`concept_index`):
+    (category_id, xywh)."""
     from augment.taxonomy.listfile import slugify
 
-    index = concept_index(concepts)
     return [
         (index[slugify(box.label)].category_id, box.bbox)
         for box in background.boxes
