@@ -270,7 +270,7 @@ def add_export(commands: Commands) -> None:
         "--format",
         action="append",
         required=True,
-        choices=("coco", "yolo", "imagefolder"),
+        choices=("coco", "yolo", "yolo-seg", "imagefolder"),
         help="repeat for several",
     )
     export.add_argument("--include-flagged", action="store_true", help="keep flagged images")
@@ -450,7 +450,7 @@ def add_logs(commands: Commands) -> None:
 
 def cmd_bench_classify(args: argparse.Namespace) -> int:
     names = ("real", "synthetic", "out", "model", "weights", "image_size")
-    options = given(args, *names, "shots", "ratios", "seeds", "steps")
+    options = given(args, *names, "shots", "ratios", "seeds", "steps", "workers")
     results = api.classify(**options, synthetic_only=not args.no_synthetic_only, smoke=args.smoke)
     folder = options.get("out", "bench")
     columns = ["arm", "ratio", "ratio_trained", "shots"]
@@ -484,15 +484,28 @@ def add_bench_classify(bench_commands: Commands) -> None:
     classify.add_argument("--no-synthetic-only", action="store_true", help="skip that arm")
     classify.add_argument("--seeds", type=int, help="seeds per arm")
     classify.add_argument("--steps", type=int, help="optimisation steps per model")
+    classify.add_argument("--workers", type=int, help="models trained at once (default: cores)")
     classify.add_argument("--smoke", action="store_true", help="tiny settings: under a minute")
     classify.set_defaults(func=cmd_bench_classify)
 
 
 def cmd_bench_detect(args: argparse.Namespace) -> int:
-    options = given(args, "real", "synthetic", "out", "model", "imgsz", "epochs", "seeds")
+    names = ("real", "synthetic", "out", "task", "model", "imgsz", "epochs", "seeds", "batch")
+    training = ("fliplr", "mosaic", "optimizer", "lr0", "nbs", "warmup_epochs", "workers")
+    options = given(args, *names, *training)
     results = api.detect(**options, smoke=args.smoke)
     folder = options.get("out", "bench")
-    print_results(results, folder, ["arm", "metric"], metrics=["map50", "map50_95"])
+    metrics = ["map50", "map50_95", "mask_map50", "mask_map50_95"]
+    print_results(results, folder, ["arm", "metric"], metrics=metrics)
+    from augment.bench.stats import paired_gain
+
+    for metric in ("map50_95", "mask_map50_95"):
+        gains = paired_gain(results, metric)
+        for _, gain in gains[gains["label"] == ""].iterrows():
+            out.print(
+                f"gain in {metric} (augmented - real-only, paired by seed): "
+                f"{gain['gain']:+.1f} [{gain['ci_low']:+.1f}, {gain['ci_high']:+.1f}]"
+            )
     return 0
 
 
@@ -508,10 +521,29 @@ def add_bench_detect(bench_commands: Commands) -> None:
     detect.add_argument("--real", required=True, help="COCO folder (train/ + val/) or json")
     detect.add_argument("--synthetic", type=Path, help="an augment output with boxes")
     detect.add_argument("--out", type=Path, help="results folder (default: bench)")
-    detect.add_argument("--model", help="a model yaml or a local .pt (default: yolov8n.yaml)")
+    detect.add_argument(
+        "--task",
+        choices=("detect", "segment"),
+        help="segment: a -seg model (masks from both sets), box and mask mAP (default: detect)",
+    )
+    detect.add_argument(
+        "--model", help="a model yaml or a local .pt (default: yolov8n.yaml, -seg for segment)"
+    )
     detect.add_argument("--imgsz", type=int)
-    detect.add_argument("--epochs", type=int)
+    detect.add_argument("--epochs", type=int, help="of the augmented arm (real-only: same steps)")
     detect.add_argument("--seeds", type=int)
+    detect.add_argument("--batch", type=int)
+    training = detect.add_argument_group(
+        "ultralytics training settings (its names and defaults; the digits demo uses "
+        "--fliplr 0 --mosaic 0 --optimizer SGD --nbs 16 --warmup-epochs 1)"
+    )
+    training.add_argument("--fliplr", type=float, help="mirror probability (0 for text, digits)")
+    training.add_argument("--mosaic", type=float, help="mosaic probability")
+    training.add_argument("--optimizer", help="auto, SGD, AdamW, ...")
+    training.add_argument("--lr0", type=float, help="initial learning rate (not with auto)")
+    training.add_argument("--nbs", type=int, help="nominal batch: gradients accumulate to it")
+    training.add_argument("--warmup-epochs", type=float)
+    detect.add_argument("--workers", type=int, help="models trained at once")
     detect.add_argument("--smoke", action="store_true", help="1 epoch, 3 seeds")
     detect.set_defaults(func=cmd_bench_detect)
 
@@ -531,7 +563,7 @@ def add_bench(commands: Commands) -> None:
 def cmd_digits_canvases(args: argparse.Namespace) -> int:
     from augment.digits.canvases import real_canvases
 
-    real_canvases(args.real, args.train, args.val)
+    real_canvases(args.real, args.train, args.val, per_class=args.per_class)
     out.print(f"real canvases: {args.real}/train, {args.real}/val (COCO)", soft_wrap=True)
     return 0
 
@@ -548,6 +580,9 @@ def add_digits_canvases(digits_commands: Commands) -> None:
     canvases.add_argument("--real", type=Path, required=True, help="write real canvases here")
     canvases.add_argument("--train", type=int, default=300, help="real train canvases")
     canvases.add_argument("--val", type=int, default=150, help="real val canvases")
+    canvases.add_argument(
+        "--per-class", type=int, help="real digits a class on the train canvases (default: 30)"
+    )
     canvases.set_defaults(func=cmd_digits_canvases)
 
 
@@ -685,11 +720,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"gain (augmented - real-only): {gain['mean']:+.1f} points, "
             f"95% CI [{gain['ci_low']:+.1f}, {gain['ci_high']:+.1f}]"
         )
-    for arm, figure in (summary["detector_map50_95"] or {}).items():
-        out.print(
-            f"detector mAP50:95 {arm}: {figure['mean']:.1f} "
-            f"[{figure['ci_low']:.1f}, {figure['ci_high']:.1f}]"
-        )
+    for name, title in (("detector", "detector box"), ("detector_mask", "detector mask")):
+        for arm, figure in (summary.get(f"{name}_map50_95") or {}).items():
+            out.print(
+                f"{title} mAP50:95 {arm}: {figure['mean']:.1f} "
+                f"[{figure['ci_low']:.1f}, {figure['ci_high']:.1f}]"
+            )
+        if gain := summary.get(f"{name}_gain"):
+            out.print(
+                f"{title} gain (augmented - real-only): {gain['mean']:+.1f} points, "
+                f"95% CI [{gain['ci_low']:+.1f}, {gain['ci_high']:+.1f}], "
+                f"{gain['n_pairs']} seeds"
+            )
     out.print(
         f"{summary['images_generated']} images generated in "
         f"{summary['stage_seconds']['generation']:.0f} s; the whole demo took "

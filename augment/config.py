@@ -50,7 +50,7 @@ Mode = Literal["txt2img", "img2img", "inpaint", "controlnet", "interpolate"]
 SOURCE_MODES = ("img2img", "inpaint", "controlnet")
 Family = Literal["auto", "sd", "sdxl"]
 DType = Literal["float32", "float16", "bfloat16"]
-Format = Literal["parquet", "coco", "yolo", "imagefolder"]
+Format = Literal["parquet", "coco", "yolo", "yolo-seg", "imagefolder"]
 
 
 class StrictModel(BaseModel):

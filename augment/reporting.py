@@ -259,10 +259,12 @@ def headline(results: pd.DataFrame) -> dict:
                 "ci_high": gain["ci_high"],
                 "ratio": float(gain["ratio"]),
             }
-    detection = summary[(summary["task"] == "detect") & (summary["metric"] == "map50_95")]
-    detection = detection[detection["label"] == ""]
-    if not detection.empty:
-        figures["detector_map50_95"] = {
+    for metric, name in (("map50_95", "detector"), ("mask_map50_95", "detector_mask")):
+        detection = summary[(summary["task"] == "detect") & (summary["metric"] == metric)]
+        detection = detection[detection["label"] == ""]
+        if detection.empty:
+            continue
+        figures[f"{name}_map50_95"] = {
             arm_label(r): {
                 "mean": r["mean"],
                 "ci_low": r["ci_low"],
@@ -271,6 +273,16 @@ def headline(results: pd.DataFrame) -> dict:
             }
             for _, r in detection.iterrows()
         }
+        gains = paired_gain(results[results["task"] == "detect"], metric)
+        gains = gains[gains["label"] == ""]
+        if not gains.empty:
+            gain = gains.iloc[-1]
+            figures[f"{name}_gain"] = {
+                "mean": gain["gain"],
+                "ci_low": gain["ci_low"],
+                "ci_high": gain["ci_high"],
+                "n_pairs": int(gain["n_pairs"]),
+            }
     return figures
 
 
@@ -417,6 +429,20 @@ def write_report(
             markdown_table(table[["shots", "ratio", "gain", "n_pairs"]]),
             "",
         ]
+    for metric in ("map50_95", "mask_map50_95"):
+        detected = paired_gain(results[results["task"] == "detect"], metric)
+        detected = detected[detected["label"] == ""]
+        if not detected.empty:
+            detected["gain"] = [
+                ci_text(r["gain"], r["ci_low"], r["ci_high"]) for _, r in detected.iterrows()
+            ]
+            detected["ratio"] = [f"{value:.3g}" for value in detected["ratio"]]
+            lines += [
+                f"## Paired gain in detector {metric} (points)",
+                "",
+                markdown_table(detected[["ratio", "gain", "n_pairs"]]),
+                "",
+            ]
     per_class = summary[summary["metric"] == "class_accuracy"].copy()
     if not per_class.empty:
         per_class["column"] = [f"{arm_label(r)} @{r['shots']}" for _, r in per_class.iterrows()]

@@ -306,8 +306,10 @@ class SourceSet:
             )
         if mode == "inpaint" and mask.source == "files":
             for target in targets:  # checked before anything renders
-                if self.mask_path(mask_files, target.image.id) is None:
+                path = self.mask_path(mask_files, target.image.id)
+                if path is None:
                     raise self.no_mask(mask_files, target.image.id)
+                check_mask_size(path, target.image)
         if not targets:
             need = (
                 "inpainting from boxes needs images with boxes of the job's concepts"
@@ -346,4 +348,18 @@ class SourceSet:
         return SpecError(
             f"generation.mask.files: no mask for source image {image_id} in {folder} "
             f"(expected {self.mask_stem(image_id)}.png, white where to repaint)"
+        )
+
+
+def check_mask_size(path: Path, image: SourceImage) -> None:
+    """A mask file must be its source image's size: another size is another image's mask."""
+    try:
+        with Image.open(path) as mask:
+            width, height = mask.size
+    except DECODE_ERRORS as exc:
+        raise SpecError(f"generation.mask.files: mask {path} cannot be read: {exc}") from None
+    if (width, height) != (image.width, image.height):
+        raise SpecError(
+            f"generation.mask.files: mask {path} is {width}x{height} but its source image "
+            f"{image.id} is {image.width}x{image.height}; a mask must be its image's size"
         )

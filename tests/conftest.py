@@ -106,14 +106,16 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def train_yolo_one_epoch(data_yaml: Path, tmp_path: Path, monkeypatch, imgsz: int) -> Path:
-    """Train yolov8n from its yaml for one epoch on an export, offline; the last weights."""
+def train_yolo_one_epoch(
+    data_yaml: Path, tmp_path: Path, monkeypatch, imgsz: int, model: str = "yolov8n.yaml"
+) -> Path:
+    """Train a YOLO from its yaml for one epoch on an export, offline; the last weights."""
     monkeypatch.setenv("YOLO_OFFLINE", "1")
     monkeypatch.setenv("YOLO_AUTOINSTALL", "0")
     monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo-config"))
     from ultralytics import YOLO
 
-    YOLO("yolov8n.yaml").train(
+    YOLO(model).train(
         data=str(data_yaml),
         epochs=1,
         imgsz=imgsz,

@@ -183,10 +183,45 @@ def test_canvases_keep_boxes_on_the_ink(tmp_path):
         assert 1 <= annotation["category_id"] <= 10
 
 
+def test_few_shot_canvases_use_that_many_real_digits_a_class(tmp_path):
+    from augment.digits.canvases import real_canvases
+
+    real_canvases(tmp_path, train_count=40, val_count=5, per_class=2)
+    document = json.loads((tmp_path / "train" / "annotations.json").read_text())
+    sources: dict[int, set] = {}
+    for annotation in document["annotations"]:
+        sources.setdefault(annotation["category_id"], set()).add(annotation["source"])
+    assert sources and all(len(chosen) <= 2 for chosen in sources.values())
+    assert sum(len(chosen) for chosen in sources.values()) > 10  # more than one a class
+    with pytest.raises(AugmentError, match="at most that many per class, not 31"):
+        real_canvases(tmp_path / "more", train_count=4, val_count=2, per_class=31)
+
+
+def test_detector_settings_refuse_what_ultralytics_cannot_train(tmp_path):
+    from augment.bench.detect import DetectSettings, run_detect
+
+    image = {"id": 1, "file_name": "1.png", "width": 32, "height": 32}
+    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 8, 8], "segmentation": []}
+    document = {"images": [image], "annotations": [box], "categories": [{"id": 1, "name": "a"}]}
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
+        (tmp_path / split / "annotations.json").write_text(json.dumps(document))
+    settings = DetectSettings(real=str(tmp_path), out=str(tmp_path / "bench"), task="segment")
+    with pytest.raises(AugmentError, match="hold none"):
+        run_detect(settings)
+
+    with pytest.raises(AugmentError, match="optimizer 'sgd' is not one of auto, SGD"):
+        DetectSettings(real="x", optimizer="sgd")
+    with pytest.raises(AugmentError, match="fliplr must be from 0 to 1, got 1.5"):
+        DetectSettings(real="x", fliplr=1.5)
+    with pytest.raises(AugmentError, match="nbs must be"):
+        DetectSettings(real="x", nbs=0)
+
+
 @pytest.mark.slow
 def test_detect_runs_three_seeds_and_cocoeval_matches_ultralytics(tmp_path):
     """On the demo's own detection data: real canvases, and rendered digits pasted by the demo
-    job's segment: and paste: sections (OUT/paste)."""
+    job's segment: and paste: sections (OUT/paste); a -seg model, so boxes and masks."""
     from augment.bench.detect import DetectSettings, run_detect
     from augment.config import load_spec
     from augment.digits.canvases import real_canvases
@@ -206,6 +241,7 @@ def test_detect_runs_three_seeds_and_cocoeval_matches_ultralytics(tmp_path):
         real=str(tmp_path / "real"),
         synthetic=str(tmp_path / "renders" / "paste"),
         out=str(tmp_path / "bench"),
+        task="segment",
         epochs=3,
         seeds=3,
         batch=16,
@@ -214,8 +250,11 @@ def test_detect_runs_three_seeds_and_cocoeval_matches_ultralytics(tmp_path):
     overall = results[results["label"] == ""]
     assert (overall.groupby("arm")["seed"].nunique() == 3).all()
     assert set(overall["arm"]) == {"real_only", "augmented"}
+    assert set(results["model"]) == {"yolov8n-seg.yaml"}
     wide = overall.pivot_table(index=["arm", "seed"], columns="metric", values="value")
     assert ((wide["map50"] - wide["ultralytics_map50"]).abs() <= 2.0).all()  # points, i.e. 0.02
+    assert wide["mask_map50_95"].notna().all()
+    assert ((wide["mask_map50_95"] - wide["ultralytics_mask_map50_95"]).abs() <= 5.0).all()
     assert set(results[results["metric"] == "class_ap"]["label"]) == {
         "zero",
         "one",

@@ -28,6 +28,9 @@ def test_quick_demo_writes_the_report_and_headline_figures(tmp_path):
         assert figure["n_seeds"] == 3 and figure["ci_low"] <= figure["mean"] <= figure["ci_high"]
     assert summary["gain"]["ci_low"] <= summary["gain"]["mean"] <= summary["gain"]["ci_high"]
     assert set(summary["detector_map50_95"]) == {"real_only", "augmented ×1"}
+    gain = summary["detector_gain"]  # paired by seed, like the classifier's
+    assert gain["n_pairs"] == 2 and gain["ci_low"] <= gain["mean"] <= gain["ci_high"]
+    assert "detector box gain (augmented - real-only)" in result.stdout
     assert summary["images_generated"] == 240
     # Every class still fills the x2 arm after the filter: it trained on the ratio it says.
     assert accuracy["augmented"]["ratio_trained"] == accuracy["augmented"]["ratio"] == 2.0

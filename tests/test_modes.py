@@ -295,6 +295,9 @@ def test_inpaint_from_mask_files(tmp_path: Path):
     assert mask.shape == (64, 64) and mask[32, 32] == 255 and mask[5, 5] == 0
     assert (mask == 255).sum() == pytest.approx(64 * 64 / 9, rel=0.1)
 
+    Image.fromarray(np.zeros((48, 64), np.uint8)).save(masks / "2.png")
+    with pytest.raises(SpecError, match=r"2.png is 64x48 but its source image 2 is 96x96"):
+        plan_for(spec)
     (masks / "2.png").unlink()
     with pytest.raises(SpecError, match=r"no mask for source image 2 .*expected 2.png"):
         plan_for(spec)

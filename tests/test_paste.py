@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,6 +15,7 @@ from augment.config import PasteSpec, load_spec
 from augment.job import RunOptions, paste, run_job
 from augment.labels.paste import Instance, paste_onto, shared_share
 from augment.labels.segment import decode_rle
+from augment.sinks import export, export_records, image_file_name
 from tests.conftest import REPO, error_line, run_cli, train_yolo_one_epoch
 
 LOCAL = RunOptions(distributor="local")
@@ -155,6 +157,25 @@ def test_bad_paste_input_fails_before_the_run_and_a_corrupt_background_is_named(
 
 
 @pytest.mark.slow
-def test_the_paste_yolo_export_trains_one_epoch_offline(pasted, tmp_path, monkeypatch):
+def test_the_paste_yolo_exports_train_one_epoch_offline(pasted, tmp_path, monkeypatch):
     data = pasted / "paste" / "yolo" / "data.yaml"
     assert train_yolo_one_epoch(data, tmp_path, monkeypatch, imgsz=96).is_file()
+    segments = export(pasted / "paste", ["yolo-seg"])["yolo-seg"]
+    checked = 0
+    for record in export_records(pasted / "paste"):  # each polygon fills its instance's mask
+        labels = segments.parent / "labels" / image_file_name(record)
+        lines = labels.with_suffix(".txt").read_text().splitlines()
+        for line, box in zip(lines, record["boxes"], strict=True):
+            if not box["rle"]:
+                continue
+            mask = decode_rle(box["rle"], record["height"], record["width"])
+            points = np.array(line.split()[1:], np.float32).reshape(-1, 2)
+            filled = np.zeros(mask.shape, np.uint8)
+            scale = np.array([record["width"], record["height"]])
+            cv2.fillPoly(filled, [np.round(points * scale).astype(np.int32)], 1)
+            iou = (mask & filled.astype(bool)).sum() / (mask | filled.astype(bool)).sum()
+            assert iou >= 0.7, (record["item_id"], iou)
+            checked += 1
+    assert checked
+    model = "yolov8n-seg.yaml"
+    assert train_yolo_one_epoch(segments, tmp_path / "seg", monkeypatch, 96, model).is_file()

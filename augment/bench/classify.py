@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from augment.bench.data import Classes, ImageSet, RealData, check_no_leak, load_real, load_synthetic
+from augment.bench.workers import default_workers, in_processes
 from augment.classifier import build_model, to_tensor
 from augment.errors import AugmentError, above, at_least
 
@@ -43,11 +44,14 @@ class ClassifySettings:
     lr: float = 2e-3
     test_fraction: float = 0.3  # for ImageFolder / COCO real sets
     split_seed: int = 0
+    workers: int | None = None  # models trained at once, one thread each (default: the cores)
 
     def __post_init__(self) -> None:
         """Refuse settings no benchmark can run, before any data is read."""
         for name in ("shots", "seeds", "steps", "batch_size", "image_size"):
             at_least(name, getattr(self, name), 1)
+        if self.workers is not None:
+            at_least("workers", self.workers, 1)
         above("ratios", self.ratios, 0, " (synthetic images per real image, e.g. 0.5,1,2)")
         above("lr", self.lr, 0)
         if not 0 < self.test_fraction < 1:
@@ -152,23 +156,9 @@ def train_and_score(
     return rows, time.perf_counter() - started
 
 
-def _one_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def train_and_score_all(tasks: list[tuple], workers: int = 1) -> list[tuple[list, float]]:
-    """`train_and_score(*task)` for every task, in `workers` processes of one thread each (a
-    small CNN uses two cores better as two models than as one); in order."""
-    if workers <= 1 or len(tasks) <= 1:
-        return [train_and_score(*task) for task in tasks]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    context = multiprocessing.get_context("spawn")  # torch's threads do not survive a fork
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
-        return list(pool.map(train_and_score, *zip(*tasks, strict=True)))
+def train_and_score_all(tasks: list[tuple], workers: int = 1, progress=None) -> list[tuple]:
+    """`train_and_score(*task)` for every task, `workers` models at once; in order."""
+    return in_processes(train_and_score, tasks, workers, progress)
 
 
 def few_shot(pool: ImageSet, shots: int, seed: int) -> ImageSet:
@@ -232,58 +222,62 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
         for seed in range(settings.seeds)
         for arm, ratio in arms(settings, synthetic is not None)
     ]
-    rows = []
     short: set[tuple[int, float]] = set()  # (shots, ratio) the synthetic set could not fill
-    with image_progress(len(plan) * settings.steps, "training classifiers", unit="step") as advance:
-        for shots, seed, arm, ratio in plan:
-            real_train = few_shot(real.pool, shots, seed)
-            asked = 0
-            if arm == "real_only":
-                train = real_train
-            elif arm == "synthetic_only":
-                train = balanced_sample(synthetic, len(synthetic), num_classes, seed)
-            else:
-                asked = round(ratio * len(real_train))
-                extra = balanced_sample(synthetic, asked, num_classes, seed)
-                train = ImageSet.concat(real_train, extra)
-                if len(extra) < asked and (shots, ratio) not in short:
-                    short.add((shots, ratio))
-                    log.warning(
-                        "augmented ×%g at %d shots asks %d synthetic images; the synthetic set "
-                        "has %d of them (×%.2g): that arm trains on fewer (see ratio_trained)",
-                        ratio,
-                        shots,
-                        asked,
-                        len(extra),
-                        len(extra) / len(real_train),
-                    )
-            started = time.perf_counter()
-            model = train_classifier(train, num_classes, settings, seed, advance)
-            predictions = predict(model, real.test)
-            seconds = time.perf_counter() - started
-            n_real = 0 if arm == "synthetic_only" else len(real_train)
-            n_synthetic = len(train) - n_real
-            for metric, label, value in score(predictions, real.test, real.classes):
-                rows.append(
-                    {
-                        "task": "classify",
-                        "arm": arm,
-                        "ratio": ratio,
-                        "shots": shots,
-                        "seed": seed,
-                        "metric": metric,
-                        "label": label,
-                        "value": value,
-                        "model": settings.model,
-                        "steps": settings.steps,
-                        "n_real": n_real,
-                        "n_synthetic": n_synthetic,
-                        "ratio_trained": n_synthetic / n_real if arm == "augmented" else 0.0,
-                        "synthetic_short": n_synthetic < asked,
-                        "n_test": len(real.test),
-                        "wall_s": seconds,
-                    }
+    arms_trained = []  # (shots, seed, arm, ratio, n_real, n_synthetic, asked) per task
+    tasks = []
+    for shots, seed, arm, ratio in plan:
+        real_train = few_shot(real.pool, shots, seed)
+        asked = 0
+        if arm == "real_only":
+            train = real_train
+        elif arm == "synthetic_only":
+            train = balanced_sample(synthetic, len(synthetic), num_classes, seed)
+        else:
+            asked = round(ratio * len(real_train))
+            extra = balanced_sample(synthetic, asked, num_classes, seed)
+            train = ImageSet.concat(real_train, extra)
+            if len(extra) < asked and (shots, ratio) not in short:
+                short.add((shots, ratio))
+                log.warning(
+                    "augmented ×%g at %d shots asks %d synthetic images; the synthetic set "
+                    "has %d of them (×%.2g): that arm trains on fewer (see ratio_trained)",
+                    ratio,
+                    shots,
+                    asked,
+                    len(extra),
+                    len(extra) / len(real_train),
                 )
+        n_real = 0 if arm == "synthetic_only" else len(real_train)
+        arms_trained.append((shots, seed, arm, ratio, n_real, len(train) - n_real, asked))
+        tasks.append((train, real.test, real.classes, settings, seed))
+    workers = settings.workers or default_workers()
+    with image_progress(len(tasks), "training classifiers", unit="model") as advance:
+        scored = train_and_score_all(tasks, workers, advance)
+    rows = []
+    for (shots, seed, arm, ratio, n_real, n_synthetic, asked), (metrics, seconds) in zip(
+        arms_trained, scored, strict=True
+    ):
+        for metric, label, value in metrics:
+            rows.append(
+                {
+                    "task": "classify",
+                    "arm": arm,
+                    "ratio": ratio,
+                    "shots": shots,
+                    "seed": seed,
+                    "metric": metric,
+                    "label": label,
+                    "value": value,
+                    "model": settings.model,
+                    "steps": settings.steps,
+                    "n_real": n_real,
+                    "n_synthetic": n_synthetic,
+                    "ratio_trained": n_synthetic / n_real if arm == "augmented" else 0.0,
+                    "synthetic_short": n_synthetic < asked,
+                    "n_test": len(real.test),
+                    "wall_s": seconds,
+                }
+            )
     results = pd.DataFrame(rows)
     write_results(results, out, {"classify": asdict(settings)})
     return results

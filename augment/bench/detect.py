@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from augment.bench.classify import write_results
+from augment.bench.workers import default_workers, in_processes
 from augment.errors import AugmentError, at_least
 
 log = logging.getLogger(__name__)
@@ -35,21 +36,57 @@ class DetectSettings:
     real: str  # COCO folder: train/ + val/, or one annotations.json to split
     synthetic: str | None = None  # an `augment` output with boxes
     out: str = "bench"
-    model: str = "yolov8n.yaml"
+    task: str = "detect"  # or "segment": a -seg model, box and mask mAP from the same models
+    model: str | None = None  # default: yolov8n.yaml, or yolov8n-seg.yaml for task segment
     imgsz: int = 96
     epochs: int = 10  # of the augmented arm; real-only gets as many steps
     batch: int = 16
     seeds: int = 3
     val_fraction: float = 0.3
     split_seed: int = 0
+    # ultralytics training settings, named as ultralytics names them, at its defaults. Digits
+    # want fliplr 0 (a mirrored 2 is no digit) and mosaic 0; a small set wants nbs = batch:
+    # ultralytics accumulates gradients up to nbs images, so 300 images at nbs 64 make only five
+    # optimiser steps an epoch.
+    fliplr: float = 0.5
+    mosaic: float = 1.0
+    optimizer: str = "auto"  # auto: AdamW at a size-fitted lr for short runs, else SGD
+    lr0: float = 0.01  # ignored by optimizer auto
+    nbs: int = 64
+    warmup_epochs: float = 3.0
+    workers: int | None = None  # models trained at once (default: cores / ultralytics' threads)
 
     def __post_init__(self) -> None:
         """Refuse settings no benchmark can run, before any data is read."""
-        for name in ("epochs", "seeds", "batch"):
+        for name in ("epochs", "seeds", "batch", "nbs"):
             at_least(name, getattr(self, name), 1)
+        if self.workers is not None:
+            at_least("workers", self.workers, 1)
         at_least("imgsz", self.imgsz, 32, " (YOLO's largest stride)")
         if not 0 < self.val_fraction < 1:
             raise AugmentError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        for name in ("fliplr", "mosaic"):  # probabilities
+            if not 0 <= getattr(self, name) <= 1:
+                raise AugmentError(f"{name} must be from 0 to 1, got {getattr(self, name)}")
+        if self.lr0 <= 0 or self.warmup_epochs < 0:
+            raise AugmentError(
+                f"lr0 must be > 0 and warmup_epochs >= 0, got {self.lr0} and {self.warmup_epochs}"
+            )
+        if self.task not in ("detect", "segment"):
+            raise AugmentError(f"task must be detect or segment, got '{self.task}'")
+        optimizers = ("auto", "SGD", "Adam", "AdamW", "NAdam", "RAdam", "RMSProp")
+        if self.optimizer not in optimizers:
+            raise AugmentError(
+                f"optimizer '{self.optimizer}' is not one of {', '.join(optimizers)}"
+            )
+
+
+# The DetectSettings fields passed to ultralytics' train() under their own names.
+TRAINING_SETTINGS = ("fliplr", "mosaic", "optimizer", "lr0", "nbs", "warmup_epochs")
+
+
+def model_name(settings: DetectSettings) -> str:
+    return settings.model or ("yolov8n-seg.yaml" if settings.task == "segment" else "yolov8n.yaml")
 
 
 def prepare_ultralytics(cache: Path) -> None:
@@ -106,10 +143,37 @@ def real_splits(settings: DetectSettings) -> tuple[dict, Path, dict, Path]:
     )
 
 
+def annotation_mask(annotation: dict, height: int, width: int) -> np.ndarray | None:
+    """A COCO annotation's mask (RLE or polygons), or None when it has none."""
+    from pycocotools import mask as coco_mask
+
+    segmentation = annotation.get("segmentation")
+    if not segmentation:
+        return None
+    if isinstance(segmentation, list):  # polygons
+        rle = coco_mask.merge(coco_mask.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation["counts"], list):  # uncompressed RLE
+        rle = coco_mask.frPyObjects(segmentation, height, width)
+    else:
+        rle = {**segmentation, "counts": segmentation["counts"].encode("ascii")}
+    with warnings.catch_warnings():  # pycocotools' numpy-2 copy= notice, on every call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return coco_mask.decode(rle).astype(bool)
+
+
 def write_yolo_split(
-    coco: dict, images_dir: Path, target: Path, class_index: dict[int, int], prefix: str = ""
+    coco: dict,
+    images_dir: Path,
+    target: Path,
+    class_index: dict[int, int],
+    prefix: str = "",
+    segments: bool = False,
 ) -> int:
-    """Images (named by COCO id) + YOLO label files; returns the number of images."""
+    """Images (named by COCO id) + YOLO label files, boxes or (`segments`) polygons from the
+    masks (a mask-less box as its rectangle); returns the number of images."""
+    from augment.labels.segment import mask_polygon
+    from augment.sinks.yolo import box_polygon, yolo_segment_line
+
     (target / "images").mkdir(parents=True, exist_ok=True)
     (target / "labels").mkdir(parents=True, exist_ok=True)
     by_image: dict[int, list] = {}
@@ -121,6 +185,14 @@ def write_yolo_split(
         shutil.copyfile(source, target / "images" / f"{stem}{source.suffix}")
         lines = []
         for ann in by_image.get(image["id"], []):
+            if segments:
+                mask = annotation_mask(ann, image["height"], image["width"])
+                polygon = None if mask is None else mask_polygon(mask)
+                if polygon is None:
+                    polygon = box_polygon(ann["bbox"])
+                cls = class_index[ann["category_id"]]
+                lines.append(yolo_segment_line(cls, polygon, image["width"], image["height"]))
+                continue
             x, y, w, h = ann["bbox"]
             cx, cy = (x + w / 2) / image["width"], (y + h / 2) / image["height"]
             lines.append(
@@ -150,12 +222,14 @@ def synthetic_coco(run_dir: Path, target: Path) -> tuple[dict, Path]:
             }
         )
         for box in record["boxes"] or []:
+            size = [record["height"], record["width"]]
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
                     "category_id": box["category_id"],
                     "bbox": list(box["bbox"]),
+                    "segmentation": {"size": size, "counts": box["rle"]} if box["rle"] else [],
                 }
             )
     if not annotations:
@@ -167,8 +241,9 @@ def synthetic_coco(run_dir: Path, target: Path) -> tuple[dict, Path]:
     return {"images": images, "annotations": annotations}, images_dir
 
 
-def coco_eval(ground_truth: dict, predictions: list[dict]) -> dict:
-    """mAP50, mAP50:95 and per-class AP (in %) of `predictions` on `ground_truth`."""
+def coco_eval(ground_truth: dict, predictions: list[dict], iou_type: str = "bbox") -> dict:
+    """mAP50, mAP50:95 and per-class AP (in %) of `predictions` on `ground_truth`, of their
+    boxes (`bbox`) or masks (`segm`)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -179,7 +254,7 @@ def coco_eval(ground_truth: dict, predictions: list[dict]) -> dict:
         gt = COCO()
         gt.dataset = {"info": {}, **ground_truth}
         gt.createIndex()
-        evaluator = COCOeval(gt, gt.loadRes(predictions), "bbox")
+        evaluator = COCOeval(gt, gt.loadRes(predictions), iou_type)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -198,11 +273,16 @@ def coco_eval(ground_truth: dict, predictions: list[dict]) -> dict:
 
 def train_and_evaluate(
     data_yaml: Path, run_dir: Path, settings: DetectSettings, seed: int, epochs: int
-):
-    """Train one YOLO; validate with ultralytics (save_json); return (metrics, predictions)."""
+) -> tuple[dict, list[dict], float]:
+    """Train one YOLO; validate with ultralytics (save_json); return (metrics, predictions,
+    seconds). Runs in a worker process: everything it needs comes in its arguments."""
+    from augment.cache import cache_dir
+
+    started = time.perf_counter()
+    prepare_ultralytics(cache_dir())
     from ultralytics import YOLO
 
-    model = YOLO(settings.model)
+    model = YOLO(model_name(settings))
     common = dict(
         imgsz=settings.imgsz,
         batch=settings.batch,
@@ -222,6 +302,7 @@ def train_and_evaluate(
             amp=False,
             val=False,
             name="train",
+            **{name: getattr(settings, name) for name in TRAINING_SETTINGS},
             **common,
         )
         metrics = model.val(
@@ -229,7 +310,17 @@ def train_and_evaluate(
         )
     predictions_file = Path(metrics.save_dir) / "predictions.json"
     predictions = json.loads(predictions_file.read_text()) if predictions_file.is_file() else []
-    return {"map50": 100.0 * metrics.box.map50, "map50_95": 100.0 * metrics.box.map}, predictions
+    ultra = {"map50": 100.0 * metrics.box.map50, "map50_95": 100.0 * metrics.box.map}
+    if settings.task == "segment":
+        ultra["mask_map50_95"] = 100.0 * metrics.seg.map
+    return ultra, predictions, time.perf_counter() - started
+
+
+def detector_workers() -> int:
+    """As many models at once as ultralytics' CPU threads per model fit in the cores."""
+    from ultralytics.utils import NUM_THREADS
+
+    return default_workers(NUM_THREADS)
 
 
 def run_detect(settings: DetectSettings) -> pd.DataFrame:
@@ -244,72 +335,83 @@ def run_detect(settings: DetectSettings) -> pd.DataFrame:
     train_coco, train_images, val_coco, val_images = real_splits(settings)
     categories = sorted(val_coco["categories"], key=lambda c: c["id"])
     class_index = {c["id"]: i for i, c in enumerate(categories)}
-    write_yolo_split(val_coco, val_images, work / "val", class_index)
+    segments = settings.task == "segment"
+    if segments and not any(a.get("segmentation") for a in val_coco["annotations"]):
+        raise AugmentError(
+            f"task segment scores masks, and the real val annotations of '{settings.real}' "
+            "hold none (no `segmentation`); give masks, or use task detect"
+        )
+    write_yolo_split(val_coco, val_images, work / "val", class_index, segments=segments)
     arms = {"real_only": work / "real_only"}
-    write_yolo_split(train_coco, train_images, arms["real_only"], class_index)
+    write_yolo_split(train_coco, train_images, arms["real_only"], class_index, segments=segments)
     n_real, n_synthetic = len(train_coco["images"]), 0
     if settings.synthetic:
         arms["augmented"] = work / "augmented"
-        write_yolo_split(train_coco, train_images, arms["augmented"], class_index)
+        write_yolo_split(train_coco, train_images, arms["augmented"], class_index, "", segments)
         synthetic, synthetic_images = synthetic_coco(Path(settings.synthetic), work / "synthetic")
         n_synthetic = write_yolo_split(
-            synthetic, synthetic_images, arms["augmented"], class_index, "s"
+            synthetic, synthetic_images, arms["augmented"], class_index, "s", segments
         )
     names = {i: c["name"] for i, c in enumerate(categories)}
     ground_truth = {**val_coco, "categories": categories}
-    rows = []
-    with image_progress(len(arms) * settings.seeds, "training detectors", unit="model") as advance:
-        for arm, train_dir in arms.items():
-            # Equal compute: the smaller real-only set gets proportionally more epochs, so both
-            # arms take about as many optimisation steps as the augmented arm.
-            size = n_real + (n_synthetic if arm == "augmented" else 0)
-            epochs = max(1, round(settings.epochs * (n_real + n_synthetic) / size))
-            data_yaml = train_dir / "data.yaml"
-            data_yaml.write_text(
-                json.dumps(
-                    {
-                        "path": str(work.resolve()),
-                        "train": str(train_dir.resolve() / "images"),
-                        "val": str((work / "val" / "images").resolve()),
-                        "names": names,
-                    }
-                )
-            )
-            for seed in range(settings.seeds):
-                started = time.perf_counter()
-                ultra, predictions = train_and_evaluate(
-                    data_yaml, work / "runs" / f"{arm}-{seed}", settings, seed, epochs
-                )
-                for prediction in predictions:  # ultralytics writes category_id = class + 1
-                    prediction["category_id"] = categories[int(prediction["category_id"]) - 1]["id"]
-                scores = coco_eval(ground_truth, predictions)
-                base = {
-                    "task": "detect",
-                    "arm": arm,
-                    "ratio": n_synthetic / n_real if arm == "augmented" else 0.0,
-                    "ratio_trained": n_synthetic / n_real if arm == "augmented" else 0.0,
-                    "shots": 0,
-                    "seed": seed,
-                    "model": settings.model,
-                    "steps": epochs,
-                    "n_real": n_real,
-                    "n_synthetic": n_synthetic if arm == "augmented" else 0,
-                    "n_test": len(val_coco["images"]),
-                    "wall_s": time.perf_counter() - started,
+    plan, tasks = [], []
+    for arm, train_dir in arms.items():
+        # Equal compute: the smaller real-only set gets proportionally more epochs, so both
+        # arms take about as many optimisation steps as the augmented arm.
+        size = n_real + (n_synthetic if arm == "augmented" else 0)
+        epochs = max(1, round(settings.epochs * (n_real + n_synthetic) / size))
+        data_yaml = train_dir / "data.yaml"
+        data_yaml.write_text(
+            json.dumps(
+                {
+                    "path": str(work.resolve()),
+                    "train": str(train_dir.resolve() / "images"),
+                    "val": str((work / "val" / "images").resolve()),
+                    "names": names,
                 }
-                metrics = [
-                    ("map50", "", scores["map50"]),
-                    ("map50_95", "", scores["map50_95"]),
-                    ("ultralytics_map50", "", ultra["map50"]),
-                    ("ultralytics_map50_95", "", ultra["map50_95"]),
-                ]
-                metrics += [
-                    ("class_ap", name, value) for name, value in scores["per_class"].items()
-                ]
-                rows += [
-                    {**base, "metric": m, "label": label, "value": v} for m, label, v in metrics
-                ]
-                advance(1)
+            )
+        )
+        for seed in range(settings.seeds):
+            plan.append((arm, seed, epochs))
+            tasks.append((data_yaml, work / "runs" / f"{arm}-{seed}", settings, seed, epochs))
+    workers = settings.workers or detector_workers()
+    with image_progress(len(tasks), "training detectors", unit="model") as advance:
+        trained = in_processes(train_and_evaluate, tasks, workers, advance)
+    rows = []
+    for (arm, seed, epochs), (ultra, predictions, seconds) in zip(plan, trained, strict=True):
+        for prediction in predictions:  # ultralytics writes category_id = class + 1
+            prediction["category_id"] = categories[int(prediction["category_id"]) - 1]["id"]
+        scores = coco_eval(ground_truth, predictions)
+        masks = coco_eval(ground_truth, predictions, "segm") if segments else None
+        base = {
+            "task": "detect",
+            "arm": arm,
+            "ratio": n_synthetic / n_real if arm == "augmented" else 0.0,
+            "ratio_trained": n_synthetic / n_real if arm == "augmented" else 0.0,
+            "shots": 0,
+            "seed": seed,
+            "model": model_name(settings),
+            "steps": epochs,
+            "n_real": n_real,
+            "n_synthetic": n_synthetic if arm == "augmented" else 0,
+            "n_test": len(val_coco["images"]),
+            "wall_s": seconds,
+        }
+        metrics = [
+            ("map50", "", scores["map50"]),
+            ("map50_95", "", scores["map50_95"]),
+            ("ultralytics_map50", "", ultra["map50"]),
+            ("ultralytics_map50_95", "", ultra["map50_95"]),
+        ]
+        metrics += [("class_ap", name, value) for name, value in scores["per_class"].items()]
+        if masks is not None:
+            metrics += [
+                ("mask_map50", "", masks["map50"]),
+                ("mask_map50_95", "", masks["map50_95"]),
+                ("ultralytics_mask_map50_95", "", ultra["mask_map50_95"]),
+            ]
+            metrics += [("mask_class_ap", n, v) for n, v in masks["per_class"].items()]
+        rows += [{**base, "metric": m, "label": label, "value": v} for m, label, v in metrics]
     results = pd.DataFrame(rows)
     write_results(results, out, {"detect": asdict(settings)})
     scores = results[results["metric"] == "map50_95"].groupby("arm")["value"]

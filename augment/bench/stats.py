@@ -88,4 +88,5 @@ def paired_gain(
                 "n_pairs": len(diffs),
             }
         )
-    return pd.DataFrame(rows)
+    columns = ["task", "arm", "ratio", "shots", "metric", "label", "gain", "ci_low", "ci_high"]
+    return pd.DataFrame(rows, columns=[*columns, "n_pairs"])  # its columns even when empty

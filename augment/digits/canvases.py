@@ -1,4 +1,4 @@
-"""The digits detection world: digits on 96 px canvases, with boxes.
+"""The digits detection world: digits on 96 px canvases, with boxes and masks (the ink).
 
 Real canvases come from real digits (the classifier's pool for training, the held-out test
 split for validation) and are written as a COCO dataset. Synthetic canvases are not made here:
@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from augment.errors import at_least
+from augment.errors import AugmentError, at_least
 from augment.labels import Canvas, compose_canvases
+from augment.labels.segment import encode_rle
 
 CANVAS_SIZE = 96
 
@@ -45,16 +46,19 @@ def write_coco(canvases: list[Canvas], folder: Path, first_id: int = 1) -> Path:
         images.append(
             {"id": image_id, "file_name": f"{image_id}.png", "width": width, "height": height}
         )
-        for category_id, (x, y, w, h) in canvas.boxes:
+        for (category_id, (x, y, w, h)), source, mask in zip(
+            canvas.boxes, canvas.sources, canvas.masks, strict=True
+        ):
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
                     "category_id": category_id,
                     "bbox": [x, y, w, h],
-                    "area": w * h,
+                    "area": int(mask.sum()),
                     "iscrowd": 0,
-                    "segmentation": [],
+                    "segmentation": {"size": [height, width], "counts": encode_rle(mask)},
+                    "source": source,  # which real digit (digits-<index>) this is
                 }
             )
     document = {
@@ -70,20 +74,45 @@ def write_coco(canvases: list[Canvas], folder: Path, first_id: int = 1) -> Path:
 
 
 def real_canvases(
-    folder: Path, train_count: int = 300, val_count: int = 150, seed: int = 0
+    folder: Path,
+    train_count: int = 300,
+    val_count: int = 150,
+    seed: int = 0,
+    per_class: int | None = None,
 ) -> Path:
-    """OUT/{train,val}/annotations.json from real digits: pool -> train, test -> val."""
+    """OUT/{train,val}/annotations.json from real digits: pool -> train, test -> val.
+
+    `per_class` real digits of each class (drawn with `seed`) make every train canvas, the
+    few-shot regime the classifier benchmark measures; None uses the whole pool (30 a class)."""
     at_least("train canvases", train_count, 1)
     at_least("val canvases", val_count, 1)
-    from augment.digits.data import digit_splits, load_digit_images
+    from augment.digits.data import (
+        DIGIT_NAMES,
+        POOL_PER_CLASS,
+        digit_splits,
+        load_digit_images,
+    )
 
     images, labels = load_digit_images(32)
     splits = digit_splits()
-    for name, split, count, offset in (
-        ("train", "pool", train_count, 0),
-        ("val", "test", val_count, 1),
+    pool = splits["pool"]
+    if per_class is not None:
+        at_least("real digits per class", per_class, 1)
+        if per_class > POOL_PER_CLASS:
+            raise AugmentError(
+                f"the pool holds {POOL_PER_CLASS} real digits a class; ask for at most that "
+                f"many per class, not {per_class}"
+            )
+        rng = np.random.default_rng(seed)
+        chosen = [
+            rng.choice(pool[labels[pool] == label], per_class, replace=False)
+            for label in range(len(DIGIT_NAMES))
+        ]
+        pool = np.sort(np.concatenate(chosen))
+    for name, rows, count, offset in (
+        ("train", pool, train_count, 0),
+        ("val", splits["test"], val_count, 1),
     ):
-        rows = splits[split]
         canvases = compose_canvases(
             images[rows],
             labels[rows] + 1,

@@ -8,7 +8,7 @@ detection sets differ only in where their objects came from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -19,9 +19,13 @@ class Canvas:
     pixels: np.ndarray  # H x W x 3 uint8
     boxes: list[tuple[int, list[float]]]  # (category_id, [x, y, w, h])
     sources: list[str]  # ids of the pasted objects
+    masks: list[np.ndarray] = field(default_factory=list)  # H x W bool: each object's ink
 
 
-def ink_box(patch: np.ndarray, threshold: int = 48) -> tuple[int, int, int, int] | None:
+INK_THRESHOLD = 48  # grey level above which a pixel of a dark-background object is ink
+
+
+def ink_box(patch: np.ndarray, threshold: int = INK_THRESHOLD) -> tuple[int, int, int, int] | None:
     """Tight (x, y, w, h) around pixels brighter than `threshold`, or None if there are none."""
     mask = patch.max(axis=-1) > threshold
     if not mask.any():
@@ -52,7 +56,8 @@ def compose_canvases(
     seed: int = 0,
 ) -> list[Canvas]:
     """`count` canvases, each with 1..3 objects drawn (without replacement while they last),
-    scaled to `scale` pixels, placed without overlap; the maximum of pixels where they meet."""
+    scaled to `scale` pixels, placed without overlap; the maximum of pixels where they meet.
+    Each object's mask is its ink (`ink_box`'s threshold) where it landed."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(objects))
     cursor = 0
@@ -60,7 +65,7 @@ def compose_canvases(
     for _ in range(count):
         canvas = np.zeros((size, size, 3), np.uint8)
         placed: list[tuple] = []
-        boxes, sources = [], []
+        boxes, sources, masks = [], [], []
         for _ in range(rng.integers(per_canvas[0], per_canvas[1] + 1)):
             if cursor == len(order):
                 order, cursor = rng.permutation(len(objects)), 0
@@ -83,7 +88,10 @@ def compose_canvases(
             placed.append(where)
             boxes.append((int(category_ids[index]), [float(v) for v in where]))
             sources.append(object_ids[index])
-        canvases.append(Canvas(canvas, boxes, sources))
+            mask = np.zeros((size, size), bool)
+            mask[y : y + side, x : x + side] = patch.max(axis=-1) > INK_THRESHOLD
+            masks.append(mask)
+        canvases.append(Canvas(canvas, boxes, sources, masks))
     return canvases
 
 

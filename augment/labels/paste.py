@@ -34,11 +34,14 @@ from augment.taxonomy import Concept
 SEGMENTERS = ("threshold", "clipseg", "sam")
 #: Places tried for an instance before it is left out.
 PLACEMENT_TRIES = 20
+CUT_MARGIN = 2  # pixels of the render kept around its mask's box
 
 
 @dataclass(frozen=True)
 class Instance:
-    """A rendered object cut to its mask's box."""
+    """A rendered object cut to its mask's box and a margin of `CUT_MARGIN` pixels around it
+    (where the render has them): a feathered paste shows the render's own soft edge there, not
+    the background."""
 
     item_id: str
     category_id: int
@@ -80,15 +83,20 @@ def load_instances(out_dir: Path, concepts: list[Concept]) -> list[Instance]:
         if box is None:
             continue
         mask = decode_rle(box["rle"], record["height"], record["width"])
+        if not mask.any():
+            continue
         x, y, w, h = (int(v) for v in box["bbox"])
+        x0, y0 = max(0, x - CUT_MARGIN), max(0, y - CUT_MARGIN)
+        x1 = min(record["width"], x + w + CUT_MARGIN)
+        y1 = min(record["height"], y + h + CUT_MARGIN)
         pixels = np.asarray(Image.open(io.BytesIO(record["image"]["bytes"])).convert("RGB"))
         instances.append(
             Instance(
                 record["item_id"],
                 box["category_id"],
                 by_category.get(box["category_id"]),
-                pixels[y : y + h, x : x + w].copy(),
-                mask[y : y + h, x : x + w].copy(),
+                pixels[y0:y1, x0:x1].copy(),
+                mask[y0:y1, x0:x1].copy(),
             )
         )
     if not instances:
@@ -137,7 +145,7 @@ def paste_onto(
     for _ in range(int(rng.integers(low, high + 1))):
         instance = instances[int(rng.integers(len(instances)))]
         longer = rng.uniform(*settings.scale) * min(height, width)
-        factor = longer / max(instance.mask.shape)
+        factor = longer / max(mask_box(instance.mask)[2:])  # the object's side, not the cut's
         size = (
             max(1, round(instance.mask.shape[1] * factor)),
             max(1, round(instance.mask.shape[0] * factor)),

@@ -70,6 +70,31 @@ def decode_rle(counts: str, height: int, width: int) -> np.ndarray:
         return coco_mask.decode(rle).astype(bool)
 
 
+def mask_polygon(mask: np.ndarray) -> np.ndarray | None:
+    """One closed polygon (n x 2, x y pixels) tracing a mask, for formats that hold one polygon
+    an instance (YOLO segmentation). A mask in several parts is traced part by part, each part
+    joined to the path at its nearest point by a bridge of no width, so the fill is the union."""
+    import cv2
+
+    contours, _ = cv2.findContours(
+        np.ascontiguousarray(mask, dtype=np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    parts = sorted(
+        (c.reshape(-1, 2).astype(np.float32) for c in contours if len(c) >= 3),
+        key=len,
+        reverse=True,
+    )
+    if not parts:
+        return None
+    path = parts[0]
+    for part in parts[1:]:
+        distance = ((path[:, None, :] - part[None, :, :]) ** 2).sum(-1)
+        i, j = np.unravel_index(int(distance.argmin()), distance.shape)
+        around = np.roll(part, -j, axis=0)
+        path = np.concatenate([path[: i + 1], around, around[:1], path[i:]])
+    return path
+
+
 def border_share(mask: np.ndarray) -> float:
     """The share of the image's border pixels that the mask covers."""
     border = np.concatenate([mask[0], mask[-1], mask[1:-1, 0], mask[1:-1, -1]])

@@ -27,9 +27,14 @@ def exporters() -> dict[str, Callable[[Path, list[dict], Iterator[dict]], Path]]
     """Format -> exporter(folder, categories, records), which writes into `folder`."""
     from augment.sinks.coco import export_coco
     from augment.sinks.imagefolder import export_imagefolder
-    from augment.sinks.yolo import export_yolo
+    from augment.sinks.yolo import export_yolo, export_yolo_segments
 
-    return {"coco": export_coco, "yolo": export_yolo, "imagefolder": export_imagefolder}
+    return {
+        "coco": export_coco,
+        "yolo": export_yolo,
+        "yolo-seg": export_yolo_segments,
+        "imagefolder": export_imagefolder,
+    }
 
 
 def export(out_dir: Path, formats: list[str], include_flagged: bool = False) -> dict[str, Path]:

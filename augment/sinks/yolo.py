@@ -5,13 +5,18 @@ lists the names and, as a comment-free extra key, the category id of each index.
 `download:` key, so ultralytics never tries the network, and no `path:` key, so ultralytics takes
 the folder of data.yaml as the root and the export can be moved. Synthetic images are training
 data: the same folder serves as `val`, and benchmarks validate on real images instead.
+
+`yolo-seg` (OUT/yolo-seg) is ultralytics' segmentation format: one polygon a line, traced from
+the instance's mask (a mask in parts joined into one path); a box without a mask is written as
+its rectangle, as the COCO export does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from augment.sinks.rows import image_file_name
@@ -29,7 +34,47 @@ def yolo_label_lines(record: dict, class_index: dict[int, int]) -> list[str]:
     return lines
 
 
-def export_yolo(yolo_dir: Path, categories: list[dict], records: Iterable[dict]) -> Path:
+def yolo_segment_line(cls: int, polygon: np.ndarray, width: int, height: int) -> str:
+    """'class x1 y1 x2 y2 ...', the polygon's points normalised to the image size."""
+    points = np.clip(polygon / np.array([width, height], np.float32), 0.0, 1.0)
+    return f"{cls} " + " ".join(f"{v:.6f}" for v in points.reshape(-1))
+
+
+def box_polygon(bbox) -> np.ndarray:
+    x, y, w, h = bbox
+    return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.float32)
+
+
+def yolo_segment_lines(record: dict, class_index: dict[int, int]) -> list[str]:
+    """One polygon line per box: its mask's outline, or its rectangle when it has no mask."""
+    from augment.labels.segment import decode_rle, mask_polygon
+
+    width, height = record["width"], record["height"]
+    lines = []
+    for box in record["boxes"] or []:
+        polygon = None
+        if box.get("rle"):
+            polygon = mask_polygon(decode_rle(box["rle"], height, width))
+        if polygon is None:
+            polygon = box_polygon(box["bbox"])
+        lines.append(yolo_segment_line(class_index[box["category_id"]], polygon, width, height))
+    return lines
+
+
+def export_yolo_segments(yolo_dir: Path, categories: list[dict], records: Iterable[dict]) -> Path:
+    """The YOLO export in ultralytics' segmentation format (polygons), for `-seg` models."""
+    return export_yolo(yolo_dir, categories, records, yolo_segment_lines)
+
+
+def export_yolo(
+    yolo_dir: Path,
+    categories: list[dict],
+    records: Iterable[dict],
+    label_lines: Callable[[dict, dict[int, int]], list[str]] | None = None,
+) -> Path:
+    """data.yaml + images/ + labels/, each label file written by `label_lines` (default: the
+    box lines, looked up when called)."""
+    label_lines = label_lines or yolo_label_lines
     images_dir, labels_dir = yolo_dir / "images", yolo_dir / "labels"
     images_dir.mkdir(parents=True, exist_ok=True)
     labels_dir.mkdir(parents=True, exist_ok=True)
@@ -38,7 +83,7 @@ def export_yolo(yolo_dir: Path, categories: list[dict], records: Iterable[dict])
     for record in records:
         name = image_file_name(record)
         (images_dir / name).write_bytes(record["image"]["bytes"])
-        lines = yolo_label_lines(record, class_index)
+        lines = label_lines(record, class_index)
         (labels_dir / name).with_suffix(".txt").write_text("\n".join(lines) + "\n" * bool(lines))
     data = {
         "train": "images",
