@@ -16,9 +16,12 @@ thread per worker keeps images identical however many workers run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import signal
+import threading
 import time
 import traceback
 from collections import deque
@@ -242,36 +245,58 @@ def run_ray(
     queue = deque(blocks)
     in_flight: dict = {}  # ObjectRef -> (actor, block)
     restarts = 0
-    try:
-        while queue or in_flight:
-            busy = {id(actor) for actor, _ in in_flight.values()}
+    with interrupt_flag() as interrupted:
+        try:
+            while queue or in_flight:
+                if interrupted.is_set():  # raised here, between blocks, never inside Ray
+                    raise KeyboardInterrupt
+                busy = {id(actor) for actor, _ in in_flight.values()}
+                for actor in actors:
+                    if queue and id(actor) not in busy:
+                        block = queue.popleft()
+                        in_flight[actor.render.remote(block)] = (actor, block)
+                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+                if not ready:
+                    continue
+                actor, block = in_flight.pop(ready[0])
+                try:
+                    result = ray.get(ready[0])
+                except RayActorError as exc:
+                    restarts += 1
+                    if restarts > max_restarts:
+                        raise AugmentError(
+                            f"Ray workers died {restarts} times ({exc.__class__.__name__}); "
+                            "committed shards are kept: rerun the same command to resume"
+                        ) from exc
+                    log.warning("a worker died; restarting it and re-queueing %s", block.shard)
+                    actors[actors.index(actor)] = start_worker()
+                    queue.appendleft(block)
+                    continue
+                except RayTaskError as exc:
+                    if isinstance(exc.cause, AugmentError):  # a user error: its own message
+                        raise exc.cause from None
+                    raise
+                on_result(block, result)
+        finally:
             for actor in actors:
-                if queue and id(actor) not in busy:
-                    block = queue.popleft()
-                    in_flight[actor.render.remote(block)] = (actor, block)
-            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
-            actor, block = in_flight.pop(ref)
-            try:
-                result = ray.get(ref)
-            except RayActorError as exc:
-                restarts += 1
-                if restarts > max_restarts:
-                    raise AugmentError(
-                        f"Ray workers died {restarts} times ({exc.__class__.__name__}); "
-                        "committed shards are kept: rerun the same command to resume"
-                    ) from exc
-                log.warning("a worker died; restarting it and re-queueing %s", block.shard)
-                actors[actors.index(actor)] = start_worker()
-                queue.appendleft(block)
-                continue
-            except RayTaskError as exc:
-                if isinstance(exc.cause, AugmentError):  # a user error: its own message
-                    raise exc.cause from None
-                raise
-            on_result(block, result)
+                ray.kill(actor)
+
+
+@contextlib.contextmanager
+def interrupt_flag():
+    """Ctrl-C sets an event that the render loop checks between waits, instead of raising
+    wherever the main thread is: a KeyboardInterrupt raised inside Ray's wait could be lost
+    there (seen as a run that went on to its end after one Ctrl-C). Outside the main thread
+    signals cannot be caught, and the event is never set."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: event.set())
+    try:
+        yield event
     finally:
-        for actor in actors:
-            ray.kill(actor)
+        signal.signal(signal.SIGINT, previous)
 
 
 DISTRIBUTORS = {"local": run_local, "ray": run_ray}
