@@ -147,15 +147,17 @@ def annotation_mask(annotation: dict, height: int, width: int) -> np.ndarray | N
     """A COCO annotation's mask (RLE or polygons), or None when it has none."""
     from pycocotools import mask as coco_mask
 
+    from augment.labels.segment import decode_rle
+
     segmentation = annotation.get("segmentation")
     if not segmentation:
         return None
+    if isinstance(segmentation, dict) and isinstance(segmentation["counts"], str):
+        return decode_rle(segmentation["counts"], height, width)  # compressed RLE, as we write
     if isinstance(segmentation, list):  # polygons
         rle = coco_mask.merge(coco_mask.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation["counts"], list):  # uncompressed RLE
+    else:  # uncompressed RLE
         rle = coco_mask.frPyObjects(segmentation, height, width)
-    else:
-        rle = {**segmentation, "counts": segmentation["counts"].encode("ascii")}
     with warnings.catch_warnings():  # pycocotools' numpy-2 copy= notice, on every call
         warnings.simplefilter("ignore", DeprecationWarning)
         return coco_mask.decode(rle).astype(bool)
