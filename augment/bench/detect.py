@@ -173,8 +173,7 @@ def write_yolo_split(
 ) -> int:
     """Images (named by COCO id) + YOLO label files, boxes or (`segments`) polygons from the
     masks (a mask-less box as its rectangle); returns the number of images."""
-    from augment.labels.segment import mask_polygon
-    from augment.sinks.yolo import box_polygon, yolo_segment_line
+    from augment.sinks.yolo import yolo_box_line, yolo_instance_line
 
     (target / "images").mkdir(parents=True, exist_ok=True)
     (target / "labels").mkdir(parents=True, exist_ok=True)
@@ -186,21 +185,14 @@ def write_yolo_split(
         source = images_dir / image["file_name"]
         shutil.copyfile(source, target / "images" / f"{stem}{source.suffix}")
         lines = []
+        width, height = image["width"], image["height"]
         for ann in by_image.get(image["id"], []):
+            cls = class_index[ann["category_id"]]
             if segments:
-                mask = annotation_mask(ann, image["height"], image["width"])
-                polygon = None if mask is None else mask_polygon(mask)
-                if polygon is None:
-                    polygon = box_polygon(ann["bbox"])
-                cls = class_index[ann["category_id"]]
-                lines.append(yolo_segment_line(cls, polygon, image["width"], image["height"]))
-                continue
-            x, y, w, h = ann["bbox"]
-            cx, cy = (x + w / 2) / image["width"], (y + h / 2) / image["height"]
-            lines.append(
-                f"{class_index[ann['category_id']]} {cx:.6f} {cy:.6f} "
-                f"{w / image['width']:.6f} {h / image['height']:.6f}"
-            )
+                mask = annotation_mask(ann, height, width)
+                lines.append(yolo_instance_line(cls, ann["bbox"], mask, width, height))
+            else:
+                lines.append(yolo_box_line(cls, ann["bbox"], width, height))
         (target / "labels" / f"{stem}.txt").write_text("\n".join(lines) + "\n" * bool(lines))
     return len(coco["images"])
 

@@ -34,7 +34,7 @@ class DemoSize:
 
 
 # The detector's training settings on the digits world (ultralytics names, see DetectSettings):
-# no mirroring (a mirrored 2 is no digit) and no mosaic (it shrinks 17-27 px digits below what
+# no mirroring (a mirrored 2 is no digit) and no mosaic (it shrinks the 20-32 px digits below what
 # a 96 px detector resolves); SGD that steps every batch of 16 instead of every 64 images.
 DIGITS_DETECTOR = {
     "fliplr": 0.0,

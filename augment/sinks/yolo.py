@@ -22,42 +22,45 @@ import yaml
 from augment.sinks.rows import image_file_name
 
 
-def yolo_label_lines(record: dict, class_index: dict[int, int]) -> list[str]:
-    """'class cx cy w h' lines, normalised to the image size."""
-    width, height = record["width"], record["height"]
-    lines = []
-    for box in record["boxes"] or []:
-        x, y, w, h = box["bbox"]
-        cx, cy = (x + w / 2) / width, (y + h / 2) / height
-        cls = class_index[box["category_id"]]
-        lines.append(f"{cls} {cx:.6f} {cy:.6f} {w / width:.6f} {h / height:.6f}")
-    return lines
+def yolo_box_line(cls: int, bbox, width: int, height: int) -> str:
+    """'class cx cy w h', normalised to the image size."""
+    x, y, w, h = bbox
+    cx, cy = (x + w / 2) / width, (y + h / 2) / height
+    return f"{cls} {cx:.6f} {cy:.6f} {w / width:.6f} {h / height:.6f}"
 
 
-def yolo_segment_line(cls: int, polygon: np.ndarray, width: int, height: int) -> str:
-    """'class x1 y1 x2 y2 ...', the polygon's points normalised to the image size."""
+def yolo_instance_line(cls: int, bbox, mask: np.ndarray | None, width: int, height: int) -> str:
+    """'class x1 y1 x2 y2 ...': the mask's outline (`mask_polygon`), or the box's rectangle
+    when there is no mask, each point normalised to the image size."""
+    from augment.labels.segment import mask_polygon
+
+    polygon = None if mask is None else mask_polygon(mask)
+    if polygon is None:
+        x, y, w, h = bbox
+        polygon = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.float32)
     points = np.clip(polygon / np.array([width, height], np.float32), 0.0, 1.0)
     return f"{cls} " + " ".join(f"{v:.6f}" for v in points.reshape(-1))
 
 
-def box_polygon(bbox) -> np.ndarray:
-    x, y, w, h = bbox
-    return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.float32)
+def yolo_label_lines(record: dict, class_index: dict[int, int]) -> list[str]:
+    """One box line per box of the record."""
+    width, height = record["width"], record["height"]
+    return [
+        yolo_box_line(class_index[box["category_id"]], box["bbox"], width, height)
+        for box in record["boxes"] or []
+    ]
 
 
 def yolo_segment_lines(record: dict, class_index: dict[int, int]) -> list[str]:
     """One polygon line per box: its mask's outline, or its rectangle when it has no mask."""
-    from augment.labels.segment import decode_rle, mask_polygon
+    from augment.labels.segment import decode_rle
 
     width, height = record["width"], record["height"]
     lines = []
     for box in record["boxes"] or []:
-        polygon = None
-        if box.get("rle"):
-            polygon = mask_polygon(decode_rle(box["rle"], height, width))
-        if polygon is None:
-            polygon = box_polygon(box["bbox"])
-        lines.append(yolo_segment_line(class_index[box["category_id"]], polygon, width, height))
+        mask = decode_rle(box["rle"], height, width) if box.get("rle") else None
+        cls = class_index[box["category_id"]]
+        lines.append(yolo_instance_line(cls, box["bbox"], mask, width, height))
     return lines
 
 
