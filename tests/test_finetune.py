@@ -130,6 +130,31 @@ def test_finetune_lowers_the_loss_and_generation_loads_it(tmp_path: Path, method
     assert np.abs(changed - render(base)).mean() > 1e-4
 
 
+@pytest.mark.parametrize(
+    ("model", "parts"),
+    [
+        ("tiny-sd", {"unet", "text_encoder"}),
+        ("tiny-sdxl", {"unet", "text_encoder", "text_encoder_2"}),
+    ],
+)
+def test_lora_with_the_text_encoder_saves_and_loads_its_layers(tmp_path: Path, model, parts):
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    folder = tmp_path / "adapter"
+    card = train_adapter(
+        base_model(model), [nine()], settings("lora", train_text_encoder=True), folder
+    )
+    assert card["fixed_loss"]["end"] < card["fixed_loss"]["start"]
+    weights = load_file(folder / LORA_FILE)
+    assert {key.split(".")[0] for key in weights} == parts
+    base = base_model(model)
+    only_unet = tmp_path / "unet-only"
+    train_adapter(base, [nine()], settings("lora"), only_unet)
+    with_text = render(base, **loaded_by_generation("lora", folder, card))
+    assert np.abs(with_text - render(base, loras=[LoraSpec(path=str(only_unet))])).mean() > 1e-5
+
+
 def test_textual_inversion_on_sdxl_learns_one_vector_per_text_encoder(tmp_path: Path):
     from safetensors.torch import load_file
 

@@ -151,14 +151,19 @@ class Trainer:
                 )
             )
             if s.train_text_encoder:
+                # peft's own injection: transformers' `add_adapter` asks for a newer peft than
+                # PyPI has (transformers 5.24 wants >= 0.22); the weights and names are the same.
+                from peft import inject_adapter_in_model
+
                 for _, encoder, _ in self.encoders:
-                    encoder.add_adapter(
+                    inject_adapter_in_model(
                         LoraConfig(
                             r=s.rank,
                             lora_alpha=s.rank,
                             init_lora_weights="gaussian",
                             target_modules=TEXT_TARGETS,
-                        )
+                        ),
+                        encoder,
                     )
             return []
         pipe.unet.requires_grad_(True)  # dreambooth
