@@ -70,7 +70,7 @@ FULL = PersonaliseSize(
     classifier_steps=600,
     lora_steps=300,
     inversion_steps=300,
-    render_steps=25,
+    render_steps=15,
 )
 QUICK = PersonaliseSize(
     seeds=2,
@@ -200,6 +200,7 @@ def run_personalise(out: Path, quick: bool = False, workers: int | None = None) 
         train_and_score_all,
     )
     from augment.bench.data import ImageSet, load_synthetic
+    from augment.bench.workers import default_workers, in_processes
     from augment.digits.data import real_digits
     from augment.finetuning import TaughtConcept, train_image
     from augment.progress import quiet_libraries
@@ -227,7 +228,7 @@ def run_personalise(out: Path, quick: bool = False, workers: int | None = None) 
 
     base = str(registry.resolve("model", NINE_CLASS_MODEL, "personalise"))
     nine = DIGIT_NAMES.index(HELD_OUT)
-    adapters: dict[tuple[str, int], dict] = {}
+    jobs, finetunes = [], []
     for seed in range(size.seeds):
         rows = few_shot(real32.pool, size.shots, seed)
         nines = [
@@ -238,25 +239,27 @@ def run_personalise(out: Path, quick: bool = False, workers: int | None = None) 
         concept = TaughtConcept(HELD_OUT, HELD_OUT, TOKEN, tuple(nines))
         for method in ("lora", "textual_inversion"):
             folder = root / "adapters" / f"{method}-seed{seed}"
-            settings = finetune_settings(method, size, seed)
-            card, trained = fine_tuned(base, concept, settings, folder)
-            adapters[(method, seed)] = card
-            extra = (
-                {"loras": [{"path": str(folder)}]}
-                if method == "lora"
-                else {
-                    "textual_inversions": [{"path": str(folder / card["files"][0]), "token": TOKEN}]
-                }
-            )
-            folders[(method, seed)] = rendered(
-                f"{method}-seed{seed}",
-                NINE_CLASS_MODEL,
-                INSTANCE_PROMPT,
-                [HELD_OUT],
-                1,
-                force=trained,
-                **extra,
-            )
+            jobs.append((method, seed, folder))
+            finetunes.append((base, concept, finetune_settings(method, size, seed), folder))
+    # Two one-thread fine-tunes at once use two cores better than one two-thread one.
+    trained_now = in_processes(fine_tuned, finetunes, workers or default_workers())
+    adapters: dict[tuple[str, int], dict] = {}
+    for (method, seed, folder), (card, trained) in zip(jobs, trained_now, strict=True):
+        adapters[(method, seed)] = card
+        extra = (
+            {"loras": [{"path": str(folder)}]}
+            if method == "lora"
+            else {"textual_inversions": [{"path": str(folder / card["files"][0]), "token": TOKEN}]}
+        )
+        folders[(method, seed)] = rendered(
+            f"{method}-seed{seed}",
+            NINE_CLASS_MODEL,
+            INSTANCE_PROMPT,
+            [HELD_OUT],
+            1,
+            force=trained,
+            **extra,
+        )
 
     classes = real16.classes
     shared = load_synthetic(folders["others"], classes, 16)
