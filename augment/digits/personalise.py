@@ -374,7 +374,20 @@ def plot_arms(summary: dict, path: Path) -> Path:
     plt = pyplot()
     arms = summary["arms"]
     names = list(arms)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    # Seeds move every arm together, so the paired gain is narrower than the arms' own intervals.
+    gains = [n for n in names if arms[n].get("held_out_gain")]
+    entries = [arms[n]["held_out_gain"] for n in gains]
+    axes[2].bar(
+        range(len(gains)),
+        [e["mean"] for e in entries],
+        yerr=[[e["mean"] - e["low"] for e in entries], [e["high"] - e["mean"] for e in entries]],
+        capsize=4,
+        color="#dd8452",
+    )
+    axes[2].axhline(0, color="black", linewidth=0.8)
+    axes[2].set_xticks(range(len(gains)), [n.replace("_", "\n") for n in gains], fontsize=8)
+    axes[2].set_title(f"paired gain over real-only on '{HELD_OUT}' (points)", fontsize=10)
     for ax, key, title in (
         (axes[0], "held_out_accuracy", f"test accuracy on '{HELD_OUT}' (%)"),
         (axes[1], "top1", "overall test accuracy (%)"),
