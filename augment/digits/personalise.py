@@ -62,7 +62,7 @@ class PersonaliseSize:
 
 
 #: The demo's classifier settings (10 shots, 600 steps, 16 px), 5 seeds, x10 synthetic, DDIM 15
-#: steps: 564 s on 2 cores (the demo's x30 took 637 s at guidance 1 and 25 steps, over the
+#: steps: 573 s on 2 cores (the demo's x30 took 637 s at guidance 1 and 25 steps, over the
 #: 10-minute budget; x10 at guidance 2 and 25 steps, 676 s).
 FULL = PersonaliseSize(
     seeds=5,
