@@ -45,7 +45,6 @@ def main() -> None:
 
     import numpy as np
     import pandas as pd
-    from PIL import Image
 
     from augment import registry
     from augment.bench.classify import (
@@ -58,12 +57,11 @@ def main() -> None:
     from augment.config import load_spec
     from augment.digits import personalise as p
     from augment.digits.data import DIGIT_NAMES, real_digits
-    from augment.finetuning import TaughtConcept, train_adapter, train_image
+    from augment.finetuning import train_adapter
     from augment.job import RunOptions, run_job
 
     size = p.FULL
     base = str(registry.resolve("model", p.NINE_CLASS_MODEL, "sweep"))
-    nine = DIGIT_NAMES.index(p.HELD_OUT)
     real16, real32 = real_digits(16), real_digits(32)
     classes = real16.classes
     others = [n for n in DIGIT_NAMES if n != p.HELD_OUT]
@@ -95,13 +93,7 @@ def main() -> None:
             f"control-g{g}", p.NINE_CLASS_MODEL, p.NAME_PROMPT, [p.HELD_OUT], g, 1
         )
     for dev in DEV_SEEDS:
-        rows = few_shot(real32.pool, 10, dev)
-        images = tuple(
-            train_image(p.HELD_OUT, p.INSTANCE_PROMPT, Image.fromarray(image), image_id, 32)
-            for image, label, image_id in zip(rows.images, rows.labels, rows.ids, strict=True)
-            if label == nine
-        )
-        concept = TaughtConcept(p.HELD_OUT, p.HELD_OUT, p.TOKEN, images)
+        concept = p.held_out_concept(real32.pool, 10, dev)
         for method, grid in GRID.items():
             for number, changes in enumerate(grid):
                 folder = args.out / f"{method}-{number}-dev{dev}"
@@ -109,11 +101,7 @@ def main() -> None:
                 card = train_adapter(
                     base, [concept], settings, folder, base_name=p.NINE_CLASS_MODEL
                 )
-                if method == "lora":
-                    extra = {"loras": [{"path": str(folder)}]}
-                else:
-                    path = str(folder / card["files"][0])
-                    extra = {"textual_inversions": [{"path": path, "token": p.TOKEN}]}
+                extra = p.adapter_generation(method, folder, card)
                 for g in GUIDANCES:
                     sources[(f"{method}-{number}", g, dev)] = rendered(
                         f"{method}-{number}-dev{dev}-g{g}",

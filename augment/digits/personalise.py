@@ -169,6 +169,30 @@ def fine_tuned(base: str, concept, settings, folder: Path) -> tuple[dict, bool]:
     return train_adapter(base, [concept], settings, folder, base_name=NINE_CLASS_MODEL), True
 
 
+def held_out_concept(pool, shots: int, seed: int):
+    """The seed's real images of the held-out class (`few_shot`'s draw) under the new token."""
+    from PIL import Image
+
+    from augment.bench.classify import few_shot
+    from augment.finetuning import TaughtConcept, train_image
+
+    rows = few_shot(pool, shots, seed)
+    label = DIGIT_NAMES.index(HELD_OUT)
+    images = tuple(
+        train_image(HELD_OUT, INSTANCE_PROMPT, Image.fromarray(image), image_id, 32)
+        for image, row_label, image_id in zip(rows.images, rows.labels, rows.ids, strict=True)
+        if row_label == label
+    )
+    return TaughtConcept(HELD_OUT, HELD_OUT, TOKEN, images)
+
+
+def adapter_generation(method: str, folder: Path, card: dict) -> dict:
+    """The `generation:` entries that render with a fine-tune's output."""
+    if method == "lora":
+        return {"loras": [{"path": str(folder)}]}
+    return {"textual_inversions": [{"path": str(folder / card["files"][0]), "token": TOKEN}]}
+
+
 def scorer_reads_as_nine(folder: Path) -> float:
     """Share of a run's images that `builtin:digits-scorer` gives 'nine' a probability >= 0.5
     among the ten digits (the demo filter's rule)."""
@@ -193,7 +217,6 @@ def scorer_reads_as_nine(folder: Path) -> float:
 
 def run_personalise(out: Path, quick: bool = False, workers: int | None = None) -> dict:
     """Run every arm into OUT/personalise; returns the figures (also in its summary.json)."""
-    from PIL import Image
 
     from augment.bench.classify import (
         ClassifySettings,
@@ -204,7 +227,6 @@ def run_personalise(out: Path, quick: bool = False, workers: int | None = None) 
     from augment.bench.data import ImageSet, load_synthetic
     from augment.bench.workers import default_workers, in_processes
     from augment.digits.data import real_digits
-    from augment.finetuning import TaughtConcept, train_image
     from augment.progress import quiet_libraries
 
     quiet_libraries()
@@ -229,16 +251,9 @@ def run_personalise(out: Path, quick: bool = False, workers: int | None = None) 
     from augment import registry
 
     base = str(registry.resolve("model", NINE_CLASS_MODEL, "personalise"))
-    nine = DIGIT_NAMES.index(HELD_OUT)
     jobs, finetunes = [], []
     for seed in range(size.seeds):
-        rows = few_shot(real32.pool, size.shots, seed)
-        nines = [
-            train_image(HELD_OUT, INSTANCE_PROMPT, Image.fromarray(image), image_id, 32)
-            for image, label, image_id in zip(rows.images, rows.labels, rows.ids, strict=True)
-            if label == nine
-        ]
-        concept = TaughtConcept(HELD_OUT, HELD_OUT, TOKEN, tuple(nines))
+        concept = held_out_concept(real32.pool, size.shots, seed)
         for method in ("lora", "textual_inversion"):
             folder = root / "adapters" / f"{method}-seed{seed}"
             jobs.append((method, seed, folder))
@@ -248,11 +263,6 @@ def run_personalise(out: Path, quick: bool = False, workers: int | None = None) 
     adapters: dict[tuple[str, int], dict] = {}
     for (method, seed, folder), (card, trained) in zip(jobs, trained_now, strict=True):
         adapters[(method, seed)] = card
-        extra = (
-            {"loras": [{"path": str(folder)}]}
-            if method == "lora"
-            else {"textual_inversions": [{"path": str(folder / card["files"][0]), "token": TOKEN}]}
-        )
         folders[(method, seed)] = rendered(
             f"{method}-seed{seed}",
             NINE_CLASS_MODEL,
@@ -260,7 +270,7 @@ def run_personalise(out: Path, quick: bool = False, workers: int | None = None) 
             [HELD_OUT],
             1,
             force=trained,
-            **extra,
+            **adapter_generation(method, folder, card),
         )
 
     classes = real16.classes
