@@ -50,6 +50,8 @@ Mode = Literal["txt2img", "img2img", "inpaint", "controlnet", "interpolate"]
 SOURCE_MODES = ("img2img", "inpaint", "controlnet")
 Family = Literal["auto", "sd", "sdxl"]
 DType = Literal["float32", "float16", "bfloat16"]
+Attention = Literal["sdpa", "flash", "efficient", "cudnn", "math", "eager"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 Format = Literal["parquet", "coco", "yolo", "yolo-seg", "imagefolder"]
 
 
@@ -168,10 +170,32 @@ class GenerationSpec(StrictModel):
     safety_checker: bool = Field(
         default=True, description="run the model folder's safety checker, when it has one"
     )
-    attention: Literal["sdpa", "eager"] = "sdpa"
+    attention: Attention = Field(
+        default="sdpa",
+        description="sdpa (PyTorch picks the kernel), one SDPA kernel (flash, efficient, cudnn, "
+        "math), or eager (diffusers' own matmul attention)",
+    )
     vae_slicing: bool = False
     vae_tiling: bool = False
+    channels_last: bool = Field(default=False, description="UNet and VAE in channels-last")
+    fuse_qkv: bool = Field(
+        default=False, description="fused query-key-value projections in the UNet and VAE"
+    )
     compile: bool = Field(default=False, description="torch.compile the UNet (GPU runs)")
+    compile_mode: CompileMode = Field(
+        default="default",
+        description="torch.compile's mode; reduce-overhead replays CUDA graphs (static shapes)",
+    )
+    compile_cache: str | None = Field(
+        default=None,
+        description="folder of compiled kernels reused by reruns and every worker of a node "
+        "(default: the augment cache's torch-compile/)",
+    )
+    encode_threads: int = Field(
+        default=2,
+        ge=0,
+        description="threads that PNG-encode a batch while the next one renders (0: none)",
+    )
 
     @field_validator("scheduler")
     @classmethod
@@ -203,6 +227,11 @@ class GenerationSpec(StrictModel):
             )
         if self.mask.source == "files" and not self.mask.files:
             raise ValueError("mask.source files needs mask.files: a folder of mask images")
+        if self.fuse_qkv and (self.loras or self.attention == "eager"):
+            raise ValueError(
+                "fuse_qkv fuses the attention's own projections: it cannot carry loras, nor run "
+                "with attention eager; drop fuse_qkv, or fuse the LoRA into a model first"
+            )
         return self
 
 

@@ -24,7 +24,7 @@ import signal
 import threading
 import time
 import traceback
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,8 +52,10 @@ class BlockResult:
     shard: str
     rendered: int
     flagged: int
-    seconds: float
+    seconds: float  # from the start of its rendering to its commit
     failures: list[dict] = field(default_factory=list)
+    render_seconds: float = 0.0  # holding the device: the worker's busy time is their sum
+    started_at: float = 0.0  # wall clock (time.time) when its rendering began
 
 
 def block_size(n_items: int, batch_size: int, rows_per_shard: int) -> int:
@@ -75,12 +77,21 @@ def make_blocks(
     return blocks
 
 
+#: Blocks a worker holds at once: one rendering while the one before is encoded, filtered and
+#: committed, so the device never waits for that CPU work.
+BLOCKS_IN_FLIGHT = 2
+
+
 class BlockWorker:
     """Loads the generator once; renders blocks into committed shards.
 
     A batch that raises is retried item by item, each up to `retries` times; an item that still
     fails is reported with its error and left out of the shard (a rerun tries it again), and the
     other items go on.
+
+    Safe to call from BLOCKS_IN_FLIGHT threads at once: rendering holds `render_lock` (one
+    block on the device at a time, in the order the calls took it), and the CPU-side rest of a
+    block (encoding, labels, filter, shard) runs outside it, overlapping the next block.
     """
 
     def __init__(
@@ -103,6 +114,8 @@ class BlockWorker:
         self.shards_dir = Path(shards_dir)
         self.retries = retries
         self.init_error: AugmentError | None = None
+        self.render_lock = threading.Lock()
+        self.commit_lock = threading.Lock()  # the filter's models: one block at a time
         self.filter = None
         self.segmenter = None
         self.labeller = None
@@ -135,32 +148,40 @@ class BlockWorker:
         return self(block)
 
     def __call__(self, block: Block) -> BlockResult:
-        from augment.generate.engine import batches
+        from augment.generate.engine import RecordQueue, batches
 
         if self.init_error is not None:
             raise self.init_error
-        started = time.perf_counter()
-        records: list[dict] = []
+        queue = RecordQueue(self.generator, self.settings.encode_threads)
         failures: list[dict] = []
-        for batch in batches(block.items, self.settings.batch_size):
-            try:
-                records.extend(self.generator(batch))
-            except Exception:  # noqa: BLE001 - one bad batch must not stop the others
-                for item in batch:
-                    record, failure = self.render_alone(item)
-                    records.extend(record)
-                    failures.extend(failure)
-        if records and self.labeller is not None:
-            records = self.labeller(records)
-        if records and self.segmenter is not None:
-            records = self.segmenter(records)
-        if records and self.filter is not None:
-            records = self.filter(records)
-        if records:
-            write_shard(self.shards_dir, block.shard, records)
+        with self.render_lock:
+            started, started_at = time.perf_counter(), time.time()
+            for batch in batches(block.items, self.settings.batch_size):
+                try:
+                    rendered = self.generator.render_items(batch)
+                except Exception:  # noqa: BLE001 - one bad batch must not stop the others
+                    for item in batch:
+                        record, failure = self.render_alone(item)
+                        queue.add_records(record)
+                        failures.extend(failure)
+                    continue
+                for group in rendered:
+                    queue.add(group)
+            render_seconds = time.perf_counter() - started
+        with self.commit_lock:
+            records = queue.finish()
+            if records and self.labeller is not None:
+                records = self.labeller(records)
+            if records and self.segmenter is not None:
+                records = self.segmenter(records)
+            if records and self.filter is not None:
+                records = self.filter(records)
+            if records:
+                write_shard(self.shards_dir, block.shard, records)
         flagged = sum(any(r[flag] for flag in FLAGS) for r in records)
+        seconds = time.perf_counter() - started
         return BlockResult(
-            block.shard, len(records), flagged, time.perf_counter() - started, failures
+            block.shard, len(records), flagged, seconds, failures, render_seconds, started_at
         )
 
     def render_alone(self, item: WorkItem) -> tuple[list[dict], list[dict]]:
@@ -177,16 +198,31 @@ OnResult = Callable[[Block, BlockResult], None]
 
 
 def run_local(blocks: list[Block], worker_kwargs: dict, on_result: OnResult, **_) -> None:
-    """Render every block in this process, one after the other."""
+    """Render every block in this process, in order, the next one rendering while the one
+    before is committed."""
     import torch
 
     threads = torch.get_num_threads()
     try:
-        worker = BlockWorker(**worker_kwargs)
-        for block in blocks:
-            on_result(block, worker(block))
+        render_with(BlockWorker(**worker_kwargs), blocks, on_result)
     finally:
         torch.set_num_threads(threads)
+
+
+def render_with(worker: BlockWorker, blocks: list[Block], on_result: OnResult) -> None:
+    """Blocks through one loaded worker, BLOCKS_IN_FLIGHT at a time, results in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(BLOCKS_IN_FLIGHT, "block") as pool:
+        pending: deque = deque()
+        for block in blocks:
+            pending.append((block, pool.submit(worker, block)))
+            if len(pending) >= BLOCKS_IN_FLIGHT:
+                done, future = pending.popleft()
+                on_result(done, future.result())
+        while pending:
+            done, future = pending.popleft()
+            on_result(done, future.result())
 
 
 def connect_ray(address: str | None = None) -> None:
@@ -236,7 +272,9 @@ def run_ray(
             "--workers %d: this Ray cluster has %s; running %d workers", workers, unit, capacity
         )
     count = max(1, min(workers or capacity, capacity, len(blocks)))
-    actor_class = ray.remote(BlockWorker).options(**options, max_restarts=0)
+    actor_class = ray.remote(BlockWorker).options(
+        **options, max_restarts=0, max_concurrency=BLOCKS_IN_FLIGHT
+    )
 
     def start_worker():
         return actor_class.remote(**{**worker_kwargs, "threads": threads})
@@ -250,11 +288,12 @@ def run_ray(
             while queue or in_flight:
                 if interrupted.is_set():  # raised here, between blocks, never inside Ray
                     raise KeyboardInterrupt
-                busy = {id(actor) for actor, _ in in_flight.values()}
+                held = Counter(id(actor) for actor, _ in in_flight.values())
                 for actor in actors:
-                    if queue and id(actor) not in busy:
+                    while queue and held[id(actor)] < BLOCKS_IN_FLIGHT:
                         block = queue.popleft()
                         in_flight[actor.render.remote(block)] = (actor, block)
+                        held[id(actor)] += 1
                 ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
                 if not ready:
                     continue
@@ -262,6 +301,9 @@ def run_ray(
                 try:
                     result = ray.get(ready[0])
                 except RayActorError as exc:
+                    if not any(actor is alive for alive in actors):  # already replaced
+                        queue.appendleft(block)
+                        continue
                     restarts += 1
                     if restarts > max_restarts:
                         raise AugmentError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import shutil
 import time
@@ -66,6 +67,7 @@ class RunResult:
     flagged: int
     failed: int
     seconds: float
+    rendering_seconds: float = 0.0  # the first block's start to the last block's commit
     outputs: dict[str, Path] = field(default_factory=dict)
     #: What failed, as in manifest.json: {"item_id", "error"} or {"source", "error"}.
     failures: list[dict] = field(default_factory=list)
@@ -223,6 +225,7 @@ def write_manifest(
     items: list[WorkItem],
     seconds: float,
     failures: list[dict],
+    rendering_seconds: float = 0.0,
 ) -> Path:
     """manifest.json: what is in OUT, written last (it marks a finished run). `failures` are
     items that failed to render and source images that could not be read."""
@@ -243,7 +246,7 @@ def write_manifest(
             "failed": len(failures),
             **flags,
         },
-        "timings": {"last_run_s": round(seconds, 3)},
+        "timings": {"last_run_s": round(seconds, 3), "rendering_s": round(rendering_seconds, 3)},
         "versions": package_versions(),
         "shards": shards,
         "quarantined": sorted(p.name for p in (out_dir / "quarantine").glob("*.parquet")),
@@ -283,6 +286,14 @@ class RunOptions:
         at_least("retries", self.retries, 0)
 
 
+@dataclass
+class Rendering:
+    rendered: int
+    flagged: int
+    failures: list[dict]
+    seconds: float  # from the first block's start to the last block's commit
+
+
 def render_blocks(
     spec: JobSpec,
     concepts: list[Concept],
@@ -290,8 +301,8 @@ def render_blocks(
     done: set[str],
     out_dir: Path,
     options: RunOptions,
-) -> tuple[int, int, list[dict]]:
-    """Render the plan items not in `done`; returns (rendered, flagged, failures)."""
+) -> Rendering:
+    """Render the plan items not in `done`."""
     from augment.distribute import DISTRIBUTORS, block_size, make_blocks
     from augment.progress import image_progress
 
@@ -305,6 +316,7 @@ def render_blocks(
         "retries": options.retries,
     }
     totals = {"rendered": 0, "flagged": 0}
+    span = [math.inf, -math.inf]  # the first block's start, the last block's commit
     failures: list[dict] = []
     with image_progress(sum(len(b.items) for b in blocks), "rendering") as advance:
 
@@ -312,6 +324,7 @@ def render_blocks(
             totals["rendered"] += result.rendered
             totals["flagged"] += result.flagged
             failures.extend(result.failures)
+            span[:] = min(span[0], result.started_at), max(span[1], time.time())
             advance(len(block.items))
 
         DISTRIBUTORS[options.distributor](
@@ -321,7 +334,8 @@ def render_blocks(
             workers=options.workers,
             address=options.address,
         )
-    return totals["rendered"], totals["flagged"], failures
+    rendering = max(0.0, span[1] - span[0]) if blocks else 0.0
+    return Rendering(totals["rendered"], totals["flagged"], failures, rendering)
 
 
 def resume_point(out_dir: Path) -> set[str]:
@@ -490,8 +504,8 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
     parquet.remove_temp_files(out_dir / "shards")
     done = resume_point(out_dir)
     try:
-        rendered, flagged, failures = render_blocks(spec, concepts, items, done, out_dir, options)
-        failures += sources.unreadable if sources is not None else []
+        rendering = render_blocks(spec, concepts, items, done, out_dir, options)
+        failures = rendering.failures + (sources.unreadable if sources is not None else [])
     finally:
         parquet.remove_temp_files(out_dir / "shards")  # a worker killed mid-write leaves one
     outputs = {
@@ -500,7 +514,9 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
         "shards": out_dir / "shards",
     }
     seconds = time.perf_counter() - started
-    outputs["manifest"] = write_manifest(out_dir, spec, concepts, items, seconds, failures)
+    outputs["manifest"] = write_manifest(
+        out_dir, spec, concepts, items, seconds, failures, rendering.seconds
+    )
     if parquet.shard_paths(out_dir / "shards"):
         outputs.update(export(out_dir, spec.output.formats))
         if spec.generation.mode == "interpolate":
@@ -511,10 +527,11 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
         out_dir=out_dir,
         planned=len(items),
         skipped=sum(item.item_id in done for item in items),
-        rendered=rendered,
-        flagged=flagged,
+        rendered=rendering.rendered,
+        flagged=rendering.flagged,
         failed=len(failures),
         seconds=seconds,
+        rendering_seconds=rendering.seconds,
         outputs=outputs,
         failures=failures,
     )

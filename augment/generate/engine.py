@@ -10,15 +10,23 @@ text embeddings.
 Every output is checked: NaN or all-black images are rendered once more in float32 when the
 pipeline runs in a lower precision, and the safety checker's verdict (when the model has one)
 becomes the `nsfw` flag. Nothing is dropped: each fact is a column of the record.
+
+The device stays busy: images become uint8 and are checked where they were rendered (the GPU,
+when there is one), only uint8 crosses to the CPU, and PNG encoding and record building run on
+a few threads (`encode_threads`) while the next batch renders (`RecordQueue`).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -27,11 +35,22 @@ from augment.config import GenerationSpec, JobSpec, SpecPaths
 from augment.records import WorkItem
 from augment.sources import SourceSet
 
+log = logging.getLogger(__name__)
+
 #: An image whose brightest pixel is at most this (0..255) counts as black.
 BLACK_MAX_VALUE = 4
 
 #: Settings that do not change the pixels, left out of a record's `settings` column.
-NOT_RENDER_SETTINGS = {"device", "batch_size", "compile", "vae_slicing", "vae_tiling"}
+NOT_RENDER_SETTINGS = {
+    "device",
+    "batch_size",
+    "compile",
+    "compile_mode",
+    "compile_cache",
+    "vae_slicing",
+    "vae_tiling",
+    "encode_threads",
+}
 
 #: Settings that only some modes read: a record lists them only for those modes.
 MODE_SETTINGS = {
@@ -53,15 +72,79 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def to_uint8(image: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Float [0, 1] HWC -> uint8, and whether the float image held NaNs (then set to 0)."""
-    has_nan = bool(np.isnan(image).any())
-    image = np.nan_to_num(image, nan=0.0)
-    return (image.clip(0, 1) * 255).round().astype(np.uint8), has_nan
+def to_uint8(images) -> tuple[list[np.ndarray], list[bool], list[bool]]:
+    """A batch of float [0, 1] NCHW images, on their device -> uint8 HWC arrays on the CPU,
+    whether each held NaNs (set to 0) and whether each is black.
+
+    The arithmetic is float32 whatever the pipeline's dtype (NaN -> 0, clip, x255, round half
+    to even), so a GPU and a CPU give the same bytes; only uint8 crosses to the CPU.
+    """
+    import torch
+
+    images = images.permute(0, 2, 3, 1).float()
+    nans = torch.isnan(images).flatten(1).any(1)
+    pixels = torch.nan_to_num(images, nan=0.0).clamp(0, 1).mul(255).round().to(torch.uint8)
+    black = pixels.flatten(1).amax(1) <= BLACK_MAX_VALUE
+    return list(pixels.cpu().numpy()), nans.cpu().tolist(), black.cpu().tolist()
 
 
-def is_black(pixels: np.ndarray) -> bool:
-    return bool(pixels.max() <= BLACK_MAX_VALUE)
+@dataclass
+class Rendered:
+    """One rendered batch, before encoding: uint8 pixels and what the checks found."""
+
+    items: list[WorkItem]
+    pixels: list[np.ndarray]
+    nans: list[bool]
+    black: list[bool]
+    nsfw: list[bool]
+    retried: list[bool]
+    seconds_per_image: float
+
+
+class RecordQueue:
+    """Rendered batches in, records out, in the order they went in.
+
+    With `threads` > 0, a batch's PNG encoding and records are made on a thread while the
+    caller renders the next batch (PNG encoding releases the GIL); at most `threads` batches
+    wait, so memory stays flat. With 0, each batch is encoded at once. The records are the
+    same either way.
+    """
+
+    def __init__(self, generator: Generator, threads: int):
+        self.generator = generator
+        self.pool = ThreadPoolExecutor(threads, "encode") if threads else None
+        self.limit = threads
+        self.pending: deque[Future | list[dict]] = deque()
+        self.records: list[dict] = []
+
+    def add(self, rendered: Rendered) -> None:
+        if self.pool is None:
+            self.records.extend(self.generator.records(rendered))
+            return
+        self.pending.append(self.pool.submit(self.generator.records, rendered))
+        while len(self.pending) > self.limit:
+            self.take_oldest()
+
+    def add_records(self, records: list[dict]) -> None:
+        """Records made elsewhere (an item rendered alone), kept in their place in the order."""
+        if self.pending:
+            self.pending.append(records)
+        else:
+            self.records.extend(records)
+
+    def take_oldest(self) -> None:
+        done = self.pending.popleft()
+        self.records.extend(done if isinstance(done, list) else done.result())
+
+    def finish(self) -> list[dict]:
+        """Every record, once each waiting batch is encoded."""
+        try:
+            while self.pending:
+                self.take_oldest()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(cancel_futures=True)
+        return self.records
 
 
 def slerp(a, b, t: float, dot_threshold: float = 0.9995):
@@ -98,6 +181,7 @@ class Generator:
 
         self.settings = settings
         self.pipe = load_pipeline(settings, paths)
+        self.compiled = False
         self.sources = sources
         self.mask_files = paths.mask_files
         unused = {key for key, modes in MODE_SETTINGS.items() if settings.mode not in modes}
@@ -105,11 +189,16 @@ class Generator:
         self.settings_json = json.dumps(render, sort_keys=True)
 
     def __call__(self, items: list[WorkItem]) -> list[dict]:
-        records: list[dict] = []
+        """Records for the items, batch by batch (encoding overlaps the next batch)."""
+        queue = RecordQueue(self, self.settings.encode_threads)
         for batch in batches(items, self.settings.batch_size):
-            for group in self.same_size_groups(batch):
-                records.extend(self.render_batch(group))
-        return records
+            for rendered in self.render_items(batch):
+                queue.add(rendered)
+        return queue.finish()
+
+    def render_items(self, items: list[WorkItem]) -> list[Rendered]:
+        """One batch's images on the CPU as uint8, one render call per image size."""
+        return [self.render_batch(group) for group in self.same_size_groups(items)]
 
     def size_of(self, item: WorkItem) -> tuple[int, int]:
         return (item.width or self.settings.width, item.height or self.settings.height)
@@ -131,20 +220,29 @@ class Generator:
             "width": width,
         }
 
-    def render(self, items: list[WorkItem]) -> tuple[list[np.ndarray], list[bool]]:
-        """Float images in [0, 1] and the safety checker's verdicts."""
+    def render(self, items: list[WorkItem]) -> tuple:
+        """Float images in [0, 1] (NCHW, on the pipeline's device) and the safety checker's
+        verdicts."""
         import torch
 
         generators = [torch.Generator("cpu").manual_seed(item.seed) for item in items]
+        started = time.perf_counter()
         output = self.pipe(
             **self.inputs(items),
             num_inference_steps=self.settings.num_inference_steps,
             guidance_scale=self.settings.guidance_scale,
             generator=generators,
-            output_type="np",
+            output_type="pt",
         )
+        if self.settings.compile and not self.compiled:  # the first call compiles: say so
+            self.compiled = True
+            log.warning(
+                "torch.compile: the first batch took %.1f s (compiling, or loading the compiled "
+                "kernels from the cache)",
+                time.perf_counter() - started,
+            )
         nsfw = getattr(output, "nsfw_content_detected", None) or [False] * len(items)
-        return list(output.images), [bool(flag) for flag in nsfw]
+        return output.images, [bool(flag) for flag in nsfw]
 
     @contextmanager
     def in_float32(self):
@@ -158,25 +256,37 @@ class Generator:
         finally:
             self.pipe.to(dtype=dtype)
 
-    def render_batch(self, items: list[WorkItem]) -> list[dict]:
+    def render_batch(self, items: list[WorkItem]) -> Rendered:
+        """Same-size items rendered and checked; NaN or black ones again in float32."""
         import torch
 
         started = time.perf_counter()
         images, nsfw = self.render(items)
-        pixels, nans = zip(*(to_uint8(image) for image in images), strict=True)
-        pixels, nans = list(pixels), list(nans)
-        bad = [i for i in range(len(items)) if (nans[i] or is_black(pixels[i])) and not nsfw[i]]
+        pixels, nans, black = to_uint8(images)
+        bad = [i for i in range(len(items)) if (nans[i] or black[i]) and not nsfw[i]]
         retried = [False] * len(items)
         if bad and self.pipe.dtype != torch.float32:
             with self.in_float32():
                 again, _ = self.render([items[i] for i in bad])
-            for i, image in zip(bad, again, strict=True):
-                pixels[i], nans[i] = to_uint8(image)
-                retried[i] = True
+            for i, image, has_nan, is_dark in zip(bad, *to_uint8(again), strict=True):
+                pixels[i], nans[i], black[i], retried[i] = image, has_nan, is_dark, True
         seconds_per_image = (time.perf_counter() - started) / len(items)
+        return Rendered(items, pixels, nans, black, nsfw, retried, seconds_per_image)
+
+    def records(self, rendered: Rendered) -> list[dict]:
+        """A rendered batch's records, PNG-encoded: CPU work, safe on another thread."""
+        r = rendered
         return [
-            self.make_record(item, pixels[i], nans[i], nsfw[i], retried[i], seconds_per_image)
-            for i, item in enumerate(items)
+            self.make_record(
+                item,
+                r.pixels[i],
+                r.nans[i],
+                r.black[i],
+                r.nsfw[i],
+                r.retried[i],
+                r.seconds_per_image,
+            )
+            for i, item in enumerate(r.items)
         ]
 
     def make_record(
@@ -184,6 +294,7 @@ class Generator:
         item: WorkItem,
         pixels: np.ndarray,
         has_nan: bool,
+        black: bool,
         nsfw: bool,
         float32_retry: bool,
         render_s: float,
@@ -218,7 +329,7 @@ class Generator:
             "image": {"bytes": encode_png(pixels), "path": f"{item.item_id}.png"},
             "clip_score": None,
             "concept_score": None,
-            "black": is_black(pixels),
+            "black": black,
             "nan": has_nan,
             "nsfw": nsfw,
             "float32_retry": float32_retry,

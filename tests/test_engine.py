@@ -1,0 +1,66 @@
+"""The render loop's output path: uint8 on the device, encoding overlapped, same bytes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from augment.config import load_spec
+from augment.generate.engine import to_uint8
+from augment.job import RunOptions, run_job
+from tests.conftest import REPO
+
+
+def numpy_uint8(image: np.ndarray) -> np.ndarray:
+    """The conversion as it ran on the CPU before: float32 HWC, NaN -> 0, clip, x255, round."""
+    image = np.nan_to_num(image.astype(np.float32), nan=0.0)
+    return (image.clip(0, 1) * 255).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_uint8_conversion_gives_the_bytes_of_the_float32_numpy_formula(dtype):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 3, 16, 16, generator=generator) * 1.2 - 0.1
+    images[0, 0, 0, :8] = (torch.arange(8) + 0.5) / 255  # halfway values: round half to even
+    images[1, 1, 2, 3] = float("nan")
+    images[1, 2, 5, 5] = float("inf")
+    images[1, 0, 7, 7] = float("-inf")
+    images[2] = 0.01  # 3 on the 0..255 scale: black
+    images = images.to(dtype)
+    pixels, nans, black = to_uint8(images)
+    expected = [numpy_uint8(image) for image in images.permute(0, 2, 3, 1).float().numpy()]
+    assert all(np.array_equal(a, b) for a, b in zip(pixels, expected, strict=True))
+    assert all(p.dtype == np.uint8 and p.shape == (16, 16, 3) for p in pixels)
+    assert nans == [False, True, False]
+    assert black == [False, False, True]
+
+
+def shard_rows(out) -> list[dict]:
+    """Every committed row but its timing, in shard order."""
+    rows = pq.read_table(out / "shards").to_pylist()
+    return [{k: v for k, v in row.items() if k != "render_s"} for row in rows]
+
+
+@pytest.mark.parametrize("job", ["tiny", "digits"])
+def test_shards_are_the_same_with_encoding_overlapped_or_not(job, write_job, tmp_path):
+    """The overlap changes when a PNG is encoded, never what is written, nor in what order."""
+    if job == "tiny":
+        path, limit = write_job(), None
+    else:  # the demo's own job: its model, filter and segmenter, a few batches of it
+        path, limit = REPO / "jobs" / "demo.yaml", 24
+    outputs = {}
+    for threads in (0, 3):
+        out = tmp_path / f"threads{threads}"
+        overrides = {
+            "limit": limit,
+            "output.dir": str(out),
+            "generation.encode_threads": threads,
+            "generation.batch_size": 2 if job == "tiny" else 8,
+        }
+        spec = load_spec(path, overrides).model_copy(update={"paste": None})
+        run_job(spec, RunOptions(distributor="local"))
+        outputs[threads] = shard_rows(out)
+    assert len(outputs[0]) == (9 if job == "tiny" else 24)
+    assert outputs[0] == outputs[3]
