@@ -181,6 +181,17 @@ def detect(
     return run_detect(_settings(DetectSettings, chosen))
 
 
+def bench_perf(out: str | Path = "perf", smoke: bool = False, **settings: Any) -> dict:
+    """Generation speed in one process: the seed article's one-prompt loop, a bare batched
+    diffusers loop, augment's engine (default settings and each fast path; through Ray on a
+    CPU) and the UNet + VAE floor, with FLOPs per image and model-FLOPs utilisation.
+    `settings` are `PerfSettings` fields (models, model, images, fast, ray, peak_tflops).
+    Writes OUT/perf.json and returns it."""
+    from augment.bench.perf import PerfSettings, run_perf
+
+    return run_perf(_settings(PerfSettings, {"out": out, "smoke": smoke, **settings}))
+
+
 def _settings(kind: type, chosen: dict):
     """A settings dataclass from keyword arguments; paths as strings, None left as default."""
     import dataclasses

@@ -548,13 +548,73 @@ def add_bench_detect(bench_commands: Commands) -> None:
     detect.set_defaults(func=cmd_bench_detect)
 
 
+def cmd_bench_perf(args: argparse.Namespace) -> int:
+    options = given(args, "out", "models", "model", "images", "fast", "peak_tflops")
+    quiet_libraries()
+    report = api.bench_perf(**options, ray=not args.no_ray, smoke=args.smoke)
+    peak = report["peak_tflops"]
+    out.print(f"{report['device']}, torch {report['torch']}, peak {peak or '?'} TFLOP/s")
+    table = Table("model", "path", "images/s", "x batched loop", "x floor", "MFU", "max diff")
+    for case in report["cases"]:
+        for name, row in case["rows"].items():
+            if "images_per_s" not in row:
+                if "error" in row:
+                    table.add_row(case["model"], name, f"[red]{row['error'][:60]}[/]")
+                continue
+            table.add_row(
+                case["model"],
+                name,
+                f"{row['images_per_s']:.2f}",
+                ratio(row.get("vs_diffusers_batched")),
+                ratio(row.get("vs_floor")),
+                f"{row['mfu']:.1%}" if "mfu" in row else "",
+                str(row.get("max_pixel_difference", "")),
+            )
+    out.print(table)
+    out.print(f"results: {Path(options.get('out', 'perf')) / 'perf.json'}", soft_wrap=True)
+    return 0
+
+
+def ratio(value: float | None) -> str:
+    return "" if value is None else f"x{value:.2f}"
+
+
+def add_bench_perf(bench_commands: Commands) -> None:
+    perf = bench_commands.add_parser(
+        "perf",
+        help="generation speed: seed loop, batched diffusers, augment's engine, the floor",
+        description="In one process: the seed article's one-prompt loop, a bare batched "
+        "diffusers loop, augment's engine (default and each fast path; through Ray on a CPU) "
+        "and the UNet + VAE alone, with FLOPs per image and model-FLOPs utilisation. On a GPU "
+        "the SD 1.5 and SDXL architectures are built with random weights (or --model); on a "
+        "CPU the digits model.",
+        epilog="example: augment bench perf --out out/perf   (GPU: --models sd15,sdxl)",
+    )
+    perf.add_argument("--out", type=Path, help="results folder (default: perf)")
+    perf.add_argument("--models", help="sd15, sdxl, digits, tiny (default: by device)")
+    perf.add_argument("--model", help="a real diffusers folder instead of random weights")
+    perf.add_argument("--images", type=int, help="images per timed row (default: 4 batches)")
+    perf.add_argument(
+        "--fast",
+        help="fast paths to measure: channels_last, fuse_qkv, attention flash, attention "
+        "cudnn, fastest; none (default: all on a GPU, none on a CPU)",
+    )
+    perf.add_argument("--no-ray", action="store_true", help="CPU: skip the Ray 1 vs 2 workers rows")
+    perf.add_argument("--peak-tflops", type=float, help="the device's dense peak, if not known")
+    perf.add_argument("--smoke", action="store_true", help="the tiny model: a code check")
+    perf.set_defaults(func=cmd_bench_perf)
+
+
 def add_bench(commands: Commands) -> None:
     bench = commands.add_parser(
-        "bench", help="measure the gain from synthetic data", description="Benchmarks."
+        "bench",
+        help="measure the gain from synthetic data, or generation speed",
+        description="Benchmarks.",
     )
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
     add_bench_classify(bench_commands)
     add_bench_detect(bench_commands)
+    add_bench_perf(bench_commands)
 
 
 # digits: the embedded world -------------------------------------------------------------------

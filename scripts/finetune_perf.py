@@ -1,7 +1,7 @@
 """LoRA fine-tuning speed and memory of the real Stable Diffusion architectures, on a GPU.
 
 `python scripts/finetune_perf.py --out DIR` builds SD 1.5's and SDXL base's architectures with
-random weights (`scripts/perf.py`: the same layers and sizes, so steps/s and memory are
+random weights (`augment.bench.perf`: the same layers and sizes, so steps/s and memory are
 theirs), and times `augment.finetuning.Trainer.step`, the step `augment finetune` runs:
 DreamBooth-LoRA rank 16 on the UNet attention, fp16 mixed precision, float32 weights. SD 1.5 at
 512 px, batch 1 and 4, with and without gradient checkpointing; SDXL at 1024 px, batch 1, with
@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 CASES = [
     ("sd15", 512, 1, False),
@@ -60,7 +57,7 @@ def build(model: str, smoke: bool):
 
         name = "builtin:tiny-sd" if model == "sd15" else "builtin:tiny-sdxl"
         return load_txt2img_pipeline(str(registry.resolve("model", name, "perf")), device="cpu")
-    from perf import shaped_sd15, shaped_sdxl
+    from augment.bench.perf import shaped_sd15, shaped_sdxl
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()

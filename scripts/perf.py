@@ -6,10 +6,10 @@ in one run:
 - each jobs/tiny/*.yaml through `run_job` on this device (float16 on a GPU): rows, flags,
   float32 re-renders, seconds;
 - a batch of 8 against 8 single renders with the same seeds: the max pixel difference;
-- the demo's generation (jobs/demo.yaml) on this device;
-- throughput of the real Stable Diffusion 1.5 and SDXL architectures, built in code with
-  random weights (no weights can be downloaded): the same layers, sizes and FLOPs as the real
-  models, so images/s and memory are theirs; the pixels are meaningless.
+- the demo's generation (jobs/demo.yaml) on this device.
+
+Throughput of the Stable Diffusion 1.5 and SDXL architectures, against the loops people write
+and the floor, is `augment bench perf`.
 
 Results go to DIR/perf.json; timings are ratios within this one run.
 """
@@ -100,157 +100,6 @@ def demo_generation(device: str, out: Path) -> dict:
     return summary
 
 
-def shaped_sd15(device: str, dtype):
-    """Stable Diffusion 1.5's architecture with random weights (860M UNet, CLIP-L, 4-level VAE)."""
-    import tempfile
-
-    import torch
-    from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    from augment.generate.tiny import assemble_sd_pipeline, build_tokenizer, clip_text_config
-
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = build_tokenizer(Path(tmp))
-    with torch.device(device):
-        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
-        vae = vae_sd()
-        text = CLIPTextModel(clip_text_config(tokenizer, 768, 12, heads=12, intermediate=3072))
-    scheduler = DPMSolverMultistepScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
-    )
-    return assemble_sd_pipeline(vae, text, tokenizer, unet, scheduler).to(device, dtype)
-
-
-def vae_sd():
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    )
-
-
-def shaped_sdxl(device: str, dtype):
-    """SDXL base's architecture with random weights (2.6B UNet, CLIP-L + bigG, VAE)."""
-    import tempfile
-
-    import torch
-    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-    from augment.generate.tiny import assemble_sdxl_pipeline, build_tokenizer, clip_text_config
-
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = build_tokenizer(Path(tmp))
-    with torch.device(device):
-        unet = UNet2DConditionModel(
-            sample_size=128,
-            block_out_channels=(320, 640, 1280),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 2, 10),
-            attention_head_dim=(5, 10, 20),
-            use_linear_projection=True,
-            cross_attention_dim=2048,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2816,
-            layers_per_block=2,
-        )
-        vae = vae_sd()
-        text = CLIPTextModel(clip_text_config(tokenizer, 768, 12, heads=12, intermediate=3072))
-        text_2 = CLIPTextModelWithProjection(
-            clip_text_config(tokenizer, 1280, 32, heads=20, intermediate=5120)
-        )
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
-    )
-    pipe = assemble_sdxl_pipeline(vae, text, text_2, tokenizer, tokenizer, unet, scheduler)
-    return pipe.to(device, dtype)
-
-
-def throughput(pipe, size: int, batch: int, steps: int, repeats: int = 2) -> dict:
-    """Images/s of one pipeline call per batch, after a warm-up call; peak GPU memory."""
-    import torch
-
-    cuda = pipe.device.type == "cuda"
-
-    def call() -> None:
-        pipe(
-            prompt=["a photo of a weed"] * batch,
-            negative_prompt=["blurry"] * batch,
-            num_inference_steps=steps,
-            guidance_scale=7.5,
-            height=size,
-            width=size,
-            output_type="np",
-        )
-        if cuda:
-            torch.cuda.synchronize()
-
-    pipe.set_progress_bar_config(disable=True)
-    call()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    for _ in range(repeats):
-        call()
-    seconds = (time.perf_counter() - started) / repeats
-    return {
-        "size": size,
-        "batch": batch,
-        "steps": steps,
-        "seconds_per_batch": round(seconds, 3),
-        "images_per_s": round(batch / seconds, 3),
-        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
-    }
-
-
-def architectures(device: str, dtype_name: str, smoke: bool) -> list[dict]:
-    import torch
-    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-
-    dtype = getattr(torch, dtype_name)
-    results = []
-    size, steps, batches = (64, 1, (1,)) if smoke else (512, 25, (1, 8))
-    pipe = shaped_sd15(device, dtype)
-    for attention, processor in (("sdpa", AttnProcessor2_0()), ("eager", AttnProcessor())):
-        pipe.unet.set_attn_processor(processor)
-        for batch in batches:
-            row = {"model": "sd15-architecture", "attention": attention, "dtype": dtype_name}
-            results.append({**row, **throughput(pipe, size, batch, steps)})
-            print(results[-1], flush=True)
-    del pipe
-    if not smoke:
-        pipe = shaped_sdxl(device, dtype)
-        for batch in (1, 4):
-            row = {"model": "sdxl-architecture", "attention": "sdpa", "dtype": dtype_name}
-            results.append({**row, **throughput(pipe, 1024, batch, 25)})
-            print(results[-1], flush=True)
-    return results
-
-
-def compile_gain(device: str, dtype_name: str, smoke: bool) -> list[dict]:
-    """SD 1.5's architecture, batch 8: eager UNet vs torch.compile'd UNet (and compile time)."""
-    import torch
-
-    pipe = shaped_sd15(device, getattr(torch, dtype_name))
-    size, steps = (64, 1) if smoke else (512, 25)
-    rows = [{"unet": "eager", **throughput(pipe, size, 8, steps)}]
-    print(rows[-1], flush=True)
-    pipe.unet = torch.compile(pipe.unet)
-    started = time.perf_counter()
-    rows.append({"unet": "torch.compile", **throughput(pipe, size, 8, steps)})
-    rows[-1]["first_call_and_timing_s"] = round(time.perf_counter() - started, 1)
-    print(rows[-1], flush=True)
-    return rows
-
-
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -275,11 +124,9 @@ def main(argv: list[str] | None = None) -> int:
             batch_consistency("img2img", device, low),
             batch_consistency("sdxl", device, low),
         ],
-        "architectures": lambda: architectures(device, low if cuda else "float32", args.smoke),
     }
     if not args.smoke:
         sections["demo_generation"] = lambda: demo_generation(device, args.out / "demo")
-    sections["torch_compile"] = lambda: compile_gain(device, low if cuda else "float32", args.smoke)
     if args.only:
         sections = {args.only: sections[args.only]}
     for name, measure in sections.items():

@@ -17,6 +17,7 @@ from augment.bench.data import ImageSet, check_no_leak, load_real
 from augment.bench.stats import mean_ci, paired_gain, summarize
 from augment.errors import AugmentError
 from augment.sinks.parquet import write_shard
+from tests.conftest import cli
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -283,3 +284,48 @@ def test_resnet_loads_local_weights_and_bad_weights_are_a_clear_error(tmp_path):
     (tmp_path / "broken.pt").write_text("not weights")
     with pytest.raises(AugmentError, match="cannot load a state_dict"):
         build_model("resnet18", 10, str(tmp_path / "broken.pt"))
+
+
+def test_bench_perf_compares_the_loops_the_engine_and_the_floor(tmp_path, capsys):
+    """The tiny model on the CPU: every row measured, ratios and utilisation derived, the fast
+    paths' pixels compared with the default engine's."""
+    code, printed, _ = cli(
+        capsys,
+        "bench",
+        "perf",
+        "--smoke",
+        "--out",
+        tmp_path,
+        "--fast",
+        "channels_last,fuse_qkv",
+        "--peak-tflops",
+        "1",
+        "--no-ray",
+    )
+    assert code == 0
+    report = json.loads((tmp_path / "perf.json").read_text())
+    (case,) = report["cases"]
+    rows = case["rows"]
+    assert case["model"] == "tiny" and report["peak_tflops"] == 1
+    assert rows["flops"]["flops_per_image"] > 1e6
+    timed = [
+        "seed loop",
+        "diffusers batched",
+        "augment",
+        "augment channels_last",
+        "augment fuse_qkv",
+        "unet alone",
+        "floor",
+    ]
+    for name in timed:
+        assert rows[name]["images_per_s"] > 0, (name, rows[name])
+        assert 0 < rows[name]["mfu"] < 1
+        assert rows[name]["vs_diffusers_batched"] > 0
+    assert rows["floor"]["images_per_s"] < rows["unet alone"]["images_per_s"]
+    assert rows["floor"]["vs_floor"] == 1
+    assert rows["augment"]["images"] == case["images"] == 8
+    for name in ("augment channels_last", "augment fuse_qkv"):
+        assert rows[name]["max_pixel_difference"] <= 2, (name, rows[name])
+    assert not any(name.startswith("augment ray") for name in rows)  # --no-ray
+    assert "fuse_qkv" in printed and "batched" in printed
+    assert not list(tmp_path.glob("augment-perf-*")), "the work folder is removed"

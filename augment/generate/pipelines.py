@@ -431,12 +431,91 @@ def load_pipeline(settings: GenerationSpec, paths: SpecPaths, keep_scheduler: bo
         pipe.vae.enable_tiling()
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device)
-    if settings.compile:
-        import torch
-
-        pipe.unet = torch.compile(pipe.unet)
+    apply_fast_paths(pipe, settings)
     pipe.family = family
     return pipe
+
+
+def apply_fast_paths(pipe, settings: GenerationSpec) -> None:
+    """channels_last, fused QKV and torch.compile as the spec says (`bench perf` measures
+    each). Compiled kernels go to a persistent folder, so a rerun and every worker of a node
+    compile once."""
+    import torch
+
+    if settings.attention in SDPA_KERNELS:
+        pin_attention_kernel(pipe.unet, settings.attention)
+    if settings.fuse_qkv:
+        pipe.fuse_qkv_projections()
+    if settings.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if settings.compile:
+        use_compile_cache(settings.compile_cache)
+        pipe.unet = torch.compile(pipe.unet, mode=settings.compile_mode, fullgraph=False)
+
+
+def use_compile_cache(folder: str | None) -> Path:
+    """Point inductor's and Triton's caches at `folder` (default: the augment cache's
+    torch-compile/), with the FX-graph cache on."""
+    import torch._inductor.config as inductor
+
+    from augment.cache import cache_dir
+
+    path = Path(folder).expanduser() if folder else cache_dir() / "torch-compile"
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    os.environ["TRITON_CACHE_DIR"] = str(path / "triton")
+    inductor.fx_graph_cache = True
+    return path
+
+
+def pin_attention_kernel(unet, name: str) -> None:
+    """Run the UNet's attention on one SDPA kernel (the VAE's single 512-wide head is left to
+    PyTorch: flash and cuDNN do not take it). Fails here, naming the kernel, when the UNet's
+    head sizes, this device or this dtype have no such kernel, not on every batch."""
+    import functools
+
+    import torch
+    import torch.nn.functional as F
+    from diffusers.models.attention_processor import Attention
+
+    head_sizes = {m.inner_dim // m.heads for m in unet.modules() if isinstance(m, Attention)}
+    for size in sorted(head_sizes):
+        query = torch.zeros(1, 1, 8, size, device=unet.device, dtype=unet.dtype)
+        try:
+            with attention_kernel(name):
+                F.scaled_dot_product_attention(query, query, query)
+        except RuntimeError as exc:
+            raise ModelError(
+                f"generation.attention: the {name} kernel cannot run heads of {size} on "
+                f"{unet.device} in {unet.dtype} ({first_line(exc)}); use attention: sdpa to let "
+                "PyTorch choose"
+            ) from exc
+    forward = unet.forward
+
+    @functools.wraps(forward)
+    def pinned(*args, **kwargs):
+        with attention_kernel(name):
+            return forward(*args, **kwargs)
+
+    unet.forward = pinned
+
+
+#: `attention:` values that pin PyTorch's scaled-dot-product attention to one kernel.
+SDPA_KERNELS = ("flash", "efficient", "cudnn", "math")
+
+
+def attention_kernel(name: str):
+    """A context that pins PyTorch's SDPA to one of SDPA_KERNELS."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
+    return sdpa_kernel(backends[name])
 
 
 def load_txt2img_pipeline(

@@ -1,0 +1,635 @@
+"""`augment bench perf`: how fast generation runs, against the loops people write and the floor.
+
+In one process, for each model: the seed article's loop (one prompt per pipeline call, each
+image saved as a PNG), a bare batched diffusers loop (PNG per image), `augment`'s engine
+through `run_job` (PNG into Parquet shards; through a local Ray too, on a CPU) with default
+settings and with each fast path, and the floor: the UNet's classifier-free-guidance forwards
+of one batch plus the VAE decode, timed alone. FLOPs per image come from
+`torch.utils.flop_counter` over one whole pipeline call; model-FLOPs utilisation is achieved
+FLOP/s over the card's dense fp16 peak. Every timing is a ratio within this one run.
+
+Real weights cannot be downloaded here: on a GPU the Stable Diffusion 1.5 and SDXL
+architectures are built in code with random weights (the same layers and FLOPs, so the same
+speed; meaningless pixels) and saved as model folders the engine loads like any other; or
+`--model` names a real one. On a CPU the comparison runs on the shipped digits model.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from augment.errors import AugmentError
+
+#: Dense (no sparsity) fp16/bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets.
+PEAK_TFLOPS = {
+    "H200": 989.4,
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "H100": 989.4,  # SXM
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10G": 70.0,
+    "RTX 4090": 165.2,
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One model at the settings it is measured at."""
+
+    name: str
+    size: int
+    batch: int
+    steps: int = 25
+    guidance: float = 7.5
+    scheduler: str = "DPMSolverMultistep"
+    dtype: str = "float16"
+    location: str | None = None  # a folder or builtin name; None: build the architecture
+
+
+CASES = {
+    "sd15": Case("sd15", 512, 8),
+    "sdxl": Case("sdxl", 1024, 4),
+    "digits": Case(
+        "digits", 32, 50, guidance=1.0, scheduler="DDIM", dtype="float32", location="builtin:digits"
+    ),
+    "tiny": Case("tiny", 32, 2, steps=2, dtype="float32", location="builtin:tiny-sd"),
+}
+
+#: Engine settings tried against the default, each alone, then together ("fastest").
+FAST_PATHS = {
+    "channels_last": {"channels_last": True},
+    "fuse_qkv": {"fuse_qkv": True},
+    "attention flash": {"attention": "flash"},
+    "attention cudnn": {"attention": "cudnn"},
+    "fastest": {"fuse_qkv": True, "compile": True},
+}
+
+
+@dataclass
+class PerfSettings:
+    out: str = "perf"
+    #: Comma-separated CASES; "auto": sd15,sdxl on a GPU, digits on a CPU.
+    models: str = "auto"
+    #: A real diffusers folder measured instead of the built architectures (its family's case).
+    model: str | None = None
+    #: Images per timed row (default: four batches).
+    images: int | None = None
+    #: FAST_PATHS to measure, comma-separated; "none" for none (default: all on a GPU).
+    fast: str | None = None
+    #: CPU: the engine through a local Ray with 1 and 2 workers.
+    ray: bool = True
+    #: The device's dense peak, when the card is not in PEAK_TFLOPS (or on a CPU).
+    peak_tflops: float | None = None
+    smoke: bool = False
+    #: Set by the run: the cases, the device.
+    results: list = field(default_factory=list)
+
+
+def shaped_sd15(device: str, dtype):
+    """Stable Diffusion 1.5's architecture with random weights (860M UNet, CLIP-L, 4-level VAE)."""
+    import torch
+    from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from augment.generate.tiny import assemble_sd_pipeline, build_tokenizer, clip_text_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = build_tokenizer(Path(tmp))
+    with torch.device(device):
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
+        vae = shaped_vae()
+        text = CLIPTextModel(clip_text_config(tokenizer, 768, 12, heads=12, intermediate=3072))
+    scheduler = DPMSolverMultistepScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
+    )
+    return assemble_sd_pipeline(vae, text, tokenizer, unet, scheduler).to(device, dtype)
+
+
+def shaped_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+    )
+
+
+def shaped_sdxl(device: str, dtype):
+    """SDXL base's architecture with random weights (2.6B UNet, CLIP-L + bigG, VAE)."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from augment.generate.tiny import assemble_sdxl_pipeline, build_tokenizer, clip_text_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = build_tokenizer(Path(tmp))
+    with torch.device(device):
+        unet = UNet2DConditionModel(
+            sample_size=128,
+            block_out_channels=(320, 640, 1280),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2, 10),
+            attention_head_dim=(5, 10, 20),
+            use_linear_projection=True,
+            cross_attention_dim=2048,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+            layers_per_block=2,
+        )
+        vae = shaped_vae()
+        text = CLIPTextModel(clip_text_config(tokenizer, 768, 12, heads=12, intermediate=3072))
+        text_2 = CLIPTextModelWithProjection(
+            clip_text_config(tokenizer, 1280, 32, heads=20, intermediate=5120)
+        )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
+    )
+    pipe = assemble_sdxl_pipeline(vae, text, text_2, tokenizer, tokenizer, unet, scheduler)
+    return pipe.to(device, dtype)
+
+
+def peak_tflops(device_name: str, given: float | None) -> float | None:
+    """The card's dense fp16 peak: `given`, else the data-sheet figure for its name."""
+    if given is not None:
+        return given
+    for card, peak in PEAK_TFLOPS.items():  # the longer names first where one contains another
+        if card in device_name:
+            return peak
+    return None
+
+
+def model_folder(case: Case, settings: PerfSettings, device: str, work: Path) -> str:
+    """The model the case measures: a real folder, a builtin, or the architecture, saved."""
+    import torch
+
+    if settings.model is not None:
+        return settings.model
+    if case.location is not None:
+        return case.location
+    folder = work / "models" / case.name
+    if not (folder / "model_index.json").is_file():
+        build = shaped_sd15 if case.name == "sd15" else shaped_sdxl
+        pipe = build(device, getattr(torch, case.dtype))
+        pipe.save_pretrained(folder)
+        del pipe
+        free_memory()
+    return str(folder)
+
+
+def free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def diffusers_pipeline(location: str, case: Case, device: str):
+    """The model as a plain diffusers user loads it, with the case's scheduler."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from augment import registry
+    from augment.generate.pipelines import scheduler_from_name
+
+    if location.startswith("builtin:"):
+        location = str(registry.resolve("model", location, "bench perf"))
+    pipe = DiffusionPipeline.from_pretrained(
+        location, dtype=getattr(torch, case.dtype), local_files_only=True
+    )
+    if getattr(pipe, "safety_checker", None) is not None:
+        pipe.safety_checker = None
+    pipe.scheduler = scheduler_from_name(case.scheduler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def synchronize(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def call_pipeline(pipe, case: Case, prompts: list[str], output_type: str = "pil"):
+    return pipe(
+        prompt=prompts,
+        negative_prompt=[""] * len(prompts) if case.guidance > 1 else None,
+        num_inference_steps=case.steps,
+        guidance_scale=case.guidance,
+        height=case.size,
+        width=case.size,
+        output_type=output_type,
+    ).images
+
+
+def prompts_for(n: int) -> list[str]:
+    names = "zero one two three four five six seven eight nine".split()
+    return [f"a handwritten digit {names[i % 10]}" for i in range(n)]
+
+
+def seed_loop(pipe, case: Case, n: int, folder: Path, device: str) -> float:
+    """The seed article's loop: one prompt per call, each image saved. Returns images/s."""
+    folder.mkdir(parents=True, exist_ok=True)
+    call_pipeline(pipe, case, prompts_for(1))  # warm-up
+    synchronize(device)
+    started = time.perf_counter()
+    for i, prompt in enumerate(prompts_for(n)):
+        call_pipeline(pipe, case, [prompt])[0].save(folder / f"{i}.png")
+    return n / (time.perf_counter() - started)
+
+
+def batched_loop(pipe, case: Case, n: int, folder: Path, device: str) -> float:
+    """A bare batched diffusers loop: `batch` prompts per call, each image saved as a PNG."""
+    folder.mkdir(parents=True, exist_ok=True)
+    call_pipeline(pipe, case, prompts_for(case.batch))  # warm-up
+    synchronize(device)
+    prompts = prompts_for(n)
+    started = time.perf_counter()
+    for start in range(0, n, case.batch):
+        for i, image in enumerate(call_pipeline(pipe, case, prompts[start : start + case.batch])):
+            image.save(folder / f"{start + i}.png")
+    return n / (time.perf_counter() - started)
+
+
+def pipeline_calls(pipe, case: Case, n: int, device: str) -> float:
+    """The batched pipeline calls alone, images left on the device: what a loop that saves
+    nothing would reach. Returns images/s."""
+    call_pipeline(pipe, case, prompts_for(case.batch), output_type="pt")  # warm-up
+    synchronize(device)
+    prompts = prompts_for(n)
+    started = time.perf_counter()
+    for start in range(0, n, case.batch):
+        call_pipeline(pipe, case, prompts[start : start + case.batch], output_type="pt")
+    synchronize(device)
+    return n / (time.perf_counter() - started)
+
+
+def unet_inputs(pipe, case: Case, device: str) -> dict:
+    """One denoising step's UNet inputs for a batch, doubled for guidance as the pipeline does."""
+    import torch
+
+    unet = pipe.unet
+    rows = case.batch * (2 if case.guidance > 1 else 1)
+    latent = case.size // pipe.vae_scale_factor
+    dtype = unet.dtype
+    inputs = {
+        "sample": torch.randn(
+            rows, unet.config.in_channels, latent, latent, device=device, dtype=dtype
+        ),
+        "timestep": torch.tensor(500, device=device),
+        "encoder_hidden_states": torch.randn(
+            rows,
+            pipe.tokenizer.model_max_length,
+            unet.config.cross_attention_dim,
+            device=device,
+            dtype=dtype,
+        ),
+    }
+    if unet.config.addition_embed_type == "text_time":  # SDXL: pooled text and size ids
+        pooled = pipe.text_encoder_2.config.projection_dim
+        inputs["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(rows, pooled, device=device, dtype=dtype),
+            "time_ids": torch.tensor(
+                [[case.size, case.size, 0, 0, case.size, case.size]] * rows,
+                device=device,
+                dtype=dtype,
+            ),
+        }
+    return inputs
+
+
+def timed(function, device: str, repeats: int = 1) -> float:
+    """Seconds per call, after one warm-up call."""
+    function()
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        function()
+    synchronize(device)
+    return (time.perf_counter() - started) / repeats
+
+
+def floor_seconds(pipe, case: Case, device: str) -> dict:
+    """Seconds per batch of the UNet's forwards (every step, guidance doubling the batch) and
+    of the VAE decode, each timed alone: no loop over this model can beat their sum."""
+    import torch
+
+    inputs = unet_inputs(pipe, case, device)
+    latents = inputs["sample"][: case.batch]
+    with torch.inference_mode():
+        unet_s = timed(lambda: [pipe.unet(**inputs) for _ in range(case.steps)], device)
+        vae_s = timed(lambda: pipe.vae.decode(latents / pipe.vae.config.scaling_factor), device)
+    return {"unet_s_per_batch": unet_s, "vae_s_per_batch": vae_s}
+
+
+def flops_per_image(pipe, case: Case) -> float:
+    """FLOPs of one whole pipeline call for one image (text encoder, every UNet forward with
+    guidance, VAE decode), counted by torch.utils.flop_counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        call_pipeline(pipe, case, prompts_for(1))
+    return float(counter.get_total_flops())
+
+
+def engine_spec(location: str, case: Case, n: int, out: Path, device: str, extra: dict):
+    from augment.config import load_spec
+
+    return load_spec(
+        {
+            "name": f"perf-{case.name}",
+            "seed": 0,
+            "taxonomy": {"source": "digits"},
+            "prompts": {
+                "templates": ["a handwritten digit {name}"],
+                "images_per_concept": math.ceil(n / 10),
+            },
+            "limit": n,
+            "generation": {
+                "model": location,
+                "scheduler": case.scheduler,
+                "num_inference_steps": case.steps,
+                "guidance_scale": case.guidance,
+                "height": case.size,
+                "width": case.size,
+                "dtype": case.dtype,
+                "device": device,
+                "batch_size": case.batch,
+                **extra,
+            },
+            "output": {"dir": str(out), "formats": ["parquet"]},
+        }
+    )
+
+
+def engine(location: str, case: Case, n: int, work: Path, device: str, extra: dict) -> dict:
+    """augment's engine as every distributor runs it (a `BlockWorker`: render, encode, commit
+    shards; the next block rendering while the last one is committed): n images after one
+    warm-up block (which compiles, with `compile`), timed from its end to the last commit."""
+    import torch
+
+    from augment.distribute import BlockWorker, block_size, make_blocks, render_with
+    from augment.job import concepts_for, plan_for
+
+    out = work / "engine"
+    shutil.rmtree(out, ignore_errors=True)
+    spec = engine_spec(location, case, n + case.batch, out, device, extra)
+    items = plan_for(spec)
+    size = block_size(len(items), case.batch, spec.output.rows_per_shard)
+    blocks = make_blocks(items, set(), size, first_shard_index=0)
+    threads = torch.get_num_threads()
+    try:
+        started = time.perf_counter()
+        worker = BlockWorker(spec, [c.name for c in concepts_for(spec)], out / "shards", threads)
+        if worker.init_error is not None:
+            raise worker.init_error
+        loaded = time.perf_counter()
+        first = worker(blocks[0])
+        warm = time.perf_counter()
+        results: list = []
+        render_with(worker, blocks[1:], lambda _, result: results.append(result))
+        seconds = time.perf_counter() - warm
+    finally:
+        torch.set_num_threads(threads)
+    del worker
+    free_memory()
+    failures = first.failures + [f for r in results for f in r.failures]
+    if failures:
+        raise AugmentError(f"the engine failed {len(failures)} items: {failures[0]}")
+    rendered = sum(r.rendered for r in results)
+    flags = shard_flags(out)
+    return {
+        "images": rendered,
+        "images_per_s": rendered / seconds,
+        "load_s": loaded - started,
+        "first_block_s": warm - loaded,
+        "device_s_per_batch": sum(r.render_seconds for r in results) / len(results),
+        **flags,
+        "pixels": shard_pixels(out),
+    }
+
+
+def shard_flags(out: Path) -> dict:
+    """How many images were NaN, black or rendered again in float32 (random weights in
+    float16 can overflow: each re-render costs the engine time a bare loop does not spend)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out / "shards", columns=["nan", "black", "float32_retry", "render_s"])
+    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    return {
+        "nan": sum(columns["nan"]),
+        "black": sum(columns["black"]),
+        "float32_retry": sum(columns["float32_retry"]),
+    }
+
+
+def engine_through_ray(location: str, case: Case, n: int, work: Path, workers: int) -> dict:
+    """`run_job` through a local Ray with `workers` CPU workers, its own Ray start-up, model
+    loading and exports included (as `augment run --workers N`)."""
+    import ray
+
+    from augment.job import RunOptions, run_job
+
+    out = work / f"ray-{workers}"
+    spec = engine_spec(location, case, n, out, "cpu", {})
+    owned = not ray.is_initialized()
+    started = time.perf_counter()
+    try:
+        result = run_job(spec, RunOptions(workers=workers, force=True))
+    finally:
+        if owned:
+            ray.shutdown()
+    wall = time.perf_counter() - started
+    return {
+        "images": result.rendered,
+        "images_per_s": result.rendered / wall,
+        "rendering_s": result.rendering_seconds,
+        "pixels": shard_pixels(out),
+    }
+
+
+def shard_pixels(out: Path) -> dict[str, np.ndarray]:
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    rows = pq.read_table(out / "shards", columns=["item_id", "image"]).to_pylist()
+    return {r["item_id"]: np.asarray(Image.open(io.BytesIO(r["image"]["bytes"]))) for r in rows}
+
+
+def max_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> int:
+    """The largest pixel difference (0..255) over the items both runs rendered."""
+    common = a.keys() & b.keys()
+    if not common:
+        raise AugmentError("the two engine runs rendered no item in common")
+    return max(int(np.abs(a[k].astype(int) - b[k].astype(int)).max()) for k in common)
+
+
+def measure_case(
+    case: Case, settings: PerfSettings, device: str, peak: float | None, work: Path, report
+) -> dict:
+    """Every row for one model; a row that fails records its error and the rest go on."""
+    n = settings.images or 4 * case.batch
+    result: dict = {"model": case.name, **asdict(case), "images": n, "rows": {}}
+    rows = result["rows"]
+
+    def row(name: str, measure) -> None:
+        started = time.perf_counter()
+        try:
+            value = measure()
+        except Exception as exc:  # noqa: BLE001 - one failed row must not lose the others
+            value = {"error": f"{type(exc).__name__}: {exc}"[:1000]}
+        if not isinstance(value, dict):
+            value = {"images_per_s": value}
+        value["seconds"] = round(time.perf_counter() - started, 1)
+        rows[name] = value
+        report(result, name)
+
+    location = model_folder(case, settings, device, work)
+    result["location"] = location
+    diffusers_rows(location, case, n, work, device, row)
+    free_memory()
+
+    default: dict = {}
+
+    def default_engine() -> dict:
+        default.update(engine(location, case, n, work, device, {}))
+        return {k: v for k, v in default.items() if k != "pixels"}
+
+    row("augment", default_engine)
+    chosen = settings.fast or ("none" if device == "cpu" else ",".join(FAST_PATHS))
+    for name in [] if chosen == "none" else chosen.split(","):
+        if name not in FAST_PATHS:
+            raise AugmentError(f"--fast: unknown {name!r}; known: {', '.join(FAST_PATHS)}")
+
+        def fast(extra=FAST_PATHS[name]) -> dict:
+            measured = engine(location, case, n, work, device, extra)
+            pixels = measured.pop("pixels")
+            if default:
+                measured["max_pixel_difference"] = max_difference(pixels, default["pixels"])
+            return measured
+
+        row(f"augment {name}", fast)
+    if device == "cpu" and settings.ray:
+        for workers in (1, 2):
+
+            def through_ray(workers=workers) -> dict:
+                measured = engine_through_ray(location, case, n, work, workers)
+                pixels = measured.pop("pixels")
+                if default:
+                    measured["max_pixel_difference"] = max_difference(pixels, default["pixels"])
+                return measured
+
+            row(f"augment ray {workers} worker{'s' if workers > 1 else ''}", through_ray)
+    add_ratios(result, peak)
+    report(result, None)
+    return result
+
+
+def diffusers_rows(location: str, case: Case, n: int, work: Path, device: str, row) -> None:
+    """The rows on a plain diffusers pipeline: FLOPs, the two loops, the UNet alone and the
+    floor (UNet + VAE)."""
+    pipe = diffusers_pipeline(location, case, device)
+    row("flops", lambda: {"flops_per_image": flops_per_image(pipe, case)})
+    row("seed loop", lambda: seed_loop(pipe, case, case.batch, work / "seed-loop", device))
+    row("diffusers batched", lambda: batched_loop(pipe, case, n, work / "batched", device))
+    row("diffusers calls, no PNG", lambda: pipeline_calls(pipe, case, n, device))
+    seconds: dict = {}
+
+    def unet_alone() -> dict:
+        seconds.update(floor_seconds(pipe, case, device))
+        return {"images_per_s": case.batch / seconds["unet_s_per_batch"], **seconds}
+
+    row("unet alone", unet_alone)
+    row("floor", lambda: {"images_per_s": case.batch / sum(seconds.values())})
+
+
+def add_ratios(result: dict, peak: float | None) -> None:
+    """Ratios to the bare batched loop and to the floor, and model-FLOPs utilisation."""
+    rows = result["rows"]
+    flops = rows.get("flops", {}).get("flops_per_image")
+    batched = rows.get("diffusers batched", {}).get("images_per_s")
+    floor_rate = rows.get("floor", {}).get("images_per_s")
+    for values in rows.values():
+        rate = values.get("images_per_s")
+        if rate is None:
+            continue
+        if batched:
+            values["vs_diffusers_batched"] = rate / batched
+        if floor_rate:
+            values["vs_floor"] = rate / floor_rate
+        if flops and peak:
+            values["mfu"] = rate * flops / (peak * 1e12)
+
+
+def run_perf(settings: PerfSettings) -> dict:
+    """Measure every case; writes OUT/perf.json after each row, returns the report."""
+    import torch
+
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    name = torch.cuda.get_device_name() if cuda else (platform.processor() or "cpu")
+    peak = peak_tflops(name, settings.peak_tflops) if cuda else settings.peak_tflops
+    names = settings.models
+    if settings.smoke:
+        names = "tiny"
+    elif names == "auto":
+        names = "sd15,sdxl" if cuda else "digits"
+    unknown = [n for n in names.split(",") if n not in CASES]
+    if unknown:
+        raise AugmentError(f"--models: unknown {', '.join(unknown)}; known: {', '.join(CASES)}")
+    report: dict = {
+        "device": name,
+        "cpus": __import__("os").cpu_count(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "peak_tflops": peak,
+        "cases": [],
+    }
+
+    def write(case_result: dict, row: str | None) -> None:
+        cases = [c for c in report["cases"] if c is not case_result] + [case_result]
+        report["cases"] = cases
+        (out / "perf.json").write_text(json.dumps(report, indent=1, default=str))
+        if row is not None:
+            print(f"{case_result['model']}: {row}: {brief(case_result['rows'][row])}", flush=True)
+
+    work = Path(tempfile.mkdtemp(prefix="augment-perf-", dir=out))
+    try:
+        for case_name in names.split(","):
+            case = CASES[case_name]
+            if not cuda and case.dtype == "float16":  # CPUs have no float16 kernels
+                case = replace(case, dtype="float32")
+            measure_case(case, settings, device, peak, work / case.name, write)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def brief(values: dict) -> str:
+    shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in values.items()}
+    return json.dumps(shown)
