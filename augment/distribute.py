@@ -26,6 +26,7 @@ import time
 import traceback
 from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,9 +90,10 @@ class BlockWorker:
     fails is reported with its error and left out of the shard (a rerun tries it again), and the
     other items go on.
 
-    Safe to call from BLOCKS_IN_FLIGHT threads at once: rendering holds `render_lock` (one
-    block on the device at a time, in the order the calls took it), and the CPU-side rest of a
-    block (encoding, labels, filter, shard) runs outside it, overlapping the next block.
+    Safe to call from BLOCKS_IN_FLIGHT threads at once: every block renders on the worker's one
+    render thread, in the order the calls came (one block on the device at a time, and torch's
+    CPU thread pool driven from a single thread), and the CPU-side rest of a block (encoding,
+    labels, filter, shard) runs in the calling thread, overlapping the next block.
     """
 
     def __init__(
@@ -114,7 +116,7 @@ class BlockWorker:
         self.shards_dir = Path(shards_dir)
         self.retries = retries
         self.init_error: AugmentError | None = None
-        self.render_lock = threading.Lock()
+        self.renderer = ThreadPoolExecutor(1, "render")
         self.commit_lock = threading.Lock()  # the filter's models: one block at a time
         self.filter = None
         self.segmenter = None
@@ -148,26 +150,12 @@ class BlockWorker:
         return self(block)
 
     def __call__(self, block: Block) -> BlockResult:
-        from augment.generate.engine import RecordQueue, batches
-
         if self.init_error is not None:
             raise self.init_error
-        queue = RecordQueue(self.generator, self.settings.encode_threads)
-        failures: list[dict] = []
-        with self.render_lock:
-            started, started_at = time.perf_counter(), time.time()
-            for batch in batches(block.items, self.settings.batch_size):
-                try:
-                    rendered = self.generator.render_items(batch)
-                except Exception:  # noqa: BLE001 - one bad batch must not stop the others
-                    for item in batch:
-                        record, failure = self.render_alone(item)
-                        queue.add_records(record)
-                        failures.extend(failure)
-                    continue
-                for group in rendered:
-                    queue.add(group)
-            render_seconds = time.perf_counter() - started
+        queue, failures, render_seconds, started_at = self.renderer.submit(
+            self.render_block, block
+        ).result()
+        committed = time.perf_counter()
         with self.commit_lock:
             records = queue.finish()
             if records and self.labeller is not None:
@@ -179,10 +167,30 @@ class BlockWorker:
             if records:
                 write_shard(self.shards_dir, block.shard, records)
         flagged = sum(any(r[flag] for flag in FLAGS) for r in records)
-        seconds = time.perf_counter() - started
+        seconds = render_seconds + time.perf_counter() - committed
         return BlockResult(
             block.shard, len(records), flagged, seconds, failures, render_seconds, started_at
         )
+
+    def render_block(self, block: Block) -> tuple:
+        """On the render thread: the block's batches, their encoding queued beside them."""
+        from augment.generate.engine import RecordQueue, batches
+
+        queue = RecordQueue(self.generator, self.settings.encode_threads)
+        failures: list[dict] = []
+        started, started_at = time.perf_counter(), time.time()
+        for batch in batches(block.items, self.settings.batch_size):
+            try:
+                rendered = self.generator.render_items(batch)
+            except Exception:  # noqa: BLE001 - one bad batch must not stop the others
+                for item in batch:
+                    record, failure = self.render_alone(item)
+                    queue.add_records(record)
+                    failures.extend(failure)
+                continue
+            for group in rendered:
+                queue.add(group)
+        return queue, failures, time.perf_counter() - started, started_at
 
     def render_alone(self, item: WorkItem) -> tuple[list[dict], list[dict]]:
         error = ""
@@ -211,8 +219,6 @@ def run_local(blocks: list[Block], worker_kwargs: dict, on_result: OnResult, **_
 
 def render_with(worker: BlockWorker, blocks: list[Block], on_result: OnResult) -> None:
     """Blocks through one loaded worker, BLOCKS_IN_FLIGHT at a time, results in order."""
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(BLOCKS_IN_FLIGHT, "block") as pool:
         pending: deque = deque()
         for block in blocks:

@@ -67,13 +67,16 @@ CASES = {
     "tiny": Case("tiny", 32, 2, steps=2, dtype="float32", location="builtin:tiny-sd"),
 }
 
-#: Engine settings tried against the default, each alone, then together ("fastest").
+#: Engine settings tried against the default: each fast path alone, then together ("fastest",
+#: "cuda graphs"); "no overlap" encodes PNGs in the render loop, to see what the overlap buys.
 FAST_PATHS = {
+    "no overlap": {"encode_threads": 0},
     "channels_last": {"channels_last": True},
     "fuse_qkv": {"fuse_qkv": True},
     "attention flash": {"attention": "flash"},
     "attention cudnn": {"attention": "cudnn"},
     "fastest": {"fuse_qkv": True, "compile": True},
+    "cuda graphs": {"fuse_qkv": True, "compile": True, "compile_mode": "reduce-overhead"},
 }
 
 
