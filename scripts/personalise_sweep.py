@@ -12,6 +12,10 @@ development seeds and two classifier seeds), top-1, and how often `builtin:digit
 reads the rendered nines as nines; real-only, the control and the full model beside them.
 The experiment's settings (`augment.digits.personalise.finetune_settings`, `GUIDANCE`) are
 the best of this table. Results: DIR/sweep.json and DIR/validation.csv.
+
+`--img2img` sweeps, instead, DA-Fusion's way of rendering: img2img from the development seed's
+own 10 real nines at each of STRENGTHS, with the chosen LoRA (its token) and with the 9-class
+model alone (the name), at the experiment's guidance.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 DEV_SEEDS = (100, 101)
+STRENGTHS = (0.3, 0.5, 0.7)
 GUIDANCES = (1.0, 2.0, 3.0)
 GRID = {
     "lora": [
@@ -41,6 +46,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--images", type=int, default=100, help="images rendered per class")
     parser.add_argument("--workers", type=int, default=2, help="classifiers trained at once")
+    parser.add_argument("--img2img", action="store_true", help="sweep img2img strengths")
     args = parser.parse_args()
 
     import numpy as np
@@ -83,7 +89,8 @@ def main() -> None:
 
     sources: dict[tuple, Path] = {}  # (arm, guidance, dev seed or None) -> rendered nines
     shared: dict[float, Path] = {}
-    for g in GUIDANCES:
+    guidances = (p.GUIDANCE,) if args.img2img else GUIDANCES
+    for g in guidances:
         prompt = "a handwritten digit {name}"
         shared[g] = rendered(f"others-g{g}", p.NINE_CLASS_MODEL, prompt, others, g, 0)
         sources[("upper", g, None)] = rendered(
@@ -92,7 +99,35 @@ def main() -> None:
         sources[("control", g, None)] = rendered(
             f"control-g{g}", p.NINE_CLASS_MODEL, p.NAME_PROMPT, [p.HELD_OUT], g, 1
         )
-    for dev in DEV_SEEDS:
+    for dev in DEV_SEEDS if args.img2img else ():
+        concept = p.held_out_concept(real32.pool, 10, dev)
+        folder = args.out / f"lora-chosen-dev{dev}"
+        settings = p.finetune_settings("lora", size, dev)
+        card = train_adapter(base, [concept], settings, folder, base_name=p.NINE_CLASS_MODEL)
+        real_nines = p.write_sources(concept, args.out / f"sources-dev{dev}")
+        per_source = args.images // len(concept.images)
+        for strength in STRENGTHS:
+            img2img = {"source": real_nines, "mode": "img2img", "strength": strength}
+            for arm, prompt, extra in (
+                ("lora-img2img", p.INSTANCE_PROMPT, p.adapter_generation("lora", folder, card)),
+                ("base-img2img", p.NAME_PROMPT, {}),
+            ):
+                job = p.render_job(
+                    f"{arm}-s{strength}-dev{dev}",
+                    p.NINE_CLASS_MODEL,
+                    prompt,
+                    [p.HELD_OUT],
+                    per_source,
+                    args.out / f"{arm}-s{strength}-dev{dev}",
+                    size,
+                    1,
+                    **img2img,
+                    **extra,
+                )
+                sources[(f"{arm}-s{strength}", p.GUIDANCE, dev)] = run_job(
+                    load_spec(job), RunOptions(distributor="local")
+                ).out_dir
+    for dev in () if args.img2img else DEV_SEEDS:
         concept = p.held_out_concept(real32.pool, 10, dev)
         for method, grid in GRID.items():
             for number, changes in enumerate(grid):

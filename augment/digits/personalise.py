@@ -120,10 +120,13 @@ def render_job(
     out: Path,
     size: PersonaliseSize,
     seed: int,
+    source: Path | None = None,
     **generation,
 ) -> dict:
-    """A job spec (a dict) rendering `count` images of each of `concepts` with `prompt`."""
-    return {
+    """A job spec (a dict) rendering `count` images of each of `concepts` with `prompt`; with
+    a `source` image folder, `count` images from each of its images instead (img2img: pass
+    `mode` and `strength`)."""
+    job = {
         "name": name,
         "seed": seed,
         "taxonomy": {"source": "digits", "exclude": [n for n in DIGIT_NAMES if n not in concepts]},
@@ -139,6 +142,19 @@ def render_job(
         },
         "output": {"dir": str(out), "formats": ["parquet"]},
     }
+    if source is not None:
+        job["source"] = {"path": str(source), "format": "imagefolder"}
+    return job
+
+
+def write_sources(concept, folder: Path) -> Path:
+    """The concept's real images as an image folder (FOLDER/<name>/<id>.png), the sources of
+    img2img renders: nothing beyond the images the seed's classifier trains on."""
+    images = folder / concept.name
+    images.mkdir(parents=True, exist_ok=True)
+    for image in concept.images:
+        image.image.save(images / f"{image.image_id}.png")
+    return folder
 
 
 def render(job: dict, workers: int | None, quick: bool = False, force: bool = False) -> Path:
