@@ -597,7 +597,8 @@ def add_bench_perf(bench_commands: Commands) -> None:
     perf.add_argument(
         "--fast",
         help="engine variants to measure, comma-separated: no overlap, channels_last, "
-        "fuse_qkv, attention flash, attention cudnn, fastest, cuda graphs; none (default: all "
+        "fuse_qkv, attention flash, attention cudnn, fastest, cuda graphs, auto batch; none "
+        "(default: all "
         "on a GPU, none on a CPU)",
     )
     perf.add_argument("--no-ray", action="store_true", help="CPU: skip the Ray 1 vs 2 workers rows")

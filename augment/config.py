@@ -161,7 +161,11 @@ class GenerationSpec(StrictModel):
     width: int = Field(default=512, ge=8)
     dtype: DType = "float32"
     device: str = "auto"
-    batch_size: int = Field(default=4, ge=1)
+    batch_size: int | Literal["auto"] = Field(
+        default=4,
+        description="images per pipeline call; auto: the largest that fits the GPU's memory, "
+        "probed once per worker (8 on a CPU)",
+    )
     mask: MaskSpec = MaskSpec()
     controlnet: ControlNetSpec | None = None
     interpolate: InterpolateSpec = InterpolateSpec()
@@ -205,6 +209,20 @@ class GenerationSpec(StrictModel):
             hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(SCHEDULERS)}"
             raise ValueError(f"unknown scheduler {name!r}; {hint}")
         return name
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, value: Any) -> int | str:
+        if value == "auto":
+            return value
+        if isinstance(value, int | str) and not isinstance(value, bool):
+            try:
+                size = int(value)
+            except ValueError:
+                size = 0
+            if size >= 1:
+                return size
+        raise ValueError(f"must be a positive integer or auto, got {value!r}")
 
     @field_validator("height", "width")
     @classmethod

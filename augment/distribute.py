@@ -179,7 +179,7 @@ class BlockWorker:
         queue = RecordQueue(self.generator, self.settings.encode_threads)
         failures: list[dict] = []
         started, started_at = time.perf_counter(), time.time()
-        for batch in batches(block.items, self.settings.batch_size):
+        for batch in batches(block.items, self.generator.batch_size(block.items[0])):
             try:
                 rendered = self.generator.render_items(batch)
             except Exception:  # noqa: BLE001 - one bad batch must not stop the others

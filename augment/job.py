@@ -304,10 +304,13 @@ def render_blocks(
 ) -> Rendering:
     """Render the plan items not in `done`."""
     from augment.distribute import DISTRIBUTORS, block_size, make_blocks
+    from augment.generate.engine import AUTO_CPU_BATCH
     from augment.progress import image_progress
 
     shards_dir = out_dir / "shards"
-    size = block_size(len(items), spec.generation.batch_size, spec.output.rows_per_shard)
+    batch = spec.generation.batch_size
+    nominal = batch if isinstance(batch, int) else AUTO_CPU_BATCH  # auto: workers split blocks
+    size = block_size(len(items), nominal, spec.output.rows_per_shard)
     blocks = make_blocks(items, done, size, parquet.next_shard_index(shards_dir))
     worker_kwargs = {
         "spec": spec,

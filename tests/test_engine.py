@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from augment.config import load_spec
-from augment.generate.engine import to_uint8
+from augment.errors import ModelError, SpecError
+from augment.generate.engine import AUTO_CPU_BATCH, largest_batch, to_uint8
 from augment.job import RunOptions, run_job
 from tests.conftest import REPO
 
@@ -64,3 +65,32 @@ def test_shards_are_the_same_with_encoding_overlapped_or_not(job, write_job, tmp
         outputs[threads] = shard_rows(out)
     assert len(outputs[0]) == (9 if job == "tiny" else 24)
     assert outputs[0] == outputs[3]
+
+
+def test_auto_batch_size_takes_the_largest_size_that_fits_and_stops_at_the_first_that_does_not():
+    tried = []
+
+    def fits(size: int) -> bool:
+        tried.append(size)
+        return size <= 16
+
+    assert largest_batch(fits) == 16
+    assert tried == [1, 2, 4, 8, 16, 32]  # no larger trial once 32 ran out of memory
+    with pytest.raises(ModelError, match="not even a batch of 1"):
+        largest_batch(lambda size: False)
+
+
+def test_auto_batch_size_on_a_cpu_renders_what_a_fixed_batch_of_that_size_renders(
+    write_job, tmp_path
+):
+    rows = {}
+    for batch in ("auto", AUTO_CPU_BATCH):
+        out = tmp_path / str(batch)
+        spec = load_spec(write_job(), {"output.dir": str(out), "generation.batch_size": batch})
+        run_job(spec, RunOptions(distributor="local"))
+        rows[batch] = shard_rows(out)
+    assert len(rows["auto"]) == 9
+    assert rows["auto"] == rows[AUTO_CPU_BATCH]
+    for wrong in (0, "big", True):
+        with pytest.raises(SpecError, match="positive integer or auto"):
+            load_spec(write_job(), {"generation.batch_size": wrong})

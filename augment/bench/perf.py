@@ -77,6 +77,7 @@ FAST_PATHS = {
     "attention cudnn": {"attention": "cudnn"},
     "fastest": {"fuse_qkv": True, "compile": True},
     "cuda graphs": {"fuse_qkv": True, "compile": True, "compile_mode": "reduce-overhead"},
+    "auto batch": {"batch_size": "auto"},
 }
 
 

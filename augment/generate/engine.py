@@ -21,9 +21,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from augment.config import GenerationSpec, JobSpec, SpecPaths
+from augment.errors import ModelError
 from augment.records import WorkItem
 from augment.sources import SourceSet
 
@@ -59,6 +61,30 @@ MODE_SETTINGS = {
     "controlnet": ("controlnet",),
     "interpolate": ("interpolate",),
 }
+
+
+#: `batch_size: auto`: the sizes tried on a GPU, smallest first (the largest that fits wins),
+#: the share of the GPU's memory a trial may peak at (headroom for longer prompts), and the
+#: size used on a CPU, where memory is not what limits a batch.
+AUTO_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+AUTO_MEMORY_SHARE = 0.9
+AUTO_CPU_BATCH = 8
+
+
+def largest_batch(fits: Callable[[int], bool], sizes: tuple[int, ...] = AUTO_BATCH_SIZES) -> int:
+    """The largest of `sizes` that `fits`, trying them in order and stopping at the first that
+    does not (memory grows with the batch)."""
+    best = 0
+    for size in sizes:
+        if not fits(size):
+            break
+        best = size
+    if not best:
+        raise ModelError(
+            f"generation.batch_size auto: not even a batch of {sizes[0]} fits on this device; "
+            "lower height/width, use dtype float16, or set vae_slicing/vae_tiling"
+        )
+    return best
 
 
 def batches(items: list, size: int) -> Iterator[list]:
@@ -182,6 +208,7 @@ class Generator:
         self.settings = settings
         self.pipe = load_pipeline(settings, paths)
         self.compiled = False
+        self.chosen_batch: int | None = None  # the batch size, once known (auto: probed)
         self.sources = sources
         self.mask_files = paths.mask_files
         unused = {key for key, modes in MODE_SETTINGS.items() if settings.mode not in modes}
@@ -190,11 +217,45 @@ class Generator:
 
     def __call__(self, items: list[WorkItem]) -> list[dict]:
         """Records for the items, batch by batch (encoding overlaps the next batch)."""
+        if not items:
+            return []
         queue = RecordQueue(self, self.settings.encode_threads)
-        for batch in batches(items, self.settings.batch_size):
+        for batch in batches(items, self.batch_size(items[0])):
             for rendered in self.render_items(batch):
                 queue.add(rendered)
         return queue.finish()
+
+    def batch_size(self, item: WorkItem) -> int:
+        """The spec's batch size; for `auto`, found once, on the first item's inputs."""
+        if self.chosen_batch is None:
+            size = self.settings.batch_size
+            self.chosen_batch = size if isinstance(size, int) else self.auto_batch_size(item)
+        return self.chosen_batch
+
+    def auto_batch_size(self, item: WorkItem) -> int:
+        """The largest batch of AUTO_BATCH_SIZES whose render (two denoising steps: memory does
+        not grow with steps) peaks under AUTO_MEMORY_SHARE of the GPU's memory."""
+        import torch
+
+        if self.pipe.device.type != "cuda":
+            return AUTO_CPU_BATCH
+        total = torch.cuda.get_device_properties(self.pipe.device).total_memory
+        steps = max(2, math.ceil(1 / self.settings.strength))  # img2img keeps >= 1 step
+
+        def fits(size: int) -> bool:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.pipe.device)
+            try:
+                self.render([item] * size, steps)
+            except torch.OutOfMemoryError:
+                return False
+            finally:
+                torch.cuda.empty_cache()
+            return torch.cuda.max_memory_allocated(self.pipe.device) <= AUTO_MEMORY_SHARE * total
+
+        size = largest_batch(fits)
+        log.warning("batch_size auto: %d images per call on %s", size, self.pipe.device)
+        return size
 
     def render_items(self, items: list[WorkItem]) -> list[Rendered]:
         """One batch's images on the CPU as uint8, one render call per image size."""
@@ -220,7 +281,7 @@ class Generator:
             "width": width,
         }
 
-    def render(self, items: list[WorkItem]) -> tuple:
+    def render(self, items: list[WorkItem], steps: int | None = None) -> tuple:
         """Float images in [0, 1] (NCHW, on the pipeline's device) and the safety checker's
         verdicts."""
         import torch
@@ -229,7 +290,7 @@ class Generator:
         started = time.perf_counter()
         output = self.pipe(
             **self.inputs(items),
-            num_inference_steps=self.settings.num_inference_steps,
+            num_inference_steps=steps or self.settings.num_inference_steps,
             guidance_scale=self.settings.guidance_scale,
             generator=generators,
             output_type="pt",
