@@ -523,28 +523,28 @@ def measure_case(
         return {k: v for k, v in default.items() if k != "pixels"}
 
     row("augment", default_engine)
+
+    def against_default(measured: dict) -> dict:
+        """The row without its pixels, and their largest difference from the default's."""
+        pixels = measured.pop("pixels")
+        if default:
+            measured["max_pixel_difference"] = max_difference(pixels, default["pixels"])
+        return measured
+
     chosen = settings.fast or ("none" if device == "cpu" else ",".join(FAST_PATHS))
     for name in [] if chosen == "none" else chosen.split(","):
         if name not in FAST_PATHS:
             raise AugmentError(f"--fast: unknown {name!r}; known: {', '.join(FAST_PATHS)}")
 
         def fast(extra=FAST_PATHS[name]) -> dict:
-            measured = engine(location, case, n, work, device, extra)
-            pixels = measured.pop("pixels")
-            if default:
-                measured["max_pixel_difference"] = max_difference(pixels, default["pixels"])
-            return measured
+            return against_default(engine(location, case, n, work, device, extra))
 
         row(f"augment {name}", fast)
     if device == "cpu" and settings.ray:
         for workers in (1, 2):
 
             def through_ray(workers=workers) -> dict:
-                measured = engine_through_ray(location, case, n, work, workers)
-                pixels = measured.pop("pixels")
-                if default:
-                    measured["max_pixel_difference"] = max_difference(pixels, default["pixels"])
-                return measured
+                return against_default(engine_through_ray(location, case, n, work, workers))
 
             row(f"augment ray {workers} worker{'s' if workers > 1 else ''}", through_ray)
     add_ratios(result, peak)
