@@ -23,7 +23,7 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -97,8 +97,6 @@ class PerfSettings:
     #: The device's dense peak, when the card is not in PEAK_TFLOPS (or on a CPU).
     peak_tflops: float | None = None
     smoke: bool = False
-    #: Set by the run: the cases, the device.
-    results: list = field(default_factory=list)
 
 
 def shaped_sd15(device: str, dtype):
@@ -441,13 +439,9 @@ def shard_flags(out: Path) -> dict:
     float16 can overflow: each re-render costs the engine time a bare loop does not spend)."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(out / "shards", columns=["nan", "black", "float32_retry", "render_s"])
-    columns = {name: table.column(name).to_pylist() for name in table.column_names}
-    return {
-        "nan": sum(columns["nan"]),
-        "black": sum(columns["black"]),
-        "float32_retry": sum(columns["float32_retry"]),
-    }
+    flags = ["nan", "black", "float32_retry"]
+    table = pq.read_table(out / "shards", columns=flags)
+    return {flag: sum(table.column(flag).to_pylist()) for flag in flags}
 
 
 def engine_through_ray(location: str, case: Case, n: int, work: Path, workers: int) -> dict:
