@@ -143,6 +143,40 @@ def export(out: str | Path, formats: list[str], include_flagged: bool = False) -
     return export_formats(Path(out), formats, include_flagged)
 
 
+def refilter(
+    out: str | Path,
+    scorer: str | None = None,
+    min_concept_score: float | None = None,
+    min_clip_score: float | None = None,
+    real: str | None = None,
+):
+    """Flag a finished run again without rendering: other minimums, another scorer, and
+    duplicates (also of a benchmark's real pool: `real` as `classify` takes it). Returns a
+    `FilterResult` (flag counts before and after); the shards, manifest and exports change."""
+    from augment.job import refilter as refilter_run
+
+    pictures = None if real is None else real_pictures(real)
+    return refilter_run(
+        Path(out), scorer, min_concept_score, min_clip_score, pictures, real_name=real
+    )
+
+
+def real_pictures(real: str) -> list:
+    """The real pool of a benchmark source (`digits`, an image folder, a COCO file) as
+    pictures a run's images are compared with for duplicates."""
+    from augment.bench.data import load_real
+    from augment.duplicates import THUMB, Picture
+    from augment.taxonomy.listfile import slugify
+
+    data = load_real(real, THUMB)
+    names = data.classes.names
+    pool = data.pool
+    return [
+        Picture(image_id, slugify(names[label]), pixels)
+        for image_id, label, pixels in zip(pool.ids, pool.labels, pool.images, strict=True)
+    ]
+
+
 def classify(
     real: str = "digits",
     synthetic: str | Path | None = None,

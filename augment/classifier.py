@@ -102,3 +102,18 @@ def load_classifier(location: str | Path):
     model = build_model(config["architecture"], len(config["classes"]))
     model.load_state_dict(load_file(str(Path(location) / "model.safetensors")))
     return model.eval(), config
+
+
+def logits_and_features(model, batch):
+    """The model's logits, and the input of its final linear layer: the features it decides
+    on (the 128 numbers of the small CNN, a ResNet's pooled features)."""
+    from torch import nn
+
+    head = [module for module in model.modules() if isinstance(module, nn.Linear)][-1]
+    seen = []
+    handle = head.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+    try:
+        logits = model(batch)
+    finally:
+        handle.remove()
+    return logits, seen[0]

@@ -135,7 +135,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     out.print(
         f"{result.rendered} images rendered, {result.skipped} already done, "
-        f"{result.flagged} flagged, {result.failed} failed, of {result.planned} planned, "
+        f"{result.flagged} flagged, {result.duplicates} duplicates, {result.failed} failed, "
+        f"of {result.planned} planned, "
         f"in {result.seconds:.1f} s"
     )
     print_outputs(result.outputs)
@@ -275,6 +276,51 @@ def add_export(commands: Commands) -> None:
     )
     export.add_argument("--include-flagged", action="store_true", help="keep flagged images")
     export.set_defaults(func=cmd_export)
+
+
+def cmd_filter(args: argparse.Namespace) -> int:
+    result = api.refilter(
+        args.out_dir,
+        scorer=args.scorer,
+        min_concept_score=args.min_concept_score,
+        min_clip_score=args.min_clip_score,
+        real=args.real,
+    )
+    changes = [
+        f"  {flag:<11} {result.before[flag]} -> {result.after[flag]}"
+        for flag in result.after
+        if result.before[flag] or result.after[flag]
+    ]
+    how = "scored again" if result.rescored else "stored scores"
+    print_lines(
+        f"{result.records} images re-flagged ({how}), {result.rewritten} shards rewritten",
+        *changes,
+    )
+    print_outputs(result.outputs)
+    return 0
+
+
+def add_filter(commands: Commands) -> None:
+    command = commands.add_parser(
+        "filter",
+        help="flag a finished run again (other minimums, another scorer, duplicates), "
+        "without rendering",
+        description="Re-score and re-flag OUT's images: other minimums use the stored scores, "
+        "another --scorer scores the images again; duplicates are found again (also of a "
+        "real pool with --real). Shards are rewritten atomically, the manifest keeps the "
+        "history of filters, and the exports are written again. The run's own settings "
+        "give back its original shards.",
+        epilog="example: augment filter out/demo --min-concept-score 0.9",
+    )
+    command.add_argument("out_dir", type=Path, help="a finished `augment run` output folder")
+    command.add_argument("--scorer", help="another scorer (classifier or CLIP folder, builtin:)")
+    command.add_argument("--min-concept-score", type=float, help="flag under this (0..1)")
+    command.add_argument("--min-clip-score", type=float, help="CLIP scorers: flag under this")
+    command.add_argument(
+        "--real",
+        help="also flag images that repeat one of this real pool's (as bench classify --real)",
+    )
+    command.set_defaults(func=cmd_filter)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -855,6 +901,7 @@ COMMANDS = (
     add_finetune,
     add_paste,
     add_export,
+    add_filter,
     add_submit,
     add_status,
     add_logs,

@@ -23,12 +23,19 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from augment.classifier import CLASSIFIER_CONFIG, load_classifier, to_array, to_tensor
+from augment.classifier import (
+    CLASSIFIER_CONFIG,
+    load_classifier,
+    logits_and_features,
+    to_array,
+    to_tensor,
+)
 from augment.config import FilterSpec, looks_like_hub_id
 from augment.errors import ModelError
 from augment.taxonomy.listfile import slugify
@@ -96,6 +103,22 @@ def check_scorer(spec: FilterSpec, location: str | None, concepts: list[str]) ->
     return location
 
 
+@dataclass
+class Scores:
+    """A scorer's verdict on a batch of images."""
+
+    probabilities: np.ndarray  # images x the job's concepts
+    clip: np.ndarray | None  # CLIP scorers: 100 x cosine(image, prompt)
+    features: np.ndarray  # images x the scorer's features (diversity, duplicates, distances)
+
+
+def is_low(spec: FilterSpec, concept_score: float | None, clip_score: float | None) -> bool:
+    """Whether scores fall under the spec's minimums (what `filtered` means)."""
+    return (concept_score is not None and concept_score < spec.min_concept_score) or (
+        clip_score is not None and clip_score < spec.min_clip_score
+    )
+
+
 class ClassifierScorer:
     """An augment image classifier: softmax over the job's concept columns."""
 
@@ -106,15 +129,14 @@ class ClassifierScorer:
         self.device = device
         self.model = model.to(device)
 
-    def __call__(
-        self, images: list[Image.Image], prompts: list[str]
-    ) -> tuple[np.ndarray, np.ndarray | None]:
+    def __call__(self, images: list[Image.Image], prompts: list[str]) -> Scores:
         import torch
 
         pixels = np.stack([to_array(image, self.image_size) for image in images])
         with torch.no_grad():
-            logits = self.model(to_tensor(pixels).to(self.device))[:, self.columns]
-        return torch.softmax(logits.float(), dim=1).cpu().numpy(), None
+            logits, features = logits_and_features(self.model, to_tensor(pixels).to(self.device))
+        probabilities = torch.softmax(logits[:, self.columns].float(), dim=1)
+        return Scores(probabilities.cpu().numpy(), None, features.float().cpu().numpy())
 
 
 class ClipScorer:
@@ -143,9 +165,7 @@ class ClipScorer:
         ).to(self.device)
         return normalized(self.model.get_text_features(**tokens))
 
-    def __call__(
-        self, images: list[Image.Image], prompts: list[str]
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, images: list[Image.Image], prompts: list[str]) -> Scores:
         import torch
 
         with torch.no_grad():
@@ -156,7 +176,8 @@ class ClipScorer:
             logits = self.model.logit_scale.exp() * embeds @ self.concepts.T
             cosine = (embeds * self.text_embeddings(prompts)).sum(dim=1)
         probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy()
-        return probabilities, (100.0 * cosine.clamp(min=0)).float().cpu().numpy()
+        clip = (100.0 * cosine.clamp(min=0)).float().cpu().numpy()
+        return Scores(probabilities, clip, embeds.float().cpu().numpy())
 
 
 def normalized(features):
@@ -176,6 +197,7 @@ class ImageFilter:
         scorer_class = ClassifierScorer if is_classifier(location) else ClipScorer
         self.spec = spec
         self.scorer = scorer_class(location, concepts, device)
+        self.concepts = list(concepts)
         self.concept_index = {slugify(name): i for i, name in enumerate(concepts)}
 
     def __call__(self, records: list[dict]) -> list[dict]:
@@ -186,20 +208,21 @@ class ImageFilter:
 
     def score_batch(self, records: list[dict]) -> list[dict]:
         images = [Image.open(io.BytesIO(r["image"]["bytes"])) for r in records]
-        probabilities, clip_scores = self.scorer(images, [r["prompt"] for r in records])
+        scores = self.scorer(images, [r["prompt"] for r in records])
         out = []
         for row, record in enumerate(records):
-            concept = probabilities[row, self.concept_index[slugify(record["concept_name"])]]
-            clip = None if clip_scores is None else float(clip_scores[row])
-            low = concept < self.spec.min_concept_score or (
-                clip is not None and clip < self.spec.min_clip_score
+            concept = float(
+                scores.probabilities[row, self.concept_index[slugify(record["concept_name"])]]
             )
+            clip = None if scores.clip is None else float(scores.clip[row])
             out.append(
                 {
                     **record,
-                    "concept_score": float(concept),
+                    "concept_score": concept,
                     "clip_score": clip,
-                    "filtered": bool(record["filtered"] or low),
+                    "scored_as": self.concepts[int(scores.probabilities[row].argmax())],
+                    "embedding": scores.features[row].tolist(),
+                    "filtered": bool(record["filtered"] or is_low(self.spec, concept, clip)),
                 }
             )
         return out

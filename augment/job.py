@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 
 from augment.config import SOURCE_MODES, JobSpec
+from augment.duplicates import Picture, flag_duplicates
 from augment.errors import AugmentError, ModelError, OutputError, SpecError, at_least
 from augment.filters import check_scorer
 from augment.finetuning import (
@@ -43,10 +44,11 @@ from augment.labels.segment import check_segmenter
 from augment.planning import build_interpolation_plan, build_plan, build_source_plan, write_plan
 from augment.prompting import Prompt, build_prompts, enforce_token_limit
 from augment.records import FLAGS, WorkItem
-from augment.sinks import export, parquet
+from augment.sinks import export, parquet, run_categories
 from augment.sinks.animation import write_animations
 from augment.sources import SourceSet, concept_index
 from augment.taxonomy import Concept, spec_concepts
+from augment.taxonomy.listfile import slugify
 
 if TYPE_CHECKING:
     from augment.labels.paste import PasteResult
@@ -68,6 +70,7 @@ class RunResult:
     failed: int
     seconds: float
     rendering_seconds: float = 0.0  # the first block's start to the last block's commit
+    duplicates: int = 0  # images of the whole run (this call's and earlier ones') that repeat
     outputs: dict[str, Path] = field(default_factory=dict)
     #: What failed, as in manifest.json: {"item_id", "error"} or {"source", "error"}.
     failures: list[dict] = field(default_factory=list)
@@ -341,6 +344,30 @@ def render_blocks(
     return Rendering(totals["rendered"], totals["flagged"], failures, rendering)
 
 
+#: Modes whose render may copy its source image: a render that repeats its source is flagged
+#: a duplicate of it. (An inpainted image keeps its source outside the mask by design.)
+COPYING_MODES = ("img2img",)
+
+
+def source_pictures(
+    spec: JobSpec, items: list[WorkItem], sources: SourceSet | None
+) -> list[Picture]:
+    """The source images a run's renders may repeat, each under its items' concepts."""
+    if sources is None or spec.generation.mode not in COPYING_MODES:
+        return []
+    pairs = dict.fromkeys(
+        (item.source_image_id, slugify(item.concept_name)) for item in items if item.source_image_id
+    )
+    pictures = []
+    for source_id, concept in pairs:
+        try:
+            pixels = np.asarray(sources.pixels(source_id).convert("RGB"))
+        except SpecError:  # unreadable: already reported, and nothing rendered from it
+            continue
+        pictures.append(Picture(source_id, concept, pixels))
+    return pictures
+
+
 def resume_point(out_dir: Path) -> set[str]:
     """The item_ids already committed; damaged shards go to OUT/quarantine/ first, so their
     items are rendered again (named in the log here and in the manifest)."""
@@ -511,6 +538,9 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
         failures = rendering.failures + (sources.unreadable if sources is not None else [])
     finally:
         parquet.remove_temp_files(out_dir / "shards")  # a worker killed mid-write leaves one
+    duplicates = flag_duplicates(
+        out_dir / "shards", [item.item_id for item in items], source_pictures(spec, items, sources)
+    )
     outputs = {
         "spec": out_dir / "job.yaml",
         "plan": out_dir / "plan.parquet",
@@ -535,6 +565,113 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
         failed=len(failures),
         seconds=seconds,
         rendering_seconds=rendering.seconds,
+        duplicates=duplicates,
         outputs=outputs,
         failures=failures,
     )
+
+
+@dataclass
+class FilterResult:
+    out_dir: Path
+    records: int
+    rescored: bool  # the images were scored again (another scorer); else the stored scores
+    rewritten: int  # shards whose records changed
+    before: dict[str, int]  # flag -> count, before and after
+    after: dict[str, int]
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+
+def refilter(
+    out_dir: Path,
+    scorer: str | None = None,
+    min_concept_score: float | None = None,
+    min_clip_score: float | None = None,
+    real: list[Picture] | None = None,
+    real_name: str | None = None,
+) -> FilterResult:
+    """Flag a finished run again, without rendering: other minimums (the stored scores), or
+    another scorer (the images scored again), and duplicates (also of `real` pictures, when
+    given). Shards whose records change are rewritten in place, atomically; the same settings
+    as before give back byte-identical shards. The manifest keeps each filter's settings and
+    counts (`filter_history`), and the run's exports are written again."""
+    from augment.filters import ImageFilter, is_low
+
+    out_dir = Path(out_dir)
+    saved, manifest_path = out_dir / "job.yaml", out_dir / "manifest.json"
+    if not saved.is_file() or not manifest_path.is_file():
+        raise OutputError(
+            f"{out_dir} holds no finished run (job.yaml and manifest.json); `augment run` it first"
+        )
+    shards_dir = out_dir / "shards"
+    _, damaged = parquet.check_shards(shards_dir)
+    if damaged:
+        shard, reason = next(iter(damaged.items()))
+        raise OutputError(
+            f"shard {shard} cannot be read ({reason}); rerun `augment run` on the job to "
+            "quarantine it and render its images again, then filter"
+        )
+    parquet.run_shards(out_dir)
+    previous = yaml.safe_load(saved.read_text())
+    manifest = json.loads(manifest_path.read_text())
+    current = manifest.get("filters") or previous["filters"]  # the last filter applied
+    chosen = {"scorer": scorer, "min_concept_score": min_concept_score}
+    chosen["min_clip_score"] = min_clip_score
+    overrides = {
+        f"filters.{key}": current[key] if value is None else value for key, value in chosen.items()
+    }
+    from augment.config import load_spec
+
+    spec = load_spec(previous, overrides)
+    if spec.filters.scorer is None and (min_concept_score, min_clip_score) != (None, None):
+        raise SpecError(
+            f"{out_dir} was rendered without a scorer, so it has no scores to compare with a "
+            "minimum; give --scorer (a classifier or CLIP folder, or builtin:digits-scorer)"
+        )
+    concepts = [category["name"] for category in run_categories(out_dir)]
+    location = check_scorer(spec.filters, spec.paths.scorer, concepts)
+    rescore = location is not None and spec.filters.scorer != current["scorer"]
+    image_filter = ImageFilter(spec.filters, location, concepts) if rescore else None
+    _, before = parquet.count_true(shards_dir, list(FLAGS))
+    rewritten = 0
+    for path in parquet.shard_paths(shards_dir):
+        table = parquet.read_shard(path)
+        records = [{**record, "filtered": False} for record in table.to_pylist()]
+        if image_filter is not None:
+            records = image_filter(records)
+        else:
+            for record in records:
+                scores = record["concept_score"], record["clip_score"]
+                record["filtered"] = is_low(spec.filters, *scores)
+        changed = parquet.pa.Table.from_pylist(records, schema=parquet.RECORD_SCHEMA)
+        if not changed.equals(table.cast(parquet.RECORD_SCHEMA)):
+            parquet.write_table(shards_dir, path.name, changed)
+            rewritten += 1
+    order = parquet.pq.read_table(out_dir / "plan.parquet", columns=["item_id"])
+    if real is None:
+        sources = SourceSet.of(spec) if spec.generation.mode in COPYING_MODES else None
+        items = plan_for(spec, sources=sources) if sources is not None else []
+        real = source_pictures(spec, items, sources)
+    flag_duplicates(shards_dir, order.column("item_id").to_pylist(), real)
+    _, after = parquet.count_true(shards_dir, list(FLAGS))
+    settings = {
+        "scorer": spec.filters.scorer,
+        "min_concept_score": spec.filters.min_concept_score,
+        "min_clip_score": spec.filters.min_clip_score,
+        "real": real_name,
+    }
+    history = manifest.get("filter_history") or [
+        {"at": manifest["finished"], "command": "run", **previous["filters"], "flags": before}
+    ]
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    entry = {"at": now, "command": "filter", **settings, "rescored": rescore, "flags": after}
+    history.append(entry)
+    manifest["counts"].update(after)
+    manifest["filters"] = settings
+    manifest["filter_history"] = history
+    tmp = out_dir / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(manifest_path)
+    outputs = export(out_dir, spec.output.formats)
+    records = sum(s["rows"] for s in manifest["shards"])
+    return FilterResult(out_dir, records, rescore, rewritten, before, after, outputs)

@@ -16,7 +16,7 @@ import pyarrow as pa
 from augment.taxonomy.concept import Concept
 
 #: Record columns that flag an image: exports and benchmarks leave flagged rows out.
-FLAGS = ("black", "nan", "nsfw", "filtered", "bad_mask", "not_found")
+FLAGS = ("black", "nan", "nsfw", "filtered", "duplicate", "bad_mask", "not_found")
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,16 @@ RECORD_SCHEMA = pa.schema(
         ("image", IMAGE_TYPE),
         ("clip_score", pa.float64()),
         ("concept_score", pa.float64()),  # filters: p(own concept | image)
+        ("scored_as", pa.string()),  # filters: the concept the scorer reads (its top class)
+        ("embedding", pa.list_(pa.float32())),  # filters: the scorer's features of the image
+        ("phash", pa.int64()),  # 64-bit DCT perceptual hash (duplicates.perceptual_hash)
         ("black", pa.bool_()),
         ("nan", pa.bool_()),
         ("nsfw", pa.bool_()),
         ("float32_retry", pa.bool_()),  # first render NaN/black: this is the float32 re-render
         ("filtered", pa.bool_()),
+        ("duplicate", pa.bool_()),  # repeats an earlier image of its concept, or a real one
+        ("duplicate_of", pa.string()),  # the item_id (or real image id) it repeats
         ("mask_area", pa.float64()),  # segment: the share of the image its object's mask covers
         ("bad_mask", pa.bool_()),  # segment: mask empty, (almost) the whole image, or cut off
         ("not_found", pa.bool_()),  # labels: the detector found no box of the image's concept

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from augment.config import FilterSpec, load_spec, locate
@@ -54,6 +55,9 @@ def test_digits_scorer_keeps_true_digits_and_flags_mislabelled_ones():
     for record in right + wrong:
         assert 0.0 <= record["concept_score"] <= 1.0 and record["clip_score"] is None
         assert record["filtered"] == (record["concept_score"] < 0.5)
+        assert len(record["embedding"]) == 128  # the small CNN's features
+        if not record["filtered"]:  # read as its own concept: its own class is the top one
+            assert record["scored_as"] == record["concept_name"]
 
 
 def filtered_job(tmp_path: Path, name: str, filters: str) -> Path:
@@ -92,6 +96,54 @@ def test_run_scores_every_image_flags_those_under_the_minimum_and_exports_the_re
     assert len(coco["images"]) == 12
 
 
+def shard_bytes(out: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted((out / "shards").iterdir())}
+
+
+def test_filter_reflags_a_finished_run_as_a_run_with_that_minimum_would(tmp_path, capsys):
+    """`augment filter` gives the records a run with the new minimum gives (its timings
+    aside), without rendering; the run's own minimum, or its own scorer, restores its bytes."""
+    from augment.api import refilter
+    from tests.conftest import cli
+
+    scored = filtered_job(tmp_path, "scored", "filters:\n  scorer: builtin:digits-scorer\n")
+    run_job(load_spec(scored), LOCAL)
+    out = tmp_path / "scored"
+    original = shard_bytes(out)
+    scores = pd.read_parquet(out / "shards")["concept_score"]
+    median = float(scores.median())
+    cut = filtered_job(
+        tmp_path,
+        "cut",
+        f"filters:\n  scorer: builtin:digits-scorer\n  min_concept_score: {median}\n",
+    )
+    run_job(load_spec(cut), LOCAL)
+
+    code, stdout, _ = cli(capsys, "filter", out, "--min-concept-score", median)
+    assert code == 0 and "(stored scores)" in stdout
+    refiltered, rendered = (pq.read_table(o / "shards") for o in (out, tmp_path / "cut"))
+    assert refiltered.drop_columns("render_s").equals(rendered.drop_columns("render_s"))
+    flagged = int((scores < median).sum())
+    coco = json.loads((out / "coco" / "annotations.json").read_text())
+    assert len(coco["images"]) == 12 - flagged
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["filtered"] == flagged
+    assert [h["min_concept_score"] for h in manifest["filter_history"]] == [0.5, median]
+
+    clip = refilter(out, scorer="builtin:tiny-clip", min_concept_score=0.0)
+    assert clip.rescored and clip.after["filtered"] == 0
+    assert pd.read_parquet(out / "shards")["clip_score"].notna().all()
+    back = refilter(out, scorer="builtin:digits-scorer", min_concept_score=0.5)
+    assert back.rescored and shard_bytes(out) == original
+    assert len(json.loads((out / "manifest.json").read_text())["filter_history"]) == 4
+
+    code, _, stderr = cli(capsys, "filter", tmp_path / "nowhere")
+    assert code == 2 and "holds no finished run" in stderr
+    code, _, stderr = cli(capsys, "filter", out, "--min-concept-score", "2")
+    assert code == 2 and "min_concept_score" in stderr
+    assert shard_bytes(out) == original  # a refused filter touches nothing
+
+
 def test_clip_scorer_gives_zero_shot_probabilities_and_clip_scores(tmp_path):
     concepts = ["zero", "one", "two"]
     records = digit_records(np.arange(6), [concepts[i % 3] for i in range(6)])
@@ -113,9 +165,11 @@ def test_clip_probabilities_sum_to_one_over_the_jobs_concepts():
     location = scorer_at(FilterSpec(scorer="builtin:tiny-clip"))
     scorer = ClipScorer(location, ["zero", "one", "two", "three"])
     image = Image.fromarray(load_digit_images(32)[0][0])
-    probabilities, clip_scores = scorer([image, image], ["a digit", "a digit"])
+    scores = scorer([image, image], ["a digit", "a digit"])
+    probabilities, clip_scores = scores.probabilities, scores.clip
     assert probabilities.shape == (2, 4) and np.allclose(probabilities.sum(axis=1), 1.0)
     assert np.allclose(probabilities[0], probabilities[1]) and clip_scores[0] == clip_scores[1]
+    assert scores.features.shape[0] == 2 and np.allclose(scores.features[0], scores.features[1])
 
 
 @pytest.mark.parametrize(

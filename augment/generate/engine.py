@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from augment.config import GenerationSpec, JobSpec, SpecPaths
+from augment.duplicates import perceptual_hash
 from augment.errors import ModelError
 from augment.records import WorkItem
 from augment.sources import SourceSet
@@ -390,11 +391,16 @@ class Generator:
             "image": {"bytes": encode_png(pixels), "path": f"{item.item_id}.png"},
             "clip_score": None,
             "concept_score": None,
+            "scored_as": None,
+            "embedding": None,
+            "phash": perceptual_hash(pixels),
             "black": black,
             "nan": has_nan,
             "nsfw": nsfw,
             "float32_retry": float32_retry,
             "filtered": False,
+            "duplicate": False,
+            "duplicate_of": None,
             "mask_area": None,
             "bad_mask": False,
             "not_found": False,

@@ -240,6 +240,7 @@ def paste_record(
         "nan": False,
         "nsfw": False,
         "filtered": False,
+        "duplicate": False,
         "bad_mask": False,
         "not_found": False,
         "render_s": seconds,

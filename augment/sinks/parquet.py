@@ -71,7 +71,16 @@ def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
 
 
 #: Record columns added after shards were first written; older shards read them as empty.
-LATER_COLUMNS = ("mask_area", "bad_mask", "not_found")
+LATER_COLUMNS = (
+    "mask_area",
+    "bad_mask",
+    "not_found",
+    "scored_as",
+    "embedding",
+    "phash",
+    "duplicate",
+    "duplicate_of",
+)
 
 
 def conform(table: pa.Table, columns: list[str] | None) -> pa.Table:
@@ -131,10 +140,17 @@ def read_records(
 
 def write_shard(shards_dir: Path, name: str, records: list[dict]) -> Path:
     """Commit records as one shard: write a temp file, fsync, rename into place."""
+    return write_table(shards_dir, name, pa.Table.from_pylist(records, schema=RECORD_SCHEMA))
+
+
+def write_table(shards_dir: Path, name: str, table: pa.Table) -> Path:
+    """Commit a table as shard `name` (a new one, or one rewritten in place): a reader sees
+    the old shard or the new one, never half of one. The same records give the same bytes
+    (a table read back names its list items as Parquet does; the cast names them as written)."""
+    table = table.cast(RECORD_SCHEMA)
     shards_dir = Path(shards_dir)
     shards_dir.mkdir(parents=True, exist_ok=True)
     tmp = shards_dir / f".{name}.tmp"
-    table = pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
     pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE, write_page_checksum=True)
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
