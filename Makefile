@@ -9,13 +9,15 @@ STAMP := $(VENV)/.installed-stamp
 DEV_STAMP := $(VENV)/.dev-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 WORDNET_FILE := /usr/share/wordnet/data.noun
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: install install-dev wordnet test lint demo clean
+.PHONY: install install-dev wordnet browser test lint demo clean
 
 install: $(STAMP) wordnet
 
-# The tests' own tools (pytest, ruff, datasets, notebooks): `make test` only, not `make demo`.
-install-dev: $(DEV_STAMP) wordnet
+# The tests' own tools (pytest, ruff, datasets, notebooks, a browser for the gallery's test):
+# `make test` only, not `make demo`.
+install-dev: $(DEV_STAMP) wordnet browser
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) --version >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
@@ -37,6 +39,15 @@ wordnet:
 	$(SUDO) apt-get update -qq && \
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 		wordnet-base wordnet-sense-index
+
+# Debian's Chromium: the gallery (augment view) is tested in a real headless browser.
+browser:
+	@if [ -x $(CHROMIUM) ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+		echo "error: Chromium is missing and apt-get is not available; install chromium"; exit 2; fi; \
+	$(SUDO) apt-get update -qq && \
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		chromium
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check augment tests analysis scripts

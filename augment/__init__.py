@@ -33,6 +33,7 @@ __all__ = [
     "run",
     "status",
     "submit",
+    "view",
 ]
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
         run,
         status,
         submit,
+        view,
     )
     from augment.errors import AugmentError
 

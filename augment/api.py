@@ -161,6 +161,16 @@ def refilter(
     )
 
 
+def view(out: str | Path, per_concept: int = 500) -> Path:
+    """Write OUT/gallery, a static HTML gallery of a run (one page per concept, the
+    per-concept table as index); returns the index page's path."""
+    from augment.errors import at_least
+    from augment.view import write_gallery
+
+    at_least("per_concept", per_concept, 1)
+    return write_gallery(Path(out), per_concept)
+
+
 def real_pictures(real: str) -> list:
     """The real pool of a benchmark source (`digits`, an image folder, a COCO file) as
     pictures a run's images are compared with for duplicates."""

@@ -323,6 +323,28 @@ def add_filter(commands: Commands) -> None:
     command.set_defaults(func=cmd_filter)
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    index = api.view(args.out_dir, per_concept=args.per_concept)
+    print_lines(f"gallery: {index} (open it in a browser; no server needed)")
+    return 0
+
+
+def add_view(commands: Commands) -> None:
+    command = commands.add_parser(
+        "view",
+        help="write a static HTML gallery of a run (OUT/gallery/index.html)",
+        description="One page per concept with thumbnails (a click shows the prompt, seed and "
+        "scores; checkboxes show or hide images by flag), and the per-concept quality table, "
+        "worst first, as the index page.",
+        epilog="example: augment view out/demo",
+    )
+    command.add_argument("out_dir", type=Path, help="an `augment run` output folder")
+    command.add_argument(
+        "--per-concept", type=int, default=500, help="at most this many images a page (500)"
+    )
+    command.set_defaults(func=cmd_view)
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     spec = load_job(args)
     quiet_libraries()
@@ -846,6 +868,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"{summary['wall_time_s']:.0f} s"
     )
     out.print(f"report: {summary['report']}", soft_wrap=True)
+    out.print(f"gallery: {summary['gallery']} ({summary['duplicates']} duplicates)", soft_wrap=True)
     out.print(f"summary: {args.out / 'summary.json'}", soft_wrap=True)
     return 0
 
@@ -902,6 +925,7 @@ COMMANDS = (
     add_paste,
     add_export,
     add_filter,
+    add_view,
     add_submit,
     add_status,
     add_logs,

@@ -187,6 +187,23 @@ def normalized(features):
     return features / features.norm(dim=-1, keepdim=True)
 
 
+def load_scorer(location: str, concepts: list[str], device: str = "cpu"):
+    """A classifier or CLIP scorer over the job's concepts (its location checked first)."""
+    scorer_class = ClassifierScorer if is_classifier(location) else ClipScorer
+    return scorer_class(location, concepts, device)
+
+
+def scorer_features(location: str, concepts: list[str], images: list[Image.Image]) -> np.ndarray:
+    """The scorer's features of images (real ones, say), as the filter stores them for renders:
+    the same numbers, so the two sets can be compared."""
+    scorer = load_scorer(location, concepts)
+    parts = [
+        scorer(images[start : start + SCORE_BATCH], [""] * len(images[start : start + SCORE_BATCH]))
+        for start in range(0, len(images), SCORE_BATCH)
+    ]
+    return np.concatenate([part.features for part in parts]) if parts else np.zeros((0, 1))
+
+
 class ImageFilter:
     """Loaded once per worker; `__call__` returns the records with scores and `filtered` set."""
 
@@ -194,9 +211,8 @@ class ImageFilter:
         if spec.scorer is None:
             raise ValueError("ImageFilter needs filters.scorer")
         location = check_scorer(spec, location, concepts)
-        scorer_class = ClassifierScorer if is_classifier(location) else ClipScorer
         self.spec = spec
-        self.scorer = scorer_class(location, concepts, device)
+        self.scorer = load_scorer(location, concepts, device)
         self.concepts = list(concepts)
         self.concept_index = {slugify(name): i for i, name in enumerate(concepts)}
 

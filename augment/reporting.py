@@ -227,6 +227,58 @@ def plot_samples(real_source: str | None, synthetic: str | None, path: Path, per
     return path
 
 
+#: The per-concept quality columns of the report, as results metrics name them.
+QUALITY_COLUMNS = {
+    "fidelity": "read as its concept %",
+    "flagged": "flagged %",
+    "duplicate_rate": "duplicates %",
+    "diversity": "diversity",
+    "real_diversity": "real diversity",
+    "kid": "KID x1000",
+}
+
+
+def quality_table(results: pd.DataFrame) -> pd.DataFrame:
+    """The synthetic set's per-concept quality (task `quality`), worst fidelity first."""
+    quality = results[(results["task"] == "quality") & (results["metric"] != "node_fidelity")]
+    if quality.empty:
+        return pd.DataFrame()
+    table = quality.pivot_table(index="label", columns="metric", values="value")
+    table = table.sort_values("fidelity") if "fidelity" in table else table
+    for column in ("fidelity", "flagged", "duplicate_rate"):
+        if column in table:
+            table[column] = 100.0 * table[column]
+    columns = [c for c in QUALITY_COLUMNS if c in table]
+    digits = {"fidelity": 1, "flagged": 1, "duplicate_rate": 1, "kid": 1}
+    table = table[columns].round({c: digits.get(c, 3) for c in columns})
+    table = table.rename(columns=QUALITY_COLUMNS)
+    return table.reset_index().rename(columns={"label": "concept"})
+
+
+def plot_quality(results: pd.DataFrame, path: Path) -> Path | None:
+    """Fidelity per concept (worst first) beside fidelity per WordNet node."""
+    quality = results[results["task"] == "quality"]
+    concepts = quality[quality["metric"] == "fidelity"].sort_values("value")
+    nodes = quality[quality["metric"] == "node_fidelity"].sort_values("value")
+    if concepts.empty:
+        return None
+    plt = pyplot()
+    height = 0.3 * max(len(concepts), len(nodes)) + 1.5
+    fig, axes = plt.subplots(1, 2 if len(nodes) else 1, figsize=(10, height), squeeze=False)
+    for ax, frame, title in (
+        (axes[0, 0], concepts, "per concept"),
+        *(((axes[0, 1], nodes, "per WordNet node"),) if len(nodes) else ()),
+    ):
+        ax.barh(frame["label"], 100.0 * frame["value"], color="tab:blue")
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("images the scorer reads as their concept (%)")
+        ax.set_title(f"Fidelity {title}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def headline(results: pd.DataFrame) -> dict:
     """The figures a reader wants first: classifier top-1 per arm, the gain, detection mAP."""
     summary = summarize(results)
@@ -373,6 +425,7 @@ def write_report(
             "Detector mAP50:95 on the real val set (mean ± 95% CI)",
         ),
         "samples": plot_samples(real, synthetic, out_dir / "samples.png"),
+        "quality": plot_quality(results, out_dir / "concept_quality.png"),
     }
     lines = ["# augment benchmark report", ""]
     if "real_only" in figures:
@@ -448,6 +501,20 @@ def write_report(
         per_class["column"] = [f"{arm_label(r)} @{r['shots']}" for _, r in per_class.iterrows()]
         pivot = per_class.pivot_table(index="label", columns="column", values="mean").round(1)
         lines += ["## Per-class accuracy (%)", "", markdown_table(pivot.reset_index()), ""]
+    quality = quality_table(results)
+    if not quality.empty:
+        lines += [
+            "## Synthetic images per concept, worst first",
+            "",
+            "How often the run's scorer reads a concept's images as that concept (Stöckl "
+            "2022's fidelity), the share flagged and the share that repeat another image, "
+            "the mean cosine distance between two images on the scorer's features (diversity) "
+            "beside the same on the concept's real pool images, and the kernel inception "
+            "distance between the two sets on those features (0: alike).",
+            "",
+            markdown_table(quality),
+            "",
+        ]
     for name, title in (
         ("arms", "Classifier arms"),
         ("gain", "Gain vs ratio"),
@@ -455,6 +522,7 @@ def write_report(
         ("nodes", "WordNet nodes"),
         ("detect", "Detector arms"),
         ("samples", "Samples"),
+        ("quality", "Fidelity per concept and WordNet node"),
     ):
         if plots[name] is not None:
             lines += [f"## {title}", "", f"![{title}]({plots[name].name})", ""]

@@ -129,7 +129,11 @@ def test_classify_writes_seeds_per_arm_and_the_report(digits_generator_run, tmp_
     top1 = results[(results["metric"] == "top1")]
     assert set(top1["arm"]) == {"real_only", "augmented", "synthetic_only"}
     assert (top1.groupby(["arm", "ratio"])["seed"].nunique() == 3).all()
-    assert set(results["metric"]) == {"top1", "macro_f1", "class_accuracy", "node_accuracy"}
+    classify = results[results["task"] == "classify"]
+    assert set(classify["metric"]) == {"top1", "macro_f1", "class_accuracy", "node_accuracy"}
+    quality = results[results["task"] == "quality"]  # the fake run has no scorer: flags only
+    assert set(quality["metric"]) == {"flagged", "duplicate_rate"}
+    assert len(quality) == 20 and (quality["value"] == 0).all()
     nodes = set(results[results["metric"] == "node_accuracy"]["label"])
     assert nodes == {"digit.n.01"}  # every digit shares one path: its deepest node stands for it
     augmented = top1[(top1["arm"] == "augmented") & (top1["ratio"] == 2.0)]

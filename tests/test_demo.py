@@ -47,3 +47,13 @@ def test_quick_demo_writes_the_report_and_headline_figures(tmp_path):
     filtered = json.loads((tmp_path / "demo" / "manifest.json").read_text())["counts"]["filtered"]
     assert f"{filtered} filtered by `builtin:digits-scorer` under a concept score of 0.5" in report
     assert "report:" in result.stdout and "summary.json" in result.stdout
+    # Per-concept quality (fidelity, diversity, KID against the real pool) and the gallery.
+    assert "## Synthetic images per concept, worst first" in report
+    assert "KID x1000" in report and "concept_quality.png" in report
+    index = Path(summary["gallery"]).read_text()
+    assert index.count('href="concept-') == 10 and "fidelity" in index
+    assert summary["duplicates"] == manifest_counts(tmp_path / "demo")["duplicate"]
+
+
+def manifest_counts(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())["counts"]

@@ -279,6 +279,11 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
                 }
             )
     results = pd.DataFrame(rows)
+    if settings.synthetic:
+        from augment.bench.quality import quality_rows
+
+        quality = quality_rows(settings.real, Path(settings.synthetic), real)
+        results = pd.concat([results, quality], ignore_index=True)
     write_results(results, out, {"classify": asdict(settings)})
     return results
 

@@ -65,6 +65,7 @@ def run_demo(
     from augment.digits.canvases import real_canvases
     from augment.job import RunOptions, run_job
     from augment.reporting import headline, write_report
+    from augment.view import write_gallery
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -111,6 +112,7 @@ def run_demo(
     )
     lap("detector_benchmark")
     report = write_report(bench / "results.parquet", out / "report", "digits", str(out))
+    gallery = write_gallery(out)
     lap("report")
     import pandas as pd
 
@@ -131,6 +133,8 @@ def run_demo(
         "wall_time_s": round(time.perf_counter() - started, 1),
         "stage_seconds": timings,
         "report": str(report),
+        "gallery": str(gallery),
+        "duplicates": run.duplicates,
         "quick": quick,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))

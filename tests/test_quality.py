@@ -1,0 +1,75 @@
+"""Per-concept quality: fidelity, diversity and KID say what they should on known digits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from augment.config import FilterSpec, locate
+from augment.digits.data import DIGIT_NAMES, digit_splits, load_digit_images
+from augment.filters import ImageFilter, scorer_features
+from augment.generate.engine import encode_png
+from augment.quality import concept_quality, kernel_inception_distance
+from augment.sinks.parquet import write_shard
+
+SCORER = "builtin:digits-scorer"
+
+
+def scored_records(rows: list[int], name: str, image_filter: ImageFilter) -> list[dict]:
+    images, _ = load_digit_images(32)
+    records = [
+        {
+            "item_id": f"{name}-{row}-{n}",
+            "concept_name": name,
+            "prompt": f"a handwritten digit {name}",
+            "image": {"bytes": encode_png(images[row]), "path": None},
+            "filtered": False,
+        }
+        for n, row in enumerate(rows)
+    ]
+    return image_filter(records)
+
+
+def test_fidelity_diversity_and_kid_per_concept(tmp_path: Path):
+    images, labels = load_digit_images(32)
+    splits = digit_splits()
+    location = locate(SCORER, None, "filters.scorer")
+    image_filter = ImageFilter(FilterSpec(scorer=SCORER), location, list(DIGIT_NAMES))
+
+    def generator_rows(digit: int, count: int = 20) -> list[int]:
+        rows = splits["generator"]
+        return [int(r) for r in rows[labels[rows] == digit][:count]]
+
+    records = (
+        scored_records(generator_rows(3), "three", image_filter)
+        + scored_records(generator_rows(7), "seven", image_filter)
+        + scored_records(generator_rows(3), "eight", image_filter)  # threes sold as eights
+        + scored_records([generator_rows(5)[0]] * 20, "five", image_filter)  # one five, 20 times
+    )
+    write_shard(tmp_path / "shards", "part-00000.parquet", records)
+    pool = splits["pool"]
+    features = scorer_features(
+        location, list(DIGIT_NAMES), [Image.fromarray(images[r]) for r in pool]
+    )
+    real = {name: features[labels[pool] == d] for d, name in enumerate(DIGIT_NAMES)}
+
+    table = concept_quality(tmp_path, real).set_index("concept")
+    assert table.index[0] == "eight"  # worst fidelity first
+    assert table.loc["eight", "fidelity"] <= 0.1
+    assert table.loc["three", "fidelity"] >= 0.9 and table.loc["seven", "fidelity"] >= 0.9
+    assert table.loc["five", "diversity"] < 1e-6 < table.loc["three", "diversity"]
+    assert 0 < table.loc["three", "real_diversity"] < 1 and table.loc["three", "real_images"] == 30
+    # Real threes are nearer real threes than the 'eights' (threes) are to real eights.
+    assert table.loc["three", "kid"] < table.loc["eight", "kid"]
+    assert table.loc["seven", "kid"] < table.loc["eight", "kid"]
+    assert (table["images"] == 20).all() and (table["flagged"] >= 0).all()
+
+
+def test_kid_is_unbiased_near_zero_for_one_distribution_and_grows_with_a_shift():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(200, 16)), rng.normal(size=(200, 16))
+    same = kernel_inception_distance(a, b)
+    shifted = kernel_inception_distance(a, b + 0.5)
+    assert abs(same) < 0.2 * shifted and shifted > 0
