@@ -143,28 +143,19 @@ def worker_pids(driver: subprocess.Popen) -> list[int]:
 
 
 @pytest.mark.slow
-def test_killed_worker_then_rerun_gives_exactly_the_plan(tmp_path):
+def test_killed_worker_then_ctrl_c_then_rerun_gives_exactly_the_plan(tmp_path):
+    """A Ray worker killed mid-run: its block goes to another and the run goes on. Ctrl-C
+    then stops the driver cleanly (exit 130, committed shards kept), and the rerun renders
+    exactly what is missing: nothing lost, nothing twice."""
     job = tmp_path / "job.yaml"
     job.write_text(SLOW_JOB.replace("OUT_DIR", str(tmp_path / "out")))
     out = tmp_path / "out"
     driver = start_run(job, "--workers", "2")
-    wait_for_shards(out, 2, driver)
+    wait_for_shards(out, 1, driver)
     pids = worker_pids(driver)
     assert pids, "no Ray worker process found"
     os.kill(pids[0], signal.SIGKILL)
-    driver.communicate(timeout=300)  # it replaces the worker and goes on, or stops cleanly
-    rerun = resume_in_process(job)
-    assert rerun.returncode == 0, rerun.stderr
-    assert_complete_without_duplicates(job, out)
-
-
-@pytest.mark.slow
-def test_ctrl_c_then_rerun_gives_exactly_the_plan(tmp_path):
-    job = tmp_path / "job.yaml"
-    job.write_text(SLOW_JOB.replace("OUT_DIR", str(tmp_path / "out")))
-    out = tmp_path / "out"
-    driver = start_run(job, "--workers", "2")
-    wait_for_shards(out, 1, driver)  # at the first shard: most of the run is still to come
+    wait_for_shards(out, 2, driver)  # the run went on after losing a worker
     driver.send_signal(signal.SIGINT)
     _, stderr = driver.communicate(timeout=120)
     assert driver.returncode == 130, stderr
