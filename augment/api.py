@@ -165,7 +165,7 @@ def view(out: str | Path, per_concept: int = 500) -> Path:
     """Write OUT/gallery, a static HTML gallery of a run (one page per concept, the
     per-concept table as index); returns the index page's path."""
     from augment.errors import at_least
-    from augment.view import write_gallery
+    from augment.gallery import write_gallery
 
     at_least("per_concept", per_concept, 1)
     return write_gallery(Path(out), per_concept)

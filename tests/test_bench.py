@@ -224,7 +224,7 @@ def test_detector_settings_refuse_what_ultralytics_cannot_train(tmp_path):
 
 
 @pytest.mark.slow
-def test_detect_runs_three_seeds_and_cocoeval_matches_ultralytics(tmp_path):
+def test_detect_runs_every_seed_and_cocoeval_matches_ultralytics(tmp_path):
     """On the demo's own detection data: real canvases, and rendered digits pasted by the demo
     job's segment: and paste: sections (OUT/paste); a -seg model, so boxes and masks."""
     from augment.bench.detect import DetectSettings, run_detect
@@ -248,12 +248,12 @@ def test_detect_runs_three_seeds_and_cocoeval_matches_ultralytics(tmp_path):
         out=str(tmp_path / "bench"),
         task="segment",
         epochs=3,
-        seeds=3,
+        seeds=2,
         batch=16,
     )
     results = run_detect(settings)
     overall = results[results["label"] == ""]
-    assert (overall.groupby("arm")["seed"].nunique() == 3).all()
+    assert (overall.groupby("arm")["seed"].nunique() == 2).all()
     assert set(overall["arm"]) == {"real_only", "augmented"}
     assert set(results["model"]) == {"yolov8n-seg.yaml"}
     wide = overall.pivot_table(index=["arm", "seed"], columns="metric", values="value")

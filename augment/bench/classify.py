@@ -282,7 +282,8 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
     if settings.synthetic:
         from augment.bench.quality import quality_rows
 
-        quality = quality_rows(settings.real, Path(settings.synthetic), real)
+        nodes = wordnet_nodes(real.classes)
+        quality = quality_rows(settings.real, Path(settings.synthetic), real, nodes)
         results = pd.concat([results, quality], ignore_index=True)
     write_results(results, out, {"classify": asdict(settings)})
     return results

@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from augment.bench.classify import wordnet_nodes
 from augment.bench.data import RealData, load_real
 from augment.taxonomy.listfile import slugify
 
@@ -63,8 +62,11 @@ def real_features(real_source: str, scorer: str) -> dict[str, np.ndarray]:
     return {slugify(name): features[real.pool.labels == i] for i, name in enumerate(names)}
 
 
-def quality_rows(real_source: str, synthetic: Path, real: RealData) -> pd.DataFrame:
-    """Per-concept (and per WordNet node: its concepts' images pooled) quality rows."""
+def quality_rows(
+    real_source: str, synthetic: Path, real: RealData, nodes: dict[str, list[int]]
+) -> pd.DataFrame:
+    """Per-concept quality rows, and fidelity per WordNet node (`nodes`: node -> its class
+    indices; its concepts' images pooled)."""
     from augment.quality import concept_quality
 
     scorer = run_scorer(Path(synthetic))
@@ -77,7 +79,7 @@ def quality_rows(real_source: str, synthetic: Path, real: RealData) -> pd.DataFr
         if pd.notna(row[measure])
     ]
     by_slug = {slugify(row["concept"]): row for _, row in table.iterrows()}
-    for node, members in sorted(wordnet_nodes(real.classes).items()):
+    for node, members in sorted(nodes.items()):
         chosen = [by_slug[s] for i in members if (s := slugify(real.classes.names[i])) in by_slug]
         weights = np.array([row["images"] for row in chosen], dtype=float)
         values = np.array([row["fidelity"] for row in chosen], dtype=float)

@@ -63,9 +63,9 @@ def run_demo(
     from augment.bench.detect import DetectSettings, run_detect
     from augment.config import load_spec
     from augment.digits.canvases import real_canvases
+    from augment.gallery import write_gallery
     from augment.job import RunOptions, run_job
     from augment.reporting import headline, write_report
-    from augment.view import write_gallery
 
     started = time.perf_counter()
     timings: dict[str, float] = {}

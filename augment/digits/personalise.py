@@ -227,7 +227,7 @@ def scorer_reads_as_nine(folder: Path) -> float:
         Image.open(io.BytesIO(r["image"]["bytes"]))
         for r in export_records(folder, include_flagged=True)
     ]
-    probabilities, _ = scorer(images, [""] * len(images))
+    probabilities = scorer(images, [""] * len(images)).probabilities
     return float(np.mean(probabilities[:, DIGIT_NAMES.index(HELD_OUT)] >= 0.5))
 
 
