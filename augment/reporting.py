@@ -231,6 +231,7 @@ def plot_samples(real_source: str | None, synthetic: str | None, path: Path, per
 QUALITY_COLUMNS = {
     "fidelity": "read as its concept %",
     "flagged": "flagged %",
+    "filtered_rate": "filtered %",
     "duplicate_rate": "duplicates %",
     "diversity": "diversity",
     "real_diversity": "real diversity",
@@ -245,11 +246,11 @@ def quality_table(results: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     table = quality.pivot_table(index="label", columns="metric", values="value")
     table = table.sort_values("fidelity") if "fidelity" in table else table
-    for column in ("fidelity", "flagged", "duplicate_rate"):
+    for column in ("fidelity", "flagged", "filtered_rate", "duplicate_rate"):
         if column in table:
             table[column] = 100.0 * table[column]
     columns = [c for c in QUALITY_COLUMNS if c in table]
-    digits = {"fidelity": 1, "flagged": 1, "duplicate_rate": 1, "kid": 1}
+    digits = {"fidelity": 1, "flagged": 1, "filtered_rate": 1, "duplicate_rate": 1, "kid": 1}
     table = table[columns].round({c: digits.get(c, 3) for c in columns})
     table = table.rename(columns=QUALITY_COLUMNS)
     return table.reset_index().rename(columns={"label": "concept"})

@@ -16,6 +16,7 @@ from augment.bench.classify import ClassifySettings, run_classify
 from augment.bench.data import ImageSet, check_no_leak, load_real
 from augment.bench.stats import mean_ci, paired_gain, summarize
 from augment.errors import AugmentError
+from augment.records import FLAGS
 from augment.sinks.parquet import write_shard
 from tests.conftest import cli
 
@@ -132,8 +133,9 @@ def test_classify_writes_seeds_per_arm_and_the_report(digits_generator_run, tmp_
     classify = results[results["task"] == "classify"]
     assert set(classify["metric"]) == {"top1", "macro_f1", "class_accuracy", "node_accuracy"}
     quality = results[results["task"] == "quality"]  # the fake run has no scorer: flags only
-    assert set(quality["metric"]) == {"flagged", "duplicate_rate"}
-    assert len(quality) == 20 and (quality["value"] == 0).all()
+    rates = {f"{flag}_rate" for flag in FLAGS}
+    assert set(quality["metric"]) == {"flagged", *rates}
+    assert len(quality) == 10 * (1 + len(rates)) and (quality["value"] == 0).all()
     nodes = set(results[results["metric"] == "node_accuracy"]["label"])
     assert nodes == {"digit.n.01"}  # every digit shares one path: its deepest node stands for it
     augmented = top1[(top1["arm"] == "augmented") & (top1["ratio"] == 2.0)]

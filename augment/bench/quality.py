@@ -15,12 +15,21 @@ import pandas as pd
 import yaml
 
 from augment.bench.data import RealData, load_real
+from augment.records import FLAGS
 from augment.taxonomy.listfile import slugify
 
 log = logging.getLogger(__name__)
 
-#: The per-concept measures written as results rows (see augment.quality).
-MEASURES = ("fidelity", "flagged", "duplicate_rate", "diversity", "real_diversity", "kid")
+#: The per-concept measures written as results rows (see augment.quality): fidelity, the
+#: share flagged and the share flagged for each reason, diversity, and the real-set measures.
+MEASURES = (
+    "fidelity",
+    "flagged",
+    *(f"{flag}_rate" for flag in FLAGS),
+    "diversity",
+    "real_diversity",
+    "kid",
+)
 #: The side CLIP scorers take images at.
 CLIP_SIZE = 224
 
