@@ -850,6 +850,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"gain (augmented - real-only): {gain['mean']:+.1f} points, "
             f"95% CI [{gain['ci_low']:+.1f}, {gain['ci_high']:+.1f}]"
         )
+    if recovered := summary.get("recovered"):
+        out.print(
+            f"as many more real images instead (oracle ×{recovered['ratio']:g}): "
+            f"{recovered['real_gain']:+.1f} points; synthetic ones recover "
+            f"{100 * recovered['share']:.0f} % of it"
+        )
     for name, title in (("detector", "detector box"), ("detector_mask", "detector mask")):
         for arm, figure in (summary.get(f"{name}_map50_95") or {}).items():
             out.print(

@@ -20,7 +20,7 @@ import yaml
 from augment.bench.stats import paired_gain, summarize
 from augment.errors import AugmentError, first_line
 
-ARM_ORDER = ("real_only", "augmented", "synthetic_only")
+ARM_ORDER = ("real_only", "augmented", "oracle", "synthetic_only")
 
 
 def pyplot():
@@ -63,7 +63,10 @@ def read_results(path: Path) -> pd.DataFrame:
 
 
 def arm_label(row) -> str:
-    """'augmented ×1', or 'augmented ×1 (trained ×0.4)' when the synthetic set ran short."""
+    """'augmented ×1', or 'augmented ×1 (trained ×0.4)' when the synthetic set ran short;
+    'oracle ×1': as many more real images."""
+    if row["arm"] == "oracle":
+        return f"oracle ×{row['ratio']:.3g}"
     if row["arm"] != "augmented":
         return row["arm"]
     label = f"augmented ×{row['ratio']:.3g}"
@@ -280,6 +283,35 @@ def plot_quality(results: pd.DataFrame, path: Path) -> Path | None:
     return path
 
 
+def oracle_figures(results: pd.DataFrame, shots: int) -> dict:
+    """At the largest ratio with an oracle arm: the gain of real images instead of synthetic
+    ones, and the share of it the synthetic images recover (their gain over the oracle's)."""
+    oracle = paired_gain(results, "top1", arm="oracle")
+    oracle = oracle[(oracle["label"] == "") & (oracle["shots"] == shots)]
+    synthetic = paired_gain(results, "top1")
+    synthetic = synthetic[(synthetic["label"] == "") & (synthetic["shots"] == shots)]
+    if oracle.empty:
+        return {}
+    best = oracle.sort_values("ratio").iloc[-1]
+    figures = {
+        "oracle_gain": {
+            "mean": best["gain"],
+            "ci_low": best["ci_low"],
+            "ci_high": best["ci_high"],
+            "ratio": float(best["ratio"]),
+        }
+    }
+    same = synthetic[synthetic["ratio"] == best["ratio"]]
+    if not same.empty and best["gain"] > 0:
+        figures["recovered"] = {
+            "ratio": float(best["ratio"]),
+            "synthetic_gain": float(same.iloc[0]["gain"]),
+            "real_gain": float(best["gain"]),
+            "share": float(same.iloc[0]["gain"] / best["gain"]),
+        }
+    return figures
+
+
 def headline(results: pd.DataFrame) -> dict:
     """The figures a reader wants first: classifier top-1 per arm, the gain, detection mAP."""
     summary = summarize(results)
@@ -312,6 +344,7 @@ def headline(results: pd.DataFrame) -> dict:
                 "ci_high": gain["ci_high"],
                 "ratio": float(gain["ratio"]),
             }
+        figures.update(oracle_figures(results, shots))
     for metric, name in (("map50_95", "detector"), ("mask_map50_95", "detector_mask")):
         detection = summary[(summary["task"] == "detect") & (summary["metric"] == metric)]
         detection = detection[detection["label"] == ""]
@@ -449,6 +482,20 @@ def write_report(
                 f"**Paired gain** ({figures['augmented']['label']} − real-only, same seeds): "
                 f"{ci_text(g['mean'], g['ci_low'], g['ci_high'], ' points')}: {verdict(g)}.",
             ]
+        if "oracle_gain" in figures:
+            o = figures["oracle_gain"]
+            lines += [
+                "",
+                f"**Real images instead** (oracle ×{o['ratio']:g}: as many more real images "
+                "from the pool as that augmented arm adds synthetic ones): "
+                f"{ci_text(o['mean'], o['ci_low'], o['ci_high'], ' points')} over real-only.",
+            ]
+            if "recovered" in figures:
+                r = figures["recovered"]
+                lines[-1] += (
+                    f" Synthetic images at ×{r['ratio']:g} recover {100 * r['share']:.0f} % of "
+                    f"that gain ({r['synthetic_gain']:+.1f} of {r['real_gain']:+.1f} points)."
+                )
         lines.append("")
     lines += synthetic_set_lines(synthetic)
     top1 = summary[(summary["metric"] == "top1") & (summary["label"] == "")]

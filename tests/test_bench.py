@@ -128,8 +128,13 @@ def test_classify_writes_seeds_per_arm_and_the_report(digits_generator_run, tmp_
         caplog.text
     )
     top1 = results[(results["metric"] == "top1")]
-    assert set(top1["arm"]) == {"real_only", "augmented", "synthetic_only"}
+    assert set(top1["arm"]) == {"real_only", "augmented", "oracle", "synthetic_only"}
     assert (top1.groupby(["arm", "ratio"])["seed"].nunique() == 3).all()
+    # The oracle: 5 real a class plus 10 more real (x2) from the pool's 30; x6 would need 30
+    # more, which the pool does not hold, so it does not run.
+    oracle = top1[top1["arm"] == "oracle"]
+    assert set(oracle["ratio"]) == {2.0} and (oracle["n_real"] == 150).all()
+    assert (oracle["n_synthetic"] == 0).all()
     classify = results[results["task"] == "classify"]
     assert set(classify["metric"]) == {"top1", "macro_f1", "class_accuracy", "node_accuracy"}
     quality = results[results["task"] == "quality"]  # the fake run has no scorer: flags only
@@ -146,11 +151,24 @@ def test_classify_writes_seeds_per_arm_and_the_report(digits_generator_run, tmp_
     report = write_report(tmp_path / "bench" / "results.parquet", tmp_path / "report")
     text = report.read_text()
     assert "real_only" in text and "Paired gain" in text and "[" in text
+    assert "**Real images instead** (oracle ×2" in text
     assert "augmented ×6 (trained ×4)" in text and "too small for augmented ×6" in text
     for name in ("classify_arms", "gain_vs_ratio", "per_class_gain", "wordnet_nodes", "samples"):
         assert (tmp_path / "report" / f"{name}.png").stat().st_size > 1000
     headline = json.loads((tmp_path / "report" / "headline.json").read_text())
     assert headline["real_only"]["n_seeds"] == 3 and "gain" in headline
+
+
+def test_the_oracle_adds_real_pool_images_the_arm_has_not_got_and_never_a_test_image():
+    from augment.bench.classify import few_shot, more_real, oracle_fits
+
+    real = load_real("digits", 8)
+    taken = few_shot(real.pool, 10, seed=0)
+    extra = more_real(real.pool, taken, 100, 10, seed=0)
+    assert not set(extra.ids) & set(taken.ids) and not set(extra.ids) & set(real.test.ids)
+    assert np.bincount(extra.labels, minlength=10).tolist() == [10] * 10
+    # 30 pool digits a class: 10 shots leave 20 more, so x2 fits and x2.1 does not.
+    assert oracle_fits(real.pool, 10, 2.0, 10) and not oracle_fits(real.pool, 10, 2.1, 10)
 
 
 def test_empty_predictions_score_zero_instead_of_crashing():

@@ -38,6 +38,9 @@ class ClassifySettings:
     shots: list[int] = field(default_factory=lambda: [10])
     ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     synthetic_only: bool = True
+    # Real-only plus as many more real images as each augmented arm adds synthetic ones, where
+    # the pool holds them: the arm to beat ("Unmet Promise", Geng 2024).
+    oracle: bool = True
     seeds: int = 3
     steps: int = 600
     batch_size: int = 64
@@ -194,9 +197,26 @@ def arms(settings: ClassifySettings, has_synthetic: bool) -> list[tuple[str, flo
     chosen = [("real_only", 0.0)]
     if has_synthetic:
         chosen += [("augmented", ratio) for ratio in dict.fromkeys(settings.ratios)]
+        if settings.oracle:
+            chosen += [("oracle", ratio) for ratio in dict.fromkeys(settings.ratios)]
         if settings.synthetic_only:
             chosen.append(("synthetic_only", 0.0))
     return chosen
+
+
+def oracle_fits(pool: ImageSet, shots: int, ratio: float, num_classes: int) -> bool:
+    """Whether the pool holds, beside `shots` images a class, the extra real images the oracle
+    arm at `ratio` takes from every class (as many as the augmented arm's synthetic ones)."""
+    extra = -(-round(ratio * shots * num_classes) // num_classes)  # the largest class quota
+    smallest = min(int((pool.labels == label).sum()) for label in range(num_classes))
+    return smallest - shots >= extra
+
+
+def more_real(pool: ImageSet, taken: ImageSet, count: int, num_classes: int, seed: int):
+    """`count` real pool images beside the ones `taken`, spread evenly over the classes."""
+    mine = set(taken.ids)
+    rest = pool.subset(np.array([i for i, image in enumerate(pool.ids) if image not in mine]))
+    return balanced_sample(rest, count, num_classes, seed)
 
 
 def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd.DataFrame:
@@ -221,7 +241,22 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
         for shots in settings.shots
         for seed in range(settings.seeds)
         for arm, ratio in arms(settings, synthetic is not None)
+        if arm != "oracle" or oracle_fits(real.pool, shots, ratio, num_classes)
     ]
+    for shots in settings.shots:
+        missing = [
+            f"×{ratio:g}"
+            for ratio in dict.fromkeys(settings.ratios)
+            if settings.oracle
+            and synthetic is not None
+            and not oracle_fits(real.pool, shots, ratio, num_classes)
+        ]
+        if missing:
+            log.info(
+                "no oracle arm at %s for %d shots: the real pool has too few more images a class",
+                ", ".join(missing),
+                shots,
+            )
     short: set[tuple[int, float]] = set()  # (shots, ratio) the synthetic set could not fill
     arms_trained = []  # (shots, seed, arm, ratio, n_real, n_synthetic, asked) per task
     tasks = []
@@ -230,6 +265,11 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
         asked = 0
         if arm == "real_only":
             train = real_train
+        elif arm == "oracle":
+            count = round(ratio * len(real_train))
+            train = ImageSet.concat(
+                real_train, more_real(real.pool, real_train, count, num_classes, seed)
+            )
         elif arm == "synthetic_only":
             train = balanced_sample(synthetic, len(synthetic), num_classes, seed)
         else:
@@ -247,7 +287,7 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
                     len(extra),
                     len(extra) / len(real_train),
                 )
-        n_real = 0 if arm == "synthetic_only" else len(real_train)
+        n_real = {"synthetic_only": 0, "oracle": len(train)}.get(arm, len(real_train))
         arms_trained.append((shots, seed, arm, ratio, n_real, len(train) - n_real, asked))
         tasks.append((train, real.test, real.classes, settings, seed))
     workers = settings.workers or default_workers()
@@ -272,7 +312,7 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
                     "steps": settings.steps,
                     "n_real": n_real,
                     "n_synthetic": n_synthetic,
-                    "ratio_trained": n_synthetic / n_real if arm == "augmented" else 0.0,
+                    "ratio_trained": trained_ratio(arm, ratio, n_synthetic / max(n_real, 1)),
                     "synthetic_short": n_synthetic < asked,
                     "n_test": len(real.test),
                     "wall_s": seconds,
@@ -287,6 +327,12 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
         results = pd.concat([results, quality], ignore_index=True)
     write_results(results, out, {"classify": asdict(settings)})
     return results
+
+
+def trained_ratio(arm: str, ratio: float, synthetic_per_real: float) -> float:
+    """The ratio an arm trained at: the synthetic share (augmented), the asked one (oracle:
+    it only runs where the pool holds it), else 0."""
+    return {"augmented": synthetic_per_real, "oracle": ratio}.get(arm, 0.0)
 
 
 def write_results(results: pd.DataFrame, out: Path, settings: dict) -> Path:

@@ -120,11 +120,13 @@ def run_demo(
     summary = {
         "accuracy_percent": {
             arm: figures[arm]
-            for arm in ("real_only", "augmented", "synthetic_only")
+            for arm in ("real_only", "augmented", "oracle", "synthetic_only")
             if arm in figures
         },
         "real_images_per_class": figures.get("shots"),
         "gain": figures.get("gain"),
+        "oracle_gain": figures.get("oracle_gain"),
+        "recovered": figures.get("recovered"),
         "detector_map50_95": figures.get("detector_map50_95"),
         "detector_gain": figures.get("detector_gain"),
         "detector_mask_map50_95": figures.get("detector_mask_map50_95"),
