@@ -519,7 +519,12 @@ def add_logs(commands: Commands) -> None:
 def cmd_bench_classify(args: argparse.Namespace) -> int:
     names = ("real", "synthetic", "out", "model", "weights", "image_size")
     options = given(args, *names, "shots", "ratios", "seeds", "steps", "workers")
-    results = api.classify(**options, synthetic_only=not args.no_synthetic_only, smoke=args.smoke)
+    results = api.classify(
+        **options,
+        synthetic_only=not args.no_synthetic_only,
+        oracle=not args.no_oracle,
+        smoke=args.smoke,
+    )
     folder = options.get("out", "bench")
     columns = ["arm", "ratio", "ratio_trained", "shots"]
     print_results(results, folder, columns, metrics=["top1"])
@@ -531,9 +536,10 @@ def add_bench_classify(bench_commands: Commands) -> None:
 
     classify = bench_commands.add_parser(
         "classify",
-        help="classifier: real-only vs real + synthetic vs synthetic-only, k seeds",
+        help="classifier: real-only vs real + synthetic vs more real vs synthetic-only, k seeds",
         description="Train a classifier on few-shot real data alone and with synthetic images "
-        "at several ratios (and on synthetic alone); score each on the held-out real test set.",
+        "at several ratios (with as many more real images, where the pool has them; and on "
+        "synthetic alone); score each on the held-out real test set.",
         epilog="example: augment bench classify --real digits --synthetic out/demo "
         "--shots 5,10 --ratios 0.5,1,2 --seeds 5 --out out/demo/bench",
     )
@@ -550,6 +556,11 @@ def add_bench_classify(bench_commands: Commands) -> None:
         help="synthetic images per real image, e.g. 0.5,1,2",
     )
     classify.add_argument("--no-synthetic-only", action="store_true", help="skip that arm")
+    classify.add_argument(
+        "--no-oracle",
+        action="store_true",
+        help="skip the oracle arm (as many more real pool images as synthetic ones)",
+    )
     classify.add_argument("--seeds", type=int, help="seeds per arm")
     classify.add_argument("--steps", type=int, help="optimisation steps per model")
     classify.add_argument("--workers", type=int, help="models trained at once (default: cores)")

@@ -23,7 +23,7 @@ def test_quick_demo_writes_the_report_and_headline_figures(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     accuracy = summary["accuracy_percent"]
-    assert set(accuracy) == {"real_only", "augmented", "oracle", "synthetic_only"}
+    assert set(accuracy) == {"real_only", "augmented", "oracle"}
     assert summary["oracle_gain"]["ratio"] == 2.0  # 20 more real digits a class: the pool's
     for figure in accuracy.values():
         assert figure["n_seeds"] == 3 and figure["ci_low"] <= figure["mean"] <= figure["ci_high"]
