@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -67,20 +68,31 @@ def filtered_job(tmp_path: Path, name: str, filters: str) -> Path:
     return job
 
 
-def test_run_scores_every_image_flags_those_under_the_minimum_and_exports_the_rest(tmp_path):
-    scored = filtered_job(tmp_path, "scored", "filters:\n  scorer: builtin:digits-scorer\n")
+@pytest.fixture(scope="module")
+def scored_and_cut(tmp_path_factory) -> tuple[Path, Path, float]:
+    """The same 12 tiny-model images scored by the digits scorer: a run with the default
+    minimum, and a run with the minimum at the first one's median score."""
+    folder = tmp_path_factory.mktemp("filtered")
+    scored = filtered_job(folder, "scored", "filters:\n  scorer: builtin:digits-scorer\n")
     run_job(load_spec(scored), LOCAL)
-    scores = pd.read_parquet(tmp_path / "scored" / "shards").set_index("item_id")["concept_score"]
-    assert scores.between(0, 1).all() and scores.nunique() > 1
-    # A minimum at the median splits the same images (the same seeds) into flagged and kept.
+    scores = pd.read_parquet(folder / "scored" / "shards")["concept_score"]
     median = float(scores.median())
     cut = filtered_job(
-        tmp_path,
+        folder,
         "cut",
         f"filters:\n  scorer: builtin:digits-scorer\n  min_concept_score: {median}\n",
     )
     run_job(load_spec(cut), LOCAL)
-    out = tmp_path / "cut"
+    return folder / "scored", folder / "cut", median
+
+
+def test_run_scores_every_image_flags_those_under_the_minimum_and_exports_the_rest(
+    scored_and_cut,
+):
+    scored, out, median = scored_and_cut
+    scores = pd.read_parquet(scored / "shards").set_index("item_id")["concept_score"]
+    assert scores.between(0, 1).all() and scores.nunique() > 1
+    # A minimum at the median splits the same images (the same seeds) into flagged and kept.
     records = pd.read_parquet(out / "shards").set_index("item_id")
     assert len(records) == 12  # nothing is deleted
     assert np.allclose(records["concept_score"], scores.loc[records.index])
@@ -100,28 +112,23 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted((out / "shards").iterdir())}
 
 
-def test_filter_reflags_a_finished_run_as_a_run_with_that_minimum_would(tmp_path, capsys):
+def test_filter_reflags_a_finished_run_as_a_run_with_that_minimum_would(
+    scored_and_cut, tmp_path, capsys
+):
     """`augment filter` gives the records a run with the new minimum gives (its timings
     aside), without rendering; the run's own minimum, or its own scorer, restores its bytes."""
     from augment.api import refilter
     from tests.conftest import cli
 
-    scored = filtered_job(tmp_path, "scored", "filters:\n  scorer: builtin:digits-scorer\n")
-    run_job(load_spec(scored), LOCAL)
+    scored, cut, median = scored_and_cut
     out = tmp_path / "scored"
+    shutil.copytree(scored, out)  # filtered here, in a copy: the fixture's runs stay as made
     original = shard_bytes(out)
     scores = pd.read_parquet(out / "shards")["concept_score"]
-    median = float(scores.median())
-    cut = filtered_job(
-        tmp_path,
-        "cut",
-        f"filters:\n  scorer: builtin:digits-scorer\n  min_concept_score: {median}\n",
-    )
-    run_job(load_spec(cut), LOCAL)
 
     code, stdout, _ = cli(capsys, "filter", out, "--min-concept-score", median)
     assert code == 0 and "(stored scores)" in stdout
-    refiltered, rendered = (pq.read_table(o / "shards") for o in (out, tmp_path / "cut"))
+    refiltered, rendered = (pq.read_table(o / "shards") for o in (out, cut))
     assert refiltered.drop_columns("render_s").equals(rendered.drop_columns("render_s"))
     flagged = int((scores < median).sum())
     coco = json.loads((out / "coco" / "annotations.json").read_text())
