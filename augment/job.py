@@ -256,6 +256,10 @@ def write_manifest(
         "categories": categories_for(concepts),
         "failures": failures,
     }
+    previous = out_dir / "manifest.json"
+    if previous.is_file():  # `augment filter`'s settings and history outlive a resumed run
+        earlier = json.loads(previous.read_text())
+        manifest.update({k: earlier[k] for k in ("filters", "filter_history") if k in earlier})
     card = read_adapter_card(spec.paths.finetuned) if spec.paths.finetuned else None
     if card is not None:
         manifest["finetune"] = {
@@ -551,7 +555,14 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
         out_dir, spec, concepts, items, seconds, failures, rendering.seconds
     )
     if parquet.shard_paths(out_dir / "shards"):
-        outputs.update(export(out_dir, spec.output.formats))
+        last = last_filter(out_dir, spec)
+        if last is None:
+            outputs.update(export(out_dir, spec.output.formats))
+        else:  # `augment filter` set other flags than the job's: the new images get them too
+            log.info("applying the last `augment filter` (%s) to this run's images", last)
+            filtered = refilter(out_dir, last["scorer"], *last["minimums"])
+            outputs.update(filtered.outputs)
+            duplicates = filtered.after["duplicate"]
         if spec.generation.mode == "interpolate":
             outputs["animations"] = write_animations(out_dir, spec.generation.interpolate.frame_ms)
     if spec.paste is not None and parquet.shard_paths(out_dir / "shards"):
@@ -569,6 +580,29 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
         outputs=outputs,
         failures=failures,
     )
+
+
+def last_filter(out_dir: Path, spec: JobSpec) -> dict | None:
+    """The settings of the last `augment filter` of OUT, when they are not the job's own."""
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    last = manifest.get("filters")
+    f = spec.filters
+    if last is None or (last["scorer"], last["min_concept_score"], last["min_clip_score"]) == (
+        f.scorer,
+        f.min_concept_score,
+        f.min_clip_score,
+    ):
+        return None
+    if last.get("real"):
+        log.warning(
+            "duplicates of the real pool %s are not looked for again: run `augment filter %s "
+            "--real %s` to flag this run's new images against it",
+            last["real"],
+            out_dir,
+            last["real"],
+        )
+    minimums = (last["min_concept_score"], last["min_clip_score"])
+    return {"scorer": last["scorer"], "minimums": minimums}
 
 
 @dataclass
@@ -594,7 +628,8 @@ def refilter(
     another scorer (the images scored again), and duplicates (also of `real` pictures, when
     given). Shards whose records change are rewritten in place, atomically; the same settings
     as before give back byte-identical shards. The manifest keeps each filter's settings and
-    counts (`filter_history`), and the run's exports are written again."""
+    counts (`filter_history`), and the run's exports are written again. A later `run_job`
+    of the same spec keeps them, and flags the images it adds the same way."""
     from augment.filters import ImageFilter, is_low
 
     out_dir = Path(out_dir)

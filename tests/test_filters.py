@@ -209,3 +209,30 @@ def test_min_concept_score_is_a_probability(tmp_path):
     )
     with pytest.raises(SpecError, match=r"line \d+: filters.min_concept_score: must be <= 1"):
         load_spec(job)
+
+
+def test_a_resumed_run_keeps_the_last_filter_and_its_history(scored_and_cut, tmp_path):
+    """After `augment filter`, a rerun that renders missing images flags them as the filter
+    said, not as the job file says, and the manifest keeps the filter's history."""
+    from augment.api import refilter
+
+    scored, _, median = scored_and_cut
+    out = tmp_path / "scored"
+    shutil.copytree(scored, out)
+    refilter(out, min_concept_score=median)
+    last = sorted((out / "shards").glob("part-*.parquet"))[-1]
+    lost = len(pq.read_table(last))
+    last.unlink()  # as if the run had stopped before its last block
+
+    job = scored.parent / "scored.yaml"
+    result = run_job(load_spec(job, {"output.dir": str(out)}), LOCAL)
+    assert result.rendered == lost and result.skipped == 12 - lost
+    records = pd.read_parquet(out / "shards")
+    assert len(records) == 12
+    assert (records["filtered"] == (records["concept_score"] < median)).all()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["filters"]["min_concept_score"] == median
+    history = [(h["command"], h["min_concept_score"]) for h in manifest["filter_history"]]
+    assert history == [("run", 0.5), ("filter", median), ("filter", median)]
+    coco = json.loads((out / "coco" / "annotations.json").read_text())
+    assert len(coco["images"]) == int((records["concept_score"] >= median).sum())
