@@ -114,3 +114,33 @@ def test_img2img_renders_that_repeat_their_source_are_flagged_with_its_id(tmp_pa
     repeats = [r for r in rows if r["duplicate"]]
     assert 0 < result.duplicates == len(repeats) < len(rows)
     assert all(r["duplicate_of"] == r["source_image_id"] for r in repeats)
+
+
+def test_filter_real_flags_copies_of_the_benchmarks_real_pool(tmp_path: Path, capsys):
+    """`augment filter OUT --real digits`: a render that repeats a real pool digit names it."""
+    from augment.config import load_spec
+    from augment.job import RunOptions, run_job
+    from augment.sinks.parquet import next_shard_index
+    from tests.conftest import TINY_JOB, cli
+
+    job = tmp_path / "job.yaml"
+    job.write_text(TINY_JOB.replace("OUT_DIR", str(tmp_path / "out")))
+    run_job(load_spec(job), RunOptions(distributor="local"))
+    shards = tmp_path / "out" / "shards"
+    images, labels = load_digit_images(32)
+    pool_rows = [int(image_id.split("-")[1]) for image_id in _pool_ids()]
+    pool_row = next(row for row in pool_rows if labels[row] == 1)  # a real 'one' of the pool
+    copy = record("copy-of-real", 1, images[pool_row])
+    write_shard(shards, f"part-{next_shard_index(shards):05d}.parquet", [copy])
+
+    code, stdout, _ = cli(capsys, "filter", tmp_path / "out", "--real", "digits")
+    assert code == 0 and "duplicate" in stdout
+    flags = flags_of(shards)
+    assert flags["copy-of-real"] == (True, f"digits-{pool_row}")
+    assert sum(flag for flag, _ in flags.values()) == 1  # the tiny model's renders repeat none
+
+
+def _pool_ids() -> list[str]:
+    from augment.bench.data import load_real
+
+    return load_real("digits", 8).pool.ids
