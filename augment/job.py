@@ -44,7 +44,7 @@ from augment.labels.segment import check_segmenter
 from augment.planning import build_interpolation_plan, build_plan, build_source_plan, write_plan
 from augment.prompting import Prompt, build_prompts, enforce_token_limit
 from augment.records import FLAGS, WorkItem
-from augment.sinks import export, parquet, run_categories
+from augment.sinks import export, parquet, run_categories, run_filters
 from augment.sinks.animation import write_animations
 from augment.sources import SourceSet, concept_index
 from augment.taxonomy import Concept, spec_concepts
@@ -649,7 +649,7 @@ def refilter(
     parquet.run_shards(out_dir)
     previous = yaml.safe_load(saved.read_text())
     manifest = json.loads(manifest_path.read_text())
-    current = manifest.get("filters") or previous["filters"]  # the last filter applied
+    current = run_filters(out_dir)  # the last filter applied, else the job's
     chosen = {"scorer": scorer, "min_concept_score": min_concept_score}
     chosen["min_clip_score"] = min_clip_score
     overrides = {

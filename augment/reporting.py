@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from augment.bench.stats import paired_gain, summarize
 from augment.errors import AugmentError, first_line
@@ -392,6 +391,7 @@ def verdict(gain: dict) -> str:
 def synthetic_set_lines(synthetic: str | None) -> list[str]:
     """What the synthetic set is: images generated, flagged, and by which filter (its shards)."""
     from augment.records import FLAGS
+    from augment.sinks import run_filters
     from augment.sinks.parquet import count_true, shard_paths
 
     if not synthetic or not shard_paths(Path(synthetic) / "shards"):
@@ -399,9 +399,8 @@ def synthetic_set_lines(synthetic: str | None) -> list[str]:
     rows, counts = count_true(Path(synthetic) / "shards", list(FLAGS))
     flags = ", ".join(f"{counts[flag]} {flag}" for flag in ("black", "nan", "nsfw"))
     line = f"Synthetic set: `{synthetic}`, {rows} images generated ({flags}"
-    job = Path(synthetic) / "job.yaml"
-    filters = (yaml.safe_load(job.read_text()) or {}).get("filters") if job.is_file() else None
-    if filters and filters.get("scorer"):
+    filters = run_filters(Path(synthetic))  # the last `augment filter`'s, else the job's
+    if filters.get("scorer"):
         line += (
             f"; {counts['filtered']} filtered by `{filters['scorer']}` under a concept "
             f"score of {filters['min_concept_score']:g}"

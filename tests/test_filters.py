@@ -136,6 +136,12 @@ def test_filter_reflags_a_finished_run_as_a_run_with_that_minimum_would(
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["filtered"] == flagged
     assert [h["min_concept_score"] for h in manifest["filter_history"]] == [0.5, median]
+    from augment.reporting import synthetic_set_lines  # a report states the filter's minimum
+
+    assert (
+        f"{flagged} filtered by `builtin:digits-scorer` under a concept score of {median:g}"
+        in (synthetic_set_lines(str(out))[0])
+    )
 
     clip = refilter(out, scorer="builtin:tiny-clip", min_concept_score=0.0)
     assert clip.rescored and clip.after["filtered"] == 0

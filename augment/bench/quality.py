@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from augment.bench.data import RealData, load_real
 from augment.records import FLAGS
+from augment.sinks import run_filters
 from augment.taxonomy.listfile import slugify
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,7 @@ def run_scorer(synthetic: Path) -> str | None:
     from augment.config import locate
     from augment.filters import check_scorer_location
 
-    manifest, job = synthetic / "manifest.json", synthetic / "job.yaml"
-    filters = json.loads(manifest.read_text()).get("filters") if manifest.is_file() else None
-    if filters is None and job.is_file():
-        filters = (yaml.safe_load(job.read_text()) or {}).get("filters")
-    name = (filters or {}).get("scorer")
+    name = run_filters(synthetic).get("scorer")
     if not name:
         return None
     try:

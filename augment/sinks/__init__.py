@@ -16,9 +16,9 @@ from pathlib import Path
 
 from augment.errors import OutputError
 from augment.sinks.parquet import check_shards, shard_paths
-from augment.sinks.rows import export_records, image_file_name, run_categories
+from augment.sinks.rows import export_records, image_file_name, run_categories, run_filters
 
-__all__ = ["export", "export_records", "image_file_name", "run_categories"]
+__all__ = ["export", "export_records", "image_file_name", "run_categories", "run_filters"]
 
 log = logging.getLogger(__name__)
 

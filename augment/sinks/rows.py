@@ -6,6 +6,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import yaml
+
 from augment.errors import OutputError
 from augment.records import FLAGS
 from augment.sinks.parquet import read_records
@@ -35,3 +37,14 @@ def run_categories(out_dir: Path) -> list[dict]:
             "run the job (a rerun resumes) before exporting"
         )
     return json.loads(manifest.read_text())["categories"]
+
+
+def run_filters(out_dir: Path) -> dict:
+    """The filter settings a run's flags stand for: the last `augment filter`'s (in the
+    manifest), else the job's own (job.yaml); {} when neither file says."""
+    manifest, job = Path(out_dir) / "manifest.json", Path(out_dir) / "job.yaml"
+    if manifest.is_file() and (filters := json.loads(manifest.read_text()).get("filters")):
+        return filters
+    if job.is_file():
+        return (yaml.safe_load(job.read_text()) or {}).get("filters") or {}
+    return {}
