@@ -683,11 +683,10 @@ def refilter(
             parquet.write_table(shards_dir, path.name, changed)
             rewritten += 1
     order = parquet.pq.read_table(out_dir / "plan.parquet", columns=["item_id"])
-    if real is None:
-        sources = SourceSet.of(spec) if spec.generation.mode in COPYING_MODES else None
-        items = plan_for(spec, sources=sources) if sources is not None else []
-        real = source_pictures(spec, items, sources)
-    flag_duplicates(shards_dir, order.column("item_id").to_pylist(), real)
+    sources = SourceSet.of(spec) if spec.generation.mode in COPYING_MODES else None
+    items = plan_for(spec, sources=sources) if sources is not None else []
+    known = source_pictures(spec, items, sources) + list(real or ())  # sources, and a pool
+    flag_duplicates(shards_dir, order.column("item_id").to_pylist(), known)
     _, after = parquet.count_true(shards_dir, list(FLAGS))
     settings = {
         "scorer": spec.filters.scorer,

@@ -114,6 +114,12 @@ def test_img2img_renders_that_repeat_their_source_are_flagged_with_its_id(tmp_pa
     repeats = [r for r in rows if r["duplicate"]]
     assert 0 < result.duplicates == len(repeats) < len(rows)
     assert all(r["duplicate_of"] == r["source_image_id"] for r in repeats)
+    # Filtering again against a real pool (here an empty one) still compares with the sources.
+    from augment.job import refilter
+
+    before = flags_of(tmp_path / "out" / "shards")
+    refilter(tmp_path / "out", real=[], real_name="none")
+    assert flags_of(tmp_path / "out" / "shards") == before
 
 
 def test_filter_real_flags_copies_of_the_benchmarks_real_pool(tmp_path: Path, capsys):
