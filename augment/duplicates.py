@@ -116,8 +116,6 @@ def find_duplicates(pictures: list[Picture], real: list[Picture] = ()) -> dict[s
         codes = np.stack([descriptor(t) for t in thumbs])
         squares = (codes**2).sum(axis=1)
         for j in range(len(known), len(group)):
-            if j == 0:
-                continue
             gaps = squares[:j] + squares[j] - 2 * codes[:j] @ codes[j]
             rms = np.sqrt(np.maximum(gaps, 0) / codes.shape[1])
             for i in np.flatnonzero(rms <= CANDIDATE_DISTANCE):

@@ -197,11 +197,9 @@ def scorer_features(location: str, concepts: list[str], images: list[Image.Image
     """The scorer's features of images (real ones, say), as the filter stores them for renders:
     the same numbers, so the two sets can be compared."""
     scorer = load_scorer(location, concepts)
-    parts = [
-        scorer(images[start : start + SCORE_BATCH], [""] * len(images[start : start + SCORE_BATCH]))
-        for start in range(0, len(images), SCORE_BATCH)
-    ]
-    return np.concatenate([part.features for part in parts]) if parts else np.zeros((0, 1))
+    batches = [images[start : start + SCORE_BATCH] for start in range(0, len(images), SCORE_BATCH)]
+    parts = [scorer(batch, [""] * len(batch)).features for batch in batches]
+    return np.concatenate(parts) if parts else np.zeros((0, 1))
 
 
 class ImageFilter:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import yaml
 
-from augment.config import SOURCE_MODES, JobSpec
+from augment.config import SOURCE_MODES, JobSpec, load_spec
 from augment.duplicates import Picture, flag_duplicates
 from augment.errors import AugmentError, ModelError, OutputError, SpecError, at_least
 from augment.filters import check_scorer
@@ -268,8 +268,12 @@ def write_manifest(
             "steps": card["steps"],
             "tokens": {c["id"]: c["token"] for c in card["concepts"]},
         }
-    path = out_dir / "manifest.json"
-    tmp = out_dir / ".manifest.json.tmp"
+    return save_manifest(out_dir, manifest)
+
+
+def save_manifest(out_dir: Path, manifest: dict) -> Path:
+    """Write OUT/manifest.json atomically: a temporary file renamed into place."""
+    path, tmp = out_dir / "manifest.json", out_dir / ".manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2))
     tmp.replace(path)
     return path
@@ -655,8 +659,6 @@ def refilter(
     overrides = {
         f"filters.{key}": current[key] if value is None else value for key, value in chosen.items()
     }
-    from augment.config import load_spec
-
     spec = load_spec(previous, overrides)
     if spec.filters.scorer is None and (min_concept_score, min_clip_score) != (None, None):
         raise SpecError(
@@ -703,9 +705,7 @@ def refilter(
     manifest["counts"].update(after)
     manifest["filters"] = settings
     manifest["filter_history"] = history
-    tmp = out_dir / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(manifest_path)
+    save_manifest(out_dir, manifest)
     outputs = export(out_dir, spec.output.formats)
     records = sum(s["rows"] for s in manifest["shards"])
     return FilterResult(out_dir, records, rescore, rewritten, before, after, outputs)

@@ -236,21 +236,22 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
     check_no_leak(real.test, real.pool, *([synthetic] if synthetic is not None else []))
     (out / "split.json").write_text(json.dumps(real.split))
     num_classes = len(real.classes.names)
+    arms_asked = arms(settings, synthetic is not None)
+    fits = {  # (shots, ratio) -> whether the pool holds the oracle's extra real images
+        (shots, ratio): oracle_fits(real.pool, shots, ratio, num_classes)
+        for shots in settings.shots
+        for arm, ratio in arms_asked
+        if arm == "oracle"
+    }
     plan = [
         (shots, seed, arm, ratio)
         for shots in settings.shots
         for seed in range(settings.seeds)
-        for arm, ratio in arms(settings, synthetic is not None)
-        if arm != "oracle" or oracle_fits(real.pool, shots, ratio, num_classes)
+        for arm, ratio in arms_asked
+        if arm != "oracle" or fits[shots, ratio]
     ]
     for shots in settings.shots:
-        missing = [
-            f"×{ratio:g}"
-            for ratio in dict.fromkeys(settings.ratios)
-            if settings.oracle
-            and synthetic is not None
-            and not oracle_fits(real.pool, shots, ratio, num_classes)
-        ]
+        missing = [f"×{ratio:g}" for (s, ratio), fit in fits.items() if s == shots and not fit]
         if missing:
             log.info(
                 "no oracle arm at %s for %d shots: the real pool has too few more images a class",
