@@ -672,7 +672,7 @@ def add_bench_perf(bench_commands: Commands) -> None:
     perf.add_argument("--out", type=Path, help="results folder (default: perf)")
     perf.add_argument("--models", help="sd15, sdxl, digits, tiny (default: by device)")
     perf.add_argument("--model", help="a real diffusers folder instead of random weights")
-    perf.add_argument("--images", type=int, help="images per timed row (default: 4 batches)")
+    perf.add_argument("--images", type=int, help="images per timed row (default: 8 batches)")
     perf.add_argument(
         "--fast",
         help="engine variants to measure, comma-separated: no overlap, channels_last, "

@@ -174,9 +174,9 @@ class BlockWorker:
 
     def render_block(self, block: Block) -> tuple:
         """On the render thread: the block's batches, their encoding queued beside them."""
-        from augment.generate.engine import RecordQueue, batches
+        from augment.generate.engine import batches
 
-        queue = RecordQueue(self.generator, self.settings.encode_threads)
+        queue = self.generator.record_queue()
         failures: list[dict] = []
         started, started_at = time.perf_counter(), time.time()
         for batch in batches(block.items, self.generator.batch_size(block.items[0])):

@@ -347,7 +347,7 @@ def test_bench_perf_compares_the_loops_the_engine_and_the_floor(tmp_path, capsys
         assert rows[name]["vs_diffusers_batched"] > 0
     assert rows["floor"]["images_per_s"] < rows["unet alone"]["images_per_s"]
     assert rows["floor"]["vs_floor"] == 1
-    assert rows["augment"]["images"] == case["images"] == 8
+    assert rows["augment"]["images"] == case["images"] == 16
     for name in ("augment channels_last", "augment fuse_qkv"):
         assert rows[name]["max_pixel_difference"] <= 2, (name, rows[name])
     assert not any(name.startswith("augment ray") for name in rows)  # --no-ray

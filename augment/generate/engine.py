@@ -12,8 +12,8 @@ pipeline runs in a lower precision, and the safety checker's verdict (when the m
 becomes the `nsfw` flag. Nothing is dropped: each fact is a column of the record.
 
 The device stays busy: images become uint8 and are checked where they were rendered (the GPU,
-when there is one), only uint8 crosses to the CPU, and PNG encoding and record building run on
-a few threads (`encode_threads`) while the next batch renders (`RecordQueue`).
+when there is one), only uint8 crosses to the CPU, and PNG encoding runs on a few threads
+(`encode_threads`) while the next batch renders (`RecordQueue`).
 """
 
 from __future__ import annotations
@@ -128,27 +128,33 @@ class Rendered:
     seconds_per_image: float
 
 
+def encode_image(pixels: np.ndarray) -> tuple[bytes, int]:
+    """An image's PNG bytes and perceptual hash: the CPU work beside the render loop."""
+    return encode_png(pixels), perceptual_hash(pixels)
+
+
 class RecordQueue:
     """Rendered batches in, records out, in the order they went in.
 
-    With `threads` > 0, a batch's PNG encoding and records are made on a thread while the
-    caller renders the next batch (PNG encoding releases the GIL); at most `threads` batches
-    wait, so memory stays flat. With 0, each batch is encoded at once. The records are the
-    same either way.
+    With a pool of threads, a batch's images are PNG-encoded there, one task per image (the
+    last batch's encoding, which nothing overlaps, is shared out too), while the caller renders
+    the next batch; at most `limit` batches wait, so memory stays flat. Without one, each batch
+    is encoded at once. The records are the same either way.
     """
 
-    def __init__(self, generator: Generator, threads: int):
+    def __init__(self, generator: Generator, pool: ThreadPoolExecutor | None, limit: int):
         self.generator = generator
-        self.pool = ThreadPoolExecutor(threads, "encode") if threads else None
-        self.limit = threads
-        self.pending: deque[Future | list[dict]] = deque()
+        self.pool = pool
+        self.limit = max(1, limit)
+        self.pending: deque[tuple[Rendered, list[Future]] | list[dict]] = deque()
         self.records: list[dict] = []
 
     def add(self, rendered: Rendered) -> None:
         if self.pool is None:
             self.records.extend(self.generator.records(rendered))
             return
-        self.pending.append(self.pool.submit(self.generator.records, rendered))
+        encoding = [self.pool.submit(encode_image, image) for image in rendered.pixels]
+        self.pending.append((rendered, encoding))
         while len(self.pending) > self.limit:
             self.take_oldest()
 
@@ -161,16 +167,22 @@ class RecordQueue:
 
     def take_oldest(self) -> None:
         done = self.pending.popleft()
-        self.records.extend(done if isinstance(done, list) else done.result())
+        if isinstance(done, list):
+            self.records.extend(done)
+        else:
+            rendered, encoding = done
+            encoded = [future.result() for future in encoding]
+            self.records.extend(self.generator.records(rendered, encoded))
 
     def finish(self) -> list[dict]:
         """Every record, once each waiting batch is encoded."""
         try:
             while self.pending:
                 self.take_oldest()
-        finally:
-            if self.pool is not None:
-                self.pool.shutdown(cancel_futures=True)
+        finally:  # after an error, drop the encoding nobody will collect
+            for waiting in self.pending:
+                for future in [] if isinstance(waiting, list) else waiting[1]:
+                    future.cancel()
         return self.records
 
 
@@ -210,6 +222,7 @@ class Generator:
         self.pipe = load_pipeline(settings, paths)
         self.compiled = False
         self.chosen_batch: int | None = None  # the batch size, once known (auto: probed)
+        self.encoder: ThreadPoolExecutor | None = None  # made on first use
         self.sources = sources
         self.mask_files = paths.mask_files
         unused = {key for key, modes in MODE_SETTINGS.items() if settings.mode not in modes}
@@ -220,11 +233,18 @@ class Generator:
         """Records for the items, batch by batch (encoding overlaps the next batch)."""
         if not items:
             return []
-        queue = RecordQueue(self, self.settings.encode_threads)
+        queue = self.record_queue()
         for batch in batches(items, self.batch_size(items[0])):
             for rendered in self.render_items(batch):
                 queue.add(rendered)
         return queue.finish()
+
+    def record_queue(self) -> RecordQueue:
+        """A queue over this generator's encoding threads (made once, kept for every block)."""
+        threads = self.settings.encode_threads
+        if self.encoder is None and threads:
+            self.encoder = ThreadPoolExecutor(threads, "encode")
+        return RecordQueue(self, self.encoder, threads)
 
     def batch_size(self, item: WorkItem) -> int:
         """The spec's batch size; for `auto`, found once, on the first item's inputs."""
@@ -335,13 +355,18 @@ class Generator:
         seconds_per_image = (time.perf_counter() - started) / len(items)
         return Rendered(items, pixels, nans, black, nsfw, retried, seconds_per_image)
 
-    def records(self, rendered: Rendered) -> list[dict]:
-        """A rendered batch's records, PNG-encoded: CPU work, safe on another thread."""
+    def records(
+        self, rendered: Rendered, encoded: list[tuple[bytes, int]] | None = None
+    ) -> list[dict]:
+        """A rendered batch's records, with its images' PNG bytes and hashes (`encode_image`,
+        done here when not given)."""
         r = rendered
+        encoded = [encode_image(p) for p in r.pixels] if encoded is None else encoded
         return [
             self.make_record(
                 item,
                 r.pixels[i],
+                *encoded[i],
                 r.nans[i],
                 r.black[i],
                 r.nsfw[i],
@@ -355,6 +380,8 @@ class Generator:
         self,
         item: WorkItem,
         pixels: np.ndarray,
+        png: bytes,
+        phash: int,
         has_nan: bool,
         black: bool,
         nsfw: bool,
@@ -388,12 +415,12 @@ class Generator:
             "sequence_id": item.sequence_id,
             "frame": item.frame,
             "prompt_b": item.prompt_b,
-            "image": {"bytes": encode_png(pixels), "path": f"{item.item_id}.png"},
+            "image": {"bytes": png, "path": f"{item.item_id}.png"},
             "clip_score": None,
             "concept_score": None,
             "scored_as": None,
             "embedding": None,
-            "phash": perceptual_hash(pixels),
+            "phash": phash,
             "black": black,
             "nan": has_nan,
             "nsfw": nsfw,
