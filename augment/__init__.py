@@ -33,6 +33,7 @@ __all__ = [
     "run",
     "status",
     "submit",
+    "sweep",
     "view",
 ]
 
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
         run,
         status,
         submit,
+        sweep,
         view,
     )
     from augment.errors import AugmentError

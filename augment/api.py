@@ -236,6 +236,21 @@ def bench_perf(out: str | Path = "perf", smoke: bool = False, **settings: Any) -
     return run_perf(_settings(PerfSettings, {"out": out, "smoke": smoke, **settings}))
 
 
+def sweep(
+    job: str | Path, real: str = "digits", out: str | Path = "sweep", **settings: Any
+) -> dict:
+    """Choose a job's settings on validation data: the classifier's steps (on the real-only
+    baseline), then guidance and the filter's minimum concept score (renders re-filtered, not
+    rendered again), then the ratio of synthetic to real images, each scored on the real set's
+    validation split, never on test. `settings` are `SweepSettings` fields (guidance,
+    min_concept_score, ratios, steps, shots, seeds, image_size, images_per_concept, workers).
+    Writes OUT/sweep.json, sweep.csv and sweep.md and returns the JSON."""
+    from augment.bench.sweep import SweepSettings, run_sweep
+
+    chosen = {"job": job, "real": real, "out": out, **settings}
+    return run_sweep(_settings(SweepSettings, chosen))
+
+
 def _settings(kind: type, chosen: dict):
     """A settings dataclass from keyword arguments; paths as strings, None left as default."""
     import dataclasses
@@ -256,8 +271,10 @@ def report(
     out: str | Path | None = None,
     real: str | None = None,
     synthetic: str | Path | None = None,
+    sweep: str | Path | None = None,
 ) -> Path:
-    """report.md and its plots from a results table (the file, or the folder holding it)."""
+    """report.md and its plots from a results table (the file, or the folder holding it), with
+    the validation sweep (its sweep.json) that chose the settings, when given."""
     from augment.reporting import write_report
 
     results = Path(results)
@@ -265,7 +282,10 @@ def report(
     if not table.is_file():
         raise AugmentError(f"{table}: no results table; run `augment bench ...` first")
     out_dir = Path(out) if out is not None else table.parent / "report"
-    return write_report(table, out_dir, real, str(synthetic) if synthetic else None)
+    if sweep is not None and not Path(sweep).is_file():
+        raise AugmentError(f"--sweep {sweep}: no such file; give the sweep.json of a sweep")
+    sweep_path = Path(sweep) if sweep is not None else None
+    return write_report(table, out_dir, real, str(synthetic) if synthetic else None, sweep_path)
 
 
 def submit(spec: Spec, address: str, workers: int | None = None) -> str:

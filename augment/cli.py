@@ -686,6 +686,45 @@ def add_bench_perf(bench_commands: Commands) -> None:
     perf.set_defaults(func=cmd_bench_perf)
 
 
+def cmd_bench_sweep(args: argparse.Namespace) -> int:
+    names = ("real", "out", "guidance", "min_concept_score", "ratios", "steps", "shots", "seeds")
+    options = given(args, *names, "image_size", "images_per_concept", "workers")
+    report = api.sweep(args.job, **options)
+    from augment.bench.sweep import sweep_lines
+
+    for line in sweep_lines(report):
+        out.print(line, soft_wrap=True, markup=False)
+    out.print(f"results: {Path(options.get('out', 'sweep')) / 'sweep.json'}", soft_wrap=True)
+    return 0
+
+
+def add_bench_sweep(bench_commands: Commands) -> None:
+    sweep = bench_commands.add_parser(
+        "sweep",
+        help="choose steps, guidance, filter minimum and ratio on validation data, not test",
+        description="Score classifiers on the real set's validation split (never its test "
+        "split) to choose, stage by stage: the classifier's steps (real-only), the guidance "
+        "and the filter's minimum concept score (the job rendered once per guidance, then "
+        "re-filtered), and the ratio of synthetic to real images. Rerunnable: renders resume.",
+        epilog="example: augment bench sweep jobs/demo.yaml --real digits --out out/sweep",
+    )
+    sweep.add_argument("job", help="the job to render (it needs a filters.scorer)")
+    sweep.add_argument("--real", help="a real set with a validation split (default: digits)")
+    sweep.add_argument("--out", type=Path, help="results folder (default: sweep)")
+    sweep.add_argument("--guidance", type=number_list(float), help="e.g. 1,2,3")
+    sweep.add_argument(
+        "--min-concept-score", type=number_list(float), help="filter minimums, e.g. 0,0.5,0.9"
+    )
+    sweep.add_argument("--ratios", type=number_list(float), help="synthetic per real, e.g. 1,10")
+    sweep.add_argument("--steps", type=number_list(int), help="classifier steps, e.g. 300,600")
+    sweep.add_argument("--shots", type=int, help="real images per class (default: 10)")
+    sweep.add_argument("--seeds", type=int, help="seeds per cell (default: 3)")
+    sweep.add_argument("--image-size", type=int, help="train and score at this size")
+    sweep.add_argument("--images-per-concept", type=int, help="rendered (default: the job's)")
+    sweep.add_argument("--workers", type=int, help="classifiers trained at once")
+    sweep.set_defaults(func=cmd_bench_sweep)
+
+
 def add_bench(commands: Commands) -> None:
     bench = commands.add_parser(
         "bench",
@@ -696,6 +735,7 @@ def add_bench(commands: Commands) -> None:
     add_bench_classify(bench_commands)
     add_bench_detect(bench_commands)
     add_bench_perf(bench_commands)
+    add_bench_sweep(bench_commands)
 
 
 # digits: the embedded world -------------------------------------------------------------------
@@ -916,7 +956,7 @@ def add_demo(commands: Commands) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    path = api.report(args.results, args.out, args.real, args.synthetic)
+    path = api.report(args.results, args.out, args.real, args.synthetic, args.sweep)
     out.print(f"report: {path}", soft_wrap=True)
     return 0
 
@@ -933,6 +973,9 @@ def add_report(commands: Commands) -> None:
     report.add_argument("--out", type=Path, help="report folder (default: beside the results)")
     report.add_argument("--real", help="real source for sample grids (default: from settings)")
     report.add_argument("--synthetic", type=Path, help="synthetic run for sample grids")
+    report.add_argument(
+        "--sweep", type=Path, help="the sweep.json of `augment bench sweep` that chose the settings"
+    )
     report.set_defaults(func=cmd_report)
 
 

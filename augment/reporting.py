@@ -428,9 +428,14 @@ def detector_learnt_nothing(results: pd.DataFrame) -> list[str]:
 
 
 def write_report(
-    results_path: Path, out_dir: Path, real: str | None = None, synthetic: str | None = None
+    results_path: Path,
+    out_dir: Path,
+    real: str | None = None,
+    synthetic: str | None = None,
+    sweep: Path | None = None,
 ) -> Path:
-    """Write OUT/report.md and its PNG plots from a results table."""
+    """Write OUT/report.md and its PNG plots from a results table (with the validation sweep
+    that chose the settings, when its sweep.json is given)."""
     results = read_results(results_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = read_settings(results_path.parent / "settings.json")
@@ -518,6 +523,18 @@ def write_report(
     for column in ("ratio", "ratio_trained"):
         overall[column] = [f"{value:.3g}" for value in overall[column]]
     columns = ["task", "arm", "ratio", "ratio_trained", "shots", "metric", "value", "n_seeds"]
+    if sweep is not None:
+        from augment.bench.sweep import sweep_lines
+
+        lines += [
+            "## Settings chosen on validation",
+            "",
+            "By `augment bench sweep` (each stage fixes what the one before chose); the test "
+            "figures above were scored once, with the chosen settings.",
+            "",
+            *sweep_lines(json.loads(Path(sweep).read_text())),
+            "",
+        ]
     lines += ["## All arms", "", markdown_table(overall[columns]), ""]
     if not gains.empty:
         table = gains[gains["label"] == ""].copy()

@@ -146,7 +146,9 @@ def test_classify_writes_seeds_per_arm_and_the_report(digits_generator_run, tmp_
     augmented = top1[(top1["arm"] == "augmented") & (top1["ratio"] == 2.0)]
     assert (augmented["n_synthetic"] == 100).all() and (augmented["n_real"] == 50).all()
     split = json.loads((tmp_path / "bench" / "split.json").read_text())
-    assert len(split["test"]) == 500 and not set(split["test"]) & set(split["pool"])
+    assert len(split["test"]) == 300 and len(split["validation"]) == 200
+    held_out = set(split["test"]) | set(split["validation"])
+    assert not held_out & set(split["pool"]) and not set(split["test"]) & set(split["validation"])
 
     report = write_report(tmp_path / "bench" / "results.parquet", tmp_path / "report")
     text = report.read_text()

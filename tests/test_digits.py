@@ -37,13 +37,14 @@ def test_images_are_white_on_black_rgb_32px():
 def test_splits_are_disjoint_stratified_and_cover_everything():
     _, labels = load_digit_images(8)
     splits = digit_splits(seed=0)
-    assert set(splits) == {"generator", "pool", "test"}
+    assert set(splits) == {"generator", "pool", "validation", "test"}
     joined = np.concatenate(list(splits.values()))
     assert len(joined) == len(set(joined.tolist())) == 1797
     assert set(joined.tolist()) == set(range(1797))
     assert (np.bincount(labels[splits["pool"]], minlength=10) == 30).all()
-    assert (np.bincount(labels[splits["test"]], minlength=10) == 50).all()
-    assert len(splits["generator"]) == 1797 - 300 - 500
+    assert (np.bincount(labels[splits["validation"]], minlength=10) == 20).all()
+    assert (np.bincount(labels[splits["test"]], minlength=10) == 30).all()
+    assert len(splits["generator"]) == 1797 - 300 - 200 - 300
 
 
 def test_splits_are_seeded():
@@ -77,7 +78,8 @@ def test_training_writes_a_loadable_pipeline(tmp_path):
     stats = train_digits_model(out, config)
     assert stats["steps"] == 3 and len(stats["loss"]) == 3 and len(stats["vae_loss"]) == 2
     assert stats["seconds"] > 0
-    assert stats["split_sizes"] == {"generator": 997, "pool": 300, "test": 500}
+    sizes = {"generator": 997, "pool": 300, "validation": 200, "test": 300}
+    assert stats["split_sizes"] == sizes
     for name in ("model_index.json", "README.md", "loss.png", "samples.png"):
         assert (out / name).is_file(), name
     card = (out / "README.md").read_text()

@@ -43,6 +43,11 @@ class ClassifySettings:
     oracle: bool = True
     seeds: int = 3
     steps: int = 600
+    # Where the classifiers are scored: "test", or "validation" to choose settings by (the real
+    # set must have one: `digits` does).
+    evaluate_on: str = "test"
+    quality: bool = True  # per-concept fidelity and diversity rows (task "quality")
+    real_only: bool = True  # the baseline arm (a sweep trains it once, not per setting)
     batch_size: int = 64
     lr: float = 2e-3
     test_fraction: float = 0.3  # for ImageFolder / COCO real sets
@@ -57,6 +62,8 @@ class ClassifySettings:
             at_least("workers", self.workers, 1)
         above("ratios", self.ratios, 0, " (synthetic images per real image, e.g. 0.5,1,2)")
         above("lr", self.lr, 0)
+        if self.evaluate_on not in ("test", "validation"):
+            raise AugmentError(f"evaluate_on: test or validation, got {self.evaluate_on!r}")
         if not 0 < self.test_fraction < 1:
             raise AugmentError(f"test_fraction must be between 0 and 1, got {self.test_fraction}")
 
@@ -194,7 +201,7 @@ def balanced_sample(images: ImageSet, count: int, num_classes: int, seed: int) -
 
 
 def arms(settings: ClassifySettings, has_synthetic: bool) -> list[tuple[str, float]]:
-    chosen = [("real_only", 0.0)]
+    chosen = [("real_only", 0.0)] if settings.real_only else []
     if has_synthetic:
         chosen += [("augmented", ratio) for ratio in dict.fromkeys(settings.ratios)]
         if settings.oracle:
@@ -233,7 +240,8 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
         if settings.synthetic
         else None
     )
-    check_no_leak(real.test, real.pool, *([synthetic] if synthetic is not None else []))
+    evaluated = evaluation_set(real, settings)
+    check_no_leak(evaluated, real.pool, *([synthetic] if synthetic is not None else []))
     (out / "split.json").write_text(json.dumps(real.split))
     num_classes = len(real.classes.names)
     arms_asked = arms(settings, synthetic is not None)
@@ -290,7 +298,7 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
                 )
         n_real = {"synthetic_only": 0, "oracle": len(train)}.get(arm, len(real_train))
         arms_trained.append((shots, seed, arm, ratio, n_real, len(train) - n_real, asked))
-        tasks.append((train, real.test, real.classes, settings, seed))
+        tasks.append((train, evaluated, real.classes, settings, seed))
     workers = settings.workers or default_workers()
     with image_progress(len(tasks), "training classifiers", unit="model") as advance:
         scored = train_and_score_all(tasks, workers, advance)
@@ -315,12 +323,13 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
                     "n_synthetic": n_synthetic,
                     "ratio_trained": trained_ratio(arm, ratio, n_synthetic / max(n_real, 1)),
                     "synthetic_short": n_synthetic < asked,
-                    "n_test": len(real.test),
+                    "n_test": len(evaluated),
+                    "evaluated_on": settings.evaluate_on,
                     "wall_s": seconds,
                 }
             )
     results = pd.DataFrame(rows)
-    if settings.synthetic:
+    if settings.synthetic and settings.quality:
         from augment.bench.quality import quality_rows
 
         nodes = wordnet_nodes(real.classes)
@@ -328,6 +337,18 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
         results = pd.concat([results, quality], ignore_index=True)
     write_results(results, out, {"classify": asdict(settings)})
     return results
+
+
+def evaluation_set(real: RealData, settings: ClassifySettings) -> ImageSet:
+    """The held-out images the classifiers are scored on: test, or validation."""
+    if settings.evaluate_on == "test":
+        return real.test
+    if real.validation is None:
+        raise AugmentError(
+            f"real set '{settings.real}' has no validation split to choose settings on; use "
+            "--real digits, or score on test (and call the result an upper estimate)"
+        )
+    return real.validation
 
 
 def trained_ratio(arm: str, ratio: float, synthetic_per_real: float) -> float:

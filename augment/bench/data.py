@@ -67,6 +67,7 @@ class RealData:
     pool: ImageSet  # real images a classifier may train on
     test: ImageSet  # held out: never trained on, never synthetic
     split: dict  # what was split how, saved beside the results
+    validation: ImageSet | None = None  # held out too: settings are chosen on it, not on test
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple:

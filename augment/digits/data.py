@@ -13,8 +13,11 @@ DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "e
 
 #: Real images per class in the pool a downstream classifier may train on.
 POOL_PER_CLASS = 30
-#: Real images per class in the held-out test split.
-TEST_PER_CLASS = 50
+#: Real images per class in the validation split: settings are chosen on it (`augment bench
+#: sweep`), never on the test split.
+VALIDATION_PER_CLASS = 20
+#: Real images per class in the held-out test split, scored once with the chosen settings.
+TEST_PER_CLASS = 30
 
 
 def prompt_for(label: int) -> str:
@@ -51,22 +54,29 @@ def load_digit_images(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
 def digit_splits(seed: int = 0) -> dict[str, np.ndarray]:
     """Stratified, seeded, disjoint index arrays covering all 1,797 digits.
 
-    `test`: 50 per class (500), `pool`: 30 per class (300), `generator`: the rest (997), the only
-    images the diffusion model sees. Each array is sorted; the same seed gives the same split.
+    `test`: 30 per class (300), `validation`: 20 per class (200), `pool`: 30 per class (300),
+    `generator`: the rest (997), the only images the diffusion model and the scorer saw. Each
+    array is sorted; the same seed gives the same split. (Validation and test share out what
+    was one 50-a-class test split, so the shipped models, trained on `generator`, stay valid.)
     """
     _, labels = _raw_digits()
     rng = np.random.default_rng(seed)
-    parts: dict[str, list[np.ndarray]] = {"generator": [], "pool": [], "test": []}
+    names = ("test", "validation", "pool", "generator")
+    sizes = (TEST_PER_CLASS, VALIDATION_PER_CLASS, POOL_PER_CLASS, None)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for label in range(len(DIGIT_NAMES)):
         members = rng.permutation(np.flatnonzero(labels == label))
-        parts["test"].append(members[:TEST_PER_CLASS])
-        parts["pool"].append(members[TEST_PER_CLASS : TEST_PER_CLASS + POOL_PER_CLASS])
-        parts["generator"].append(members[TEST_PER_CLASS + POOL_PER_CLASS :])
+        start = 0
+        for name, size in zip(names, sizes, strict=True):
+            end = None if size is None else start + size
+            parts[name].append(members[start:end])
+            start = end
     return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
 
 
 def digit_sets(size: int) -> tuple[dict, dict[str, np.ndarray]]:
-    """The digits splits (generator, pool, test) as benchmark ImageSets, and their indices."""
+    """The digits splits (generator, pool, validation, test) as benchmark ImageSets, and their
+    indices."""
     from augment.bench.data import ImageSet
 
     images, labels = load_digit_images(size)
@@ -76,7 +86,8 @@ def digit_sets(size: int) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def real_digits(size: int):
-    """The benchmark's real set (`--real digits`): the fixed pool and held-out test splits."""
+    """The benchmark's real set (`--real digits`): the fixed pool, validation and held-out test
+    splits."""
     from augment.bench.data import Classes, RealData
     from augment.taxonomy import load_concepts
 
@@ -85,5 +96,7 @@ def real_digits(size: int):
         [c.name for c in concepts], [c.synset for c in concepts], [c.hypernyms for c in concepts]
     )
     sets, splits = digit_sets(size)
-    split = {"source": "digits", "pool": splits["pool"].tolist(), "test": splits["test"].tolist()}
-    return RealData(classes, sets["pool"], sets["test"], split)
+    split = {"source": "digits"} | {
+        name: splits[name].tolist() for name in ("pool", "validation", "test")
+    }
+    return RealData(classes, sets["pool"], sets["test"], split, sets["validation"])

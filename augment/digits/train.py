@@ -442,6 +442,17 @@ def rewrite_model_card(folder: Path) -> None:
     write_model_card(folder, json.loads((folder / "training.json").read_text()))
 
 
+def held_out_splits(sizes: dict) -> str:
+    """The held-out splits as a card states them (models trained before the validation split
+    was carved out of the test split list one test split of 500)."""
+    if "validation" not in sizes:
+        return f"`test` ({sizes['test']}, now `validation` 200 and `test` 300)"
+    return (
+        f"`validation` ({sizes['validation']}, settings are chosen on it) and `test` "
+        f"({sizes['test']})"
+    )
+
+
 def write_model_card(folder: Path, stats: dict) -> None:
     without = stats.get("without") or []
     measured = (
@@ -477,8 +488,8 @@ image = pipe(
   (bicubic) to 32x32, white ink on black, 3 identical channels, scaled to [-1, 1].
 - Trained on the `generator` split of `augment.digits.data.digit_splits(seed=0)` only:
   {stats.get("images_trained", sizes["generator"])} images{held_out}. Never seen: `pool`
-  ({sizes["pool"]}, 30 per class, real images for downstream classifiers) and `test`
-  ({sizes["test"]}, 50 per class, held out).
+  ({sizes["pool"]}, 30 per class, real images for downstream classifiers) and the held-out
+  {held_out_splits(sizes)}.
 - Augmentation: all shifts of up to {stats["max_shift"]} px (32 px scale), black fill.
 - Prompts: "a handwritten digit {{name}}" half the time, else one of {len(TEMPLATES)} templates;
   {stats["cfg_dropout"]:.0%} unconditional (empty prompt, or a prompt without a digit name such as

@@ -1,0 +1,264 @@
+"""`augment bench sweep`: choose a job's settings on validation data, never on the test set.
+
+A setting picked by looking at test scores makes the test figure an upper estimate. So the
+sweep scores every classifier on the real set's validation split (`digits` has one: 20 real
+images a class, disjoint from the pool the classifiers train on and from the test split), in
+three stages, each fixing what the one before chose:
+
+1. **steps**: the classifier's optimisation steps, chosen on the real-only baseline (a fair
+   baseline is tuned too, or the gain over it is inflated);
+2. **generation**: the job rendered at each guidance scale (once; a rerun resumes), each render
+   re-filtered at each minimum concept score without rendering (`refilter`), and the
+   augmented arm trained at the largest ratio;
+3. **ratio**: synthetic images per real image (so images per class used) at the chosen render.
+
+Each cell is a mean over seeds with its 95 % interval, and the gain over real-only paired by
+seed. Writes OUT/sweep.json (settings, table, what was chosen), OUT/sweep.csv and OUT/sweep.md;
+renders stay in OUT/renders, classifier results in OUT/runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import pandas as pd
+
+from augment.bench.classify import ClassifySettings, run_classify
+from augment.bench.data import load_real
+from augment.bench.stats import mean_ci
+from augment.errors import AugmentError
+
+
+@dataclass
+class SweepSettings:
+    job: str = "jobs/demo.yaml"
+    real: str = "digits"
+    out: str = "sweep"
+    guidance: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0])
+    min_concept_score: list[float] = field(default_factory=lambda: [0.0, 0.5, 0.9])
+    ratios: list[float] = field(default_factory=lambda: [1.0, 3.0, 10.0, 30.0])
+    steps: list[int] = field(default_factory=lambda: [300, 600, 1200])
+    shots: int = 10
+    seeds: int = 3
+    image_size: int = 16
+    images_per_concept: int | None = None  # rendered per concept (default: the job's)
+    workers: int | None = None  # render workers and classifiers trained at once
+
+    def __post_init__(self) -> None:
+        for name in ("guidance", "min_concept_score", "ratios", "steps"):
+            if not getattr(self, name):
+                raise AugmentError(f"sweep {name}: give at least one value")
+        if min(self.guidance) < 1:
+            raise AugmentError(f"sweep guidance: 1 or more (1: no guidance), got {self.guidance}")
+        if not all(0 <= m <= 1 for m in self.min_concept_score):
+            raise AugmentError(
+                f"sweep min_concept_score: between 0 and 1, got {self.min_concept_score}"
+            )
+        if min(self.ratios) <= 0 or min(self.steps) < 1 or self.shots < 1 or self.seeds < 2:
+            raise AugmentError(
+                "sweep: ratios above 0, steps and shots of 1 or more, and at least 2 seeds "
+                "(an interval needs two)"
+            )
+
+
+def top1(results: pd.DataFrame, arm: str) -> pd.Series:
+    """Top-1 per seed of one arm (a single ratio), indexed by seed."""
+    rows = results[(results["metric"] == "top1") & (results["label"] == "")]
+    return rows[rows["arm"] == arm].set_index("seed")["value"].sort_index()
+
+
+def cell(stage: str, values: pd.Series, baseline: pd.Series | None, **setting) -> dict:
+    """One table row: the setting, its mean top-1 [95 % CI] and the paired gain over the
+    baseline (same seeds)."""
+    mean, low, high = mean_ci(values)
+    row = {"stage": stage, **setting, "top1": mean, "ci_low": low, "ci_high": high}
+    if baseline is not None:
+        gain, gain_low, gain_high = mean_ci(values - baseline.loc[values.index])
+        row.update(gain=gain, gain_low=gain_low, gain_high=gain_high)
+    row["seeds"] = len(values)
+    return row
+
+
+def best(rows: list[dict], key: str = "top1") -> dict:
+    """The row with the highest mean; ties go to the earlier (cheaper) setting."""
+    return max(rows, key=lambda row: (row[key], -rows.index(row)))
+
+
+def render(settings: SweepSettings, guidance: float, out: Path) -> Path:
+    """The job rendered at `guidance` (its filter scores every image; no paste, no masks)."""
+    from augment.config import load_spec
+    from augment.job import RunOptions, run_job
+
+    overrides = {
+        "output.dir": str(out),
+        "output.formats": ["parquet"],
+        "generation.guidance_scale": guidance,
+        "prompts.images_per_concept": settings.images_per_concept,
+    }
+    spec = load_spec(settings.job, overrides)
+    if spec.filters.scorer is None:
+        raise AugmentError(
+            f"{settings.job}: the sweep re-filters renders by concept score; give the job a "
+            "filters.scorer"
+        )
+    spec = spec.model_copy(update={"paste": None, "segment": None, "labels": None})
+    run_job(spec, RunOptions(distributor="local"))
+    return out
+
+
+def run_sweep(settings: SweepSettings) -> dict:
+    """Every stage; writes OUT/sweep.json, sweep.csv and sweep.md and returns the JSON."""
+    from augment.job import refilter
+
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    real = load_real(settings.real, settings.image_size)
+    base = ClassifySettings(
+        real=settings.real,
+        image_size=settings.image_size,
+        shots=[settings.shots],
+        seeds=settings.seeds,
+        evaluate_on="validation",
+        oracle=False,
+        synthetic_only=False,
+        quality=False,
+        workers=settings.workers,
+    )
+    if real.validation is None:
+        from augment.bench.classify import evaluation_set
+
+        evaluation_set(real, base)  # raises, saying what to do
+    table: list[dict] = []
+
+    def classify(name: str, **changes) -> pd.DataFrame:
+        return run_classify(replace(base, out=str(out / "runs" / name), **changes), real)
+
+    # 1. The baseline's steps.
+    baselines = {}
+    for steps in settings.steps:
+        baselines[steps] = top1(classify(f"real-only-{steps}", steps=steps), "real_only")
+        table.append(cell("steps", baselines[steps], None, arm="real_only", steps=steps))
+    steps = best(table)["steps"]
+    baseline = baselines[steps]
+
+    # 2. The render: guidance, then the filter's minimum.
+    largest = max(settings.ratios)
+    generation = []
+    for guidance in settings.guidance:
+        rendered = render(settings, guidance, out / "renders" / f"guidance-{guidance:g}")
+        for minimum in settings.min_concept_score:
+            refilter(rendered, min_concept_score=minimum)
+            results = classify(
+                f"guidance-{guidance:g}-min-{minimum:g}",
+                synthetic=str(rendered),
+                ratios=[largest],
+                steps=steps,
+                real_only=False,
+            )
+            generation.append(
+                cell(
+                    "generation",
+                    top1(results, "augmented"),
+                    baseline,
+                    arm="augmented",
+                    steps=steps,
+                    guidance=guidance,
+                    min_concept_score=minimum,
+                    ratio=largest,
+                )
+            )
+    table += generation
+    chosen = best(generation)
+    guidance, minimum = chosen["guidance"], chosen["min_concept_score"]
+
+    # 3. How many synthetic images per real one.
+    rendered = out / "renders" / f"guidance-{guidance:g}"
+    refilter(rendered, min_concept_score=minimum)
+    ratios = sorted(set(settings.ratios) - {largest})
+    per_ratio = [{**chosen, "stage": "ratio"}]
+    if ratios:
+        results = classify(
+            f"guidance-{guidance:g}-min-{minimum:g}-ratios",
+            synthetic=str(rendered),
+            ratios=ratios,
+            steps=steps,
+            real_only=False,
+        )
+        for ratio in ratios:
+            values = top1(results[results["ratio"] == ratio], "augmented")
+            per_ratio.append(
+                cell(
+                    "ratio",
+                    values,
+                    baseline,
+                    arm="augmented",
+                    steps=steps,
+                    guidance=guidance,
+                    min_concept_score=minimum,
+                    ratio=ratio,
+                )
+            )
+    per_ratio.sort(key=lambda row: row["ratio"])  # ties go to fewer images
+    table += per_ratio
+    ratio = best(per_ratio)["ratio"]
+    report = {
+        "settings": asdict(settings),
+        "evaluated_on": "validation",
+        "validation_images": len(real.validation),
+        "chosen": {
+            "steps": int(steps),
+            "guidance": float(guidance),
+            "min_concept_score": float(minimum),
+            "ratio": float(ratio),
+            "images_per_class": math.ceil(ratio * settings.shots),
+        },
+        "table": table,
+    }
+    write_sweep(report, out)
+    return report
+
+
+def write_sweep(report: dict, out: Path) -> None:
+    frame = pd.DataFrame(report["table"])
+    frame.to_csv(out / "sweep.csv", index=False)
+    (out / "sweep.json").write_text(json.dumps(report, indent=1, default=float))
+    (out / "sweep.md").write_text("\n".join(sweep_lines(report)) + "\n")
+
+
+def sweep_lines(report: dict) -> list[str]:
+    """The sweep as Markdown: what was chosen, then each stage's table."""
+    chosen = report["chosen"]
+    shots = report["settings"]["shots"]
+    lines = [
+        f"Chosen on the validation split ({report['validation_images']} real images, "
+        f"{shots} real images a class for training, {report['settings']['seeds']} seeds): "
+        f"{chosen['steps']} classifier steps, guidance {chosen['guidance']:g}, minimum concept "
+        f"score {chosen['min_concept_score']:g}, ratio ×{chosen['ratio']:g} "
+        f"({chosen['images_per_class']} synthetic images a class).",
+        "",
+        "| stage | steps | guidance | min concept score | ratio | validation top-1 % | "
+        "gain over real-only |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def text(value, low, high, sign="") -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        return f"{value:{sign}.1f} [{low:{sign}.1f}, {high:{sign}.1f}]"
+
+    def shown(row: dict, key: str) -> str:
+        value = row.get(key)
+        return "" if value is None or value != value else f"{value:g}"  # absent, or NaN
+
+    for row in report["table"]:
+        ratio = shown(row, "ratio")
+        lines.append(
+            f"| {row['stage']} | {shown(row, 'steps')} | {shown(row, 'guidance')} | "
+            f"{shown(row, 'min_concept_score')} | {'×' + ratio if ratio else ''} | "
+            f"{text(row['top1'], row['ci_low'], row['ci_high'])} | "
+            f"{text(row.get('gain'), row.get('gain_low'), row.get('gain_high'), '+')} |"
+        )
+    return lines

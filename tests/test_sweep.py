@@ -1,0 +1,113 @@
+"""`augment bench sweep`: settings chosen on the validation split, the test split never read."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import augment as ag
+from augment.bench.classify import ClassifySettings, evaluation_set
+from augment.bench.data import load_real
+from augment.errors import AugmentError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_sweep_chooses_each_setting_on_validation_and_never_scores_test(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    grid = {
+        "guidance": [1.0, 2.0],
+        "min_concept_score": [0.0, 0.9],
+        "ratios": [0.5, 1.0],
+        "steps": [15, 30],
+    }
+    report = ag.sweep(
+        REPO / "jobs" / "demo.yaml",
+        out=out,
+        shots=3,
+        seeds=2,
+        images_per_concept=4,
+        workers=1,  # tiny models: starting worker processes would cost more than they save
+        **grid,
+    )
+    assert report["evaluated_on"] == "validation" and report["validation_images"] == 200
+    table = pd.DataFrame(report["table"])
+    assert table["stage"].value_counts().to_dict() == {"steps": 2, "generation": 4, "ratio": 2}
+    chosen = report["chosen"]
+    steps_rows = table[table["stage"] == "steps"]
+    assert chosen["steps"] == steps_rows.loc[steps_rows["top1"].idxmax(), "steps"]
+    generation = table[table["stage"] == "generation"]
+    assert (generation["steps"] == chosen["steps"]).all() and (generation["ratio"] == 1.0).all()
+    top = generation.loc[generation["top1"].idxmax()]
+    assert (chosen["guidance"], chosen["min_concept_score"]) == (
+        top["guidance"],
+        top["min_concept_score"],
+    )
+    assert chosen["ratio"] in grid["ratios"]
+    assert chosen["images_per_class"] == math.ceil(chosen["ratio"] * 3)
+    assert generation["gain"].notna().all() and (generation["seeds"] == 2).all()
+    # Every classifier was scored on the 200 validation images, none on the 300 test ones.
+    for results in (out / "runs").glob("*/results.parquet"):
+        scored = pd.read_parquet(results)
+        assert set(scored["evaluated_on"]) == {"validation"}
+        assert set(scored["n_test"]) == {200}
+    renders = sorted(p.name for p in (out / "renders").iterdir())
+    assert renders == ["guidance-1", "guidance-2"]
+    assert "Chosen on the validation split" in (out / "sweep.md").read_text()
+    assert len(pd.read_csv(out / "sweep.csv")) == 8
+    # A report names the sweep that chose its settings.
+    report_md = ag.report(
+        out / "runs" / "real-only-15", tmp_path / "report", sweep=out / "sweep.json"
+    )
+    text = report_md.read_text()
+    assert "## Settings chosen on validation" in text and "| generation | " in text
+
+
+def test_validation_is_held_out_from_the_pool_and_the_test_split():
+    real = load_real("digits", 16)
+    assert len(real.validation) == 200 and len(real.test) == 300
+    ids = [set(real.pool.ids), set(real.validation.ids), set(real.test.ids)]
+    assert not ids[0] & ids[1] and not ids[0] & ids[2] and not ids[1] & ids[2]
+    assert np.bincount(real.validation.labels, minlength=10).tolist() == [20] * 10
+    chosen = evaluation_set(real, ClassifySettings(evaluate_on="validation"))
+    assert chosen is real.validation
+    assert evaluation_set(real, ClassifySettings()) is real.test
+
+
+def test_a_sweep_without_a_validation_split_or_with_bad_values_stops_before_rendering(tmp_path):
+    real = load_real("digits", 16)
+    real.validation = None
+    with pytest.raises(AugmentError, match="has no validation split to choose settings on"):
+        evaluation_set(real, ClassifySettings(evaluate_on="validation"))
+    with pytest.raises(AugmentError, match="test or validation"):
+        ClassifySettings(evaluate_on="train")
+    job = REPO / "jobs" / "demo.yaml"
+    for bad, message in (
+        ({"min_concept_score": [1.5]}, "between 0 and 1"),
+        ({"guidance": [0.5]}, "1 or more"),
+        ({"seeds": 1}, "at least 2 seeds"),
+        ({"ratios": []}, "at least one value"),
+    ):
+        with pytest.raises(AugmentError, match=message):
+            ag.sweep(job, out=tmp_path / "bad", **bad)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_the_demo_runs_the_settings_its_shipped_sweep_chose():
+    """The full demo's report shows augment/digits/sweep.json as the sweep that chose its
+    settings: they must be the settings it runs."""
+    from augment.digits.demo import DEMO_JOB, FULL, SWEEP
+
+    shipped = json.loads(SWEEP.read_text())
+    chosen = shipped["chosen"]
+    spec = ag.load_spec(DEMO_JOB)
+    assert shipped["evaluated_on"] == "validation" and shipped["validation_images"] == 200
+    assert spec.generation.guidance_scale == chosen["guidance"]
+    assert spec.filters.min_concept_score == chosen["min_concept_score"]
+    assert FULL.steps == chosen["steps"] and max(FULL.ratios) == chosen["ratio"]
+    assert FULL.images_per_concept >= chosen["images_per_class"]
