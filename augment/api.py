@@ -171,6 +171,14 @@ def view(out: str | Path, per_concept: int = 500) -> Path:
     return write_gallery(Path(out), per_concept)
 
 
+def inspect(path: str | Path) -> dict:
+    """What a PNG says of itself: its `augment` provenance (item id, job, spec hash, model,
+    model hash, licence, version, synthetic) and its `parameters` text (None where absent)."""
+    from augment.provenance import inspect_png
+
+    return inspect_png(path)
+
+
 def real_pictures(real: str) -> list:
     """The real pool of a benchmark source (`digits`, an image folder, a COCO file) as
     pictures a run's images are compared with for duplicates."""

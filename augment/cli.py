@@ -345,6 +345,38 @@ def add_view(commands: Commands) -> None:
     command.set_defaults(func=cmd_view)
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    for path in args.files:
+        found = api.inspect(path)
+        out.print(f"[bold]{found['file']}[/]", soft_wrap=True)
+        out.print(f"  invisible watermark: {'found' if found['watermark'] else 'not found'}")
+        if found["augment"] is None and found["parameters"] is None:
+            out.print("  no provenance: not an augment image, or its text chunks were stripped")
+            continue
+        out.print(f"  synthetic: {'yes' if found['synthetic'] else 'not stated'}")
+        for key, value in sorted((found["augment"] or {}).items()):
+            if key != "synthetic":
+                out.print(f"  {key}: {value}", soft_wrap=True, markup=False)
+        if found["parameters"]:
+            out.print("  parameters:", soft_wrap=True)
+            for line in found["parameters"].splitlines():
+                out.print(f"    {line}", soft_wrap=True, markup=False)
+    return 0
+
+
+def add_inspect(commands: Commands) -> None:
+    command = commands.add_parser(
+        "inspect",
+        help="print what a PNG says of itself: synthetic, from which model, job and settings",
+        description="Read the provenance text chunks every augment PNG carries: `augment` "
+        "(item id, job, spec hash, model, model hash, licence, version, synthetic) and "
+        "`parameters` (the Stable Diffusion web UI's prompt and settings line).",
+        epilog="example: augment inspect out/demo/coco/images/*.png",
+    )
+    command.add_argument("files", nargs="+", type=Path, help="PNG files")
+    command.set_defaults(func=cmd_inspect)
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     spec = load_job(args)
     quiet_libraries()
@@ -986,6 +1018,7 @@ COMMANDS = (
     add_export,
     add_filter,
     add_view,
+    add_inspect,
     add_submit,
     add_status,
     add_logs,

@@ -195,6 +195,16 @@ class GenerationSpec(StrictModel):
         description="folder of compiled kernels reused by reruns and every worker of a node "
         "(default: the augment cache's torch-compile/)",
     )
+    watermark: bool = Field(
+        default=False,
+        description="an invisible watermark in every image (the invisible-watermark "
+        "package, dwtDctSvd; 256 px or more): `augment inspect` finds it after a JPEG re-encode",
+    )
+    license: str | None = Field(
+        default=None,
+        description="the model's licence, recorded with every image (default: the one its "
+        "model card's front matter names)",
+    )
     encode_threads: int = Field(
         default=2,
         ge=0,
@@ -249,6 +259,12 @@ class GenerationSpec(StrictModel):
             raise ValueError(
                 "fuse_qkv fuses the attention's own projections: it cannot carry loras, nor run "
                 "with attention eager; drop fuse_qkv, or fuse the LoRA into a model first"
+            )
+        if self.watermark and min(self.height, self.width) < 256:
+            raise ValueError(
+                f"watermark needs images of 256 px or more a side, not {self.width}x"
+                f"{self.height}: the watermark's blocks do not fit; raise height and width, or "
+                "drop watermark"
             )
         return self
 

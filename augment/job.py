@@ -221,6 +221,14 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def model_identity(spec: JobSpec) -> dict:
+    """The model every image came from: its name, content hash and licence (provenance)."""
+    from augment.generate.engine import run_provenance
+
+    shared = run_provenance(spec)
+    return {"name": shared.model, "hash": shared.model_hash, "license": shared.license}
+
+
 def write_manifest(
     out_dir: Path,
     spec: JobSpec,
@@ -251,6 +259,7 @@ def write_manifest(
         },
         "timings": {"last_run_s": round(seconds, 3), "rendering_s": round(rendering_seconds, 3)},
         "versions": package_versions(),
+        "model": model_identity(spec),
         "shards": shards,
         "quarantined": sorted(p.name for p in (out_dir / "quarantine").glob("*.parquet")),
         "categories": categories_for(concepts),
@@ -424,6 +433,7 @@ def paste_backgrounds(spec: JobSpec) -> SourceSet:
 def paste(spec: JobSpec, force: bool = False) -> PasteResult:
     """Paste the run's segmented renders (OUT) onto the backgrounds, into OUT/paste (resumed
     when it holds the same paste; `force` starts it over)."""
+    from augment.generate.engine import run_provenance
     from augment.labels.paste import (
         PasteResult,
         known_boxes,
@@ -451,6 +461,7 @@ def paste(spec: JobSpec, force: bool = False) -> PasteResult:
     done = parquet.committed_item_ids(shards_dir)
     items = paste_plan(spec.name, spec.seed, backgrounds.images, settings.images_per_background)
     failures = list(backgrounds.unreadable)
+    provenance = run_provenance(spec)
     pending, written, count = [], 0, 0
     todo = [item for item in items if item.item_id not in done]
 
@@ -484,6 +495,7 @@ def paste(spec: JobSpec, force: bool = False) -> PasteResult:
                     pasted,
                     settings,
                     time.perf_counter() - begun,
+                    provenance,
                 )
             )
             written += 1

@@ -70,6 +70,9 @@ RECORD_SCHEMA = pa.schema(
         ("negative_prompt", pa.string()),
         ("mode", pa.string()),
         ("model", pa.string()),
+        ("model_hash", pa.string()),  # sha256 over the model's files (provenance)
+        ("license", pa.string()),  # the model's licence, where known
+        ("watermark", pa.bool_()),  # an invisible watermark was written into the image
         ("family", pa.string()),
         ("dtype", pa.string()),
         ("scheduler", pa.string()),

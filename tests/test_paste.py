@@ -15,6 +15,7 @@ from augment.config import PasteSpec, load_spec
 from augment.job import RunOptions, paste, run_job
 from augment.labels.paste import Instance, paste_onto, shared_share
 from augment.labels.segment import decode_rle
+from augment.provenance import read_png_chunks
 from augment.sinks import export, export_records, image_file_name
 from tests.conftest import REPO, error_line, run_cli, train_yolo_one_epoch
 
@@ -61,6 +62,11 @@ def test_composites_keep_the_background_boxes_and_add_each_instance_with_its_mas
             assert mask.sum() == box["area"] == mask[y : y + h, x : x + w].sum() > 0
             for other in own:  # the overlap limit against the background's own boxes
                 assert shared_share(list(box["bbox"]), list(other["bbox"])) <= 0.05
+        # Its PNG says what it is made of: a real background and generated instances.
+        carried = json.loads(read_png_chunks(row["image"]["bytes"])["augment"])
+        assert carried["synthetic"] is True and carried["item_id"] == row["item_id"]
+        assert carried["composite"]["background"] == row["source_image_id"]
+        assert {b["instance_of"] for b in added} <= set(carried["composite"]["pasted"])
 
 
 def test_coco_export_evaluates_as_bbox_and_segm_and_yolo_lists_every_box(pasted):

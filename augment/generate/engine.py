@@ -35,6 +35,15 @@ from PIL import Image
 from augment.config import GenerationSpec, JobSpec, SpecPaths
 from augment.duplicates import perceptual_hash
 from augment.errors import ModelError
+from augment.provenance import (
+    Provenance,
+    add_watermark,
+    augment_version,
+    model_content_hash,
+    model_license,
+    png_chunks,
+    settings_hash,
+)
 from augment.records import WorkItem
 from augment.sources import SourceSet
 
@@ -53,6 +62,7 @@ NOT_RENDER_SETTINGS = {
     "vae_slicing",
     "vae_tiling",
     "encode_threads",
+    "license",
 }
 
 #: Settings that only some modes read: a record lists them only for those modes.
@@ -70,6 +80,13 @@ MODE_SETTINGS = {
 AUTO_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 AUTO_MEMORY_SHARE = 0.9
 AUTO_CPU_BATCH = 8
+
+
+def render_settings_json(settings: GenerationSpec) -> str:
+    """The settings that shape the pixels, as a record's `settings` column holds them."""
+    unused = {key for key, modes in MODE_SETTINGS.items() if settings.mode not in modes}
+    render = settings.model_dump(mode="json", exclude=NOT_RENDER_SETTINGS | unused)
+    return json.dumps(render, sort_keys=True)
 
 
 def largest_batch(fits: Callable[[int], bool], sizes: tuple[int, ...] = AUTO_BATCH_SIZES) -> int:
@@ -93,9 +110,17 @@ def batches(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
-def encode_png(pixels: np.ndarray) -> bytes:
+def encode_png(pixels: np.ndarray, chunks: dict[str, str] | None = None) -> bytes:
+    """PNG bytes, with `chunks` as text chunks (provenance: `augment.provenance`)."""
+    info = None
+    if chunks:
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        for key, value in chunks.items():
+            info.add_text(key, value)  # iTXt where latin-1 cannot hold the text
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    Image.fromarray(pixels).save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
 
 
@@ -128,9 +153,14 @@ class Rendered:
     seconds_per_image: float
 
 
-def encode_image(pixels: np.ndarray) -> tuple[bytes, int]:
-    """An image's PNG bytes and perceptual hash: the CPU work beside the render loop."""
-    return encode_png(pixels), perceptual_hash(pixels)
+def encode_image(
+    pixels: np.ndarray, chunks: dict[str, str] | None, watermark: bool = False
+) -> tuple[bytes, int]:
+    """An image's PNG bytes and perceptual hash (after the invisible watermark, when asked):
+    the CPU work beside the render loop."""
+    if watermark:
+        pixels = add_watermark(pixels)
+    return encode_png(pixels, chunks), perceptual_hash(pixels)
 
 
 class RecordQueue:
@@ -153,7 +183,12 @@ class RecordQueue:
         if self.pool is None:
             self.records.extend(self.generator.records(rendered))
             return
-        encoding = [self.pool.submit(encode_image, image) for image in rendered.pixels]
+        chunks = self.generator.png_chunks(rendered)
+        marked = self.generator.settings.watermark
+        encoding = [
+            self.pool.submit(encode_image, image, text, marked)
+            for image, text in zip(rendered.pixels, chunks, strict=True)
+        ]
         self.pending.append((rendered, encoding))
         while len(self.pending) > self.limit:
             self.take_oldest()
@@ -214,20 +249,23 @@ class Generator:
     mode = "txt2img"
 
     def __init__(
-        self, settings: GenerationSpec, paths: SpecPaths, sources: SourceSet | None = None
+        self,
+        settings: GenerationSpec,
+        paths: SpecPaths,
+        sources: SourceSet | None = None,
+        provenance: Provenance | None = None,
     ):
         from augment.generate.pipelines import load_pipeline
 
         self.settings = settings
+        self.provenance = provenance  # what each PNG says of itself (None: nothing)
         self.pipe = load_pipeline(settings, paths)
         self.compiled = False
         self.chosen_batch: int | None = None  # the batch size, once known (auto: probed)
         self.encoder: ThreadPoolExecutor | None = None  # made on first use
         self.sources = sources
         self.mask_files = paths.mask_files
-        unused = {key for key, modes in MODE_SETTINGS.items() if settings.mode not in modes}
-        render = settings.model_dump(mode="json", exclude=NOT_RENDER_SETTINGS | unused)
-        self.settings_json = json.dumps(render, sort_keys=True)
+        self.settings_json = render_settings_json(settings)
 
     def __call__(self, items: list[WorkItem]) -> list[dict]:
         """Records for the items, batch by batch (encoding overlaps the next batch)."""
@@ -361,7 +399,11 @@ class Generator:
         """A rendered batch's records, with its images' PNG bytes and hashes (`encode_image`,
         done here when not given)."""
         r = rendered
-        encoded = [encode_image(p) for p in r.pixels] if encoded is None else encoded
+        if encoded is None:
+            chunks, marked = self.png_chunks(r), self.settings.watermark
+            encoded = [
+                encode_image(p, text, marked) for p, text in zip(r.pixels, chunks, strict=True)
+            ]
         return [
             self.make_record(
                 item,
@@ -374,6 +416,30 @@ class Generator:
                 r.seconds_per_image,
             )
             for i, item in enumerate(r.items)
+        ]
+
+    def png_chunks(self, rendered: Rendered) -> list[dict[str, str] | None]:
+        """Each image's provenance text chunks (None without a provenance)."""
+        if self.provenance is None:
+            return [None] * len(rendered.items)
+        s = self.settings
+        return [
+            png_chunks(
+                {
+                    "item_id": item.item_id,
+                    "prompt": item.prompt,
+                    "negative_prompt": item.negative_prompt,
+                    "steps": s.num_inference_steps,
+                    "scheduler": s.scheduler,
+                    "guidance": s.guidance_scale,
+                    "seed": item.seed,
+                    "width": pixels.shape[1],
+                    "height": pixels.shape[0],
+                    "strength": s.strength if self.mode in MODE_SETTINGS["strength"] else None,
+                },
+                self.provenance,
+            )
+            for item, pixels in zip(rendered.items, rendered.pixels, strict=True)
         ]
 
     def make_record(
@@ -399,6 +465,9 @@ class Generator:
             "negative_prompt": item.negative_prompt,
             "mode": self.mode,
             "model": s.model,
+            "model_hash": self.provenance.model_hash if self.provenance else None,
+            "license": self.provenance.license if self.provenance else None,
+            "watermark": s.watermark,
             "family": self.pipe.family,
             "dtype": s.dtype,
             "scheduler": s.scheduler,
@@ -582,6 +651,23 @@ GENERATORS: dict[str, type[Generator]] = {
 
 
 def make_generator(spec: JobSpec) -> Generator:
-    """The generator for the spec's mode, with its source images when the mode has some."""
+    """The generator for the spec's mode, with its source images when the mode has some, and
+    the run's provenance for every PNG it writes."""
     sources = SourceSet.of(spec) if spec.source is not None else None
-    return GENERATORS[spec.generation.mode](spec.generation, spec.paths, sources)
+    generator = GENERATORS[spec.generation.mode]
+    return generator(spec.generation, spec.paths, sources, run_provenance(spec))
+
+
+def run_provenance(spec: JobSpec) -> Provenance:
+    """The job, the hash of its pixel-shaping settings and the model's identity (content hash
+    and licence)."""
+    location = spec.paths.model
+    return Provenance(
+        job=spec.name,
+        settings_hash=settings_hash(render_settings_json(spec.generation)),
+        model=spec.generation.model,
+        model_hash=model_content_hash(location),
+        license=model_license(location, spec.generation.license),
+        version=augment_version(),
+        watermark=spec.generation.watermark,
+    )

@@ -27,6 +27,7 @@ from PIL import Image, ImageFilter
 from augment.config import JobSpec, PasteSpec
 from augment.errors import OutputError
 from augment.labels.segment import decode_rle, encode_rle, mask_box
+from augment.provenance import Provenance
 from augment.records import SourceImage
 from augment.taxonomy import Concept
 
@@ -195,10 +196,13 @@ def paste_record(
     pasted: list[tuple[Instance, np.ndarray]],
     settings: PasteSpec,
     seconds: float,
+    provenance: Provenance,
 ) -> dict:
     """A shard record for a composite: the background's boxes of known concepts, then one box
-    with its mask per pasted instance still visible. Its concept is its first instance's."""
+    with its mask per pasted instance still visible. Its concept is its first instance's. Its
+    PNG says what it is made of (`augment.provenance.composite_chunks`)."""
     from augment.generate.engine import encode_png
+    from augment.provenance import composite_chunks
 
     boxes = [
         {"category_id": category_id, "bbox": list(bbox), "segmentation": []}
@@ -220,6 +224,9 @@ def paste_record(
             )
     first = pasted[0][0].concept if pasted else None
     height, width = pixels.shape[:2]
+    chunks = composite_chunks(
+        item.item_id, provenance, background.id, [instance.item_id for instance, _ in pasted]
+    )
     return {
         "item_id": item.item_id,
         "concept_id": first.id if first else None,
@@ -235,7 +242,10 @@ def paste_record(
         "height": height,
         "source_image_id": background.id,
         "boxes": boxes,
-        "image": {"bytes": encode_png(pixels), "path": f"{item.item_id}.png"},
+        "model": provenance.model,
+        "model_hash": provenance.model_hash,
+        "license": provenance.license,
+        "image": {"bytes": encode_png(pixels, chunks), "path": f"{item.item_id}.png"},
         "black": False,
         "nan": False,
         "nsfw": False,

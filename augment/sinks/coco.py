@@ -46,9 +46,11 @@ def export_coco(coco_dir: Path, categories: list[dict], records: Iterable[dict])
     images_dir = coco_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
+    models: dict[tuple, int] = {}  # (model, hash, licence) -> its COCO licence id
     for image_id, record in enumerate(records, start=1):
         file_name = image_file_name(record)
         (images_dir / file_name).write_bytes(record["image"]["bytes"])
+        model = (record.get("model"), record.get("model_hash"), record.get("license"))
         images.append(
             {
                 "id": image_id,
@@ -57,6 +59,10 @@ def export_coco(coco_dir: Path, categories: list[dict], records: Iterable[dict])
                 "height": record["height"],
                 "item_id": record["item_id"],
                 "category_id": record["category_id"],
+                "license": models.setdefault(model, len(models) + 1),
+                "synthetic": True,
+                "model": model[0],
+                "model_hash": model[1],
             }
         )
         for box in record["boxes"] or []:
@@ -65,10 +71,16 @@ def export_coco(coco_dir: Path, categories: list[dict], records: Iterable[dict])
             )
     document = {
         "info": {
-            "description": "augment synthetic images",
+            "description": "augment synthetic images: every image was generated, none is a "
+            "photograph (each PNG says so in its text chunks)",
+            "synthetic": True,
+            "models": [{"name": m[0], "hash": m[1], "license": m[2]} for m in models],
             "date_created": datetime.now(UTC).isoformat(timespec="seconds"),
         },
-        "licenses": [],
+        "licenses": [
+            {"id": number, "name": m[2] or f"unknown: the licence of {m[0]}", "url": ""}
+            for m, number in models.items()
+        ],
         "images": images,
         "annotations": annotations,
         "categories": [

@@ -80,6 +80,9 @@ LATER_COLUMNS = (
     "phash",
     "duplicate",
     "duplicate_of",
+    "model_hash",
+    "license",
+    "watermark",
 )
 
 
