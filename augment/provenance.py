@@ -166,10 +166,10 @@ def parameters_text(record: dict, provenance: Provenance) -> str:
     return "\n".join(lines)
 
 
-def augment_text(item_id: str, provenance: Provenance) -> str:
-    """The `augment` chunk: this image's id and what every image of the run shares."""
+def augment_text(item_id: str, provenance: Provenance, **more) -> str:
+    """The `augment` chunk: this image's id, what every image of the run shares, and `more`."""
     shared = asdict(provenance)
-    return json.dumps({"item_id": item_id, **shared, "synthetic": True}, sort_keys=True)
+    return json.dumps({"item_id": item_id, **shared, "synthetic": True, **more}, sort_keys=True)
 
 
 def composite_chunks(
@@ -177,9 +177,8 @@ def composite_chunks(
 ) -> dict[str, str]:
     """A pasted canvas's `augment` chunk: a real background (by id) with generated
     instances (their item ids) pasted on; synthetic in part, and it says so."""
-    carried = json.loads(augment_text(item_id, provenance))
-    carried["composite"] = {"background": background, "pasted": instances}
-    return {AUGMENT_KEY: json.dumps(carried, sort_keys=True)}
+    composite = {"background": background, "pasted": instances}
+    return {AUGMENT_KEY: augment_text(item_id, provenance, composite=composite)}
 
 
 def png_chunks(record: dict, provenance: Provenance) -> dict[str, str]:
@@ -215,18 +214,22 @@ def has_watermark(pixels: np.ndarray) -> bool:
 
 def read_png_chunks(data: bytes) -> dict[str, str]:
     """The text chunks of a PNG's bytes."""
+    return decode_image(data)[0]
+
+
+def decode_image(data: bytes) -> tuple[dict[str, str], np.ndarray]:
+    """An image file's text chunks (none for formats without them) and RGB pixels."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as image:
         image.load()
-        return {str(k): str(v) for k, v in getattr(image, "text", {}).items()}
+        chunks = {str(k): str(v) for k, v in getattr(image, "text", {}).items()}
+        return chunks, np.asarray(image.convert("RGB"))
 
 
 def inspect_png(path: str | Path) -> dict:
     """What an image file says of itself: its `parameters` text and `augment` JSON (None where
     absent, as after a JPEG re-encode), and whether the invisible watermark reads back."""
-    from PIL import Image
-
     from augment.errors import AugmentError
 
     path = Path(path)
@@ -235,9 +238,7 @@ def inspect_png(path: str | Path) -> dict:
     except OSError as exc:
         raise AugmentError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
     try:
-        chunks = read_png_chunks(data)
-        with Image.open(io.BytesIO(data)) as image:
-            pixels = np.asarray(image.convert("RGB"))
+        chunks, pixels = decode_image(data)
     except Exception as exc:  # noqa: BLE001 - whatever the decoder says, it is no image
         raise AugmentError(
             f"{path}: cannot read it as an image ({type(exc).__name__}); give a PNG file"

@@ -153,8 +153,11 @@ def main() -> None:
         rendered = generator.render_batch(items)
         times.append(time.perf_counter() - started)
     row("engine generator.render_batch", statistics.median(times))
+    from augment.generate.engine import encode_image
+
     started = time.perf_counter()
-    generator.records(rendered)
+    for record, pixels in zip(generator.records(rendered), rendered.pixels, strict=True):
+        encode_image(*generator.encoding(record, pixels))
     results["encode one batch (s)"] = time.perf_counter() - started
     print(f"records of one batch (PNG + hash): {results['encode one batch (s)']:.3f} s")
     generator.pipe.to("cpu")

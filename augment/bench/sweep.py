@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from augment.bench.classify import ClassifySettings, run_classify
+from augment.bench.classify import ClassifySettings, evaluation_set, run_classify
 from augment.bench.data import load_real
 from augment.bench.stats import mean_ci
 from augment.errors import AugmentError
@@ -45,7 +45,7 @@ class SweepSettings:
     seeds: int = 3
     image_size: int = 16
     images_per_concept: int | None = None  # rendered per concept (default: the job's)
-    workers: int | None = None  # render workers and classifiers trained at once
+    workers: int | None = None  # classifiers trained at once
 
     def __post_init__(self) -> None:
         for name in ("guidance", "min_concept_score", "ratios", "steps"):
@@ -127,10 +127,7 @@ def run_sweep(settings: SweepSettings) -> dict:
         quality=False,
         workers=settings.workers,
     )
-    if real.validation is None:
-        from augment.bench.classify import evaluation_set
-
-        evaluation_set(real, base)  # raises, saying what to do
+    validation = evaluation_set(real, base)  # or an error saying what to do
     table: list[dict] = []
 
     def classify(name: str, **changes) -> pd.DataFrame:
@@ -207,7 +204,7 @@ def run_sweep(settings: SweepSettings) -> dict:
     report = {
         "settings": asdict(settings),
         "evaluated_on": "validation",
-        "validation_images": len(real.validation),
+        "validation_images": len(validation),
         "chosen": {
             "steps": int(steps),
             "guidance": float(guidance),

@@ -163,6 +163,14 @@ def encode_image(
     return encode_png(pixels, chunks), perceptual_hash(pixels)
 
 
+def with_image(record: dict, encoded: tuple[bytes, int]) -> dict:
+    """The record with its PNG bytes and perceptual hash (`encode_image`) filled in."""
+    png, phash = encoded
+    record["image"] = {"bytes": png, "path": f"{record['item_id']}.png"}
+    record["phash"] = phash
+    return record
+
+
 class RecordQueue:
     """Rendered batches in, records out, in the order they went in.
 
@@ -176,20 +184,19 @@ class RecordQueue:
         self.generator = generator
         self.pool = pool
         self.limit = max(1, limit)
-        self.pending: deque[tuple[Rendered, list[Future]] | list[dict]] = deque()
+        self.pending: deque[tuple[list[dict], list[Future]] | list[dict]] = deque()
         self.records: list[dict] = []
 
     def add(self, rendered: Rendered) -> None:
-        if self.pool is None:
-            self.records.extend(self.generator.records(rendered))
-            return
-        chunks = self.generator.png_chunks(rendered)
-        marked = self.generator.settings.watermark
-        encoding = [
-            self.pool.submit(encode_image, image, text, marked)
-            for image, text in zip(rendered.pixels, chunks, strict=True)
+        records = self.generator.records(rendered)
+        work = [
+            self.generator.encoding(record, pixels)
+            for record, pixels in zip(records, rendered.pixels, strict=True)
         ]
-        self.pending.append((rendered, encoding))
+        if self.pool is None:
+            self.records.extend(map(with_image, records, (encode_image(*w) for w in work)))
+            return
+        self.pending.append((records, [self.pool.submit(encode_image, *w) for w in work]))
         while len(self.pending) > self.limit:
             self.take_oldest()
 
@@ -205,9 +212,8 @@ class RecordQueue:
         if isinstance(done, list):
             self.records.extend(done)
         else:
-            rendered, encoding = done
-            encoded = [future.result() for future in encoding]
-            self.records.extend(self.generator.records(rendered, encoded))
+            records, encoding = done
+            self.records.extend(map(with_image, records, (f.result() for f in encoding)))
 
     def finish(self) -> list[dict]:
         """Every record, once each waiting batch is encoded."""
@@ -393,22 +399,14 @@ class Generator:
         seconds_per_image = (time.perf_counter() - started) / len(items)
         return Rendered(items, pixels, nans, black, nsfw, retried, seconds_per_image)
 
-    def records(
-        self, rendered: Rendered, encoded: list[tuple[bytes, int]] | None = None
-    ) -> list[dict]:
-        """A rendered batch's records, with its images' PNG bytes and hashes (`encode_image`,
-        done here when not given)."""
+    def records(self, rendered: Rendered) -> list[dict]:
+        """A rendered batch's records, their image and hash left to `encoding` (CPU work that
+        may run on another thread)."""
         r = rendered
-        if encoded is None:
-            chunks, marked = self.png_chunks(r), self.settings.watermark
-            encoded = [
-                encode_image(p, text, marked) for p, text in zip(r.pixels, chunks, strict=True)
-            ]
         return [
             self.make_record(
                 item,
                 r.pixels[i],
-                *encoded[i],
                 r.nans[i],
                 r.black[i],
                 r.nsfw[i],
@@ -418,36 +416,16 @@ class Generator:
             for i, item in enumerate(r.items)
         ]
 
-    def png_chunks(self, rendered: Rendered) -> list[dict[str, str] | None]:
-        """Each image's provenance text chunks (None without a provenance)."""
-        if self.provenance is None:
-            return [None] * len(rendered.items)
-        s = self.settings
-        return [
-            png_chunks(
-                {
-                    "item_id": item.item_id,
-                    "prompt": item.prompt,
-                    "negative_prompt": item.negative_prompt,
-                    "steps": s.num_inference_steps,
-                    "scheduler": s.scheduler,
-                    "guidance": s.guidance_scale,
-                    "seed": item.seed,
-                    "width": pixels.shape[1],
-                    "height": pixels.shape[0],
-                    "strength": s.strength if self.mode in MODE_SETTINGS["strength"] else None,
-                },
-                self.provenance,
-            )
-            for item, pixels in zip(rendered.items, rendered.pixels, strict=True)
-        ]
+    def encoding(self, record: dict, pixels: np.ndarray) -> tuple:
+        """`encode_image`'s arguments for a record: its pixels, the provenance chunks read off
+        the record (None without a provenance) and whether to watermark."""
+        chunks = None if self.provenance is None else png_chunks(record, self.provenance)
+        return pixels, chunks, self.settings.watermark
 
     def make_record(
         self,
         item: WorkItem,
         pixels: np.ndarray,
-        png: bytes,
-        phash: int,
         has_nan: bool,
         black: bool,
         nsfw: bool,
@@ -484,12 +462,12 @@ class Generator:
             "sequence_id": item.sequence_id,
             "frame": item.frame,
             "prompt_b": item.prompt_b,
-            "image": {"bytes": png, "path": f"{item.item_id}.png"},
+            "image": None,  # with_image: once encoded
             "clip_score": None,
             "concept_score": None,
             "scored_as": None,
             "embedding": None,
-            "phash": phash,
+            "phash": None,  # with_image
             "black": black,
             "nan": has_nan,
             "nsfw": nsfw,
