@@ -78,6 +78,17 @@ def make_blocks(
     return blocks
 
 
+@dataclass
+class FinishedRecords:
+    """A block's records, labelled and filtered, before they are committed."""
+
+    records: list[dict]
+    failures: list[dict]
+    render_seconds: float  # holding the device
+    finishing_seconds: float  # encoding still waiting, labels, masks, filter
+    started_at: float  # wall clock (time.time) when its rendering began
+
+
 #: Blocks a worker holds at once: one rendering while the one before is encoded, filtered and
 #: committed, so the device never waits for that CPU work.
 BLOCKS_IN_FLIGHT = 2
@@ -100,7 +111,7 @@ class BlockWorker:
         self,
         spec: JobSpec,
         concepts: list[str],
-        shards_dir: str | Path,
+        shards_dir: str | Path | None,
         threads: int | None = 1,
         retries: int = 2,
     ):
@@ -113,7 +124,7 @@ class BlockWorker:
         if threads:
             torch.set_num_threads(threads)
         self.settings = spec.generation
-        self.shards_dir = Path(shards_dir)
+        self.shards_dir = None if shards_dir is None else Path(shards_dir)  # None: not written
         self.retries = retries
         self.init_error: AugmentError | None = None
         self.renderer = ThreadPoolExecutor(1, "render")
@@ -150,12 +161,34 @@ class BlockWorker:
         return self(block)
 
     def __call__(self, block: Block) -> BlockResult:
+        finished = self.finished_records(block.items)
+        committed = time.perf_counter()
+        if finished.records:
+            write_shard(self.shards_dir, block.shard, finished.records)
+        flagged = sum(any(r[flag] for flag in FLAGS) for r in finished.records)
+        seconds = finished.render_seconds + finished.finishing_seconds
+        seconds += time.perf_counter() - committed
+        return BlockResult(
+            block.shard,
+            len(finished.records),
+            flagged,
+            seconds,
+            finished.failures,
+            finished.render_seconds,
+            finished.started_at,
+        )
+
+    def finished_records(self, items: list[WorkItem], generator=None) -> FinishedRecords:
+        """The items' records, rendered as a block is (batch by batch, a failed batch item by
+        item) by `generator` (default: the job's), then labelled, segmented and filtered as the
+        job says; nothing is written (a batch run commits them as a shard, the service answers
+        with them)."""
         if self.init_error is not None:
             raise self.init_error
         queue, failures, render_seconds, started_at = self.renderer.submit(
-            self.render_block, block
+            self.render_block, items, generator or self.generator
         ).result()
-        committed = time.perf_counter()
+        finishing = time.perf_counter()
         with self.commit_lock:
             records = queue.finish()
             if records and self.labeller is not None:
@@ -164,27 +197,22 @@ class BlockWorker:
                 records = self.segmenter(records)
             if records and self.filter is not None:
                 records = self.filter(records)
-            if records:
-                write_shard(self.shards_dir, block.shard, records)
-        flagged = sum(any(r[flag] for flag in FLAGS) for r in records)
-        seconds = render_seconds + time.perf_counter() - committed
-        return BlockResult(
-            block.shard, len(records), flagged, seconds, failures, render_seconds, started_at
-        )
+        finishing_seconds = time.perf_counter() - finishing
+        return FinishedRecords(records, failures, render_seconds, finishing_seconds, started_at)
 
-    def render_block(self, block: Block) -> tuple:
-        """On the render thread: the block's batches, their encoding queued beside them."""
+    def render_block(self, items: list[WorkItem], generator) -> tuple:
+        """On the render thread: the batches, their encoding queued beside them."""
         from augment.generate.engine import batches
 
-        queue = self.generator.record_queue()
+        queue = generator.record_queue()
         failures: list[dict] = []
         started, started_at = time.perf_counter(), time.time()
-        for batch in batches(block.items, self.generator.batch_size(block.items[0])):
+        for batch in batches(items, generator.batch_size(items[0])):
             try:
-                rendered = self.generator.render_items(batch)
+                rendered = generator.render_items(batch)
             except Exception:  # noqa: BLE001 - one bad batch must not stop the others
                 for item in batch:
-                    record, failure = self.render_alone(item)
+                    record, failure = self.render_alone(item, generator)
                     queue.add_records(record)
                     failures.extend(failure)
                 continue
@@ -192,11 +220,11 @@ class BlockWorker:
                 queue.add(group)
         return queue, failures, time.perf_counter() - started, started_at
 
-    def render_alone(self, item: WorkItem) -> tuple[list[dict], list[dict]]:
+    def render_alone(self, item: WorkItem, generator) -> tuple[list[dict], list[dict]]:
         error = ""
         for _ in range(self.retries):
             try:
-                return self.generator([item]), []
+                return generator([item]), []
             except Exception as exc:  # noqa: BLE001
                 error = "".join(traceback.format_exception_only(exc)).strip()
         return [], [{"item_id": item.item_id, "error": error, "attempts": self.retries + 1}]

@@ -531,20 +531,28 @@ def paste(spec: JobSpec, force: bool = False) -> PasteResult:
     )
 
 
-def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
-    """Run (or resume) a job; returns what was done and where the outputs are."""
-    options = options or RunOptions()
-    started = time.perf_counter()
-    out_dir = Path(spec.output.dir)
+def check_inputs(spec: JobSpec) -> list[Concept]:
+    """The job's concepts, once its models are found where it says (the generator, scorer,
+    detector and segmenter; an adapter the spec fine-tunes is trained first): a run or a
+    service fails here, before it writes or loads anything."""
     if spec.finetune is not None:  # trains the adapter when this spec's is missing
         finetune(spec)
-    check_models(spec.generation, spec.paths)  # fail before touching OUT
+    check_models(spec.generation, spec.paths)
     concepts = concepts_for(spec)
     check_scorer(spec.filters, spec.paths.scorer, [c.name for c in concepts])
     if spec.labels is not None:
         check_detector(spec.labels, spec.paths.detector)
     if spec.segment is not None:
         check_segmenter(spec.segment, spec.paths.segmenter)
+    return concepts
+
+
+def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
+    """Run (or resume) a job; returns what was done and where the outputs are."""
+    options = options or RunOptions()
+    started = time.perf_counter()
+    out_dir = Path(spec.output.dir)
+    concepts = check_inputs(spec)
     if spec.paste is not None:
         paste_backgrounds(spec)  # fail before touching OUT
     sources = SourceSet.of(spec) if spec.generation.mode in SOURCE_MODES else None

@@ -94,3 +94,53 @@ def test_auto_batch_size_on_a_cpu_renders_what_a_fixed_batch_of_that_size_render
     for wrong in (0, "big", True):
         with pytest.raises(SpecError, match="positive integer or auto"):
             load_spec(write_job(), {"generation.batch_size": wrong})
+
+
+@pytest.fixture(scope="module")
+def digits_generator():
+    """The demo job's generator (the shipped digits model), on one torch thread as a worker."""
+    from augment.generate.engine import make_generator
+    from augment.job import plan_for
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    spec = load_spec(REPO / "jobs" / "demo.yaml", {"prompts.images_per_concept": 2})
+    yield make_generator(spec), plan_for(spec)
+    torch.set_num_threads(threads)
+
+
+def png_bytes(records: list[dict]) -> list[bytes]:
+    return [record["image"]["bytes"] for record in records]
+
+
+def test_an_item_gives_the_same_bytes_alone_as_in_a_batch(digits_generator):
+    """A retry, a short last batch or a served request renders one item alone."""
+    generator, items = digits_generator
+    together = png_bytes(generator(items[:6]))
+    assert png_bytes(generator([items[3]])) == together[3:4]
+    assert png_bytes(generator(items[3:5])) == together[3:5]
+
+
+def test_a_generator_with_other_settings_renders_what_one_loaded_with_them_renders(
+    digits_generator,
+):
+    """A served request's overrides reuse the loaded pipeline; the bytes and the provenance
+    are those of a generator made for those settings."""
+    from augment.generate.engine import make_generator
+    from augment.provenance import read_png_chunks
+
+    generator, items = digits_generator
+    changes = {"num_inference_steps": 5, "guidance_scale": 2.0}
+    view = generator.with_settings(generator.settings.model_copy(update=changes))
+    overrides = {"prompts.images_per_concept": 2, "generation.num_inference_steps": 5}
+    spec = load_spec(REPO / "jobs" / "demo.yaml", {**overrides, "generation.guidance_scale": 2})
+    fresh = make_generator(spec)
+    viewed, made = view(items[:3]), fresh(items[:3])
+    assert png_bytes(viewed) == png_bytes(made)
+    assert viewed[0]["settings"] == made[0]["settings"]
+    assert viewed[0]["steps"] == 5 and viewed[0]["guidance"] == 2.0
+    assert png_bytes(generator(items[:3])) != png_bytes(viewed)  # the original is unchanged
+    assert generator(items[:1])[0]["steps"] == 25
+    assert view.encoder is generator.encoder  # one pool of encoding threads for both
+    chunk = read_png_chunks(viewed[0]["image"]["bytes"])["augment"]
+    assert chunk == read_png_chunks(made[0]["image"]["bytes"])["augment"]

@@ -18,6 +18,8 @@ when there is one), only uint8 crosses to the CPU, and PNG encoding runs on a fe
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import io
 import json
 import logging
@@ -285,10 +287,26 @@ class Generator:
 
     def record_queue(self) -> RecordQueue:
         """A queue over this generator's encoding threads (made once, kept for every block)."""
+        return RecordQueue(self, self.encoding_pool(), self.settings.encode_threads)
+
+    def encoding_pool(self) -> ThreadPoolExecutor | None:
         threads = self.settings.encode_threads
         if self.encoder is None and threads:
             self.encoder = ThreadPoolExecutor(threads, "encode")
-        return RecordQueue(self, self.encoder, threads)
+        return self.encoder
+
+    def with_settings(self, settings: GenerationSpec) -> Generator:
+        """This generator, its loaded pipeline and encoding threads, rendering other settings
+        that a pipeline call takes (steps, guidance, size): a served request's overrides. Its
+        records and provenance chunks name the settings it rendered with."""
+        self.encoding_pool()  # made before the copy, so that both share it
+        view = copy.copy(self)
+        view.settings = settings
+        view.settings_json = render_settings_json(settings)
+        if self.provenance is not None:
+            hashed = settings_hash(view.settings_json)
+            view.provenance = dataclasses.replace(self.provenance, settings_hash=hashed)
+        return view
 
     def batch_size(self, item: WorkItem) -> int:
         """The spec's batch size; for `auto`, found once, on the first item's inputs."""
@@ -348,9 +366,18 @@ class Generator:
 
     def render(self, items: list[WorkItem], steps: int | None = None) -> tuple:
         """Float images in [0, 1] (NCHW, on the pipeline's device) and the safety checker's
-        verdicts."""
+        verdicts.
+
+        A lone item renders beside a copy of itself: with a batch of one, torch takes other
+        kernels for some products (matrix-vector on a CPU), whose last bits differ, and an item
+        must give the same bytes alone (a retry, a short last batch, a served request) as in a
+        batch.
+        """
         import torch
 
+        if len(items) == 1:
+            images, nsfw = self.render(items * 2, steps)
+            return images[:1], nsfw[:1]
         generators = [torch.Generator("cpu").manual_seed(item.seed) for item in items]
         started = time.perf_counter()
         output = self.pipe(
