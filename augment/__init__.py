@@ -16,6 +16,10 @@ from typing import TYPE_CHECKING
 
 __all__ = [
     "AugmentError",
+    "Client",
+    "ServedImages",
+    "bench_perf",
+    "bench_serve",
     "classify",
     "concepts",
     "demo",
@@ -32,6 +36,7 @@ __all__ = [
     "refilter",
     "report",
     "run",
+    "serve",
     "status",
     "submit",
     "sweep",
@@ -40,6 +45,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from augment.api import (
+        bench_perf,
+        bench_serve,
         classify,
         concepts,
         demo,
@@ -56,19 +63,28 @@ if TYPE_CHECKING:
         refilter,
         report,
         run,
+        serve,
         status,
         submit,
         sweep,
         view,
     )
+    from augment.client import Client, ServedImages
     from augment.errors import AugmentError
+
+#: Classes of the front door, with the modules that hold them (the stages are in augment.api).
+CLASSES = {
+    "AugmentError": "augment.errors",
+    "Client": "augment.client",
+    "ServedImages": "augment.client",
+}
 
 
 def __getattr__(name: str):
-    if name == "AugmentError":
-        from augment.errors import AugmentError
+    if name in CLASSES:
+        import importlib
 
-        return AugmentError
+        return getattr(importlib.import_module(CLASSES[name]), name)
     if name in __all__:
         from augment import api
 

@@ -244,6 +244,16 @@ def bench_perf(out: str | Path = "perf", smoke: bool = False, **settings: Any) -
     return run_perf(_settings(PerfSettings, {"out": out, "smoke": smoke, **settings}))
 
 
+def bench_serve(job: str | Path, out: str | Path = "load", **settings: Any) -> dict:
+    """A bounded load test of the generation service on loopback: p50/p95 latency, images/s
+    and errors at each concurrency, a replica killed mid-load, and the batch path's images/s
+    for as many images. `settings` are `LoadSettings` fields (concurrency, requests, images,
+    replicas, port, kill, batch). Writes OUT/load.json and load.md and returns the JSON."""
+    from augment.bench.load import LoadSettings, run_load
+
+    return run_load(_settings(LoadSettings, {"job": job, "out": out, **settings}))
+
+
 def sweep(
     job: str | Path, real: str = "digits", out: str | Path = "sweep", **settings: Any
 ) -> dict:
@@ -294,6 +304,18 @@ def report(
         raise AugmentError(f"--sweep {sweep}: no such file; give the sweep.json of a sweep")
     sweep_path = Path(sweep) if sweep is not None else None
     return write_report(table, out_dir, real, str(synthetic) if synthetic else None, sweep_path)
+
+
+def serve(spec: Spec, **options: Any):
+    """Start the generation service for a txt2img job: a Ray Serve application (one replica
+    per GPU, or `replicas` CPU replicas) answering POST /generate, GET /concepts, /health and
+    /spec on `host`:`port`; `write` commits every served image to that output folder.
+    `options` are `ServeOptions` fields (host, port, replicas, max_images, batch_wait_s, write,
+    overridable, address). Returns a `Service` (its `url`; `stop()` shuts it down) once every
+    replica answers; `augment.Client(service.url)` talks to it."""
+    from augment.service import ServeOptions, start_service
+
+    return start_service(_spec(spec), _settings(ServeOptions, options))
 
 
 def submit(spec: Spec, address: str, workers: int | None = None) -> str:

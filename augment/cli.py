@@ -63,15 +63,17 @@ def setup_logging(debug: bool) -> None:
 
 
 def add_job_overrides(
-    parser: argparse.ArgumentParser, limit: str = "keep at most N work items (images to render)"
+    parser: argparse.ArgumentParser,
+    limit: str | None = "keep at most N work items (images to render)",
 ) -> None:
     parser.add_argument("job", type=Path, help="job spec (YAML)")
     parser.add_argument("--seed", type=int, help="override the job seed")
-    parser.add_argument("--limit", type=int, help=limit)
+    if limit is not None:
+        parser.add_argument("--limit", type=int, help=limit)
 
 
 def load_job(args: argparse.Namespace):
-    overrides = {"seed": args.seed, "limit": args.limit}
+    overrides = {"seed": args.seed, "limit": getattr(args, "limit", None)}
     if getattr(args, "out", None) is not None:
         overrides["output.dir"] = str(args.out)
     return api.load_spec(args.job, overrides)
@@ -375,6 +377,76 @@ def add_inspect(commands: Commands) -> None:
     )
     command.add_argument("files", nargs="+", type=Path, help="PNG files")
     command.set_defaults(func=cmd_inspect)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import time
+
+    spec = load_job(args)
+    quiet_libraries()
+    out.print(f"[bold]{spec.name}[/]: starting the service ({spec.generation.model})")
+    chosen = given(args, "host", "port", "replicas", "max_images", "batch_wait_s", "address")
+    if args.write is not None:
+        chosen["write"] = str(args.write)
+    if args.overridable is not None:
+        chosen["overridable"] = tuple(args.overridable)
+    service = api.serve(spec, **chosen)
+    print_lines(
+        f"serving {service.url} ({service.replicas} {service.device} replica(s)); Ctrl-C stops",
+        f"  curl {service.url}/concepts",
+        f"  curl -X POST {service.url}/generate -H 'Content-Type: application/json' "
+        """-d '{"concept": "...", "n": 4}'""",
+        *([f"writing every served image to {service.writes_to}"] if service.writes_to else []),
+    )
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        out.print("stopping")
+    finally:
+        service.stop()
+    return 0
+
+
+def add_serve(commands: Commands) -> None:
+    command = commands.add_parser(
+        "serve",
+        help="serve a job's images on request over HTTP (Ray Serve)",
+        description="Start a Ray Serve application over the job's generator: POST /generate "
+        "{concept, n, prompt?, start?, seed?, overrides?} answers PNGs (base64) and their "
+        "records, the same bytes a batch run makes for the same items; GET /concepts, /health, "
+        "/spec. Callers' requests are rendered together, in the job's batch size.",
+        epilog="example: augment serve jobs/demo.yaml --port 8000 --write out/served",
+    )
+    add_job_overrides(command, limit=None)  # a request says how many images
+    command.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    command.add_argument("--port", type=int, help="port (default 8000)")
+    command.add_argument(
+        "--replicas", type=int, help="replicas (default: one per GPU, else one CPU replica)"
+    )
+    command.add_argument(
+        "--max-images", dest="max_images", type=int, help="most images a request may ask (64)"
+    )
+    command.add_argument(
+        "--batch-wait",
+        dest="batch_wait_s",
+        type=float,
+        help="seconds a batch waits for other callers' items (default 0.05)",
+    )
+    command.add_argument(
+        "--write", type=Path, help="also commit every served image to this output folder"
+    )
+    command.add_argument(
+        "--overridable",
+        nargs="*",
+        metavar="SETTING",
+        help="generation settings a request may override (default: num_inference_steps "
+        "guidance_scale height width; none: no overrides)",
+    )
+    command.add_argument(
+        "--address", help="attach to a Ray cluster (default: $RAY_ADDRESS, else local)"
+    )
+    command.set_defaults(func=cmd_serve)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -757,6 +829,43 @@ def add_bench_sweep(bench_commands: Commands) -> None:
     sweep.set_defaults(func=cmd_bench_sweep)
 
 
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    names = ("out", "concurrency", "requests", "images", "replicas", "port", "kill", "batch")
+    summary = api.bench_serve(args.job, **given(args, *names))
+    from augment.bench.load import load_lines
+
+    for line in load_lines(summary):
+        out.print(line, soft_wrap=True, markup=False)
+    out.print(f"results: {Path(args.out or 'load') / 'load.json'}", soft_wrap=True)
+    return 0
+
+
+def add_bench_serve(bench_commands: Commands) -> None:
+    command = bench_commands.add_parser(
+        "serve",
+        help="load-test the generation service on loopback (latency, images/s, a replica kill)",
+        description="Start `augment serve` on loopback, send a fixed number of requests at "
+        "each concurrency (p50/p95 latency, images/s, errors), kill a replica during a last "
+        "round (the clients' retries must complete), then render as many images through the "
+        "batch path for comparison.",
+        epilog="example: augment bench serve jobs/demo.yaml --out out/load",
+    )
+    command.add_argument("job", help="a txt2img job")
+    command.add_argument("--out", type=Path, help="results folder (default: load)")
+    command.add_argument("--concurrency", type=number_list(int), help="e.g. 1,4,16 (default)")
+    command.add_argument("--requests", type=int, help="requests per concurrency (default 32)")
+    command.add_argument("--images", type=int, help="images per request (default 4)")
+    command.add_argument("--replicas", type=int, help="service replicas (default 2)")
+    command.add_argument("--port", type=int, help="loopback port (default 8000)")
+    command.add_argument(
+        "--no-kill", dest="kill", action="store_false", default=None, help="no replica kill"
+    )
+    command.add_argument(
+        "--no-batch", dest="batch", action="store_false", default=None, help="no batch path"
+    )
+    command.set_defaults(func=cmd_bench_serve)
+
+
 def add_bench(commands: Commands) -> None:
     bench = commands.add_parser(
         "bench",
@@ -768,6 +877,7 @@ def add_bench(commands: Commands) -> None:
     add_bench_detect(bench_commands)
     add_bench_perf(bench_commands)
     add_bench_sweep(bench_commands)
+    add_bench_serve(bench_commands)
 
 
 # digits: the embedded world -------------------------------------------------------------------
@@ -1019,6 +1129,7 @@ COMMANDS = (
     add_filter,
     add_view,
     add_inspect,
+    add_serve,
     add_submit,
     add_status,
     add_logs,

@@ -37,6 +37,14 @@ class ShardError(OutputError):
         )
 
 
+class RequestError(AugmentError):
+    """A request to the generation service that cannot be served as asked (HTTP `status`)."""
+
+    def __init__(self, message: str, status: int = 400):
+        self.status = status
+        super().__init__(message)
+
+
 def first_line(exc: BaseException) -> str:
     """What a library exception says, on one line (its type name when it says nothing)."""
     text = str(exc).strip()

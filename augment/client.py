@@ -1,0 +1,171 @@
+"""Clients of `augment serve`: `Client` for any Python program (a labelling tool, a notebook),
+and `ServedImages`, a PyTorch IterableDataset that streams fresh images into a training loop.
+
+Only the standard library speaks HTTP here, so a client needs neither Ray nor the models. A
+refused request (4xx) raises `RequestError` with the service's one-line reason; a failed one
+(connection lost, 5xx: a replica restarting) is retried with backoff, `retries` times.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from augment.errors import AugmentError, RequestError
+
+
+@dataclass
+class ServedImage:
+    """One served image: its PNG bytes (provenance chunks included) and its record."""
+
+    png: bytes
+    record: dict
+
+    @property
+    def image(self) -> Image.Image:
+        return Image.open(io.BytesIO(self.png))
+
+    @property
+    def concept(self) -> str:
+        return self.record["concept_name"]
+
+
+class Client:
+    """The service at `url`: `generate`, `concepts`, `health`, `spec`."""
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        timeout: float = 300.0,
+        retries: int = 5,
+        backoff: float = 0.5,
+    ):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.retried = 0  # requests sent again after a failure, over this client's life
+
+    def generate(
+        self,
+        concept: str,
+        n: int = 1,
+        prompt: str | None = None,
+        start: int = 0,
+        seed: int | None = None,
+        overrides: dict[str, Any] | None = None,
+    ) -> list[ServedImage]:
+        """`n` images of `concept`, prompt variants `start` to `start + n - 1` (the same
+        items, and bytes, as a batch run of the job); `prompt` replaces the job's templates,
+        `seed` the job seed, `overrides` some generation settings (GET /health says which)."""
+        body: dict[str, Any] = {"concept": concept, "n": n, "start": start}
+        for key, value in (("prompt", prompt), ("seed", seed), ("overrides", overrides)):
+            if value is not None:
+                body[key] = value
+        answer = self.call("POST", "/generate", body)
+        return [
+            ServedImage(base64.b64decode(png), record)
+            for png, record in zip(answer["images"], answer["records"], strict=True)
+        ]
+
+    def concepts(self) -> list[dict]:
+        return self.call("GET", "/concepts")
+
+    def health(self) -> dict:
+        return self.call("GET", "/health")
+
+    def spec(self) -> dict:
+        return self.call("GET", "/spec")
+
+    def call(self, method: str, path: str, body: dict | None = None) -> Any:
+        """The JSON answer; 4xx raises RequestError, other failures are retried."""
+        data = None if body is None else json.dumps(body).encode()
+        for attempt in range(self.retries + 1):
+            request = urllib.request.Request(
+                self.url + path, data, {"Content-Type": "application/json"}, method=method
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    return json.loads(response.read())
+            except urllib.error.HTTPError as exc:
+                reason = error_text(exc)
+                if 400 <= exc.code < 500:
+                    raise RequestError(reason, exc.code) from None
+                failure = f"HTTP {exc.code}: {reason}"
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+                failure = str(getattr(exc, "reason", exc))
+            if attempt < self.retries:
+                self.retried += 1
+                time.sleep(self.backoff * 2**attempt)
+        raise AugmentError(
+            f"{method} {self.url}{path} failed {self.retries + 1} times, last: {failure}; is "
+            "`augment serve` running there?"
+        )
+
+
+def error_text(exc: urllib.error.HTTPError) -> str:
+    """The service's one-line reason ({"error": ...}), else whatever the body says."""
+    body = exc.read().decode(errors="replace")
+    try:
+        return json.loads(body)["error"]
+    except (ValueError, KeyError, TypeError):
+        return body.strip()[:300] or exc.reason
+
+
+class ServedImages(torch.utils.data.IterableDataset):
+    """(image, label) pairs streamed from a service: the concepts in turn, `per_request` images
+    a request, `images` in all (None: without end). Each request starts where that concept's
+    last one stopped, and DataLoader workers take turns, so no image comes twice; the label is
+    the concept's index in `concepts` (default: every concept of the job, in its order)."""
+
+    def __init__(
+        self,
+        url: str,
+        concepts: list[str] | None = None,
+        per_request: int = 8,
+        images: int | None = None,
+        transform: Callable[[Image.Image], Any] | None = None,
+        start: int = 0,
+        seed: int | None = None,
+    ):
+        super().__init__()
+        if per_request < 1 or (images is not None and images < 1) or start < 0:
+            raise AugmentError("per_request and images must be at least 1, start at least 0")
+        self.url = url
+        self.concepts = concepts
+        self.per_request = per_request
+        self.images = images
+        self.transform = transform
+        self.start = start
+        self.seed = seed
+
+    def __iter__(self) -> Iterator[tuple[Any, int]]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        client = Client(self.url)
+        names = self.concepts or [c["name"] for c in client.concepts()]
+        quota = None
+        if self.images is not None:  # this worker's share
+            quota = self.images // workers + (worker < self.images % workers)
+        given = 0
+        for round_ in itertools.count():
+            variant = self.start + (round_ * workers + worker) * self.per_request
+            for label, name in enumerate(names):
+                n = self.per_request if quota is None else min(self.per_request, quota - given)
+                if n < 1:
+                    return
+                for served in client.generate(name, n, start=variant, seed=self.seed):
+                    image = served.image.convert("RGB")
+                    yield (self.transform(image) if self.transform else image), label
+                    given += 1

@@ -1,0 +1,416 @@
+"""On-demand generation: `augment serve JOB`, a Ray Serve application over the batch path's
+worker.
+
+A request names one of the job's concepts and how many images (`n`, from prompt variant `start`
+on), and may bring its own prompt template, job seed and a few generation overrides. The
+service turns it into the very work items a batch run's plan holds (`plan_for` on the job, with
+that many images per concept), and renders them with a `BlockWorker`, the class behind every
+batch run: same generator, same checks, same labels and filter. So a served item and the same
+item from `augment run` are the same PNG bytes; one engine, two front ends.
+
+Items from every caller are rendered together (`serve.batch`, up to the job's batch size; two
+batches in flight, so one renders while the other is encoded and filtered). With `write`, one
+writer commits every served batch to an output folder as a shard, skipping items already there,
+so what was served reads, exports and benchmarks like any run.
+
+Bad requests get a 4xx status and a one-line JSON error ({"error": ...}); nothing a request
+holds can take a replica down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ray import serve
+
+from augment.config import GenerationSpec, JobSpec, load_spec
+from augment.errors import AugmentError, RequestError, at_least
+from augment.records import WorkItem
+from augment.taxonomy.concept import Concept
+
+log = logging.getLogger(__name__)
+
+#: Generation settings a request may override: those a pipeline call takes, so the one loaded
+#: pipeline renders them all.
+CALL_SETTINGS = ("num_inference_steps", "guidance_scale", "height", "width")
+
+APP_NAME = "augment"
+
+#: Requests a replica holds at once: enough that concurrent callers' items meet in one batch.
+MAX_ONGOING_REQUESTS = 64
+
+
+@dataclass
+class ServeOptions:
+    """How to serve, not what: none of these change an image."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    replicas: int | None = None  # default: one per GPU of the cluster, else one CPU replica
+    max_images: int = 64  # per request
+    batch_wait_s: float = 0.05  # how long a batch waits for more callers' items
+    write: str | None = None  # commit every served image to this output folder
+    overridable: tuple[str, ...] = CALL_SETTINGS
+    address: str | None = None  # an existing Ray cluster; default: RAY_ADDRESS, else local
+
+    def __post_init__(self) -> None:
+        at_least("port", self.port, 1)
+        at_least("max_images", self.max_images, 1)
+        at_least("batch_wait_s", self.batch_wait_s, 0)
+        if self.replicas is not None:
+            at_least("replicas", self.replicas, 1)
+        unknown = [key for key in self.overridable if key not in CALL_SETTINGS]
+        if unknown:
+            raise AugmentError(
+                f"overridable: {unknown[0]} cannot change per request (the loaded pipeline "
+                f"would have to change); choose among {', '.join(CALL_SETTINGS)}"
+            )
+        self.overridable = tuple(self.overridable)
+
+
+class GenerateRequest(BaseModel):
+    """The body of POST /generate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    concept: str | None = None  # a concept's id, name or synset (GET /concepts)
+    prompt: str | None = None  # a template over the concept's fields, instead of the job's
+    n: int = 1
+    start: int = Field(default=0, ge=0, le=10**6)  # the first prompt variant
+    seed: int | None = Field(default=None, ge=0)  # the job seed items derive theirs from
+    overrides: dict[str, Any] = {}
+
+
+@dataclass
+class Order:
+    """A request made concrete: its work items and the settings they render with."""
+
+    items: list[WorkItem]
+    settings: GenerationSpec
+    key: str = field(init=False)  # items of one key render in the same batch
+
+    def __post_init__(self) -> None:
+        self.key = self.settings.model_dump_json()
+
+
+def concept_index(concepts: list[Concept]) -> dict[str, Concept]:
+    """Each concept under its id, name and synset, any case."""
+    index: dict[str, Concept] = {}
+    for concept in concepts:
+        for key in (concept.id, concept.name, concept.synset):
+            if key:
+                index.setdefault(key.lower(), concept)
+    return index
+
+
+def order_for(
+    spec: JobSpec, concepts: dict[str, Concept], request: GenerateRequest, options: ServeOptions
+) -> Order:
+    """The work items a request asks for (those a batch run of the same job, seed and prompt
+    plans) and their settings; a RequestError says what is wrong with it."""
+    from augment.job import plan_for
+
+    if not 1 <= request.n <= options.max_images:
+        raise RequestError(f"n must be between 1 and {options.max_images}, got {request.n}")
+    if not request.concept:
+        raise RequestError(
+            "name a concept (GET /concepts lists the job's); a prompt only replaces its templates"
+        )
+    concept = concepts.get(request.concept.lower())
+    if concept is None:
+        known = list(dict.fromkeys(c.name for c in concepts.values()))
+        shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
+        raise RequestError(
+            f"unknown concept {request.concept!r}; this job has {shown} (GET /concepts)", 404
+        )
+    refused = [key for key in request.overrides if key not in options.overridable]
+    if refused:
+        allowed = ", ".join(options.overridable) or "none"
+        raise RequestError(f"overrides: {refused[0]} cannot be set per request; allowed: {allowed}")
+    if options.write and (request.overrides or request.seed not in (None, spec.seed)):
+        raise RequestError(
+            "this service writes every image it serves into one dataset, made with the job's "
+            "seed and settings (--write): leave out seed and overrides"
+        )
+    try:
+        settings = GenerationSpec.model_validate(
+            {**spec.generation.model_dump(), **request.overrides}
+        )
+    except ValidationError as exc:
+        raise RequestError(f"overrides: {validation_line(exc.errors())}") from None
+    changes: dict[str, Any] = {
+        "prompts.images_per_concept": request.start + request.n,
+        "seed": spec.seed if request.seed is None else request.seed,
+        "limit": None,
+    }
+    if request.prompt is not None:
+        changes["prompts.templates"] = [request.prompt]
+    try:
+        job = load_spec(spec, changes)
+        items = plan_for(job, [concept])[request.start :]
+    except AugmentError as exc:
+        raise RequestError(f"prompt: {exc}" if request.prompt is not None else str(exc)) from None
+    return Order(items, settings)
+
+
+def validation_line(errors: list[dict]) -> str:
+    """Pydantic's first complaint, on one line: where, then what."""
+    first = errors[0]
+    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+    if first.get("type") == "json_invalid":
+        return f"the body is not valid JSON ({first.get('ctx', {}).get('error', first['msg'])})"
+    if first.get("type") == "extra_forbidden":
+        fields = ", ".join(GenerateRequest.model_fields)
+        return f"unknown field {where!r}; a request takes {fields}"
+    return f"{where}: {first['msg']}" if where else first["msg"]
+
+
+def json_record(record: dict) -> dict:
+    """A record as JSON: its image by path only (the PNG travels beside it), arrays as lists."""
+    row = {}
+    for key, value in record.items():
+        if key == "image":
+            value = {"path": value["path"]} if value else None
+        elif hasattr(value, "tolist"):
+            value = value.tolist()
+        elif isinstance(value, list):
+            value = [v.tolist() if hasattr(v, "tolist") else v for v in value]
+        row[key] = value
+    return row
+
+
+api = FastAPI(title="augment", description="Synthetic images on request (augment serve).")
+
+
+@api.exception_handler(RequestValidationError)
+async def refuse_malformed(_: Request, exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"error": validation_line(exc.errors())}, status_code=400)
+
+
+@api.exception_handler(RequestError)
+async def refuse(_: Request, exc: RequestError) -> JSONResponse:
+    return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+
+@serve.deployment(name="Generation")
+@serve.ingress(api)
+class GenerationService:
+    """One replica: a loaded BlockWorker, rendering every caller's items in shared batches."""
+
+    def __init__(self, spec: JobSpec, options: ServeOptions, writer=None):
+        from augment.distribute import BlockWorker
+        from augment.job import concepts_for
+
+        spec = load_spec(spec)  # names resolve again on this replica's node
+        self.spec, self.options, self.writer = spec, options, writer
+        self.concepts = concepts_for(spec)
+        self.index = concept_index(self.concepts)
+        on_gpu = bool(ray.get_gpu_ids())
+        # One torch thread on a CPU replica, as a batch run's CPU workers: the same bytes.
+        self.worker = BlockWorker(
+            spec, [c.name for c in self.concepts], None, threads=None if on_gpu else 1
+        )
+        if self.worker.init_error is not None:
+            raise self.worker.init_error
+        first = GenerateRequest(concept=self.concepts[0].id)
+        probe = order_for(spec, self.index, first, options).items[0]
+        self.batch_size = self.worker.generator.batch_size(probe)
+        self.render_together.set_max_batch_size(self.batch_size)
+        self.render_together.set_batch_wait_timeout_s(options.batch_wait_s)
+        self.served = 0
+        self.started = time.time()
+
+    @api.post("/generate")
+    async def generate(self, request: GenerateRequest) -> JSONResponse:
+        order = order_for(self.spec, self.index, request, self.options)
+        results = await asyncio.gather(
+            *(self.render_together((item, order)) for item in order.items)
+        )
+        failed = [result for result in results if isinstance(result, str)]
+        if failed:
+            return JSONResponse(
+                {"error": f"{len(failed)} of {len(results)} images failed: {failed[0]}; retry"},
+                status_code=500,
+            )
+        self.served += len(results)
+        images = [base64.b64encode(record["image"]["bytes"]).decode() for record in results]
+        return JSONResponse({"images": images, "records": [json_record(r) for r in results]})
+
+    @api.get("/concepts")
+    def concepts(self) -> list[dict]:
+        return [
+            {
+                "id": c.id,
+                "name": c.name,
+                "synset": c.synset,
+                "category_id": c.category_id,
+                "definition": c.definition,
+            }
+            for c in self.concepts
+        ]
+
+    @api.get("/health")
+    def health(self) -> dict:
+        return {
+            "status": "ok",
+            "job": self.spec.name,
+            "model": self.spec.generation.model,
+            "mode": self.spec.generation.mode,
+            "replica": serve.get_replica_context().replica_id.unique_id,
+            "device": str(self.worker.generator.pipe.device),
+            "batch_size": self.batch_size,
+            "max_images": self.options.max_images,
+            "overridable": list(self.options.overridable),
+            "writes_to": self.options.write,
+            "served": self.served,
+            "up_s": round(time.time() - self.started, 1),
+        }
+
+    @api.get("/spec")
+    def job_spec(self) -> dict:
+        return self.spec.model_dump(mode="json")
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05, max_concurrent_batches=2)
+    async def render_together(self, wanted: list[tuple[WorkItem, Order]]) -> list[dict | str]:
+        """Callers' items, one record each (or the error that stopped it), rendered together;
+        with a writer, committed before anyone gets them."""
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(None, self.render_wanted, wanted)
+        if self.writer is not None:
+            unique = {r["item_id"]: r for r in results if not isinstance(r, str)}
+            if unique:
+                await self.writer.write.remote(list(unique.values()))
+        return results
+
+    def render_wanted(self, wanted: list[tuple[WorkItem, Order]]) -> list[dict | str]:
+        """Items grouped by their settings, each item once however many callers want it."""
+        groups: dict[str, tuple[Order, dict[str, WorkItem]]] = {}
+        for item, order in wanted:
+            groups.setdefault(order.key, (order, {}))[1].setdefault(item.item_id, item)
+        done: dict[tuple[str, str], dict | str] = {}
+        for key, (order, items) in groups.items():
+            generator = self.worker.generator
+            if order.settings != self.spec.generation:
+                generator = generator.with_settings(order.settings)
+            finished = self.worker.finished_records(list(items.values()), generator)
+            for record in finished.records:
+                done[key, record["item_id"]] = record
+            for failure in finished.failures:
+                done[key, failure["item_id"]] = failure["error"]
+        return [done.get((order.key, item.item_id), "not rendered") for item, order in wanted]
+
+
+@serve.deployment(name="Writer", num_replicas=1, ray_actor_options={"num_cpus": 0})
+class ServedWriter:
+    """The one process that commits served images into an output folder: a shard per batch,
+    each item at most once (those already there, from a batch run or an earlier service, are
+    skipped), and the manifest after each shard."""
+
+    def __init__(self, spec: JobSpec, out: str):
+        from augment.job import concepts_for, prepare_output, resume_point
+        from augment.sinks import parquet
+
+        self.out = Path(out)
+        self.spec = load_spec(spec, {"output.dir": str(self.out)})
+        self.concepts = concepts_for(self.spec)
+        prepare_output(self.out, self.spec, force=False)
+        parquet.remove_temp_files(self.out / "shards")
+        self.done = resume_point(self.out)
+        self.next_index = parquet.next_shard_index(self.out / "shards")
+        self.lock = threading.Lock()
+        self.started = time.perf_counter()
+
+    def write(self, records: list[dict]) -> int:
+        """Commit the records not yet in the folder; how many that was."""
+        from augment.job import write_manifest
+        from augment.sinks.parquet import write_shard
+
+        with self.lock:
+            new = [r for r in records if r["item_id"] not in self.done]
+            if not new:
+                return 0
+            write_shard(self.out / "shards", f"part-{self.next_index:05d}.parquet", new)
+            self.next_index += 1
+            self.done.update(r["item_id"] for r in new)
+            seconds = time.perf_counter() - self.started
+            write_manifest(self.out, self.spec, self.concepts, [], seconds, [])
+            return len(new)
+
+
+@dataclass
+class Service:
+    """A running service: its address, and how to stop it."""
+
+    url: str
+    replicas: int
+    device: str  # "GPU" or "CPU": what each replica holds
+    writes_to: str | None
+
+    def stop(self) -> None:
+        """Shut Serve down (the replicas, the proxy and its port)."""
+        serve.shutdown()
+
+
+def start_service(spec: JobSpec, options: ServeOptions | None = None) -> Service:
+    """Check the job, start Ray (or attach to `options.address`) and the service; returns once
+    every replica has loaded its model and answers."""
+    from augment.distribute import connect_ray
+    from augment.job import check_inputs
+
+    options = options or ServeOptions()
+    if spec.generation.mode != "txt2img":
+        raise AugmentError(
+            f"augment serve renders txt2img jobs; this one is {spec.generation.mode}, whose "
+            "items start from source images a request cannot carry: run it with augment run"
+        )
+    check_inputs(spec)
+    check_port_free(options.host, options.port)
+    connect_ray(options.address)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    replicas = options.replicas or max(1, gpus)
+    actor = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
+    writer = ServedWriter.bind(spec, options.write) if options.write else None
+    app = GenerationService.options(
+        num_replicas=replicas,
+        ray_actor_options=actor,
+        max_ongoing_requests=MAX_ONGOING_REQUESTS,
+    ).bind(spec, options, writer)
+    serve.start(http_options={"host": options.host, "port": options.port})
+    serve.run(app, name=APP_NAME, route_prefix="/")
+    host = "127.0.0.1" if options.host in ("0.0.0.0", "") else options.host
+    return Service(
+        f"http://{host}:{options.port}", replicas, "GPU" if gpus else "CPU", options.write
+    )
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise AugmentError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port"
+            ) from None
+
+
+def replica_actor_names() -> list[tuple[str, str]]:
+    """(name, namespace) of every running generation replica: what a chaos test kills."""
+    return [
+        (actor["name"], actor["namespace"])
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if "Generation" in actor["name"] and "REPLICA" in actor["name"].upper()
+    ]

@@ -1,0 +1,189 @@
+"""`augment serve`: the batch path's engine behind HTTP, on loopback, with the digits model on a
+CPU. One service for the module (Serve's start-up dominates): it writes what it serves."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from types import SimpleNamespace
+
+import pytest
+
+import augment as ag
+from augment.config import load_spec
+from augment.errors import RequestError
+from augment.provenance import read_png_chunks
+from augment.records import RECORD_SCHEMA
+from tests.conftest import REPO, images_by_item
+
+pytest.importorskip("ray.serve")
+
+
+def served_spec():
+    """The demo job without its exports and pasted canvases (not what is served)."""
+    spec = load_spec(REPO / "jobs" / "demo.yaml", {"output.formats": ["parquet"]})
+    return spec.model_copy(update={"paste": None})
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, tmp_path_factory):
+    from augment.service import ServeOptions, start_service
+
+    folder = tmp_path_factory.mktemp("service")
+    spec = served_spec()
+    options = ServeOptions(port=free_port(), replicas=1, write=str(folder / "served"))
+    service = start_service(spec, options)
+    yield SimpleNamespace(url=service.url, spec=spec, folder=folder, written=folder / "served")
+    service.stop()
+
+
+def post(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url + "/generate", body, {"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_a_served_image_is_the_batch_runs_image_byte_for_byte(served):
+    client = ag.Client(served.url)
+    images = client.generate("seven", n=2)
+    batch_out = served.folder / "batch"
+    batch = load_spec(served.spec, {"limit": 20})  # variants 0 and 1 of every concept
+    ag.run(batch, out=batch_out, distributor="local")
+    rendered = images_by_item(batch_out)
+    assert [image.record["concept_name"] for image in images] == ["seven"] * 2
+    assert [image.png for image in images] == [rendered[i.record["item_id"]] for i in images]
+    shard = ag.read(batch_out).set_index("item_id")
+    for image in images:
+        record = image.record
+        assert list(record) == RECORD_SCHEMA.names  # the columns of a shard row
+        row = shard.loc[record["item_id"]]
+        for column in ("prompt", "seed", "settings", "model_hash", "concept_score", "phash"):
+            assert record[column] == row[column], column
+        provenance = json.loads(read_png_chunks(image.png)["augment"])
+        assert provenance["item_id"] == record["item_id"] and provenance["job"] == "demo"
+
+
+def test_served_images_are_written_once_and_a_batch_run_there_skips_them(served):
+    client = ag.Client(served.url)
+    first = client.generate("three", n=2)
+    again = client.generate("three", n=2)  # the same items: served again, not written again
+    assert [i.png for i in first] == [i.png for i in again]
+    frame = ag.read(served.written)
+    assert frame.item_id.is_unique
+    assert {i.record["item_id"] for i in first} <= set(frame.item_id)
+    spec = load_spec(served.spec, {"limit": 20})
+    planned = set(ag.plan(spec).item_id)
+    already = planned & set(frame.item_id)
+    assert already  # three's variants 0 and 1 at least
+    result = ag.run(spec, out=served.written, distributor="local")
+    assert (result.skipped, result.rendered) == (len(already), 20 - len(already))
+    after = ag.read(served.written)
+    assert after.item_id.is_unique and planned <= set(after.item_id)
+    coco = json.loads(ag.export(served.written, ["coco"])["coco"].read_text())
+    assert coco["info"]["synthetic"] and coco["images"]  # a dataset like any run's
+
+
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        (b'{"concept": "eleven"}', 404, "unknown concept 'eleven'"),
+        (b'{"concept": "seven", "n": 0}', 400, "n must be between 1 and 64, got 0"),
+        (b'{"concept": "seven", "n": 65}', 400, "n must be between 1 and 64, got 65"),
+        (b'{"concept": "seven", "n": "many"}', 400, "n: "),
+        (b"concept=seven", 400, "not valid JSON"),
+        (b'{"concept": "seven", "size": 2}', 400, "unknown field 'size'"),
+        (b'{"n": 2}', 400, "name a concept"),
+        (b'{"concept": "seven", "prompt": "a {nme}"}', 400, "unknown placeholder {nme}"),
+        (b'{"concept": "seven", "overrides": {"model": "x"}}', 400, "model cannot be set"),
+        (b'{"concept": "seven", "overrides": {"guidance_scale": 2}}', 400, "--write"),
+        (b'{"concept": "seven", "seed": 5}', 400, "--write"),
+    ],
+)
+def test_a_bad_request_is_refused_with_4xx_and_one_line_and_the_service_keeps_serving(
+    served, body, status, words
+):
+    code, answer = post(served.url, body)
+    assert code == status
+    assert words in answer["error"] and "\n" not in answer["error"]
+    assert len(ag.Client(served.url).generate("one", n=1)) == 1
+
+
+def test_the_client_raises_the_services_reason(served):
+    with pytest.raises(RequestError, match="unknown concept 'eleven'"):
+        ag.Client(served.url).generate("eleven")
+
+
+def test_health_concepts_and_spec_describe_the_job(served):
+    client = ag.Client(served.url)
+    health = client.health()
+    assert health["status"] == "ok" and health["batch_size"] == 50
+    assert health["writes_to"] == str(served.written)
+    names = [c["name"] for c in client.concepts()]
+    assert len(names) == 10 and "seven" in names
+    assert client.spec()["generation"]["model"] == "builtin:digits"
+
+
+def test_served_images_stream_into_a_dataloader_without_repeating(served):
+    import torch
+    from torchvision.transforms.functional import to_tensor
+
+    dataset = ag.ServedImages(
+        served.url, ["zero", "eight"], per_request=2, images=6, transform=to_tensor, start=40
+    )
+    batches = list(torch.utils.data.DataLoader(dataset, batch_size=3))
+    images = torch.cat([images for images, _ in batches])
+    labels = torch.cat([labels for _, labels in batches]).tolist()
+    assert images.shape == (6, 3, 32, 32)
+    assert labels == [0, 0, 1, 1, 0, 0]  # the concepts in turn, per_request at a time
+    assert len({image.numpy().tobytes() for image in images}) == 6
+
+
+def test_the_load_test_answers_every_request_and_a_killed_replica_is_replaced(served, tmp_path):
+    """Last in the module: it kills the service's one replica (Serve starts another)."""
+    summary = ag.bench_serve(
+        REPO / "jobs" / "demo.yaml",
+        tmp_path,
+        url=served.url,
+        concurrency=[1, 4],
+        requests=4,
+        images=2,
+        replicas=1,
+    )
+    levels = summary["levels"]
+    assert [level["name"] for level in levels] == ["c=1", "c=4", "c=4, a replica killed"]
+    assert all(level["errors"] == 0 for level in levels)
+    assert [level["answered"] for level in levels] == [4, 4, 12]
+    assert all(level["distinct"] == level["images"] == 2 * level["answered"] for level in levels)
+    assert summary["killed"].startswith("SERVE_REPLICA") and summary["replicas_after"] == 1
+    assert "| service, c=4 |" in (tmp_path / "load.md").read_text()
+
+
+def test_serve_refuses_a_job_it_cannot_serve_and_a_busy_port_before_starting(tmp_path, capsys):
+    from tests.conftest import cli, error_line
+
+    demo = REPO / "jobs" / "demo.yaml"
+    job = tmp_path / "interpolate.yaml"
+    job.write_text(demo.read_text().replace("mode: txt2img", "mode: interpolate"))
+    code, _, err = cli(capsys, "serve", job)
+    assert code == 2 and "augment serve renders txt2img jobs" in error_line(err)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = cli(capsys, "serve", demo, "--port", port)
+    assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in error_line(err)
+    code, _, err = cli(capsys, "serve", demo, "--overridable", "model")
+    assert code == 2 and "model cannot change per request" in error_line(err)
