@@ -100,6 +100,13 @@ def number_list(kind):
     return parse
 
 
+def print_markdown(lines: list[str], results: Path) -> None:
+    """A benchmark's markdown lines as they are, then where its results are."""
+    for line in lines:
+        out.print(line, soft_wrap=True, markup=False)
+    out.print(f"results: {results}", soft_wrap=True)
+
+
 def given(args: argparse.Namespace, *names: str) -> dict:
     """The options set on the command line; the others keep the settings' own defaults."""
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
@@ -796,9 +803,7 @@ def cmd_bench_sweep(args: argparse.Namespace) -> int:
     report = api.sweep(args.job, **options)
     from augment.bench.sweep import sweep_lines
 
-    for line in sweep_lines(report):
-        out.print(line, soft_wrap=True, markup=False)
-    out.print(f"results: {Path(options.get('out', 'sweep')) / 'sweep.json'}", soft_wrap=True)
+    print_markdown(sweep_lines(report), Path(options.get("out", "sweep")) / "sweep.json")
     return 0
 
 
@@ -834,9 +839,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     summary = api.bench_serve(args.job, **given(args, *names))
     from augment.bench.load import load_lines
 
-    for line in load_lines(summary):
-        out.print(line, soft_wrap=True, markup=False)
-    out.print(f"results: {Path(args.out or 'load') / 'load.json'}", soft_wrap=True)
+    print_markdown(load_lines(summary), Path(args.out or "load") / "load.json")
     return 0
 
 

@@ -387,6 +387,7 @@ def start_service(spec: JobSpec, options: ServeOptions | None = None) -> Service
         num_replicas=replicas,
         ray_actor_options=actor,
         max_ongoing_requests=MAX_ONGOING_REQUESTS,
+        graceful_shutdown_wait_loop_s=0.5,  # a stop waits for requests in flight, not longer
     ).bind(spec, options, writer)
     serve.start(http_options={"host": options.host, "port": options.port})
     serve.run(app, name=APP_NAME, route_prefix="/")

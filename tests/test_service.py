@@ -39,7 +39,7 @@ def served(ray_session, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("service")
     spec = served_spec()
-    options = ServeOptions(port=free_port(), replicas=1, write=str(folder / "served"))
+    options = ServeOptions(port=free_port(), replicas=2, write=str(folder / "served"))
     service = start_service(spec, options)
     yield SimpleNamespace(url=service.url, spec=spec, folder=folder, written=folder / "served")
     service.stop()
@@ -152,7 +152,8 @@ def test_served_images_stream_into_a_dataloader_without_repeating(served):
 
 
 def test_the_load_test_answers_every_request_and_a_killed_replica_is_replaced(served, tmp_path):
-    """Last in the module: it kills the service's one replica (Serve starts another)."""
+    """Last in the module: it kills one of the service's two replicas (Serve starts another;
+    `augment bench serve` waits for it, a running service's load test does not)."""
     summary = ag.bench_serve(
         REPO / "jobs" / "demo.yaml",
         tmp_path,
@@ -160,14 +161,14 @@ def test_the_load_test_answers_every_request_and_a_killed_replica_is_replaced(se
         concurrency=[1, 4],
         requests=4,
         images=2,
-        replicas=1,
+        replicas=2,
     )
     levels = summary["levels"]
     assert [level["name"] for level in levels] == ["c=1", "c=4", "c=4, a replica killed"]
     assert all(level["errors"] == 0 for level in levels)
     assert [level["answered"] for level in levels] == [4, 4, 12]
     assert all(level["distinct"] == level["images"] == 2 * level["answered"] for level in levels)
-    assert summary["killed"].startswith("SERVE_REPLICA") and summary["replicas_after"] == 1
+    assert summary["killed"].startswith("SERVE_REPLICA") and summary["replicas_after"] >= 1
     assert "| service, c=4 |" in (tmp_path / "load.md").read_text()
 
 
