@@ -65,23 +65,30 @@ def perceptual_hash(image: Image.Image | np.ndarray) -> int:
     return int(np.packbits((low > np.median(low)).ravel()).view(">i8")[0])
 
 
-def contrast(thumb: np.ndarray) -> float:
-    return float(np.abs(thumb - thumb.mean()).mean())
+def contrasts(thumbs: np.ndarray) -> np.ndarray:
+    """Each stacked thumbnail's mean absolute deviation."""
+    return np.abs(thumbs - thumbs.mean(axis=(1, 2), keepdims=True)).mean(axis=(1, 2))
 
 
-def shifted_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """How far apart two thumbnails are: the least mean absolute difference over shifts of up
-    to one pixel, as a share of their mean absolute deviation (0: the same picture)."""
-    core = a[1:-1, 1:-1]
-    best = min(
-        float(np.abs(core - b[1 + dy : THUMB - 1 + dy, 1 + dx : THUMB - 1 + dx]).mean())
-        for dy in (-1, 0, 1)
-        for dx in (-1, 0, 1)
+def shifted_distances(
+    earlier: np.ndarray, earlier_contrasts: np.ndarray, b: np.ndarray, b_contrast: float
+) -> np.ndarray:
+    """How far each of the stacked `earlier` thumbnails is from `b`: the least mean absolute
+    difference over shifts of up to one pixel, as a share of the two's mean absolute deviation
+    (0: the same picture), for all of them at once."""
+    core = earlier[:, 1:-1, 1:-1]
+    best = np.min(
+        [
+            np.abs(core - b[1 + dy : THUMB - 1 + dy, 1 + dx : THUMB - 1 + dx]).mean(axis=(1, 2))
+            for dy in (-1, 0, 1)
+            for dx in (-1, 0, 1)
+        ],
+        axis=0,
     )
-    scale = (contrast(a) + contrast(b)) / 2
-    if scale == 0:
-        return 0.0 if best == 0 else float("inf")
-    return best / scale
+    scale = (earlier_contrasts + b_contrast) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        distance = best / scale
+    return np.where(scale == 0, np.where(best == 0, 0.0, np.inf), distance)
 
 
 def descriptor(thumb: np.ndarray) -> np.ndarray:
@@ -112,17 +119,23 @@ def find_duplicates(pictures: list[Picture], real: list[Picture] = ()) -> dict[s
     for concept in dict.fromkeys(p.concept for p in pictures):
         known = [p for p in real if p.concept == concept]
         group = known + [p for p in pictures if p.concept == concept]
-        thumbs = [p.thumbnail() for p in group]
+        thumbs = np.stack([p.thumbnail() for p in group])
+        spread = contrasts(thumbs)
         codes = np.stack([descriptor(t) for t in thumbs])
         squares = (codes**2).sum(axis=1)
         for j in range(len(known), len(group)):
             gaps = squares[:j] + squares[j] - 2 * codes[:j] @ codes[j]
             rms = np.sqrt(np.maximum(gaps, 0) / codes.shape[1])
-            for i in np.flatnonzero(rms <= CANDIDATE_DISTANCE):
-                if shifted_distance(thumbs[i], thumbs[j]) <= PIXEL_TOLERANCE:
-                    earlier = group[i].id
-                    repeats[group[j].id] = repeats.get(earlier, earlier)
-                    break
+            candidates = np.flatnonzero(rms <= CANDIDATE_DISTANCE)
+            if not candidates.size:
+                continue
+            distances = shifted_distances(
+                thumbs[candidates], spread[candidates], thumbs[j], spread[j]
+            )
+            close = np.flatnonzero(distances <= PIXEL_TOLERANCE)
+            if close.size:  # the earliest of them is the original
+                earlier = group[candidates[close[0]]].id
+                repeats[group[j].id] = repeats.get(earlier, earlier)
     return repeats
 
 
