@@ -397,7 +397,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         chosen["write"] = str(args.write)
     if args.overridable is not None:
         chosen["overridable"] = tuple(args.overridable)
-    service = api.serve(spec, **chosen)
+    try:
+        service = api.serve(spec, **chosen)
+    except KeyboardInterrupt:
+        err.print("interrupted before the service was up; nothing is left running")
+        return 130
     print_lines(
         f"serving {service.url} ({service.replicas} {service.device} replica(s)); Ctrl-C stops",
         f"  curl {service.url}/concepts",

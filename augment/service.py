@@ -389,8 +389,12 @@ def start_service(spec: JobSpec, options: ServeOptions | None = None) -> Service
         max_ongoing_requests=MAX_ONGOING_REQUESTS,
         graceful_shutdown_wait_loop_s=0.5,  # a stop waits for requests in flight, not longer
     ).bind(spec, options, writer)
-    serve.start(http_options={"host": options.host, "port": options.port})
-    serve.run(app, name=APP_NAME, route_prefix="/")
+    try:
+        serve.start(http_options={"host": options.host, "port": options.port})
+        serve.run(app, name=APP_NAME, route_prefix="/")
+    except BaseException:  # a start interrupted or failed leaves nothing half-deployed
+        serve.shutdown()
+        raise
     host = "127.0.0.1" if options.host in ("0.0.0.0", "") else options.host
     return Service(
         f"http://{host}:{options.port}", replicas, "GPU" if gpus else "CPU", options.write
