@@ -296,21 +296,24 @@ class GenerationService:
         return results
 
     def render_wanted(self, wanted: list[tuple[WorkItem, Order]]) -> list[dict | str]:
-        """Items grouped by their settings, each item once however many callers want it."""
-        groups: dict[str, tuple[Order, dict[str, WorkItem]]] = {}
+        """Items grouped by their settings, each item once however many callers want it (an
+        item is its id and its seed: a request may bring another job seed)."""
+        groups: dict[str, tuple[Order, dict[tuple[str, int], WorkItem]]] = {}
         for item, order in wanted:
-            groups.setdefault(order.key, (order, {}))[1].setdefault(item.item_id, item)
-        done: dict[tuple[str, str], dict | str] = {}
+            group = groups.setdefault(order.key, (order, {}))[1]
+            group.setdefault((item.item_id, item.seed), item)
+        done: dict[tuple, dict | str] = {}
         for key, (order, items) in groups.items():
             generator = self.worker.generator
             if order.settings != self.spec.generation:
                 generator = generator.with_settings(order.settings)
             finished = self.worker.finished_records(list(items.values()), generator)
+            errors = {failure["item_id"]: failure["error"] for failure in finished.failures}
+            for item_id, seed in items:
+                done[key, item_id, seed] = errors.get(item_id, "not rendered")
             for record in finished.records:
-                done[key, record["item_id"]] = record
-            for failure in finished.failures:
-                done[key, failure["item_id"]] = failure["error"]
-        return [done.get((order.key, item.item_id), "not rendered") for item, order in wanted]
+                done[key, record["item_id"], record["seed"]] = record
+        return [done[order.key, item.item_id, item.seed] for item, order in wanted]
 
 
 @serve.deployment(name="Writer", num_replicas=1, ray_actor_options={"num_cpus": 0})

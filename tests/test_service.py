@@ -188,3 +188,37 @@ def test_serve_refuses_a_job_it_cannot_serve_and_a_busy_port_before_starting(tmp
     assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in error_line(err)
     code, _, err = cli(capsys, "serve", demo, "--overridable", "model")
     assert code == 2 and "model cannot change per request" in error_line(err)
+
+
+def test_one_batch_renders_each_item_once_per_seed_and_settings():
+    """Callers' items meet in one batch: an item two callers want renders once, the same item
+    under another job seed or other settings is another image (no Serve needed here)."""
+    import torch
+
+    from augment.distribute import BlockWorker
+    from augment.service import GenerateRequest, GenerationService, ServeOptions, concept_index
+    from augment.service import order_for as make_order
+
+    spec, options = served_spec(), ServeOptions()
+    index = concept_index(ag.concepts(spec))
+    threads = torch.get_num_threads()
+    replica = SimpleNamespace(spec=spec, worker=BlockWorker(spec, ["seven"], None))
+    torch.set_num_threads(threads)
+
+    def order(**fields):
+        return make_order(spec, index, GenerateRequest(concept="seven", n=2, **fields), options)
+
+    plain, reseeded, fewer_steps = (
+        order(),
+        order(seed=11),
+        order(overrides={"num_inference_steps": 5}),
+    )
+    wanted = [(item, o) for o in (plain, plain, reseeded, fewer_steps) for item in o.items]
+    render_wanted = GenerationService.func_or_class.render_wanted
+    records = render_wanted(replica, wanted)
+    png = [record["image"]["bytes"] for record in records]
+    assert png[0:2] == png[2:4]  # the same items, asked twice
+    assert records[0] is records[2]  # rendered once
+    assert len(set(png[0:2] + png[4:6] + png[6:8])) == 6
+    assert [r["item_id"] for r in records[4:6]] == [r["item_id"] for r in records[0:2]]
+    assert {r["steps"] for r in records[6:8]} == {5} and records[0]["steps"] == 25
