@@ -97,8 +97,11 @@ def tokenizer_for(spec: JobSpec):
         return None
 
 
-def prompts_for(spec: JobSpec, concepts: list[Concept] | None = None) -> list[Prompt]:
-    """The job's prompts, checked against the model's text encoder length when it is here."""
+def prompts_for(
+    spec: JobSpec, concepts: list[Concept] | None = None, variants: range | None = None
+) -> list[Prompt]:
+    """The job's prompts (only `variants` of each concept, when given), checked against the
+    model's text encoder length when it is here."""
     if concepts is None:
         concepts = concepts_for(spec)
     p = spec.prompts
@@ -110,6 +113,7 @@ def prompts_for(spec: JobSpec, concepts: list[Concept] | None = None) -> list[Pr
         p.attributes,
         p.combine,
         tokens_for(spec, concepts),
+        variants,
     )
     tokenizer = tokenizer_for(spec)
     if tokenizer is not None:
@@ -119,9 +123,13 @@ def prompts_for(spec: JobSpec, concepts: list[Concept] | None = None) -> list[Pr
 
 
 def plan_for(
-    spec: JobSpec, concepts: list[Concept] | None = None, sources: SourceSet | None = None
+    spec: JobSpec,
+    concepts: list[Concept] | None = None,
+    sources: SourceSet | None = None,
+    variants: range | None = None,
 ) -> list[WorkItem]:
-    """The work items of a spec, then --limit.
+    """The work items of a spec, then --limit (`variants`: only those prompt variants of each
+    concept, the items a served request asks for).
 
     txt2img: concepts x templates x images_per_concept. Source modes: each source image (or
     box, or class, when inpainting boxes) x images_per_concept prompts of its concept.
@@ -129,7 +137,7 @@ def plan_for(
     """
     if concepts is None:
         concepts = concepts_for(spec)
-    prompts = prompts_for(spec, concepts)
+    prompts = prompts_for(spec, concepts, variants)
     g = spec.generation
     if g.mode in SOURCE_MODES:
         sources = sources or SourceSet.of(spec)

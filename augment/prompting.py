@@ -115,15 +115,17 @@ def build_prompts(
     attributes: dict[str, list[str]] | None = None,
     combine: str = "sample",
     tokens: dict[str, str] | None = None,
+    variants: range | None = None,
 ) -> list[Prompt]:
     """One Prompt per image to render, concept by concept; `tokens` maps concept ids to the
-    identifiers a fine-tune taught ({token} in a template)."""
+    identifiers a fine-tune taught ({token} in a template). A variant's prompt depends on its
+    number alone, so `variants` (default: all `images_per_concept`) can pick a few from far in."""
     slots = attribute_values(templates, attributes or {})
     choices = exhaustive_choices(templates, slots) if combine == "exhaustive" else None
     prompts = []
     for concept in concepts:
         values = concept_values(concept, (tokens or {}).get(concept.id))
-        for variant in range(images_per_concept):
+        for variant in range(images_per_concept) if variants is None else variants:
             if choices is not None:
                 template, chosen = choices[variant % len(choices)]
             else:

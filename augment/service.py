@@ -3,8 +3,8 @@ worker.
 
 A request names one of the job's concepts and how many images (`n`, from prompt variant `start`
 on), and may bring its own prompt template, job seed and a few generation overrides. The
-service turns it into the very work items a batch run's plan holds (`plan_for` on the job, with
-that many images per concept), and renders them with a `BlockWorker`, the class behind every
+service turns it into the very work items a batch run's plan holds (`plan_for` on the job, for
+those prompt variants alone), and renders them with a `BlockWorker`, the class behind every
 batch run: same generator, same checks, same labels and filter. So a served item and the same
 item from `augment run` are the same PNG bytes; one engine, two front ends.
 
@@ -119,8 +119,9 @@ def concept_index(concepts: list[Concept]) -> dict[str, Concept]:
 def order_for(
     spec: JobSpec, concepts: dict[str, Concept], request: GenerateRequest, options: ServeOptions
 ) -> Order:
-    """The work items a request asks for (those a batch run of the same job, seed and prompt
-    plans) and their settings; a RequestError says what is wrong with it."""
+    """The work items a request asks for (prompt variants `start` to `start + n - 1`: those a
+    batch run of the same job, seed and prompt plans) and their settings; a RequestError says
+    what is wrong with it."""
     from augment.job import plan_for
 
     if not 1 <= request.n <= options.max_images:
@@ -152,7 +153,6 @@ def order_for(
     except ValidationError as exc:
         raise RequestError(f"overrides: {validation_line(exc.errors())}") from None
     changes: dict[str, Any] = {
-        "prompts.images_per_concept": request.start + request.n,
         "seed": spec.seed if request.seed is None else request.seed,
         "limit": None,
     }
@@ -160,7 +160,7 @@ def order_for(
         changes["prompts.templates"] = [request.prompt]
     try:
         job = load_spec(spec, changes)
-        items = plan_for(job, [concept])[request.start :]
+        items = plan_for(job, [concept], variants=range(request.start, request.start + request.n))
     except AugmentError as exc:
         raise RequestError(f"prompt: {exc}" if request.prompt is not None else str(exc)) from None
     return Order(items, settings)

@@ -222,3 +222,19 @@ def test_one_batch_renders_each_item_once_per_seed_and_settings():
     assert len(set(png[0:2] + png[4:6] + png[6:8])) == 6
     assert [r["item_id"] for r in records[4:6]] == [r["item_id"] for r in records[0:2]]
     assert {r["steps"] for r in records[6:8]} == {5} and records[0]["steps"] == 25
+
+
+def test_a_request_far_into_the_variants_makes_the_batch_plans_items_without_building_it_all():
+    from augment.job import plan_for
+    from augment.service import GenerateRequest, ServeOptions, concept_index, order_for
+
+    spec = served_spec()
+    index = concept_index(ag.concepts(spec))
+    order = order_for(spec, index, GenerateRequest(concept="Seven", n=3, start=200), ServeOptions())
+    sevens = [item for item in plan_for(spec) if item.concept_name == "seven"]
+    assert order.items == sevens[200:203]
+    far = GenerateRequest(concept="seven.n.01", n=2, start=10**6)
+    assert [i.variant for i in order_for(spec, index, far, ServeOptions()).items] == [
+        10**6,
+        10**6 + 1,
+    ]
