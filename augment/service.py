@@ -49,6 +49,9 @@ CALL_SETTINGS = ("num_inference_steps", "guidance_scale", "height", "width")
 
 APP_NAME = "augment"
 
+#: A writing service rewrites its folder's manifest at most this often (seconds).
+MANIFEST_EVERY_S = 10.0
+
 #: Requests a replica holds at once: enough that concurrent callers' items meet in one batch.
 MAX_ONGOING_REQUESTS = 64
 
@@ -320,7 +323,9 @@ class GenerationService:
 class ServedWriter:
     """The one process that commits served images into an output folder: a shard per batch,
     each item at most once (those already there, from a batch run or an earlier service, are
-    skipped), and the manifest after each shard."""
+    skipped). The manifest follows with the first shard, then at most every
+    MANIFEST_EVERY_S, and when the service stops: it reads every shard, and a long-running
+    service would otherwise re-read them all for each batch it serves."""
 
     def __init__(self, spec: JobSpec, out: str):
         from augment.job import concepts_for, prepare_output, resume_point
@@ -335,10 +340,11 @@ class ServedWriter:
         self.next_index = parquet.next_shard_index(self.out / "shards")
         self.lock = threading.Lock()
         self.started = time.perf_counter()
+        self.manifest_at: float | None = None  # when the manifest was last written
+        self.unsaved = False  # shards committed since
 
     def write(self, records: list[dict]) -> int:
         """Commit the records not yet in the folder; how many that was."""
-        from augment.job import write_manifest
         from augment.sinks.parquet import write_shard
 
         with self.lock:
@@ -348,9 +354,23 @@ class ServedWriter:
             write_shard(self.out / "shards", f"part-{self.next_index:05d}.parquet", new)
             self.next_index += 1
             self.done.update(r["item_id"] for r in new)
-            seconds = time.perf_counter() - self.started
-            write_manifest(self.out, self.spec, self.concepts, [], seconds, [])
+            self.unsaved = True
+            if self.manifest_at is None or time.monotonic() - self.manifest_at >= MANIFEST_EVERY_S:
+                self.save_manifest()
             return len(new)
+
+    def save_manifest(self) -> None:
+        from augment.job import write_manifest
+
+        seconds = time.perf_counter() - self.started
+        write_manifest(self.out, self.spec, self.concepts, [], seconds, [])
+        self.manifest_at, self.unsaved = time.monotonic(), False
+
+    def __del__(self) -> None:
+        """Serve calls this when the service stops: the manifest catches up."""
+        if getattr(self, "unsaved", False):  # not when __init__ failed
+            with self.lock:
+                self.save_manifest()
 
 
 @dataclass
@@ -377,7 +397,8 @@ def start_service(spec: JobSpec, options: ServeOptions | None = None) -> Service
     if spec.generation.mode != "txt2img":
         raise AugmentError(
             f"augment serve renders txt2img jobs; this one is {spec.generation.mode}, whose "
-            "items start from source images a request cannot carry: run it with augment run"
+            "items a request cannot name yet (source images, animation frames): run it with "
+            "augment run"
         )
     check_inputs(spec)
     check_port_free(options.host, options.port)

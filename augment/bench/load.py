@@ -205,11 +205,6 @@ def load_service(url: str, settings: LoadSettings) -> tuple[list[Level], str | N
     for _ in range(settings.replicas * 2):
         client.generate(concepts[0], 1, start=variant)
         variant += 1
-    rounds = [(f"c={c}", c, settings.requests) for c in settings.concurrency]
-    if settings.kill:  # three times as long, the kill a third of the way through
-        highest = max(settings.concurrency)
-        rounds.append((f"c={highest}, a replica killed", highest, 3 * settings.requests))
-    levels: list[Level] = []
     killed: str | None = None
     kill_lock = threading.Lock()
 
@@ -219,8 +214,12 @@ def load_service(url: str, settings: LoadSettings) -> tuple[list[Level], str | N
             if answered >= settings.requests and killed is None:
                 killed = kill_one_replica()
 
-    for name, concurrency, requests in rounds:
-        during = kill_when if "killed" in name else None
+    rounds = [(f"c={c}", c, settings.requests, None) for c in settings.concurrency]
+    if settings.kill:  # three times as long, the kill a third of the way through
+        highest = max(settings.concurrency)
+        rounds.append((f"c={highest}, a replica killed", highest, 3 * settings.requests, kill_when))
+    levels: list[Level] = []
+    for name, concurrency, requests, during in rounds:
         level = run_level(
             url, name, concurrency, requests, settings.images, concepts, variant, during
         )
