@@ -71,8 +71,8 @@ def export_coco(coco_dir: Path, categories: list[dict], records: Iterable[dict])
             )
     document = {
         "info": {
-            "description": "augment synthetic images: every image was generated, none is a "
-            "photograph (each PNG says so in its text chunks)",
+            "description": "augment synthetic images: every image was generated, or composed "
+            "of generated instances pasted on a background that its PNG's text chunks name",
             "synthetic": True,
             "models": [{"name": m[0], "hash": m[1], "license": m[2]} for m in models],
             "date_created": datetime.now(UTC).isoformat(timespec="seconds"),
