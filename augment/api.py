@@ -345,15 +345,23 @@ def demo(
     workers: int | None = None,
     model: str | None = None,
     personalise: bool = False,
+    seeds: int | None = None,
+    first_seed: int = 0,
 ) -> dict:
     """The whole mission on the embedded digits world (`make demo`): generate, export,
     benchmark a classifier and a detector, report. Returns the headline figures. With
     `personalise`, the novel-concept experiment instead (fine-tuning the 9-class digits model
-    on a class it never saw); its figures join OUT/summary.json under "personalise"."""
+    on a class it never saw); its figures join OUT/summary.json under "personalise". `seeds`
+    and `first_seed` size that experiment (default: its 5 seeds from 0)."""
     if personalise:
         from augment.digits.personalise import run_personalise
 
-        return run_personalise(Path(out), quick=quick, workers=workers)
+        return run_personalise(Path(out), quick, workers, seeds, first_seed)
+    if seeds is not None or first_seed:
+        raise AugmentError(
+            "seeds and first_seed size the novel-concept experiment: add personalise=True "
+            "(augment demo --personalise)"
+        )
     from augment.digits.demo import run_demo
 
     return run_demo(Path(out), quick=quick, workers=workers, model=model)

@@ -231,8 +231,23 @@ def scorer_reads_as_nine(folder: Path) -> float:
     return float(np.mean(probabilities[:, DIGIT_NAMES.index(HELD_OUT)] >= 0.5))
 
 
-def run_personalise(out: Path, quick: bool = False, workers: int | None = None) -> dict:
-    """Run every arm into OUT/personalise; returns the figures (also in its summary.json)."""
+def run_personalise(
+    out: Path,
+    quick: bool = False,
+    workers: int | None = None,
+    seeds: int | None = None,
+    first_seed: int = 0,
+) -> dict:
+    """Run every arm into OUT/personalise; returns the figures (also in its summary.json).
+
+    `seeds` (default: the size's 5) seeds from `first_seed` on: a larger run on fresh seeds
+    replicates the 10-minute one without reusing its draws of real images."""
+    from augment.errors import at_least
+
+    size = QUICK if quick else FULL
+    at_least("seeds", size.seeds if seeds is None else seeds, 1)
+    at_least("first_seed", first_seed, 0)
+    seed_range = range(first_seed, first_seed + (size.seeds if seeds is None else seeds))
 
     from augment.bench.classify import (
         ClassifySettings,
@@ -247,7 +262,6 @@ def run_personalise(out: Path, quick: bool = False, workers: int | None = None) 
 
     quiet_libraries()
     started = time.perf_counter()
-    size = QUICK if quick else FULL
     root = Path(out) / "personalise"
     real16, real32 = real_digits(16), real_digits(32)
     per_class = int(round(size.ratio * size.shots))
@@ -268,7 +282,7 @@ def run_personalise(out: Path, quick: bool = False, workers: int | None = None) 
 
     base = str(registry.resolve("model", NINE_CLASS_MODEL, "personalise"))
     jobs, finetunes = [], []
-    for seed in range(size.seeds):
+    for seed in seed_range:
         concept = held_out_concept(real32.pool, size.shots, seed)
         for method in ("lora", "textual_inversion"):
             folder = root / "adapters" / f"{method}-seed{seed}"
@@ -293,7 +307,7 @@ def run_personalise(out: Path, quick: bool = False, workers: int | None = None) 
     shared = load_synthetic(folders["others"], classes, 16)
     settings = ClassifySettings(image_size=16, steps=size.classifier_steps, shots=[size.shots])
     plan, tasks = [], []
-    for seed in range(size.seeds):
+    for seed in seed_range:
         real_train = few_shot(real16.pool, size.shots, seed)
         for arm in ARMS:
             train = real_train
@@ -328,26 +342,29 @@ def run_personalise(out: Path, quick: bool = False, workers: int | None = None) 
     rates = {arm: scorer_reads_as_nine(folders[arm]) for arm in ("control", "upper")}
     for method in ("lora", "textual_inversion"):
         rates[method] = float(
-            np.mean([scorer_reads_as_nine(folders[(method, s)]) for s in range(size.seeds)])
+            np.mean([scorer_reads_as_nine(folders[(method, s)]) for s in seed_range])
         )
     summary = summarize_arms(frame, rates)
-    seeds = range(size.seeds)
     summary["finetune"] = {
         method: {
-            "seconds_mean": float(np.mean([adapters[(method, s)]["seconds"] for s in seeds])),
+            "seconds_mean": float(np.mean([adapters[(method, s)]["seconds"] for s in seed_range])),
             "fixed_loss_start_mean": float(
-                np.mean([adapters[(method, s)]["fixed_loss"]["start"] for s in seeds])
+                np.mean([adapters[(method, s)]["fixed_loss"]["start"] for s in seed_range])
             ),
             "fixed_loss_end_mean": float(
-                np.mean([adapters[(method, s)]["fixed_loss"]["end"] for s in seeds])
+                np.mean([adapters[(method, s)]["fixed_loss"]["end"] for s in seed_range])
             ),
-            "grids": [str(root / "adapters" / f"{method}-seed{s}" / "samples.png") for s in seeds],
+            "grids": [
+                str(root / "adapters" / f"{method}-seed{s}" / "samples.png") for s in seed_range
+            ],
         }
         for method in ("lora", "textual_inversion")
     }
     summary["wall_time_s"] = round(time.perf_counter() - started, 1)
+    summary["test_images"] = len(real16.test)
     summary["settings"] = {
-        "size": size.__dict__,
+        "size": {**size.__dict__, "seeds": len(seed_range)},
+        "seeds": list(seed_range),
         "lora": finetune_settings("lora", size, 0).__dict__,
         "textual_inversion": finetune_settings("textual_inversion", size, 0).__dict__,
     }
@@ -441,6 +458,10 @@ def figure(entry: dict | None, signed: bool = False) -> str:
     return f"{entry['mean']:{sign}.1f} [{entry['low']:{sign}.1f}, {entry['high']:{sign}.1f}]"
 
 
+def seed_span(seeds: list[int]) -> str:
+    return f"seed ({seeds[0]})" if len(seeds) == 1 else f"seeds ({seeds[0]} to {seeds[-1]})"
+
+
 def write_report(summary: dict, path: Path) -> Path:
     """report.md: the arms' table, the plot, and how the experiment was set up."""
     held = summary["held_out"]
@@ -448,10 +469,11 @@ def write_report(summary: dict, path: Path) -> Path:
     lines = [
         f"# A class the model never saw: '{held}', taught from 10 real images",
         "",
-        f"{size['seeds']} seeds; per seed {size['shots']} real images per class (the "
-        f"classifier benchmark's draw) plus {size['ratio']:g} synthetic images per real one, "
-        f"unfiltered; a {size['classifier_steps']}-step classifier at 16 px scored on the 500 "
-        "held-out test digits. Mean [95 % CI] over seeds; gains are paired by seed.",
+        f"{size['seeds']} {seed_span(summary['settings']['seeds'])}; per seed {size['shots']} "
+        "real images per class (the classifier benchmark's draw) plus {size['ratio']:g} synthetic "
+        f"images per real one, unfiltered; a {size['classifier_steps']}-step classifier at 16 px "
+        f"scored on the {summary['test_images']} held-out test digits. Mean [95 % CI] over "
+        "seeds; gains are paired by seed.",
         "",
         f"| arm | '{held}' accuracy % | gain over real-only | top-1 % | gain | scorer reads "
         f"'{held}' |",
