@@ -231,10 +231,17 @@ def package_versions() -> dict[str, str]:
 
 def model_identity(spec: JobSpec) -> dict:
     """The model every image came from: its name, content hash and licence (provenance)."""
+    from dataclasses import asdict
+
     from augment.generate.engine import run_provenance
 
     shared = run_provenance(spec)
-    return {"name": shared.model, "hash": shared.model_hash, "license": shared.license}
+    return {
+        "name": shared.model,
+        "hash": shared.model_hash,
+        "license": shared.license,
+        "adapters": [asdict(adapter) for adapter in shared.adapters],
+    }
 
 
 def write_manifest(

@@ -44,8 +44,18 @@ WATERMARK_MIN_SIZE = 256
 
 
 @dataclass(frozen=True)
+class Adapter:
+    """A file or folder loaded beside the model that shapes its pixels, by content hash."""
+
+    kind: str  # "controlnet", "lora", "textual_inversion" or "finetune" (the job's own)
+    name: str  # as the spec names it
+    hash: str | None
+
+
+@dataclass(frozen=True)
 class Provenance:
-    """What every image of a run shares: the job, its spec hash and the model's identity."""
+    """What every image of a run shares: the job, its spec hash, the model's identity and the
+    adapters loaded with it (two LoRAs of one name are told apart by their hashes)."""
 
     job: str
     settings_hash: str  # of the generation settings that shape the pixels (a record's `settings`)
@@ -54,6 +64,7 @@ class Provenance:
     license: str | None
     version: str
     watermark: bool = False
+    adapters: tuple[Adapter, ...] = ()
 
 
 def augment_version() -> str:
@@ -63,9 +74,14 @@ def augment_version() -> str:
         return "unknown"
 
 
+#: What a fine-tune writes beside the weights (its card, with timings, and its resumable
+#: checkpoints): two trainings to the same weights must hash alike.
+TRAINING_RECORDS = ("finetune.json", "checkpoints")
+
+
 def model_files(location: Path) -> list[Path]:
     """The files hashed for a model: the file itself, or every weight and config file under a
-    folder (hidden files and folders, such as a cache, left out)."""
+    folder (hidden files and folders, such as a cache, and training records left out)."""
     if location.is_file():
         return [location]
     return sorted(
@@ -73,7 +89,10 @@ def model_files(location: Path) -> list[Path]:
         for path in location.rglob("*")
         if path.is_file()
         and path.suffix in WEIGHT_SUFFIXES
-        and not any(part.startswith(".") for part in path.relative_to(location).parts)
+        and not any(
+            part.startswith(".") or part in TRAINING_RECORDS
+            for part in path.relative_to(location).parts
+        )
     )
 
 
@@ -157,6 +176,14 @@ def parameters_text(record: dict, provenance: Provenance) -> str:
     ]
     if provenance.model_hash:
         settings.append(f"Model hash: {provenance.model_hash[:10]}")
+    for kinds, label in ((("lora",), "Lora hashes"), (("textual_inversion",), "TI hashes")):
+        named = [
+            f"{Path(a.name).stem}: {(a.hash or 'unknown')[:10]}"
+            for a in provenance.adapters
+            if a.kind in kinds
+        ]
+        if named:
+            settings.append(f'{label}: "{", ".join(named)}"')
     if record.get("strength") is not None:
         settings.append(f"Denoising strength: {record['strength']:g}")
     lines = [record["prompt"] or ""]

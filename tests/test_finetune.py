@@ -27,6 +27,7 @@ from augment.finetuning import (
     train_image,
 )
 from augment.generate.pipelines import load_pipeline, read_adapter_card
+from augment.provenance import model_content_hash, read_png_chunks
 from tests.conftest import cli, error_line
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,6 +216,12 @@ def test_run_trains_first_then_renders_with_the_token(tmp_path: Path, capsys):
     assert card["steps"] == 4 and card["prior_images"] == 2
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["finetune"]["tokens"] == {"nine": "<sks-nine>"}
+    weights = Path(spec.paths.finetuned) / card["files"][0]
+    adapter = {"kind": "finetune", "name": f"lora:{card['files'][0]}"}
+    assert manifest["model"]["adapters"] == [{**adapter, "hash": model_content_hash(weights)}]
+    png = pq.read_table(tmp_path / "out" / "shards", columns=["image"]).to_pylist()[0]
+    carried = json.loads(read_png_chunks(png["image"]["bytes"])["augment"])
+    assert carried["adapters"] == manifest["model"]["adapters"]  # every image names it
     rows = pq.read_table(tmp_path / "out" / "shards", columns=["concept_id", "prompt"]).to_pylist()
     prompts = {row["concept_id"]: row["prompt"] for row in rows}
     assert prompts["nine"] == "a photo of <sks-nine> nine"

@@ -15,11 +15,12 @@ from PIL import Image
 from augment.api import load_spec, run
 from augment.config import FilterSpec
 from augment.errors import SpecError
-from augment.generate.engine import encode_image
+from augment.generate.engine import encode_image, run_provenance
 from augment.provenance import (
     has_watermark,
     model_content_hash,
     model_license,
+    parameters_text,
     read_png_chunks,
     settings_hash,
 )
@@ -60,6 +61,7 @@ def test_an_exported_png_carries_both_chunks_and_augment_inspect_reads_them(
         "version": carried["version"],
         "synthetic": True,
         "watermark": False,
+        "adapters": [],
     }
     assert record["model_hash"] == model["hash"]
     assert parameters.splitlines()[0] == record["prompt"]
@@ -148,3 +150,53 @@ def test_a_watermarked_run_marks_its_records_chunks_and_pixels(tmp_path, capsys)
     assert code == 0 and "invisible watermark: found" in printed and "no provenance" in printed
     with pytest.raises(SpecError, match="watermark needs images of 256 px or more"):
         load_spec(REPO / "jobs" / "demo.yaml", {"generation.watermark": True})
+
+
+def test_adapters_are_named_by_the_hash_of_the_file_loaded(write_job, tmp_path):
+    lora, embedding = tmp_path / "lora", tmp_path / "token.bin"
+    lora.mkdir()
+    (lora / "w.bin").write_bytes(b"lora weights")
+    embedding.write_bytes(b"an embedding")
+    adapters = {
+        "generation.loras": [{"path": str(lora), "weight_name": "w.bin"}],
+        "generation.textual_inversions": [{"path": str(embedding), "token": "<x>"}],
+    }
+    first = run_provenance(load_spec(write_job(), adapters))
+    assert [(a.kind, a.name) for a in first.adapters] == [
+        ("lora", str(lora)),
+        ("textual_inversion", str(embedding)),
+    ]
+    assert first.adapters[0].hash == model_content_hash(lora / "w.bin")
+    record = {"prompt": "p", "steps": 3, "scheduler": "ddim", "guidance": 7.5, "seed": 1}
+    text = parameters_text({**record, "width": 32, "height": 32}, first)
+    assert f'Lora hashes: "lora: {first.adapters[0].hash[:10]}"' in text
+    assert f'TI hashes: "token: {first.adapters[1].hash[:10]}"' in text
+
+    (lora / "finetune.json").write_text("{}")  # a card beside the weights renders nothing
+    assert run_provenance(load_spec(write_job(), adapters)).adapters == first.adapters
+    (lora / "w.bin").write_bytes(b"other lora weights of the same name")
+    again = run_provenance(load_spec(write_job(), adapters))
+    assert again.adapters[0].hash not in (None, first.adapters[0].hash)
+    assert again.model_hash == first.model_hash
+
+
+def test_a_dreambooth_fine_tune_is_the_model_its_images_name(write_job, tmp_path):
+    images = tmp_path / "real" / "nine"
+    images.mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(images / "0.png")
+    job = write_job().read_text() + (
+        f"finetune: {{method: dreambooth, source: {{path: {images.parent}}}, "
+        f"concepts: [nine], out: {tmp_path / 'adapters'}}}\n"
+    )
+    spec = load_spec(write_job(job, name="dreambooth.yaml"))
+    base = run_provenance(spec).model_hash
+    tuned = Path(spec.paths.finetuned)
+    (tuned / "unet").mkdir(parents=True)
+    (tuned / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"tuned weights")
+    (tuned / "finetune.json").write_text(json.dumps({"method": "dreambooth", "files": []}))
+    provenance = run_provenance(spec)
+    assert provenance.model_hash == model_content_hash(tuned) not in (None, base)
+    assert provenance.adapters == ()
+    (tuned / "checkpoints").mkdir()
+    (tuned / "checkpoints" / "step-0000001.pt").write_bytes(b"resumable state")
+    assert run_provenance(spec).model_hash == provenance.model_hash

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -38,6 +39,7 @@ from augment.config import GenerationSpec, JobSpec, SpecPaths
 from augment.duplicates import perceptual_hash
 from augment.errors import ModelError
 from augment.provenance import (
+    Adapter,
     Provenance,
     add_watermark,
     augment_version,
@@ -664,15 +666,51 @@ def make_generator(spec: JobSpec) -> Generator:
 
 
 def run_provenance(spec: JobSpec) -> Provenance:
-    """The job, the hash of its pixel-shaping settings and the model's identity (content hash
-    and licence)."""
-    location = spec.paths.model
+    """The job, the hash of its pixel-shaping settings, the model's identity (content hash and
+    licence: a DreamBooth fine-tune's own folder, which is what renders) and the adapters
+    loaded with it (`loaded_adapters`)."""
+    from augment.generate.pipelines import read_adapter_card
+
+    paths, generation = spec.paths, spec.generation
+    card = read_adapter_card(paths.finetuned) if paths.finetuned else None
+    location = paths.finetuned if card and card["method"] == "dreambooth" else paths.model
     return Provenance(
         job=spec.name,
-        settings_hash=settings_hash(render_settings_json(spec.generation)),
-        model=spec.generation.model,
+        settings_hash=settings_hash(render_settings_json(generation)),
+        model=generation.model,
         model_hash=model_content_hash(location),
-        license=model_license(location, spec.generation.license),
+        license=model_license(location, generation.license),
         version=augment_version(),
-        watermark=spec.generation.watermark,
+        watermark=generation.watermark,
+        adapters=loaded_adapters(spec, card),
     )
+
+
+def loaded_adapters(spec: JobSpec, card: dict | None) -> tuple[Adapter, ...]:
+    """The ControlNet, LoRAs, embeddings and the job's own fine-tune (LoRA or embedding), each
+    by the content hash of the file that is loaded (not of the folder around it, whose card and
+    checkpoints change from one training to the next)."""
+    from augment.generate.pipelines import LORA_WEIGHTS_FILE
+
+    paths, generation = spec.paths, spec.generation
+    adapters = []
+    if generation.controlnet is not None and paths.controlnet:
+        adapters.append(
+            Adapter("controlnet", generation.controlnet.model, model_content_hash(paths.controlnet))
+        )
+    for lora, path in zip(generation.loras, paths.loras, strict=True):
+        loaded = Path(path)
+        if loaded.is_dir():
+            loaded = loaded / (lora.weight_name or LORA_WEIGHTS_FILE)
+        adapters.append(Adapter("lora", lora.path, model_content_hash(loaded)))
+    for inversion, path in zip(
+        generation.textual_inversions, paths.textual_inversions, strict=True
+    ):
+        adapters.append(Adapter("textual_inversion", inversion.path, model_content_hash(path)))
+    if card is not None and card["method"] != "dreambooth":
+        for file in card["files"]:
+            name = f"{card['method']}:{file}"
+            adapters.append(
+                Adapter("finetune", name, model_content_hash(Path(paths.finetuned) / file))
+            )
+    return tuple(adapters)
