@@ -152,12 +152,30 @@ def plan_for(
         targets = sources.targets(concepts, g.mode, g.mask, spec.paths.mask_files)
         longest = max(g.width, g.height)
         items = build_source_plan(spec.name, spec.seed, prompts, targets, longest)
+        if g.watermark:
+            check_watermark_fits(items, longest)
     elif g.mode == "interpolate":
         frames, between = g.interpolate.frames, g.interpolate.between
         items = build_interpolation_plan(spec.name, spec.seed, prompts, frames, between)
     else:
         items = build_plan(spec.name, spec.seed, prompts)
     return limit_plan(items, spec.limit)
+
+
+def check_watermark_fits(items: list[WorkItem], longest: int) -> None:
+    """Refuse, before any render, source images whose renders (their aspect kept) would be too
+    narrow for the invisible watermark's blocks (txt2img sizes are checked with the spec)."""
+    from augment.provenance import WATERMARK_MIN_SIZE
+
+    narrow = [item for item in items if min(item.width, item.height) < WATERMARK_MIN_SIZE]
+    if narrow:
+        first = narrow[0]
+        raise SpecError(
+            f"generation.watermark: {len(narrow)} render(s) of source images would be narrower "
+            f"than {WATERMARK_MIN_SIZE} px, first {first.source_image_id} at {first.width}x"
+            f"{first.height} (its aspect kept, longer side {longest}); raise height and width, "
+            "leave such images out of the source, or drop watermark"
+        )
 
 
 def limit_plan(items: list[WorkItem], limit: int | None) -> list[WorkItem]:

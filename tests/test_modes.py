@@ -239,6 +239,18 @@ def test_sources_from_an_image_folder_and_from_an_augment_run(tmp_path: Path):
     assert {item.source_image_id for item in items} <= ids
 
 
+def test_a_watermark_too_big_for_a_narrow_source_is_refused_before_any_render(tmp_path: Path):
+    (tmp_path / "folder" / "three").mkdir(parents=True)
+    Image.new("RGB", (40, 24)).save(tmp_path / "folder" / "three" / "wide.png")
+    job = (REPO / "jobs" / "tiny" / "img2img.yaml").read_text()
+    job = job.replace("builtin:digits-canvases", str(tmp_path / "folder"))
+    job = job.replace("height: 96", "height: 256").replace("width: 96", "width: 256")
+    assert {(i.width, i.height) for i in plan_for(parse_spec(job))} == {(256, 152)}
+    watermarked = parse_spec(job.replace("  batch_size: 4", "  batch_size: 4\n  watermark: true"))
+    with pytest.raises(SpecError, match=r"first three/wide at 256x152 .* longer side 256"):
+        plan_for(watermarked)
+
+
 def test_mode_and_source_mistakes_are_one_line_errors(tmp_path: Path):
     job = TINY_JOB.replace("OUT_DIR", str(tmp_path / "out"))
     cases = {
