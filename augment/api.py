@@ -356,6 +356,11 @@ def demo(
     if personalise:
         from augment.digits.personalise import run_personalise
 
+        if model is not None:
+            raise AugmentError(
+                "the novel-concept experiment fine-tunes the shipped 9-class digits model; "
+                "drop model (--model) or personalise (--personalise)"
+            )
         return run_personalise(Path(out), quick, workers, seeds, first_seed)
     if seeds is not None or first_seed:
         raise AugmentError(

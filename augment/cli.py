@@ -1028,25 +1028,18 @@ def print_personalise(summary: dict, out_dir: Path) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     quiet_libraries()
-    if args.personalise:
-        summary = api.demo(
-            args.out,
-            quick=args.quick,
-            workers=args.workers,
-            personalise=True,
-            seeds=args.seeds,
-            first_seed=args.first_seed,
-        )
-        print_personalise(summary, args.out)
-        return 0
     summary = api.demo(
         args.out,
         quick=args.quick,
         workers=args.workers,
         model=args.model,
+        personalise=args.personalise,
         seeds=args.seeds,
         first_seed=args.first_seed,
     )
+    if args.personalise:
+        print_personalise(summary, args.out)
+        return 0
     accuracy = summary["accuracy_percent"]
     table = Table(
         "classifier arm", f"top-1 % at {summary['real_images_per_class']} real/class", "seeds"

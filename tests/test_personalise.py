@@ -58,4 +58,6 @@ def test_seed_options_are_refused_where_they_size_nothing(tmp_path: Path, capsys
     assert code == 2 and "--personalise" in err
     code, _, err = cli(capsys, "demo", "--personalise", "--seeds", "0", "--out", tmp_path)
     assert code == 2 and "seeds must be at least 1" in err
+    code, _, err = cli(capsys, "demo", "--personalise", "--model", "m", "--out", tmp_path)
+    assert code == 2 and "drop model (--model) or personalise" in err
     assert not any(tmp_path.iterdir())  # refused before anything was written
