@@ -14,6 +14,7 @@ from augment.digits.data import (
     load_digit_images,
     prompt_for,
 )
+from augment.provenance import model_license
 
 SHIPPED = Path(__file__).resolve().parents[1] / "augment" / "digits" / "model"
 
@@ -85,6 +86,7 @@ def test_training_writes_a_loadable_pipeline(tmp_path):
     card = (out / "README.md").read_text()
     assert "augment digits train --out DIR --steps 3" in card
     assert "Synthetic-only accuracy" in card
+    assert model_license(out) == "apache-2.0"  # what every image's provenance names
     assert not list(tmp_path.glob(".digits-model.*")), "temporary folder left behind"
 
     pipe = load_pipeline(out)

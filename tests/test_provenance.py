@@ -12,6 +12,7 @@ import pytest
 from conftest import cli, error_line
 from PIL import Image
 
+from augment import registry
 from augment.api import load_spec, run
 from augment.config import FilterSpec
 from augment.errors import SpecError
@@ -99,6 +100,8 @@ def test_the_model_hash_is_cached_and_follows_the_weights_and_the_licence_the_ca
     assert model_license(folder) == "openrail++"
     assert model_license(folder, "cc-by-4.0") == "cc-by-4.0"
     assert model_license(tmp_path) is None
+    for shipped in ("builtin:digits", "builtin:digits-without-nine", "builtin:digits-scorer"):
+        assert model_license(registry.resolve("model", shipped, "test")) == "apache-2.0"
 
 
 def jpeg_again(data: bytes, quality: int = 90) -> np.ndarray:

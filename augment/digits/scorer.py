@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from augment.digits.data import DIGIT_NAMES
+from augment.digits.data import CARD_FRONT_MATTER, DATA_CREDIT, DIGIT_NAMES
 from augment.errors import at_least
 
 DEFAULT_STEPS = 1500
@@ -60,7 +60,7 @@ def train_digits_scorer(
 
 
 def write_card(folder: Path, stats: dict) -> None:
-    card = f"""# augment digits scorer
+    card = f"""{CARD_FRONT_MATTER}# augment digits scorer
 
 A small CNN (`augment.classifier.build_model("smallcnn")`, {IMAGE_SIZE} px) that gives the
 probability of each digit class for an image. `augment` uses it as `filters.scorer:
@@ -72,6 +72,7 @@ builtin:digits-scorer` to flag generated digits that do not show their prompted 
 - Accuracy on the `pool` split ({stats["pool_images"]} real images it never saw):
   {stats["pool_accuracy_percent"]:.1f} %. The `test` split is not used.
 - Command: `{stats["command"]}`.
+- The data: {DATA_CREDIT}.
 - Files: `model.safetensors` (state_dict), `scorer.json` (architecture, input size, classes).
 """
     (folder / "README.md").write_text(card)

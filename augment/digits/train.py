@@ -32,7 +32,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from augment.digits.data import DIGIT_NAMES, digit_splits, load_digit_images, prompt_for
+from augment.digits.data import (
+    CARD_FRONT_MATTER,
+    DATA_CREDIT,
+    DIGIT_NAMES,
+    digit_splits,
+    load_digit_images,
+    prompt_for,
+)
 from augment.errors import AugmentError, at_least
 
 #: UNet steps of the shipped model (`augment digits train --steps`).
@@ -468,7 +475,7 @@ def write_model_card(folder: Path, stats: dict) -> None:
         if without
         else ""
     )
-    card = f"""# augment digits: a tiny text-conditioned latent diffusion model
+    card = f"""{CARD_FRONT_MATTER}# augment digits: a tiny text-conditioned latent diffusion model
 
 A standard diffusers `StableDiffusionPipeline` folder trained by `augment` on scikit-learn's
 bundled handwritten digits, so that the project works offline on a CPU. Load it with
@@ -486,6 +493,7 @@ image = pipe(
 ## Data
 - `sklearn.datasets.load_digits`: 1,797 real 8x8 scans (values 0..16), 10 classes, upscaled
   (bicubic) to 32x32, white ink on black, 3 identical channels, scaled to [-1, 1].
+- The data: {DATA_CREDIT}.
 - Trained on the `generator` split of `augment.digits.data.digit_splits(seed=0)` only:
   {stats.get("images_trained", sizes["generator"])} images{held_out}. Never seen: `pool`
   ({sizes["pool"]}, 30 per class, real images for downstream classifiers) and the held-out
