@@ -443,7 +443,9 @@ def plot_arms(summary: dict, path: Path) -> Path:
         ax.set_title(title, fontsize=10)
         ax.set_ylim(max(0, min(means) - 15), 100)
     fig.suptitle(
-        "a class the base model never saw, 10 real images each (95 % CI over seeds)", fontsize=10
+        f"a class the base model never saw, 10 real images each (95 % CI over "
+        f"{len(summary['settings']['seeds'])} seeds)",
+        fontsize=10,
     )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
