@@ -245,9 +245,10 @@ def run_personalise(
     from augment.errors import at_least
 
     size = QUICK if quick else FULL
-    at_least("seeds", size.seeds if seeds is None else seeds, 1)
+    count = size.seeds if seeds is None else seeds
+    at_least("seeds", count, 1)
     at_least("first_seed", first_seed, 0)
-    seed_range = range(first_seed, first_seed + (size.seeds if seeds is None else seeds))
+    seed_range = range(first_seed, first_seed + count)
 
     from augment.bench.classify import (
         ClassifySettings,

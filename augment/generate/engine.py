@@ -669,11 +669,11 @@ def run_provenance(spec: JobSpec) -> Provenance:
     """The job, the hash of its pixel-shaping settings, the model's identity (content hash and
     licence: a DreamBooth fine-tune's own folder, which is what renders) and the adapters
     loaded with it (`loaded_adapters`)."""
-    from augment.generate.pipelines import read_adapter_card
+    from augment.generate.pipelines import read_adapter_card, rendering_paths
 
     paths, generation = spec.paths, spec.generation
     card = read_adapter_card(paths.finetuned) if paths.finetuned else None
-    location = paths.finetuned if card and card["method"] == "dreambooth" else paths.model
+    location = rendering_paths(paths, card).model
     return Provenance(
         job=spec.name,
         settings_hash=settings_hash(render_settings_json(generation)),

@@ -315,6 +315,14 @@ def finetune_card(paths: SpecPaths) -> dict | None:
     return card
 
 
+def rendering_paths(paths: SpecPaths, card: dict | None) -> SpecPaths:
+    """The paths a pipeline renders from: a DreamBooth fine-tune is the model itself (the
+    pipeline loads it, and provenance hashes it)."""
+    if card is not None and card["method"] == "dreambooth":
+        return replace(paths, model=paths.finetuned, config=None)
+    return paths
+
+
 def check_finetune_family(card: dict | None, family: str, paths: SpecPaths) -> None:
     if card is not None and card["family"] != family:
         raise ModelError(
@@ -408,8 +416,7 @@ def load_pipeline(settings: GenerationSpec, paths: SpecPaths, keep_scheduler: bo
     attention, VAE slicing/tiling and torch.compile are applied as the spec says.
     """
     card = finetune_card(paths)
-    if card is not None and card["method"] == "dreambooth":  # the fine-tuned pipeline itself
-        paths = replace(paths, model=paths.finetuned, config=None)
+    paths = rendering_paths(paths, card)
     location = check_model(paths.model, settings.model)
     device = select_device(settings.device)
     family = model_family(location) if settings.family == "auto" else settings.family
