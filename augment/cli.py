@@ -464,7 +464,6 @@ def add_serve(commands: Commands) -> None:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     spec = load_job(args)
-    quiet_libraries()
     items = api.plan(spec, args.output)
     counts = Counter(items["concept_name"])
     table = Table("concept", "items")
@@ -491,7 +490,6 @@ def add_plan(commands: Commands) -> None:
 
 def cmd_prompts(args: argparse.Namespace) -> int:
     spec = load_job(args)
-    quiet_libraries()
     prompts = api.prompts(spec)
     shown = prompts[: args.limit] if args.limit else prompts
     table = Table("concept", "variant", "prompt")
@@ -1029,7 +1027,6 @@ def print_personalise(summary: dict, out_dir: Path) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    quiet_libraries()
     summary = api.demo(
         args.out,
         quick=args.quick,

@@ -59,15 +59,26 @@ def image_progress(total: int, label: str, unit: str = "img") -> Iterator[Callab
 
 
 def quiet_libraries() -> None:
-    """Keep third-party loading chatter off the user's terminal."""
+    """Keep third-party loading chatter off the user's terminal. It imports diffusers (seconds
+    on a small machine): call it where a model is loaded, not on every command."""
     for name in ("diffusers", "transformers", "torch"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_transformers()
     try:
         import diffusers.utils.logging as diffusers_logging
-        import transformers.utils.logging as transformers_logging
 
         diffusers_logging.set_verbosity_error()
         diffusers_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def quiet_transformers() -> None:
+    """transformers' part of `quiet_libraries`, for code that needs a tokenizer only (a long
+    prompt's warning is ours to give, in our words)."""
+    try:
+        import transformers.utils.logging as transformers_logging
+
         transformers_logging.set_verbosity_error()
         transformers_logging.disable_progress_bar()
     except ImportError:

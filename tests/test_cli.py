@@ -38,6 +38,14 @@ def test_user_errors_exit_2_with_one_line(tmp_path: Path):
             TINY_JOB.replace("builtin:tiny-sd", "models/missing-sd21"),
             "'models/missing-sd21' not found",
         ),
+        # Ours, in our words: the tokenizer's own warning about the same prompt stays quiet.
+        "long.yaml": (
+            TINY_JOB.replace("{name}", "{name}" + " on paper" * 40).replace(
+                "builtin:tiny-sd",
+                "builtin:digits",  # shipped: no model is built first
+            ),
+            "exceed the text encoder's 77 tokens",
+        ),
     }
     for name, (text, expected) in cases.items():
         job = tmp_path / name

@@ -32,6 +32,7 @@ class DemoSize:
     detect_epochs: int  # of the augmented arm; real-only trains as many steps
     real_canvases: tuple[int, int]  # train, val
     synthetic_canvases: int
+    render_steps: int | None = None  # DDIM steps per digit (None: the job's 25)
 
 
 # The detector's training settings on the digits world (ultralytics names, see DetectSettings):
@@ -63,7 +64,7 @@ SWEEP = Path(__file__).parent / "sweep.json"
 # the detector trains 3 seeds instead of 5. The classifier's 600 steps and the ×30 ratio (300
 # synthetic images a class) are the ones SWEEP chose on validation.
 FULL = DemoSize(340, [1.0, 30.0], 5, 600, 3, 7, (300, 150), 300)
-QUICK = DemoSize(24, [2.0], 3, 60, 2, 1, (60, 30), 60)
+QUICK = DemoSize(24, [2.0], 3, 60, 2, 1, (60, 30), 60, render_steps=10)
 
 
 def run_demo(
@@ -91,9 +92,13 @@ def run_demo(
         "output.formats": ["parquet", "coco", "yolo"],
         "generation.model": model,
         "paste.images_per_background": size.synthetic_canvases,
+        "generation.num_inference_steps": size.render_steps,
     }
     spec = load_spec(DEMO_JOB, overrides)
-    run = run_job(spec, RunOptions(workers=workers))  # renders, masks, pastes into OUT/paste
+    # Renders, masks, pastes into OUT/paste. The quick demo renders in this process: its 240
+    # digits take a few seconds, Ray's start-up would be most of its generation time.
+    distributor = "local" if quick else "ray"
+    run = run_job(spec, RunOptions(distributor, workers))
     lap("generation")
     bench = out / "bench"
     run_classify(

@@ -540,6 +540,10 @@ def load_tokenizer(location: str, declared: str):
     """The model's (first) CLIP tokenizer, offline: used to check prompt lengths."""
     from transformers import CLIPTokenizer
 
+    from augment.progress import quiet_transformers
+
+    quiet_transformers()
+
     check_model(location, declared)
     try:
         return CLIPTokenizer.from_pretrained(location, subfolder="tokenizer", local_files_only=True)

@@ -207,6 +207,9 @@ def save_atomically(folder: Path, write: Callable[[Path], object], done: str) ->
     folder = Path(folder)
     if (folder / done).is_file():
         return folder
+    from augment.progress import quiet_libraries
+
+    quiet_libraries()  # no "Writing model shards" bar in the middle of a run's output
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
