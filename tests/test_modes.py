@@ -157,6 +157,36 @@ def test_lora_changes_the_images_and_a_missing_lora_is_one_line(tmp_path: Path):
     assert not (tmp_path / "out").exists()  # refused before the output folder was touched
 
 
+def test_a_lora_folder_loads_the_file_it_names_or_its_only_one(tmp_path: Path):
+    """One rule picks a folder's weights file for the loader, the family check and the
+    provenance hash; a folder that leaves it open is refused before anything renders."""
+    from augment.generate.engine import run_provenance
+    from augment.generate.pipelines import LORA_WEIGHTS_FILE, check_models
+    from augment.generate.tiny import save_tiny_lora
+    from augment.provenance import model_content_hash
+
+    job = TINY_JOB.replace("OUT_DIR", str(tmp_path / "out"))
+    made = save_tiny_lora(tmp_path / "made")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "weeds.safetensors").write_bytes((made / LORA_WEIGHTS_FILE).read_bytes())
+    expected = render(job, loras=[{"path": str(made)}])
+    found = render(job, loras=[{"path": str(mine)}])
+    assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(found, expected, strict=True))
+
+    (mine / "other.safetensors").write_bytes(b"not chosen")
+    spec = changed(parse_spec(job), loras=[{"path": str(mine)}])
+    with pytest.raises(ModelError, match=r"loras\[0\].path: .* several weight files "):
+        check_models(spec.generation, spec.paths)
+    named = changed(spec, loras=[{"path": str(mine), "weight_name": "weeds.safetensors"}])
+    check_models(named.generation, named.paths)
+    (adapter,) = run_provenance(named).adapters
+    assert adapter.hash == model_content_hash(mine / "weeds.safetensors")
+    wrong = changed(spec, loras=[{"path": str(mine), "weight_name": "weed.safetensors"}])
+    with pytest.raises(ModelError, match=r"loras\[0\].weight_name: 'weed.safetensors' is not"):
+        check_models(wrong.generation, wrong.paths)
+
+
 def test_a_lora_of_the_other_family_is_refused():
     spec = parse_spec(TINY_JOB.replace("OUT_DIR", "unused"))
     with pytest.raises(

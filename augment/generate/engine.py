@@ -690,7 +690,7 @@ def loaded_adapters(spec: JobSpec, card: dict | None) -> tuple[Adapter, ...]:
     """The ControlNet, LoRAs, embeddings and the job's own fine-tune (LoRA or embedding), each
     by the content hash of the file that is loaded (not of the folder around it, whose card and
     checkpoints change from one training to the next)."""
-    from augment.generate.pipelines import LORA_WEIGHTS_FILE
+    from augment.generate.pipelines import lora_file
 
     paths, generation = spec.paths, spec.generation
     adapters = []
@@ -698,11 +698,9 @@ def loaded_adapters(spec: JobSpec, card: dict | None) -> tuple[Adapter, ...]:
         adapters.append(
             Adapter("controlnet", generation.controlnet.model, model_content_hash(paths.controlnet))
         )
-    for lora, path in zip(generation.loras, paths.loras, strict=True):
-        loaded = Path(path)
-        if loaded.is_dir():
-            loaded = loaded / (lora.weight_name or LORA_WEIGHTS_FILE)
-        adapters.append(Adapter("lora", lora.path, model_content_hash(loaded)))
+    for number, (lora, path) in enumerate(zip(generation.loras, paths.loras, strict=True)):
+        weights = lora_file(path, lora, number)
+        adapters.append(Adapter("lora", lora.path, model_content_hash(weights)))
     for inversion, path in zip(
         generation.textual_inversions, paths.textual_inversions, strict=True
     ):

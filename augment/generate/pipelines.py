@@ -96,23 +96,49 @@ def check_models(settings: GenerationSpec, paths: SpecPaths) -> None:
     if settings.mode == "controlnet" and settings.controlnet is not None:
         check_model(paths.controlnet, settings.controlnet.model, "generation.controlnet.model")
     for number, lora in enumerate(settings.loras):
-        path = lora_path(paths.loras[number], lora.path, number)
-        mismatch = lora_mismatch(path, paths.model)
+        weights = lora_file(paths.loras[number], lora, number)
+        mismatch = lora_mismatch(weights, paths.model)
         if mismatch:
             raise ModelError(
-                f"generation.loras[{number}].path: LoRA {path} does not fit: {mismatch}"
+                f"generation.loras[{number}].path: LoRA {weights} does not fit: {mismatch}"
             )
     for number, inversion in enumerate(settings.textual_inversions):
         embedding_path(paths.textual_inversions[number], inversion.path, number)
 
 
-def lora_path(location: str, declared: str, number: int) -> Path:
-    if not Path(location).exists():
-        raise ModelError(
-            f"generation.loras[{number}].path: LoRA '{declared}' not found; "
-            "give a folder or .safetensors"
-        )
-    return Path(location)
+#: What diffusers loads from a LoRA folder when no file is named, in its order of preference.
+LORA_DEFAULT_FILES = (LORA_WEIGHTS_FILE, "pytorch_lora_weights.bin")
+
+
+def lora_file(location: str, lora: LoraSpec, number: int | None = None) -> Path:
+    """The weights file a LoRA loads: the file given, or in a folder the one `weight_name`
+    names, else diffusers' default name, else the folder's only .safetensors file. The loader,
+    the family check and provenance's hash all read this one file; `number` is the LoRA's
+    place in generation.loras (None: the job's own fine-tune), for the messages."""
+    key = "finetune" if number is None else f"generation.loras[{number}]"
+    path = Path(location)
+    if not path.exists():
+        raise ModelError(f"{key}.path: LoRA '{lora.path}' not found; give a folder or .safetensors")
+    if path.is_file():
+        return path
+    files = sorted(f.name for f in path.iterdir() if f.suffix in (".safetensors", ".bin"))
+    if lora.weight_name is not None:
+        if not (path / lora.weight_name).is_file():
+            raise ModelError(
+                f"{key}.weight_name: '{lora.weight_name}' is not in the LoRA folder {path} "
+                f"(its weight files: {', '.join(files) or 'none'})"
+            )
+        return path / lora.weight_name
+    for name in LORA_DEFAULT_FILES:
+        if (path / name).is_file():
+            return path / name
+    safetensors = [name for name in files if name.endswith(".safetensors")]
+    if len(safetensors) == 1:
+        return path / safetensors[0]
+    found = f"several weight files ({', '.join(safetensors)})" if safetensors else "no weights"
+    raise ModelError(
+        f"{key}.path: the LoRA folder {path} holds {found}: name the file with weight_name"
+    )
 
 
 def embedding_path(location: str, declared: str, number: int) -> Path:
@@ -266,26 +292,24 @@ def load_loras(
     """Load each LoRA as a named adapter (the job's fine-tuned one last, at scale 1), then
     activate them all with their scales."""
     wanted = [
-        (f"generation.loras[{n}].path", lora_path(paths.loras[n], lora.path, n), lora)
+        (f"generation.loras[{n}].path", lora_file(paths.loras[n], lora, n), lora)
         for n, lora in enumerate(settings.loras)
     ]
     if card is not None and card["method"] == "lora":
-        wanted.append(("finetune", Path(paths.finetuned), LoraSpec(path=paths.finetuned)))
+        tuned = LoraSpec(path=paths.finetuned)
+        wanted.append(("finetune", lora_file(paths.finetuned, tuned), tuned))
     names = []
-    for number, (key, path, lora) in enumerate(wanted):
+    for number, (key, weights, _) in enumerate(wanted):
         name = f"lora{number}"
-        source, weight_name = (path.parent, path.name) if path.is_file() else (path, None)
         try:
-            pipe.load_lora_weights(
-                str(source), weight_name=lora.weight_name or weight_name, adapter_name=name
-            )
+            pipe.load_lora_weights(str(weights.parent), weight_name=weights.name, adapter_name=name)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelError(
-                f"{key}: LoRA {path} does not fit this {family} model: {first_line(exc)}"
+                f"{key}: LoRA {weights} does not fit this {family} model: {first_line(exc)}"
             ) from exc
         loaded = {n for adapters in pipe.get_list_adapters().values() for n in adapters}
         if name not in loaded:
-            raise ModelError(f"{key}: LoRA {path} holds no weights for this {family} model")
+            raise ModelError(f"{key}: LoRA {weights} holds no weights for this {family} model")
         names.append(name)
     if names:
         pipe.set_adapters(names, adapter_weights=[lora.scale for _, _, lora in wanted])
@@ -331,13 +355,12 @@ def check_finetune_family(card: dict | None, family: str, paths: SpecPaths) -> N
         )
 
 
-def lora_mismatch(path: Path, location: str) -> str | None:
+def lora_mismatch(weights: Path, location: str) -> str | None:
     """Why a LoRA file cannot fit the model at `location`, read from tensor shapes alone: the
     cross-attention width a LoRA was made for (768 SD 1.x, 1024 SD 2.x, 2048 SDXL) must be
     the UNet's. None when it fits or cannot be told (a hub id, a single file, another layout)."""
     unet_config = Path(location) / "unet" / "config.json"
-    weights = path / LORA_WEIGHTS_FILE if path.is_dir() else path
-    if not unet_config.is_file() or weights.suffix != ".safetensors" or not weights.is_file():
+    if not unet_config.is_file() or weights.suffix != ".safetensors":
         return None
     from safetensors import safe_open
 
