@@ -22,6 +22,7 @@ The synthetic images are not filtered, so each arm shows its generator as it is.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -209,25 +210,30 @@ def adapter_generation(method: str, folder: Path, card: dict) -> dict:
     return {"textual_inversions": [{"path": str(folder / card["files"][0]), "token": TOKEN}]}
 
 
+@functools.cache
+def digits_scorer():
+    """`builtin:digits-scorer` over the ten digits, loaded once for every folder it reads."""
+    from augment import registry
+    from augment.filters import ClassifierScorer
+
+    location = registry.resolve("model", "builtin:digits-scorer", "scorer")
+    return ClassifierScorer(str(location), list(DIGIT_NAMES))
+
+
 def scorer_reads_as_nine(folder: Path) -> float:
     """Share of a run's images that `builtin:digits-scorer` gives 'nine' a probability >= 0.5
     among the ten digits (the demo filter's rule)."""
+    import io
+
     from PIL import Image
 
-    from augment import registry
-    from augment.filters import ClassifierScorer
     from augment.sinks.rows import export_records
-
-    scorer = ClassifierScorer(
-        str(registry.resolve("model", "builtin:digits-scorer", "scorer")), list(DIGIT_NAMES)
-    )
-    import io
 
     images = [
         Image.open(io.BytesIO(r["image"]["bytes"]))
         for r in export_records(folder, include_flagged=True)
     ]
-    probabilities = scorer(images, [""] * len(images)).probabilities
+    probabilities = digits_scorer()(images, [""] * len(images)).probabilities
     return float(np.mean(probabilities[:, DIGIT_NAMES.index(HELD_OUT)] >= 0.5))
 
 
