@@ -185,6 +185,10 @@ def test_a_lora_folder_loads_the_file_it_names_or_its_only_one(tmp_path: Path):
     wrong = changed(spec, loras=[{"path": str(mine), "weight_name": "weed.safetensors"}])
     with pytest.raises(ModelError, match=r"loras\[0\].weight_name: 'weed.safetensors' is not"):
         check_models(wrong.generation, wrong.paths)
+    file = str(mine / "weeds.safetensors")
+    both = changed(spec, loras=[{"path": file, "weight_name": "other.safetensors"}])
+    with pytest.raises(ModelError, match=r"drop weight_name, or give the folder"):
+        check_models(both.generation, both.paths)
 
 
 def test_a_lora_of_the_other_family_is_refused():

@@ -120,6 +120,11 @@ def lora_file(location: str, lora: LoraSpec, number: int | None = None) -> Path:
     if not path.exists():
         raise ModelError(f"{key}.path: LoRA '{lora.path}' not found; give a folder or .safetensors")
     if path.is_file():
+        if lora.weight_name is not None and lora.weight_name != path.name:
+            raise ModelError(
+                f"{key}.weight_name: '{lora.weight_name}' names a file in a folder, and "
+                f"{key}.path is the file {path}; drop weight_name, or give the folder"
+            )
         return path
     files = sorted(f.name for f in path.iterdir() if f.suffix in (".safetensors", ".bin"))
     if lora.weight_name is not None:
