@@ -102,9 +102,10 @@ class BlockWorker:
     other items go on.
 
     Safe to call from BLOCKS_IN_FLIGHT threads at once: every block renders on the worker's one
-    render thread, in the order the calls came (one block on the device at a time, and torch's
-    CPU thread pool driven from a single thread), and the CPU-side rest of a block (encoding,
-    labels, filter, shard) runs in the calling thread, overlapping the next block.
+    render thread, in the order the calling threads reach it (one block on the device at a
+    time, and torch's CPU thread pool driven from a single thread; a block's images do not
+    depend on that order), and the CPU-side rest of a block (encoding, labels, filter, shard)
+    runs in the calling thread, overlapping the next block.
     """
 
     def __init__(
