@@ -64,7 +64,7 @@ SWEEP = Path(__file__).parent / "sweep.json"
 # the detector trains 3 seeds instead of 5. The classifier's 600 steps and the ×30 ratio (300
 # synthetic images a class) are the ones SWEEP chose on validation.
 FULL = DemoSize(340, [1.0, 30.0], 5, 600, 3, 7, (300, 150), 300)
-QUICK = DemoSize(24, [2.0], 3, 60, 2, 1, (60, 30), 60, render_steps=10)
+QUICK = DemoSize(24, [2.0], 3, 30, 2, 1, (60, 30), 60, render_steps=10)
 
 
 def run_demo(
