@@ -413,6 +413,9 @@ def start_service(spec: JobSpec, options: ServeOptions | None = None) -> Service
         max_ongoing_requests=MAX_ONGOING_REQUESTS,
         graceful_shutdown_wait_loop_s=0.5,  # a stop waits for requests in flight, not longer
     ).bind(spec, options, writer)
+    # Serve's own INFO lines (started, connecting, ready at) would repeat what the returned
+    # Service says; its warnings and errors still show.
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     try:
         serve.start(http_options={"host": options.host, "port": options.port})
         serve.run(app, name=APP_NAME, route_prefix="/")
