@@ -68,6 +68,13 @@ class Level:
     first_error: str | None = None
 
 
+#: A load-test request is sent again after this many times the slowest warm-up request (at
+#: least REQUEST_TIMEOUT_MIN_S): a request routed to a replica as it was killed was once left
+#: unanswered by Serve's proxy, and the client's 300 s default held the whole round.
+REQUEST_TIMEOUT_FACTOR = 20
+REQUEST_TIMEOUT_MIN_S = 30.0
+
+
 def run_level(
     url: str,
     name: str,
@@ -77,12 +84,13 @@ def run_level(
     concepts: list[str],
     first_variant: int,
     during=None,
+    timeout_s: float = 300.0,
 ) -> Level:
-    """`requests` requests from `concurrency` threads; `during(done)` is called after each
-    answer (the chaos hook)."""
+    """`requests` requests from `concurrency` threads, each sent again after `timeout_s`
+    without an answer; `during(done)` is called after each answer (the chaos hook)."""
     from augment.client import Client
 
-    clients = [Client(url, retries=8, backoff=0.5) for _ in range(concurrency)]
+    clients = [Client(url, timeout_s, retries=8, backoff=0.5) for _ in range(concurrency)]
     lock = threading.Lock()
     latencies: list[float] = []
     item_ids: list[str] = []
@@ -202,9 +210,13 @@ def load_service(url: str, settings: LoadSettings) -> tuple[list[Level], str | N
     client = Client(url)
     concepts = [c["name"] for c in client.concepts()]
     variant = 1000  # past the job's own plan, and each round past the last: no item twice
+    slowest = 0.0
     for _ in range(settings.replicas * 2):
-        client.generate(concepts[0], 1, start=variant)
-        variant += 1
+        began = time.perf_counter()
+        client.generate(concepts[0], settings.images, start=variant)
+        slowest = max(slowest, time.perf_counter() - began)
+        variant += settings.images
+    timeout_s = max(REQUEST_TIMEOUT_MIN_S, REQUEST_TIMEOUT_FACTOR * slowest)
     killed: str | None = None
     kill_lock = threading.Lock()
 
@@ -221,7 +233,7 @@ def load_service(url: str, settings: LoadSettings) -> tuple[list[Level], str | N
     levels: list[Level] = []
     for name, concurrency, requests, during in rounds:
         level = run_level(
-            url, name, concurrency, requests, settings.images, concepts, variant, during
+            url, name, concurrency, requests, settings.images, concepts, variant, during, timeout_s
         )
         variant += requests * settings.images
         levels.append(level)
