@@ -99,9 +99,7 @@ def check_models(settings: GenerationSpec, paths: SpecPaths) -> None:
         weights = lora_file(paths.loras[number], lora, number)
         mismatch = lora_mismatch(weights, paths.model)
         if mismatch:
-            raise ModelError(
-                f"generation.loras[{number}].path: LoRA {weights} does not fit: {mismatch}"
-            )
+            raise ModelError(f"{lora_setting(number)}: LoRA {weights} does not fit: {mismatch}")
     for number, inversion in enumerate(settings.textual_inversions):
         embedding_path(paths.textual_inversions[number], inversion.path, number)
 
@@ -110,27 +108,33 @@ def check_models(settings: GenerationSpec, paths: SpecPaths) -> None:
 LORA_DEFAULT_FILES = (LORA_WEIGHTS_FILE, "pytorch_lora_weights.bin")
 
 
+def lora_setting(number: int | None, field: str = "path") -> str:
+    """The job setting a LoRA comes from, for messages: `number` is its place in
+    generation.loras, None the job's own fine-tune."""
+    return "finetune" if number is None else f"generation.loras[{number}].{field}"
+
+
 def lora_file(location: str, lora: LoraSpec, number: int | None = None) -> Path:
     """The weights file a LoRA loads: the file given, or in a folder the one `weight_name`
     names, else diffusers' default name, else the folder's only .safetensors file. The loader,
     the family check and provenance's hash all read this one file; `number` is the LoRA's
     place in generation.loras (None: the job's own fine-tune), for the messages."""
-    key = "finetune" if number is None else f"generation.loras[{number}]"
+    setting, weight_setting = lora_setting(number), lora_setting(number, "weight_name")
     path = Path(location)
     if not path.exists():
-        raise ModelError(f"{key}.path: LoRA '{lora.path}' not found; give a folder or .safetensors")
+        raise ModelError(f"{setting}: LoRA '{lora.path}' not found; give a folder or .safetensors")
     if path.is_file():
         if lora.weight_name is not None and lora.weight_name != path.name:
             raise ModelError(
-                f"{key}.weight_name: '{lora.weight_name}' names a file in a folder, and "
-                f"{key}.path is the file {path}; drop weight_name, or give the folder"
+                f"{weight_setting}: '{lora.weight_name}' names a file in a folder, and "
+                f"{setting} is the file {path}; drop weight_name, or give the folder"
             )
         return path
     files = sorted(f.name for f in path.iterdir() if f.suffix in (".safetensors", ".bin"))
     if lora.weight_name is not None:
         if not (path / lora.weight_name).is_file():
             raise ModelError(
-                f"{key}.weight_name: '{lora.weight_name}' is not in the LoRA folder {path} "
+                f"{weight_setting}: '{lora.weight_name}' is not in the LoRA folder {path} "
                 f"(its weight files: {', '.join(files) or 'none'})"
             )
         return path / lora.weight_name
@@ -142,7 +146,7 @@ def lora_file(location: str, lora: LoraSpec, number: int | None = None) -> Path:
         return path / safetensors[0]
     found = f"several weight files ({', '.join(safetensors)})" if safetensors else "no weights"
     raise ModelError(
-        f"{key}.path: the LoRA folder {path} holds {found}: name the file with weight_name"
+        f"{setting}: the LoRA folder {path} holds {found}: name the file with weight_name"
     )
 
 
@@ -297,12 +301,12 @@ def load_loras(
     """Load each LoRA as a named adapter (the job's fine-tuned one last, at scale 1), then
     activate them all with their scales."""
     wanted = [
-        (f"generation.loras[{n}].path", lora_file(paths.loras[n], lora, n), lora)
+        (lora_setting(n), lora_file(paths.loras[n], lora, n), lora)
         for n, lora in enumerate(settings.loras)
     ]
     if card is not None and card["method"] == "lora":
         tuned = LoraSpec(path=paths.finetuned)
-        wanted.append(("finetune", lora_file(paths.finetuned, tuned), tuned))
+        wanted.append((lora_setting(None), lora_file(paths.finetuned, tuned), tuned))
     names = []
     for number, (key, weights, _) in enumerate(wanted):
         name = f"lora{number}"
