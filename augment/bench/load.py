@@ -83,8 +83,8 @@ def run_level(
     images: int,
     concepts: list[str],
     first_variant: int,
+    timeout_s: float,
     during=None,
-    timeout_s: float = 300.0,
 ) -> Level:
     """`requests` requests from `concurrency` threads, each sent again after `timeout_s`
     without an answer; `during(done)` is called after each answer (the chaos hook)."""
@@ -233,7 +233,7 @@ def load_service(url: str, settings: LoadSettings) -> tuple[list[Level], str | N
     levels: list[Level] = []
     for name, concurrency, requests, during in rounds:
         level = run_level(
-            url, name, concurrency, requests, settings.images, concepts, variant, during, timeout_s
+            url, name, concurrency, requests, settings.images, concepts, variant, timeout_s, during
         )
         variant += requests * settings.images
         levels.append(level)
