@@ -1185,8 +1185,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.debug)
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        err.print("interrupted: committed shards are kept; rerun the same command to resume")
+    except KeyboardInterrupt as exc:  # a stage that stopped cleanly says where it stopped
+        where = str(exc) or "committed shards are kept; rerun the same command to resume"
+        err.print(f"interrupted: {where}", markup=False, highlight=False)
         return 130
     except Exception as exc:
         if args.debug:

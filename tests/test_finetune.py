@@ -199,6 +199,26 @@ def test_ctrl_c_keeps_a_checkpoint_and_the_rerun_ends_with_the_same_weights(tmp_
     assert all(torch.equal(whole[key], resumed[key]) for key in whole)
 
 
+def test_ctrl_c_during_a_validation_grid_still_checkpoints_that_step(tmp_path, monkeypatch):
+    """The grid can take long on a real model: a Ctrl-C there must not lose the steps since
+    the last periodic checkpoint."""
+    from augment.finetuning.trainer import Trainer
+
+    torch.set_num_threads(1)
+    grid = Trainer.grid
+
+    def grid_then_ctrl_c(self, path, seed):
+        grid(self, path, seed)
+        os.kill(os.getpid(), signal.SIGINT)  # handled between bytecodes: "during" the grid
+
+    monkeypatch.setattr(Trainer, "grid", grid_then_ctrl_c)
+    chosen = settings("lora", steps=6, checkpoint_every=100, validation_every=3)
+    with pytest.raises(KeyboardInterrupt, match="stopped at step 3"):
+        train_adapter(base_model("tiny-sd"), [nine()], chosen, tmp_path / "adapter")
+    kept = [p.name for p in (tmp_path / "adapter" / "checkpoints").iterdir()]
+    assert kept == ["step-0000003.pt"]
+
+
 def test_run_trains_first_then_renders_with_the_token(tmp_path: Path, capsys):
     job = (REPO / "jobs" / "tiny" / "finetune-lora.yaml").read_text()
     job = job.replace("out/tiny/finetune-lora", str(tmp_path / "out"))

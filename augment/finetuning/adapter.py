@@ -176,11 +176,14 @@ def train_adapter(
             done = step + 1
             recent = np.mean(losses[-20:])
             advance(1, f"loss {recent:.4f}")
-            if done % settings.checkpoint_every == 0 or done == settings.steps or stop.asked:
+            saved = done % settings.checkpoint_every == 0 or done == settings.steps or stop.asked
+            if saved:
                 save_checkpoint(out, trainer.state(done, losses, meta))
             if settings.validation_every and done % settings.validation_every == 0:
                 trainer.grid(out / "validation" / f"step-{done:07d}.png", settings.seed)
-            if stop.asked:
+            if stop.asked:  # also when Ctrl-C came during the grid, after the step's checkpoint
+                if not saved:
+                    save_checkpoint(out, trainer.state(done, losses, meta))
                 raise KeyboardInterrupt(f"stopped at step {done}; rerun to resume from there")
     seconds = time.perf_counter() - started
     trainer.train_mode(False)
