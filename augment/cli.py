@@ -204,6 +204,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     result = api.finetune(spec, force=args.force)
     card = result.card
     state = "trained" if result.trained else "already trained, reused"
+    render = f"augment run {args.job}"
+    if args.steps is not None and api.load_spec(args.job).finetune.steps != result.steps:
+        render = f"set finetune.steps: {result.steps} in {args.job}, then {render}"
     print_lines(
         f"{result.method} ({result.family}) {state}: {result.steps} steps, final loss "
         f"{card['final_loss']:.4f}",
@@ -211,7 +214,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         f"  folder      {result.folder}",
         f"  card        {result.folder / 'README.md'}",
         f"  samples     {result.folder / 'samples.png'}",
-        f"render with it: augment run {args.job} (prompts name a concept's token as {{token}})",
+        f"render with it: {render} (prompts name a concept's token as {{token}})",
     )
     return 0
 

@@ -250,6 +250,15 @@ def test_run_trains_first_then_renders_with_the_token(tmp_path: Path, capsys):
     code, out, err = cli(capsys, "finetune", path)
     assert code == 0 and "already trained, reused" in out, err
 
+    # Trained on with --steps, the adapter no longer has the job's 4 steps: both the hint and
+    # the run's refusal say what to set (run --force would not retrain it)
+    code, out, err = cli(capsys, "finetune", path, "--steps", "5")
+    assert code == 0 and f"set finetune.steps: 5 in {path}, then augment run" in out, err
+    code, out, err = cli(capsys, "run", path, "--distributor", "local")
+    line = error_line(err)
+    assert code == 2 and "trained 5 steps, more than the 4 asked" in line
+    assert "set finetune.steps: 5 to use it" in line and "augment finetune JOB --force" in line
+
 
 def finetune_job(tmp_path: Path, images: Path, **finetune) -> Path:
     model = finetune.pop("model", "builtin:tiny-sd")

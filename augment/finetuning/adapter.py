@@ -57,17 +57,19 @@ def read_checkpoint(folder: Path, meta: dict, steps: int) -> dict | None:
     except Exception as exc:  # torch.load raises whatever unpickling a damaged file raises
         raise AugmentError(
             f"finetune: the checkpoint {path} cannot be read ({first_line(exc)}); move it away "
-            "to start over, or rerun with --force (which deletes the folder)"
+            "to start over, or retrain with `augment finetune JOB --force` (which deletes the "
+            "folder)"
         ) from None
     if trained_on != meta:
         raise AugmentError(
             f"finetune: the checkpoint {path} was trained on other images or settings than the "
-            "job names now; rerun with --force to start over (it is deleted then)"
+            "job names now; retrain with `augment finetune JOB --force` (it is deleted then)"
         )
     if state["step"] > steps:
         raise AugmentError(
             f"finetune: {folder} has trained {state['step']} steps, more than the {steps} asked; "
-            "raise finetune.steps, or rerun with --force to start over"
+            f"set finetune.steps: {state['step']} to use it, or retrain {steps} steps with "
+            "`augment finetune JOB --force`"
         )
     return state
 
