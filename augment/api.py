@@ -292,7 +292,8 @@ def report(
     sweep: str | Path | None = None,
 ) -> Path:
     """report.md and its plots from a results table (the file, or the folder holding it), with
-    the validation sweep (its sweep.json) that chose the settings, when given."""
+    the validation sweep (its sweep.json, or the folder holding it) that chose the settings,
+    when given."""
     from augment.reporting import write_report
 
     results = Path(results)
@@ -300,8 +301,6 @@ def report(
     if not table.is_file():
         raise AugmentError(f"{table}: no results table; run `augment bench ...` first")
     out_dir = Path(out) if out is not None else table.parent / "report"
-    if sweep is not None and not Path(sweep).is_file():
-        raise AugmentError(f"--sweep {sweep}: no such file; give the sweep.json of a sweep")
     sweep_path = Path(sweep) if sweep is not None else None
     return write_report(table, out_dir, real, str(synthetic) if synthetic else None, sweep_path)
 

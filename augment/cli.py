@@ -1143,7 +1143,9 @@ def add_report(commands: Commands) -> None:
     report.add_argument("--real", help="real source for sample grids (default: from settings)")
     report.add_argument("--synthetic", type=Path, help="synthetic run for sample grids")
     report.add_argument(
-        "--sweep", type=Path, help="the sweep.json of `augment bench sweep` that chose the settings"
+        "--sweep",
+        type=Path,
+        help="the sweep.json (or its folder) of the `augment bench sweep` that chose the settings",
     )
     report.set_defaults(func=cmd_report)
 

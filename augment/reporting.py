@@ -39,6 +39,8 @@ def ci_text(mean: float, low: float, high: float, unit: str = "") -> str:
 
 #: Columns a results table must have (what `augment bench` writes).
 RESULT_COLUMNS = ("task", "arm", "ratio", "shots", "seed", "metric", "label", "value")
+#: What names one measurement: a table holds one row for each.
+RESULT_KEY = RESULT_COLUMNS[:-1]
 
 
 def read_results(path: Path) -> pd.DataFrame:
@@ -58,6 +60,18 @@ def read_results(path: Path) -> pd.DataFrame:
         )
     if results.empty:
         raise AugmentError(f"{path} holds no results; rerun `augment bench ...`")
+    for column in ("ratio", "shots", "seed", "value"):
+        if not pd.api.types.is_numeric_dtype(results[column]):
+            raise AugmentError(
+                f"{path}: column {column} holds {results[column].dtype} values, not numbers; "
+                "rerun `augment bench ...` to write it again"
+            )
+    repeated = int(results.duplicated(list(RESULT_KEY)).sum())
+    if repeated:
+        raise AugmentError(
+            f"{path}: {repeated} rows repeat another row's {', '.join(RESULT_KEY)}, as two tables "
+            "put together would; keep one of each (pandas drop_duplicates) or rerun the bench"
+        )
     return results
 
 
@@ -435,8 +449,12 @@ def write_report(
     sweep: Path | None = None,
 ) -> Path:
     """Write OUT/report.md and its PNG plots from a results table (with the validation sweep
-    that chose the settings, when its sweep.json is given)."""
+    that chose the settings, when its sweep.json, or the folder holding it, is given)."""
     results = read_results(results_path)
+    if sweep is not None:  # read before anything is written
+        from augment.bench.sweep import read_sweep
+
+        chosen = read_sweep(sweep)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = read_settings(results_path.parent / "settings.json")
     classify_settings = settings.get("classify", {})
@@ -532,7 +550,7 @@ def write_report(
             "By `augment bench sweep` (each stage fixes what the one before chose); the test "
             "figures above were scored once, with the chosen settings.",
             "",
-            *sweep_lines(json.loads(Path(sweep).read_text())),
+            *sweep_lines(chosen),
             "",
         ]
     lines += ["## All arms", "", markdown_table(overall[columns]), ""]

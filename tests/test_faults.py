@@ -146,10 +146,27 @@ def test_out_of_range_options_are_one_line_and_write_nothing(
     assert not (tmp_path / "out").exists()  # the job's output folder was never created
 
 
+#: A results table of one measurement, as `augment bench classify` writes it.
+ONE_RESULT = pd.DataFrame(
+    {
+        "task": ["classify"],
+        "arm": ["real_only"],
+        "ratio": [0.0],
+        "shots": [10],
+        "seed": [0],
+        "metric": ["top1"],
+        "label": [""],
+        "value": [90.0],
+    }
+)
+
+
 @pytest.mark.parametrize(
     ("table", "expected"),
     [
         (b"PAR1 this is not a table", "is not a readable results table"),
+        (pd.concat([ONE_RESULT, ONE_RESULT]), "1 rows repeat another row's task, arm"),
+        (ONE_RESULT.assign(ratio=["0.0"]), "column ratio holds"),
         (pd.DataFrame({"arm": ["real_only"], "value": [1.0]}), "no column task, ratio, shots"),
         (
             pd.DataFrame(
@@ -161,7 +178,7 @@ def test_out_of_range_options_are_one_line_and_write_nothing(
             "holds no results",
         ),
     ],
-    ids=["junk", "columns", "empty"],
+    ids=["junk", "repeated", "text", "columns", "empty"],
 )
 def test_a_results_table_that_is_not_one_is_one_line(table, expected, tmp_path, capsys):
     path = tmp_path / "results.parquet"
@@ -173,6 +190,27 @@ def test_a_results_table_that_is_not_one_is_one_line(table, expected, tmp_path, 
     code, _, err = cli(capsys, "report", tmp_path)
     assert code == 2 and expected in error_line(err)
     assert path.read_bytes() == written and not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize(
+    ("sweep", "expected"),
+    [
+        ("sweep.csv", "is not JSON"),
+        ("{}", "is not a sweep's report (no chosen)"),
+        (None, "sweep.json: no such file"),  # a folder without one
+    ],
+    ids=["csv", "other-json", "folder"],
+)
+def test_a_sweep_that_is_not_one_is_one_line(sweep, expected, tmp_path, capsys):
+    ONE_RESULT.to_parquet(tmp_path / "results.parquet")
+    given = tmp_path / "sweep"
+    given.mkdir()
+    if sweep is not None:
+        given = given / "sweep.json"
+        given.write_bytes(b"stage,steps\nsteps,40\n" if sweep == "sweep.csv" else sweep.encode())
+    code, _, err = cli(capsys, "report", tmp_path, "--sweep", given)
+    assert code == 2 and expected in error_line(err)
+    assert not (tmp_path / "report").exists()
 
 
 def test_a_fault_of_augment_is_one_line_exit_1(write_job, capsys, monkeypatch):

@@ -62,7 +62,9 @@ def test_sweep_chooses_each_setting_on_validation_and_never_scores_test(tmp_path
     assert len(pd.read_csv(out / "sweep.csv")) == 8
     # A report names the sweep that chose its settings.
     report_md = ag.report(
-        out / "runs" / "real-only-15", tmp_path / "report", sweep=out / "sweep.json"
+        out / "runs" / "real-only-15",
+        tmp_path / "report",
+        sweep=out,  # its folder will do
     )
     text = report_md.read_text()
     assert "## Settings chosen on validation" in text and "| generation | " in text

@@ -29,7 +29,7 @@ import pandas as pd
 from augment.bench.classify import ClassifySettings, evaluation_set, run_classify
 from augment.bench.data import load_real
 from augment.bench.stats import mean_ci
-from augment.errors import AugmentError
+from augment.errors import AugmentError, first_line
 
 
 @dataclass
@@ -223,6 +223,26 @@ def write_sweep(report: dict, out: Path) -> None:
     frame.to_csv(out / "sweep.csv", index=False)
     (out / "sweep.json").write_text(json.dumps(report, indent=1, default=float))
     (out / "sweep.md").write_text("\n".join(sweep_lines(report)) + "\n")
+
+
+def read_sweep(path: str | Path) -> dict:
+    """The sweep.json that `augment bench sweep` wrote (given, or in the folder given), or an
+    error that says what the file is not."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "sweep.json"
+    fix = "give the sweep.json (or its folder) that `augment bench sweep` wrote"
+    if not path.is_file():
+        raise AugmentError(f"--sweep {path}: no such file; {fix}")
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise AugmentError(f"--sweep {path} is not JSON ({first_line(exc)}); {fix}") from None
+    keys = ("chosen", "settings", "validation_images", "table")
+    missing = [key for key in keys if not isinstance(report, dict) or key not in report]
+    if missing:
+        raise AugmentError(f"--sweep {path} is not a sweep's report (no {missing[0]}); {fix}")
+    return report
 
 
 def sweep_lines(report: dict) -> list[str]:
