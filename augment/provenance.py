@@ -164,6 +164,15 @@ def model_license(location: str | Path, given: str | None = None) -> str | None:
     return None
 
 
+def adapter_kind(adapter: Adapter) -> tuple[str, str]:
+    """What an adapter is and its name: the job's own fine-tune ("lora:FILE") is a LoRA or an
+    embedding like any other."""
+    if adapter.kind == "finetune":
+        method, _, file = adapter.name.partition(":")
+        return method, file
+    return adapter.kind, adapter.name
+
+
 def parameters_text(record: dict, provenance: Provenance) -> str:
     """The web UI's `parameters` text: prompt, negative prompt, then the settings line."""
     settings = [
@@ -176,11 +185,12 @@ def parameters_text(record: dict, provenance: Provenance) -> str:
     ]
     if provenance.model_hash:
         settings.append(f"Model hash: {provenance.model_hash[:10]}")
-    for kinds, label in ((("lora",), "Lora hashes"), (("textual_inversion",), "TI hashes")):
+    for kind, label in (("lora", "Lora hashes"), ("textual_inversion", "TI hashes")):
         named = [
-            f"{Path(a.name).stem}: {(a.hash or 'unknown')[:10]}"
+            f"{Path(name).stem}: {(a.hash or 'unknown')[:10]}"
             for a in provenance.adapters
-            if a.kind in kinds
+            for method, name in [adapter_kind(a)]
+            if method == kind
         ]
         if named:
             settings.append(f'{label}: "{", ".join(named)}"')

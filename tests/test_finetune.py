@@ -240,8 +240,10 @@ def test_run_trains_first_then_renders_with_the_token(tmp_path: Path, capsys):
     adapter = {"kind": "finetune", "name": f"lora:{card['files'][0]}"}
     assert manifest["model"]["adapters"] == [{**adapter, "hash": model_content_hash(weights)}]
     png = pq.read_table(tmp_path / "out" / "shards", columns=["image"]).to_pylist()[0]
-    carried = json.loads(read_png_chunks(png["image"]["bytes"])["augment"])
-    assert carried["adapters"] == manifest["model"]["adapters"]  # every image names it
+    chunks = read_png_chunks(png["image"]["bytes"])
+    assert json.loads(chunks["augment"])["adapters"] == manifest["model"]["adapters"]
+    hash10 = model_content_hash(weights)[:10]  # and the web UI's line, as for any LoRA
+    assert f'Lora hashes: "{Path(card["files"][0]).stem}: {hash10}"' in chunks["parameters"]
     rows = pq.read_table(tmp_path / "out" / "shards", columns=["concept_id", "prompt"]).to_pylist()
     prompts = {row["concept_id"]: row["prompt"] for row in rows}
     assert prompts["nine"] == "a photo of <sks-nine> nine"
