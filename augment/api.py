@@ -85,6 +85,8 @@ def plan(spec: Spec, output: str | Path | None = None) -> pd.DataFrame:
 
     items = plan_for(_spec(spec))
     if output is not None:
+        if Path(output).is_dir():
+            raise AugmentError(f"{output} is a folder; give a file, such as {output}/plan.parquet")
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         write_plan(items, Path(output))
     return plan_table(items).to_pandas()

@@ -90,6 +90,14 @@ def print_lines(*lines: str) -> None:
         out.print(line, soft_wrap=True, highlight=False)
 
 
+def folder(text: str) -> Path:
+    """A folder or file to write: an empty name (an unset shell variable) is refused rather
+    than taken for the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty name; give a folder (is a variable unset?)")
+    return Path(text)
+
+
 def number_list(kind):
     def parse(text: str) -> list:
         try:
@@ -173,7 +181,7 @@ def add_run(commands: Commands) -> None:
         epilog="example: augment run jobs/demo.yaml --out out/demo --limit 20",
     )
     add_job_overrides(run)
-    run.add_argument("--out", type=Path, help="output folder (overrides output.dir)")
+    run.add_argument("--out", type=folder, help="output folder (overrides output.dir)")
     run.add_argument(
         "--force", action="store_true", help="delete a previous run in --out and start over"
     )
@@ -487,7 +495,7 @@ def add_plan(commands: Commands) -> None:
         epilog="example: augment plan jobs/demo.yaml -o plan.parquet",
     )
     add_job_overrides(plan)
-    plan.add_argument("-o", "--output", type=Path, help="write the plan as Parquet here")
+    plan.add_argument("-o", "--output", type=folder, help="write the plan as Parquet here")
     plan.set_defaults(func=cmd_plan)
 
 
@@ -592,7 +600,7 @@ def add_submit(commands: Commands) -> None:
     )
     add_job_overrides(submit)
     submit.add_argument("--address", required=True, help="the head's dashboard, http://HEAD:8265")
-    submit.add_argument("--out", type=Path, help="output folder on shared storage")
+    submit.add_argument("--out", type=folder, help="output folder on shared storage")
     submit.add_argument("--workers", type=int, help="CPU workers (GPU clusters: one per GPU)")
     submit.set_defaults(func=cmd_submit)
 
@@ -663,7 +671,7 @@ def add_bench_classify(bench_commands: Commands) -> None:
     )
     classify.add_argument("--real", help="digits (default) | ImageFolder dir | COCO json")
     classify.add_argument("--synthetic", type=Path, help="an `augment run` output folder")
-    classify.add_argument("--out", type=Path, help="results folder (default: bench)")
+    classify.add_argument("--out", type=folder, help="results folder (default: bench)")
     classify.add_argument("--model", choices=MODELS)
     classify.add_argument("--weights", help="local state_dict for resnet18/50 (no downloads)")
     classify.add_argument("--image-size", type=int, help="train and test at this size")
@@ -717,7 +725,7 @@ def add_bench_detect(bench_commands: Commands) -> None:
     )
     detect.add_argument("--real", required=True, help="COCO folder (train/ + val/) or json")
     detect.add_argument("--synthetic", type=Path, help="an augment output with boxes")
-    detect.add_argument("--out", type=Path, help="results folder (default: bench)")
+    detect.add_argument("--out", type=folder, help="results folder (default: bench)")
     detect.add_argument(
         "--task",
         choices=("detect", "segment"),
@@ -787,7 +795,7 @@ def add_bench_perf(bench_commands: Commands) -> None:
         "CPU the digits model.",
         epilog="example: augment bench perf --out out/perf   (GPU: --models sd15,sdxl)",
     )
-    perf.add_argument("--out", type=Path, help="results folder (default: perf)")
+    perf.add_argument("--out", type=folder, help="results folder (default: perf)")
     perf.add_argument("--models", help="sd15, sdxl, digits, tiny (default: by device)")
     perf.add_argument("--model", help="a real diffusers folder instead of random weights")
     perf.add_argument("--images", type=int, help="images per timed row (default: 8 batches)")
@@ -826,7 +834,7 @@ def add_bench_sweep(bench_commands: Commands) -> None:
     )
     sweep.add_argument("job", help="the job to render (it needs a filters.scorer)")
     sweep.add_argument("--real", help="a real set with a validation split (default: digits)")
-    sweep.add_argument("--out", type=Path, help="results folder (default: sweep)")
+    sweep.add_argument("--out", type=folder, help="results folder (default: sweep)")
     sweep.add_argument("--guidance", type=number_list(float), help="e.g. 1,2,3")
     sweep.add_argument(
         "--min-concept-score", type=number_list(float), help="filter minimums, e.g. 0,0.5,0.9"
@@ -861,7 +869,7 @@ def add_bench_serve(bench_commands: Commands) -> None:
         epilog="example: augment bench serve jobs/demo.yaml --out out/load",
     )
     command.add_argument("job", help="a txt2img job")
-    command.add_argument("--out", type=Path, help="results folder (default: load)")
+    command.add_argument("--out", type=folder, help="results folder (default: load)")
     command.add_argument("--concurrency", type=number_list(int), help="e.g. 1,4,16 (default)")
     command.add_argument("--requests", type=int, help="requests per concurrency (default 32)")
     command.add_argument("--images", type=int, help="images per request (default 4)")
@@ -944,7 +952,7 @@ def add_digits_train(digits_commands: Commands) -> None:
         "generator split of scikit-learn's digits; writes a diffusers folder with a model card.",
         epilog="example: augment digits train --out augment/digits/model --steps 3000",
     )
-    train.add_argument("--out", type=Path, required=True, help="model folder (replaced)")
+    train.add_argument("--out", type=folder, required=True, help="model folder (replaced)")
     train.add_argument("--steps", type=int, help="UNet training steps (default: the shipped 3000)")
     train.add_argument("--seed", type=int, help="default 0")
     train.add_argument("--threads", type=int, help="torch CPU threads")
@@ -983,7 +991,7 @@ def add_digits_train_scorer(digits_commands: Commands) -> None:
         "builtin:digits-scorer) on the generator split only; reports its accuracy on the pool.",
         epilog="example: augment digits train-scorer --out augment/digits/scorer",
     )
-    scorer.add_argument("--out", type=Path, required=True, help="scorer folder")
+    scorer.add_argument("--out", type=folder, required=True, help="scorer folder")
     scorer.add_argument("--steps", type=int, default=1500, help="training steps")
     scorer.add_argument("--seed", type=int, default=0)
     scorer.set_defaults(func=cmd_digits_train_scorer)
@@ -1096,7 +1104,7 @@ def add_demo(commands: Commands) -> None:
         "classifier and a detector against real-only training, and report the gain.",
         epilog="example: augment demo --out out/demo   (add --quick for a one-minute run)",
     )
-    demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
+    demo.add_argument("--out", type=folder, default=Path("out/demo"), help="output folder")
     demo.add_argument(
         "--quick",
         action="store_true",
@@ -1139,7 +1147,7 @@ def add_report(commands: Commands) -> None:
         epilog="example: augment report out/demo/bench",
     )
     report.add_argument("results", type=Path, help="results.parquet or the folder holding it")
-    report.add_argument("--out", type=Path, help="report folder (default: beside the results)")
+    report.add_argument("--out", type=folder, help="report folder (default: beside the results)")
     report.add_argument("--real", help="real source for sample grids (default: from settings)")
     report.add_argument("--synthetic", type=Path, help="synthetic run for sample grids")
     report.add_argument(

@@ -515,7 +515,13 @@ class JobSpec(StrictModel):
     output: OutputSpec = OutputSpec()
     limit: int | None = Field(default=None, ge=1, description="Render at most this many items.")
     _base_dir: Path | None = PrivateAttr(default=None)  # relative file names start here
+    _file: Path | None = PrivateAttr(default=None)  # the job file it was read from
     _paths: SpecPaths | None = PrivateAttr(default=None)
+
+    @property
+    def job_file(self) -> Path | None:
+        """The job file this spec was read from (None: a dict or a JobSpec made in code)."""
+        return self._file
 
     @property
     def paths(self) -> SpecPaths:
@@ -770,8 +776,9 @@ def load_spec(
     """A job spec from a YAML file, a dict (notebooks) or a JobSpec, with dotted overrides
     ({'seed': 3, 'output.dir': 'x'}) applied; every file it names is resolved once, here:
     relative to the job file's folder (a dict or JobSpec: to the working directory)."""
+    job_file = None
     if isinstance(spec, JobSpec):
-        parsed, source, base_dir = spec, "<spec>", spec._base_dir
+        parsed, source, base_dir, job_file = spec, "<spec>", spec._base_dir, spec._file
     elif isinstance(spec, dict):
         parsed, source, base_dir = validate_spec(spec, "<spec>"), "<spec>", None
     else:
@@ -784,8 +791,10 @@ def load_spec(
             reason = getattr(exc, "strerror", None) or "not a text file"
             raise SpecError(f"{path}: cannot read job file: {reason}") from None
         parsed, source, base_dir = parse_spec(text, str(path)), str(path), path.parent.absolute()
+        job_file = path.absolute()
     resolved = apply_overrides(parsed, overrides or {}, source)
     resolved._base_dir = base_dir
+    resolved._file = job_file
     resolved._paths = resolve_paths(resolved, base_dir)
     return resolved
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from augment.errors import OutputError
 from augment.quality import concept_quality
 from augment.records import FLAGS
 from augment.sinks import parquet
@@ -231,15 +232,20 @@ def quality_for_index(out_dir: Path) -> pd.DataFrame:
 def write_gallery(out_dir: Path, per_concept: int = PER_CONCEPT) -> Path:
     """Write OUT/gallery (replacing an earlier one); returns the index page."""
     out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise OutputError(f"{out_dir}: no such folder; give the output folder of `augment run`")
     folder, tmp = out_dir / "gallery", out_dir / ".gallery.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "images").mkdir(parents=True)
-    pages = gallery_records(out_dir, tmp, per_concept)
-    for concept, (records, total) in pages.items():
-        (tmp / page_name(concept)).write_text(concept_page(concept, records, total))
-    (tmp / "index.html").write_text(index_page(out_dir.name, quality_for_index(out_dir)))
-    (tmp / "gallery.js").write_text(SCRIPT)
-    (tmp / "gallery.css").write_text(STYLE)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    try:
+        (tmp / "images").mkdir(parents=True)
+        pages = gallery_records(out_dir, tmp, per_concept)
+        for concept, (records, total) in pages.items():
+            (tmp / page_name(concept)).write_text(concept_page(concept, records, total))
+        (tmp / "index.html").write_text(index_page(out_dir.name, quality_for_index(out_dir)))
+        (tmp / "gallery.js").write_text(SCRIPT)
+        (tmp / "gallery.css").write_text(STYLE)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    finally:  # a failure leaves nothing behind (nor a folder a later run would trip on)
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder / "index.html"

@@ -21,11 +21,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import yaml
 
 from augment.config import SOURCE_MODES, JobSpec, load_spec
 from augment.duplicates import Picture, flag_duplicates
-from augment.errors import AugmentError, ModelError, OutputError, SpecError, at_least
+from augment.errors import (
+    AugmentError,
+    ModelError,
+    OutputError,
+    ShardError,
+    SpecError,
+    at_least,
+    first_line,
+)
 from augment.filters import check_scorer
 from augment.finetuning import (
     FinetuneResult,
@@ -44,8 +51,16 @@ from augment.labels.segment import check_segmenter
 from augment.planning import build_interpolation_plan, build_plan, build_source_plan, write_plan
 from augment.prompting import Prompt, build_prompts, enforce_token_limit
 from augment.records import FLAGS, WorkItem
-from augment.sinks import export, parquet, run_categories, run_filters
+from augment.sinks import (
+    export,
+    exporters,
+    formats_to_refresh,
+    parquet,
+    run_categories,
+    run_filters,
+)
 from augment.sinks.animation import write_animations
+from augment.sinks.rows import read_manifest, read_saved_spec
 from augment.sources import SourceSet, concept_index
 from augment.taxonomy import Concept, spec_concepts
 from augment.taxonomy.listfile import slugify
@@ -55,7 +70,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXPORT_DIRS = ("coco", "yolo", "imagefolder", "animations")
+EXPORT_DIRS = (*exporters(), "animations")
 
 PACKAGES = ("augment", "torch", "diffusers", "transformers", "pyarrow", "ray")
 
@@ -200,18 +215,82 @@ def categories_for(concepts: list[Concept]) -> list[dict]:
     ]
 
 
-def prepare_output(out_dir: Path, spec: JobSpec, force: bool) -> None:
-    """Create OUT, or check that it holds a run of this same spec (then it resumes)."""
-    saved = out_dir / "job.yaml"
-    if saved.is_file() and not force:
-        previous = JobSpec.model_validate(yaml.safe_load(saved.read_text()))
-        if previous.spec_hash() != spec.spec_hash():
+def saved_job_spec(out_dir: Path) -> JobSpec:
+    """OUT/job.yaml as a spec, or an error that says how to repair it."""
+    try:
+        return JobSpec.model_validate(read_saved_spec(out_dir))
+    except ValueError as exc:  # pydantic's ValidationError: a hand-edited job.yaml
+        raise OutputError(
+            f"{out_dir / 'job.yaml'} is not a valid spec ({first_line(exc)}): it is the "
+            f"spec {out_dir} was rendered with; put it back, or delete it (the manifest's "
+            "spec hash is checked instead), or start over with --force"
+        ) from None
+
+
+def previous_spec_hash(out_dir: Path) -> str | None:
+    """The spec hash of the run OUT holds: its job.yaml's, else its manifest's; None for a
+    folder that holds no run."""
+    manifest = read_manifest(out_dir) if (out_dir / "manifest.json").is_file() else {}
+    if (out_dir / "job.yaml").is_file():
+        return saved_job_spec(out_dir).spec_hash()
+    return manifest.get("spec_hash")
+
+
+def check_committed_concepts(out_dir: Path, concepts: list[Concept]) -> None:
+    """The images OUT already holds keep their concept's category: a taxonomy edited since
+    they were rendered (a list file reordered, a concept removed) leaves the spec's hash as it
+    was, and would put them under other classes in every export."""
+    categories = {c.id: c.category_id for c in concepts}
+    moved: dict[str, tuple[int, int]] = {}
+    gone: set[str] = set()
+    for path in parquet.shard_paths(out_dir / "shards"):
+        try:
+            table = parquet.read_shard(path, ["concept_id", "concept_name", "category_id"])
+        except ShardError:  # quarantined and rendered again by resume_point
+            continue
+        for row in table.to_pylist():
+            now = categories.get(row["concept_id"])
+            if now is None:
+                gone.add(row["concept_name"])
+            elif now != row["category_id"]:
+                moved[row["concept_name"]] = (row["category_id"], now)
+    fix = "use another --out, or --force to delete them and start over"
+    if gone:
+        raise OutputError(
+            f"{out_dir} holds images of concepts the taxonomy no longer has "
+            f"({', '.join(sorted(gone)[:3])}): it changed since they were rendered; {fix}"
+        )
+    if moved:
+        name, (then, now) = next(iter(moved.items()))
+        raise OutputError(
+            f"{out_dir} holds images whose concept has another category id now ('{name}': "
+            f"{then} then, {now} now; {len(moved)} concepts in all): the taxonomy changed since "
+            f"they were rendered; {fix}"
+        )
+
+
+def prepare_output(
+    out_dir: Path, spec: JobSpec, force: bool, concepts: list[Concept] | None = None
+) -> None:
+    """Create OUT, or check that it holds a run of this same spec, whose images have the
+    categories `concepts` give them (then it resumes)."""
+    saved = out_dir / "job.yaml"  # where the resolved spec is written
+    if spec.job_file is not None and saved.resolve() == spec.job_file.resolve():
+        raise OutputError(
+            f"{spec.job_file} is the output folder's job.yaml, where a run writes its resolved "
+            "spec: rename the job file, or set another output.dir (or --out)"
+        )
+    if not force:
+        previous = previous_spec_hash(out_dir)
+        if previous is not None and previous != spec.spec_hash():
             raise OutputError(
-                f"{out_dir} holds a run of a different spec (hash {previous.spec_hash()}, "
+                f"{out_dir} holds a run of a different spec (hash {previous}, "
                 f"now {spec.spec_hash()}); use another --out, or --force to delete it and "
                 "start over"
             )
-    if force:
+        if concepts is not None:
+            check_committed_concepts(out_dir, concepts)
+    else:
         for name in (
             "shards",
             "quarantine",
@@ -300,7 +379,7 @@ def write_manifest(
     }
     previous = out_dir / "manifest.json"
     if previous.is_file():  # `augment filter`'s settings and history outlive a resumed run
-        earlier = json.loads(previous.read_text())
+        earlier = read_manifest(out_dir)
         manifest.update({k: earlier[k] for k in ("filters", "filter_history") if k in earlier})
     card = read_adapter_card(spec.paths.finetuned) if spec.paths.finetuned else None
     if card is not None:
@@ -558,7 +637,7 @@ def paste(spec: JobSpec, force: bool = False) -> PasteResult:
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     outputs = {"manifest": folder / "manifest.json", "shards": shards_dir}
     if shards:
-        outputs.update(export(folder, spec.output.formats))
+        outputs.update(export(folder, formats_to_refresh(folder, spec.output.formats)))
     return PasteResult(
         folder, len(items), len(items) - len(todo), written, count, len(failures), seconds, outputs
     )
@@ -590,7 +669,7 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
         paste_backgrounds(spec)  # fail before touching OUT
     sources = SourceSet.of(spec) if spec.generation.mode in SOURCE_MODES else None
     items = plan_for(spec, concepts, sources)
-    prepare_output(out_dir, spec, options.force)
+    prepare_output(out_dir, spec, options.force, concepts)
     write_plan(items, out_dir / "plan.parquet")
     parquet.remove_temp_files(out_dir / "shards")
     done = resume_point(out_dir)
@@ -614,7 +693,7 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
     if parquet.shard_paths(out_dir / "shards"):
         last = last_filter(out_dir, spec)
         if last is None:
-            outputs.update(export(out_dir, spec.output.formats))
+            outputs.update(export(out_dir, formats_to_refresh(out_dir, spec.output.formats)))
         else:  # `augment filter` set other flags than the job's: the new images get them too
             log.info("applying the last `augment filter` (%s) to this run's images", last)
             filtered = refilter(out_dir, last["scorer"], *last["minimums"])
@@ -641,8 +720,7 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
 
 def last_filter(out_dir: Path, spec: JobSpec) -> dict | None:
     """The settings of the last `augment filter` of OUT, when they are not the job's own."""
-    manifest = json.loads((out_dir / "manifest.json").read_text())
-    last = manifest.get("filters")
+    last = read_manifest(out_dir).get("filters")
     f = spec.filters
     if last is None or (last["scorer"], last["min_concept_score"], last["min_clip_score"]) == (
         f.scorer,
@@ -704,8 +782,9 @@ def refilter(
             "quarantine it and render its images again, then filter"
         )
     parquet.run_shards(out_dir)
-    previous = yaml.safe_load(saved.read_text())
-    manifest = json.loads(manifest_path.read_text())
+    saved_job_spec(out_dir)  # a damaged one is named first
+    previous = read_saved_spec(out_dir)
+    manifest = read_manifest(out_dir)
     current = run_filters(out_dir)  # the last filter applied, else the job's
     chosen = {"scorer": scorer, "min_concept_score": min_concept_score}
     chosen["min_clip_score"] = min_clip_score
@@ -759,6 +838,6 @@ def refilter(
     manifest["filters"] = settings
     manifest["filter_history"] = history
     save_manifest(out_dir, manifest)
-    outputs = export(out_dir, spec.output.formats)
+    outputs = export(out_dir, formats_to_refresh(out_dir, spec.output.formats))
     records = sum(s["rows"] for s in manifest["shards"])
     return FilterResult(out_dir, records, rescore, rewritten, before, after, outputs)

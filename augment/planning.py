@@ -163,8 +163,11 @@ def plan_table(items: list[WorkItem]) -> pa.Table:
 def write_plan(items: list[WorkItem], path: Path) -> None:
     """Write plan.parquet atomically (temp name, then rename)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(plan_table(items), tmp)
-    tmp.replace(path)
+    try:
+        pq.write_table(plan_table(items), tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_plan(path: Path) -> list[WorkItem]:

@@ -151,7 +151,9 @@ def read_parquet(path: Path, unreadable: list[dict]) -> list[SourceImage]:
     names: dict[int, str] = {}
     manifest = (path if path.is_dir() else path.parent) / "manifest.json"
     if manifest.is_file():
-        names = {c["id"]: c["name"] for c in json.loads(manifest.read_text())["categories"]}
+        from augment.sinks.rows import run_categories
+
+        names = {c["id"]: c["name"] for c in run_categories(manifest.parent)}
     images = []
     for file in parquet_files(path):
         schema = pq.read_schema(file)

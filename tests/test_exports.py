@@ -93,6 +93,30 @@ def test_imagefolder_export_has_one_folder_per_class(run_dir):
     assert len(list((root / "car").iterdir())) == len(list((root / "dog").iterdir())) == 8
 
 
+def test_imagefolder_keeps_same_named_classes_apart_and_makes_no_empty_folder(tmp_path):
+    """WordNet has two 'griffon' synsets: one folder would merge two classes; and
+    torchvision's ImageFolder refuses a class folder with no image."""
+    from torchvision.datasets import ImageFolder
+
+    from augment.sinks.imagefolder import export_imagefolder
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, format="PNG")
+    categories = [
+        {"id": 1, "name": "griffon"},
+        {"id": 2, "name": "griffon"},
+        {"id": 3, "name": "pug"},
+        {"id": 4, "name": "poodle"},
+    ]
+    records = [
+        {"item_id": f"i{n}", "concept_name": c["name"], "category_id": c["id"]}
+        | {"image": {"bytes": png.getvalue()}}
+        for n, c in enumerate(categories[:3])
+    ]
+    export_imagefolder(tmp_path, categories, records)
+    assert ImageFolder(str(tmp_path)).classes == ["griffon-1", "griffon-2", "pug"]
+
+
 def test_yolo_labels_are_normalised_center_boxes(run_dir):
     export(run_dir, ["yolo"])
     data = yaml.safe_load((run_dir / "yolo" / "data.yaml").read_text())

@@ -67,6 +67,89 @@ def test_resume_quarantines_a_damaged_shard_and_renders_exactly_its_items(run_co
     assert not (out / "quarantine").exists()  # --force starts over, quarantine included
 
 
+def test_a_resume_refuses_images_whose_concept_the_edited_taxonomy_moved(tmp_path, capsys):
+    """A list file edited after a run leaves the spec's hash as it was; its concepts' category
+    ids move with the list's order, and the images already rendered would be exported under
+    other classes."""
+    concepts = tmp_path / "mine.yaml"
+    concepts.write_text("name: mine\nconcepts: [three, seven]\n")
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        TINY_JOB.replace("source: digits", f"source: {concepts}")
+        .replace("images_per_concept: 3", "images_per_concept: 1")
+        .replace("OUT_DIR", str(tmp_path / "out"))
+    )
+    assert cli(capsys, "run", job, "--distributor", "local")[0] == 0
+    rendered = images_by_item(tmp_path / "out")
+
+    concepts.write_text("name: mine\nconcepts: [one, three, seven]\n")
+    code, _, err = cli(capsys, "run", job, "--distributor", "local")
+    assert code == 2 and "('three': 1 then, 2 now; 2 concepts in all)" in error_line(err)
+    concepts.write_text("name: mine\nconcepts: [three]\n")
+    code, _, err = cli(capsys, "run", job, "--distributor", "local")
+    assert code == 2 and "concepts the taxonomy no longer has (seven)" in error_line(err)
+    assert images_by_item(tmp_path / "out") == rendered
+
+
+def test_a_resumed_run_writes_again_every_export_the_folder_holds(write_job, tmp_path, capsys):
+    """An export made by `augment export` in a format the job does not list would otherwise
+    miss the images the resumed run adds; --force removes it with the rest."""
+    job, out = write_job(), tmp_path / "out"
+    assert cli(capsys, "run", job, "--distributor", "local", "--limit", "5")[0] == 0
+    assert cli(capsys, "export", out, "--format", "imagefolder", "--format", "yolo-seg")[0] == 0
+    assert len(list((out / "imagefolder").rglob("*.png"))) == 5
+    assert cli(capsys, "run", job, "--distributor", "local")[0] == 0
+    assert len(list((out / "imagefolder").rglob("*.png"))) == 9
+    assert len(list((out / "yolo-seg" / "images").glob("*.png"))) == 9
+    assert cli(capsys, "run", job, "--distributor", "local", "--force", "--limit", "2")[0] == 0
+    assert not (out / "imagefolder").exists() and not (out / "yolo-seg").exists()
+
+
+def test_a_job_file_is_never_overwritten_by_the_spec_a_run_saves(write_job, tmp_path, capsys):
+    job = write_job()  # tmp_path/job.yaml: OUT/job.yaml when OUT is its folder
+    written = job.read_text()
+    code, _, err = cli(capsys, "run", job, "--out", tmp_path, "--distributor", "local")
+    assert code == 2 and "is the output folder's job.yaml" in error_line(err)
+    code, _, err = cli(capsys, "run", job, "--out", "", "--distributor", "local")
+    assert code == 2 and "argument --out: an empty name" in err  # an unset $OUT: not the cwd
+    assert job.read_text() == written and not (tmp_path / "shards").exists()
+
+
+def test_a_run_without_its_job_yaml_is_still_checked_against_its_manifest(run_copy, capsys):
+    job, out = run_copy
+    (out / "job.yaml").unlink()
+    job.write_text(job.read_text().replace("num_inference_steps: 3", "num_inference_steps: 4"))
+    code, _, err = cli(capsys, "run", job, "--distributor", "local")
+    assert code == 2 and "holds a run of a different spec" in error_line(err)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("job.yaml", "", "job.yaml cannot be read (not a job spec)"),
+        ("job.yaml", "name: [", "job.yaml cannot be read (while parsing"),
+        ("job.yaml", "name: tiny\n", "job.yaml is not a valid spec"),
+        ("manifest.json", '{"job": "tiny", "cou', "manifest.json cannot be read (Unterminated"),
+    ],
+    ids=["empty-spec", "bad-yaml", "invalid-spec", "truncated-manifest"],
+)
+def test_a_damaged_job_yaml_or_manifest_is_one_line_saying_how_to_repair_it(
+    run_copy, capsys, name, text, expected
+):
+    job, out = run_copy
+    (out / name).write_text(text)
+    commands = [("run", job, "--distributor", "local"), ("filter", out)]
+    if name == "manifest.json":
+        commands.append(("export", out, "--format", "yolo"))
+    for command in commands:
+        code, _, err = cli(capsys, *command)
+        assert code == 2 and expected in error_line(err), command
+    assert (out / name).read_text() == text  # nothing rewritten
+    (out / name).unlink()  # the repair the message gives
+    assert cli(capsys, "run", job, "--distributor", "local")[0] == 0
+    assert json.loads((out / "manifest.json").read_text())["counts"]["records"] == 9
+
+
 def test_export_skips_a_damaged_shard_and_a_failed_export_keeps_the_last_one(
     run_copy, capsys, monkeypatch
 ):

@@ -18,7 +18,14 @@ from augment.errors import OutputError
 from augment.sinks.parquet import check_shards, shard_paths
 from augment.sinks.rows import export_records, image_file_name, run_categories, run_filters
 
-__all__ = ["export", "export_records", "image_file_name", "run_categories", "run_filters"]
+__all__ = [
+    "export",
+    "export_records",
+    "formats_to_refresh",
+    "image_file_name",
+    "run_categories",
+    "run_filters",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,13 @@ def export(out_dir: Path, formats: list[str], include_flagged: bool = False) -> 
             records = export_records(out_dir, include_flagged, readable)
             paths[name] = write_in_place(out_dir / name, available[name], categories, records)
     return paths
+
+
+def formats_to_refresh(out_dir: Path, formats: list[str]) -> list[str]:
+    """The exports to write again after OUT's images or flags changed: the job's formats, and
+    every other export OUT holds (one `augment export` wrote), which would go stale."""
+    held = [name for name in exporters() if (Path(out_dir) / name).is_dir()]
+    return list(dict.fromkeys([*formats, *held]))
 
 
 def write_in_place(folder: Path, exporter: Callable, categories: list[dict], records) -> Path:

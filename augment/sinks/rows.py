@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from augment.errors import OutputError
+from augment.errors import OutputError, first_line
 from augment.records import FLAGS
 from augment.sinks.parquet import read_records
 from augment.taxonomy.listfile import slugify
@@ -28,23 +28,58 @@ def export_records(
             yield record
 
 
-def run_categories(out_dir: Path) -> list[dict]:
-    """The run's categories, from its manifest (written by `augment run`)."""
-    manifest = Path(out_dir) / "manifest.json"
-    if not manifest.is_file():
+def read_manifest(out_dir: Path) -> dict:
+    """OUT/manifest.json (written by `augment run`), or an error that says how to get it."""
+    out_dir = Path(out_dir)
+    path = out_dir / "manifest.json"
+    if not out_dir.is_dir():
+        raise OutputError(f"{out_dir}: no such folder; give the output folder of `augment run`")
+    if not path.is_file():
         raise OutputError(
             f"{out_dir} has no manifest.json: it is not a finished `augment run` output; "
-            "run the job (a rerun resumes) before exporting"
+            "run the job (a rerun resumes) first"
         )
-    return json.loads(manifest.read_text())["categories"]
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        manifest = first_line(exc)
+    if not isinstance(manifest, dict) or "categories" not in manifest:
+        reason = manifest if isinstance(manifest, str) else "not a run's manifest"
+        raise OutputError(
+            f"{path} cannot be read ({reason}); delete it and rerun `augment run` on the job "
+            f"with --out {out_dir}: committed images are kept, and it is written again"
+        )
+    return manifest
+
+
+def read_saved_spec(out_dir: Path) -> dict:
+    """OUT/job.yaml, the spec OUT was rendered with, or an error that says how to repair it."""
+    path = Path(out_dir) / "job.yaml"
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        spec = first_line(exc)
+    if not isinstance(spec, dict):
+        reason = spec if isinstance(spec, str) else "not a job spec"
+        raise OutputError(
+            f"{path} cannot be read ({reason}): it is the spec {out_dir} was rendered with; "
+            "put it back, or delete it (the manifest's spec hash is checked instead), or "
+            "start over with --force"
+        )
+    return spec
+
+
+def run_categories(out_dir: Path) -> list[dict]:
+    """The run's categories, from its manifest (written by `augment run`)."""
+    return read_manifest(out_dir)["categories"]
 
 
 def run_filters(out_dir: Path) -> dict:
     """The filter settings a run's flags stand for: the last `augment filter`'s (in the
     manifest), else the job's own (job.yaml); {} when neither file says."""
     manifest, job = Path(out_dir) / "manifest.json", Path(out_dir) / "job.yaml"
-    if manifest.is_file() and (filters := json.loads(manifest.read_text()).get("filters")):
+    if manifest.is_file() and (filters := read_manifest(out_dir).get("filters")):
         return filters
     if job.is_file():
-        return (yaml.safe_load(job.read_text()) or {}).get("filters") or {}
+        return read_saved_spec(out_dir).get("filters") or {}
     return {}
