@@ -98,6 +98,19 @@ def folder(text: str) -> Path:
     return Path(text)
 
 
+def at_least(lowest: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"must be {lowest} or more, got {value}")
+        return value
+
+    return parse
+
+
 def number_list(kind):
     def parse(text: str) -> list:
         try:
@@ -565,7 +578,9 @@ def add_taxonomy(commands: Commands) -> None:
         epilog="example: augment taxonomy show wordnet:weed.n.01 --depth 1 --json",
     )
     show.add_argument("source", help="wordnet:<synset> | coco[:<supercategory>] | list file")
-    show.add_argument("--depth", type=int, help="wordnet: levels below the root to keep")
+    show.add_argument(
+        "--depth", type=at_least(1), help="wordnet: levels below the root to keep (1 or more)"
+    )
     show.add_argument(
         "--leaves", action="store_true", help="wordnet: only synsets without hyponyms"
     )
@@ -720,8 +735,8 @@ def add_bench_detect(bench_commands: Commands) -> None:
         help="detector: YOLO on real-only vs real + synthetic, COCOeval mAP, k seeds",
         description="Train ultralytics YOLO (yolov8n.yaml from scratch, offline) on real data "
         "alone and with boxed synthetic images; score on the real val set with COCOeval.",
-        epilog="example: augment bench detect --real out/digits-canvases --synthetic "
-        "out/demo/canvases --epochs 10 --seeds 3 --out out/demo/bench",
+        epilog="example: augment bench detect --real out/demo/real-canvases --synthetic "
+        "out/demo/paste --epochs 10 --seeds 3 --out out/demo/bench",
     )
     detect.add_argument("--real", required=True, help="COCO folder (train/ + val/) or json")
     detect.add_argument("--synthetic", type=Path, help="an augment output with boxes")

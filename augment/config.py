@@ -79,7 +79,7 @@ class PromptSpec(StrictModel):
     )
     combine: Literal["sample", "exhaustive"] = "sample"
     negative_prompt: str = DEFAULT_NEGATIVE
-    images_per_concept: int = Field(default=4, ge=1)
+    images_per_concept: int = Field(default=4, ge=1, le=1_000_000)  # a typo, not a plan
     max_tokens: int = Field(default=77, ge=3, description="the text encoder's context length")
     on_long_prompt: Literal["error", "truncate"] = "error"
 

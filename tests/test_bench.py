@@ -355,3 +355,13 @@ def test_bench_perf_compares_the_loops_the_engine_and_the_floor(tmp_path, capsys
     assert not any(name.startswith("augment ray") for name in rows)  # --no-ray
     assert "fuse_qkv" in printed and "batched" in printed
     assert not list(tmp_path.glob("augment-perf-*")), "the work folder is removed"
+
+
+def test_a_real_imagefolder_with_an_empty_class_is_refused(tmp_path):
+    """An empty class would leave a test set of the other classes alone, scored 100 %."""
+    for name in ("eight", "nine"):
+        (tmp_path / name).mkdir()
+    for n in range(3):
+        Image.new("L", (8, 8)).save(tmp_path / "nine" / f"{n}.png")
+    with pytest.raises(AugmentError, match="class folder eight holds no image"):
+        load_real(str(tmp_path), 8)

@@ -92,6 +92,13 @@ def load_imagefolder_real(root: Path, size: int, test_fraction: float, seed: int
                 images.append(to_array(open_image(path), size))
                 labels.append(label)
                 ids.append(str(path.relative_to(root)))
+    present = set(labels)
+    empty = [f.name for label, f in enumerate(folders) if label not in present]
+    if empty:
+        raise AugmentError(
+            f"{root}: class folder {empty[0]} holds no image (.png, .jpg, .jpeg, .bmp, .webp); "
+            "add its images, or remove the folder"
+        )
     classes = Classes([f.name for f in folders], [None] * len(folders), [()] * len(folders))
     return split_real(
         classes, ImageSet(np.stack(images), np.array(labels), ids), root, test_fraction, seed

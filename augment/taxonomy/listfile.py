@@ -75,21 +75,39 @@ def load_list_file(path: Path) -> list[Concept]:
                 f"{path}: concept '{entry['name']}' has unknown key(s) {sorted(unknown)}; "
                 f"valid keys: {', '.join(sorted(KNOWN_KEYS))}"
             )
+        name = str(entry["name"])
+        category_id = entry.get("category_id", position)
+        if isinstance(category_id, str) and category_id.strip().isdigit():
+            category_id = int(category_id)
+        if isinstance(category_id, bool) or not isinstance(category_id, int):
+            raise TaxonomyError(
+                f"{path}: concept '{name}': category_id must be a whole number, not {category_id!r}"
+            )
         concepts.append(
             Concept(
-                id=str(entry.get("id") or slugify(entry["name"])),
-                name=str(entry["name"]),
-                category_id=int(entry.get("category_id", position)),
+                id=str(entry.get("id") or slugify(name)),
+                name=name,
+                category_id=category_id,
                 synset=entry.get("synset"),
                 definition=str(entry.get("definition") or entry.get("description") or ""),
-                hypernyms=tuple(entry.get("hypernyms") or ()),
+                hypernyms=names_list(entry, "hypernyms", path),
                 scientific_name=str(entry.get("scientific_name") or ""),
-                aliases=tuple(entry.get("aliases") or ()),
+                aliases=names_list(entry, "aliases", path),
                 supercategory=str(entry.get("supercategory") or ""),
             )
         )
     check_unique(concepts, str(path))
     return concepts
+
+
+def names_list(entry: dict, key: str, path: Path) -> tuple[str, ...]:
+    """A list of names (one name alone counts as a list of one, not of its letters)."""
+    value = entry.get(key) or ()
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list | tuple):
+        raise TaxonomyError(f"{path}: concept '{entry['name']}': {key} must be a list of names")
+    return tuple(str(item) for item in value)
 
 
 def check_unique(concepts: list[Concept], source: str) -> None:
@@ -99,5 +117,9 @@ def check_unique(concepts: list[Concept], source: str) -> None:
         for concept in concepts:
             value = getattr(concept, attribute)
             if value in seen:
-                raise TaxonomyError(f"{source}: two concepts share {attribute} {value!r}")
+                hint = "; give each an id: (ids are made of a name's ASCII letters and digits)"
+                raise TaxonomyError(
+                    f"{source}: two concepts share {attribute} {value!r}"
+                    + (hint if attribute == "id" else "")
+                )
             seen.add(value)
