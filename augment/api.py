@@ -138,11 +138,15 @@ def read(out: str | Path, as_dataset: bool = False):
     return read_dataset(Path(out)) if as_dataset else read_frame(Path(out))
 
 
-def export(out: str | Path, formats: list[str], include_flagged: bool = False) -> dict[str, Path]:
-    """Write exports (coco, yolo, imagefolder) from a run's shards; returns their paths."""
+def export(
+    out: str | Path, formats: list[str] | str, include_flagged: bool = False
+) -> dict[str, Path]:
+    """Write exports (coco, yolo, yolo-seg, imagefolder: a list, or one name) from a run's
+    shards; returns their paths."""
     from augment.sinks import export as export_formats
 
-    return export_formats(Path(out), formats, include_flagged)
+    names = [formats] if isinstance(formats, str) else list(formats)
+    return export_formats(Path(out), names, include_flagged)
 
 
 def refilter(

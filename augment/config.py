@@ -781,6 +781,10 @@ def load_spec(
         parsed, source, base_dir, job_file = spec, "<spec>", spec._base_dir, spec._file
     elif isinstance(spec, dict):
         parsed, source, base_dir = validate_spec(spec, "<spec>"), "<spec>", None
+    elif not isinstance(spec, str | Path):
+        raise SpecError(
+            f"a job spec is a YAML file's path, a dict or a JobSpec, not {type(spec).__name__}"
+        )
     else:
         path = Path(spec)
         try:
@@ -817,7 +821,7 @@ def apply_overrides(spec: JobSpec, overrides: dict[str, Any], source: str) -> Jo
     except ValidationError as exc:
         first = exc.errors()[0]
         dotted = ".".join(str(p) for p in first["loc"])
-        raise SpecError(f"{source}: {dotted} (from the command line): {_describe(first)}") from exc
+        raise SpecError(f"{source}: {dotted} (an override): {_describe(first)}") from exc
 
 
 @dataclass(frozen=True)

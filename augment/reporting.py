@@ -204,7 +204,7 @@ def plot_nodes(summary: pd.DataFrame, path: Path) -> Path | None:
 
 def plot_samples(real_source: str | None, synthetic: str | None, path: Path, per_class: int = 6):
     """Rows of real (left) and synthetic (right) images for each class."""
-    if not real_source or not synthetic or not Path(synthetic).is_dir():
+    if not real_source or not synthetic or not (Path(synthetic) / "shards").is_dir():
         return None
     from PIL import Image
 

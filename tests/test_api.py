@@ -58,7 +58,7 @@ def test_a_dict_and_its_yaml_file_plan_the_same_items(tiny_run, tmp_path):
 
 def test_export_and_rerun_through_the_api(tiny_run):
     data, out = tiny_run
-    paths = ag.export(out, ["imagefolder"])
+    paths = ag.export(out, "imagefolder")  # one name, or a list of them
     assert len(list(paths["imagefolder"].rglob("*.png"))) == 5
     again = ag.run(ag.load_spec(data, {"limit": 5}), out=out, distributor="local")
     assert (again.rendered, again.skipped) == (0, 5)
@@ -77,6 +77,8 @@ def test_errors_are_the_projects_own_with_the_clis_message(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     with pytest.raises(SpecError, match=r"<spec>: generation.num_inference_steps: must be >= 1"):
         ag.load_spec({**bad, "generation": {**bad["generation"], "num_inference_steps": 0}})
+    with pytest.raises(SpecError, match="a job spec is a YAML file's path, a dict or a JobSpec"):
+        ag.load_spec(None)
 
 
 def test_every_api_name_stays_a_function_once_every_module_is_loaded():

@@ -58,7 +58,7 @@ def test_yaml_syntax_error_gives_the_line():
 def test_cli_overrides_apply_and_are_validated(write_job, tmp_path: Path):
     spec = load_spec(write_job(), {"seed": 3, "output.dir": str(tmp_path / "b"), "limit": 2})
     assert (spec.seed, spec.output.dir, spec.limit) == (3, str(tmp_path / "b"), 2)
-    with pytest.raises(SpecError, match=r"limit \(from the command line\): must be >= 1"):
+    with pytest.raises(SpecError, match=r"limit \(an override\): must be >= 1"):
         load_spec(write_job(), {"limit": 0})
 
 

@@ -92,7 +92,7 @@ def test_a_sweep_without_a_validation_split_or_with_bad_values_stops_before_rend
     for bad, message in (
         ({"min_concept_score": [1.5]}, "between 0 and 1"),
         ({"guidance": [0.5]}, "1 or more"),
-        ({"seeds": 1}, "at least 2 seeds"),
+        ({"seeds": 1}, "seeds 1: 2 or more"),
         ({"ratios": []}, "at least one value"),
     ):
         with pytest.raises(AugmentError, match=message):

@@ -231,7 +231,6 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
     from augment.progress import image_progress
 
     out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
     real = real or load_real(
         settings.real, settings.image_size, settings.test_fraction, settings.split_seed
     )
@@ -242,6 +241,7 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
     )
     evaluated = evaluation_set(real, settings)
     check_no_leak(evaluated, real.pool, *([synthetic] if synthetic is not None else []))
+    out.mkdir(parents=True, exist_ok=True)  # once the inputs are known good
     (out / "split.json").write_text(json.dumps(real.split))
     num_classes = len(real.classes.names)
     arms_asked = arms(settings, synthetic is not None)

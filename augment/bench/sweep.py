@@ -57,11 +57,15 @@ class SweepSettings:
             raise AugmentError(
                 f"sweep min_concept_score: between 0 and 1, got {self.min_concept_score}"
             )
-        if min(self.ratios) <= 0 or min(self.steps) < 1 or self.shots < 1 or self.seeds < 2:
-            raise AugmentError(
-                "sweep: ratios above 0, steps and shots of 1 or more, and at least 2 seeds "
-                "(an interval needs two)"
-            )
+        wrong = [
+            (f"ratios {self.ratios}", "above 0", min(self.ratios) <= 0),
+            (f"steps {self.steps}", "1 or more", min(self.steps) < 1),
+            (f"shots {self.shots}", "1 or more", self.shots < 1),
+            (f"seeds {self.seeds}", "2 or more (an interval needs two)", self.seeds < 2),
+        ]
+        for given, wanted, bad in wrong:
+            if bad:
+                raise AugmentError(f"sweep {given}: {wanted}")
 
 
 def top1(results: pd.DataFrame, arm: str) -> pd.Series:

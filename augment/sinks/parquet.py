@@ -192,6 +192,8 @@ class EncodedImage:
 
 def run_shards(out_dir: Path) -> list[Path]:
     """The committed shards of an output folder; an error when there are none."""
+    if not Path(out_dir).is_dir():
+        raise OutputError(f"{out_dir}: no such folder; give the output folder of `augment run`")
     shards = shard_paths(Path(out_dir) / "shards")
     if not shards:
         raise OutputError(

@@ -10,7 +10,7 @@ import yaml
 
 from augment.errors import OutputError, first_line
 from augment.records import FLAGS
-from augment.sinks.parquet import read_records
+from augment.sinks.parquet import read_records, run_shards
 from augment.taxonomy.listfile import slugify
 
 
@@ -22,7 +22,9 @@ def image_file_name(record: dict) -> str:
 def export_records(
     out_dir: Path, include_flagged: bool = False, shards: list[Path] | None = None
 ) -> Iterator[dict]:
-    """The records an export writes (flagged ones left out); `shards` picks some shards."""
+    """The records an export writes (flagged ones left out); `shards` picks some shards (by
+    default every one: a folder without any is an error that says so)."""
+    shards = run_shards(out_dir) if shards is None else shards
     for record in read_records(Path(out_dir) / "shards", shards=shards):
         if include_flagged or not any(record[flag] for flag in FLAGS):
             yield record
