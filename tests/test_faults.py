@@ -202,6 +202,7 @@ BAD_OPTIONS = [
     (["bench", "classify", "--shots", "five"], "argument --shots: expected numbers like 5,10"),
     (["bench", "detect", "--real", "nowhere", "--epochs", "0"], "epochs must be at least 1"),
     (["bench", "classify", "--synthetic", "OUT", "--shots", "2"], "made: no such folder"),
+    (["bench", "detect", "--real", "nowhere", "--synthetic", "OUT"], "made: no such folder"),
     (["bench", "sweep", "JOB", "--seeds", "1"], "sweep seeds 1: 2 or more (an interval needs"),
     (["bench", "sweep", "JOB", "--ratios", "0"], "sweep ratios [0.0]: above 0"),
     (["run", "JOB", "--workers", "0"], "workers must be at least 1, got 0"),

@@ -321,7 +321,10 @@ def run_detect(settings: DetectSettings) -> pd.DataFrame:
     """Every (arm, seed): train, validate, COCOeval; write OUT/results.parquet rows."""
     from augment.cache import cache_dir
     from augment.progress import image_progress
+    from augment.sinks.parquet import run_shards
 
+    if settings.synthetic:  # a wrong folder is named before anything is written
+        run_shards(Path(settings.synthetic))
     prepare_ultralytics(cache_dir())
     out = Path(settings.out)
     work = out / "detect"
