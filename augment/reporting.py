@@ -66,6 +66,14 @@ def read_results(path: Path) -> pd.DataFrame:
                 f"{path}: column {column} holds {results[column].dtype} values, not numbers; "
                 "rerun `augment bench ...` to write it again"
             )
+    scored = results[results["task"].isin(["classify", "detect"])]
+    empty = scored[scored["value"].isna()]
+    if len(empty):
+        first = empty.iloc[0]
+        raise AugmentError(
+            f"{path} holds {len(empty)} empty score(s) (NaN), the first {first['arm']} "
+            f"{first['metric']} seed {first['seed']}; rerun `augment bench ...` to score again"
+        )
     repeated = int(results.duplicated(list(RESULT_KEY)).sum())
     if repeated:
         raise AugmentError(

@@ -254,6 +254,7 @@ ONE_RESULT = pd.DataFrame(
         (b"PAR1 this is not a table", "is not a readable results table"),
         (pd.concat([ONE_RESULT, ONE_RESULT]), "1 rows repeat another row's task, arm"),
         (ONE_RESULT.assign(ratio=["0.0"]), "column ratio holds"),
+        (ONE_RESULT.assign(value=[float("nan")]), "1 empty score(s) (NaN), the first real_only"),
         (pd.DataFrame({"arm": ["real_only"], "value": [1.0]}), "no column task, ratio, shots"),
         (
             pd.DataFrame(
@@ -265,7 +266,7 @@ ONE_RESULT = pd.DataFrame(
             "holds no results",
         ),
     ],
-    ids=["junk", "repeated", "text", "columns", "empty"],
+    ids=["junk", "repeated", "text", "nan", "columns", "empty"],
 )
 def test_a_results_table_that_is_not_one_is_one_line(table, expected, tmp_path, capsys):
     path = tmp_path / "results.parquet"
