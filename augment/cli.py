@@ -98,19 +98,6 @@ def folder(text: str) -> Path:
     return Path(text)
 
 
-def at_least(lowest: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < lowest:
-            raise argparse.ArgumentTypeError(f"must be {lowest} or more, got {value}")
-        return value
-
-    return parse
-
-
 def number_list(kind):
     def parse(text: str) -> list:
         try:
@@ -578,9 +565,7 @@ def add_taxonomy(commands: Commands) -> None:
         epilog="example: augment taxonomy show wordnet:weed.n.01 --depth 1 --json",
     )
     show.add_argument("source", help="wordnet:<synset> | coco[:<supercategory>] | list file")
-    show.add_argument(
-        "--depth", type=at_least(1), help="wordnet: levels below the root to keep (1 or more)"
-    )
+    show.add_argument("--depth", type=int, help="wordnet: levels below the root to keep (1+)")
     show.add_argument(
         "--leaves", action="store_true", help="wordnet: only synsets without hyponyms"
     )

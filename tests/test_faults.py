@@ -210,6 +210,7 @@ BAD_OPTIONS = [
     (["run", "JOB", "--retries", "-1"], "retries must be at least 0, got -1"),
     (["run", "JOB", "--limit", "0"], "limit (an override): must be >= 1, got 0"),
     (["taxonomy", "show", "digits", "--max", "0"], "max_concepts must be at least 1, got 0"),
+    (["taxonomy", "show", "digits", "--depth", "0"], "depth must be at least 1, got 0"),
     (["digits", "canvases", "--real", "OUT", "--train", "0"], "train canvases must be at least 1"),
     (["taxonomy", "show", "REPO/taxonomies/"], "is a folder"),
 ]

@@ -63,7 +63,7 @@ def load_concepts(
 ) -> list[Concept]:
     """Expand a taxonomy source string into concepts, in a stable order."""
     if depth is not None:
-        at_least("depth", depth, 0)
+        at_least("depth", depth, 1)  # as taxonomy.depth in a job
     if max_concepts is not None:
         at_least("max_concepts", max_concepts, 1)
     kind, _, argument = source.partition(":")
