@@ -22,7 +22,6 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from augment.errors import OutputError
 from augment.quality import concept_quality
 from augment.records import FLAGS
 from augment.sinks import parquet
@@ -232,8 +231,7 @@ def quality_for_index(out_dir: Path) -> pd.DataFrame:
 def write_gallery(out_dir: Path, per_concept: int = PER_CONCEPT) -> Path:
     """Write OUT/gallery (replacing an earlier one); returns the index page."""
     out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        raise OutputError(f"{out_dir}: no such folder; give the output folder of `augment run`")
+    parquet.run_shards(out_dir)  # a wrong folder is named before anything is written in it
     folder, tmp = out_dir / "gallery", out_dir / ".gallery.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:

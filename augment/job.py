@@ -230,6 +230,8 @@ def saved_job_spec(out_dir: Path) -> JobSpec:
 def previous_spec_hash(out_dir: Path) -> str | None:
     """The spec hash of the run OUT holds: its job.yaml's, else its manifest's; None for a
     folder that holds no run."""
+    # read even when job.yaml decides: a damaged manifest is named before any rendering, not
+    # when the run's end writes the new one over it
     manifest = read_manifest(out_dir) if (out_dir / "manifest.json").is_file() else {}
     if (out_dir / "job.yaml").is_file():
         return saved_job_spec(out_dir).spec_hash()
@@ -782,8 +784,7 @@ def refilter(
             "quarantine it and render its images again, then filter"
         )
     parquet.run_shards(out_dir)
-    saved_job_spec(out_dir)  # a damaged one is named first
-    previous = read_saved_spec(out_dir)
+    previous = saved_job_spec(out_dir).model_dump(mode="json")  # a damaged one is named here
     manifest = read_manifest(out_dir)
     current = run_filters(out_dir)  # the last filter applied, else the job's
     chosen = {"scorer": scorer, "min_concept_score": min_concept_score}

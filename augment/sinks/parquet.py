@@ -190,10 +190,16 @@ class EncodedImage:
         return f"<EncodedImage {self.path} ({len(self.data):,} bytes)>"
 
 
-def run_shards(out_dir: Path) -> list[Path]:
-    """The committed shards of an output folder; an error when there are none."""
+def check_run_folder(out_dir: Path) -> None:
+    """An output folder given by a user exists (else an error that says so, before anything
+    reads or writes in it)."""
     if not Path(out_dir).is_dir():
         raise OutputError(f"{out_dir}: no such folder; give the output folder of `augment run`")
+
+
+def run_shards(out_dir: Path) -> list[Path]:
+    """The committed shards of an output folder; an error when there are none."""
+    check_run_folder(out_dir)
     shards = shard_paths(Path(out_dir) / "shards")
     if not shards:
         raise OutputError(

@@ -10,7 +10,7 @@ import yaml
 
 from augment.errors import OutputError, first_line
 from augment.records import FLAGS
-from augment.sinks.parquet import read_records, run_shards
+from augment.sinks.parquet import check_run_folder, read_records, run_shards
 from augment.taxonomy.listfile import slugify
 
 
@@ -34,8 +34,7 @@ def read_manifest(out_dir: Path) -> dict:
     """OUT/manifest.json (written by `augment run`), or an error that says how to get it."""
     out_dir = Path(out_dir)
     path = out_dir / "manifest.json"
-    if not out_dir.is_dir():
-        raise OutputError(f"{out_dir}: no such folder; give the output folder of `augment run`")
+    check_run_folder(out_dir)
     if not path.is_file():
         raise OutputError(
             f"{out_dir} has no manifest.json: it is not a finished `augment run` output; "
