@@ -801,10 +801,9 @@ def add_bench_perf(bench_commands: Commands) -> None:
     perf.add_argument("--images", type=int, help="images per timed row (default: 8 batches)")
     perf.add_argument(
         "--fast",
-        help="engine variants to measure, comma-separated: no overlap, channels_last, "
-        "fuse_qkv, attention flash, attention cudnn, fastest, cuda graphs, auto batch; none "
-        "(default: all "
-        "on a GPU, none on a CPU)",
+        help="engine variants to measure, comma-separated: no overlap, no cuda graphs, "
+        "channels_last, fuse_qkv, attention flash, attention cudnn, fastest, compiled cuda "
+        "graphs, auto batch; none (default: all on a GPU, none on a CPU)",
     )
     perf.add_argument("--no-ray", action="store_true", help="CPU: skip the Ray 1 vs 2 workers rows")
     perf.add_argument("--peak-tflops", type=float, help="the device's dense peak, if not known")

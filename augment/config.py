@@ -185,6 +185,11 @@ class GenerationSpec(StrictModel):
     fuse_qkv: bool = Field(
         default=False, description="fused query-key-value projections in the UNet and VAE"
     )
+    cuda_graphs: bool = Field(
+        default=True,
+        description="GPU runs: replay the UNet's forward as CUDA graphs (the same kernels, "
+        "launched at once: same pixels, less time; off with compile, which has its own)",
+    )
     compile: bool = Field(default=False, description="torch.compile the UNet (GPU runs)")
     compile_mode: CompileMode = Field(
         default="default",

@@ -67,16 +67,23 @@ CASES = {
     "tiny": Case("tiny", 32, 2, steps=2, dtype="float32", location="builtin:tiny-sd"),
 }
 
-#: Engine settings tried against the default: each fast path alone, then together ("fastest",
-#: "cuda graphs"); "no overlap" encodes PNGs in the render loop, to see what the overlap buys.
+#: Engine settings tried against the default (which, on a GPU, replays the UNet as CUDA
+#: graphs): each fast path alone, then together ("fastest", "compiled cuda graphs"); "no
+#: overlap" encodes PNGs in the render loop and "no cuda graphs" launches every kernel from
+#: Python, to see what each buys.
 FAST_PATHS = {
     "no overlap": {"encode_threads": 0},
+    "no cuda graphs": {"cuda_graphs": False},
     "channels_last": {"channels_last": True},
     "fuse_qkv": {"fuse_qkv": True},
     "attention flash": {"attention": "flash"},
     "attention cudnn": {"attention": "cudnn"},
     "fastest": {"fuse_qkv": True, "compile": True},
-    "cuda graphs": {"fuse_qkv": True, "compile": True, "compile_mode": "reduce-overhead"},
+    "compiled cuda graphs": {
+        "fuse_qkv": True,
+        "compile": True,
+        "compile_mode": "reduce-overhead",
+    },
     "auto batch": {"batch_size": "auto"},
 }
 
@@ -347,6 +354,18 @@ def floor_seconds(pipe, case: Case, device: str) -> dict:
     return {"unet_s_per_batch": unet_s, "vae_s_per_batch": vae_s}
 
 
+def graphed_floor_seconds(pipe, case: Case, device: str) -> dict:
+    """`floor_seconds` with the UNet's forwards replayed as CUDA graphs, as the engine's
+    default runs them on a GPU."""
+    from augment.generate.cuda_graphs import graph_forward, remove_graphs
+
+    graph_forward(pipe.unet)
+    try:
+        return floor_seconds(pipe, case, device)
+    finally:
+        remove_graphs(pipe.unet)  # the plain diffusers pipeline again
+
+
 def flops_per_image(pipe, case: Case) -> float:
     """FLOPs of one whole pipeline call for one image (text encoder, every UNet forward with
     guidance, VAE decode), counted by torch.utils.flop_counter."""
@@ -563,6 +582,15 @@ def diffusers_rows(location: str, case: Case, n: int, work: Path, device: str, r
 
     row("unet alone", unet_alone)
     row("floor", lambda: {"images_per_s": case.batch / sum(seconds.values())})
+    if device == "cuda":  # the floor of the engine's default, which replays CUDA graphs
+        graphed: dict = {}
+
+        def unet_graphed() -> dict:
+            graphed.update(graphed_floor_seconds(pipe, case, device))
+            return {"images_per_s": case.batch / graphed["unet_s_per_batch"], **graphed}
+
+        row("unet alone, cuda graphs", unet_graphed)
+        row("floor, cuda graphs", lambda: {"images_per_s": case.batch / sum(graphed.values())})
 
 
 def add_ratios(result: dict, peak: float | None) -> None:
@@ -571,6 +599,7 @@ def add_ratios(result: dict, peak: float | None) -> None:
     flops = rows.get("flops", {}).get("flops_per_image")
     batched = rows.get("diffusers batched", {}).get("images_per_s")
     floor_rate = rows.get("floor", {}).get("images_per_s")
+    graphed_floor = rows.get("floor, cuda graphs", {}).get("images_per_s")
     for values in rows.values():
         rate = values.get("images_per_s")
         if rate is None:
@@ -579,6 +608,8 @@ def add_ratios(result: dict, peak: float | None) -> None:
             values["vs_diffusers_batched"] = rate / batched
         if floor_rate:
             values["vs_floor"] = rate / floor_rate
+        if graphed_floor:
+            values["vs_floor_cuda_graphs"] = rate / graphed_floor
         if flops and peak:
             values["mfu"] = rate * flops / (peak * 1e12)
 

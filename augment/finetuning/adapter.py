@@ -153,7 +153,8 @@ def train_adapter(
     }
     torch.manual_seed(settings.seed)
     pipe = load_pipeline(
-        GenerationSpec(model=base_name or base, config=config, device=device),
+        # no CUDA graphs: their memory pools would sit beside training's activations
+        GenerationSpec(model=base_name or base, config=config, device=device, cuda_graphs=False),
         SpecPaths(model=str(base), config=config),
         keep_scheduler=True,
     )

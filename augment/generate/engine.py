@@ -38,6 +38,7 @@ from PIL import Image
 from augment.config import GenerationSpec, JobSpec, SpecPaths
 from augment.duplicates import perceptual_hash
 from augment.errors import ModelError
+from augment.generate.cuda_graphs import eager_forwards
 from augment.provenance import (
     Adapter,
     Provenance,
@@ -60,6 +61,7 @@ BLACK_MAX_VALUE = 4
 NOT_RENDER_SETTINGS = {
     "device",
     "batch_size",
+    "cuda_graphs",
     "compile",
     "compile_mode",
     "compile_cache",
@@ -331,7 +333,8 @@ class Generator:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.pipe.device)
             try:
-                self.render([item] * size, steps)
+                with eager_forwards(self.pipe.unet):  # a graph per probed size: memory held
+                    self.render([item] * size, steps)
             except torch.OutOfMemoryError:
                 return False
             finally:

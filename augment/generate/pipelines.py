@@ -22,6 +22,7 @@ from augment.config import (
     looks_like_hub_id,
 )
 from augment.errors import ModelError
+from augment.generate.cuda_graphs import graph_forward
 
 #: Pipeline classes by family and mode; interpolate drives the txt2img pipeline with its own
 #: latents and text embeddings.
@@ -476,9 +477,9 @@ def load_pipeline(settings: GenerationSpec, paths: SpecPaths, keep_scheduler: bo
 
 
 def apply_fast_paths(pipe, settings: GenerationSpec) -> None:
-    """channels_last, fused QKV and torch.compile as the spec says (`bench perf` measures
-    each). Compiled kernels go to a persistent folder, so a rerun and every worker of a node
-    compile once."""
+    """channels_last, fused QKV, torch.compile or CUDA graphs as the spec says (`bench perf`
+    measures each). Compiled kernels go to a persistent folder, so a rerun and every worker of
+    a node compile once."""
     import torch
 
     if settings.attention in SDPA_KERNELS:
@@ -491,6 +492,8 @@ def apply_fast_paths(pipe, settings: GenerationSpec) -> None:
     if settings.compile:
         use_compile_cache(settings.compile_cache)
         pipe.unet = torch.compile(pipe.unet, mode=settings.compile_mode, fullgraph=False)
+    elif settings.cuda_graphs:
+        graph_forward(pipe.unet)
 
 
 def use_compile_cache(folder: str | None) -> Path:

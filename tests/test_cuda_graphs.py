@@ -1,0 +1,114 @@
+"""CUDA graphs of the UNet: the same outputs as eager, and nothing changes off a GPU.
+
+The graph tests need a CUDA device: they are skipped on a CPU and run on the GPU machine
+(`pytest tests/test_cuda_graphs.py` there, before `augment bench perf`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from augment.generate.cuda_graphs import (
+    eager_forwards,
+    graph_forward,
+    graphed,
+    remove_graphs,
+)
+from augment.generate.tiny import build_sdxl_unet, build_unet
+from tests.conftest import TINY_JOB, cli, images_by_item
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+
+
+def unet_inputs(unet, batch: int, timestep: int) -> dict:
+    generator = torch.Generator().manual_seed(batch * 1000 + timestep)
+    size = unet.config.sample_size
+    inputs = {
+        "sample": torch.randn(batch, 4, size, size, generator=generator),
+        "timestep": torch.tensor(timestep),
+        "encoder_hidden_states": torch.randn(
+            batch, 7, unet.config.cross_attention_dim, generator=generator
+        ),
+    }
+    if unet.config.addition_embed_type == "text_time":
+        pooled = unet.config.projection_class_embeddings_input_dim - 6 * (
+            unet.config.addition_time_embed_dim
+        )
+        inputs["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(batch, pooled, generator=generator),
+            "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * batch).float(),
+        }
+    device, dtype = unet.device, unet.dtype
+    return torch.utils._pytree.tree_map(
+        lambda t: t.to(device, dtype if t.is_floating_point() else t.dtype), inputs
+    )
+
+
+def test_off_a_gpu_the_unet_is_left_as_it_is():
+    unet = build_unet()
+    assert graph_forward(unet) is None
+    assert graphed(unet) is None and not {"forward", "_apply"} & unet.__dict__.keys()
+    with eager_forwards(unet), torch.no_grad():  # nothing to pause: still runs
+        assert unet(**unet_inputs(unet, 2, 10)).sample.shape == (2, 4, 16, 16)
+
+
+@gpu
+@pytest.mark.parametrize("build", [build_unet, build_sdxl_unet])
+def test_graphs_replay_the_eager_outputs_bit_for_bit(build):
+    unet = build().to("cuda", torch.float16).eval()
+    calls = [(batch, t) for batch in (2, 4) for t in (999, 500, 1)] + [(2, 250)]
+    with torch.no_grad():
+        eager = [unet(**unet_inputs(unet, b, t), return_dict=False)[0] for b, t in calls]
+        forward = graph_forward(unet)
+        replayed = [unet(**unet_inputs(unet, b, t), return_dict=False)[0] for b, t in calls]
+    assert len(forward.graphs) == 2, "one graph per batch shape, whatever the timestep"
+    # compared after every call: a later replay must not overwrite an output a caller kept
+    for (batch, t), a, b in zip(calls, eager, replayed, strict=True):
+        assert torch.equal(a, b), (batch, t, (a - b).abs().max().item())
+
+
+@gpu
+def test_graphs_follow_the_weights_through_a_float32_round_trip():
+    unet = build_unet().to("cuda", torch.float16).eval()
+    graph_forward(unet)
+    with torch.no_grad():
+        before = unet(**unet_inputs(unet, 2, 10)).sample
+        unet.to(torch.float32)
+        wide = unet(**unet_inputs(unet, 2, 10)).sample
+        with eager_forwards(unet):
+            eager_wide = unet(**unet_inputs(unet, 2, 10)).sample
+        unet.to(torch.float16)
+        after = unet(**unet_inputs(unet, 2, 10)).sample
+    assert torch.equal(wide, eager_wide)
+    assert torch.equal(before, after)
+    remove_graphs(unet)
+    assert graphed(unet) is None and not {"forward", "_apply"} & unet.__dict__.keys()
+
+
+@gpu
+def test_training_and_paused_calls_run_eager():
+    unet = build_unet().to("cuda").train()
+    forward = graph_forward(unet)
+    loss = unet(**unet_inputs(unet, 2, 10)).sample.square().mean()
+    loss.backward()  # a graph would have no autograd history
+    assert next(unet.parameters()).grad is not None
+    with torch.no_grad(), eager_forwards(unet):
+        unet(**unet_inputs(unet, 2, 10))
+    assert not forward.graphs
+
+
+@gpu
+@pytest.mark.parametrize("model", ["builtin:tiny-sd", "builtin:tiny-sdxl"])
+def test_a_job_renders_the_same_bytes_with_and_without_graphs(model, write_job, tmp_path, capsys):
+    images = {}
+    for graphs in ("true", "false"):
+        text = TINY_JOB.replace("builtin:tiny-sd", model).replace(
+            "  batch_size: 4\n", f"  batch_size: 4\n  dtype: float16\n  cuda_graphs: {graphs}\n"
+        )
+        out = tmp_path / graphs
+        job = write_job(text, name=f"{graphs}.yaml", out=out)
+        code, _, err = cli(capsys, "run", job, "--distributor", "local")
+        assert code == 0, err
+        images[graphs] = images_by_item(out)
+    assert len(images["true"]) == 9
+    assert images["true"] == images["false"]
