@@ -243,7 +243,8 @@ def bench_perf(out: str | Path = "perf", smoke: bool = False, **settings: Any) -
     """Generation speed in one process: the seed article's one-prompt loop, a bare batched
     diffusers loop, augment's engine (default settings and each fast path; through Ray on a
     CPU) and the UNet + VAE floor, with FLOPs per image and model-FLOPs utilisation.
-    `settings` are `PerfSettings` fields (models, model, images, fast, ray, peak_tflops).
+    `settings` are `PerfSettings` fields (models, model, images, fast, ray, baselines,
+    peak_tflops).
     Writes OUT/perf.json and returns it."""
     from augment.bench.perf import PerfSettings, run_perf
 

@@ -756,7 +756,9 @@ def add_bench_detect(bench_commands: Commands) -> None:
 def cmd_bench_perf(args: argparse.Namespace) -> int:
     options = given(args, "out", "models", "model", "images", "fast", "peak_tflops")
     quiet_libraries()
-    report = api.bench_perf(**options, ray=not args.no_ray, smoke=args.smoke)
+    report = api.bench_perf(
+        **options, ray=not args.no_ray, baselines=not args.no_baselines, smoke=args.smoke
+    )
     peak = report["peak_tflops"]
     out.print(f"{report['device']}, torch {report['torch']}, peak {peak or '?'} TFLOP/s")
     table = Table("model", "path", "images/s", "x batched loop", "x floor", "MFU", "max diff")
@@ -803,7 +805,13 @@ def add_bench_perf(bench_commands: Commands) -> None:
         "--fast",
         help="engine variants to measure, comma-separated: no overlap, no cuda graphs, "
         "channels_last, fuse_qkv, attention flash, attention cudnn, fastest, compiled cuda "
-        "graphs, auto batch; none (default: all on a GPU, none on a CPU)",
+        "graphs, float16 vae, compiled cuda graphs + float16 vae, auto batch; none (default: "
+        "all on a GPU, none on a CPU)",
+    )
+    perf.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="FLOPs and the engine's rows only: no seed loop, diffusers loops, UNet or floor",
     )
     perf.add_argument("--no-ray", action="store_true", help="CPU: skip the Ray 1 vs 2 workers rows")
     perf.add_argument("--peak-tflops", type=float, help="the device's dense peak, if not known")

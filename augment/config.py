@@ -152,6 +152,12 @@ class GenerationSpec(StrictModel):
     config: str | None = Field(
         default=None, description="single-file checkpoints: a diffusers folder with the configs"
     )
+    vae: str | None = Field(
+        default=None,
+        description="a VAE replacing the model's own: a diffusers folder (AutoencoderKL, or a "
+        "pipeline folder's vae/) or hub id, e.g. an fp16-safe SDXL VAE, which decodes in "
+        "float16 where SDXL's own is upcast to float32",
+    )
     mode: Mode = "txt2img"
     scheduler: str = "DDIM"
     num_inference_steps: int = Field(default=30, ge=1, le=1000)
@@ -840,6 +846,7 @@ class SpecPaths:
 
     model: str
     config: str | None = None
+    vae: str | None = None
     controlnet: str | None = None
     loras: tuple[str, ...] = ()
     textual_inversions: tuple[str, ...] = ()
@@ -888,6 +895,7 @@ def resolve_paths(spec: JobSpec, base_dir: Path | None) -> SpecPaths:
     return SpecPaths(
         model=locate(g.model, base_dir, "generation.model"),
         config=locate(g.config, base_dir, "generation.config") if g.config else None,
+        vae=locate(g.vae, base_dir, "generation.vae") if g.vae else None,
         controlnet=locate(g.controlnet.model, base_dir, "generation.controlnet.model")
         if g.controlnet is not None
         else None,

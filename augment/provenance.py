@@ -47,7 +47,7 @@ WATERMARK_MIN_SIZE = 256
 class Adapter:
     """A file or folder loaded beside the model that shapes its pixels, by content hash."""
 
-    kind: str  # "controlnet", "lora", "textual_inversion" or "finetune" (the job's own)
+    kind: str  # "vae", "controlnet", "lora", "textual_inversion" or "finetune" (the job's own)
     name: str  # as the spec names it
     hash: str | None
 
@@ -185,6 +185,10 @@ def parameters_text(record: dict, provenance: Provenance) -> str:
     ]
     if provenance.model_hash:
         settings.append(f"Model hash: {provenance.model_hash[:10]}")
+    for vae in (a for a in provenance.adapters if a.kind == "vae"):
+        if vae.hash:
+            settings.append(f"VAE hash: {vae.hash[:10]}")
+        settings.append(f"VAE: {Path(vae.name).name}")
     for kind, label in (("lora", "Lora hashes"), ("textual_inversion", "TI hashes")):
         named = [
             f"{Path(name).stem}: {(a.hash or 'unknown')[:10]}"

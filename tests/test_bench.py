@@ -357,6 +357,21 @@ def test_bench_perf_compares_the_loops_the_engine_and_the_floor(tmp_path, capsys
     assert not list(tmp_path.glob("augment-perf-*")), "the work folder is removed"
 
 
+def test_bench_perf_without_baselines_times_the_engine_with_a_swapped_vae(tmp_path, capsys):
+    """--no-baselines: FLOPs and the engine's rows only; the float16-VAE path loads the
+    model's own VAE saved anew (a float32 CPU run decodes the same pixels)."""
+    code, _, err = cli(
+        capsys, "bench", "perf", "--smoke", "--out", tmp_path, "--no-baselines",
+        "--fast", "float16 vae", "--peak-tflops", "1", "--no-ray",
+    )  # fmt: skip
+    assert code == 0, err
+    (case,) = json.loads((tmp_path / "perf.json").read_text())["cases"]
+    rows = case["rows"]
+    assert list(rows) == ["flops", "augment", "augment float16 vae"]
+    assert rows["augment float16 vae"]["images_per_s"] > 0, rows
+    assert rows["augment float16 vae"]["max_pixel_difference"] == 0
+
+
 def test_a_real_imagefolder_with_an_empty_class_is_refused(tmp_path):
     """An empty class would leave a test set of the other classes alone, scored 100 %."""
     for name in ("eight", "nine"):

@@ -200,6 +200,42 @@ def test_a_lora_of_the_other_family_is_refused():
     assert "size mismatch" in str(error.value) and "\n" not in str(error.value)
 
 
+def test_a_replacement_vae_decodes_and_is_named_in_each_image(tmp_path: Path):
+    """generation.vae swaps the decoder (a VAE folder, or a pipeline folder's vae/); one that
+    makes other latents, or is missing, is refused before anything renders."""
+    from diffusers import AutoencoderKL
+
+    from augment.generate.engine import run_provenance
+    from augment.generate.pipelines import check_models
+    from augment.generate.tiny import build_vae
+    from augment.provenance import model_content_hash, parameters_text
+
+    job = TINY_JOB.replace("OUT_DIR", str(tmp_path / "out"))
+    torch.manual_seed(1)
+    build_vae().save_pretrained(tmp_path / "vae")
+    plain = render(job)
+    swapped = render(job, vae=str(tmp_path / "vae"))
+    pairs = zip(plain, swapped, strict=True)
+    assert all(np.abs(pixels(a) - pixels(b)).max() > 20 for a, b in pairs)
+    own = render(job, vae="builtin:tiny-sd")  # the model's own vae/, from its pipeline folder
+    assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(plain, own, strict=True))
+
+    spec = changed(parse_spec(job), vae=str(tmp_path / "vae"))
+    (adapter,) = run_provenance(spec).adapters
+    assert (adapter.kind, adapter.hash) == ("vae", model_content_hash(tmp_path / "vae"))
+    record = {"prompt": "p", "steps": 3, "scheduler": "ddim", "guidance": 7.5, "seed": 1}
+    text = parameters_text({**record, "width": 32, "height": 32}, run_provenance(spec))
+    assert f"VAE hash: {adapter.hash[:10]}, VAE: vae" in text
+    assert json.loads(swapped[0]["settings"])["vae"] == str(tmp_path / "vae")
+
+    AutoencoderKL(block_out_channels=[32], latent_channels=8).save_pretrained(tmp_path / "wide")
+    with pytest.raises(ModelError, match=r"vae: .* makes latents of 8 channels, the model's UNet"):
+        make_generator(changed(spec, vae=str(tmp_path / "wide")))
+    missing = changed(spec, vae="vaes/nope")
+    with pytest.raises(ModelError, match=r"^generation.vae: .*no such file or folder"):
+        check_models(missing.generation, missing.paths)
+
+
 def test_controlnet_of_the_other_family_is_refused(tmp_path: Path):
     job = (REPO / "jobs" / "tiny" / "controlnet.yaml").read_text()
     spec = parse_spec(job.replace("builtin:tiny-controlnet", "builtin:tiny-controlnet-sdxl"))

@@ -84,8 +84,23 @@ FAST_PATHS = {
         "compile": True,
         "compile_mode": "reduce-overhead",
     },
+    "float16 vae": {"vae": "FLOAT16_VAE"},
+    "compiled cuda graphs + float16 vae": {
+        "fuse_qkv": True,
+        "compile": True,
+        "compile_mode": "reduce-overhead",
+        "vae": "FLOAT16_VAE",
+    },
     "auto batch": {"batch_size": "auto"},
 }
+
+
+#: A fast path's `vae: FLOAT16_VAE` stands for the model's own VAE saved with `force_upcast`
+#: off, as fp16-safe VAEs ship (sdxl-vae-fp16-fix): an SDXL pipeline then decodes in float16,
+#: not float32 (SD 1.x/2.x pipelines never upcast: no change there). Random weights stay
+#: finite; a real SDXL base's own VAE can overflow in float16, and the engine re-renders those
+#: images in float32 (the row's float32_retry count).
+FLOAT16_VAE = "FLOAT16_VAE"
 
 
 @dataclass
@@ -102,6 +117,9 @@ class PerfSettings:
     fast: str | None = None
     #: CPU: the engine through a local Ray with 1 and 2 workers.
     ray: bool = True
+    #: The seed's loop, the diffusers loops, the UNet and the floor (False: FLOPs and the
+    #: engine's rows only, for a short GPU session).
+    baselines: bool = True
     #: The device's dense peak, when the card is not in PEAK_TFLOPS (or on a CPU).
     peak_tflops: float | None = None
     smoke: bool = False
@@ -202,6 +220,22 @@ def model_folder(case: Case, settings: PerfSettings, device: str, work: Path) ->
         pipe.save_pretrained(folder)
         del pipe
         free_memory()
+    return str(folder)
+
+
+def float16_vae(location: str, work: Path) -> str:
+    """The model's VAE saved with force_upcast off, once (see FLOAT16_VAE)."""
+    from diffusers import AutoencoderKL
+
+    from augment import registry
+
+    folder = work / "float16-vae"
+    if not (folder / "config.json").is_file():
+        if location.startswith("builtin:"):
+            location = str(registry.resolve("model", location, "bench perf"))
+        vae = AutoencoderKL.from_pretrained(location, subfolder="vae", local_files_only=True)
+        vae.register_to_config(force_upcast=False)
+        vae.save_pretrained(folder)
     return str(folder)
 
 
@@ -527,7 +561,7 @@ def measure_case(
 
     location = model_folder(case, settings, device, work)
     result["location"] = location
-    diffusers_rows(location, case, n, work, device, row)
+    diffusers_rows(location, case, n, work, device, row, settings.baselines)
     free_memory()
 
     default: dict = {}
@@ -551,6 +585,8 @@ def measure_case(
             raise AugmentError(f"--fast: unknown {name!r}; known: {', '.join(FAST_PATHS)}")
 
         def fast(extra=FAST_PATHS[name]) -> dict:
+            if extra.get("vae") == FLOAT16_VAE:
+                extra = {**extra, "vae": float16_vae(location, work)}
             return against_default(engine(location, case, n, work, device, extra))
 
         row(f"augment {name}", fast)
@@ -566,11 +602,15 @@ def measure_case(
     return result
 
 
-def diffusers_rows(location: str, case: Case, n: int, work: Path, device: str, row) -> None:
-    """The rows on a plain diffusers pipeline: FLOPs, the two loops, the UNet alone and the
-    floor (UNet + VAE)."""
+def diffusers_rows(
+    location: str, case: Case, n: int, work: Path, device: str, row, baselines: bool = True
+) -> None:
+    """The rows on a plain diffusers pipeline: FLOPs, then (with `baselines`) the two loops,
+    the UNet alone and the floor (UNet + VAE)."""
     pipe = diffusers_pipeline(location, case, device)
     row("flops", lambda: {"flops_per_image": flops_per_image(pipe, case)})
+    if not baselines:
+        return
     row("seed loop", lambda: seed_loop(pipe, case, case.batch, work / "seed-loop", device))
     row("diffusers batched", lambda: batched_loop(pipe, case, n, work / "batched", device))
     row("diffusers calls, no PNG", lambda: pipeline_calls(pipe, case, n, device))

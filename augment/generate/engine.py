@@ -690,13 +690,15 @@ def run_provenance(spec: JobSpec) -> Provenance:
 
 
 def loaded_adapters(spec: JobSpec, card: dict | None) -> tuple[Adapter, ...]:
-    """The ControlNet, LoRAs, embeddings and the job's own fine-tune (LoRA or embedding), each
+    """The VAE, ControlNet, LoRAs, embeddings and the job's own fine-tune (LoRA or embedding), each
     by the content hash of the file that is loaded (not of the folder around it, whose card and
     checkpoints change from one training to the next)."""
     from augment.generate.pipelines import lora_file
 
     paths, generation = spec.paths, spec.generation
     adapters = []
+    if generation.vae is not None and paths.vae:
+        adapters.append(Adapter("vae", generation.vae, model_content_hash(paths.vae)))
     if generation.controlnet is not None and paths.controlnet:
         adapters.append(
             Adapter("controlnet", generation.controlnet.model, model_content_hash(paths.controlnet))

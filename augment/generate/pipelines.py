@@ -94,6 +94,8 @@ def check_models(settings: GenerationSpec, paths: SpecPaths) -> None:
     check_model(paths.model, settings.model)
     if settings.config is not None:
         check_model(paths.config, settings.config, "generation.config")
+    if settings.vae is not None:
+        check_model(paths.vae, settings.vae, "generation.vae")
     if settings.mode == "controlnet" and settings.controlnet is not None:
         check_model(paths.controlnet, settings.controlnet.model, "generation.controlnet.model")
     for number, lora in enumerate(settings.loras):
@@ -249,6 +251,32 @@ def load_controlnet(settings: GenerationSpec, paths: SpecPaths, dtype):
         ) from exc
 
 
+def load_vae(settings: GenerationSpec, paths: SpecPaths, dtype):
+    """The VAE `generation.vae` names: an AutoencoderKL folder, or a pipeline folder's vae/."""
+    import diffusers
+
+    location = check_model(paths.vae, settings.vae, "generation.vae")
+    subfolder = "vae" if (Path(location) / "model_index.json").is_file() else None
+    try:
+        return diffusers.AutoencoderKL.from_pretrained(
+            location, subfolder=subfolder, dtype=dtype, local_files_only=True
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(
+            f"generation.vae: cannot load a VAE (AutoencoderKL) from {location}: {first_line(exc)}"
+        ) from exc
+
+
+def check_vae_fits(pipe, settings: GenerationSpec) -> None:
+    """A replacement VAE must make the latents the UNet denoises."""
+    made, expected = pipe.vae.config.latent_channels, pipe.unet.config.out_channels
+    if made != expected:
+        raise ModelError(
+            f"generation.vae: {settings.vae} makes latents of {made} channels, the model's UNet "
+            f"denoises {expected}: use a VAE made for this model's family"
+        )
+
+
 def load_base(settings: GenerationSpec, paths: SpecPaths, family: str, device: str):
     """The pipeline class for (family, mode), from a folder, a hub cache or a single file."""
     import diffusers
@@ -259,6 +287,8 @@ def load_base(settings: GenerationSpec, paths: SpecPaths, family: str, device: s
     kwargs: dict = {"dtype": dtype, "local_files_only": True}
     if settings.mode == "controlnet":
         kwargs["controlnet"] = load_controlnet(settings, paths, dtype)
+    if settings.vae is not None:
+        kwargs["vae"] = load_vae(settings, paths, dtype)
     if family == "sd" and not (settings.safety_checker and has_safety_checker(location)):
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
@@ -445,7 +475,7 @@ def load_textual_inversions(
 def load_pipeline(settings: GenerationSpec, paths: SpecPaths, keep_scheduler: bool = False):
     """The diffusers pipeline a spec asks for, loaded offline, ready on its device.
 
-    Family and mode pick the class; then scheduler, ControlNet, LoRAs, textual inversions,
+    Family and mode pick the class; then VAE, scheduler, ControlNet, LoRAs, textual inversions,
     attention, VAE slicing/tiling and torch.compile are applied as the spec says.
     """
     card = finetune_card(paths)
@@ -455,6 +485,8 @@ def load_pipeline(settings: GenerationSpec, paths: SpecPaths, keep_scheduler: bo
     family = model_family(location) if settings.family == "auto" else settings.family
     check_finetune_family(card, family, paths)
     pipe = load_base(settings, paths, family, device)
+    if settings.vae is not None:
+        check_vae_fits(pipe, settings)
     if settings.mode == "controlnet":
         check_controlnet_fits(pipe, family)
     if not keep_scheduler:
