@@ -194,7 +194,8 @@ class GenerationSpec(StrictModel):
     cuda_graphs: bool = Field(
         default=True,
         description="GPU runs: replay the UNet's forward as CUDA graphs (the same kernels, "
-        "launched at once: same pixels, less time; off with compile, which has its own)",
+        "launched at once: same pixels, less time; off with compile, which has its own, and "
+        "with batch_size auto, whose memory probe is eager)",
     )
     compile: bool = Field(default=False, description="torch.compile the UNet (GPU runs)")
     compile_mode: CompileMode = Field(

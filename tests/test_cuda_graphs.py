@@ -112,3 +112,18 @@ def test_a_job_renders_the_same_bytes_with_and_without_graphs(model, write_job, 
         images[graphs] = images_by_item(out)
     assert len(images["true"]) == 9
     assert images["true"] == images["false"]
+
+
+@gpu
+def test_graphs_are_installed_for_a_fixed_batch_only():
+    """`batch_size: auto` probes eager memory: a graph's pool held beside the VAE decode could
+    overflow the batch it picks, so that UNet stays eager."""
+    from augment.config import GenerationSpec, SpecPaths
+    from augment.generate.pipelines import load_pipeline
+    from augment.registry import resolve
+
+    model = str(resolve("model", "builtin:tiny-sd", "test"))
+    for batch, expected in ((4, True), ("auto", False)):
+        settings = GenerationSpec(model=model, device="cuda", batch_size=batch)
+        pipe = load_pipeline(settings, SpecPaths(model=model))
+        assert (graphed(pipe.unet) is not None) == expected, batch

@@ -524,7 +524,9 @@ def apply_fast_paths(pipe, settings: GenerationSpec) -> None:
     if settings.compile:
         use_compile_cache(settings.compile_cache)
         pipe.unet = torch.compile(pipe.unet, mode=settings.compile_mode, fullgraph=False)
-    elif settings.cuda_graphs:
+    elif settings.cuda_graphs and settings.batch_size != "auto":
+        # not with `auto`: its probe measures eager memory, and a graph's memory stays held
+        # beside the VAE decode, so the batch it picks could overflow the GPU
         graph_forward(pipe.unet)
 
 
