@@ -155,8 +155,9 @@ class GenerationSpec(StrictModel):
     vae: str | None = Field(
         default=None,
         description="a VAE replacing the model's own: a diffusers folder (AutoencoderKL, or a "
-        "pipeline folder's vae/) or hub id, e.g. an fp16-safe SDXL VAE, which decodes in "
-        "float16 where SDXL's own is upcast to float32",
+        "pipeline folder's vae/), a hub id, or one .safetensors file (configured as the "
+        "model's vae/), e.g. an fp16-safe SDXL VAE folder, which decodes in float16 where "
+        "SDXL's own is upcast to float32",
     )
     mode: Mode = "txt2img"
     scheduler: str = "DDIM"

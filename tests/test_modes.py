@@ -201,11 +201,13 @@ def test_a_lora_of_the_other_family_is_refused():
 
 
 def test_a_replacement_vae_decodes_and_is_named_in_each_image(tmp_path: Path):
-    """generation.vae swaps the decoder (a VAE folder, or a pipeline folder's vae/); one that
-    makes other latents, or is missing, is refused before anything renders."""
+    """generation.vae swaps the decoder (a VAE folder, a pipeline folder's vae/, or one LDM
+    .safetensors file); one that makes other latents, or is missing, is refused before anything
+    renders."""
     from diffusers import AutoencoderKL
 
     from augment.generate.engine import run_provenance
+    from augment.generate.ldm_checkpoint import write_ldm_vae
     from augment.generate.pipelines import check_models
     from augment.generate.tiny import build_vae
     from augment.provenance import model_content_hash, parameters_text
@@ -219,6 +221,10 @@ def test_a_replacement_vae_decodes_and_is_named_in_each_image(tmp_path: Path):
     assert all(np.abs(pixels(a) - pixels(b)).max() > 20 for a, b in pairs)
     own = render(job, vae="builtin:tiny-sd")  # the model's own vae/, from its pipeline folder
     assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(plain, own, strict=True))
+    torch.manual_seed(1)
+    file = write_ldm_vae(build_vae(), tmp_path / "vae.safetensors")  # as sdxl_vae.safetensors
+    single = render(job, vae=str(file))
+    assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(swapped, single, strict=True))
 
     spec = changed(parse_spec(job), vae=str(tmp_path / "vae"))
     (adapter,) = run_provenance(spec).adapters

@@ -166,6 +166,20 @@ def _vae_key(key: str, num_up_blocks: int) -> str:
     raise KeyError(f"no LDM name for VAE key {key!r}")
 
 
+def ldm_vae_state_dict(vae) -> dict[str, torch.Tensor]:
+    """An AutoencoderKL's weights under their LDM names, as a standalone VAE file holds them."""
+    num_up = len(vae.config.up_block_types)
+    out = {}
+    for key, value in vae.state_dict().items():
+        ldm = _vae_key(key, num_up)
+        if ".mid.attn_" in ldm and ldm.endswith(
+            ("q.weight", "k.weight", "v.weight", "proj_out.weight")
+        ):
+            value = value[:, :, None, None]  # LDM's VAE attention uses 1x1 convs, not linears
+        out[ldm] = value
+    return out
+
+
 def ldm_state_dict(pipe) -> dict[str, torch.Tensor]:
     """The pipeline's unet, vae and CLIP text encoder weights under their LDM/A1111 key names."""
     unet, vae, text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
@@ -181,14 +195,8 @@ def ldm_state_dict(pipe) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for key, value in unet_sd.items():
         out[UNET_PREFIX + _unet_key(key, layers, up_with_attention)] = value
-    num_up = len(vae.config.up_block_types)
-    for key, value in vae.state_dict().items():
-        ldm = _vae_key(key, num_up)
-        if ".mid.attn_" in ldm and ldm.endswith(
-            ("q.weight", "k.weight", "v.weight", "proj_out.weight")
-        ):
-            value = value[:, :, None, None]  # LDM's VAE attention uses 1x1 convs, not linears
-        out[VAE_PREFIX + ldm] = value
+    for key, value in ldm_vae_state_dict(vae).items():
+        out[VAE_PREFIX + key] = value
     # transformers >= 5.6 flattened CLIPTextModel (no `text_model.`); LDM files keep it.
     clip_sd = text_encoder.state_dict()
     for key, value in clip_sd.items():
@@ -203,12 +211,19 @@ def ldm_state_dict(pipe) -> dict[str, torch.Tensor]:
 
 def write_ldm_checkpoint(pipe, path: Path) -> Path:
     """Save `pipe` (a diffusers StableDiffusionPipeline) as one LDM-layout .safetensors file."""
+    return _save(ldm_state_dict(pipe), path)
+
+
+def write_ldm_vae(vae, path: Path) -> Path:
+    """Save an AutoencoderKL as one LDM-layout .safetensors file (as sdxl_vae.safetensors is)."""
+    return _save(ldm_vae_state_dict(vae), path)
+
+
+def _save(tensors: dict[str, torch.Tensor], path: Path) -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        k: v.detach().to("cpu").contiguous().clone() for k, v in ldm_state_dict(pipe).items()
-    }
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     save_file(tensors, str(path), metadata={"format": "pt"})
     return path

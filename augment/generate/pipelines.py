@@ -252,12 +252,25 @@ def load_controlnet(settings: GenerationSpec, paths: SpecPaths, dtype):
 
 
 def load_vae(settings: GenerationSpec, paths: SpecPaths, dtype):
-    """The VAE `generation.vae` names: an AutoencoderKL folder, or a pipeline folder's vae/."""
+    """The VAE `generation.vae` names: an AutoencoderKL folder, a pipeline folder's vae/, or a
+    single .safetensors file (LDM names, as sdxl_vae.safetensors), which takes its config from
+    the model's own vae/ (the model folder, or generation.config beside a single-file model)."""
     import diffusers
 
     location = check_model(paths.vae, settings.vae, "generation.vae")
     subfolder = "vae" if (Path(location) / "model_index.json").is_file() else None
     try:
+        if Path(location).is_file():
+            config = paths.config if Path(paths.model).is_file() else paths.model
+            if config is None:
+                raise ModelError(
+                    f"generation.vae: {location} is a single file, configured as the model's "
+                    "vae/; the model is a single file too: set generation.config to a diffusers "
+                    "folder of its family"
+                )
+            return diffusers.AutoencoderKL.from_single_file(
+                location, config=config, subfolder="vae", dtype=dtype, local_files_only=True
+            )
         return diffusers.AutoencoderKL.from_pretrained(
             location, subfolder=subfolder, dtype=dtype, local_files_only=True
         )
