@@ -205,6 +205,7 @@ def test_a_replacement_vae_decodes_and_is_named_in_each_image(tmp_path: Path):
     .safetensors file); one that makes other latents, or is missing, is refused before anything
     renders."""
     from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
 
     from augment.generate.engine import run_provenance
     from augment.generate.ldm_checkpoint import write_ldm_vae
@@ -234,6 +235,13 @@ def test_a_replacement_vae_decodes_and_is_named_in_each_image(tmp_path: Path):
     assert f"VAE hash: {adapter.hash[:10]}, VAE: vae" in text
     assert json.loads(swapped[0]["settings"])["vae"] == str(tmp_path / "vae")
 
+    own_vae = changed(spec, vae="builtin:tiny-sd")  # hashed: the vae/ loaded, not the folder
+    (adapter,) = run_provenance(own_vae).adapters
+    assert adapter.hash == model_content_hash(Path(own_vae.paths.vae) / "vae")
+    weights = build_vae().state_dict()  # a .safetensors file that holds no VAE
+    save_file({"x": weights["decoder.conv_in.weight"]}, str(tmp_path / "no-vae.safetensors"))
+    with pytest.raises(ModelError, match=r"^generation.vae: cannot load a VAE"):
+        make_generator(changed(spec, vae=str(tmp_path / "no-vae.safetensors")))
     AutoencoderKL(block_out_channels=[32], latent_channels=8).save_pretrained(tmp_path / "wide")
     with pytest.raises(ModelError, match=r"vae: .* makes latents of 8 channels, the model's UNet"):
         make_generator(changed(spec, vae=str(tmp_path / "wide")))

@@ -698,7 +698,10 @@ def loaded_adapters(spec: JobSpec, card: dict | None) -> tuple[Adapter, ...]:
     paths, generation = spec.paths, spec.generation
     adapters = []
     if generation.vae is not None and paths.vae:
-        adapters.append(Adapter("vae", generation.vae, model_content_hash(paths.vae)))
+        vae = Path(paths.vae)
+        if (vae / "model_index.json").is_file():  # a pipeline folder: its vae/ is what loads
+            vae = vae / "vae"
+        adapters.append(Adapter("vae", generation.vae, model_content_hash(vae)))
     if generation.controlnet is not None and paths.controlnet:
         adapters.append(
             Adapter("controlnet", generation.controlnet.model, model_content_hash(paths.controlnet))

@@ -274,7 +274,9 @@ def load_vae(settings: GenerationSpec, paths: SpecPaths, dtype):
         return diffusers.AutoencoderKL.from_pretrained(
             location, subfolder=subfolder, dtype=dtype, local_files_only=True
         )
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - diffusers' own errors too (a file with no VAE)
         raise ModelError(
             f"generation.vae: cannot load a VAE (AutoencoderKL) from {location}: {first_line(exc)}"
         ) from exc
