@@ -614,23 +614,21 @@ def diffusers_rows(
     row("seed loop", lambda: seed_loop(pipe, case, case.batch, work / "seed-loop", device))
     row("diffusers batched", lambda: batched_loop(pipe, case, n, work / "batched", device))
     row("diffusers calls, no PNG", lambda: pipeline_calls(pipe, case, n, device))
-    seconds: dict = {}
 
-    def unet_alone() -> dict:
-        seconds.update(floor_seconds(pipe, case, device))
-        return {"images_per_s": case.batch / seconds["unet_s_per_batch"], **seconds}
+    def floor_rows(suffix: str, measure) -> None:
+        """The UNet alone, then UNet + VAE, from one timing of both."""
+        seconds: dict = {}
 
-    row("unet alone", unet_alone)
-    row("floor", lambda: {"images_per_s": case.batch / sum(seconds.values())})
+        def unet_alone() -> dict:
+            seconds.update(measure())
+            return {"images_per_s": case.batch / seconds["unet_s_per_batch"], **seconds}
+
+        row(f"unet alone{suffix}", unet_alone)
+        row(f"floor{suffix}", lambda: {"images_per_s": case.batch / sum(seconds.values())})
+
+    floor_rows("", lambda: floor_seconds(pipe, case, device))
     if device == "cuda":  # the floor of the engine's default, which replays CUDA graphs
-        graphed: dict = {}
-
-        def unet_graphed() -> dict:
-            graphed.update(graphed_floor_seconds(pipe, case, device))
-            return {"images_per_s": case.batch / graphed["unet_s_per_batch"], **graphed}
-
-        row("unet alone, cuda graphs", unet_graphed)
-        row("floor, cuda graphs", lambda: {"images_per_s": case.batch / sum(graphed.values())})
+        floor_rows(", cuda graphs", lambda: graphed_floor_seconds(pipe, case, device))
 
 
 def add_ratios(result: dict, peak: float | None) -> None:
