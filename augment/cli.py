@@ -761,22 +761,29 @@ def cmd_bench_perf(args: argparse.Namespace) -> int:
     )
     peak = report["peak_tflops"]
     out.print(f"{report['device']}, torch {report['torch']}, peak {peak or '?'} TFLOP/s")
-    table = Table("model", "path", "images/s", "x batched loop", "x floor", "MFU", "max diff")
-    for case in report["cases"]:
-        for name, row in case["rows"].items():
-            if "images_per_s" not in row:
-                if "error" in row:
-                    table.add_row(case["model"], name, f"[red]{row['error'][:60]}[/]")
-                continue
-            table.add_row(
-                case["model"],
-                name,
-                f"{row['images_per_s']:.2f}",
-                ratio(row.get("vs_diffusers_batched")),
-                ratio(row.get("vs_floor")),
-                f"{row['mfu']:.1%}" if "mfu" in row else "",
-                str(row.get("max_pixel_difference", "")),
-            )
+    rows = [
+        (case["model"], name, row) for case in report["cases"] for name, row in case["rows"].items()
+    ]
+    graphed = any("vs_floor_cuda_graphs" in row for _, _, row in rows)  # a GPU's second floor
+    floors = ["x floor", "x graphed floor"] if graphed else ["x floor"]
+    table = Table("model", "path", "images/s", "x batched loop", *floors, "MFU", "max diff")
+    for model, name, row in rows:
+        if "images_per_s" not in row:
+            if "error" in row:
+                table.add_row(model, name, f"[red]{row['error'][:60]}[/]")
+            continue
+        floor_ratios = [ratio(row.get("vs_floor"))]
+        if graphed:
+            floor_ratios.append(ratio(row.get("vs_floor_cuda_graphs")))
+        table.add_row(
+            model,
+            name,
+            f"{row['images_per_s']:.2f}",
+            ratio(row.get("vs_diffusers_batched")),
+            *floor_ratios,
+            f"{row['mfu']:.1%}" if "mfu" in row else "",
+            str(row.get("max_pixel_difference", "")),
+        )
     out.print(table)
     out.print(f"results: {Path(options.get('out', 'perf')) / 'perf.json'}", soft_wrap=True)
     return 0

@@ -869,13 +869,13 @@ def locate(name: str, base_dir: Path | None, key: str, kind: registry.Kind = "mo
         return str(registry.resolve(kind, name, key).resolve())
     candidates = [Path(name).expanduser()]
     if base_dir is not None and not candidates[0].is_absolute():
-        candidates.append(base_dir / name)
+        candidates.insert(0, base_dir / name)  # the job's folder first, as for list files
     for candidate in candidates:
         if candidate.exists():
             return str(candidate.resolve())
     if looks_like_hub_id(name):
         return name
-    return str(candidates[-1].resolve())
+    return str(candidates[0].resolve())  # where the job's folder would have it
 
 
 def looks_like_hub_id(name: str) -> bool:

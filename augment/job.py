@@ -285,27 +285,20 @@ def prepare_output(
     if not force:
         previous = previous_spec_hash(out_dir)
         if previous is not None and previous != spec.spec_hash():
-            raise OutputError(
-                f"{out_dir} holds a run of a different spec (hash {previous}, "
-                f"now {spec.spec_hash()}); use another --out, or --force to delete it and "
-                "start over"
-            )
+            if holds_images(out_dir):
+                raise OutputError(
+                    f"{out_dir} holds a run of a different spec (hash {previous}, "
+                    f"now {spec.spec_hash()}); use another --out, or --force to delete it and "
+                    "start over"
+                )
+            # a run that failed before its first image (a model that would not load): the
+            # corrected spec takes its place, as nothing would be lost
+            log.info("%s holds a run of another spec with no image yet: starting over", out_dir)
+            clear_run(out_dir)
         if concepts is not None:
             check_committed_concepts(out_dir, concepts)
     else:
-        for name in (
-            "shards",
-            "quarantine",
-            *EXPORT_DIRS,
-            "plan.parquet",
-            "manifest.json",
-            "job.yaml",
-        ):
-            target = out_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
+        clear_run(out_dir)
     try:
         (out_dir / "shards").mkdir(parents=True, exist_ok=True)
         probe = out_dir / ".write-test"
@@ -316,6 +309,22 @@ def prepare_output(
             f"output folder {out_dir} is not writable ({exc.strerror}); choose another with --out"
         ) from None
     saved.write_text(spec.to_yaml())
+
+
+def holds_images(out_dir: Path) -> bool:
+    """Whether OUT holds a committed or quarantined shard: work a new spec must not delete."""
+    quarantined = (out_dir / "quarantine").glob("*.parquet")
+    return bool(parquet.shard_paths(out_dir / "shards")) or any(True for _ in quarantined)
+
+
+def clear_run(out_dir: Path) -> None:
+    """Delete the run OUT holds (its shards, exports, plan, manifest and spec)."""
+    for name in ("shards", "quarantine", *EXPORT_DIRS, "plan.parquet", "manifest.json", "job.yaml"):
+        target = out_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
 
 
 def package_versions() -> dict[str, str]:

@@ -18,7 +18,7 @@ from augment.bench.stats import mean_ci, paired_gain, summarize
 from augment.errors import AugmentError
 from augment.records import FLAGS
 from augment.sinks.parquet import write_shard
-from tests.conftest import cli
+from tests.conftest import cli, error_line
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -362,7 +362,7 @@ def test_bench_perf_without_baselines_times_the_engine_with_a_swapped_vae(tmp_pa
     model's own VAE saved anew (a float32 CPU run decodes the same pixels)."""
     code, _, err = cli(
         capsys, "bench", "perf", "--smoke", "--out", tmp_path, "--no-baselines",
-        "--fast", "float16 vae", "--peak-tflops", "1", "--no-ray",
+        "--fast", " float16 vae, float16 vae", "--peak-tflops", "1", "--no-ray",
     )  # fmt: skip
     assert code == 0, err
     (case,) = json.loads((tmp_path / "perf.json").read_text())["cases"]
@@ -370,6 +370,26 @@ def test_bench_perf_without_baselines_times_the_engine_with_a_swapped_vae(tmp_pa
     assert list(rows) == ["flops", "augment", "augment float16 vae"]
     assert rows["augment float16 vae"]["images_per_s"] > 0, rows
     assert rows["augment float16 vae"]["max_pixel_difference"] == 0
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--fast", "cuda graphs", "'cuda graphs' is now called 'compiled cuda graphs'"),
+        ("--fast", "fuse-qkv", "did you mean 'fuse_qkv'"),
+        ("--fast", " , ", "--fast is empty"),
+        ("--models", "sd15,sdx", "unknown 'sdx' (did you mean 'sdxl'?)"),
+        ("--images", "0", "images must be at least 1"),
+    ],
+)
+def test_bench_perf_refuses_a_wrong_setting_before_measuring_anything(
+    tmp_path, capsys, option, value, message
+):
+    """A misspelt fast path used to be refused after the baselines had run (GPU minutes)."""
+    code, _, err = cli(capsys, "bench", "perf", "--out", tmp_path, option, value)
+    assert code == 2
+    assert message in error_line(err)
+    assert not (tmp_path / "perf.json").exists()
 
 
 def test_a_real_imagefolder_with_an_empty_class_is_refused(tmp_path):

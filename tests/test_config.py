@@ -83,3 +83,19 @@ def test_misspelt_keys_inside_nested_sections_suggest_the_right_one():
         parse_spec(base + "  controlnet:\n    modle: x\n", "job.yaml")
     with pytest.raises(SpecError, match=r"line 6: generation.loras\[0\].pth: .*'path'\?"):
         parse_spec(base + "  loras:\n    - pth: x\n", "job.yaml")
+
+
+def test_a_relative_model_path_is_looked_up_beside_the_job_file_before_the_cwd(
+    write_job, tmp_path, monkeypatch
+):
+    """Like a taxonomy list file: the same job run from another folder finds the same files."""
+    beside_job = tmp_path / "jobs" / "models" / "sd" / "v1"
+    beside_job.mkdir(parents=True)
+    (tmp_path / "models" / "sd" / "v1").mkdir(parents=True)  # the same name under the cwd
+    job = write_job(TINY_JOB.replace("builtin:tiny-sd", "models/sd/v1"), name="jobs/job.yaml")
+    monkeypatch.chdir(tmp_path)
+    assert load_spec(job).paths.model == str(beside_job)
+    beside_job.rmdir()  # found under the cwd alone: that one
+    assert load_spec(job).paths.model == str(tmp_path / "models" / "sd" / "v1")
+    monkeypatch.chdir(tmp_path / "jobs")  # found nowhere: named where the job's folder has it
+    assert load_spec(job).paths.model == str(beside_job)

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from augment.config import load_spec
-from augment.errors import OutputError
+from augment.errors import ModelError, OutputError
 from augment.job import RunOptions, run_job
-from tests.conftest import images_by_item
+from tests.conftest import TINY_JOB, images_by_item
 
 LOCAL = RunOptions(distributor="local")
 
@@ -21,8 +21,6 @@ LOCAL = RunOptions(distributor="local")
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     """One run of the tiny job, shared by the read-only checks below."""
-    from tests.conftest import TINY_JOB
-
     folder = tmp_path_factory.mktemp("run")
     job = folder / "job.yaml"
     job.write_text(TINY_JOB.replace("OUT_DIR", str(folder / "out")))
@@ -104,6 +102,22 @@ def test_changed_spec_is_refused_unless_forced(write_job, tmp_path):
     assert len(pd.read_parquet(tmp_path / "out" / "shards")) == 2  # nothing lost
     forced = run_job(changed, RunOptions(distributor="local", force=True))
     assert (forced.skipped, forced.rendered) == (0, 2)
+
+
+def test_a_run_that_failed_before_its_first_image_gives_way_to_the_corrected_spec(
+    write_job, tmp_path
+):
+    """A model that cannot load fails after OUT holds the spec; with no image lost, the fixed
+    job runs there without --force (a folder with images still needs it, above)."""
+    broken = tmp_path / "vae"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    job = write_job(TINY_JOB.replace("  batch_size: 4\n", f"  batch_size: 4\n  vae: {broken}\n"))
+    with pytest.raises(ModelError, match="generation.vae: cannot load"):
+        run_job(load_spec(job), LOCAL)
+    assert (tmp_path / "out" / "job.yaml").is_file()
+    fixed = run_job(load_spec(write_job()), LOCAL)
+    assert (fixed.skipped, fixed.rendered) == (0, 9)
 
 
 def test_unwritable_output_is_a_clear_error(write_job, tmp_path):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from augment.errors import AugmentError
+from augment.errors import AugmentError, above, at_least
 
 #: Dense (no sparsity) fp16/bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets.
 PEAK_TFLOPS = {
@@ -123,6 +123,52 @@ class PerfSettings:
     #: The device's dense peak, when the card is not in PEAK_TFLOPS (or on a CPU).
     peak_tflops: float | None = None
     smoke: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse what no run can measure before the first (long) row: a wrong name found
+        after the baselines ran would cost the GPU minutes they took."""
+        if self.images is not None:
+            at_least("images", self.images, 1)
+        if self.peak_tflops is not None:
+            above("peak_tflops", self.peak_tflops, 0)
+        models = named_list("models", self.models, [*CASES, "auto"])
+        if "auto" in models and len(models) > 1:
+            raise AugmentError("--models: auto picks by device; name models or auto, not both")
+        self.models = ",".join(models)
+        if self.fast is not None and self.fast.strip().lower() != "none":
+            self.fast = ",".join(named_list("fast", self.fast, FAST_PATHS))
+
+    def fast_paths(self, device: str) -> list[str]:
+        """The FAST_PATHS to measure: those named, else none on a CPU and all on a GPU."""
+        if self.fast is None:
+            return [] if device == "cpu" else list(FAST_PATHS)
+        return [] if self.fast.strip().lower() == "none" else self.fast.split(",")
+
+
+#: Names FAST_PATHS had before, and what they are called now.
+RENAMED_FAST_PATHS = {"cuda graphs": "compiled cuda graphs"}
+
+
+def named_list(setting: str, text: str, known) -> list[str]:
+    """A comma-separated list of known names, stripped and each kept once, in order."""
+    import difflib
+
+    names = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    if not names:
+        raise AugmentError(
+            f"--{setting} is empty; name one or more of: {', '.join(known)}"
+            + (" (or none)" if setting == "fast" else "")
+        )
+    for name in names:
+        if name in known:
+            continue
+        if name in RENAMED_FAST_PATHS and setting == "fast":
+            hint = f" ({name!r} is now called {RENAMED_FAST_PATHS[name]!r})"
+        else:
+            close = difflib.get_close_matches(name, list(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise AugmentError(f"--{setting}: unknown {name!r}{hint}; known: {', '.join(known)}")
+    return names
 
 
 def shaped_sd15(device: str, dtype):
@@ -579,10 +625,7 @@ def measure_case(
             measured["max_pixel_difference"] = max_difference(pixels, default["pixels"])
         return measured
 
-    chosen = settings.fast or ("none" if device == "cpu" else ",".join(FAST_PATHS))
-    for name in [] if chosen == "none" else chosen.split(","):
-        if name not in FAST_PATHS:
-            raise AugmentError(f"--fast: unknown {name!r}; known: {', '.join(FAST_PATHS)}")
+    for name in settings.fast_paths(device):
 
         def fast(extra=FAST_PATHS[name]) -> dict:
             if extra.get("vae") == FLOAT16_VAE:
@@ -623,8 +666,13 @@ def diffusers_rows(
             seconds.update(measure())
             return {"images_per_s": case.batch / seconds["unet_s_per_batch"], **seconds}
 
+        def floor() -> dict:
+            if not seconds:
+                raise AugmentError(f"no UNet timing to add the VAE to (see 'unet alone{suffix}')")
+            return {"images_per_s": case.batch / sum(seconds.values())}
+
         row(f"unet alone{suffix}", unet_alone)
-        row(f"floor{suffix}", lambda: {"images_per_s": case.batch / sum(seconds.values())})
+        row(f"floor{suffix}", floor)
 
     floor_rows("", lambda: floor_seconds(pipe, case, device))
     if device == "cuda":  # the floor of the engine's default, which replays CUDA graphs
@@ -667,9 +715,6 @@ def run_perf(settings: PerfSettings) -> dict:
         names = "tiny"
     elif names == "auto":
         names = "sd15,sdxl" if cuda else "digits"
-    unknown = [n for n in names.split(",") if n not in CASES]
-    if unknown:
-        raise AugmentError(f"--models: unknown {', '.join(unknown)}; known: {', '.join(CASES)}")
     report: dict = {
         "device": name,
         "cpus": __import__("os").cpu_count(),
