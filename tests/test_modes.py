@@ -250,6 +250,25 @@ def test_a_replacement_vae_decodes_and_is_named_in_each_image(tmp_path: Path):
         check_models(missing.generation, missing.paths)
 
 
+def test_a_vae_from_a_cached_hub_pipeline_loads_its_vae_subfolder(tmp_path, monkeypatch):
+    """generation.vae: a hub id of a whole pipeline in the cache decodes with its vae/ (as a
+    local pipeline folder does), not the repository's root, which holds no VAE."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    repo = tmp_path / "hub" / "models--acme--tiny-sd"
+    tiny = changed(parse_spec(TINY_JOB.replace("OUT_DIR", "out"))).paths.model
+    commit = "0123456789abcdef0123456789abcdef01234567"  # the hub's layout, as downloaded
+    shutil.copytree(tiny, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    job = TINY_JOB.replace("OUT_DIR", str(tmp_path / "out"))
+    plain, cached = render(job), render(job, vae="acme/tiny-sd")
+    assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(plain, cached, strict=True))
+
+
 def test_controlnet_of_the_other_family_is_refused(tmp_path: Path):
     job = (REPO / "jobs" / "tiny" / "controlnet.yaml").read_text()
     spec = parse_spec(job.replace("builtin:tiny-controlnet", "builtin:tiny-controlnet-sdxl"))

@@ -693,13 +693,13 @@ def loaded_adapters(spec: JobSpec, card: dict | None) -> tuple[Adapter, ...]:
     """The VAE, ControlNet, LoRAs, embeddings and the job's own fine-tune (LoRA or embedding), each
     by the content hash of the file that is loaded (not of the folder around it, whose card and
     checkpoints change from one training to the next)."""
-    from augment.generate.pipelines import lora_file
+    from augment.generate.pipelines import lora_file, pipeline_index
 
     paths, generation = spec.paths, spec.generation
     adapters = []
     if generation.vae is not None and paths.vae:
         vae = Path(paths.vae)
-        if (vae / "model_index.json").is_file():  # a pipeline folder: its vae/ is what loads
+        if vae.is_dir() and pipeline_index(paths.vae) is not None:  # its vae/ is what loads
             vae = vae / "vae"
         adapters.append(Adapter("vae", generation.vae, model_content_hash(vae)))
     if generation.controlnet is not None and paths.controlnet:

@@ -203,6 +203,21 @@ def torch_dtype(name: str, device: str):
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
+def pipeline_index(location: str) -> Path | None:
+    """The model_index.json of a whole pipeline, a local folder or a hub id in the cache; None
+    for one model (a VAE's own folder or repository, a single file)."""
+    path = Path(location)
+    if path.exists():
+        index = path / "model_index.json"
+        return index if index.is_file() else None
+    if not looks_like_hub_id(location):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(location, "model_index.json")
+    return Path(found) if isinstance(found, str) else None
+
+
 def model_family(location: str) -> str:
     """'sdxl' when the model has a second text encoder, else 'sd' (1.x and 2.x)."""
     path = Path(location)
@@ -215,13 +230,8 @@ def model_family(location: str) -> str:
             )
         with safe_open(str(path), framework="pt") as handle:
             return "sdxl" if any(k.startswith("conditioner.") for k in handle.keys()) else "sd"
-    index = path / "model_index.json" if path.is_dir() else None
+    index = pipeline_index(location)
     if index is None:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(location, "model_index.json")
-        index = Path(found) if isinstance(found, str) else None
-    if index is None or not index.is_file():
         return "sd"
     data = json.loads(index.read_text())
     return "sdxl" if "text_encoder_2" in data or "XL" in data.get("_class_name", "") else "sd"
@@ -258,7 +268,7 @@ def load_vae(settings: GenerationSpec, paths: SpecPaths, dtype):
     import diffusers
 
     location = check_model(paths.vae, settings.vae, "generation.vae")
-    subfolder = "vae" if (Path(location) / "model_index.json").is_file() else None
+    subfolder = "vae" if pipeline_index(location) is not None else None  # a pipeline's vae/
     try:
         if Path(location).is_file():
             config = paths.config if Path(paths.model).is_file() else paths.model
