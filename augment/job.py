@@ -522,6 +522,40 @@ def resume_point(out_dir: Path) -> set[str]:
     return done
 
 
+def check_same_weights(out_dir: Path, spec: JobSpec) -> None:
+    """A resumed run renders with the weights OUT's images came from. The spec names files, so
+    a model or adapter changed in place since (trained again, downloaded again) leaves its hash
+    as it was and would put two models' images under one spec: refused, naming which changed."""
+    shards = parquet.shard_paths(out_dir / "shards")
+    if not shards:
+        return
+    from augment.generate.engine import run_provenance
+
+    now = run_provenance(spec)
+    hashes = parquet.read_shard(shards[-1], ["model_hash"]).column("model_hash").to_pylist()
+    then = hashes[0] if hashes else None
+    changed = []
+    if then and now.model_hash and then != now.model_hash:
+        model = spec.generation.model
+        changed.append(f"generation.model {model} ({then[:12]} then, now {now.model_hash[:12]})")
+    manifest = read_manifest(out_dir) if (out_dir / "manifest.json").is_file() else {}
+    model_entry = manifest.get("model")
+    adapters = model_entry.get("adapters", []) if isinstance(model_entry, dict) else []
+    before = {(a["kind"], a["name"]): a["hash"] for a in adapters}
+    for adapter in now.adapters:
+        old = before.get((adapter.kind, adapter.name))
+        if old and adapter.hash and old != adapter.hash:
+            changed.append(
+                f"the {adapter.kind} {adapter.name} ({old[:12]} then, now {adapter.hash[:12]})"
+            )
+    if changed:
+        raise OutputError(
+            f"{out_dir} holds images rendered with other weights: the files of "
+            f"{'; '.join(changed)} changed since; put the old files back to resume, or use "
+            "another --out, or --force to delete these images and start over"
+        )
+
+
 def finetune(spec: JobSpec, force: bool = False) -> FinetuneResult:
     """Train the job's `finetune:` adapter, or reuse it when complete for these images.
 
@@ -684,6 +718,7 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
     write_plan(items, out_dir / "plan.parquet")
     parquet.remove_temp_files(out_dir / "shards")
     done = resume_point(out_dir)
+    check_same_weights(out_dir, spec)
     try:
         rendering = render_blocks(spec, concepts, items, done, out_dir, options)
         failures = rendering.failures + (sources.unreadable if sources is not None else [])

@@ -120,6 +120,29 @@ def test_a_run_that_failed_before_its_first_image_gives_way_to_the_corrected_spe
     assert (fixed.skipped, fixed.rendered) == (0, 9)
 
 
+def test_a_resume_with_model_or_vae_files_changed_in_place_is_refused(write_job, tmp_path):
+    """Same spec, other weights (a model downloaded again, a VAE trained again in its folder):
+    resuming would mix two models' images under one spec."""
+    import shutil
+
+    tiny = Path(load_spec(write_job()).paths.model)
+    model = shutil.copytree(tiny, tmp_path / "model")
+    vae = shutil.copytree(tiny / "vae", tmp_path / "vae")
+    text = TINY_JOB.replace("builtin:tiny-sd", str(model))
+    job = write_job(text.replace("  batch_size: 4\n", f"  batch_size: 4\n  vae: {vae}\n"))
+    run_job(load_spec(job, {"limit": 4}), LOCAL)
+    config = vae / "config.json"
+    original = config.read_text()
+    config.write_text(original + "\n")  # any byte: the content hash changes
+    with pytest.raises(OutputError, match=rf"the vae {vae} \(\w+ then, now \w+\) changed"):
+        run_job(load_spec(job), LOCAL)
+    config.write_text(original)
+    (model / "model_index.json").write_text((model / "model_index.json").read_text() + "\n")
+    with pytest.raises(OutputError, match=r"other weights: the files of generation.model"):
+        run_job(load_spec(job), LOCAL)
+    assert len(pd.read_parquet(tmp_path / "out" / "shards")) == 4  # nothing lost
+
+
 def test_unwritable_output_is_a_clear_error(write_job, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
