@@ -35,11 +35,11 @@ def project_root() -> Path:
 
 
 def portable_spec(spec: JobSpec, root: Path) -> JobSpec:
-    """The spec with paths the cluster can resolve: list files relative to the project,
-    local model folders absolute, the output folder absolute."""
-    updates: dict = {
-        "output": {**spec.output.model_dump(), "dir": str(Path(spec.output.dir).resolve())}
-    }
+    """The spec with paths the cluster can resolve: list files relative to the project (it
+    travels with the job), every other local file or folder (models, adapters, scorers, source
+    images) absolute, as the nodes see the same paths; the output folder absolute."""
+    data = spec.model_dump()
+    data["output"]["dir"] = str(Path(spec.output.dir).resolve())
     if not spec.taxonomy.source.startswith(("wordnet:", "coco")):
         found = Path(spec.paths.taxonomy)
         if not found.is_relative_to(root):
@@ -47,11 +47,38 @@ def portable_spec(spec: JobSpec, root: Path) -> JobSpec:
                 f"taxonomy file {found} is outside the project {root}: copy it into "
                 "taxonomies/ so the cluster receives it"
             )
-        updates["taxonomy"] = {**spec.taxonomy.model_dump(), "source": str(found.relative_to(root))}
-    model = Path(spec.paths.model)
-    if not spec.generation.model.startswith("builtin:") and model.is_dir():
-        updates["generation"] = {**spec.generation.model_dump(), "model": str(model)}
-    return spec.model_validate({**spec.model_dump(), **updates})
+        data["taxonomy"]["source"] = str(found.relative_to(root))
+    for section, key, resolved in local_paths(data, spec.paths):
+        if not str(section[key]).startswith("builtin:") and Path(resolved).exists():
+            section[key] = str(Path(resolved).resolve())
+    if spec.finetune is not None and spec.finetune.out is not None:  # where adapters go
+        data["finetune"]["out"] = str(Path(spec.paths.finetuned).parent)
+    return spec.model_validate(data)
+
+
+def local_paths(data: dict, paths) -> list[tuple[dict, str, str]]:
+    """(section of the dumped spec, key, resolved path) of every file name a spec holds."""
+    g = data["generation"]
+    found = [(g, "model", paths.model), (g, "config", paths.config), (g, "vae", paths.vae)]
+    if g["controlnet"] is not None:
+        found.append((g["controlnet"], "model", paths.controlnet))
+    found += [(lora, "path", p) for lora, p in zip(g["loras"], paths.loras, strict=True)]
+    inversions = zip(g["textual_inversions"], paths.textual_inversions, strict=True)
+    found += [(inversion, "path", p) for inversion, p in inversions]
+    found.append((g["mask"], "files", paths.mask_files))
+    found.append((data["filters"], "scorer", paths.scorer))
+    for name, key, resolved in (
+        ("labels", "detector", paths.detector),
+        ("segment", "model", paths.segmenter),
+        ("source", "path", paths.source),
+    ):
+        if data.get(name) is not None:
+            found.append((data[name], key, resolved))
+    if data.get("paste") is not None:
+        found.append((data["paste"]["backgrounds"], "path", paths.backgrounds))
+    if data.get("finetune") is not None:
+        found.append((data["finetune"]["source"], "path", paths.finetune_source))
+    return [(section, key, resolved) for section, key, resolved in found if section[key]]
 
 
 def use_ray_token_if_present() -> None:

@@ -101,3 +101,26 @@ def test_unreachable_cluster_is_a_one_line_error(tmp_path):
     result = augment("submit", str(job), "--address", f"http://127.0.0.1:{free_port()}")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "cannot reach a Ray cluster" in result.stderr
+
+
+def test_a_submitted_spec_names_every_local_file_by_its_absolute_path(write_job, tmp_path):
+    """The cluster runs the spec from the project's copy, not beside the job file: a VAE, LoRA,
+    scorer or source folder named relative to the job would not be found there."""
+    from augment.cluster import portable_spec, project_root
+
+    for name in ("vae", "scorer", "pictures"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "style.safetensors").write_bytes(b"")
+    job = write_job(
+        TINY_JOB.replace("  batch_size: 4\n", "  batch_size: 4\n  vae: vae\n  mode: img2img\n"
+                         "  loras: [{path: style.safetensors}]\n")
+        + "filters:\n  scorer: scorer\nsource:\n  path: pictures\n"
+    )  # fmt: skip
+    portable = portable_spec(load_spec(job), project_root())
+    generation = portable.generation
+    assert generation.vae == str(tmp_path / "vae")
+    assert generation.loras[0].path == str(tmp_path / "style.safetensors")
+    assert portable.filters.scorer == str(tmp_path / "scorer")
+    assert portable.source.path == str(tmp_path / "pictures")
+    assert generation.model == "builtin:tiny-sd"  # each node builds its own
+    assert portable.taxonomy.source == "taxonomies/digits.yaml"
