@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import socket
 import threading
 import time
@@ -419,13 +420,32 @@ def start_service(spec: JobSpec, options: ServeOptions | None = None) -> Service
     try:
         serve.start(http_options={"host": options.host, "port": options.port})
         serve.run(app, name=APP_NAME, route_prefix="/")
-    except BaseException:  # a start interrupted or failed leaves nothing half-deployed
+    except BaseException as exc:  # a start interrupted or failed leaves nothing half-deployed
+        cause = replica_error(deployment_messages()) if isinstance(exc, Exception) else None
         serve.shutdown()
+        if cause is not None:  # the replica's own message (a model that would not load)
+            raise AugmentError(f"the service's replicas could not start: {cause}") from None
         raise
     host = "127.0.0.1" if options.host in ("0.0.0.0", "") else options.host
     return Service(
         f"http://{host}:{options.port}", replicas, "GPU" if gpus else "CPU", options.write
     )
+
+
+def deployment_messages() -> list[str]:
+    """What Serve says of each deployment of the service: a failed replica's traceback."""
+    try:
+        app = serve.status().applications.get(APP_NAME)
+    except Exception:  # noqa: BLE001 - a controller that is gone has nothing more to say
+        return []
+    return [] if app is None else [d.message for d in app.deployments.values() if d.message]
+
+
+def replica_error(messages: list[str]) -> str | None:
+    """The last augment error a replica's constructor raised, from Serve's tracebacks: Serve
+    itself only says that the deployment failed."""
+    found = [m for text in messages for m in re.findall(r"augment\.errors\.\w+: (.+)", text)]
+    return found[-1].strip() if found else None
 
 
 def check_port_free(host: str, port: int) -> None:

@@ -238,3 +238,20 @@ def test_a_request_far_into_the_variants_makes_the_batch_plans_items_without_bui
         10**6,
         10**6 + 1,
     ]
+
+
+def test_a_replica_that_cannot_load_its_model_is_named_by_its_own_error():
+    """Serve only says that the deployment failed; the replica's traceback in its status holds
+    the error a person can act on (seen with a VAE folder that holds no weights)."""
+    from augment.service import replica_error
+
+    traceback = (
+        'Traceback (most recent call last):\n  File "augment/generate/pipelines.py", line 290, '
+        "in load_vae\n    raise ModelError(\naugment.errors.ModelError: generation.vae: cannot "
+        "load a VAE (AutoencoderKL) from /vae: Error no file named diffusion_pytorch_model.bin"
+    )
+    assert replica_error(["", traceback]) == (
+        "generation.vae: cannot load a VAE (AutoencoderKL) from /vae: Error no file named "
+        "diffusion_pytorch_model.bin"
+    )
+    assert replica_error(["ValueError: something of Ray's own"]) is None
