@@ -245,6 +245,13 @@ def test_a_replacement_vae_decodes_and_is_named_in_each_image(tmp_path: Path):
     AutoencoderKL(block_out_channels=[32], latent_channels=8).save_pretrained(tmp_path / "wide")
     with pytest.raises(ModelError, match=r"vae: .* makes latents of 8 channels, the model's UNet"):
         make_generator(changed(spec, vae=str(tmp_path / "wide")))
+    deep = AutoencoderKL(  # 4 channels, but 32 px images into 4 px latents, not 16 px
+        block_out_channels=[32, 32, 32, 32], down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4,
+    )  # fmt: skip
+    deep.save_pretrained(tmp_path / "deep")
+    with pytest.raises(ModelError, match=r"vae: .* shrinks images 8x .* the model's own VAE 2x"):
+        make_generator(changed(spec, vae=str(tmp_path / "deep")))
     missing = changed(spec, vae="vaes/nope")
     with pytest.raises(ModelError, match=r"^generation.vae: .*no such file or folder"):
         check_models(missing.generation, missing.paths)

@@ -292,14 +292,46 @@ def load_vae(settings: GenerationSpec, paths: SpecPaths, dtype):
         ) from exc
 
 
-def check_vae_fits(pipe, settings: GenerationSpec) -> None:
-    """A replacement VAE must make the latents the UNet denoises."""
+def check_vae_fits(pipe, settings: GenerationSpec, paths: SpecPaths) -> None:
+    """A replacement VAE must make the latents the UNet denoises: as many channels, and
+    images shrunk by the same factor as the model's own VAE (where its config can be read)."""
     made, expected = pipe.vae.config.latent_channels, pipe.unet.config.out_channels
     if made != expected:
         raise ModelError(
             f"generation.vae: {settings.vae} makes latents of {made} channels, the model's UNet "
             f"denoises {expected}: use a VAE made for this model's family"
         )
+    own = own_vae_config(paths)
+    if own is None or "block_out_channels" not in own:
+        return
+    factor, own_factor = (
+        2 ** (len(c) - 1) for c in (pipe.vae.config.block_out_channels, own["block_out_channels"])
+    )
+    if factor != own_factor:
+        raise ModelError(
+            f"generation.vae: {settings.vae} shrinks images {factor}x into latents, the model's "
+            f"own VAE {own_factor}x: its UNet would denoise latents of another size than it "
+            "learned; use a VAE made for this model's family"
+        )
+
+
+def own_vae_config(paths: SpecPaths) -> dict | None:
+    """The config of the model's own VAE (its folder's, a single file's generation.config
+    folder's, or a cached hub pipeline's vae/config.json); None where there is none to read."""
+    folder = paths.config if Path(paths.model).is_file() else paths.model
+    if folder is None:
+        return None
+    path = Path(folder) / "vae" / "config.json"
+    if not path.is_file():
+        if Path(folder).exists() or not looks_like_hub_id(folder):
+            return None
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(folder, "vae/config.json")
+        if not isinstance(found, str):
+            return None
+        path = Path(found)
+    return json.loads(path.read_text())
 
 
 def load_base(settings: GenerationSpec, paths: SpecPaths, family: str, device: str):
@@ -511,7 +543,7 @@ def load_pipeline(settings: GenerationSpec, paths: SpecPaths, keep_scheduler: bo
     check_finetune_family(card, family, paths)
     pipe = load_base(settings, paths, family, device)
     if settings.vae is not None:
-        check_vae_fits(pipe, settings)
+        check_vae_fits(pipe, settings, paths)
     if settings.mode == "controlnet":
         check_controlnet_fits(pipe, family)
     if not keep_scheduler:
