@@ -86,6 +86,25 @@ def test_graphs_follow_the_weights_through_a_float32_round_trip():
 
 
 @gpu
+def test_a_signature_that_cannot_be_captured_runs_eager_without_trying_again(monkeypatch):
+    unet = build_unet().to("cuda", torch.float16).eval()
+    forward = graph_forward(unet)
+    tries = []
+
+    def failing(*_):
+        tries.append(1)
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(forward, "capture", failing)
+    inputs = unet_inputs(unet, 2, 10)
+    with torch.no_grad():
+        first, second = unet(**inputs).sample, unet(**inputs).sample
+        expected = forward.eager(**inputs).sample
+    assert len(tries) == 1
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+
+
+@gpu
 def test_training_and_paused_calls_run_eager():
     unet = build_unet().to("cuda").train()
     forward = graph_forward(unet)

@@ -37,16 +37,16 @@ class GraphedForward:
         self.module = module
         self.eager = module.forward
         self.pool = torch.cuda.graph_pool_handle()  # one memory pool for every graph
-        self.graphs: dict[tuple, tuple] = {}
+        self.graphs: dict[tuple, tuple | None] = {}  # None: that signature runs eager
         self.paused = 0
 
     def __call__(self, *args, **kwargs):
         import torch
         from torch.utils._pytree import tree_flatten
 
-        if not self.replayable(args, kwargs):
-            return self.eager(*args, **kwargs)
         leaves, tree = tree_flatten((args, kwargs))
+        if not self.replayable(args, kwargs, leaves):
+            return self.eager(*args, **kwargs)
         key = (
             str(tree),
             tuple(
@@ -55,7 +55,17 @@ class GraphedForward:
             ),
         )
         if key not in self.graphs:
-            self.graphs[key] = self.capture(leaves, tree)
+            try:
+                self.graphs[key] = self.capture(leaves, tree)
+            except Exception as exc:  # noqa: BLE001 - eager is always there to fall back on
+                from augment.errors import first_line
+
+                # e.g. out of memory, or an op that cannot be captured: not tried again for
+                # this signature, so each batch does not pay a failed capture
+                log.warning("cannot capture the UNet as a CUDA graph (%s); eager", first_line(exc))
+                self.graphs[key] = None
+        if self.graphs[key] is None:
+            return self.eager(*args, **kwargs)
         graph, inputs, output = self.graphs[key]
         for static, leaf in zip(inputs, leaves, strict=True):
             if isinstance(static, torch.Tensor):
@@ -63,13 +73,12 @@ class GraphedForward:
         graph.replay()
         return tree_map_tensors(output, lambda t: t.clone())
 
-    def replayable(self, args: tuple, kwargs: dict) -> bool:
+    def replayable(self, args: tuple, kwargs: dict, leaves: list) -> bool:
         """Whether a graph can stand for this call: no gradients (training runs eager), every
         tensor on the UNet's device, the timestep a tensor (a number is copied from the host
         inside the forward: a graph would replay a stale copy) and the other arguments
         hashable (they pick the graph)."""
         import torch
-        from torch.utils._pytree import tree_leaves
 
         if self.paused or torch.is_grad_enabled():
             return False
@@ -79,7 +88,7 @@ class GraphedForward:
         device = next(self.module.parameters()).device
         return device.type == "cuda" and all(
             leaf.device == device if isinstance(leaf, torch.Tensor) else hashable(leaf)
-            for leaf in tree_leaves((args, kwargs))
+            for leaf in leaves
         )
 
     def capture(self, leaves: list, tree) -> tuple:

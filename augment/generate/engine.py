@@ -404,13 +404,18 @@ class Generator:
 
     @contextmanager
     def in_float32(self):
-        """The pipeline in float32 for a re-render, then back (float16 -> 32 -> 16 is exact)."""
+        """The pipeline in float32 for a re-render, then back (float16 -> 32 -> 16 is exact),
+        its UNet eager meanwhile: a CUDA graph captured for one re-render would be dropped when
+        the weights go back."""
         import torch
+
+        from augment.generate.cuda_graphs import eager_forwards
 
         dtype = self.pipe.dtype
         self.pipe.to(dtype=torch.float32)
         try:
-            yield
+            with eager_forwards(self.pipe.unet):
+                yield
         finally:
             self.pipe.to(dtype=dtype)
 
