@@ -568,10 +568,18 @@ class JobSpec(StrictModel):
         return self
 
     def spec_hash(self) -> str:
-        """Hash of everything that decides which images a run makes (not where they go, nor
-        what `paste:` makes of them in OUT/paste: that has `paste_hash`)."""
+        """Hash of everything that decides which images a run makes (not where they go, how
+        the machine makes them, nor what `paste:` makes of them in OUT/paste: that has
+        `paste_hash`). A run resumed with CUDA graphs off or other encoding threads is the
+        same run."""
         content = self.model_dump(
-            mode="json", exclude={"output": {"dir"}, "limit": True, "paste": True}
+            mode="json",
+            exclude={
+                "output": {"dir"},
+                "limit": True,
+                "paste": True,
+                "generation": set(EXECUTION_SETTINGS),
+            },
         )
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -835,6 +843,11 @@ def apply_overrides(spec: JobSpec, overrides: dict[str, Any], source: str) -> Jo
         first = exc.errors()[0]
         dotted = ".".join(str(p) for p in first["loc"])
         raise SpecError(f"{source}: {dotted} (an override): {_describe(first)}") from exc
+
+
+#: Generation settings that change how a machine renders, never the images (CUDA graphs
+#: replay the very kernels eager runs; threads only encode PNGs; a folder only caches).
+EXECUTION_SETTINGS = ("cuda_graphs", "encode_threads", "compile_cache")
 
 
 @dataclass(frozen=True)

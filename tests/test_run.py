@@ -104,6 +104,14 @@ def test_changed_spec_is_refused_unless_forced(write_job, tmp_path):
     assert (forced.skipped, forced.rendered) == (0, 2)
 
 
+def test_a_run_resumes_with_cuda_graphs_or_encoding_threads_changed(write_job):
+    """Settings of the machine, not of the images: the spec is the same run."""
+    run_job(load_spec(write_job(), {"limit": 4}), LOCAL)
+    machine = "  batch_size: 4\n  cuda_graphs: false\n  encode_threads: 0\n"
+    resumed = run_job(load_spec(write_job(TINY_JOB.replace("  batch_size: 4\n", machine))), LOCAL)
+    assert (resumed.skipped, resumed.rendered) == (4, 5)
+
+
 def test_a_run_that_failed_before_its_first_image_gives_way_to_the_corrected_spec(
     write_job, tmp_path
 ):
