@@ -16,6 +16,7 @@ thread per worker keeps images identical however many workers run.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import math
@@ -274,6 +275,24 @@ def connect_ray(address: str | None = None) -> None:
         logging_level=logging.ERROR if private else logging.WARNING,  # no banner locally
         log_to_driver=False,
     )
+    if private:
+        atexit.register(stop_autoscaler_monitor)  # runs before Ray's own shutdown at exit
+
+
+def stop_autoscaler_monitor() -> None:
+    """Kill this process's private Ray's autoscaler monitor before Ray's own shutdown stops
+    it: on SIGTERM it reports its end to the GCS, stopped by then, and Ray waits a whole second
+    before killing it (every `augment run` ended a second later). A one-machine Ray has
+    nothing to autoscale; a Ray whose internals moved is left to its own shutdown."""
+    try:
+        from ray._private import ray_constants, worker
+
+        node = worker._global_node
+        monitors = node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []) if node else []
+        for info in monitors:
+            info.process.kill()
+    except Exception:  # noqa: BLE001 - only a second is at stake
+        log.debug("could not stop Ray's autoscaler monitor early", exc_info=True)
 
 
 def run_ray(
