@@ -199,6 +199,11 @@ class GenerationSpec(StrictModel):
         "with batch_size auto, whose memory probe is eager)",
     )
     compile: bool = Field(default=False, description="torch.compile the UNet (GPU runs)")
+    compile_vae: bool = Field(
+        default=False,
+        description="torch.compile the VAE's decoder too (GPU runs; its own default mode: SDXL "
+        "moves its VAE to float32 for every decode, which CUDA graphs could not replay)",
+    )
     compile_mode: CompileMode = Field(
         default="default",
         description="torch.compile's mode; reduce-overhead replays CUDA graphs (static shapes)",

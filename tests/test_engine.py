@@ -144,3 +144,19 @@ def test_a_generator_with_other_settings_renders_what_one_loaded_with_them_rende
     assert view.encoder is generator.encoder  # one pool of encoding threads for both
     chunk = read_png_chunks(viewed[0]["image"]["bytes"])["augment"]
     assert chunk == read_png_chunks(made[0]["image"]["bytes"])["augment"]
+
+
+def test_compile_vae_compiles_the_decoder_only_and_is_not_a_pixel_setting():
+    """Wrapping costs nothing until the first decode, which compiles (seconds on a GPU, half a
+    minute on this CPU, so not run here: its CPU render of the tiny job differs by at most 1
+    from eager; `augment bench perf` measures it on a GPU)."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    from augment.generate.engine import make_generator, render_settings_json
+
+    job = REPO / "jobs" / "tiny" / "txt2img.yaml"
+    spec = load_spec(job, {"generation.compile_vae": True})
+    pipe = make_generator(spec).pipe
+    assert isinstance(pipe.vae.decoder, OptimizedModule)
+    assert not isinstance(pipe.unet, OptimizedModule)
+    assert render_settings_json(spec.generation) == render_settings_json(load_spec(job).generation)

@@ -91,6 +91,13 @@ FAST_PATHS = {
         "compile_mode": "reduce-overhead",
         "vae": "FLOAT16_VAE",
     },
+    "compiled cuda graphs + compiled float16 vae": {
+        "fuse_qkv": True,
+        "compile": True,
+        "compile_mode": "reduce-overhead",
+        "vae": "FLOAT16_VAE",
+        "compile_vae": True,
+    },
     "auto batch": {"batch_size": "auto"},
 }
 

@@ -63,6 +63,7 @@ NOT_RENDER_SETTINGS = {
     "batch_size",
     "cuda_graphs",
     "compile",
+    "compile_vae",
     "compile_mode",
     "compile_cache",
     "vae_slicing",
@@ -392,7 +393,8 @@ class Generator:
             generator=generators,
             output_type="pt",
         )
-        if self.settings.compile and not self.compiled:  # the first call compiles: say so
+        compiles = self.settings.compile or self.settings.compile_vae
+        if compiles and not self.compiled:  # the first call compiles: say so
             self.compiled = True
             log.warning(
                 "torch.compile: the first batch took %.1f s (compiling, or loading the compiled "

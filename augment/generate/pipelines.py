@@ -578,6 +578,9 @@ def apply_fast_paths(pipe, settings: GenerationSpec) -> None:
     if settings.channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
+    if settings.compile_vae:
+        use_compile_cache(settings.compile_cache)
+        pipe.vae.decoder = torch.compile(pipe.vae.decoder)
     if settings.compile:
         use_compile_cache(settings.compile_cache)
         pipe.unet = torch.compile(pipe.unet, mode=settings.compile_mode, fullgraph=False)
