@@ -222,8 +222,7 @@ def saved_job_spec(out_dir: Path) -> JobSpec:
     except ValueError as exc:  # pydantic's ValidationError: a hand-edited job.yaml
         raise OutputError(
             f"{out_dir / 'job.yaml'} is not a valid spec ({first_line(exc)}): it is the "
-            f"spec {out_dir} was rendered with; put it back, or delete it (the manifest's "
-            "spec hash is checked instead), or start over with --force"
+            f"spec {out_dir} was rendered with; put it back, or start over with --force"
         ) from None
 
 
@@ -284,16 +283,21 @@ def prepare_output(
         )
     if not force:
         previous = previous_spec_hash(out_dir)
+        if previous is None and holds_images(out_dir):
+            raise OutputError(
+                f"{out_dir} holds images but neither the job.yaml nor the manifest.json that "
+                "say which spec made them: put job.yaml back, or use another --out, or --force "
+                "to delete them and start over"
+            )
         if previous is not None and previous != spec.spec_hash():
-            if holds_images(out_dir):
+            if not failed_before_its_first_image(out_dir):
                 raise OutputError(
                     f"{out_dir} holds a run of a different spec (hash {previous}, "
                     f"now {spec.spec_hash()}); use another --out, or --force to delete it and "
                     "start over"
                 )
-            # a run that failed before its first image (a model that would not load): the
-            # corrected spec takes its place, as nothing would be lost
-            log.info("%s holds a run of another spec with no image yet: starting over", out_dir)
+            # a model that would not load: the corrected spec takes its place, nothing is lost
+            log.warning("%s holds a run of another spec that made no image: starting over", out_dir)
             clear_run(out_dir)
         if concepts is not None:
             check_committed_concepts(out_dir, concepts)
@@ -315,6 +319,20 @@ def holds_images(out_dir: Path) -> bool:
     """Whether OUT holds a committed or quarantined shard: work a new spec must not delete."""
     quarantined = (out_dir / "quarantine").glob("*.parquet")
     return bool(parquet.shard_paths(out_dir / "shards")) or any(True for _ in quarantined)
+
+
+def failed_before_its_first_image(out_dir: Path) -> bool:
+    """Whether OUT holds only what a run writes before it renders (its spec, its plan, an empty
+    shards/): a run stopped by a model that would not load, which a new spec may replace.
+    Anything more (images, exports, a manifest, files of the user's) is kept."""
+    made_first = {"job.yaml", "plan.parquet", "shards"}
+    names = {path.name for path in out_dir.iterdir()}
+    shards = out_dir / "shards"
+    return (
+        "plan.parquet" in names
+        and names <= made_first
+        and (not shards.is_dir() or not any(shards.iterdir()))
+    )
 
 
 def clear_run(out_dir: Path) -> None:

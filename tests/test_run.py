@@ -128,6 +128,26 @@ def test_a_run_that_failed_before_its_first_image_gives_way_to_the_corrected_spe
     assert (fixed.skipped, fixed.rendered) == (0, 9)
 
 
+def test_a_folder_with_exports_or_images_of_unknown_spec_is_never_replaced(write_job, tmp_path):
+    """Only a run that made nothing gives way: exports left after its shards were deleted,
+    or images with neither job.yaml nor manifest.json to say which spec made them, are kept."""
+    import shutil
+
+    out = tmp_path / "out"
+    run_job(load_spec(write_job(), {"limit": 2}), LOCAL)
+    shutil.rmtree(out / "shards")
+    with pytest.raises(OutputError, match="holds a run of a different spec"):
+        run_job(load_spec(write_job(), {"seed": 8}), LOCAL)
+    assert (out / "coco" / "annotations.json").is_file()
+    shutil.rmtree(out)
+    run_job(load_spec(write_job(), {"limit": 2}), LOCAL)
+    (out / "job.yaml").unlink()
+    (out / "manifest.json").unlink()  # as a run stopped by Ctrl-C, its job.yaml then deleted
+    with pytest.raises(OutputError, match="neither the job.yaml nor the manifest.json"):
+        run_job(load_spec(write_job(), {"seed": 8}), LOCAL)
+    assert len(pd.read_parquet(out / "shards")) == 2
+
+
 def test_a_resume_with_model_or_vae_files_changed_in_place_is_refused(write_job, tmp_path):
     """Same spec, other weights (a model downloaded again, a VAE trained again in its folder):
     resuming would mix two models' images under one spec."""
