@@ -543,35 +543,46 @@ def resume_point(out_dir: Path) -> set[str]:
 def check_same_weights(out_dir: Path, spec: JobSpec) -> None:
     """A resumed run renders with the weights OUT's images came from. The spec names files, so
     a model or adapter changed in place since (trained again, downloaded again) leaves its hash
-    as it was and would put two models' images under one spec: refused, naming which changed."""
-    shards = parquet.shard_paths(out_dir / "shards")
-    if not shards:
-        return
+    as it was and would put two models' images under one spec: refused, naming which changed.
+    The last committed image says what it was made with (its PNG's provenance), so a run
+    stopped before its manifest was written is checked too."""
     from augment.generate.engine import run_provenance
 
+    then = committed_provenance(out_dir)
+    if then is None:
+        return
     now = run_provenance(spec)
-    hashes = parquet.read_shard(shards[-1], ["model_hash"]).column("model_hash").to_pylist()
-    then = hashes[0] if hashes else None
     changed = []
-    if then and now.model_hash and then != now.model_hash:
-        model = spec.generation.model
-        changed.append(f"generation.model {model} ({then[:12]} then, now {now.model_hash[:12]})")
-    manifest = read_manifest(out_dir) if (out_dir / "manifest.json").is_file() else {}
-    model_entry = manifest.get("model")
-    adapters = model_entry.get("adapters", []) if isinstance(model_entry, dict) else []
-    before = {(a["kind"], a["name"]): a["hash"] for a in adapters}
+    if then.get("model_hash") and now.model_hash and then["model_hash"] != now.model_hash:
+        model, old = spec.generation.model, then["model_hash"]
+        changed.append(f"generation.model {model} ({old[:12]} then, now {now.model_hash[:12]})")
+    before = {(a["kind"], a["name"]): a["hash"] for a in then.get("adapters", [])}
     for adapter in now.adapters:
         old = before.get((adapter.kind, adapter.name))
         if old and adapter.hash and old != adapter.hash:
-            changed.append(
-                f"the {adapter.kind} {adapter.name} ({old[:12]} then, now {adapter.hash[:12]})"
-            )
+            kind = adapter.kind.replace("_", " ")
+            changed.append(f"the {kind} {adapter.name} ({old[:12]} then, now {adapter.hash[:12]})")
     if changed:
         raise OutputError(
             f"{out_dir} holds images rendered with other weights: the files of "
             f"{'; '.join(changed)} changed since; put the old files back to resume, or use "
             "another --out, or --force to delete these images and start over"
         )
+
+
+def committed_provenance(out_dir: Path) -> dict | None:
+    """What the last committed image was made with (model and adapter hashes): its PNG's
+    `augment` chunk; None when OUT holds no image (or one without the chunk)."""
+    from augment.provenance import AUGMENT_KEY, read_png_chunks
+
+    shards = parquet.shard_paths(out_dir / "shards")
+    if not shards:
+        return None
+    images = parquet.read_shard(shards[-1], ["image"]).column("image").to_pylist()
+    if not images or not images[0] or not images[0].get("bytes"):
+        return None
+    text = read_png_chunks(images[0]["bytes"]).get(AUGMENT_KEY)
+    return json.loads(text) if text else None
 
 
 def finetune(spec: JobSpec, force: bool = False) -> FinetuneResult:

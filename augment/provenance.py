@@ -29,6 +29,8 @@ import numpy as np
 
 #: Files whose bytes decide a model's outputs (configs are small and hashed too).
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".json", ".txt", ".model")
+#: A single-file model's `generation.config` folder: only its configs and tokenizer files load.
+CONFIG_SUFFIXES = (".json", ".txt", ".model")
 #: The text chunks a PNG carries.
 PARAMETERS_KEY = "parameters"
 AUGMENT_KEY = "augment"
@@ -79,7 +81,7 @@ def augment_version() -> str:
 TRAINING_RECORDS = ("finetune.json", "checkpoints")
 
 
-def model_files(location: Path) -> list[Path]:
+def model_files(location: Path, suffixes: tuple[str, ...] = WEIGHT_SUFFIXES) -> list[Path]:
     """The files hashed for a model: the file itself, or every weight and config file under a
     folder (hidden files and folders, such as a cache, and training records left out)."""
     if location.is_file():
@@ -88,7 +90,7 @@ def model_files(location: Path) -> list[Path]:
         path
         for path in location.rglob("*")
         if path.is_file()
-        and path.suffix in WEIGHT_SUFFIXES
+        and path.suffix in suffixes
         and not any(
             part.startswith(".") or part in TRAINING_RECORDS
             for part in path.relative_to(location).parts
@@ -96,7 +98,9 @@ def model_files(location: Path) -> list[Path]:
     )
 
 
-def model_content_hash(location: str | Path, cache: Path | None = None) -> str | None:
+def model_content_hash(
+    location: str | Path, cache: Path | None = None, suffixes: tuple[str, ...] = WEIGHT_SUFFIXES
+) -> str | None:
     """sha256 over a model's files (relative name and bytes, in name order); None for a model
     that is not a local file or folder. Cached in `cache` (default: the augment cache) by each
     file's size and modification time."""
@@ -105,7 +109,7 @@ def model_content_hash(location: str | Path, cache: Path | None = None) -> str |
     location = Path(location)
     if not location.exists():
         return None
-    files = model_files(location)
+    files = model_files(location, suffixes)
     if not files:
         return None
     cache = cache or cache_dir() / "model-hashes.json"

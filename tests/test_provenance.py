@@ -203,3 +203,39 @@ def test_a_dreambooth_fine_tune_is_the_model_its_images_name(write_job, tmp_path
     (tuned / "checkpoints").mkdir()
     (tuned / "checkpoints" / "step-0000001.pt").write_bytes(b"resumable state")
     assert run_provenance(spec).model_hash == provenance.model_hash
+
+
+def test_a_single_file_models_config_folder_and_a_hub_models_snapshot_are_hashed(
+    tmp_path, monkeypatch
+):
+    """What shapes the pixels is in the provenance, so a resume notices it changed: the
+    configs a single .safetensors file takes from `generation.config` (not the weights there),
+    and the files of a cached hub model's snapshot, as a local folder's."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    from augment.config import parse_spec
+    from tests.conftest import TINY_JOB
+
+    def spec(model: str):
+        return parse_spec(TINY_JOB.replace("OUT_DIR", "out").replace("builtin:tiny-sd", model))
+
+    tiny = Path(spec("builtin:tiny-sd").paths.model)
+    configs = shutil.copytree(tiny, tmp_path / "configs", ignore=shutil.ignore_patterns("*.safe*"))
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    single = f"{tmp_path / 'model.safetensors'}\n  config: {configs}"
+    (adapter,) = run_provenance(spec(single)).adapters
+    assert adapter.kind == "config" and adapter.hash
+    scheduler = configs / "scheduler" / "scheduler_config.json"
+    scheduler.write_text(scheduler.read_text().replace('"epsilon"', '"v_prediction"'))
+    assert run_provenance(spec(single)).adapters[0].hash != adapter.hash
+
+    repo = tmp_path / "hub" / "models--acme--sd"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(tiny, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    local = run_provenance(spec("builtin:tiny-sd")).model_hash
+    assert run_provenance(spec("acme/sd")).model_hash == local

@@ -40,6 +40,7 @@ from augment.duplicates import perceptual_hash
 from augment.errors import ModelError
 from augment.generate.cuda_graphs import eager_forwards
 from augment.provenance import (
+    CONFIG_SUFFIXES,
     Adapter,
     Provenance,
     add_watermark,
@@ -679,16 +680,18 @@ def run_provenance(spec: JobSpec) -> Provenance:
     """The job, the hash of its pixel-shaping settings, the model's identity (content hash and
     licence: a DreamBooth fine-tune's own folder, which is what renders) and the adapters
     loaded with it (`loaded_adapters`)."""
-    from augment.generate.pipelines import read_adapter_card, rendering_paths
+    from augment.generate.pipelines import pipeline_index, read_adapter_card, rendering_paths
 
     paths, generation = spec.paths, spec.generation
     card = read_adapter_card(paths.finetuned) if paths.finetuned else None
     location = rendering_paths(paths, card).model
+    index = pipeline_index(location) if not Path(location).exists() else None
     return Provenance(
         job=spec.name,
         settings_hash=settings_hash(render_settings_json(generation)),
         model=generation.model,
-        model_hash=model_content_hash(location),
+        # a cached hub model by its snapshot's files, as a local folder (so an update is seen)
+        model_hash=model_content_hash(index.parent if index is not None else location),
         license=model_license(location, generation.license),
         version=augment_version(),
         watermark=generation.watermark,
@@ -704,6 +707,10 @@ def loaded_adapters(spec: JobSpec, card: dict | None) -> tuple[Adapter, ...]:
 
     paths, generation = spec.paths, spec.generation
     adapters = []
+    if generation.config is not None and paths.config and Path(paths.model).is_file():
+        # a single file's configs (scheduler, tokenizer) shape its pixels: hashed, not weights
+        configs = model_content_hash(paths.config, suffixes=CONFIG_SUFFIXES)
+        adapters.append(Adapter("config", generation.config, configs))
     if generation.vae is not None and paths.vae:
         vae = Path(paths.vae)
         if vae.is_dir() and pipeline_index(paths.vae) is not None:  # its vae/ is what loads
