@@ -40,7 +40,7 @@ def portable_spec(spec: JobSpec, root: Path) -> JobSpec:
     images) absolute, as the nodes see the same paths; the output folder absolute."""
     data = spec.model_dump()
     data["output"]["dir"] = str(Path(spec.output.dir).resolve())
-    if not spec.taxonomy.source.startswith(("wordnet:", "coco")):
+    if spec.taxonomy.source.partition(":")[0] not in ("wordnet", "coco"):  # a list file
         found = Path(spec.paths.taxonomy)
         if not found.is_relative_to(root):
             raise AugmentError(

@@ -577,16 +577,22 @@ class JobSpec(StrictModel):
         the machine makes them, nor what `paste:` makes of them in OUT/paste: that has
         `paste_hash`). A run resumed with CUDA graphs off or other encoding threads is the
         same run."""
-        content = self.model_dump(
+        content = json.dumps(self.identity(), sort_keys=True)
+        return hashlib.sha256(content.encode()).hexdigest()[:16]
+
+    def identity(self) -> dict:
+        """What `spec_hash` hashes: the spec less where the run goes (output.dir and the
+        export formats, which a resumed run writes anew), its limit, `paste:` and the machine's
+        settings."""
+        return self.model_dump(
             mode="json",
             exclude={
-                "output": {"dir"},
+                "output": {"dir", "formats"},
                 "limit": True,
                 "paste": True,
                 "generation": set(EXECUTION_SETTINGS),
             },
         )
-        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
     def paste_hash(self) -> str:
         """Hash of what decides OUT/paste's images: the renders (`spec_hash`) and `paste:`."""

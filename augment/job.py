@@ -226,6 +226,29 @@ def saved_job_spec(out_dir: Path) -> JobSpec:
         ) from None
 
 
+def spec_differences(out_dir: Path, spec: JobSpec, most: int = 3) -> list[str]:
+    """The settings in which `spec` differs from OUT's saved one ("generation.seed: 7 then, 8
+    now"), at most `most` and a count of the rest; none where there is no job.yaml to read."""
+    if not (out_dir / "job.yaml").is_file():
+        return []
+    then, now = flatten(saved_job_spec(out_dir).identity()), flatten(spec.identity())
+    keys = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
+    shown = [f"{k} {json.dumps(then.get(k))} then, {json.dumps(now.get(k))} now" for k in keys]
+    rest = len(shown) - most
+    return shown[:most] + ([f"{rest} more"] if rest > 0 else [])
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
+    flat: dict = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def previous_spec_hash(out_dir: Path) -> str | None:
     """The spec hash of the run OUT holds: its job.yaml's, else its manifest's; None for a
     folder that holds no run."""
@@ -283,6 +306,7 @@ def prepare_output(
         )
     if not force:
         previous = previous_spec_hash(out_dir)
+        differences = spec_differences(out_dir, spec) if previous != spec.spec_hash() else []
         if previous is None and holds_images(out_dir):
             raise OutputError(
                 f"{out_dir} holds images but neither the job.yaml nor the manifest.json that "
@@ -291,10 +315,11 @@ def prepare_output(
             )
         if previous is not None and previous != spec.spec_hash():
             if not failed_before_its_first_image(out_dir):
+                changed = f": {', '.join(differences)}" if differences else ""
                 raise OutputError(
-                    f"{out_dir} holds a run of a different spec (hash {previous}, "
-                    f"now {spec.spec_hash()}); use another --out, or --force to delete it and "
-                    "start over"
+                    f"{out_dir} holds a run of a different spec (hash {previous}, now "
+                    f"{spec.spec_hash()}{changed}); use another --out, or --force to delete it "
+                    "and start over"
                 )
             # a model that would not load: the corrected spec takes its place, nothing is lost
             log.warning("%s holds a run of another spec that made no image: starting over", out_dir)

@@ -97,19 +97,21 @@ def test_changed_spec_is_refused_unless_forced(write_job, tmp_path):
     job = write_job()
     run_job(load_spec(job, {"limit": 2}), LOCAL)
     changed = load_spec(job, {"seed": 99, "limit": 2})
-    with pytest.raises(OutputError, match="holds a run of a different spec.*--force"):
+    with pytest.raises(OutputError, match=r"different spec \(.*: seed 7 then, 99 now\).*--force"):
         run_job(changed, LOCAL)
     assert len(pd.read_parquet(tmp_path / "out" / "shards")) == 2  # nothing lost
     forced = run_job(changed, RunOptions(distributor="local", force=True))
     assert (forced.skipped, forced.rendered) == (0, 2)
 
 
-def test_a_run_resumes_with_cuda_graphs_or_encoding_threads_changed(write_job):
-    """Settings of the machine, not of the images: the spec is the same run."""
+def test_a_run_resumes_with_cuda_graphs_encoding_threads_or_formats_changed(write_job):
+    """Settings of the machine or of the exports, not of the images: the same run."""
     run_job(load_spec(write_job(), {"limit": 4}), LOCAL)
     machine = "  batch_size: 4\n  cuda_graphs: false\n  encode_threads: 0\n"
-    resumed = run_job(load_spec(write_job(TINY_JOB.replace("  batch_size: 4\n", machine))), LOCAL)
+    text = TINY_JOB.replace("  batch_size: 4\n", machine)
+    resumed = run_job(load_spec(write_job(text), {"output.formats": ["yolo"]}), LOCAL)
     assert (resumed.skipped, resumed.rendered) == (4, 5)
+    assert resumed.outputs["yolo"].is_file()  # an export added by the spec: written
 
 
 def test_a_run_that_failed_before_its_first_image_gives_way_to_the_corrected_spec(
