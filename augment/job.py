@@ -666,7 +666,7 @@ def paste(spec: JobSpec, force: bool = False) -> PasteResult:
     index = concept_index(concepts)  # background labels -> concepts, built once
     instances = load_instances(out_dir, concepts)
     folder = out_dir / "paste"
-    prepare_paste_output(folder, spec, force)
+    prepare_paste_output(folder, spec, force, instances)
     shards_dir = folder / "shards"
     parquet.remove_temp_files(shards_dir)
     done = parquet.committed_item_ids(shards_dir)

@@ -109,6 +109,25 @@ def test_paste_is_seeded_and_resumes(pasted, tmp_path):
         paste(changed)
 
 
+def test_a_paste_after_a_limited_run_is_made_again_from_every_render(tmp_path):
+    """`run --limit` then the whole run: the paste draws from all the renders, as one whole
+    run's does (it was kept, drawn from the first few)."""
+
+    def sources(out: Path) -> set[str]:
+        boxes = pd.read_parquet(out / "paste" / "shards")["boxes"]
+        return {box["instance_of"] for row in boxes for box in row if box["instance_of"]}
+
+    out = tmp_path / "out"
+    run_job(tiny_paste_spec(out, limit=3), LOCAL)
+    assert len(sources(out)) <= 3
+    run_job(tiny_paste_spec(out), LOCAL)
+    whole = tmp_path / "whole"
+    run_job(tiny_paste_spec(whole), LOCAL)
+    assert sources(out) == sources(whole) and len(sources(whole)) > 3
+    frames = [pd.read_parquet(o / "paste" / "shards").sort_values("item_id") for o in (out, whole)]
+    assert [i["bytes"] for i in frames[0]["image"]] == [i["bytes"] for i in frames[1]["image"]]
+
+
 def test_later_instances_trim_earlier_masks_and_respect_the_overlap_limit():
     square = Instance("a", 1, None, np.full((10, 10, 3), 255, np.uint8), np.ones((10, 10), bool))
     settings = PasteSpec(

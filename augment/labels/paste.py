@@ -15,8 +15,10 @@ is named in its manifest's failures and the other items go on.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,8 @@ from augment.labels.segment import decode_rle, encode_rle, mask_box
 from augment.provenance import Provenance
 from augment.records import SourceImage
 from augment.taxonomy import Concept
+
+log = logging.getLogger(__name__)
 
 #: Labellers whose boxes carry the object's own mask (what the segment stage writes).
 SEGMENTERS = ("threshold", "clipseg", "sam")
@@ -257,20 +261,37 @@ def paste_record(
     }
 
 
-def prepare_paste_output(folder: Path, spec: JobSpec, force: bool) -> None:
-    """Create OUT/paste, or check it holds this same paste (then it resumes)."""
+def prepare_paste_output(
+    folder: Path, spec: JobSpec, force: bool, instances: list[Instance] | None = None
+) -> None:
+    """Create OUT/paste, or check it holds this same paste (then it resumes). A paste made
+    from fewer renders (a run with --limit, then the whole run) is made again from all of
+    them: it is derived from OUT's images alone, and nothing of the user's is lost."""
     marker = folder / "paste.json"
+    pool = instance_pool(instances or [])
     if force and folder.exists():
         shutil.rmtree(folder)
     if marker.is_file():
-        previous = json.loads(marker.read_text())["paste_hash"]
+        saved = json.loads(marker.read_text())
+        previous = saved["paste_hash"]
         if previous != spec.paste_hash():
             raise OutputError(
                 f"{folder} holds a paste of other renders or settings (hash {previous}, now "
-                f"{spec.paste_hash()}); use --force to delete it and paste again"
+                f"{spec.paste_hash()}); `augment paste JOB --force` deletes it and pastes again"
             )
+        if instances is not None and saved.get("instances") != pool:
+            log.warning("the renders changed since %s was pasted: pasting again", folder)
+            shutil.rmtree(folder)
     (folder / "shards").mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"paste_hash": spec.paste_hash(), "job": spec.name}))
+    marker.write_text(
+        json.dumps({"paste_hash": spec.paste_hash(), "job": spec.name, "instances": pool})
+    )
+
+
+def instance_pool(instances: list[Instance]) -> str:
+    """A hash of which renders a paste draws from."""
+    ids = sorted(instance.item_id for instance in instances)
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
 
 def known_boxes(background: SourceImage, index: dict[str, Concept]) -> list[tuple[int, tuple]]:
