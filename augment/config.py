@@ -803,16 +803,18 @@ def validate_spec(data: dict, source: str, root: yaml.Node | None = None) -> Job
 
 
 def load_spec(
-    spec: str | Path | dict | JobSpec, overrides: dict[str, Any] | None = None
+    spec: str | Path | dict | JobSpec,
+    overrides: dict[str, Any] | None = None,
+    base_dir: Path | None = None,
 ) -> JobSpec:
     """A job spec from a YAML file, a dict (notebooks) or a JobSpec, with dotted overrides
     ({'seed': 3, 'output.dir': 'x'}) applied; every file it names is resolved once, here:
-    relative to the job file's folder (a dict or JobSpec: to the working directory)."""
+    relative to the job file's folder (a dict: to `base_dir`, else the working directory)."""
     job_file = None
     if isinstance(spec, JobSpec):
         parsed, source, base_dir, job_file = spec, "<spec>", spec._base_dir, spec._file
     elif isinstance(spec, dict):
-        parsed, source, base_dir = validate_spec(spec, "<spec>"), "<spec>", None
+        parsed, source = validate_spec(spec, "<spec>"), "<spec>"
     elif not isinstance(spec, str | Path):
         raise SpecError(
             f"a job spec is a YAML file's path, a dict or a JobSpec, not {type(spec).__name__}"

@@ -415,6 +415,8 @@ def write_manifest(
     manifest = {
         "job": spec.name,
         "spec_hash": spec.spec_hash(),
+        # where the spec's relative file names are found (`augment filter` loads OUT/job.yaml)
+        "job_dir": str(spec._base_dir or Path.cwd()),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "counts": {
             "planned": len(items),
@@ -890,7 +892,8 @@ def refilter(
     overrides = {
         f"filters.{key}": current[key] if value is None else value for key, value in chosen.items()
     }
-    spec = load_spec(previous, overrides)
+    job_dir = manifest.get("job_dir")  # the run's relative file names are found from there
+    spec = load_spec(previous, overrides, Path(job_dir) if job_dir else None)
     if spec.filters.scorer is None and (min_concept_score, min_clip_score) != (None, None):
         raise SpecError(
             f"{out_dir} was rendered without a scorer, so it has no scores to compare with a "

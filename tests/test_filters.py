@@ -242,3 +242,21 @@ def test_a_resumed_run_keeps_the_last_filter_and_its_history(scored_and_cut, tmp
     assert history == [("run", 0.5), ("filter", median), ("filter", median)]
     coco = json.loads((out / "coco" / "annotations.json").read_text())
     assert len(coco["images"]) == int((records["concept_score"] >= median).sum())
+
+
+def test_filter_finds_the_runs_relative_scorer_beside_its_job_from_any_folder(
+    tmp_path, monkeypatch, capsys
+):
+    """`augment filter OUT` loads OUT/job.yaml: a scorer named relative to the job file is
+    found where the run found it, not in the folder the command is typed in."""
+    from tests.conftest import cli
+
+    project = tmp_path / "project"
+    shutil.copytree(scorer_at(FilterSpec(scorer="builtin:digits-scorer")), project / "scorer")
+    job = project / "job.yaml"
+    text = TINY_JOB.replace("OUT_DIR", str(tmp_path / "out"))
+    job.write_text(text + "filters:\n  scorer: scorer\n  min_concept_score: 0.1\n")
+    monkeypatch.chdir(tmp_path)  # elsewhere than the job
+    run_job(load_spec(job), LOCAL)
+    code, _, err = cli(capsys, "filter", tmp_path / "out", "--min-concept-score", "0.2")
+    assert code == 0, err

@@ -64,8 +64,7 @@ def read_saved_spec(out_dir: Path) -> dict:
         reason = spec if isinstance(spec, str) else "not a job spec"
         raise OutputError(
             f"{path} cannot be read ({reason}): it is the spec {out_dir} was rendered with; "
-            "put it back, or delete it (the manifest's spec hash is checked instead), or "
-            "start over with --force"
+            "put it back, or start over with --force"
         )
     return spec
 
