@@ -77,8 +77,8 @@ def check_model(location: str, declared: str, key: str = "generation.model") -> 
     if hub_id and in_hub_cache(location):
         return location
     where = (
-        f"no such file or folder, and no hub model '{location}' in the Hugging Face cache "
-        f"({hub_home()})"
+        f"no such file or folder (beside the job file or in the current folder), and no hub "
+        f"model '{location}' in the Hugging Face cache ({hub_home()})"
     )
     if not hub_id:
         where = f"no file or folder {location}"
