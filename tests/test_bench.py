@@ -373,20 +373,23 @@ def test_bench_perf_without_baselines_times_the_engine_with_a_swapped_vae(tmp_pa
 
 
 @pytest.mark.parametrize(
-    ("option", "value", "message"),
+    ("options", "message"),
     [
-        ("--fast", "cuda graphs", "'cuda graphs' is now called 'compiled cuda graphs'"),
-        ("--fast", "fuse-qkv", "did you mean 'fuse_qkv'"),
-        ("--fast", " , ", "--fast is empty"),
-        ("--models", "sd15,sdx", "unknown 'sdx' (did you mean 'sdxl'?)"),
-        ("--images", "0", "images must be at least 1"),
+        (["--fast", "cuda graphs"], "'cuda graphs' is now called 'compiled cuda graphs'"),
+        (["--fast", "fuse-qkv"], "did you mean 'fuse_qkv'"),
+        (["--fast", " , "], "--fast is empty"),
+        (["--models", "sd15,sdx"], "unknown 'sdx' (did you mean 'sdxl'?)"),
+        (["--images", "0"], "images must be at least 1"),
+        (["--model", "no/such/model/dir"], "--model: 'no/such/model/dir' not found"),
+        (["--model", "builtin:tiny-sd", "--models", "sd15,sdxl"], "--model measures one model"),
+        (["--smoke", "--models", "digits"], "--smoke measures the tiny model"),
     ],
 )
 def test_bench_perf_refuses_a_wrong_setting_before_measuring_anything(
-    tmp_path, capsys, option, value, message
+    tmp_path, capsys, options, message
 ):
     """A misspelt fast path used to be refused after the baselines had run (GPU minutes)."""
-    code, _, err = cli(capsys, "bench", "perf", "--out", tmp_path, option, value)
+    code, _, err = cli(capsys, "bench", "perf", "--out", tmp_path, *options)
     assert code == 2
     assert message in error_line(err)
     assert not (tmp_path / "perf.json").exists()
@@ -400,3 +403,13 @@ def test_a_real_imagefolder_with_an_empty_class_is_refused(tmp_path):
         Image.new("L", (8, 8)).save(tmp_path / "nine" / f"{n}.png")
     with pytest.raises(AugmentError, match="class folder eight holds no image"):
         load_real(str(tmp_path), 8)
+
+
+def test_a_cards_peak_is_the_longest_name_it_matches():
+    """An L40 is not an L4 (MFU would read 1.5 times too high), nor an H200 NVL an H200 SXM."""
+    from augment.bench.perf import peak_tflops
+
+    peaks = {name: peak_tflops(f"NVIDIA {name}", None) for name in ("L4", "L40", "L40S", "H200")}
+    assert peaks == {"L4": 121.0, "L40": 181.0, "L40S": 362.0, "H200": 989.4}
+    assert peak_tflops("NVIDIA H200 NVL", None) == 835.0
+    assert peak_tflops("NVIDIA H200", 500.0) == 500.0  # --peak-tflops wins

@@ -32,12 +32,14 @@ from augment.errors import AugmentError, above, at_least
 
 #: Dense (no sparsity) fp16/bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets.
 PEAK_TFLOPS = {
+    "H200 NVL": 835.0,
     "H200": 989.4,
     "H100 PCIe": 756.0,
     "H100 NVL": 835.0,
     "H100": 989.4,  # SXM
     "A100": 312.0,
     "L40S": 362.0,
+    "L40": 181.0,
     "L4": 121.0,
     "A10G": 70.0,
     "RTX 4090": 165.2,
@@ -141,6 +143,17 @@ class PerfSettings:
         models = named_list("models", self.models, [*CASES, "auto"])
         if "auto" in models and len(models) > 1:
             raise AugmentError("--models: auto picks by device; name models or auto, not both")
+        if self.smoke and models != ["auto"]:
+            raise AugmentError(
+                "--smoke measures the tiny model; leave out --models (or use it alone)"
+            )
+        if self.model is not None:
+            if len(models) > 1:
+                raise AugmentError(
+                    "--model measures one model: name the one case it is measured at with "
+                    f"--models (its size, steps and batch): one of {', '.join(CASES)}"
+                )
+            self.model = check_perf_model(self.model)
         self.models = ",".join(models)
         if self.fast is not None and self.fast.strip().lower() != "none":
             self.fast = ",".join(named_list("fast", self.fast, FAST_PATHS))
@@ -150,6 +163,24 @@ class PerfSettings:
         if self.fast is None:
             return [] if device == "cpu" else list(FAST_PATHS)
         return [] if self.fast.strip().lower() == "none" else self.fast.split(",")
+
+
+def check_perf_model(name: str) -> str:
+    """`--model` as a pipeline the engine and diffusers can load: a folder (relative to the
+    current folder), a cached hub id or a builtin; refused here, before anything is measured."""
+    from augment.config import locate
+    from augment.generate.pipelines import check_model, pipeline_index
+
+    if not name.strip():
+        raise AugmentError("--model is empty; give a diffusers pipeline folder")
+    location = locate(name, None, "--model")
+    check_model(location, name, "--model")
+    if pipeline_index(location) is None:
+        raise AugmentError(
+            f"--model: {name} is not a whole diffusers pipeline (no model_index.json); give a "
+            "folder saved with pipeline.save_pretrained, or a cached hub id of one"
+        )
+    return location
 
 
 #: Names FAST_PATHS had before, and what they are called now.
@@ -252,9 +283,10 @@ def peak_tflops(device_name: str, given: float | None) -> float | None:
     """The card's dense fp16 peak: `given`, else the data-sheet figure for its name."""
     if given is not None:
         return given
-    for card, peak in PEAK_TFLOPS.items():  # the longer names first where one contains another
+    # the longest name that matches: "L40S" is not an "L4", nor an "H200 NVL" an "H200"
+    for card in sorted(PEAK_TFLOPS, key=len, reverse=True):
         if card in device_name:
-            return peak
+            return PEAK_TFLOPS[card]
     return None
 
 
@@ -720,6 +752,10 @@ def run_perf(settings: PerfSettings) -> dict:
     names = settings.models
     if settings.smoke:
         names = "tiny"
+    elif names == "auto" and settings.model is not None:  # its family's case (GPU)
+        from augment.generate.pipelines import model_family
+
+        names = {"sd": "sd15", "sdxl": "sdxl"}[model_family(settings.model)] if cuda else "digits"
     elif names == "auto":
         names = "sd15,sdxl" if cuda else "digits"
     report: dict = {
