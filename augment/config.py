@@ -14,10 +14,11 @@ import json
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -30,6 +31,17 @@ from pydantic import (
 from augment import registry
 from augment.errors import SpecError
 from augment.prompting import DEFAULT_NEGATIVE
+
+
+def _named(name: str) -> str:
+    if not name.strip():
+        raise ValueError("an empty name: give a file or folder, or leave the key out")
+    return name
+
+
+#: A file or folder the spec names (or a builtin: name, or a hub id): never empty, which
+#: would resolve to the job's own folder.
+FileName = Annotated[str, AfterValidator(_named)]
 
 #: Scheduler names accepted in job specs, mapped to diffusers classes.
 SCHEDULERS = {
@@ -95,7 +107,7 @@ class PromptSpec(StrictModel):
 class SourceSpec(StrictModel):
     """Real images that img2img, inpaint and controlnet start from."""
 
-    path: str = Field(
+    path: FileName = Field(
         description="A COCO folder (annotations.json + images/), an annotations .json file, an "
         "image folder (<class>/<image>), a Parquet file or an augment output folder."
     )
@@ -111,13 +123,15 @@ class MaskSpec(StrictModel):
         default="object", description="boxes: repaint one object per image, or a whole class"
     )
     margin: int = Field(default=4, ge=0, description="boxes: dilate each box by this many pixels")
-    files: str | None = Field(
+    files: FileName | None = Field(
         default=None, description="files: a folder of masks named like the source images"
     )
 
 
 class ControlNetSpec(StrictModel):
-    model: str = Field(description="A ControlNet diffusers folder, hub id in the cache, builtin")
+    model: FileName = Field(
+        description="A ControlNet diffusers folder, hub id in the cache, builtin"
+    )
     conditioning: Literal["canny"] = "canny"
     low_threshold: int = Field(default=100, ge=0, le=255)
     high_threshold: int = Field(default=200, ge=0, le=255)
@@ -133,26 +147,28 @@ class InterpolateSpec(StrictModel):
 
 
 class LoraSpec(StrictModel):
-    path: str = Field(description="A folder or .safetensors file of LoRA weights, or builtin")
+    path: FileName = Field(description="A folder or .safetensors file of LoRA weights, or builtin")
     weight_name: str | None = None
     scale: float = 1.0
 
 
 class TextualInversionSpec(StrictModel):
-    path: str = Field(description="An embedding file (.safetensors/.bin) or folder, or builtin")
+    path: FileName = Field(
+        description="An embedding file (.safetensors/.bin) or folder, or builtin"
+    )
     token: str = Field(min_length=1, description="the word prompts use, e.g. <my-weed>")
 
 
 class GenerationSpec(StrictModel):
-    model: str = Field(
+    model: FileName = Field(
         description="A diffusers folder (DreamBooth output included), a single .safetensors "
         "checkpoint, a hub id already in the local cache, or 'builtin:<name>'."
     )
     family: Family = Field(default="auto", description="sd (1.x/2.x) or sdxl; auto reads it")
-    config: str | None = Field(
+    config: FileName | None = Field(
         default=None, description="single-file checkpoints: a diffusers folder with the configs"
     )
-    vae: str | None = Field(
+    vae: FileName | None = Field(
         default=None,
         description="a VAE replacing the model's own: a diffusers folder (AutoencoderKL, or a "
         "pipeline folder's vae/), a hub id, or one .safetensors file (configured as the "
@@ -350,7 +366,7 @@ class FinetuneSpec(StrictModel):
     )
     validation_images: int = Field(default=4, ge=1, description="images per concept in a grid")
     seed: int | None = Field(default=None, description="default: the job's seed")
-    out: str | None = Field(
+    out: FileName | None = Field(
         default=None, description="folder of adapters; default: the cache (AUGMENT_CACHE)"
     )
 
@@ -376,7 +392,7 @@ class FinetuneSpec(StrictModel):
 class FilterSpec(StrictModel):
     """Score every generated image and flag the ones that do not show their concept."""
 
-    scorer: str | None = Field(
+    scorer: FileName | None = Field(
         default=None,
         description="A CLIP model (folder or hub id in the cache: zero-shot over the job's "
         "concepts) or an augment image classifier folder (builtin:digits-scorer); none: no "
@@ -407,7 +423,7 @@ class SegmentSpec(StrictModel):
         "backgrounds, e.g. prompts '... isolated on a white background'); clipseg: CLIPSeg "
         "prompted with the concept name; sam: SAM prompted with the threshold mask's box",
     )
-    model: str | None = Field(
+    model: FileName | None = Field(
         default=None,
         description="clipseg and sam: a transformers model folder, or a hub id already in the "
         "local cache (CIDAS/clipseg-rd64-refined, facebook/sam-vit-base)",
@@ -448,7 +464,7 @@ class SegmentSpec(StrictModel):
 class LabelSpec(StrictModel):
     """Open-vocabulary auto-labels: a zero-shot detector boxes each rendered image."""
 
-    detector: str = Field(
+    detector: FileName = Field(
         description="An OWLv2, OWL-ViT or Grounding DINO transformers folder, or a hub id "
         "already in the local cache (google/owlv2-base-patch16-ensemble, "
         "IDEA-Research/grounding-dino-tiny)"

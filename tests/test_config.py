@@ -99,3 +99,13 @@ def test_a_relative_model_path_is_looked_up_beside_the_job_file_before_the_cwd(
     assert load_spec(job).paths.model == str(tmp_path / "models" / "sd" / "v1")
     monkeypatch.chdir(tmp_path / "jobs")  # found nowhere: named where the job's folder has it
     assert load_spec(job).paths.model == str(beside_job)
+
+
+@pytest.mark.parametrize("key", ["model", "vae", "config"])
+def test_an_empty_file_name_is_refused_where_it_is_written(key):
+    """An empty name would resolve to the job's own folder (model) or crash (vae, config)."""
+    text = TINY_JOB.replace("  batch_size: 4\n", f'  batch_size: 4\n  {key}: " "\n')
+    if key == "model":
+        text = text.replace("  model: builtin:tiny-sd\n", "")
+    with pytest.raises(SpecError, match=rf"generation.{key}: an empty name: give a file"):
+        parse_spec(text, "job.yaml")
