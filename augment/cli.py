@@ -458,7 +458,7 @@ def add_serve(commands: Commands) -> None:
         help="seconds a batch waits for other callers' items (default 0.05)",
     )
     command.add_argument(
-        "--write", type=Path, help="also commit every served image to this output folder"
+        "--write", type=folder, help="also commit every served image to this output folder"
     )
     command.add_argument(
         "--overridable",

@@ -72,10 +72,14 @@ class ServeOptions:
 
     def __post_init__(self) -> None:
         at_least("port", self.port, 1)
+        if self.port > 65535:
+            raise AugmentError(f"port must be at most 65535, got {self.port}")
         at_least("max_images", self.max_images, 1)
         at_least("batch_wait_s", self.batch_wait_s, 0)
         if self.replicas is not None:
             at_least("replicas", self.replicas, 1)
+        if [key.lower() for key in self.overridable] == ["none"]:  # as the help offers
+            self.overridable = ()
         unknown = [key for key in self.overridable if key not in CALL_SETTINGS]
         if unknown:
             raise AugmentError(
@@ -404,8 +408,16 @@ def start_service(spec: JobSpec, options: ServeOptions | None = None) -> Service
     check_inputs(spec)
     check_port_free(options.host, options.port)
     connect_ray(options.address)
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
     replicas = options.replicas or max(1, gpus)
+    fits = min(gpus, cpus) if gpus else cpus  # a replica takes a GPU and a CPU, or a CPU
+    if replicas > fits:  # Serve would wait for them forever
+        unit = f"{gpus} GPUs and {cpus} CPUs" if gpus else f"{cpus} CPUs and no GPU"
+        raise AugmentError(
+            f"--replicas {replicas}: this Ray cluster has {unit}, room for {fits} replica(s) "
+            f"(each takes {'a GPU and ' if gpus else ''}a CPU); ask for at most {fits}"
+        )
     actor = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
     writer = ServedWriter.bind(spec, options.write) if options.write else None
     app = GenerationService.options(
@@ -455,7 +467,8 @@ def check_port_free(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as exc:
             raise AugmentError(
-                f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port"
+                f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port, or "
+                "a --host of this machine"
             ) from None
 
 

@@ -188,6 +188,15 @@ def test_serve_refuses_a_job_it_cannot_serve_and_a_busy_port_before_starting(tmp
     assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in error_line(err)
     code, _, err = cli(capsys, "serve", demo, "--overridable", "model")
     assert code == 2 and "model cannot change per request" in error_line(err)
+    code, _, err = cli(capsys, "serve", demo, "--port", "70000")
+    assert code == 2 and "port must be at most 65535" in error_line(err)
+    code, _, err = cli(capsys, "serve", demo, "--write", "")  # an unset $OUT: not the cwd
+    assert code == 2 and "argument --write: an empty name" in err
+    code, _, err = cli(capsys, "serve", demo, "--replicas", "64")  # Serve would wait forever
+    assert code == 2 and "room for" in error_line(err) and "ask for at most" in error_line(err)
+    from augment.service import ServeOptions
+
+    assert ServeOptions(overridable=("none",)).overridable == ()  # as --help offers
 
 
 def test_one_batch_renders_each_item_once_per_seed_and_settings():
