@@ -252,6 +252,13 @@ def test_a_replacement_vae_decodes_and_is_named_in_each_image(tmp_path: Path):
     deep.save_pretrained(tmp_path / "deep")
     with pytest.raises(ModelError, match=r"vae: .* shrinks images 8x .* the model's own VAE 2x"):
         make_generator(changed(spec, vae=str(tmp_path / "deep")))
+    deeper = AutoencoderKL(  # its last levels fit the model's: diffusers alone loads it
+        block_out_channels=[32, 64, 64], down_block_types=["DownEncoderBlock2D"] * 3,
+        up_block_types=["UpDecoderBlock2D"] * 3, latent_channels=4,
+    )  # fmt: skip
+    deeper_file = write_ldm_vae(deeper, tmp_path / "deeper.safetensors")
+    with pytest.raises(ModelError, match=r"vae: .* has 3 levels, the model's own VAE 2"):
+        make_generator(changed(spec, vae=str(deeper_file)))
     missing = changed(spec, vae="vaes/nope")
     with pytest.raises(ModelError, match=r"^generation.vae: .*no such file or folder"):
         check_models(missing.generation, missing.paths)

@@ -278,6 +278,7 @@ def load_vae(settings: GenerationSpec, paths: SpecPaths, dtype):
                     "vae/; the model is a single file too: set generation.config to a diffusers "
                     "folder of its family"
                 )
+            check_single_file_vae_depth(Path(location), own_vae_config(paths), settings)
             return diffusers.AutoencoderKL.from_single_file(
                 location, config=config, subfolder="vae", dtype=dtype, local_files_only=True
             )
@@ -290,6 +291,28 @@ def load_vae(settings: GenerationSpec, paths: SpecPaths, dtype):
         raise ModelError(
             f"generation.vae: cannot load a VAE (AutoencoderKL) from {location}: {first_line(exc)}"
         ) from exc
+
+
+def check_single_file_vae_depth(path: Path, own: dict | None, settings: GenerationSpec) -> None:
+    """A single-file VAE takes the model's own VAE config (`own`), so its levels must be as
+    many: diffusers loads a deeper file whose last levels match without a word, leaving layers
+    unloaded."""
+    import re
+
+    from safetensors import safe_open
+
+    if path.suffix != ".safetensors" or own is None or "block_out_channels" not in own:
+        return
+    level = re.compile(r"encoder\.down\.(\d+)\.")
+    with safe_open(str(path), framework="pt") as handle:
+        levels = {m.group(1) for key in handle.keys() if (m := level.search(key))}
+    expected = len(own["block_out_channels"])
+    if levels and len(levels) != expected:
+        raise ModelError(
+            f"generation.vae: {settings.vae} has {len(levels)} levels, the model's own VAE "
+            f"{expected}: it shrinks images by another factor; use a VAE made for this "
+            "model's family"
+        )
 
 
 def check_vae_fits(pipe, settings: GenerationSpec, paths: SpecPaths) -> None:
