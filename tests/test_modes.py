@@ -271,6 +271,9 @@ def test_a_vae_from_a_cached_hub_pipeline_loads_its_vae_subfolder(tmp_path, monk
 
     import huggingface_hub.constants
 
+    from augment.generate.engine import run_provenance
+    from augment.provenance import model_content_hash
+
     repo = tmp_path / "hub" / "models--acme--tiny-sd"
     tiny = changed(parse_spec(TINY_JOB.replace("OUT_DIR", "out"))).paths.model
     commit = "0123456789abcdef0123456789abcdef01234567"  # the hub's layout, as downloaded
@@ -281,6 +284,8 @@ def test_a_vae_from_a_cached_hub_pipeline_loads_its_vae_subfolder(tmp_path, monk
     job = TINY_JOB.replace("OUT_DIR", str(tmp_path / "out"))
     plain, cached = render(job), render(job, vae="acme/tiny-sd")
     assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(plain, cached, strict=True))
+    (adapter,) = run_provenance(changed(parse_spec(job), vae="acme/tiny-sd")).adapters
+    assert adapter.hash == model_content_hash(repo / "snapshots" / commit / "vae")  # as a folder
 
 
 def test_controlnet_of_the_other_family_is_refused(tmp_path: Path):

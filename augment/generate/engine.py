@@ -680,23 +680,38 @@ def run_provenance(spec: JobSpec) -> Provenance:
     """The job, the hash of its pixel-shaping settings, the model's identity (content hash and
     licence: a DreamBooth fine-tune's own folder, which is what renders) and the adapters
     loaded with it (`loaded_adapters`)."""
-    from augment.generate.pipelines import pipeline_index, read_adapter_card, rendering_paths
+    from augment.generate.pipelines import read_adapter_card, rendering_paths
 
     paths, generation = spec.paths, spec.generation
     card = read_adapter_card(paths.finetuned) if paths.finetuned else None
     location = rendering_paths(paths, card).model
-    index = pipeline_index(location) if not Path(location).exists() else None
+    if not Path(location).exists():  # a cached hub model: its snapshot's files, as a folder's
+        location = hub_snapshot(location) or location
     return Provenance(
         job=spec.name,
         settings_hash=settings_hash(render_settings_json(generation)),
         model=generation.model,
-        # a cached hub model by its snapshot's files, as a local folder (so an update is seen)
-        model_hash=model_content_hash(index.parent if index is not None else location),
+        model_hash=model_content_hash(location),
         license=model_license(location, generation.license),
         version=augment_version(),
         watermark=generation.watermark,
         adapters=loaded_adapters(spec, card),
     )
+
+
+def hub_snapshot(repo_id: str) -> Path | None:
+    """The cached snapshot folder of a hub model (a pipeline or one model), if downloaded."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from augment.config import looks_like_hub_id
+
+    if not looks_like_hub_id(repo_id):
+        return None
+    for name in ("model_index.json", "config.json"):
+        found = try_to_load_from_cache(repo_id, name)
+        if isinstance(found, str):
+            return Path(found).parent
+    return None
 
 
 def loaded_adapters(spec: JobSpec, card: dict | None) -> tuple[Adapter, ...]:
@@ -713,8 +728,11 @@ def loaded_adapters(spec: JobSpec, card: dict | None) -> tuple[Adapter, ...]:
         adapters.append(Adapter("config", generation.config, configs))
     if generation.vae is not None and paths.vae:
         vae = Path(paths.vae)
-        if vae.is_dir() and pipeline_index(paths.vae) is not None:  # its vae/ is what loads
-            vae = vae / "vae"
+        index = pipeline_index(paths.vae)
+        if not vae.exists():  # a cached hub id: its snapshot's files
+            vae = hub_snapshot(paths.vae) or vae
+        if index is not None:  # a pipeline: its vae/ is what loads
+            vae = index.parent / "vae"
         adapters.append(Adapter("vae", generation.vae, model_content_hash(vae)))
     if generation.controlnet is not None and paths.controlnet:
         adapters.append(

@@ -162,7 +162,10 @@ def embedding_path(location: str, declared: str, number: int) -> Path:
 
 
 def hub_home() -> str:
-    return os.environ.get("HF_HOME", "~/.cache/huggingface")
+    """The Hugging Face hub cache looked in (HF_HUB_CACHE, else HF_HOME's hub/)."""
+    import huggingface_hub.constants
+
+    return str(huggingface_hub.constants.HF_HUB_CACHE)
 
 
 def in_hub_cache(repo_id: str) -> bool:
