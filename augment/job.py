@@ -293,11 +293,19 @@ def check_committed_concepts(out_dir: Path, concepts: list[Concept]) -> None:
         )
 
 
+#: What a refused output folder's message advises (`augment serve --write` has its own).
+RUN_REMEDY = "use another --out, or --force to delete it and start over"
+
+
 def prepare_output(
-    out_dir: Path, spec: JobSpec, force: bool, concepts: list[Concept] | None = None
+    out_dir: Path,
+    spec: JobSpec,
+    force: bool,
+    concepts: list[Concept] | None = None,
+    remedy: str = RUN_REMEDY,
 ) -> None:
     """Create OUT, or check that it holds a run of this same spec, whose images have the
-    categories `concepts` give them (then it resumes)."""
+    categories `concepts` give them (then it resumes); a refusal ends with `remedy`."""
     saved = out_dir / "job.yaml"  # where the resolved spec is written
     if spec.job_file is not None and saved.resolve() == spec.job_file.resolve():
         raise OutputError(
@@ -310,16 +318,14 @@ def prepare_output(
         if previous is None and holds_images(out_dir):
             raise OutputError(
                 f"{out_dir} holds images but neither the job.yaml nor the manifest.json that "
-                "say which spec made them: put job.yaml back, or use another --out, or --force "
-                "to delete them and start over"
+                f"say which spec made them: put job.yaml back, or {remedy}"
             )
         if previous is not None and previous != spec.spec_hash():
             if not failed_before_its_first_image(out_dir):
                 changed = f": {', '.join(differences)}" if differences else ""
                 raise OutputError(
                     f"{out_dir} holds a run of a different spec (hash {previous}, now "
-                    f"{spec.spec_hash()}{changed}); use another --out, or --force to delete it "
-                    "and start over"
+                    f"{spec.spec_hash()}{changed}); {remedy}"
                 )
             # a model that would not load: the corrected spec takes its place, nothing is lost
             log.warning("%s holds a run of another spec that made no image: starting over", out_dir)

@@ -339,7 +339,8 @@ class ServedWriter:
         self.out = Path(out)
         self.spec = load_spec(spec, {"output.dir": str(self.out)})
         self.concepts = concepts_for(self.spec)
-        prepare_output(self.out, self.spec, force=False, concepts=self.concepts)
+        remedy = "write to another folder (--write), or delete this one"
+        prepare_output(self.out, self.spec, False, self.concepts, remedy)
         parquet.remove_temp_files(self.out / "shards")
         self.done = resume_point(self.out)
         self.next_index = parquet.next_shard_index(self.out / "shards")

@@ -264,3 +264,18 @@ def test_a_replica_that_cannot_load_its_model_is_named_by_its_own_error():
         "diffusion_pytorch_model.bin"
     )
     assert replica_error(["ValueError: something of Ray's own"]) is None
+
+
+def test_a_write_folder_of_another_run_is_refused_with_advice_serve_can_follow(tmp_path):
+    """`augment serve` has --write, not --out or --force."""
+    from augment.errors import OutputError
+    from augment.job import RunOptions, run_job
+    from augment.service import ServedWriter
+    from tests.conftest import TINY_JOB
+
+    job = tmp_path / "job.yaml"
+    job.write_text(TINY_JOB.replace("OUT_DIR", str(tmp_path / "out")))
+    run_job(load_spec(job, {"limit": 1}), RunOptions(distributor="local"))
+    other = load_spec(job, {"seed": 8})
+    with pytest.raises(OutputError, match=r"seed 7 then, 8 now\); write to another folder \(--w"):
+        ServedWriter.func_or_class(other, str(tmp_path / "out"))
