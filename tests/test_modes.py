@@ -259,6 +259,15 @@ def test_a_replacement_vae_decodes_and_is_named_in_each_image(tmp_path: Path):
     deeper_file = write_ldm_vae(deeper, tmp_path / "deeper.safetensors")
     with pytest.raises(ModelError, match=r"vae: .* has 3 levels, the model's own VAE 2"):
         make_generator(changed(spec, vae=str(deeper_file)))
+    from augment.generate.tiny import build_unet
+
+    build_unet().save_pretrained(tmp_path / "unet")
+    with pytest.raises(ModelError, match=r"vae: .*unet is a UNet2DConditionModel, not a VAE"):
+        make_generator(changed(spec, vae=str(tmp_path / "unet")))
+    (tmp_path / "no-vae" / "unet").mkdir(parents=True)
+    (tmp_path / "no-vae" / "model_index.json").write_text("{}")  # a pipeline without its vae/
+    with pytest.raises(ModelError, match=r"vae: .*no-vae/vae holds no config.json"):
+        make_generator(changed(spec, vae=str(tmp_path / "no-vae")))
     missing = changed(spec, vae="vaes/nope")
     with pytest.raises(ModelError, match=r"^generation.vae: .*no such file or folder"):
         check_models(missing.generation, missing.paths)

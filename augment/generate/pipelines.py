@@ -64,8 +64,8 @@ def check_model(location: str, declared: str, key: str = "generation.model") -> 
             and not (path / "config.json").is_file()
         ):
             raise ModelError(
-                f"{key}: {path} is not a diffusers folder (no model_index.json); "
-                "save one with pipeline.save_pretrained(folder)"
+                f"{key}: {path} is not a diffusers folder (no model_index.json, nor a model's "
+                "config.json); save one with pipeline.save_pretrained(folder)"
             )
         if path.is_file() and path.suffix not in SINGLE_FILE_SUFFIXES:
             raise ModelError(
@@ -285,6 +285,8 @@ def load_vae(settings: GenerationSpec, paths: SpecPaths, dtype):
             return diffusers.AutoencoderKL.from_single_file(
                 location, config=config, subfolder="vae", dtype=dtype, local_files_only=True
             )
+        if Path(location).is_dir():  # a hub id's files are checked as they load
+            check_vae_folder(Path(location) / (subfolder or ""), settings)
         return diffusers.AutoencoderKL.from_pretrained(
             location, subfolder=subfolder, dtype=dtype, local_files_only=True
         )
@@ -294,6 +296,23 @@ def load_vae(settings: GenerationSpec, paths: SpecPaths, dtype):
         raise ModelError(
             f"generation.vae: cannot load a VAE (AutoencoderKL) from {location}: {first_line(exc)}"
         ) from exc
+
+
+def check_vae_folder(folder: Path, settings: GenerationSpec) -> None:
+    """A local VAE folder holds an AutoencoderKL's config (a pipeline's vae/ included), said
+    in words rather than by the loader of whatever model is there."""
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ModelError(
+            f"generation.vae: {folder} holds no config.json: give an AutoencoderKL folder, a "
+            "pipeline folder with a vae/, or one .safetensors file"
+        )
+    kind = json.loads(config.read_text()).get("_class_name")
+    if kind not in (None, "AutoencoderKL"):
+        raise ModelError(
+            f"generation.vae: {folder} is a {kind}, not a VAE (AutoencoderKL); give the VAE's "
+            "own folder or its pipeline's"
+        )
 
 
 def check_single_file_vae_depth(path: Path, own: dict | None, settings: GenerationSpec) -> None:
