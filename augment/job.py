@@ -312,6 +312,7 @@ def prepare_output(
             f"{spec.job_file} is the output folder's job.yaml, where a run writes its resolved "
             "spec: rename the job file, or set another output.dir (or --out)"
         )
+    check_run_layout(out_dir)
     if not force:
         previous = previous_spec_hash(out_dir)
         differences = spec_differences(out_dir, spec) if previous != spec.spec_hash() else []
@@ -344,6 +345,24 @@ def prepare_output(
             f"output folder {out_dir} is not writable ({exc.strerror}); choose another with --out"
         ) from None
     saved.write_text(spec.to_yaml())
+
+
+def check_run_layout(out_dir: Path) -> None:
+    """The names a run writes are free for it: a folder where it writes a file (or the other
+    way round) would fail only once the images are rendered."""
+    for name, folder in (
+        ("shards", True),
+        ("job.yaml", False),
+        ("plan.parquet", False),
+        ("manifest.json", False),
+    ):
+        target = out_dir / name
+        if target.exists() and target.is_dir() != folder:
+            kind, wanted = ("a file", "folder") if folder else ("a folder", "file")
+            raise OutputError(
+                f"{target} is {kind}, where a run writes its {name} {wanted}: move it away, or "
+                "choose another --out"
+            )
 
 
 def holds_images(out_dir: Path) -> bool:

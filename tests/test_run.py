@@ -180,3 +180,8 @@ def test_unwritable_output_is_a_clear_error(write_job, tmp_path):
     job = write_job(out=blocker / "out")
     with pytest.raises(OutputError, match="is not writable.*--out"):
         run_job(load_spec(job), LOCAL)
+    out = tmp_path / "taken"
+    (out / "manifest.json").mkdir(parents=True)  # it failed once the images were rendered
+    with pytest.raises(OutputError, match=r"manifest.json is a folder, where a run writes its"):
+        run_job(load_spec(write_job(out=out)), LOCAL)
+    assert not (out / "shards").exists()
