@@ -314,19 +314,19 @@ def prepare_output(
         )
     check_run_layout(out_dir)
     if not force:
-        previous = previous_spec_hash(out_dir)
-        differences = spec_differences(out_dir, spec) if previous != spec.spec_hash() else []
+        previous, now = previous_spec_hash(out_dir), spec.spec_hash()
         if previous is None and holds_images(out_dir):
             raise OutputError(
                 f"{out_dir} holds images but neither the job.yaml nor the manifest.json that "
                 f"say which spec made them: put job.yaml back, or {remedy}"
             )
-        if previous is not None and previous != spec.spec_hash():
+        if previous is not None and previous != now:
             if not failed_before_its_first_image(out_dir):
+                differences = spec_differences(out_dir, spec)
                 changed = f": {', '.join(differences)}" if differences else ""
                 raise OutputError(
                     f"{out_dir} holds a run of a different spec (hash {previous}, now "
-                    f"{spec.spec_hash()}{changed}); {remedy}"
+                    f"{now}{changed}); {remedy}"
                 )
             # a model that would not load: the corrected spec takes its place, nothing is lost
             log.warning("%s holds a run of another spec that made no image: starting over", out_dir)

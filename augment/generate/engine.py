@@ -680,7 +680,7 @@ def run_provenance(spec: JobSpec) -> Provenance:
     """The job, the hash of its pixel-shaping settings, the model's identity (content hash and
     licence: a DreamBooth fine-tune's own folder, which is what renders) and the adapters
     loaded with it (`loaded_adapters`)."""
-    from augment.generate.pipelines import read_adapter_card, rendering_paths
+    from augment.generate.pipelines import hub_snapshot, read_adapter_card, rendering_paths
 
     paths, generation = spec.paths, spec.generation
     card = read_adapter_card(paths.finetuned) if paths.finetuned else None
@@ -699,26 +699,11 @@ def run_provenance(spec: JobSpec) -> Provenance:
     )
 
 
-def hub_snapshot(repo_id: str) -> Path | None:
-    """The cached snapshot folder of a hub model (a pipeline or one model), if downloaded."""
-    from huggingface_hub import try_to_load_from_cache
-
-    from augment.config import looks_like_hub_id
-
-    if not looks_like_hub_id(repo_id):
-        return None
-    for name in ("model_index.json", "config.json"):
-        found = try_to_load_from_cache(repo_id, name)
-        if isinstance(found, str):
-            return Path(found).parent
-    return None
-
-
 def loaded_adapters(spec: JobSpec, card: dict | None) -> tuple[Adapter, ...]:
     """The VAE, ControlNet, LoRAs, embeddings and the job's own fine-tune (LoRA or embedding), each
     by the content hash of the file that is loaded (not of the folder around it, whose card and
     checkpoints change from one training to the next)."""
-    from augment.generate.pipelines import lora_file, pipeline_index
+    from augment.generate.pipelines import hub_snapshot, lora_file, pipeline_index
 
     paths, generation = spec.paths, spec.generation
     adapters = []
@@ -727,12 +712,11 @@ def loaded_adapters(spec: JobSpec, card: dict | None) -> tuple[Adapter, ...]:
         configs = model_content_hash(paths.config, suffixes=CONFIG_SUFFIXES)
         adapters.append(Adapter("config", generation.config, configs))
     if generation.vae is not None and paths.vae:
-        vae = Path(paths.vae)
-        index = pipeline_index(paths.vae)
-        if not vae.exists():  # a cached hub id: its snapshot's files
-            vae = hub_snapshot(paths.vae) or vae
-        if index is not None:  # a pipeline: its vae/ is what loads
+        vae, index = Path(paths.vae), pipeline_index(paths.vae)
+        if index is not None:  # a pipeline, local or cached: its vae/ is what loads
             vae = index.parent / "vae"
+        elif not vae.exists():  # a cached hub id of the VAE alone: its snapshot's files
+            vae = hub_snapshot(paths.vae) or vae
         adapters.append(Adapter("vae", generation.vae, model_content_hash(vae)))
     if generation.controlnet is not None and paths.controlnet:
         adapters.append(

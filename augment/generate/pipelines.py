@@ -168,14 +168,29 @@ def hub_home() -> str:
     return str(huggingface_hub.constants.HF_HUB_CACHE)
 
 
-def in_hub_cache(repo_id: str) -> bool:
-    """Whether a hub model (pipeline or single model) is already downloaded; nothing is fetched."""
+def hub_file(repo_id: str, name: str) -> Path | None:
+    """A file of a hub model already in the cache (nothing is fetched); None when the name is
+    not a hub id or the file is not there."""
+    if not looks_like_hub_id(repo_id):
+        return None
     from huggingface_hub import try_to_load_from_cache
 
-    return any(
-        isinstance(try_to_load_from_cache(repo_id, name), str)
-        for name in ("model_index.json", "config.json")
-    )
+    found = try_to_load_from_cache(repo_id, name)
+    return Path(found) if isinstance(found, str) else None
+
+
+def hub_snapshot(repo_id: str) -> Path | None:
+    """The cached snapshot folder of a hub model (a pipeline or one model), if downloaded."""
+    for name in ("model_index.json", "config.json"):
+        found = hub_file(repo_id, name)
+        if found is not None:
+            return found.parent
+    return None
+
+
+def in_hub_cache(repo_id: str) -> bool:
+    """Whether a hub model (pipeline or single model) is already downloaded; nothing is fetched."""
+    return hub_snapshot(repo_id) is not None
 
 
 def select_device(requested: str = "auto") -> str:
@@ -213,12 +228,7 @@ def pipeline_index(location: str) -> Path | None:
     if path.exists():
         index = path / "model_index.json"
         return index if index.is_file() else None
-    if not looks_like_hub_id(location):
-        return None
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(location, "model_index.json")
-    return Path(found) if isinstance(found, str) else None
+    return hub_file(location, "model_index.json")
 
 
 def model_family(location: str) -> str:
@@ -368,15 +378,8 @@ def own_vae_config(paths: SpecPaths) -> dict | None:
         return None
     path = Path(folder) / "vae" / "config.json"
     if not path.is_file():
-        if Path(folder).exists() or not looks_like_hub_id(folder):
-            return None
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(folder, "vae/config.json")
-        if not isinstance(found, str):
-            return None
-        path = Path(found)
-    return json.loads(path.read_text())
+        path = None if Path(folder).exists() else hub_file(folder, "vae/config.json")
+    return None if path is None else json.loads(path.read_text())
 
 
 def load_base(settings: GenerationSpec, paths: SpecPaths, family: str, device: str):

@@ -262,13 +262,13 @@ def paste_record(
 
 
 def prepare_paste_output(
-    folder: Path, spec: JobSpec, force: bool, instances: list[Instance] | None = None
+    folder: Path, spec: JobSpec, force: bool, instances: list[Instance]
 ) -> None:
     """Create OUT/paste, or check it holds this same paste (then it resumes). A paste made
     from fewer renders (a run with --limit, then the whole run) is made again from all of
     them: it is derived from OUT's images alone, and nothing of the user's is lost."""
     marker = folder / "paste.json"
-    pool = instance_pool(instances or [])
+    pool = instance_pool(instances)
     if force and folder.exists():
         shutil.rmtree(folder)
     if marker.is_file():
@@ -279,7 +279,7 @@ def prepare_paste_output(
                 f"{folder} holds a paste of other renders or settings (hash {previous}, now "
                 f"{spec.paste_hash()}); `augment paste JOB --force` deletes it and pastes again"
             )
-        if instances is not None and saved.get("instances") != pool:
+        if saved.get("instances") != pool:
             log.warning("the renders changed since %s was pasted: pasting again", folder)
             shutil.rmtree(folder)
     (folder / "shards").mkdir(parents=True, exist_ok=True)
