@@ -943,7 +943,7 @@ def refilter(
         if not changed.equals(table.cast(parquet.RECORD_SCHEMA)):
             parquet.write_table(shards_dir, path.name, changed)
             rewritten += 1
-    order = parquet.pq.read_table(out_dir / "plan.parquet", columns=["item_id"])
+    order = parquet.read_table(out_dir / "plan.parquet", ["item_id"])
     sources = SourceSet.of(spec) if spec.generation.mode in COPYING_MODES else None
     items = plan_for(spec, sources=sources) if sources is not None else []
     known = source_pictures(spec, items, sources) + list(real or ())  # sources, and a pool

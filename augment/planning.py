@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from augment.labels import fitted_size, transfer_boxes
 from augment.prompting import Prompt
 from augment.records import PLAN_SCHEMA, SourceTarget, WorkItem
+from augment.sinks.parquet import read_table
 
 
 def make_item_id(
@@ -171,5 +172,5 @@ def write_plan(items: list[WorkItem], path: Path) -> None:
 
 
 def read_plan(path: Path) -> list[WorkItem]:
-    rows = pq.read_table(path).to_pylist()
+    rows = read_table(path).to_pylist()
     return [WorkItem(**{**row, "boxes": tuple(row["boxes"] or ()) or None}) for row in rows]

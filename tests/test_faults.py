@@ -160,7 +160,7 @@ def test_export_skips_a_damaged_shard_and_a_failed_export_keeps_the_last_one(
 
     code, _, err = cli(capsys, "export", out, "--format", "yolo", "--format", "coco")
     assert code == 0, err
-    assert f"warning: export skips shard {shard}" in err
+    assert err.count(f"warning: export skips shard {shard}") == 1  # once, for both formats
     images = sorted(p.name for p in (out / "yolo" / "images").iterdir())
     assert len(images) == 9 - lost and (out / "yolo" / "data.yaml").is_file()
     assert len(json.loads((out / "coco" / "annotations.json").read_text())["images"]) == 9 - lost

@@ -9,13 +9,12 @@ failed export never leaves a half-written one (the previous export stays until t
 
 from __future__ import annotations
 
-import logging
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from augment.errors import OutputError
-from augment.sinks.parquet import check_shards, shard_paths
+from augment.sinks.parquet import shard_paths
 from augment.sinks.rows import export_records, image_file_name, run_categories, run_filters
 
 __all__ = [
@@ -27,7 +26,6 @@ __all__ = [
     "run_filters",
 ]
 
-log = logging.getLogger(__name__)
 
 
 def exporters() -> dict[str, Callable[[Path, list[dict], Iterator[dict]], Path]]:
@@ -55,14 +53,11 @@ def export(out_dir: Path, formats: list[str], include_flagged: bool = False) -> 
     if not shards:
         raise OutputError(f"{out_dir}/shards holds no shards: nothing to export")
     categories = run_categories(out_dir)
-    _, damaged = check_shards(out_dir / "shards")
-    for shard, reason in damaged.items():
-        log.warning("export skips shard %s: it cannot be read (%s)", shard, reason)
-    readable = [shard for shard in shards if shard not in damaged]
+    skipped: dict[Path, str] = {}  # damaged shards: the first export to read one names it
     paths = {}
     for name in dict.fromkeys(formats):
         if name != "parquet":
-            records = export_records(out_dir, include_flagged, readable)
+            records = export_records(out_dir, include_flagged, shards, skipped)
             paths[name] = write_in_place(out_dir / name, available[name], categories, records)
     return paths
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
 
-from augment.errors import OutputError, first_line
+from augment.errors import OutputError, ShardError, first_line
 from augment.records import FLAGS
-from augment.sinks.parquet import check_run_folder, read_records, run_shards
+from augment.sinks.parquet import check_run_folder, read_shard, run_shards
 from augment.taxonomy.listfile import slugify
+
+log = logging.getLogger(__name__)
 
 
 def image_file_name(record: dict) -> str:
@@ -20,14 +23,30 @@ def image_file_name(record: dict) -> str:
 
 
 def export_records(
-    out_dir: Path, include_flagged: bool = False, shards: list[Path] | None = None
+    out_dir: Path,
+    include_flagged: bool = False,
+    shards: list[Path] | None = None,
+    skipped: dict[Path, str] | None = None,
 ) -> Iterator[dict]:
     """The records an export writes (flagged ones left out); `shards` picks some shards (by
-    default every one: a folder without any is an error that says so)."""
+    default every one: a folder without any is an error that says so). A shard that cannot be
+    read raises `ShardError`, or, given `skipped`, is left out, named in a warning the first
+    time, and added to it (shard -> why)."""
     shards = run_shards(out_dir) if shards is None else shards
-    for record in read_records(Path(out_dir) / "shards", shards=shards):
-        if include_flagged or not any(record[flag] for flag in FLAGS):
-            yield record
+    for path in shards:
+        if skipped is not None and path in skipped:
+            continue
+        try:
+            table = read_shard(path)
+        except ShardError as exc:
+            if skipped is None:
+                raise
+            skipped[path] = exc.reason
+            log.warning("export skips shard %s: it cannot be read (%s)", path, exc.reason)
+            continue
+        for record in table.to_pylist():
+            if include_flagged or not any(record[flag] for flag in FLAGS):
+                yield record
 
 
 def read_manifest(out_dir: Path) -> dict:
