@@ -196,7 +196,7 @@ def real_pictures(real: str) -> list:
     names = data.classes.names
     pool = data.pool
     return [
-        Picture(image_id, slugify(names[label]), pixels)
+        Picture.of(image_id, slugify(names[label]), pixels)
         for image_id, label, pixels in zip(pool.ids, pool.labels, pool.images, strict=True)
     ]
 

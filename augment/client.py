@@ -74,6 +74,9 @@ class Client:
             if value is not None:
                 body[key] = value
         answer = self.call("POST", "/generate", body)
+        for record in answer["records"]:  # bytes travel in base64
+            if record.get("thumb") is not None:
+                record["thumb"] = base64.b64decode(record["thumb"])
         return [
             ServedImage(base64.b64decode(png), record)
             for png, record in zip(answer["images"], answer["records"], strict=True)

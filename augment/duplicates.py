@@ -2,10 +2,12 @@
 
 A sampler at low guidance or a LoRA that overfits repeats itself, and a repeated image adds
 nothing to a training set but weight on one example. Every record carries a perceptual hash
-(`phash`, the 64-bit DCT hash that image-deduplication tools compare), computed when it is
-rendered. The hash alone is too coarse to decide on small images (two different 32 px sevens
-can share most of its bits, and a copy shifted by a pixel can lose a third of them), so once a
-run's blocks are committed, `find_duplicates` compares pixels, concept by concept:
+(`phash`, the 64-bit DCT hash that image-deduplication tools compare) and the 32 x 32 grey
+thumbnail it is computed from (`thumb`), both made where the image is rendered, beside the
+render loop, so the pass below reads 1 KB a record and decodes no image. The hash alone is
+too coarse to decide on small images (two different 32 px sevens can share most of its bits,
+and a copy shifted by a pixel can lose a third of them), so once a run's blocks are committed,
+`find_duplicates` compares pixels, concept by concept:
 
 - candidates: pairs whose 8 x 8 blurred thumbnails are close (one matrix product per concept);
 - verdict: their 32 x 32 grey thumbnails, blurred by a pixel, one shifted by up to a pixel each
@@ -43,26 +45,40 @@ PIXEL_TOLERANCE = 0.065
 CANDIDATE_DISTANCE = 0.6
 
 
-def grey_thumbnail(image: Image.Image | np.ndarray) -> np.ndarray:
-    """THUMB x THUMB grey levels (float32, 0..255), area-averaged, then blurred by BLUR."""
+def grey_levels(image: Image.Image | np.ndarray) -> np.ndarray:
+    """THUMB x THUMB grey levels (uint8), area-averaged: what the hash and the verdict start
+    from. A record keeps them as `thumb` (1 KB), so the duplicate pass decodes no image."""
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     grey = image.convert("L")
     if grey.size != (THUMB, THUMB):
         grey = grey.resize((THUMB, THUMB), Image.BOX)
-    return np.asarray(grey.filter(ImageFilter.GaussianBlur(BLUR)), dtype=np.float32)
+    return np.asarray(grey)
+
+
+def blurred(levels: np.ndarray) -> np.ndarray:
+    """Grey levels blurred by BLUR, as float32 (0..255): what the verdict compares."""
+    blur = ImageFilter.GaussianBlur(BLUR)
+    return np.asarray(Image.fromarray(levels).filter(blur), dtype=np.float32)
+
+
+def grey_thumbnail(image: Image.Image | np.ndarray) -> np.ndarray:
+    """THUMB x THUMB grey levels (float32, 0..255), area-averaged, then blurred by BLUR."""
+    return blurred(grey_levels(image))
+
+
+def levels_hash(levels: np.ndarray) -> int:
+    """The 64-bit DCT hash (pHash) of THUMB x THUMB grey levels, as a signed int64: their 8 x 8
+    lowest frequencies, each bit set when above their median."""
+    from scipy.fft import dctn
+
+    low = dctn(levels.astype(np.float32), norm="ortho")[:8, :8]
+    return int(np.packbits((low > np.median(low)).ravel()).view(">i8")[0])
 
 
 def perceptual_hash(image: Image.Image | np.ndarray) -> int:
-    """The 64-bit DCT hash (pHash) as a signed int64: the 8 x 8 lowest frequencies of the
-    32 x 32 grey image, each bit set when above their median."""
-    from scipy.fft import dctn
-
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    grey = np.asarray(image.convert("L").resize((THUMB, THUMB), Image.BOX), dtype=np.float32)
-    low = dctn(grey, norm="ortho")[:8, :8]
-    return int(np.packbits((low > np.median(low)).ravel()).view(">i8")[0])
+    """The 64-bit DCT hash (pHash) of an image: `levels_hash` of its `grey_levels`."""
+    return levels_hash(grey_levels(image))
 
 
 def contrasts(thumbs: np.ndarray) -> np.ndarray:
@@ -100,16 +116,25 @@ def descriptor(thumb: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Picture:
-    """One image to compare: its id, its concept, and its pixels (PNG bytes or an array)."""
+    """One image to compare: its id, its concept, and its blurred grey thumbnail (all that is
+    kept of its pixels, so a run's worth of pictures is a few KB each)."""
 
     id: str
     concept: str
-    data: bytes | np.ndarray
+    thumb: np.ndarray
 
-    def thumbnail(self) -> np.ndarray:
-        if isinstance(self.data, np.ndarray):
-            return grey_thumbnail(self.data)
-        return grey_thumbnail(Image.open(io.BytesIO(self.data)))
+    @classmethod
+    def of(cls, id: str, concept: str, image: bytes | np.ndarray | Image.Image) -> Picture:
+        """The picture of an image: PNG (or any encoded) bytes, pixels, or a PIL image."""
+        if isinstance(image, bytes):
+            image = Image.open(io.BytesIO(image))
+        return cls(id, concept, grey_thumbnail(image))
+
+    @classmethod
+    def of_levels(cls, id: str, concept: str, thumb: bytes) -> Picture:
+        """The picture of a record's stored `thumb` (its `grey_levels`' bytes)."""
+        levels = np.frombuffer(thumb, dtype=np.uint8).reshape(THUMB, THUMB)
+        return cls(id, concept, blurred(levels))
 
 
 def find_duplicates(pictures: list[Picture], real: list[Picture] = ()) -> dict[str, str]:
@@ -119,7 +144,7 @@ def find_duplicates(pictures: list[Picture], real: list[Picture] = ()) -> dict[s
     for concept in dict.fromkeys(p.concept for p in pictures):
         known = [p for p in real if p.concept == concept]
         group = known + [p for p in pictures if p.concept == concept]
-        thumbs = np.stack([p.thumbnail() for p in group])
+        thumbs = np.stack([p.thumb for p in group])
         spread = contrasts(thumbs)
         codes = np.stack([descriptor(t) for t in thumbs])
         squares = (codes**2).sum(axis=1)
@@ -144,17 +169,24 @@ def find_duplicates(pictures: list[Picture], real: list[Picture] = ()) -> dict[s
 OTHER_FLAGS = tuple(flag for flag in FLAGS if flag != "duplicate")
 
 
-def run_pictures(shards_dir: Path, order: list[str] | None = None) -> list[Picture]:
-    """A run's unflagged images, in plan order (then by item_id)."""
+def shard_pictures(path: Path) -> tuple[list[Picture], dict[str, tuple[bool, str | None]]]:
+    """A shard's unflagged pictures (from the stored thumbnails; a record written without one
+    is decoded), and every record's current `duplicate` and `duplicate_of` by item_id."""
+    columns = ["item_id", "concept_name", "thumb", "duplicate", "duplicate_of", *OTHER_FLAGS]
+    records = parquet.read_shard(path, columns).to_pylist()
+    if any(record["thumb"] is None for record in records):  # older shards: decode the images
+        images = parquet.read_shard(path, ["image"]).column("image").to_pylist()
     pictures = []
-    for path in parquet.shard_paths(shards_dir):
-        columns = ["item_id", "concept_name", "image", *OTHER_FLAGS]
-        for record in parquet.read_shard(path, columns).to_pylist():
-            if not any(record[flag] for flag in OTHER_FLAGS):
-                concept = slugify(record["concept_name"])
-                pictures.append(Picture(record["item_id"], concept, record["image"]["bytes"]))
-    rank = {item_id: i for i, item_id in enumerate(order or ())}
-    return sorted(pictures, key=lambda p: (rank.get(p.id, len(rank)), p.id))
+    for index, record in enumerate(records):
+        if any(record[flag] for flag in OTHER_FLAGS):
+            continue
+        concept = slugify(record["concept_name"])
+        if record["thumb"] is not None:
+            pictures.append(Picture.of_levels(record["item_id"], concept, record["thumb"]))
+        else:
+            pictures.append(Picture.of(record["item_id"], concept, images[index]["bytes"]))
+    current = {r["item_id"]: (r["duplicate"], r["duplicate_of"]) for r in records}
+    return pictures, current
 
 
 def flag_duplicates(
@@ -162,19 +194,25 @@ def flag_duplicates(
 ) -> int:
     """Set `duplicate` and `duplicate_of` on every committed record of a run, rewriting (in
     place, atomically) only the shards whose flags change; returns how many are duplicates.
-    `order`: the plan's item_ids, which decides which of a group is the original."""
-    repeats = find_duplicates(run_pictures(shards_dir, order), list(real))
+    `order`: the plan's item_ids, which decides which of a group is the original (then item_id).
+    Only the shards that change are read whole."""
+    pictures: list[Picture] = []
+    flags: dict[Path, dict[str, tuple[bool, str | None]]] = {}
     for path in parquet.shard_paths(shards_dir):
+        found, flags[path] = shard_pictures(path)
+        pictures.extend(found)
+    rank = {item_id: i for i, item_id in enumerate(order or ())}
+    pictures.sort(key=lambda p: (rank.get(p.id, len(rank)), p.id))
+    repeats = find_duplicates(pictures, list(real))
+    for path, current in flags.items():
+        if all(current[i] == (i in repeats, repeats.get(i)) for i in current):
+            continue
         table = parquet.read_shard(path)
         ids = table.column("item_id").to_pylist()
-        flags = [item_id in repeats for item_id in ids]
-        of = [repeats.get(item_id) for item_id in ids]
-        if (
-            table.column("duplicate").to_pylist() == flags
-            and table.column("duplicate_of").to_pylist() == of
+        for name, values in (
+            ("duplicate", [item_id in repeats for item_id in ids]),
+            ("duplicate_of", [repeats.get(item_id) for item_id in ids]),
         ):
-            continue
-        for name, values in (("duplicate", flags), ("duplicate_of", of)):
             index = table.schema.get_field_index(name)
             field = table.schema.field(index)
             table = table.set_column(index, field, pa.array(values, type=field.type))

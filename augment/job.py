@@ -571,10 +571,9 @@ def source_pictures(
     pictures = []
     for source_id, concept in pairs:
         try:
-            pixels = np.asarray(sources.pixels(source_id).convert("RGB"))
+            pictures.append(Picture.of(source_id, concept, sources.pixels(source_id)))
         except SpecError:  # unreadable: already reported, and nothing rendered from it
             continue
-        pictures.append(Picture(source_id, concept, pixels))
     return pictures
 
 

@@ -95,6 +95,7 @@ RECORD_SCHEMA = pa.schema(
         ("scored_as", pa.string()),  # filters: the concept the scorer reads (its top class)
         ("embedding", pa.list_(pa.float32())),  # filters: the scorer's features of the image
         ("phash", pa.int64()),  # 64-bit DCT perceptual hash (duplicates.perceptual_hash)
+        ("thumb", pa.binary()),  # its 32 x 32 grey levels (duplicates.grey_levels), 1 KB
         ("black", pa.bool_()),
         ("nan", pa.bool_()),
         ("nsfw", pa.bool_()),

@@ -187,10 +187,13 @@ def validation_line(errors: list[dict]) -> str:
 
 
 def json_record(record: dict) -> dict:
-    """A record as JSON: its image by path only (the PNG travels beside it), arrays as lists."""
+    """A record as JSON: its image by path only (the PNG travels beside it), arrays as lists,
+    bytes (the thumbnail) in base64 (`Client` gives them back as bytes)."""
     row = {}
     for key, value in record.items():
-        if key == "image":
+        if key == "thumb" and value is not None:
+            value = base64.b64encode(value).decode()
+        elif key == "image":
             value = {"path": value["path"]} if value else None
         elif hasattr(value, "tolist"):
             value = value.tolist()

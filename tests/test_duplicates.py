@@ -68,6 +68,41 @@ def test_planted_copies_are_caught_and_1000_distinct_digits_are_not(tmp_path: Pa
     assert {p.name: p.read_bytes() for p in shards.iterdir()} == before
 
 
+def test_the_rendered_thumbnails_give_the_flags_the_images_give_without_decoding_one(
+    tmp_path: Path, monkeypatch
+):
+    """A run's records carry their thumbnail (`encode_image`, beside the render loop); older
+    shards without one are decoded: both give the same flags."""
+    from augment.duplicates import Picture
+    from augment.generate.engine import encode_image
+
+    images, labels = load_digit_images(32)
+    rng = np.random.default_rng(1)
+    chosen = rng.choice(300, 12, replace=False)
+    pixels = [*images[:300], *(near_copy(images[i], rng) for i in chosen)]
+    owners = [*labels[:300], *labels[chosen]]
+    ids = [f"r{i:03d}" for i in range(len(pixels))]
+    decoded, stored = tmp_path / "decoded", tmp_path / "stored"
+    write_run(
+        decoded, [record(i, label, p) for i, label, p in zip(ids, owners, pixels, strict=True)]
+    )
+    rendered = []
+    for item_id, label, p in zip(ids, owners, pixels, strict=True):
+        _, phash, thumb = encode_image(p, None)
+        rendered.append({**record(item_id, label, p), "phash": phash, "thumb": thumb})
+    write_run(stored, rendered)
+
+    assert flag_duplicates(decoded, ids) >= 11
+
+    def decode(*_):
+        raise AssertionError("an image was decoded")
+
+    monkeypatch.setattr(Picture, "of", decode)
+    flag_duplicates(stored, ids)
+    assert flags_of(stored) == flags_of(decoded)
+    assert [r["phash"] for r in rendered] == [perceptual_hash(p) for p in pixels]
+
+
 def test_the_original_is_the_first_in_plan_order_and_flagged_images_are_nobodys_original(
     tmp_path: Path,
 ):

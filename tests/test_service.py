@@ -70,7 +70,8 @@ def test_a_served_image_is_the_batch_runs_image_byte_for_byte(served):
         record = image.record
         assert list(record) == RECORD_SCHEMA.names  # the columns of a shard row
         row = shard.loc[record["item_id"]]
-        for column in ("prompt", "seed", "settings", "model_hash", "concept_score", "phash"):
+        columns = ("prompt", "seed", "settings", "model_hash", "concept_score", "phash", "thumb")
+        for column in columns:
             assert record[column] == row[column], column
         provenance = json.loads(read_png_chunks(image.png)["augment"])
         assert provenance["item_id"] == record["item_id"] and provenance["job"] == "demo"

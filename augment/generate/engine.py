@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from augment.config import GenerationSpec, JobSpec, SpecPaths
-from augment.duplicates import perceptual_hash
+from augment.duplicates import grey_levels, levels_hash
 from augment.errors import ModelError
 from augment.generate.cuda_graphs import eager_forwards
 from augment.provenance import (
@@ -163,19 +163,21 @@ class Rendered:
 
 def encode_image(
     pixels: np.ndarray, chunks: dict[str, str] | None, watermark: bool = False
-) -> tuple[bytes, int]:
-    """An image's PNG bytes and perceptual hash (after the invisible watermark, when asked):
-    the CPU work beside the render loop."""
+) -> tuple[bytes, int, bytes]:
+    """An image's PNG bytes, perceptual hash and grey thumbnail (after the invisible
+    watermark, when asked): the CPU work beside the render loop."""
     if watermark:
         pixels = add_watermark(pixels)
-    return encode_png(pixels, chunks), perceptual_hash(pixels)
+    levels = grey_levels(pixels)
+    return encode_png(pixels, chunks), levels_hash(levels), levels.tobytes()
 
 
-def with_image(record: dict, encoded: tuple[bytes, int]) -> dict:
-    """The record with its PNG bytes and perceptual hash (`encode_image`) filled in."""
-    png, phash = encoded
+def with_image(record: dict, encoded: tuple[bytes, int, bytes]) -> dict:
+    """The record with its PNG bytes, perceptual hash and thumbnail (`encode_image`)."""
+    png, phash, thumb = encoded
     record["image"] = {"bytes": png, "path": f"{record['item_id']}.png"}
     record["phash"] = phash
+    record["thumb"] = thumb
     return record
 
 
@@ -508,6 +510,7 @@ class Generator:
             "scored_as": None,
             "embedding": None,
             "phash": None,  # with_image
+            "thumb": None,  # with_image
             "black": black,
             "nan": has_nan,
             "nsfw": nsfw,

@@ -27,7 +27,6 @@ __all__ = [
 ]
 
 
-
 def exporters() -> dict[str, Callable[[Path, list[dict], Iterator[dict]], Path]]:
     """Format -> exporter(folder, categories, records), which writes into `folder`."""
     from augment.sinks.coco import export_coco

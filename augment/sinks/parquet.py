@@ -85,6 +85,7 @@ LATER_COLUMNS = (
     "scored_as",
     "embedding",
     "phash",
+    "thumb",
     "duplicate",
     "duplicate_of",
     "model_hash",
