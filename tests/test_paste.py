@@ -105,8 +105,19 @@ def test_paste_is_seeded_and_resumes(pasted, tmp_path):
     for item_id in frame.index:
         assert after.loc[item_id, "image"]["bytes"] == frame.loc[item_id, "image"]["bytes"]
     changed = tiny_paste_spec(pasted, **{"paste.feather": 2.0})
-    with pytest.raises(Exception, match="holds a paste of other renders or settings"):
+    with pytest.raises(
+        Exception, match=r"holds a paste made with other paste: settings \(feather\)"
+    ):
         paste(changed)
+    # A paste an earlier augment made (its marker had the hash alone) is made again, the same.
+    marker = pasted / "paste" / "paste.json"
+    marker.write_text(json.dumps({"paste_hash": "0123456789abcdef", "job": spec.name}))
+    redone = paste(spec)
+    assert redone.pasted == 8 and redone.skipped == 0
+    after = pd.read_parquet(pasted / "paste" / "shards").set_index("item_id")
+    assert all(
+        after.loc[i, "image"]["bytes"] == frame.loc[i, "image"]["bytes"] for i in frame.index
+    )
 
 
 def test_a_paste_after_a_limited_run_is_made_again_from_every_render(tmp_path):

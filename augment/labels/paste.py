@@ -264,27 +264,41 @@ def paste_record(
 def prepare_paste_output(
     folder: Path, spec: JobSpec, force: bool, instances: list[Instance]
 ) -> None:
-    """Create OUT/paste, or check it holds this same paste (then it resumes). A paste made
-    from fewer renders (a run with --limit, then the whole run) is made again from all of
-    them: it is derived from OUT's images alone, and nothing of the user's is lost."""
+    """Create OUT/paste, or check it holds this same paste (then it resumes). Other `paste:`
+    settings are refused (`force` starts over). A paste of other renders (a run with --limit,
+    then the whole run), or one an earlier augment made, is made again: it is derived from
+    OUT's images alone, and nothing of the user's is lost."""
     marker = folder / "paste.json"
     pool = instance_pool(instances)
+    settings = spec.paste.model_dump(mode="json")
     if force and folder.exists():
         shutil.rmtree(folder)
     if marker.is_file():
         saved = json.loads(marker.read_text())
-        previous = saved["paste_hash"]
-        if previous != spec.paste_hash():
-            raise OutputError(
-                f"{folder} holds a paste of other renders or settings (hash {previous}, now "
-                f"{spec.paste_hash()}); `augment paste JOB --force` deletes it and pastes again"
+        before = saved.get("paste", settings)  # an earlier augment did not record them
+        if before != settings:
+            changed = sorted(
+                k for k in settings.keys() | before.keys() if before.get(k) != settings.get(k)
             )
-        if saved.get("instances") != pool:
-            log.warning("the renders changed since %s was pasted: pasting again", folder)
+            raise OutputError(
+                f"{folder} holds a paste made with other paste: settings ({', '.join(changed)}); "
+                "`augment paste JOB --force` deletes it and pastes again"
+            )
+        if (saved.get("paste_hash"), saved.get("instances")) != (spec.paste_hash(), pool):
+            log.warning(
+                "%s was pasted from other renders, or by an earlier augment: pasting again", folder
+            )
             shutil.rmtree(folder)
     (folder / "shards").mkdir(parents=True, exist_ok=True)
     marker.write_text(
-        json.dumps({"paste_hash": spec.paste_hash(), "job": spec.name, "instances": pool})
+        json.dumps(
+            {
+                "paste_hash": spec.paste_hash(),
+                "job": spec.name,
+                "instances": pool,
+                "paste": settings,
+            }
+        )
     )
 
 
