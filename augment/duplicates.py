@@ -137,30 +137,47 @@ class Picture:
         return cls(id, concept, blurred(levels))
 
 
+#: Pictures whose candidate distances one matrix product computes at once (against every
+#: earlier one: a block of CANDIDATE_BLOCK columns, 1 MB per 1,000 earlier pictures).
+CANDIDATE_BLOCK = 128
+
+
 def find_duplicates(pictures: list[Picture], real: list[Picture] = ()) -> dict[str, str]:
     """id -> the id it repeats, for each picture that repeats a real picture of its concept
     or an earlier picture of its concept (list order; real ones count as earlier)."""
+    by_concept: dict[str, list[Picture]] = {}
+    for picture in pictures:
+        by_concept.setdefault(picture.concept, []).append(picture)
+    known_by_concept: dict[str, list[Picture]] = {}
+    for picture in real:
+        known_by_concept.setdefault(picture.concept, []).append(picture)
     repeats: dict[str, str] = {}
-    for concept in dict.fromkeys(p.concept for p in pictures):
-        known = [p for p in real if p.concept == concept]
-        group = known + [p for p in pictures if p.concept == concept]
+    for concept, rendered in by_concept.items():
+        known = known_by_concept.get(concept, [])
+        group = known + rendered
         thumbs = np.stack([p.thumb for p in group])
         spread = contrasts(thumbs)
         codes = np.stack([descriptor(t) for t in thumbs])
         squares = (codes**2).sum(axis=1)
-        for j in range(len(known), len(group)):
-            gaps = squares[:j] + squares[j] - 2 * codes[:j] @ codes[j]
-            rms = np.sqrt(np.maximum(gaps, 0) / codes.shape[1])
-            candidates = np.flatnonzero(rms <= CANDIDATE_DISTANCE)
-            if not candidates.size:
-                continue
-            distances = shifted_distances(
-                thumbs[candidates], spread[candidates], thumbs[j], spread[j]
+        for start in range(len(known), len(group), CANDIDATE_BLOCK):
+            stop = min(start + CANDIDATE_BLOCK, len(group))
+            gaps = (
+                squares[:stop, None]
+                + squares[None, start:stop]
+                - 2 * codes[:stop] @ codes[start:stop].T
             )
-            close = np.flatnonzero(distances <= PIXEL_TOLERANCE)
-            if close.size:  # the earliest of them is the original
-                earlier = group[candidates[close[0]]].id
-                repeats[group[j].id] = repeats.get(earlier, earlier)
+            near = np.sqrt(np.maximum(gaps, 0) / codes.shape[1]) <= CANDIDATE_DISTANCE
+            for j in range(start, stop):
+                candidates = np.flatnonzero(near[:j, j - start])
+                if not candidates.size:
+                    continue
+                distances = shifted_distances(
+                    thumbs[candidates], spread[candidates], thumbs[j], spread[j]
+                )
+                close = np.flatnonzero(distances <= PIXEL_TOLERANCE)
+                if close.size:  # the earliest of them is the original
+                    earlier = group[candidates[close[0]]].id
+                    repeats[group[j].id] = repeats.get(earlier, earlier)
     return repeats
 
 
