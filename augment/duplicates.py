@@ -161,14 +161,14 @@ def find_duplicates(pictures: list[Picture], real: list[Picture] = ()) -> dict[s
         squares = (codes**2).sum(axis=1)
         for start in range(len(known), len(group), CANDIDATE_BLOCK):
             stop = min(start + CANDIDATE_BLOCK, len(group))
-            gaps = (
-                squares[:stop, None]
-                + squares[None, start:stop]
-                - 2 * codes[:stop] @ codes[start:stop].T
+            gaps = (  # a row per picture of the block, a column per picture up to its end
+                squares[start:stop, None]
+                + squares[None, :stop]
+                - 2 * codes[start:stop] @ codes[:stop].T
             )
             near = np.sqrt(np.maximum(gaps, 0) / codes.shape[1]) <= CANDIDATE_DISTANCE
             for j in range(start, stop):
-                candidates = np.flatnonzero(near[:j, j - start])
+                candidates = np.flatnonzero(near[j - start, :j])
                 if not candidates.size:
                     continue
                 distances = shifted_distances(
