@@ -54,10 +54,10 @@ def count_true(shards_dir: Path, columns: list[str]) -> tuple[int, dict[str, int
     return rows, counts
 
 
-def read_table(path: Path, columns: list[str] | None = None, verify: bool = False) -> pa.Table:
-    """One Parquet file of ours (a shard, a plan), its pages' checksums verified when asked.
+def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file of ours that is not a shard (a plan; shards go through `read_shard`).
     (`pq.read_table` would import `pyarrow.dataset`, and pandas with it: 0.6 s a process.)"""
-    with pq.ParquetFile(path, page_checksum_verification=verify) as file:
+    with pq.ParquetFile(path) as file:
         return file.read(columns=columns)
 
 
@@ -65,9 +65,10 @@ def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
     """One whole shard (its pages' checksums verified), or `ShardError` naming it. A shard
     written before a column existed reads with that column empty."""
     try:
-        names = pq.read_schema(path).names
-        present = None if columns is None else [c for c in columns if c in names]
-        table = read_table(path, present, verify=True)
+        with pq.ParquetFile(path, page_checksum_verification=True) as file:  # opened once
+            names = file.schema_arrow.names
+            present = None if columns is None else [c for c in columns if c in names]
+            table = file.read(columns=present)
         missing = set(columns or ()) - set(names)
         if missing - set(LATER_COLUMNS):
             raise ValueError(f"no column {', '.join(sorted(missing))}")
