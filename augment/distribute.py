@@ -295,6 +295,33 @@ def stop_autoscaler_monitor() -> None:
         log.debug("could not stop Ray's autoscaler monitor early", exc_info=True)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """What the connected Ray cluster holds, and how Ray actors of ours (batch workers, service
+    replicas) are placed on it: a GPU and a CPU each where it has GPUs, else a CPU each."""
+
+    gpus: int
+    cpus: int
+
+    @property
+    def capacity(self) -> int:
+        """How many such actors fit at once."""
+        return min(self.gpus, self.cpus) if self.gpus else self.cpus
+
+    @property
+    def resources(self) -> dict[str, int]:
+        """Each actor's Ray resources."""
+        return {"num_gpus": 1, "num_cpus": 1} if self.gpus else {"num_cpus": 1}
+
+
+def ray_placement() -> Placement:
+    """The connected Ray cluster's `Placement`."""
+    import ray
+
+    resources = ray.cluster_resources()
+    return Placement(int(resources.get("GPU", 0)), int(resources.get("CPU", 0)))
+
+
 def run_ray(
     blocks: list[Block],
     worker_kwargs: dict,
@@ -308,13 +335,12 @@ def run_ray(
     from ray.exceptions import RayActorError, RayTaskError
 
     connect_ray(address)
-    resources = ray.cluster_resources()
-    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+    placement = ray_placement()
+    gpus, cpus, capacity = placement.gpus, placement.cpus, placement.capacity
+    threads = None if gpus else 1  # a CPU worker renders on its one CPU
     if gpus:
-        capacity, options, threads = min(gpus, cpus), {"num_gpus": 1, "num_cpus": 1}, None
         unit = f"{gpus} GPUs and {cpus} CPUs (a worker takes one of each)"
     else:
-        capacity, options, threads = cpus, {"num_cpus": 1}, 1
         unit = f"{cpus} CPUs (a worker takes one)"
     if capacity < 1:
         raise AugmentError(
@@ -327,7 +353,7 @@ def run_ray(
         )
     count = max(1, min(workers or capacity, capacity, len(blocks)))
     actor_class = ray.remote(BlockWorker).options(
-        **options, max_restarts=0, max_concurrency=BLOCKS_IN_FLIGHT
+        **placement.resources, max_restarts=0, max_concurrency=BLOCKS_IN_FLIGHT
     )
 
     def start_worker():

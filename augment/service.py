@@ -399,7 +399,7 @@ class Service:
 def start_service(spec: JobSpec, options: ServeOptions | None = None) -> Service:
     """Check the job, start Ray (or attach to `options.address`) and the service; returns once
     every replica has loaded its model and answers."""
-    from augment.distribute import connect_ray
+    from augment.distribute import connect_ray, ray_placement
     from augment.job import check_inputs
 
     options = options or ServeOptions()
@@ -412,21 +412,19 @@ def start_service(spec: JobSpec, options: ServeOptions | None = None) -> Service
     check_inputs(spec)
     check_port_free(options.host, options.port)
     connect_ray(options.address)
-    resources = ray.cluster_resources()
-    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+    placement = ray_placement()
+    gpus, cpus, fits = placement.gpus, placement.cpus, placement.capacity
     replicas = options.replicas or max(1, gpus)
-    fits = min(gpus, cpus) if gpus else cpus  # a replica takes a GPU and a CPU, or a CPU
     if replicas > fits:  # Serve would wait for them forever
         unit = f"{gpus} GPUs and {cpus} CPUs" if gpus else f"{cpus} CPUs and no GPU"
         raise AugmentError(
             f"--replicas {replicas}: this Ray cluster has {unit}, room for {fits} replica(s) "
             f"(each takes {'a GPU and ' if gpus else ''}a CPU); ask for at most {fits}"
         )
-    actor = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
     writer = ServedWriter.bind(spec, options.write) if options.write else None
     app = GenerationService.options(
         num_replicas=replicas,
-        ray_actor_options=actor,
+        ray_actor_options=placement.resources,
         max_ongoing_requests=MAX_ONGOING_REQUESTS,
         graceful_shutdown_wait_loop_s=0.5,  # a stop waits for requests in flight, not longer
     ).bind(spec, options, writer)
