@@ -155,14 +155,15 @@ class PerfSettings:
                 )
             self.model = check_perf_model(self.model)
         self.models = ",".join(models)
-        if self.fast is not None and self.fast.strip().lower() != "none":
-            self.fast = ",".join(named_list("fast", self.fast, FAST_PATHS))
+        if self.fast is not None:
+            none = self.fast.strip().lower() == "none"
+            self.fast = "none" if none else ",".join(named_list("fast", self.fast, FAST_PATHS))
 
     def fast_paths(self, device: str) -> list[str]:
         """The FAST_PATHS to measure: those named, else none on a CPU and all on a GPU."""
         if self.fast is None:
             return [] if device == "cpu" else list(FAST_PATHS)
-        return [] if self.fast.strip().lower() == "none" else self.fast.split(",")
+        return [] if self.fast == "none" else self.fast.split(",")
 
 
 def check_perf_model(name: str) -> str:

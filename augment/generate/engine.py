@@ -414,8 +414,6 @@ class Generator:
         the weights go back."""
         import torch
 
-        from augment.generate.cuda_graphs import eager_forwards
-
         dtype = self.pipe.dtype
         self.pipe.to(dtype=torch.float32)
         try:
