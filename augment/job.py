@@ -768,6 +768,31 @@ def paste(spec: JobSpec, force: bool = False) -> PasteResult:
     )
 
 
+def with_earlier_plan(
+    out_dir: Path,
+    spec: JobSpec,
+    items: list[WorkItem],
+    concepts: list[Concept],
+    sources: SourceSet | None,
+) -> list[WorkItem]:
+    """OUT's plan: this run's items and those OUT planned before, in the spec's plan order.
+
+    A run with --limit renders at most that many items, but it does not shrink what OUT holds:
+    over a run that planned more (the whole job, or a larger limit), the items planned then
+    stay in plan.parquet and the manifest, and the duplicate pass keeps the job's order. (The
+    limit is not part of the spec's hash: a limited trial run, then the whole job, is one run.)
+    """
+    path = out_dir / "plan.parquet"
+    if spec.limit is None or not path.exists():
+        return items
+    earlier = set(parquet.read_table(path, ["item_id"]).column("item_id").to_pylist())
+    ids = {item.item_id for item in items}
+    if earlier <= ids:
+        return items
+    whole = plan_for(spec.model_copy(update={"limit": None}), concepts, sources)
+    return [item for item in whole if item.item_id in ids or item.item_id in earlier]
+
+
 def check_inputs(spec: JobSpec) -> list[Concept]:
     """The job's concepts, once its models are found where it says (the generator, scorer,
     detector and segmenter; an adapter the spec fine-tunes is trained first): a run or a
@@ -793,9 +818,10 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
     if spec.paste is not None:
         paste_backgrounds(spec)  # fail before touching OUT
     sources = SourceSet.of(spec) if spec.generation.mode in SOURCE_MODES else None
-    items = plan_for(spec, concepts, sources)
+    items = plan_for(spec, concepts, sources)  # what this run renders
     prepare_output(out_dir, spec, options.force, concepts)
-    write_plan(items, out_dir / "plan.parquet")
+    planned = with_earlier_plan(out_dir, spec, items, concepts, sources)  # what OUT holds
+    write_plan(planned, out_dir / "plan.parquet")
     parquet.remove_temp_files(out_dir / "shards")
     done = resume_point(out_dir)
     check_same_weights(out_dir, spec)
@@ -805,7 +831,9 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
     finally:
         parquet.remove_temp_files(out_dir / "shards")  # a worker killed mid-write leaves one
     duplicates = flag_duplicates(
-        out_dir / "shards", [item.item_id for item in items], source_pictures(spec, items, sources)
+        out_dir / "shards",
+        [item.item_id for item in planned],
+        source_pictures(spec, planned, sources),
     )
     outputs = {
         "spec": out_dir / "job.yaml",
@@ -814,7 +842,7 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
     }
     seconds = time.perf_counter() - started
     outputs["manifest"] = write_manifest(
-        out_dir, spec, concepts, items, seconds, failures, rendering.seconds
+        out_dir, spec, concepts, planned, seconds, failures, rendering.seconds
     )
     if parquet.shard_paths(out_dir / "shards"):
         last = last_filter(out_dir, spec)
@@ -831,8 +859,8 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
         outputs["paste"] = paste(spec, options.force).out_dir
     return RunResult(
         out_dir=out_dir,
-        planned=len(items),
-        skipped=sum(item.item_id in done for item in items),
+        planned=len(planned),
+        skipped=sum(item.item_id in done for item in planned),
         rendered=rendering.rendered,
         flagged=rendering.flagged,
         failed=len(failures),

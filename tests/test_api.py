@@ -4,12 +4,14 @@ errors are the project's own, with the messages the CLI prints."""
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -62,6 +64,18 @@ def test_export_and_rerun_through_the_api(tiny_run):
     assert len(list(paths["imagefolder"].rglob("*.png"))) == 5
     again = ag.run(ag.load_spec(data, {"limit": 5}), out=out, distributor="local")
     assert (again.rendered, again.skipped) == (0, 5)
+
+
+def test_a_smaller_limit_over_a_run_keeps_what_it_planned(tiny_run):
+    """--limit 2 over a run of 5 renders nothing and leaves OUT's plan and manifest whole."""
+    data, out = tiny_run
+    before = ag.plan(data)  # the whole job's order
+    smaller = ag.run(ag.load_spec(data, {"limit": 2}), out=out, distributor="local")
+    assert (smaller.planned, smaller.rendered, smaller.skipped) == (5, 0, 5)
+    kept = pd.read_parquet(out / "plan.parquet")["item_id"].tolist()
+    assert kept == [i for i in before["item_id"] if i in set(kept)] and len(kept) == 5
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["counts"]["planned"], manifest["counts"]["missing"]) == (5, 0)
 
 
 def test_errors_are_the_projects_own_with_the_clis_message(tmp_path, capsys):
