@@ -667,6 +667,20 @@ def paste_backgrounds(spec: JobSpec) -> SourceSet:
     return SourceSet.at("paste.backgrounds", spec.paths.backgrounds, spec.paste.backgrounds)
 
 
+def check_renders_of(out_dir: Path, spec: JobSpec) -> None:
+    """OUT's renders were made by this spec: a paste records the spec it was made for, so one
+    made with an edited job file would name renders it did not make."""
+    previous = previous_spec_hash(out_dir) if out_dir.is_dir() else None
+    if previous is not None and previous != spec.spec_hash():
+        differences = spec_differences(out_dir, spec)
+        changed = f": {', '.join(differences)}" if differences else ""
+        raise OutputError(
+            f"{out_dir} holds the renders of a different spec (hash {previous}, now "
+            f"{spec.spec_hash()}{changed}); paste with the job file that rendered them, or run "
+            "this one first (`augment run JOB`, into another --out), which pastes at its end"
+        )
+
+
 def paste(spec: JobSpec, force: bool = False) -> PasteResult:
     """Paste the run's segmented renders (OUT) onto the backgrounds, into OUT/paste (resumed
     when it holds the same paste; `force` starts it over)."""
@@ -688,6 +702,7 @@ def paste(spec: JobSpec, force: bool = False) -> PasteResult:
     settings = spec.paste
     backgrounds = paste_backgrounds(spec)
     out_dir = Path(spec.output.dir)
+    check_renders_of(out_dir, spec)
     concepts = concepts_for(spec)
     index = concept_index(concepts)  # background labels -> concepts, built once
     instances = load_instances(out_dir, concepts)

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from augment.config import PasteSpec, load_spec
+from augment.errors import OutputError
 from augment.job import RunOptions, paste, run_job
 from augment.labels.paste import Instance, paste_onto, shared_share
 from augment.labels.segment import decode_rle
@@ -109,6 +110,11 @@ def test_paste_is_seeded_and_resumes(pasted, tmp_path):
         Exception, match=r"holds a paste made with other paste: settings \(feather\)"
     ):
         paste(changed)
+    edited = tiny_paste_spec(pasted, seed=5)  # the job file edited since OUT was rendered
+    with pytest.raises(
+        OutputError, match=r"holds the renders of a different spec \(.*: seed 0 then, 5 now\)"
+    ):
+        paste(edited)
     # A paste an earlier augment made (its marker had the hash alone) is made again, the same.
     marker = pasted / "paste" / "paste.json"
     marker.write_text(json.dumps({"paste_hash": "0123456789abcdef", "job": spec.name}))
