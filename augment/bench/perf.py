@@ -100,6 +100,14 @@ FAST_PATHS = {
         "vae": "FLOAT16_VAE",
         "compile_vae": True,
     },
+    "compiled cuda graphs + compiled float16 vae + attention cudnn": {
+        "fuse_qkv": True,
+        "compile": True,
+        "compile_mode": "reduce-overhead",
+        "vae": "FLOAT16_VAE",
+        "compile_vae": True,
+        "attention": "cudnn",
+    },
     "auto batch": {"batch_size": "auto"},
 }
 
