@@ -242,32 +242,38 @@ def test_a_replacement_vae_decodes_and_is_named_in_each_image(tmp_path: Path):
     save_file({"x": weights["decoder.conv_in.weight"]}, str(tmp_path / "no-vae.safetensors"))
     with pytest.raises(ModelError, match=r"^generation.vae: cannot load a VAE"):
         make_generator(changed(spec, vae=str(tmp_path / "no-vae.safetensors")))
+
+    def checked(vae: Path) -> None:
+        """A misfit VAE is refused by the checks a run makes before it writes anything."""
+        misfit = changed(spec, vae=str(vae))
+        check_models(misfit.generation, misfit.paths)
+
     AutoencoderKL(block_out_channels=[32], latent_channels=8).save_pretrained(tmp_path / "wide")
     with pytest.raises(ModelError, match=r"vae: .* makes latents of 8 channels, the model's UNet"):
-        make_generator(changed(spec, vae=str(tmp_path / "wide")))
+        checked(tmp_path / "wide")
     deep = AutoencoderKL(  # 4 channels, but 32 px images into 4 px latents, not 16 px
         block_out_channels=[32, 32, 32, 32], down_block_types=["DownEncoderBlock2D"] * 4,
         up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4,
     )  # fmt: skip
     deep.save_pretrained(tmp_path / "deep")
     with pytest.raises(ModelError, match=r"vae: .* shrinks images 8x .* the model's own VAE 2x"):
-        make_generator(changed(spec, vae=str(tmp_path / "deep")))
+        checked(tmp_path / "deep")
     deeper = AutoencoderKL(  # its last levels fit the model's: diffusers alone loads it
         block_out_channels=[32, 64, 64], down_block_types=["DownEncoderBlock2D"] * 3,
         up_block_types=["UpDecoderBlock2D"] * 3, latent_channels=4,
     )  # fmt: skip
     deeper_file = write_ldm_vae(deeper, tmp_path / "deeper.safetensors")
     with pytest.raises(ModelError, match=r"vae: .* has 3 levels, the model's own VAE 2"):
-        make_generator(changed(spec, vae=str(deeper_file)))
+        checked(deeper_file)
     from augment.generate.tiny import build_unet
 
     build_unet().save_pretrained(tmp_path / "unet")
     with pytest.raises(ModelError, match=r"vae: .*unet is a UNet2DConditionModel, not a VAE"):
-        make_generator(changed(spec, vae=str(tmp_path / "unet")))
+        checked(tmp_path / "unet")
     (tmp_path / "no-vae" / "unet").mkdir(parents=True)
     (tmp_path / "no-vae" / "model_index.json").write_text("{}")  # a pipeline without its vae/
     with pytest.raises(ModelError, match=r"vae: .*no-vae/vae holds no config.json"):
-        make_generator(changed(spec, vae=str(tmp_path / "no-vae")))
+        checked(tmp_path / "no-vae")
     missing = changed(spec, vae="vaes/nope")
     with pytest.raises(ModelError, match=r"^generation.vae: .*no such file or folder"):
         check_models(missing.generation, missing.paths)

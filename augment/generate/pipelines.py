@@ -95,7 +95,7 @@ def check_models(settings: GenerationSpec, paths: SpecPaths) -> None:
     if settings.config is not None:
         check_model(paths.config, settings.config, "generation.config")
     if settings.vae is not None:
-        check_model(paths.vae, settings.vae, "generation.vae")
+        check_vae(settings, paths)
     if settings.mode == "controlnet" and settings.controlnet is not None:
         check_model(paths.controlnet, settings.controlnet.model, "generation.controlnet.model")
     for number, lora in enumerate(settings.loras):
@@ -280,7 +280,7 @@ def load_vae(settings: GenerationSpec, paths: SpecPaths, dtype):
     the model's own vae/ (the model folder, or generation.config beside a single-file model)."""
     import diffusers
 
-    location = check_model(paths.vae, settings.vae, "generation.vae")
+    location = check_vae(settings, paths)
     subfolder = "vae" if pipeline_index(location) is not None else None  # a pipeline's vae/
     try:
         if Path(location).is_file():
@@ -291,12 +291,9 @@ def load_vae(settings: GenerationSpec, paths: SpecPaths, dtype):
                     "vae/; the model is a single file too: set generation.config to a diffusers "
                     "folder of its family"
                 )
-            check_single_file_vae_depth(Path(location), own_vae_config(paths), settings)
             return diffusers.AutoencoderKL.from_single_file(
                 location, config=config, subfolder="vae", dtype=dtype, local_files_only=True
             )
-        if Path(location).is_dir():  # a hub id's files are checked as they load
-            check_vae_folder(Path(location) / (subfolder or ""), settings)
         return diffusers.AutoencoderKL.from_pretrained(
             location, subfolder=subfolder, dtype=dtype, local_files_only=True
         )
@@ -308,21 +305,42 @@ def load_vae(settings: GenerationSpec, paths: SpecPaths, dtype):
         ) from exc
 
 
-def check_vae_folder(folder: Path, settings: GenerationSpec) -> None:
+def check_vae(settings: GenerationSpec, paths: SpecPaths) -> str:
+    """The VAE `generation.vae` names exists and fits the model, as far as its files say
+    without loading it (a folder's config, a single file's keys): a run refuses a misfit before
+    it writes anything. Returns its location."""
+    location = check_model(paths.vae, settings.vae, "generation.vae")
+    path = Path(location)
+    if path.is_file():
+        check_single_file_vae_depth(path, own_config(paths, "vae"), settings)
+    elif path.is_dir():  # a hub id's files are checked as they load
+        folder = path / "vae" if pipeline_index(location) is not None else path
+        config = check_vae_folder(folder, settings)
+        unet = own_config(paths, "unet")
+        channels = None if unet is None else unet.get("out_channels")
+        misfit = vae_misfit(config, channels, own_config(paths, "vae"), settings)
+        if misfit:
+            raise ModelError(misfit)
+    return location
+
+
+def check_vae_folder(folder: Path, settings: GenerationSpec) -> dict:
     """A local VAE folder holds an AutoencoderKL's config (a pipeline's vae/ included), said
-    in words rather than by the loader of whatever model is there."""
+    in words rather than by the loader of whatever model is there. Returns that config."""
     config = folder / "config.json"
     if not config.is_file():
         raise ModelError(
             f"generation.vae: {folder} holds no config.json: give an AutoencoderKL folder, a "
             "pipeline folder with a vae/, or one .safetensors file"
         )
-    kind = json.loads(config.read_text()).get("_class_name")
+    data = json.loads(config.read_text())
+    kind = data.get("_class_name")
     if kind not in (None, "AutoencoderKL"):
         raise ModelError(
             f"generation.vae: {folder} is a {kind}, not a VAE (AutoencoderKL); give the VAE's "
             "own folder or its pipeline's"
         )
+    return data
 
 
 def check_single_file_vae_depth(path: Path, own: dict | None, settings: GenerationSpec) -> None:
@@ -348,37 +366,50 @@ def check_single_file_vae_depth(path: Path, own: dict | None, settings: Generati
 
 
 def check_vae_fits(pipe, settings: GenerationSpec, paths: SpecPaths) -> None:
-    """A replacement VAE must make the latents the UNet denoises: as many channels, and
-    images shrunk by the same factor as the model's own VAE (where its config can be read)."""
-    made, expected = pipe.vae.config.latent_channels, pipe.unet.config.out_channels
-    if made != expected:
-        raise ModelError(
+    """The loaded replacement VAE fits the loaded UNet (`vae_misfit`): `check_vae` read what
+    a local folder says before the run; a hub model's is known once loaded."""
+    config = dict(pipe.vae.config)
+    misfit = vae_misfit(config, pipe.unet.config.out_channels, own_config(paths, "vae"), settings)
+    if misfit:
+        raise ModelError(misfit)
+
+
+def vae_misfit(
+    config: dict, unet_channels: int | None, own: dict | None, settings: GenerationSpec
+) -> str | None:
+    """Why a replacement VAE (its `config`) cannot serve the model, or None: it must make the
+    latents the UNet denoises, as many channels (`unet_channels`), and shrink images by the
+    same factor as the model's own VAE (`own`'s config), where these are known."""
+    made = config.get("latent_channels", 4)
+    if unet_channels is not None and made != unet_channels:
+        return (
             f"generation.vae: {settings.vae} makes latents of {made} channels, the model's UNet "
-            f"denoises {expected}: use a VAE made for this model's family"
+            f"denoises {unet_channels}: use a VAE made for this model's family"
         )
-    own = own_vae_config(paths)
-    if own is None or "block_out_channels" not in own:
-        return
+    if own is None or "block_out_channels" not in own or "block_out_channels" not in config:
+        return None
     factor, own_factor = (
-        2 ** (len(c) - 1) for c in (pipe.vae.config.block_out_channels, own["block_out_channels"])
+        2 ** (len(c) - 1) for c in (config["block_out_channels"], own["block_out_channels"])
     )
     if factor != own_factor:
-        raise ModelError(
+        return (
             f"generation.vae: {settings.vae} shrinks images {factor}x into latents, the model's "
             f"own VAE {own_factor}x: its UNet would denoise latents of another size than it "
             "learned; use a VAE made for this model's family"
         )
+    return None
 
 
-def own_vae_config(paths: SpecPaths) -> dict | None:
-    """The config of the model's own VAE (its folder's, a single file's generation.config
-    folder's, or a cached hub pipeline's vae/config.json); None where there is none to read."""
+def own_config(paths: SpecPaths, part: str) -> dict | None:
+    """The config of one of the model's own parts ("vae", "unet": its folder's, a single
+    file's generation.config folder's, or a cached hub pipeline's PART/config.json); None
+    where there is none to read."""
     folder = paths.config if Path(paths.model).is_file() else paths.model
     if folder is None:
         return None
-    path = Path(folder) / "vae" / "config.json"
+    path = Path(folder) / part / "config.json"
     if not path.is_file():
-        path = None if Path(folder).exists() else hub_file(folder, "vae/config.json")
+        path = None if Path(folder).exists() else hub_file(folder, f"{part}/config.json")
     return None if path is None else json.loads(path.read_text())
 
 
