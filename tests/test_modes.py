@@ -202,13 +202,13 @@ def test_a_lora_of_the_other_family_is_refused():
 
 def test_a_replacement_vae_decodes_and_is_named_in_each_image(tmp_path: Path):
     """generation.vae swaps the decoder (a VAE folder, a pipeline folder's vae/, or one LDM
-    .safetensors file); one that makes other latents, or is missing, is refused before anything
-    renders."""
+    .safetensors or PyTorch file); one that makes other latents, or is missing, is refused
+    before anything renders."""
     from diffusers import AutoencoderKL
     from safetensors.torch import save_file
 
     from augment.generate.engine import run_provenance
-    from augment.generate.ldm_checkpoint import write_ldm_vae
+    from augment.generate.ldm_checkpoint import ldm_vae_state_dict, write_ldm_vae
     from augment.generate.pipelines import check_models
     from augment.generate.tiny import build_vae
     from augment.provenance import model_content_hash, parameters_text
@@ -226,6 +226,13 @@ def test_a_replacement_vae_decodes_and_is_named_in_each_image(tmp_path: Path):
     file = write_ldm_vae(build_vae(), tmp_path / "vae.safetensors")  # as sdxl_vae.safetensors
     single = render(job, vae=str(file))
     assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(swapped, single, strict=True))
+    torch.manual_seed(1)
+    weights = {"state_dict": ldm_vae_state_dict(build_vae())}  # as community .vae.pt files ship
+    torch.save(weights, tmp_path / "community.vae.pt")
+    community = render(job, vae=str(tmp_path / "community.vae.pt"))
+    assert all(
+        np.array_equal(pixels(a), pixels(b)) for a, b in zip(swapped, community, strict=True)
+    )
 
     spec = changed(parse_spec(job), vae=str(tmp_path / "vae"))
     (adapter,) = run_provenance(spec).adapters
@@ -265,6 +272,15 @@ def test_a_replacement_vae_decodes_and_is_named_in_each_image(tmp_path: Path):
     deeper_file = write_ldm_vae(deeper, tmp_path / "deeper.safetensors")
     with pytest.raises(ModelError, match=r"vae: .* has 3 levels, the model's own VAE 2"):
         checked(deeper_file)
+    torch.save(ldm_vae_state_dict(deeper), tmp_path / "deeper.bin")
+    with pytest.raises(ModelError, match=r"vae: .*deeper.bin has 3 levels, the model's own VAE 2"):
+        checked(tmp_path / "deeper.bin")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match=r"vae: cannot read .*junk.pt as a checkpoint"):
+        checked(tmp_path / "junk.pt")
+    (tmp_path / "notes.txt").write_text("a VAE?")
+    with pytest.raises(ModelError, match=r"not a checkpoint \(.safetensors, .ckpt, .pt or .bin\)"):
+        checked(tmp_path / "notes.txt")
     from augment.generate.tiny import build_unet
 
     build_unet().save_pretrained(tmp_path / "unet")

@@ -44,6 +44,8 @@ PIPELINES = {
 }
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+#: A single-file VAE may also be a PyTorch weights file (as community VAEs ship: `.vae.pt`).
+VAE_FILE_SUFFIXES = (*SINGLE_FILE_SUFFIXES, ".pt", ".bin")
 #: A fine-tuned adapter's card (`augment.finetuning`): written last, so its presence means the
 #: adapter is complete.
 ADAPTER_CARD = "finetune.json"
@@ -53,9 +55,15 @@ LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
-def check_model(location: str, declared: str, key: str = "generation.model") -> str:
+def check_model(
+    location: str,
+    declared: str,
+    key: str = "generation.model",
+    suffixes: tuple[str, ...] = SINGLE_FILE_SUFFIXES,
+) -> str:
     """`location` (resolved from the spec's `declared` name) is something diffusers can load
-    offline: a diffusers folder, a single-file checkpoint, or a hub id already in the cache."""
+    offline: a diffusers folder, a single-file checkpoint (one of `suffixes`), or a hub id
+    already in the cache."""
     path = Path(location)
     if path.exists():
         if (
@@ -67,10 +75,11 @@ def check_model(location: str, declared: str, key: str = "generation.model") -> 
                 f"{key}: {path} is not a diffusers folder (no model_index.json, nor a model's "
                 "config.json); save one with pipeline.save_pretrained(folder)"
             )
-        if path.is_file() and path.suffix not in SINGLE_FILE_SUFFIXES:
+        if path.is_file() and path.suffix not in suffixes:
+            kinds = ", ".join(suffixes[:-1]) + f" or {suffixes[-1]}"
             raise ModelError(
-                f"{key}: {path} is a file but not a checkpoint (.safetensors or .ckpt); give a "
-                "diffusers folder or a single-file checkpoint"
+                f"{key}: {path} is a file but not a checkpoint ({kinds}); give a diffusers "
+                "folder or a single-file checkpoint"
             )
         return location
     hub_id = looks_like_hub_id(location)
@@ -309,7 +318,7 @@ def check_vae(settings: GenerationSpec, paths: SpecPaths) -> str:
     """The VAE `generation.vae` names exists and fits the model, as far as its files say
     without loading it (a folder's config, a single file's keys): a run refuses a misfit before
     it writes anything. Returns its location."""
-    location = check_model(paths.vae, settings.vae, "generation.vae")
+    location = check_model(paths.vae, settings.vae, "generation.vae", VAE_FILE_SUFFIXES)
     path = Path(location)
     if path.is_file():
         check_single_file_vae_depth(path, own_config(paths, "vae"), settings)
@@ -349,13 +358,17 @@ def check_single_file_vae_depth(path: Path, own: dict | None, settings: Generati
     unloaded."""
     import re
 
-    from safetensors import safe_open
-
-    if path.suffix != ".safetensors" or own is None or "block_out_channels" not in own:
+    if own is None or "block_out_channels" not in own:
         return
+    try:
+        keys = checkpoint_keys(path)
+    except Exception as exc:  # noqa: BLE001 - safetensors' and torch's own errors
+        raise ModelError(
+            f"generation.vae: cannot read {path} as a checkpoint ({first_line(exc)}); give an "
+            "AutoencoderKL folder or one VAE file"
+        ) from exc
     level = re.compile(r"encoder\.down\.(\d+)\.")
-    with safe_open(str(path), framework="pt") as handle:
-        levels = {m.group(1) for key in handle.keys() if (m := level.search(key))}
+    levels = {m.group(1) for key in keys if (m := level.search(key))}
     expected = len(own["block_out_channels"])
     if levels and len(levels) != expected:
         raise ModelError(
@@ -363,6 +376,24 @@ def check_single_file_vae_depth(path: Path, own: dict | None, settings: Generati
             f"{expected}: it shrinks images by another factor; use a VAE made for this "
             "model's family"
         )
+
+
+def checkpoint_keys(path: Path) -> list[str]:
+    """The tensor names of a single-file checkpoint (a .ckpt's `state_dict` unwrapped), read
+    without building a model: safetensors' header, or a PyTorch file mapped, not read."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            return list(handle.keys())
+    import torch
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a file in the legacy (not zip) format cannot be mapped
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    state = data.get("state_dict", data) if isinstance(data, dict) else {}
+    return [str(key) for key in state]
 
 
 def check_vae_fits(pipe, settings: GenerationSpec, paths: SpecPaths) -> None:
