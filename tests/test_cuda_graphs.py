@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from augment.generate.cuda_graphs import (
+    MAX_GRAPHS,
+    GraphedForward,
     eager_forwards,
     graph_forward,
     graphed,
@@ -50,6 +52,29 @@ def test_off_a_gpu_the_unet_is_left_as_it_is():
     assert graphed(unet) is None and not {"forward", "_apply"} & unet.__dict__.keys()
     with eager_forwards(unet), torch.no_grad():  # nothing to pause: still runs
         assert unet(**unet_inputs(unet, 2, 10)).sample.shape == (2, 4, 16, 16)
+
+
+def test_at_most_max_graphs_are_kept_the_least_recently_used_dropped(monkeypatch):
+    """A service asked for many sizes holds MAX_GRAPHS graphs, not one per size for ever."""
+    forward = GraphedForward(build_unet())
+    captured = []
+
+    class Graph:
+        def replay(self):
+            pass
+
+    def capture(leaves, tree):
+        captured.append(leaves[0].shape[0])
+        return Graph(), [None] * len(leaves), torch.zeros(1)
+
+    monkeypatch.setattr(forward, "capture", capture)
+    monkeypatch.setattr(forward, "replayable", lambda *_: True)
+    with torch.no_grad():
+        for batch in [*range(1, MAX_GRAPHS + 1), 1, MAX_GRAPHS + 1, 2, 1]:
+            forward(torch.zeros(batch, 4), torch.tensor(1))
+    # batch 1, used again, outlives batch 2, which is captured again after its eviction
+    assert captured == [*range(1, MAX_GRAPHS + 1), MAX_GRAPHS + 1, 2]
+    assert len(forward.graphs) == MAX_GRAPHS
 
 
 @gpu

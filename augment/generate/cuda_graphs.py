@@ -7,7 +7,8 @@ reports the largest difference: 0); unlike `torch.compile` nothing is fused or r
 capturing a shape costs three forwards, not minutes. On an H200 with 16 host cores it bought
 1-2 % at Stable Diffusion 1.5's batch of 8: a small gain, but a free one.
 
-One graph per call signature (shapes, dtypes and the other arguments); the inputs are
+One graph per call signature (shapes, dtypes and the other arguments), at most MAX_GRAPHS
+held (a service asked for many sizes drops the least recently used); the inputs are
 copied into the graph's own tensors and its output is cloned, so a caller may keep what it
 gets (a scheduler that stores model outputs) past the next call. A graph records the
 addresses of the weights: when they move (`pipe.to(dtype=...)` for a float32 re-render) the
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import OrderedDict
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -26,18 +28,21 @@ log = logging.getLogger(__name__)
 #: Eager forwards run on a side stream before a capture (cuDNN and cuBLAS pick and allocate
 #: their work buffers there, not inside the graph).
 WARMUP_FORWARDS = 2
+#: Graphs a UNet keeps: a batch run uses one or two (its batch, a smaller last batch); each
+#: holds its own inputs and output, so a service asked for many sizes keeps the most recent.
+MAX_GRAPHS = 8
 
 
 class GraphedForward:
     """A UNet's forward that captures one CUDA graph per call signature and replays it."""
 
     def __init__(self, module):
-        import torch
-
         self.module = module
         self.eager = module.forward
-        self.pool = torch.cuda.graph_pool_handle()  # one memory pool for every graph
-        self.graphs: dict[tuple, tuple | None] = {}  # None: that signature runs eager
+        self.pool = None  # one memory pool for every graph, made at the first capture
+        # signature -> (graph, inputs, output), or None: that signature runs eager; least
+        # recently used first
+        self.graphs: OrderedDict[tuple, tuple | None] = OrderedDict()
         self.paused = 0
 
     def __call__(self, *args, **kwargs):
@@ -54,7 +59,11 @@ class GraphedForward:
                 for x in leaves
             ),
         )
-        if key not in self.graphs:
+        if key in self.graphs:
+            self.graphs.move_to_end(key)
+        else:
+            while len(self.graphs) >= MAX_GRAPHS:  # its memory goes back to the pool
+                self.graphs.popitem(last=False)
             try:
                 self.graphs[key] = self.capture(leaves, tree)
             except Exception as exc:  # noqa: BLE001 - eager is always there to fall back on
@@ -96,6 +105,8 @@ class GraphedForward:
         import torch
         from torch.utils._pytree import tree_unflatten
 
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
         inputs = [x.clone() if isinstance(x, torch.Tensor) else x for x in leaves]
         args, kwargs = tree_unflatten(inputs, tree)
         side = torch.cuda.Stream()
