@@ -525,6 +525,8 @@ def render_blocks(
     nominal = batch if isinstance(batch, int) else AUTO_CPU_BATCH  # auto: workers split blocks
     size = block_size(len(items), nominal, spec.output.rows_per_shard)
     blocks = make_blocks(items, done, size, parquet.next_shard_index(shards_dir))
+    if not blocks:  # all done: no worker to start (nor a local Ray)
+        return Rendering(0, 0, [], 0.0)
     worker_kwargs = {
         "spec": spec,
         "concepts": [concept.name for concept in concepts],
@@ -550,7 +552,7 @@ def render_blocks(
             workers=options.workers,
             address=options.address,
         )
-    rendering = max(0.0, span[1] - span[0]) if blocks else 0.0
+    rendering = max(0.0, span[1] - span[0])
     return Rendering(totals["rendered"], totals["flagged"], failures, rendering)
 
 

@@ -58,11 +58,17 @@ def test_a_dict_and_its_yaml_file_plan_the_same_items(tiny_run, tmp_path):
     ]
 
 
-def test_export_and_rerun_through_the_api(tiny_run):
+def test_export_and_rerun_through_the_api(tiny_run, monkeypatch):
     data, out = tiny_run
     paths = ag.export(out, "imagefolder")  # one name, or a list of them
     assert len(list(paths["imagefolder"].rglob("*.png"))) == 5
-    again = ag.run(ag.load_spec(data, {"limit": 5}), out=out, distributor="local")
+    from augment import distribute
+
+    def no_worker(*_, **__):
+        raise AssertionError("a finished run started a worker")
+
+    monkeypatch.setitem(distribute.DISTRIBUTORS, "ray", no_worker)  # nor a Ray
+    again = ag.run(ag.load_spec(data, {"limit": 5}), out=out, distributor="ray")
     assert (again.rendered, again.skipped) == (0, 5)
 
 
