@@ -62,11 +62,6 @@ def blurred(levels: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(levels).filter(blur), dtype=np.float32)
 
 
-def grey_thumbnail(image: Image.Image | np.ndarray) -> np.ndarray:
-    """THUMB x THUMB grey levels (float32, 0..255), area-averaged, then blurred by BLUR."""
-    return blurred(grey_levels(image))
-
-
 def levels_hash(levels: np.ndarray) -> int:
     """The 64-bit DCT hash (pHash) of THUMB x THUMB grey levels, as a signed int64: their 8 x 8
     lowest frequencies, each bit set when above their median."""
@@ -128,7 +123,7 @@ class Picture:
         """The picture of an image: PNG (or any encoded) bytes, pixels, or a PIL image."""
         if isinstance(image, bytes):
             image = Image.open(io.BytesIO(image))
-        return cls(id, concept, grey_thumbnail(image))
+        return cls(id, concept, blurred(grey_levels(image)))
 
     @classmethod
     def of_levels(cls, id: str, concept: str, thumb: bytes) -> Picture:
