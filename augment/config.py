@@ -822,15 +822,17 @@ def load_spec(
     spec: str | Path | dict | JobSpec,
     overrides: dict[str, Any] | None = None,
     base_dir: Path | None = None,
+    name: str = "<spec>",
 ) -> JobSpec:
     """A job spec from a YAML file, a dict (notebooks) or a JobSpec, with dotted overrides
     ({'seed': 3, 'output.dir': 'x'}) applied; every file it names is resolved once, here:
-    relative to the job file's folder (a dict: to `base_dir`, else the working directory)."""
+    relative to the job file's folder (a dict: to `base_dir`, else the working directory).
+    `name`: what messages call a dict or JobSpec (a file is called by its path)."""
     job_file = None
     if isinstance(spec, JobSpec):
-        parsed, source, base_dir, job_file = spec, "<spec>", spec._base_dir, spec._file
+        parsed, source, base_dir, job_file = spec, name, spec._base_dir, spec._file
     elif isinstance(spec, dict):
-        parsed, source = validate_spec(spec, "<spec>"), "<spec>"
+        parsed, source = validate_spec(spec, name), name
     elif not isinstance(spec, str | Path):
         raise SpecError(
             f"a job spec is a YAML file's path, a dict or a JobSpec, not {type(spec).__name__}"

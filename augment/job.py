@@ -962,7 +962,7 @@ def refilter(
         f"filters.{key}": current[key] if value is None else value for key, value in chosen.items()
     }
     job_dir = manifest.get("job_dir")  # the run's relative file names are found from there
-    spec = load_spec(previous, overrides, Path(job_dir) if job_dir else None)
+    spec = load_spec(previous, overrides, Path(job_dir) if job_dir else None, f"{out_dir}/job.yaml")
     if spec.filters.scorer is None and (min_concept_score, min_clip_score) != (None, None):
         raise SpecError(
             f"{out_dir} was rendered without a scorer, so it has no scores to compare with a "

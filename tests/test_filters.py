@@ -153,7 +153,8 @@ def test_filter_reflags_a_finished_run_as_a_run_with_that_minimum_would(
     code, _, stderr = cli(capsys, "filter", tmp_path / "nowhere")
     assert code == 2 and "holds no finished run" in stderr
     code, _, stderr = cli(capsys, "filter", out, "--min-concept-score", "2")
-    assert code == 2 and "min_concept_score" in stderr
+    expected = f"{out}/job.yaml: filters.min_concept_score (an override): must be <= 1.0, got 2.0"
+    assert code == 2 and expected in stderr
     assert shard_bytes(out) == original  # a refused filter touches nothing
 
 
