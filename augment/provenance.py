@@ -278,6 +278,11 @@ def inspect_png(path: str | Path) -> dict:
     from augment.errors import AugmentError
 
     path = Path(path)
+    if path.is_dir():
+        raise AugmentError(
+            f"{path} is a folder; give image files, such as a run's exported PNGs "
+            "(OUT/coco/images/*.png)"
+        )
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -80,6 +80,8 @@ def test_an_exported_png_carries_both_chunks_and_augment_inspect_reads_them(
     (tmp_path / "broken.png").write_bytes(b"not a png")
     code, _, err = cli(capsys, "inspect", tmp_path / "broken.png")
     assert code == 2 and "cannot read it as an image" in error_line(err)
+    code, _, err = cli(capsys, "inspect", tmp_path)  # a run's folder, say
+    assert code == 2 and "is a folder; give image files" in error_line(err)
 
 
 def test_the_model_hash_is_cached_and_follows_the_weights_and_the_licence_the_card(tmp_path):
