@@ -92,7 +92,7 @@ def use_ray_token_if_present() -> None:
 
 def job_client(address: str):
     use_ray_token_if_present()  # before Ray reads its configuration
-    from ray.exceptions import AuthenticationError
+    from ray.exceptions import AuthenticationError, RpcError
     from ray.job_submission import JobSubmissionClient
 
     logging.getLogger("ray").setLevel(logging.ERROR)  # no per-file upload chatter
@@ -103,10 +103,12 @@ def job_client(address: str):
             f"the Ray cluster at {address} wants a token: set RAY_AUTH_TOKEN (or copy the "
             "head's ~/.ray/auth_token here) and RAY_AUTH_MODE=token"
         ) from None
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except (ConnectionError, RuntimeError, ValueError, RpcError) as exc:
+        # RpcError: an address without http:// is taken for the head's GCS (ray.init's
+        # HOST:6379), and whatever answers there is not one
         raise AugmentError(
-            f"cannot reach a Ray cluster at {address} ({exc}); start one with "
-            "`ray start --head --dashboard-host 0.0.0.0` and pass http://HEAD:8265"
+            f"cannot reach a Ray cluster at {address} ({str(exc).rstrip('.')}); start one "
+            "with `ray start --head --dashboard-host 0.0.0.0` and pass http://HEAD:8265"
         ) from None
 
 

@@ -103,6 +103,23 @@ def test_unreachable_cluster_is_a_one_line_error(tmp_path):
     assert result.stderr.count("\n") == 1 and "cannot reach a Ray cluster" in result.stderr
 
 
+def test_an_address_that_answers_no_ray_is_a_users_error(monkeypatch):
+    """A HOST:PORT without http:// is taken for a head's GCS; what answers there may not be
+    one (an RpcError from Ray): the address is wrong, not augment."""
+    import ray.job_submission
+    from ray.exceptions import RpcError
+
+    from augment.cluster import job_status
+    from augment.errors import AugmentError
+
+    def not_ray(address):
+        raise RpcError("RPC error: Received http2 header with status: 404")
+
+    monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", not_ray)
+    with pytest.raises(AugmentError, match=r"cannot reach a Ray cluster at 10.0.0.9:80 \(RPC"):
+        job_status("raysubmit_1", "10.0.0.9:80")
+
+
 def test_a_submitted_spec_names_every_local_file_by_its_absolute_path(write_job, tmp_path):
     """The cluster runs the spec from the project's copy, not beside the job file: a VAE, LoRA,
     scorer or source folder named relative to the job would not be found there."""
