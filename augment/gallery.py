@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from augment.quality import concept_quality
+from augment.quality import concept_labels, concept_quality
 from augment.records import FLAGS
 from augment.sinks import parquet
 from augment.taxonomy.listfile import slugify
@@ -183,13 +183,16 @@ def index_page(run: str, table: pd.DataFrame) -> str:
 
 
 def gallery_records(out_dir: Path, folder: Path, per_concept: int) -> dict[str, tuple]:
-    """concept -> (the page's records, how many it has); thumbnails written on the way."""
-    columns = ["item_id", "concept_name", "prompt", "seed", "image", "concept_score"]
-    columns += ["clip_score", "scored_as", "duplicate_of", *FLAGS]
-    pages: dict[str, tuple[list[dict], int]] = {}
+    """concept label (`concept_labels`) -> (the page's records, how many it has); thumbnails
+    written on the way."""
+    columns = ["item_id", "concept_id", "concept_name", "prompt", "seed", "image"]
+    columns += ["concept_score", "clip_score", "scored_as", "duplicate_of", *FLAGS]
+    pages: dict[str, tuple[list[dict], int]] = {}  # by concept_id
+    names: dict[str, str] = {}
     for path in parquet.run_shards(out_dir):
         for record in parquet.read_shard(path, columns).to_pylist():
-            concept = record["concept_name"]
+            concept = record["concept_id"] or record["concept_name"]  # older shards: no id
+            names[concept] = record["concept_name"]
             kept, total = pages.get(concept, ([], 0))
             pages[concept] = (kept, total + 1)
             if len(kept) >= per_concept:
@@ -209,7 +212,8 @@ def gallery_records(out_dir: Path, folder: Path, per_concept: int) -> dict[str, 
                     "thumbnail": name,
                 }
             )
-    return pages
+    labels = concept_labels(names)
+    return {labels[concept]: page for concept, page in pages.items()}
 
 
 def quality_for_index(out_dir: Path) -> pd.DataFrame:

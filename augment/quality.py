@@ -63,32 +63,45 @@ def kernel_inception_distance(x: np.ndarray, y: np.ndarray) -> float | None:
     return float(1000.0 * (within_x + within_y - 2 * k_xy.mean()))
 
 
+def concept_labels(names: dict[str, str]) -> dict[str, str]:
+    """concept_id -> how tables and pages call the concept: its name, or, where two concepts of
+    a run share a name (WordNet's two "spotted salamander" synsets), the name and its id."""
+    shared = {name for name in names.values() if list(names.values()).count(name) > 1}
+    return {cid: f"{name} ({cid})" if name in shared else name for cid, name in names.items()}
+
+
 def concept_quality(out_dir: Path, real: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
-    """One row per concept of a run, worst fidelity first. `real`: concept (slug) -> the
-    scorer's features of its real images, for `real_diversity` and `kid`."""
-    columns = ["concept_name", "scored_as", "embedding", *FLAGS]
+    """One row per concept of a run (`concept`: its label, `concept_labels`; `name`: its
+    name), worst fidelity first. `real`: concept name (slug) -> the scorer's features of its
+    real images, for `real_diversity` and `kid`."""
+    columns = ["concept_id", "concept_name", "scored_as", "embedding", *FLAGS]
     frame = pd.concat(
         parquet.read_shard(path, columns).to_pandas() for path in parquet.run_shards(Path(out_dir))
     )
     frame[list(FLAGS)] = frame[list(FLAGS)].fillna(False).astype(bool)  # older shards: empty
+    frame["concept_id"] = frame["concept_id"].fillna(frame["concept_name"])
+    names = dict(zip(frame["concept_id"], frame["concept_name"], strict=True))
+    labels = concept_labels(names)
     rows = []
-    for concept, group in frame.groupby("concept_name", sort=True):
+    for concept_id, group in frame.groupby("concept_id", sort=True):
+        name = names[concept_id]
         empty = group[list(EMPTY)].any(axis=1)
         pictured = group[~empty]
         scored = pictured[pictured["scored_as"].notna()]
         embeddings = pictured["embedding"].dropna().to_list()
         features = np.stack(embeddings).astype(np.float64) if embeddings else np.zeros((0, 1))
         row = {
-            "concept": concept,
+            "concept": labels[concept_id],
+            "name": name,
             "images": len(group),
-            "fidelity": (scored["scored_as"].map(slugify) == slugify(concept)).mean()
+            "fidelity": (scored["scored_as"].map(slugify) == slugify(name)).mean()
             if len(scored)
             else None,
             "flagged": float(group[list(FLAGS)].any(axis=1).mean()),
             **{f"{flag}_rate": float(group[flag].mean()) for flag in FLAGS},
             "diversity": mean_pairwise_distance(features),
         }
-        theirs = (real or {}).get(slugify(concept))
+        theirs = (real or {}).get(slugify(name))
         row["real_images"] = 0 if theirs is None else len(theirs)
         row["real_diversity"] = None if theirs is None else mean_pairwise_distance(theirs)
         row["kid"] = None if theirs is None else kernel_inception_distance(features, theirs)

@@ -73,3 +73,38 @@ def test_kid_is_unbiased_near_zero_for_one_distribution_and_grows_with_a_shift()
     same = kernel_inception_distance(a, b)
     shifted = kernel_inception_distance(a, b + 0.5)
     assert abs(same) < 0.2 * shifted and shifted > 0
+
+
+def test_two_concepts_that_share_a_name_keep_their_own_rows_and_pages(tmp_path: Path):
+    """WordNet has two "spotted salamander" synsets: a run of both measures and shows each
+    apart (name and id), not one concept of twice the images."""
+    from augment.gallery import write_gallery
+
+    rng = np.random.default_rng(0)
+    concepts = [
+        ("spotted_salamander.n.01", "spotted salamander", 3),
+        ("spotted_salamander.n.02", "spotted salamander", 2),
+        ("newt.n.01", "newt", 1),
+    ]
+    records = [
+        {
+            "item_id": f"{cid}-{n}",
+            "concept_id": cid,
+            "concept_name": name,
+            "prompt": f"a photo of a {name}",
+            "image": {"bytes": encode_png(rng.integers(0, 255, (8, 8, 3), np.uint8)), "path": None},
+        }
+        for cid, name, count in concepts
+        for n in range(count)
+    ]
+    write_shard(tmp_path / "shards", "part-00000.parquet", records)
+    table = concept_quality(tmp_path).set_index("concept")
+    assert table["images"].to_dict() == {
+        "newt": 1,
+        "spotted salamander (spotted_salamander.n.01)": 3,
+        "spotted salamander (spotted_salamander.n.02)": 2,
+    }
+    assert set(table["name"]) == {"newt", "spotted salamander"}
+    index = write_gallery(tmp_path).read_text()
+    pages = sorted(p.name for p in (tmp_path / "gallery").glob("concept-*.html"))
+    assert len(pages) == 3 and all(f'href="{page}"' in index for page in pages)

@@ -83,9 +83,12 @@ def quality_rows(
         for measure in MEASURES
         if pd.notna(row[measure])
     ]
-    by_slug = {slugify(row["concept"]): row for _, row in table.iterrows()}
+    by_slug: dict[str, list] = {}  # a real class's name -> the run's concepts of that name
+    for _, row in table.iterrows():
+        by_slug.setdefault(slugify(row["name"]), []).append(row)
     for node, members in sorted(nodes.items()):
-        chosen = [by_slug[s] for i in members if (s := slugify(real.classes.names[i])) in by_slug]
+        names = {slugify(real.classes.names[i]) for i in members}
+        chosen = [row for name in sorted(names) for row in by_slug.get(name, [])]
         weights = np.array([row["images"] for row in chosen], dtype=float)
         values = np.array([row["fidelity"] for row in chosen], dtype=float)
         if len(chosen) and not np.isnan(values).all():
