@@ -235,10 +235,24 @@ class BlockWorker:
 OnResult = Callable[[Block, BlockResult], None]
 
 
-def run_local(blocks: list[Block], worker_kwargs: dict, on_result: OnResult, **_) -> None:
+def run_local(
+    blocks: list[Block],
+    worker_kwargs: dict,
+    on_result: OnResult,
+    workers: int | None = None,
+    address: str | None = None,
+) -> None:
     """Render every block in this process, in order, the next one rendering while the one
     before is committed."""
     import torch
+
+    ignored = [f"--{name}" for name, value in (("workers", workers), ("address", address)) if value]
+    if ignored and not (ignored == ["--workers"] and workers == 1):
+        log.warning(
+            "%s: the local distributor renders in this process, with one worker; use "
+            "--distributor ray to spread the work",
+            " and ".join(ignored),
+        )
 
     threads = torch.get_num_threads()
     try:

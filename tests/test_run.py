@@ -83,12 +83,18 @@ def test_two_runs_give_byte_identical_images(tiny_run, tmp_path):
     assert len(set(first.values())) == len(first)  # different seeds, different images
 
 
-def test_rerun_skips_committed_items_and_renders_the_rest(write_job, tmp_path):
+def test_rerun_skips_committed_items_and_renders_the_rest(write_job, tmp_path, caplog):
     job = write_job()
     partial = run_job(load_spec(job, {"limit": 4}), LOCAL)
     assert partial.rendered == 4
-    resumed = run_job(load_spec(job), LOCAL)
+    # --workers with the local distributor is said to do nothing, not silently dropped
+    resumed = run_job(load_spec(job), RunOptions(distributor="local", workers=2))
     assert (resumed.skipped, resumed.rendered) == (4, 5)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--workers")]
+    assert said == [
+        "--workers: the local distributor renders in this process, with one worker; use "
+        "--distributor ray to spread the work"
+    ]
     table = pd.read_parquet(tmp_path / "out" / "shards", columns=["item_id"])
     assert len(table) == table.item_id.nunique() == 9
 

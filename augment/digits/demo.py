@@ -98,7 +98,7 @@ def run_demo(
     # Renders, masks, pastes into OUT/paste. The quick demo renders in this process: its 240
     # digits take a few seconds, Ray's start-up would be most of its generation time.
     distributor = "local" if quick else "ray"
-    run = run_job(spec, RunOptions(distributor, workers))
+    run = run_job(spec, RunOptions(distributor, None if quick else workers))
     lap("generation")
     bench = out / "bench"
     run_classify(

@@ -163,7 +163,8 @@ def render(job: dict, workers: int | None, quick: bool = False, force: bool = Fa
     from augment.config import load_spec
     from augment.job import RunOptions, run_job
 
-    options = RunOptions(workers=workers, distributor="local" if quick else "ray", force=force)
+    distributor = "local" if quick else "ray"  # local: this process, one worker
+    options = RunOptions(distributor, None if quick else workers, force=force)
     return run_job(load_spec(job), options).out_dir
 
 
