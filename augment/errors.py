@@ -5,6 +5,8 @@ output folder) raises an `AugmentError` whose message says what was wrong and ho
 The CLI prints the message on one line and exits 2; anything else is a bug and shows a traceback.
 """
 
+from numbers import Real
+
 
 class AugmentError(Exception):
     """A problem with the user's input or environment, described for a person."""
@@ -63,7 +65,11 @@ def above(name: str, value, bound, hint: str = "") -> None:
 
 def _check(name: str, value, holds, wanted: str, hint: str) -> None:
     values = list(value) if isinstance(value, list | tuple) else [value]
-    bad = [v for v in values if not isinstance(v, int | float) or not holds(v)]
+    numbers = [isinstance(v, Real) and not isinstance(v, bool) for v in values]
+    if not all(numbers):
+        got = ", ".join(repr(v) for v, number in zip(values, numbers, strict=True) if not number)
+        raise AugmentError(f"{name} must be a number {wanted}, got {got}{hint}")
+    bad = [v for v in values if not holds(v)]
     if bad or not values:
-        got = ", ".join(f"{v:g}" if isinstance(v, int | float) else repr(v) for v in bad)
+        got = ", ".join(f"{v:g}" for v in bad)
         raise AugmentError(f"{name} must be {wanted}, got {got or 'nothing'}{hint}")

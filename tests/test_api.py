@@ -17,7 +17,7 @@ import yaml
 
 import augment as ag
 from augment.cli import main
-from augment.errors import ModelError, SpecError
+from augment.errors import AugmentError, ModelError, SpecError
 from tests.conftest import TINY_JOB
 
 
@@ -99,6 +99,8 @@ def test_errors_are_the_projects_own_with_the_clis_message(tmp_path, capsys):
         ag.load_spec({**bad, "generation": {**bad["generation"], "num_inference_steps": 0}})
     with pytest.raises(SpecError, match="a job spec is a YAML file's path, a dict or a JobSpec"):
         ag.load_spec(None)
+    with pytest.raises(AugmentError, match=r"^workers must be a number at least 1, got '2' \("):
+        ag.run(bad, distributor="local", workers="2")  # a notebook's string is not a number
 
 
 def test_every_api_name_stays_a_function_once_every_module_is_loaded():
