@@ -51,6 +51,11 @@ class Client:
         retries: int = 5,
         backoff: float = 0.5,
     ):
+        if not url.startswith(("http://", "https://")):
+            raise AugmentError(
+                f"service url {url!r}: give it with its scheme, as `augment serve` prints it "
+                "(http://HOST:PORT)"
+            )
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.retries = retries
@@ -111,9 +116,10 @@ class Client:
             if attempt < self.retries:
                 self.retried += 1
                 time.sleep(self.backoff * 2**attempt)
+        tries = "once" if self.retries == 0 else f"{self.retries + 1} times, last"
         raise AugmentError(
-            f"{method} {self.url}{path} failed {self.retries + 1} times, last: {failure}; is "
-            "`augment serve` running there?"
+            f"{method} {self.url}{path} failed {tries}: {failure}; is `augment serve` running "
+            "there?"
         )
 
 

@@ -280,3 +280,14 @@ def test_a_write_folder_of_another_run_is_refused_with_advice_serve_can_follow(t
     other = load_spec(job, {"seed": 8})
     with pytest.raises(OutputError, match=r"seed 7 then, 8 now\); write to another folder \(--w"):
         ServedWriter.func_or_class(other, str(tmp_path / "out"))
+
+
+def test_a_client_without_a_service_says_what_is_missing():
+    """A url without its scheme, or one where nothing answers, is the user's error in words."""
+    from augment.errors import AugmentError
+
+    with pytest.raises(AugmentError, match=r"service url '127.0.0.1:8000': give it with its"):
+        ag.Client("127.0.0.1:8000")
+    nobody = ag.Client(f"http://127.0.0.1:{free_port()}", retries=0)
+    with pytest.raises(AugmentError, match=r"concepts failed once: .*is `augment serve` running"):
+        nobody.concepts()
