@@ -103,6 +103,14 @@ def test_unreachable_cluster_is_a_one_line_error(tmp_path):
     assert result.stderr.count("\n") == 1 and "cannot reach a Ray cluster" in result.stderr
 
 
+def test_a_bare_address_where_nothing_listens_is_named_at_once(tmp_path):
+    """HOST:PORT is a head's GCS to Ray, which waits 40 s for one; nothing there is said now."""
+    started = time.monotonic()
+    result = augment("status", "raysubmit_1", "--address", f"127.0.0.1:{free_port()}")
+    assert result.returncode == 2 and time.monotonic() - started < 20
+    assert result.stderr.count("\n") == 1 and "cannot reach a Ray cluster" in result.stderr
+
+
 def test_an_address_that_answers_no_ray_is_a_users_error(monkeypatch):
     """A HOST:PORT without http:// is taken for a head's GCS; what answers there may not be
     one (an RpcError from Ray): the address is wrong, not augment."""
@@ -116,8 +124,10 @@ def test_an_address_that_answers_no_ray_is_a_users_error(monkeypatch):
         raise RpcError("RPC error: Received http2 header with status: 404")
 
     monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", not_ray)
-    with pytest.raises(AugmentError, match=r"cannot reach a Ray cluster at 10.0.0.9:80 \(RPC"):
-        job_status("raysubmit_1", "10.0.0.9:80")
+    with socket.create_server(("127.0.0.1", 0)) as listening:  # something answers, not Ray
+        address = f"127.0.0.1:{listening.getsockname()[1]}"
+        with pytest.raises(AugmentError, match=rf"cannot reach a Ray cluster at {address} \(RPC"):
+            job_status("raysubmit_1", address)
 
 
 def test_a_submitted_spec_names_every_local_file_by_its_absolute_path(write_job, tmp_path):
