@@ -13,7 +13,13 @@ import time
 from pathlib import Path
 
 from augment.config import JobSpec
+from augment.distribute import check_reachable
 from augment.errors import AugmentError, at_least
+
+#: What to do about a cluster address that does not answer.
+SUBMIT_REMEDY = (
+    "start one with `ray start --head --dashboard-host 0.0.0.0` and pass http://HEAD:8265"
+)
 
 SUBMIT_EXCLUDES = [
     "out",
@@ -90,25 +96,8 @@ def use_ray_token_if_present() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
-def check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """A HOST:PORT address (a head's GCS, as ray.init takes it) where nothing listens is named
-    at once: Ray itself waits 40 s for a GCS before it gives up."""
-    import socket
-
-    host, _, port = address.rpartition(":")
-    if "://" in address or not host or not port.isdigit():  # http://, ray://, "auto": Ray's
-        return
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
-    except OSError as exc:
-        raise AugmentError(
-            f"cannot reach a Ray cluster at {address} ({exc.strerror or exc}); start one with "
-            "`ray start --head --dashboard-host 0.0.0.0` and pass http://HEAD:8265"
-        ) from None
-
-
 def job_client(address: str):
-    check_reachable(address)
+    check_reachable(address, SUBMIT_REMEDY)
     use_ray_token_if_present()  # before Ray reads its configuration
     from ray.exceptions import AuthenticationError, RpcError
     from ray.job_submission import JobSubmissionClient
@@ -125,8 +114,7 @@ def job_client(address: str):
         # RpcError: an address without http:// is taken for the head's GCS (ray.init's
         # HOST:6379), and whatever answers there is not one
         raise AugmentError(
-            f"cannot reach a Ray cluster at {address} ({str(exc).rstrip('.')}); start one "
-            "with `ray start --head --dashboard-host 0.0.0.0` and pass http://HEAD:8265"
+            f"cannot reach a Ray cluster at {address} ({str(exc).rstrip('.')}); {SUBMIT_REMEDY}"
         ) from None
 
 

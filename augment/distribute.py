@@ -275,12 +275,40 @@ def render_with(worker: BlockWorker, blocks: list[Block], on_result: OnResult) -
             on_result(done, future.result())
 
 
+#: What to do about a `--address` that does not answer.
+RUN_REMEDY = (
+    "give the head's address as `ray start --head` prints it (HOST:6379), or leave --address "
+    "and RAY_ADDRESS out to start a local Ray"
+)
+
+
+def check_reachable(address: str | None, remedy: str = RUN_REMEDY, timeout_s: float = 5.0) -> None:
+    """A HOST:PORT Ray address (given, else RAY_ADDRESS) where nothing listens is named at once:
+    Ray itself waits 40 s or more for a GCS before it gives up. Other forms (http://, ray://,
+    auto) are left to Ray."""
+    import socket
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():  # "auto", or another of Ray's forms
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise AugmentError(
+            f"cannot reach a Ray cluster at {address} ({exc.strerror or exc}); {remedy}"
+        ) from None
+
+
 def connect_ray(address: str | None = None) -> None:
     """Attach to `address` (or RAY_ADDRESS), else start a local Ray with this machine's CPUs."""
     import ray
 
     if ray.is_initialized():
         return
+    check_reachable(address)
     private = address is None and "RAY_ADDRESS" not in os.environ
     ray.init(
         address=address,

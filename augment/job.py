@@ -828,9 +828,13 @@ def check_inputs(spec: JobSpec) -> list[Concept]:
 
 def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
     """Run (or resume) a job; returns what was done and where the outputs are."""
+    from augment.distribute import check_reachable
+
     options = options or RunOptions()
     started = time.perf_counter()
     out_dir = Path(spec.output.dir)
+    if options.distributor == "ray":
+        check_reachable(options.address)  # a wrong --address, before anything is written
     concepts = check_inputs(spec)
     if spec.paste is not None:
         paste_backgrounds(spec)  # fail before touching OUT

@@ -209,6 +209,7 @@ BAD_OPTIONS = [
     (["run", "JOB", "--workers", "-3"], "workers must be at least 1, got -3"),
     (["run", "JOB", "--retries", "-1"], "retries must be at least 0, got -1"),
     (["run", "JOB", "--limit", "0"], "limit (an override): must be >= 1, got 0"),
+    (["run", "JOB", "--address", "127.0.0.1:1"], "cannot reach a Ray cluster at 127.0.0.1:1"),
     (["taxonomy", "show", "digits", "--max", "0"], "max_concepts must be at least 1, got 0"),
     (["taxonomy", "show", "digits", "--depth", "0"], "depth must be at least 1, got 0"),
     (["digits", "canvases", "--real", "OUT", "--train", "0"], "train canvases must be at least 1"),
