@@ -246,8 +246,9 @@ def run_local(
     before is committed."""
     import torch
 
-    ignored = [f"--{name}" for name, value in (("workers", workers), ("address", address)) if value]
-    if ignored and not (ignored == ["--workers"] and workers == 1):
+    ignored = ["--workers"] if workers not in (None, 1) else []  # one is what it runs
+    ignored += ["--address"] if address else []
+    if ignored:
         log.warning(
             "%s: the local distributor renders in this process, with one worker; use "
             "--distributor ray to spread the work",

@@ -238,6 +238,13 @@ def spec_differences(out_dir: Path, spec: JobSpec, most: int = 3) -> list[str]:
     return shown[:most] + ([f"{rest} more"] if rest > 0 else [])
 
 
+def spec_change(out_dir: Path, spec: JobSpec, previous: str, now: str) -> str:
+    """How `spec` (hash `now`) differs from the one OUT was made with (hash `previous`), for a
+    refusal: "hash a, now b: generation.seed 7 then, 8 now"."""
+    differences = spec_differences(out_dir, spec)
+    return f"hash {previous}, now {now}" + (f": {', '.join(differences)}" if differences else "")
+
+
 def flatten(data: dict, prefix: str = "") -> dict:
     """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
     flat: dict = {}
@@ -322,11 +329,9 @@ def prepare_output(
             )
         if previous is not None and previous != now:
             if not failed_before_its_first_image(out_dir):
-                differences = spec_differences(out_dir, spec)
-                changed = f": {', '.join(differences)}" if differences else ""
                 raise OutputError(
-                    f"{out_dir} holds a run of a different spec (hash {previous}, now "
-                    f"{now}{changed}); {remedy}"
+                    f"{out_dir} holds a run of a different spec "
+                    f"({spec_change(out_dir, spec, previous, now)}); {remedy}"
                 )
             # a model that would not load: the corrected spec takes its place, nothing is lost
             log.warning("%s holds a run of another spec that made no image: starting over", out_dir)
@@ -672,14 +677,13 @@ def paste_backgrounds(spec: JobSpec) -> SourceSet:
 def check_renders_of(out_dir: Path, spec: JobSpec) -> None:
     """OUT's renders were made by this spec: a paste records the spec it was made for, so one
     made with an edited job file would name renders it did not make."""
-    previous = previous_spec_hash(out_dir) if out_dir.is_dir() else None
-    if previous is not None and previous != spec.spec_hash():
-        differences = spec_differences(out_dir, spec)
-        changed = f": {', '.join(differences)}" if differences else ""
+    previous, now = previous_spec_hash(out_dir) if out_dir.is_dir() else None, spec.spec_hash()
+    if previous is not None and previous != now:
         raise OutputError(
-            f"{out_dir} holds the renders of a different spec (hash {previous}, now "
-            f"{spec.spec_hash()}{changed}); paste with the job file that rendered them, or run "
-            "this one first (`augment run JOB`, into another --out), which pastes at its end"
+            f"{out_dir} holds the renders of a different spec "
+            f"({spec_change(out_dir, spec, previous, now)}); paste with the job file that "
+            "rendered them, or run this one first (`augment run JOB`, into another --out), "
+            "which pastes at its end"
         )
 
 

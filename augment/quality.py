@@ -21,6 +21,7 @@ flag rates say how much of it a filter keeps.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -66,8 +67,8 @@ def kernel_inception_distance(x: np.ndarray, y: np.ndarray) -> float | None:
 def concept_labels(names: dict[str, str]) -> dict[str, str]:
     """concept_id -> how tables and pages call the concept: its name, or, where two concepts of
     a run share a name (WordNet's two "spotted salamander" synsets), the name and its id."""
-    shared = {name for name in names.values() if list(names.values()).count(name) > 1}
-    return {cid: f"{name} ({cid})" if name in shared else name for cid, name in names.items()}
+    counts = Counter(names.values())
+    return {cid: f"{name} ({cid})" if counts[name] > 1 else name for cid, name in names.items()}
 
 
 def concept_quality(out_dir: Path, real: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
