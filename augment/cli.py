@@ -1207,8 +1207,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """The (sub)command parser `args` were parsed by: the one whose --help a user needs."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            name = getattr(args, action.dest, None)
+            if name in action.choices:
+                return chosen_parser(action.choices[name], args)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the command that refused them, pointing at its own --help
+        chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     setup_logging(args.debug)
     try:
         return args.func(args)

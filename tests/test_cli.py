@@ -72,3 +72,15 @@ def test_plan_prints_counts_and_writes_parquet(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     assert "9 work items for 3 concepts" in result.stdout
     assert (tmp_path / "plan.parquet").is_file()
+
+
+def test_an_unknown_option_points_at_its_own_command_help(capsys):
+    from tests.conftest import cli, error_line
+
+    code, _, err = cli(capsys, "bench", "classify", "--real-pool", "x")
+    assert code == 2
+    assert error_line(err) == (
+        "error: unrecognized arguments: --real-pool x (see `augment bench classify --help`)"
+    )
+    code, _, err = cli(capsys, "plan", "job.yaml", "--limt", "3")
+    assert code == 2 and "(see `augment plan --help`)" in error_line(err)
