@@ -15,6 +15,7 @@ from pathlib import Path
 from augment.config import JobSpec
 from augment.distribute import check_reachable
 from augment.errors import AugmentError, at_least
+from augment.taxonomy import SHIPPED_TAXONOMIES
 
 #: What to do about a cluster address that does not answer.
 SUBMIT_REMEDY = (
@@ -48,12 +49,15 @@ def portable_spec(spec: JobSpec, root: Path) -> JobSpec:
     data["output"]["dir"] = str(Path(spec.output.dir).resolve())
     if spec.taxonomy.source.partition(":")[0] not in ("wordnet", "coco"):  # a list file
         found = Path(spec.paths.taxonomy)
-        if not found.is_relative_to(root):
+        if found.parent == SHIPPED_TAXONOMIES:  # the cluster's augment ships it too
+            data["taxonomy"]["source"] = found.stem
+        elif found.is_relative_to(root):
+            data["taxonomy"]["source"] = str(found.relative_to(root))
+        else:
             raise AugmentError(
-                f"taxonomy file {found} is outside the project {root}: copy it into "
-                "taxonomies/ so the cluster receives it"
+                f"taxonomy file {found} is outside the project {root}: copy it into the "
+                "project so the cluster receives it"
             )
-        data["taxonomy"]["source"] = str(found.relative_to(root))
     for section, key, resolved in local_paths(data, spec.paths):
         if not str(section[key]).startswith("builtin:") and Path(resolved).exists():
             section[key] = str(Path(resolved).resolve())

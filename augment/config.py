@@ -75,8 +75,8 @@ class StrictModel(BaseModel):
 
 class TaxonomySpec(StrictModel):
     source: str = Field(
-        description="Where concepts come from: a list file (taxonomies/digits.yaml or 'digits'), "
-        "'wordnet:<synset>', 'coco' or 'coco:<supercategory>'."
+        description="Where concepts come from: a list file (a path, or a shipped name: 'digits', "
+        "'weeds'), 'wordnet:<synset>', 'coco' or 'coco:<supercategory>'."
     )
     depth: int | None = Field(default=None, ge=1, description="wordnet: levels below the root")
     leaves: bool = Field(default=False, description="wordnet: keep only synsets without hyponyms")

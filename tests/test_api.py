@@ -53,7 +53,7 @@ def test_a_dict_and_its_yaml_file_plan_the_same_items(tiny_run, tmp_path):
     assert [p.text for p in ag.prompts(data)] == from_dict["prompt"].tolist()
     assert [c.name for c in ag.concepts(data)] == ["zero", "one", "two"]
     assert len(ag.concepts(source="digits")) == 10
-    assert [c.id for c in ag.concepts(source="taxonomies/weeds.yaml", max_concepts=2)] == [
+    assert [c.id for c in ag.concepts(source="augment/taxonomies/weeds.yaml", max_concepts=2)] == [
         c.id for c in ag.concepts(source="weeds")[:2]
     ]
 

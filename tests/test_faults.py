@@ -213,7 +213,7 @@ BAD_OPTIONS = [
     (["taxonomy", "show", "digits", "--max", "0"], "max_concepts must be at least 1, got 0"),
     (["taxonomy", "show", "digits", "--depth", "0"], "depth must be at least 1, got 0"),
     (["digits", "canvases", "--real", "OUT", "--train", "0"], "train canvases must be at least 1"),
-    (["taxonomy", "show", "REPO/taxonomies/"], "is a folder"),
+    (["taxonomy", "show", "REPO/augment/taxonomies/"], "is a folder"),
 ]
 
 

@@ -155,3 +155,40 @@ def test_importing_a_core_module_does_not_load_the_layers_above():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert loaded == "[]"
+
+
+def test_an_installed_copy_finds_its_shipped_data(tmp_path: Path):
+    """What a wheel holds (the modules and pyproject's package-data), away from the checkout,
+    runs the demo's job and finds the shipped concept lists: nothing it reads lies beside the
+    package (the shipped taxonomies once did, and a pip-installed augment knew no `digits`)."""
+    import shutil
+    import subprocess
+    import sys
+    import tomllib
+
+    setuptools = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]
+    patterns = ["**/*.py", *setuptools["setuptools"]["package-data"]["augment"]]
+    site = tmp_path / "site"
+    for pattern in patterns:
+        for path in PACKAGE.glob(pattern):
+            if "__pycache__" not in path.parts:
+                copy = site / "augment" / path.relative_to(PACKAGE)
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, copy)
+    script = (
+        "import augment as ag\n"
+        "from augment.digits.demo import DEMO_JOB\n"
+        f"assert ag.__file__.startswith({str(site)!r}), ag.__file__\n"
+        "spec = ag.load_spec(DEMO_JOB)\n"
+        "print(len(ag.plan(spec)), len(ag.concepts(source='coco')), "
+        "len(ag.concepts(source='weeds')) > 0)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["3400", "80", "True"]

@@ -150,4 +150,4 @@ def test_a_submitted_spec_names_every_local_file_by_its_absolute_path(write_job,
     assert portable.filters.scorer == str(tmp_path / "scorer")
     assert portable.source.path == str(tmp_path / "pictures")
     assert generation.model == "builtin:tiny-sd"  # each node builds its own
-    assert portable.taxonomy.source == "taxonomies/digits.yaml"
+    assert portable.taxonomy.source == "digits"  # shipped: every node has it

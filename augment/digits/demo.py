@@ -15,9 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from augment.taxonomy import SHIPPED_TAXONOMIES
-
-DEMO_JOB = SHIPPED_TAXONOMIES.parent / "jobs" / "demo.yaml"
+DEMO_JOB = Path(__file__).parent / "demo.yaml"  # jobs/demo.yaml in a checkout links to it
 
 
 @dataclass

@@ -13,8 +13,8 @@ from augment.errors import TaxonomyError, at_least
 from augment.taxonomy.concept import Concept
 from augment.taxonomy.listfile import load_list_file
 
-#: Where the shipped taxonomies live (taxonomies/ at the repository root).
-SHIPPED_TAXONOMIES = Path(__file__).resolve().parents[2] / "taxonomies"
+#: Where the shipped taxonomies live (inside the package, so an installed augment has them).
+SHIPPED_TAXONOMIES = Path(__file__).resolve().parents[1] / "taxonomies"
 
 __all__ = ["Concept", "load_concepts", "resolve_list_file"]
 

@@ -1,4 +1,4 @@
-"""Concepts from a YAML list file (taxonomies/<name>.yaml).
+"""Concepts from a YAML list file (yours, or a shipped one: augment/taxonomies/<name>.yaml).
 
 Format::
 
