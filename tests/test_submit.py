@@ -124,10 +124,36 @@ def test_an_address_that_answers_no_ray_is_a_users_error(monkeypatch):
         raise RpcError("RPC error: Received http2 header with status: 404")
 
     monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", not_ray)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # set by the client where a token is
     with socket.create_server(("127.0.0.1", 0)) as listening:  # something answers, not Ray
         address = f"127.0.0.1:{listening.getsockname()[1]}"
         with pytest.raises(AugmentError, match=rf"cannot reach a Ray cluster at {address} \(RPC"):
             job_status("raysubmit_1", address)
+
+
+def test_a_local_run_after_a_submit_in_the_same_process_starts(tmp_path):
+    """With a cluster token on this machine, a submit turns Ray's token mode on for the
+    process; a local Ray started after it, as a notebook's `ag.run` does, must send
+    that token to its own GCS (it failed with Ray's InvalidAuthToken)."""
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("0123456789abcdef" * 4)
+    script = """
+import ray
+from augment.cluster import use_ray_token_if_present
+use_ray_token_if_present()  # what submit, status and logs do first
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+print("local Ray:", ray.cluster_resources()["CPU"], "CPU")
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**env, "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert "local Ray: 1.0 CPU" in result.stdout
 
 
 def test_a_submitted_spec_names_every_local_file_by_its_absolute_path(write_job, tmp_path):
