@@ -95,6 +95,22 @@ class FinishedRecords:
 BLOCKS_IN_FLIGHT = 2
 
 
+def workers_to_feed(held: list[int], queued: int) -> list[int]:
+    """Which workers get the next queued blocks (an index per block, in order), given how many
+    blocks each holds: first every worker without one, then a second block each while enough
+    stay queued for every worker. A second block waits behind the one rendering, so near the
+    end it stays queued instead, for whichever worker frees first: given to a busy worker, it
+    left another idle for up to a block's time (minutes on a GPU cluster)."""
+    held, chosen = list(held), []
+    for depth in range(BLOCKS_IN_FLIGHT):
+        for worker, blocks in enumerate(held):
+            left = queued - len(chosen)
+            if blocks == depth and left > 0 and (depth == 0 or left >= len(held)):
+                chosen.append(worker)
+                held[worker] += 1
+    return chosen
+
+
 class BlockWorker:
     """Loads the generator once; renders blocks into committed shards.
 
@@ -412,11 +428,9 @@ def run_ray(
                 if interrupted.is_set():  # raised here, between blocks, never inside Ray
                     raise KeyboardInterrupt
                 held = Counter(id(actor) for actor, _ in in_flight.values())
-                for actor in actors:
-                    while queue and held[id(actor)] < BLOCKS_IN_FLIGHT:
-                        block = queue.popleft()
-                        in_flight[actor.render.remote(block)] = (actor, block)
-                        held[id(actor)] += 1
+                for worker in workers_to_feed([held[id(a)] for a in actors], len(queue)):
+                    block = queue.popleft()
+                    in_flight[actors[worker].render.remote(block)] = (actors[worker], block)
                 ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
                 if not ready:
                     continue

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from augment.config import load_spec
-from augment.distribute import block_size, make_blocks
+from augment.distribute import block_size, make_blocks, workers_to_feed
 from augment.job import RunOptions, plan_for, run_job
 from tests.conftest import TINY_JOB, images_by_item
 
@@ -55,6 +55,19 @@ def test_blocks_are_fixed_by_the_plan_and_skip_done_items(write_job):
         i.item_id for i in items if i.item_id not in done
     ]
     assert block_size(10_000, batch_size=8, rows_per_shard=100) == 104
+
+
+def test_near_the_end_a_block_waits_for_the_first_free_worker():
+    # the start: a block each, then a second each (one renders while one is committed)
+    assert workers_to_feed([0, 0], queued=34) == [0, 1, 0, 1]
+    assert workers_to_feed([1, 2], queued=10) == [0]
+    # the end: one block left and both workers busy: it waits for whichever frees first,
+    # rather than queueing behind one while the other may go idle
+    assert workers_to_feed([1, 1], queued=1) == []
+    assert workers_to_feed([1, 0], queued=1) == [1]
+    assert workers_to_feed([1, 1, 1], queued=3) == [0]  # the two others stay for the rest
+    assert workers_to_feed([0, 0, 0], queued=2) == [0, 1]
+    assert workers_to_feed([2, 2], queued=5) == []
 
 
 def test_one_and_two_ray_workers_write_identical_images(write_job, tmp_path, ray_session):
