@@ -14,24 +14,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# What a bare torch image lacks, at the versions the development machine runs.
-WHEELS=(
-    "diffusers==0.42.1"
-    "pydantic==2.14.4"
-    "pydantic_core==2.50.5"
-    "annotated-types==0.8.0"
-    "typing-inspection==0.4.5"
-    "importlib_metadata==10.2.0"
-    "nltk==3.10.4"
-)
+# What a bare torch image lacks, at the versions this checkout's .venv runs (make install).
+LACKED=(diffusers pydantic pydantic_core annotated-types typing-inspection importlib_metadata nltk)
 PERF_ARGS=${PERF_ARGS:---models sdxl --images 16 --no-baselines --fast "attention cudnn,compiled cuda graphs + compiled float16 vae,compiled cuda graphs + compiled float16 vae + attention cudnn"}
 
 wheels() {
     local version=${1:-3.12}
+    local pinned
+    pinned=$(.venv/bin/python -c 'import sys, importlib.metadata as m
+print(" ".join(f"{name}=={m.version(name)}" for name in sys.argv[1:]))' "${LACKED[@]}") ||
+        { echo "run make install first: the wheels take .venv's versions" >&2; exit 2; }
     rm -rf .whl && mkdir -p .whl
+    # shellcheck disable=SC2086 # one argument per requirement
     python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version "$version" \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-        --platform manylinux2014_x86_64 -d .whl "${WHEELS[@]}"
+        --platform manylinux2014_x86_64 -d .whl $pinned
     python3 -m pip wheel --quiet --no-deps -w .whl .  # augment, its models
     rm -rf build
     ls -l .whl

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import TINY_JOB
+from tests.conftest import TINY_JOB, cli, error_line
 
 AUGMENT = [str(Path(sys.executable).parent / "augment")]
 
@@ -75,8 +75,6 @@ def test_plan_prints_counts_and_writes_parquet(tmp_path: Path):
 
 
 def test_an_unknown_option_points_at_its_own_command_help(capsys):
-    from tests.conftest import cli, error_line
-
     code, _, err = cli(capsys, "bench", "classify", "--real-pool", "x")
     assert code == 2
     assert error_line(err) == (
