@@ -413,3 +413,27 @@ def test_a_cards_peak_is_the_longest_name_it_matches():
     assert peaks == {"L4": 121.0, "L40": 181.0, "L40S": 362.0, "H200": 989.4}
     assert peak_tflops("NVIDIA H200 NVL", None) == 835.0
     assert peak_tflops("NVIDIA H200", 500.0) == 500.0  # --peak-tflops wins
+
+
+def where_a_benchmark_worker_runs(name: str) -> tuple:
+    import os
+
+    import torch
+
+    return os.environ.get(name), os.getcwd(), torch.get_num_threads()
+
+
+def test_benchmark_workers_see_the_callers_environment_and_folder_as_they_are_now(
+    tmp_path, monkeypatch
+):
+    from augment.bench.workers import in_processes
+
+    task = ("AUGMENT_TEST_SETTING",)
+    monkeypatch.setenv("AUGMENT_TEST_SETTING", "before")
+    assert in_processes(where_a_benchmark_worker_runs, [task, task], 2)[0][0] == "before"
+    # Set after the first call (which may have started a fork server): a model trained in
+    # a notebook after the user changed a setting or folder must see the change.
+    monkeypatch.setenv("AUGMENT_TEST_SETTING", "after")
+    monkeypatch.chdir(tmp_path)
+    found = in_processes(where_a_benchmark_worker_runs, [task, task], 2)
+    assert found == [("after", str(tmp_path), 1)] * 2  # one torch thread each

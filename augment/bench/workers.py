@@ -1,14 +1,24 @@
 """Many small models at once: a model this small uses two cores better as two one-thread
 models than as one two-thread model, so the benchmarks train each (arm, seed) in its own
-spawned process and gather the results in the order asked."""
+process and gather the results in the order asked.
+
+The processes come from a fork server that imported torch once (where the platform has one;
+else each is spawned): a spawned process spent about 3 s importing torch before its first
+step, on every call of `in_processes`, and a session runs many."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
+
+#: What the fork server imports once, for every process it forks: torch, and the modules whose
+#: functions run there. Not ultralytics: it reads its settings folder from the environment at
+#: import, which `prepare_ultralytics` sets in the process that trains.
+PRELOAD = ["torch", "numpy", "pandas", "augment.bench.classify", "augment.bench.detect"]
 
 
 def default_workers(threads_per_model: int = 1) -> int:
@@ -16,7 +26,23 @@ def default_workers(threads_per_model: int = 1) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, threads_per_model))
 
 
-def _one_thread() -> None:
+def worker_context() -> multiprocessing.context.BaseContext:
+    """The fork server where there is one, else spawn. Never a plain fork of this process:
+    torch's threads do not survive a fork, and the fork server's process has never run any."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
+
+
+def _start_worker(environ: dict[str, str], cwd: str, path: list[str]) -> None:
+    """One torch thread, in the caller's environment, folder and import path as they are now
+    (a forked process has the fork server's, from when it started)."""
+    os.environ.clear()
+    os.environ.update(environ)
+    os.chdir(cwd)
+    sys.path[:] = path
     import torch
 
     torch.set_num_threads(1)
@@ -28,9 +54,9 @@ def in_processes(
     workers: int,
     progress: Callable[[int], None] | None = None,
 ) -> list:
-    """`function(*task)` for each task, in `workers` spawned processes of one torch thread
-    each (in this process when one worker or one task), in the order of `tasks`. `progress(1)`
-    is called as each task ends. `function` must be importable (a module-level function)."""
+    """`function(*task)` for each task, in `workers` processes of one torch thread each (in
+    this process when one worker or one task), in the order of `tasks`. `progress(1)` is
+    called as each task ends. `function` must be importable (a module-level function)."""
     if workers <= 1 or len(tasks) <= 1:
         results = []
         for task in tasks:
@@ -38,10 +64,12 @@ def in_processes(
             if progress:
                 progress(1)
         return results
-    context = multiprocessing.get_context("spawn")  # torch's threads do not survive a fork
     results: list = [None] * len(tasks)
     with ProcessPoolExecutor(
-        min(workers, len(tasks)), mp_context=context, initializer=_one_thread
+        min(workers, len(tasks)),
+        mp_context=worker_context(),
+        initializer=_start_worker,
+        initargs=(dict(os.environ), os.getcwd(), list(sys.path)),
     ) as pool:
         futures = {pool.submit(function, *task): index for index, task in enumerate(tasks)}
         for future in as_completed(futures):
