@@ -20,21 +20,15 @@ from tests.conftest import TINY_JOB, images_by_item
 
 AUGMENT = str(Path(sys.executable).parent / "augment")
 
-#: Slow enough (about 10 s of rendering on 2 cores) that a test can interrupt it mid-run:
-#: 40 items in 10 blocks of 4, interrupted after two shards with eight to go.
+#: Slow enough (about 5 s of rendering on 2 cores) that a test can interrupt it mid-run:
+#: 40 items in 10 blocks of 4, interrupted after two shards with eight to go (one worker left
+#: by then, half a second a block).
 SLOW_JOB = (
     TINY_JOB.replace("max_concepts: 3", "max_concepts: 10")
-    .replace("num_inference_steps: 3", "num_inference_steps: 20")
+    .replace("num_inference_steps: 3", "num_inference_steps: 10")
     .replace("images_per_concept: 3", "images_per_concept: 4")
 )
 SLOW_ITEMS = 40
-
-
-def resume_in_process(job: Path) -> subprocess.CompletedProcess:
-    """The rerun after an interruption: the same resume logic without a second Ray start-up
-    (the distributor only renders what the resume left to do)."""
-    command = [AUGMENT, "run", str(job), "--distributor", "local"]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
 def test_blocks_are_fixed_by_the_plan_and_skip_done_items(write_job):
@@ -175,7 +169,8 @@ def test_killed_worker_then_ctrl_c_then_rerun_gives_exactly_the_plan(tmp_path):
     assert "rerun the same command to resume" in stderr
     committed = len(images_by_item(out))
     assert 0 < committed < SLOW_ITEMS
-    rerun = resume_in_process(job)
-    assert rerun.returncode == 0, rerun.stderr
-    assert f"{SLOW_ITEMS - committed} images rendered, {committed} already done" in rerun.stdout
+    # The rerun, in this process and on the local distributor: the same resume logic without
+    # a second Ray start-up (the distributor only renders what the resume left to do).
+    rerun = run_job(load_spec(job), RunOptions(distributor="local"))
+    assert (rerun.rendered, rerun.skipped, rerun.failed) == (SLOW_ITEMS - committed, committed, 0)
     assert_complete_without_duplicates(job, out)
