@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-AUGMENT = str(Path(sys.executable).parent / "augment")
+from tests.conftest import run_cli
 
 
 @pytest.mark.slow
 def test_quick_demo_writes_the_report_and_headline_figures(tmp_path):
-    result = subprocess.run(
-        [AUGMENT, "demo", "--quick", "--out", str(tmp_path / "demo")],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    result = run_cli("demo", "--quick", "--out", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     accuracy = summary["accuracy_percent"]
