@@ -139,13 +139,17 @@ def assert_complete_without_duplicates(job: Path, out: Path) -> None:
 
 
 def worker_pids(driver: subprocess.Popen) -> list[int]:
+    """The driver's own Ray workers (its local Ray's processes descend from it): never those of
+    another Ray on the machine, such as a test running beside this one."""
     import psutil
 
     pids = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(process.info["cmdline"] or [])
-        if "BlockWorker" in cmdline:
-            pids.append(process.info["pid"])
+    for process in psutil.Process(driver.pid).children(recursive=True):
+        try:
+            if "BlockWorker" in " ".join(process.cmdline()):
+                pids.append(process.pid)
+        except psutil.NoSuchProcess:
+            pass
     return pids
 
 
