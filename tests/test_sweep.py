@@ -32,7 +32,7 @@ def test_sweep_chooses_each_setting_on_validation_and_never_scores_test(tmp_path
         shots=3,
         seeds=2,
         images_per_concept=4,
-        workers=1,  # one model at a time: tiny models, and another test file runs beside this one
+        workers=1,  # tiny models: starting worker processes would cost more than they save
         **grid,
     )
     assert report["evaluated_on"] == "validation" and report["validation_images"] == 200

@@ -373,7 +373,7 @@ def run_detect(settings: DetectSettings) -> pd.DataFrame:
             tasks.append((data_yaml, work / "runs" / f"{arm}-{seed}", settings, seed, epochs))
     workers = settings.workers or detector_workers()
     with image_progress(len(tasks), "training detectors", unit="model") as advance:
-        trained = in_processes(train_and_evaluate, tasks, workers, advance)
+        trained = in_processes(train_and_evaluate, tasks, workers, advance, fresh=True)
     rows = []
     for (arm, seed, epochs), (ultra, predictions, seconds) in zip(plan, trained, strict=True):
         for prediction in predictions:  # ultralytics writes category_id = class + 1

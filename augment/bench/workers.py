@@ -2,9 +2,8 @@
 models than as one two-thread model, so the benchmarks train each (arm, seed) in its own
 process and gather the results in the order asked.
 
-Every task gets a fresh process, forked from a fork server that imported torch once (where
-the platform has one; else each is spawned, and spends about 3 s importing torch before its
-first step)."""
+The processes come from a fork server that imported torch once (where the platform has one;
+else each is spawned, and spends about 3 s importing torch before its first step)."""
 
 from __future__ import annotations
 
@@ -63,15 +62,24 @@ def in_processes(
     tasks: Sequence[tuple],
     workers: int,
     progress: Callable[[int], None] | None = None,
+    fresh: bool = False,
 ) -> list:
-    """`function(*task)` for each task, at most `workers` at once, in the order of `tasks`.
-    `progress(1)` is called as each task ends. `function` must be importable (a module-level
-    function).
+    """`function(*task)` for each task, in `workers` processes of one torch thread each, in the
+    order of `tasks`. `progress(1)` is called as each task ends. `function` must be importable
+    (a module-level function).
 
-    Each task runs in a process of its own, with one torch thread, never reused: a model's
-    figure must not depend on which models trained before it in the same process, or on how
-    many workers shared the tasks. Ultralytics leaves state behind: a YOLO trained after
-    another in one process scored 70.4 mAP50:95 where the same seed alone scored 67.5."""
+    `fresh`: every task in a process of its own, never reused, even with one worker. For
+    training whose result depends on what its process ran before: ultralytics' does (a YOLO
+    trained after another in one process scored 70.4 mAP50:95 where the same seed alone scored
+    67.5). Otherwise a process runs task after task (its loaded data stays loaded), and one
+    worker or one task runs in this process."""
+    if not fresh and (workers <= 1 or len(tasks) <= 1):
+        results = []
+        for task in tasks:
+            results.append(function(*task))
+            if progress:
+                progress(1)
+        return results
     results: list = [None] * len(tasks)
     if not tasks:
         return results
@@ -80,7 +88,7 @@ def in_processes(
         mp_context=worker_context(),
         initializer=_start_worker,
         initargs=(dict(os.environ), os.getcwd(), list(sys.path)),
-        max_tasks_per_child=1,
+        max_tasks_per_child=1 if fresh else None,
     ) as pool:
         futures = {pool.submit(function, *task): index for index, task in enumerate(tasks)}
         for future in as_completed(futures):
