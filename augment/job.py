@@ -930,6 +930,16 @@ class FilterResult:
     outputs: dict[str, Path] = field(default_factory=dict)
 
 
+def plan_order(out_dir: Path, spec: JobSpec, items: list[WorkItem]) -> list[str]:
+    """The item_ids in the run's plan order, which decides the original of each duplicate
+    group. A folder that `augment serve --write` filled has no plan.parquet: its items come
+    from the job's own plan (`items`, or planned here), as a batch run would have ordered them."""
+    path = out_dir / "plan.parquet"
+    if path.is_file():
+        return parquet.read_table(path, ["item_id"]).column("item_id").to_pylist()
+    return [item.item_id for item in (items or plan_for(spec))]
+
+
 def refilter(
     out_dir: Path,
     scorer: str | None = None,
@@ -980,6 +990,9 @@ def refilter(
     location = check_scorer(spec.filters, spec.paths.scorer, concepts)
     rescore = location is not None and spec.filters.scorer != current["scorer"]
     image_filter = ImageFilter(spec.filters, location, concepts) if rescore else None
+    sources = SourceSet.of(spec) if spec.generation.mode in COPYING_MODES else None
+    items = plan_for(spec, sources=sources) if sources is not None else []
+    order = plan_order(out_dir, spec, items)  # before any shard is rewritten
     _, before = parquet.count_true(shards_dir, list(FLAGS))
     rewritten = 0
     for path in parquet.shard_paths(shards_dir):
@@ -995,11 +1008,8 @@ def refilter(
         if not changed.equals(table.cast(parquet.RECORD_SCHEMA)):
             parquet.write_table(shards_dir, path.name, changed)
             rewritten += 1
-    order = parquet.read_table(out_dir / "plan.parquet", ["item_id"])
-    sources = SourceSet.of(spec) if spec.generation.mode in COPYING_MODES else None
-    items = plan_for(spec, sources=sources) if sources is not None else []
     known = source_pictures(spec, items, sources) + list(real or ())  # sources, and a pool
-    flag_duplicates(shards_dir, order.column("item_id").to_pylist(), known)
+    flag_duplicates(shards_dir, order, known)
     _, after = parquet.count_true(shards_dir, list(FLAGS))
     settings = {
         "scorer": spec.filters.scorer,

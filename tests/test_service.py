@@ -4,6 +4,7 @@ CPU. One service for the module (Serve's start-up dominates): it writes what it 
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import urllib.error
 import urllib.request
@@ -95,6 +96,21 @@ def test_served_images_are_written_once_and_a_batch_run_there_skips_them(served)
     assert after.item_id.is_unique and planned <= set(after.item_id)
     coco = json.loads(ag.export(served.written, ["coco"])["coco"].read_text())
     assert coco["info"]["synthetic"] and coco["images"]  # a dataset like any run's
+
+
+def test_a_served_folder_is_filtered_again_like_a_run(served, tmp_path):
+    """`augment filter` on what `serve --write` wrote, which has no plan.parquet: the job's own
+    plan orders the duplicate pass, as a batch run's would."""
+    ag.Client(served.url).generate("four", n=3)
+    folder = tmp_path / "served"
+    shutil.copytree(served.written, folder)  # the service goes on writing its own
+    (folder / "plan.parquet").unlink(missing_ok=True)  # a batch run there would have written it
+    before = ag.read(folder)
+    result = ag.refilter(folder, min_concept_score=0.9)
+    after = ag.read(folder)
+    assert sorted(after.item_id) == sorted(before.item_id)
+    assert (after.filtered == (after.concept_score < 0.9)).all()
+    assert result.after["filtered"] == int(after.filtered.sum())
 
 
 @pytest.mark.parametrize(
