@@ -391,7 +391,7 @@ def add_inspect(commands: Commands) -> None:
         "inspect",
         help="print what a PNG says of itself: synthetic, from which model, job and settings",
         description="Read the provenance text chunks every augment PNG carries: `augment` "
-        "(item id, job, spec hash, model, model hash, licence, version, synthetic) and "
+        "(item id, job, settings hash, model, model hash, licence, version, synthetic) and "
         "`parameters` (the Stable Diffusion web UI's prompt and settings line).",
         epilog="example: augment inspect out/demo/coco/images/*.png",
     )
@@ -1116,13 +1116,13 @@ def add_demo(commands: Commands) -> None:
         help="the whole mission on the embedded digits world (make demo)",
         description="Generate digits with the shipped model over Ray, export, benchmark a "
         "classifier and a detector against real-only training, and report the gain.",
-        epilog="example: augment demo --out out/demo   (add --quick for a one-minute run)",
+        epilog="example: augment demo --out out/demo   (add --quick for a run under a minute)",
     )
     demo.add_argument("--out", type=folder, default=Path("out/demo"), help="output folder")
     demo.add_argument(
         "--quick",
         action="store_true",
-        help="smaller sizes: about a minute on 2 cores (the full demo: about 12)",
+        help="smaller sizes: under a minute on 2 cores (the full demo: about 10 minutes)",
     )
     demo.add_argument("--workers", type=int, help="Ray CPU workers (default: every CPU)")
     demo.add_argument("--model", help="another model than the shipped builtin:digits")
