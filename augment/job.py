@@ -71,6 +71,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXPORT_DIRS = (*exporters(), "animations")
+#: What `run --force` deletes in OUT (its paste/ goes when the paste starts over).
+RUN_FILES = ("shards", "quarantine", *EXPORT_DIRS, "plan.parquet", "manifest.json", "job.yaml")
+#: What a run writes in OUT: everything else there is left alone.
+RUN_WRITES = (*RUN_FILES, "paste")
 
 PACKAGES = ("augment", "torch", "diffusers", "transformers", "pyarrow", "ray")
 
@@ -320,6 +324,7 @@ def prepare_output(
             "spec: rename the job file, or set another output.dir (or --out)"
         )
     check_run_layout(out_dir)
+    check_no_foreign_exports(out_dir)
     if not force:
         previous, now = previous_spec_hash(out_dir), spec.spec_hash()
         if previous is None and holds_images(out_dir):
@@ -342,14 +347,24 @@ def prepare_output(
         clear_run(out_dir)
     try:
         (out_dir / "shards").mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
     except OSError as exc:
         raise OutputError(
             f"output folder {out_dir} is not writable ({exc.strerror}); choose another with --out"
         ) from None
+    check_writable(out_dir, "choose another with --out")
     saved.write_text(spec.to_yaml())
+
+
+def check_writable(folder: Path, remedy: str) -> None:
+    """A file can be made in `folder`: checked before a step changes anything there."""
+    try:
+        probe = folder / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(
+            f"output folder {folder} is not writable ({exc.strerror}); {remedy}"
+        ) from None
 
 
 def check_run_layout(out_dir: Path) -> None:
@@ -367,6 +382,43 @@ def check_run_layout(out_dir: Path) -> None:
             raise OutputError(
                 f"{target} is {kind}, where a run writes its {name} {wanted}: move it away, or "
                 "choose another --out"
+            )
+
+
+def check_no_foreign_exports(out_dir: Path) -> None:
+    """An export folder (coco/, yolo/, ...) in an OUT that holds no run is the user's own data
+    (a real COCO set, say): the run's export, or --force, would replace it."""
+    markers = ("job.yaml", "manifest.json", "plan.parquet")
+    if any((out_dir / name).exists() for name in markers) or holds_images(out_dir):
+        return
+    for name in EXPORT_DIRS:
+        if (out_dir / name).exists():
+            raise OutputError(
+                f"{out_dir / name} was not written by augment ({out_dir} holds no run: no "
+                f"job.yaml, manifest.json or shards), and a run writes its {name} export "
+                "there: move it away, or choose another --out"
+            )
+
+
+def check_inputs_outside_output(spec: JobSpec, out_dir: Path) -> None:
+    """The images a job reads are not among what its run writes in OUT: --force would delete
+    them before they are read, and an export is rewritten under its reader."""
+    out = out_dir.resolve()
+    inputs = {
+        "source.path": spec.paths.source,
+        "paste.backgrounds.path": spec.paths.backgrounds,
+        "finetune.source.path": spec.paths.finetune_source,
+    }
+    for key, value in inputs.items():
+        if not value:
+            continue
+        path = Path(value).resolve()
+        inside = [name for name in RUN_WRITES if path == out / name or out / name in path.parents]
+        if path == out or inside:
+            what = f"its {inside[0]}" if inside else "it whole"
+            raise SpecError(
+                f"{key}: {value} is in the output folder {out_dir}, and the run writes {what} "
+                "(--force deletes it first): copy the images elsewhere, or choose another --out"
             )
 
 
@@ -392,7 +444,7 @@ def failed_before_its_first_image(out_dir: Path) -> bool:
 
 def clear_run(out_dir: Path) -> None:
     """Delete the run OUT holds (its shards, exports, plan, manifest and spec)."""
-    for name in ("shards", "quarantine", *EXPORT_DIRS, "plan.parquet", "manifest.json", "job.yaml"):
+    for name in RUN_FILES:
         target = out_dir / name
         if target.is_dir():
             shutil.rmtree(target)
@@ -706,8 +758,9 @@ def paste(spec: JobSpec, force: bool = False) -> PasteResult:
         raise SpecError("this job has no paste: section; add one (see the README, Copy-paste)")
     started = time.perf_counter()
     settings = spec.paste
-    backgrounds = paste_backgrounds(spec)
     out_dir = Path(spec.output.dir)
+    check_inputs_outside_output(spec, out_dir)
+    backgrounds = paste_backgrounds(spec)
     check_renders_of(out_dir, spec)
     concepts = concepts_for(spec)
     index = concept_index(concepts)  # background labels -> concepts, built once
@@ -839,6 +892,7 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
     out_dir = Path(spec.output.dir)
     if options.distributor == "ray":
         check_reachable(options.address)  # a wrong --address, before anything is written
+    check_inputs_outside_output(spec, out_dir)
     concepts = check_inputs(spec)
     if spec.paste is not None:
         paste_backgrounds(spec)  # fail before touching OUT
@@ -993,6 +1047,8 @@ def refilter(
     sources = SourceSet.of(spec) if spec.generation.mode in COPYING_MODES else None
     items = plan_for(spec, sources=sources) if sources is not None else []
     order = plan_order(out_dir, spec, items)  # before any shard is rewritten
+    for folder in (out_dir, shards_dir):  # the manifest and exports too, or no shard changes
+        check_writable(folder, "give write access to it, then filter again")
     _, before = parquet.count_true(shards_dir, list(FLAGS))
     rewritten = 0
     for path in parquet.shard_paths(shards_dir):

@@ -185,6 +185,58 @@ def test_export_skips_a_damaged_shard_and_a_failed_export_keeps_the_last_one(
     assert not (out / ".yolo.tmp").exists() and not (out / ".yolo.old").exists()
 
 
+def test_export_keeps_the_last_export_when_no_shard_can_be_read(run_copy, capsys):
+    """Every shard damaged: the COCO export there may be the last copy of the images."""
+    _, out = run_copy
+    annotations = out / "coco" / "annotations.json"
+    before = annotations.read_bytes()
+    assert len(json.loads(before)["images"]) == 9
+    for shard in (out / "shards").glob("*.parquet"):
+        damage(shard, "junk")
+    code, _, err = cli(capsys, "export", out, "--format", "coco")
+    assert code == 2
+    last = error_line(err.strip().splitlines()[-1])
+    assert f"no shard of {out} can be read" in last and "kept" in last
+    assert annotations.read_bytes() == before
+    assert len(list((out / "coco" / "images").iterdir())) == 9
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_run_never_replaces_an_export_folder_augment_did_not_write(
+    write_job, tmp_path, capsys, force
+):
+    """A user's own COCO set where a run would write its COCO export, in an OUT with no run."""
+    own = tmp_path / "out" / "coco"
+    (own / "images").mkdir(parents=True)
+    (own / "annotations.json").write_text('{"images": [{"id": 1}]}')
+    (own / "images" / "real_0001.jpg").write_bytes(b"a real photo")
+    code, _, err = cli(capsys, "run", write_job(), "--distributor", "local", *["--force"] * force)
+    assert code == 2
+    assert f"{own} was not written by augment" in error_line(err)
+    assert (own / "images" / "real_0001.jpg").read_bytes() == b"a real photo"
+    assert not (tmp_path / "out" / "shards").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("where", ["out", "out/coco"])
+def test_force_never_deletes_the_images_a_job_reads(run_copy, tmp_path, capsys, where):
+    """img2img from this run's own output (its shards, or its COCO export) with --force, which
+    would delete them before they are read."""
+    _, out = run_copy
+    source = tmp_path / where
+    job = tmp_path / "img2img.yaml"
+    job.write_text(
+        TINY_JOB.replace("OUT_DIR", str(out)).replace(
+            "generation:\n", f"source:\n  path: {source}\ngeneration:\n  mode: img2img\n"
+        )
+    )
+    shards = sorted(p.read_bytes() for p in (out / "shards").glob("*.parquet"))
+    code, _, err = cli(capsys, "run", job, "--distributor", "local", "--force")
+    assert code == 2
+    assert f"source.path: {source} is in the output folder {out}" in error_line(err)
+    assert sorted(p.read_bytes() for p in (out / "shards").glob("*.parquet")) == shards
+    assert len(list((out / "coco" / "images").iterdir())) == 9
+
+
 def test_reading_a_damaged_run_names_the_shard(run_copy, capsys):
     _, out = run_copy
     damage(out / "shards" / "part-00002.parquet", "truncated")

@@ -57,8 +57,29 @@ def export(out_dir: Path, formats: list[str], include_flagged: bool = False) -> 
     for name in dict.fromkeys(formats):
         if name != "parquet":
             records = export_records(out_dir, include_flagged, shards, skipped)
-            paths[name] = write_in_place(out_dir / name, available[name], categories, records)
+            exporter = unless_all_damaged(available[name], out_dir, shards, skipped)
+            paths[name] = write_in_place(out_dir / name, exporter, categories, records)
     return paths
+
+
+def unless_all_damaged(
+    exporter: Callable, out_dir: Path, shards: list[Path], skipped: dict[Path, str]
+) -> Callable:
+    """`exporter`, refusing at the end when no shard could be read: the export already there,
+    which may be the last readable copy of the images, is kept instead of emptied."""
+
+    def export_or_refuse(folder: Path, categories: list[dict], records) -> Path:
+        written = exporter(folder, categories, records)
+        if len(skipped) == len(shards):
+            shard, reason = next(iter(skipped.items()))
+            raise OutputError(
+                f"no shard of {out_dir} can be read ({shard.name}: {reason}); the exports there "
+                "are kept as they were: rerun `augment run` on the job to quarantine the shards "
+                "and render their images again"
+            )
+        return written
+
+    return export_or_refuse
 
 
 def formats_to_refresh(out_dir: Path, formats: list[str]) -> list[str]:
