@@ -37,7 +37,7 @@ from augment.classifier import (
     to_tensor,
 )
 from augment.config import FilterSpec, looks_like_hub_id
-from augment.errors import ModelError
+from augment.errors import ModelError, first_line
 from augment.taxonomy.listfile import slugify
 
 #: Zero-shot CLIP text for a concept.
@@ -87,14 +87,28 @@ def concept_columns(classes: list[str], concepts: list[str], location: str) -> l
     return [index[slugify(name)] for name in concepts]
 
 
+def classifier_classes(location: str) -> list[str]:
+    """The class names an augment classifier's config lists, or an error naming the file."""
+    path = Path(location) / CLASSIFIER_CONFIG
+    try:
+        classes = json.loads(path.read_text()).get("classes")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelError(f"filters.scorer: {path} cannot be read ({first_line(exc)})") from None
+    if not isinstance(classes, list) or not classes:
+        raise ModelError(
+            f"filters.scorer: {path} lists no classes: it is not an augment classifier's "
+            "config; train one (augment digits train-scorer) or use a CLIP model"
+        )
+    return classes
+
+
 def check_scorer(spec: FilterSpec, location: str | None, concepts: list[str]) -> str | None:
     """The scorer's location; fails (before a run touches its output) when it cannot score."""
     if spec.scorer is None or location is None:
         return None
     location = check_scorer_location(location, spec.scorer)
     if is_classifier(location):
-        config = json.loads((Path(location) / CLASSIFIER_CONFIG).read_text())
-        concept_columns(config["classes"], concepts, location)
+        concept_columns(classifier_classes(location), concepts, location)
     elif spec.min_concept_score > 0 and len(concepts) < 2:
         raise ModelError(
             "filters.min_concept_score: a CLIP scorer compares each image with the job's "
@@ -150,9 +164,8 @@ class ClipScorer:
             self.model = CLIPModel.from_pretrained(location).to(device).eval()
             self.processor = CLIPProcessor.from_pretrained(location)
         except (OSError, ValueError) as exc:
-            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ModelError(
-                f"filters.scorer: cannot load a CLIP model from {location} ({first_line})"
+                f"filters.scorer: cannot load a CLIP model from {location} ({first_line(exc)})"
             ) from None
         self.device = device
         with torch.no_grad():

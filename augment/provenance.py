@@ -298,6 +298,8 @@ def inspect_png(path: str | Path) -> dict:
         parsed = json.loads(carried) if carried else None
     except ValueError:
         parsed = None
+    if not isinstance(parsed, dict):  # a chunk of that name that another tool wrote
+        parsed = None
     return {
         "file": str(path),
         "parameters": chunks.get(PARAMETERS_KEY),

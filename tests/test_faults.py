@@ -237,6 +237,66 @@ def test_force_never_deletes_the_images_a_job_reads(run_copy, tmp_path, capsys, 
     assert len(list((out / "coco" / "images").iterdir())) == 9
 
 
+@pytest.mark.parametrize(
+    "damaged, words",
+    [
+        ("taxonomy", "not a text file"),
+        ("checkpoint", "cannot be read as a .safetensors checkpoint"),
+        ("model_index", "model_index.json cannot be read"),
+    ],
+)
+def test_a_damaged_file_a_job_names_is_one_line_before_anything_is_written(
+    write_job, tmp_path, capsys, damaged, words
+):
+    """Files a user hands over can be anything: a binary list file, a truncated checkpoint, a
+    model folder whose index is not JSON. A mistake of the user's: exit 2, not a fault."""
+    bad = tmp_path / "bad"
+    text = TINY_JOB
+    if damaged == "taxonomy":
+        bad = tmp_path / "concepts.txt"
+        bad.write_bytes(b"\x89PNG\x00\xff\xfe junk")
+        text = text.replace("source: digits", f"source: {bad}")
+    elif damaged == "checkpoint":
+        bad = tmp_path / "model.safetensors"
+        bad.write_bytes(bytes(range(256)) * 4)
+        text = text.replace("builtin:tiny-sd", f"{bad}\n  config: builtin:tiny-sd")
+    else:
+        bad.mkdir()
+        (bad / "model_index.json").write_text("{bad")
+        text = text.replace("builtin:tiny-sd", str(bad))
+    code, _, err = cli(capsys, "run", write_job(text), "--distributor", "local")
+    assert code == 2
+    assert words in error_line(err)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("config, words", [("{bad", "cannot be read"), ("{}", "lists no classes")])
+def test_a_scorer_folder_with_a_damaged_config_is_one_line(
+    run_copy, tmp_path, capsys, config, words
+):
+    _, out = run_copy
+    scorer = tmp_path / "scorer"
+    scorer.mkdir()
+    (scorer / "scorer.json").write_text(config)
+    before = sorted(p.read_bytes() for p in (out / "shards").glob("*.parquet"))
+    code, _, err = cli(capsys, "filter", out, "--scorer", scorer)
+    assert code == 2
+    assert f"filters.scorer: {scorer / 'scorer.json'} {words}" in error_line(err)
+    assert sorted(p.read_bytes() for p in (out / "shards").glob("*.parquet")) == before
+
+
+def test_inspect_reads_an_augment_chunk_another_tool_wrote_as_not_ours(tmp_path, capsys):
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("augment", "[1, 2]")  # JSON, but not augment's object
+    path = tmp_path / "other.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    code, out, err = cli(capsys, "inspect", path)
+    assert code == 0, err
+    assert "no provenance: not an augment image" in out
+
+
 def test_reading_a_damaged_run_names_the_shard(run_copy, capsys):
     _, out = run_copy
     damage(out / "shards" / "part-00002.parquet", "truncated")

@@ -101,6 +101,8 @@ def check_model(
 def check_models(settings: GenerationSpec, paths: SpecPaths) -> None:
     """Every model and adapter the spec names exists, before a run touches its output folder."""
     check_model(paths.model, settings.model)
+    if Path(paths.model).exists():
+        model_family(paths.model)  # a truncated checkpoint or damaged index, named here
     if settings.config is not None:
         check_model(paths.config, settings.config, "generation.config")
     if settings.vae is not None:
@@ -240,6 +242,20 @@ def pipeline_index(location: str) -> Path | None:
     return hub_file(location, "model_index.json")
 
 
+def read_index(index: Path) -> dict:
+    """A pipeline's model_index.json, or an error that says the folder is damaged."""
+    try:
+        data = json.loads(index.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"{index} cannot be read ({first_line(exc)}): the model folder is damaged; "
+            "download or save it again"
+        ) from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{index} is not a pipeline's index (a JSON object): save it again")
+    return data
+
+
 def model_family(location: str) -> str:
     """'sdxl' when the model has a second text encoder, else 'sd' (1.x and 2.x)."""
     path = Path(location)
@@ -250,12 +266,19 @@ def model_family(location: str) -> str:
             raise ModelError(
                 f"generation.family: cannot read the family of {path}; set family: sd or sdxl"
             )
-        with safe_open(str(path), framework="pt") as handle:
-            return "sdxl" if any(k.startswith("conditioner.") for k in handle.keys()) else "sd"
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                keys = list(handle.keys())
+        except Exception as exc:  # noqa: BLE001 - safetensors' own error type
+            raise ModelError(
+                f"generation.model: {path} cannot be read as a .safetensors checkpoint "
+                f"({first_line(exc)}); it may be truncated: download or save it again"
+            ) from None
+        return "sdxl" if any(k.startswith("conditioner.") for k in keys) else "sd"
     index = pipeline_index(location)
     if index is None:
         return "sd"
-    data = json.loads(index.read_text())
+    data = read_index(index)
     return "sdxl" if "text_encoder_2" in data or "XL" in data.get("_class_name", "") else "sd"
 
 
@@ -263,7 +286,7 @@ def has_safety_checker(location: str) -> bool:
     index = Path(location) / "model_index.json"
     if not index.is_file():
         return False
-    entry = json.loads(index.read_text()).get("safety_checker")
+    entry = read_index(index).get("safety_checker")
     return bool(entry and entry[0])
 
 

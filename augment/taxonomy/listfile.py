@@ -58,6 +58,10 @@ def load_list_file(path: Path) -> list[Concept]:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:
         raise TaxonomyError(f"{path}: cannot read taxonomy file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise TaxonomyError(
+            f"{path}: not a text file; a taxonomy list file is YAML (UTF-8) with a concepts: list"
+        ) from None
     except yaml.YAMLError as exc:
         raise TaxonomyError(f"{path}: not valid YAML: {exc}") from None
     entries = data.get("concepts") if isinstance(data, dict) else None
