@@ -297,6 +297,44 @@ def test_inspect_reads_an_augment_chunk_another_tool_wrote_as_not_ours(tmp_path,
     assert "no provenance: not an augment image" in out
 
 
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["detect", "--real", "{tmp}/typo"], "typo"),
+        (["detect", "--real", "{tmp}/typo", "--model", "bogus.yaml"], "no such YOLO config"),
+        (["classify", "--real", "{tmp}/folder", "--shots", "20"], "only"),
+        (["classify", "--model", "resnet18", "--weights", "{tmp}/none.pt"], "is not a file"),
+        (["classify", "--steps", "1", "--seeds", "1"], "results.parquet is not a results table"),
+        (["sweep", "{tmp}/missing.yaml", "--steps", "1", "--seeds", "2"], "missing.yaml"),
+    ],
+)
+def test_a_benchmark_refuses_bad_input_before_it_trains_or_clears_anything(
+    tmp_path, capsys, args, words
+):
+    """What OUT already holds (trained detectors, the split, results) outlives a mistake."""
+    out = tmp_path / "bench"
+    kept = {
+        out / "detect" / "runs" / "real_only-0" / "weights" / "best.pt": b"weights",
+        out / "split.json": b'{"split": "the last run\'s"}',
+    }
+    if "results.parquet" in words:
+        kept[out / "results.parquet"] = b"not parquet"
+    for path, data in kept.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    for shade, name in ((80, "a"), (160, "b")):  # two classes of 12 images: too few for 20 shots
+        (tmp_path / "folder" / name).mkdir(parents=True)
+        for i in range(12):
+            image = Image.new("RGB", (16, 16), (i * 20, shade, 0))
+            image.save(tmp_path / "folder" / name / f"{i}.png")
+    given = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
+    code, _, err = cli(capsys, "bench", *given, "--out", out)
+    assert code == 2
+    assert words in error_line(err)
+    assert {path: path.read_bytes() for path in kept} == kept
+    assert not (out / "runs").exists()  # the sweep trained nothing
+
+
 def test_reading_a_damaged_run_names_the_shard(run_copy, capsys):
     _, out = run_copy
     damage(out / "shards" / "part-00002.parquet", "truncated")

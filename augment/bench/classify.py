@@ -21,8 +21,8 @@ import pandas as pd
 
 from augment.bench.data import Classes, ImageSet, RealData, check_no_leak, load_real, load_synthetic
 from augment.bench.workers import default_workers, in_processes
-from augment.classifier import build_model, to_tensor
-from augment.errors import AugmentError, above, at_least
+from augment.classifier import MODELS, build_model, to_tensor
+from augment.errors import AugmentError, above, at_least, first_line
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,16 @@ class ClassifySettings:
             raise AugmentError(f"evaluate_on: test or validation, got {self.evaluate_on!r}")
         if not 0 < self.test_fraction < 1:
             raise AugmentError(f"test_fraction must be between 0 and 1, got {self.test_fraction}")
+        if self.model not in MODELS:
+            raise AugmentError(f"unknown classifier '{self.model}'; known: {', '.join(MODELS)}")
+        if self.weights is not None:
+            if self.model == "smallcnn":
+                raise AugmentError(
+                    "weights: a state_dict for resnet18 or resnet50; smallcnn trains from "
+                    "scratch: drop the weights, or choose one of those models"
+                )
+            if not Path(self.weights).is_file():
+                raise AugmentError(f"weights: {self.weights} is not a file")
 
 
 def random_shift(batch, max_shift: int, generator):
@@ -241,8 +251,7 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
     )
     evaluated = evaluation_set(real, settings)
     check_no_leak(evaluated, real.pool, *([synthetic] if synthetic is not None else []))
-    out.mkdir(parents=True, exist_ok=True)  # once the inputs are known good
-    (out / "split.json").write_text(json.dumps(real.split))
+    check_results_table(out)
     num_classes = len(real.classes.names)
     arms_asked = arms(settings, synthetic is not None)
     fits = {  # (shots, ratio) -> whether the pool holds the oracle's extra real images
@@ -299,6 +308,10 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
         n_real = {"synthetic_only": 0, "oracle": len(train)}.get(arm, len(real_train))
         arms_trained.append((shots, seed, arm, ratio, n_real, len(train) - n_real, asked))
         tasks.append((train, evaluated, real.classes, settings, seed))
+    if settings.weights:  # a state_dict that does not fit, said once, not in every worker
+        build_model(settings.model, num_classes, settings.weights)
+    out.mkdir(parents=True, exist_ok=True)  # once the inputs are known good
+    (out / "split.json").write_text(json.dumps(real.split))
     workers = settings.workers or default_workers()
     with image_progress(len(tasks), "training classifiers", unit="model") as advance:
         scored = train_and_score_all(tasks, workers, advance)
@@ -355,6 +368,29 @@ def trained_ratio(arm: str, ratio: float, synthetic_per_real: float) -> float:
     """The ratio an arm trained at: the synthetic share (augmented), the asked one (oracle:
     it only runs where the pool holds it), else 0."""
     return {"augmented": synthetic_per_real, "oracle": ratio}.get(arm, 0.0)
+
+
+def check_results_table(out: Path) -> None:
+    """The results table and settings OUT already holds can take new rows: checked before any
+    model trains, so a damaged one costs no training."""
+    path, settings_path = out / "results.parquet", out / "settings.json"
+    remedy = "move it away, or give another --out (results are added to it)"
+    if path.is_file():
+        try:
+            pd.read_parquet(path, columns=["task"])
+        except Exception as exc:  # noqa: BLE001 - pyarrow's own errors
+            raise AugmentError(
+                f"{path} is not a results table ({first_line(exc)}); {remedy}"
+            ) from None
+    if settings_path.is_file():
+        try:
+            saved = json.loads(settings_path.read_text())
+        except ValueError as exc:
+            raise AugmentError(
+                f"{settings_path} is not JSON ({first_line(exc)}); {remedy}"
+            ) from None
+        if not isinstance(saved, dict):
+            raise AugmentError(f"{settings_path} is not a settings object; {remedy}")
 
 
 def write_results(results: pd.DataFrame, out: Path, settings: dict) -> Path:

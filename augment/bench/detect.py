@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from augment.bench.classify import write_results
+from augment.bench.classify import check_results_table, write_results
 from augment.bench.workers import default_workers, in_processes
 from augment.errors import AugmentError, at_least
 
@@ -87,6 +87,32 @@ TRAINING_SETTINGS = ("fliplr", "mosaic", "optimizer", "lr0", "nbs", "warmup_epoc
 
 def model_name(settings: DetectSettings) -> str:
     return settings.model or ("yolov8n-seg.yaml" if settings.task == "segment" else "yolov8n.yaml")
+
+
+def check_yolo_model(name: str) -> None:
+    """A model ultralytics can build or load here, offline: checked before the last run's
+    models are cleared, not in a worker once they are gone."""
+    path = Path(name)
+    if path.suffix not in (".yaml", ".yml", ".pt"):
+        raise AugmentError(
+            f"model {name}: give a YOLO config (.yaml, such as yolov8n.yaml) or weights (.pt)"
+        )
+    if path.suffix == ".pt":
+        if not path.is_file():
+            raise AugmentError(
+                f"model {name}: weights file not found (nothing is downloaded here); give a .pt "
+                "path, or a config such as yolov8n.yaml to train from scratch"
+            )
+        return
+    from ultralytics.nn.tasks import yaml_model_load  # yolov8n.yaml is yolov8.yaml, scale n
+
+    try:
+        yaml_model_load(name)
+    except FileNotFoundError:
+        raise AugmentError(
+            f"model {name}: no such YOLO config, as a file or among ultralytics' own "
+            "(yolov8n.yaml, yolov8n-seg.yaml, yolo11n.yaml, ...)"
+        ) from None
 
 
 def prepare_ultralytics(cache: Path) -> None:
@@ -326,9 +352,9 @@ def run_detect(settings: DetectSettings) -> pd.DataFrame:
     if settings.synthetic:  # a wrong folder is named before anything is written
         run_shards(Path(settings.synthetic))
     prepare_ultralytics(cache_dir())
+    check_yolo_model(model_name(settings))
     out = Path(settings.out)
     work = out / "detect"
-    shutil.rmtree(work, ignore_errors=True)
     train_coco, train_images, val_coco, val_images = real_splits(settings)
     categories = sorted(val_coco["categories"], key=lambda c: c["id"])
     class_index = {c["id"]: i for i, c in enumerate(categories)}
@@ -338,6 +364,8 @@ def run_detect(settings: DetectSettings) -> pd.DataFrame:
             f"task segment scores masks, and the real val annotations of '{settings.real}' "
             "hold none (no `segmentation`); give masks, or use task detect"
         )
+    check_results_table(out)
+    shutil.rmtree(work, ignore_errors=True)  # the last run's models, once this one can train
     write_yolo_split(val_coco, val_images, work / "val", class_index, segments=segments)
     arms = {"real_only": work / "real_only"}
     write_yolo_split(train_coco, train_images, arms["real_only"], class_index, segments=segments)

@@ -93,8 +93,15 @@ def best(rows: list[dict], key: str = "top1") -> dict:
 
 def render(settings: SweepSettings, guidance: float, out: Path) -> Path:
     """The job rendered at `guidance` (its filter scores every image; no paste, no masks)."""
-    from augment.config import load_spec
     from augment.job import RunOptions, run_job
+
+    run_job(sweep_spec(settings, guidance, out), RunOptions(distributor="local"))
+    return out
+
+
+def sweep_spec(settings: SweepSettings, guidance: float, out: Path):
+    """The job as the sweep renders it at `guidance`, or an error saying why it cannot."""
+    from augment.config import load_spec
 
     overrides = {
         "output.dir": str(out),
@@ -108,18 +115,17 @@ def render(settings: SweepSettings, guidance: float, out: Path) -> Path:
             f"{settings.job}: the sweep re-filters renders by concept score; give the job a "
             "filters.scorer"
         )
-    spec = spec.model_copy(update={"paste": None, "segment": None, "labels": None})
-    run_job(spec, RunOptions(distributor="local"))
-    return out
+    return spec.model_copy(update={"paste": None, "segment": None, "labels": None})
 
 
 def run_sweep(settings: SweepSettings) -> dict:
     """Every stage; writes OUT/sweep.json, sweep.csv and sweep.md and returns the JSON."""
+    from augment.generate.pipelines import check_models
     from augment.job import refilter
 
     out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
-    real = load_real(settings.real, settings.image_size)
+    spec = sweep_spec(settings, settings.guidance[0], out / "renders")  # before any training
+    check_models(spec.generation, spec.paths)
     base = ClassifySettings(
         real=settings.real,
         image_size=settings.image_size,
@@ -131,7 +137,9 @@ def run_sweep(settings: SweepSettings) -> dict:
         quality=False,
         workers=settings.workers,
     )
+    real = load_real(settings.real, settings.image_size)
     validation = evaluation_set(real, base)  # or an error saying what to do
+    out.mkdir(parents=True, exist_ok=True)
     table: list[dict] = []
 
     def classify(name: str, **changes) -> pd.DataFrame:
