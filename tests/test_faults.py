@@ -335,6 +335,58 @@ def test_a_benchmark_refuses_bad_input_before_it_trains_or_clears_anything(
     assert not (out / "runs").exists()  # the sweep trained nothing
 
 
+IMAGE = {"id": 1, "file_name": "a.png"}
+CATEGORY = {"id": 1, "name": "seven"}
+
+
+@pytest.mark.parametrize("bench", ["classify", "detect"])
+@pytest.mark.parametrize(
+    "document, words",
+    [
+        ([1, 2], "its top level is not an object"),
+        ({"images": [], "categories": [CATEGORY]}, "no images list, or an empty one"),
+        ({"images": [IMAGE]}, "no categories list"),
+        ({"images": [{"id": 1}], "categories": [CATEGORY]}, "images[0] lacks id or file_name"),
+        (
+            {
+                "images": [IMAGE],
+                "categories": [CATEGORY],
+                "annotations": [{"image_id": 1, "category_id": 99, "bbox": [0, 0, 4, 4]}],
+            },
+            "annotations[0] has category_id 99, not among the categories",
+        ),
+        (
+            {
+                "images": [IMAGE],
+                "categories": [CATEGORY],
+                "annotations": [{"image_id": 1, "category_id": 1}],
+            },
+            "annotations[0] has no bbox",
+        ),
+    ],
+)
+def test_a_real_coco_file_that_is_not_one_is_one_line(tmp_path, capsys, bench, document, words):
+    path = tmp_path / "annotations.json"
+    path.write_text(json.dumps(document))
+    code, _, err = cli(capsys, "bench", bench, "--real", path, "--out", tmp_path / "bench")
+    assert code == 2
+    assert f"{path}: not a COCO annotations file the benchmark can read: {words}" in error_line(err)
+
+
+def test_an_image_folder_class_of_one_image_is_one_line(tmp_path, capsys):
+    for name in ("cat", "dog"):
+        (tmp_path / "real" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (len(name), 0, 0)).save(tmp_path / "real" / name / "0.png")
+    (tmp_path / "real" / "dog" / "1.png").write_bytes(
+        (tmp_path / "real" / "cat" / "0.png").read_bytes()
+    )
+    code, _, err = cli(
+        capsys, "bench", "classify", "--real", tmp_path / "real", "--out", tmp_path / "b"
+    )
+    assert code == 2
+    assert "class cat has one image" in error_line(err)
+
+
 def test_reading_a_damaged_run_names_the_shard(run_copy, capsys):
     _, out = run_copy
     damage(out / "shards" / "part-00002.parquet", "truncated")

@@ -105,8 +105,49 @@ def load_imagefolder_real(root: Path, size: int, test_fraction: float, seed: int
     )
 
 
+def read_coco(path: Path, boxes: bool = False) -> dict:
+    """A COCO annotations file, checked for what the benchmarks read (images with ids and file
+    names, categories with ids and names, annotations of known images and categories, with a
+    box where `boxes`), or one line naming the file and what is wrong."""
+
+    def wrong(what: str) -> AugmentError:
+        return AugmentError(f"{path}: not a COCO annotations file the benchmark can read: {what}")
+
+    try:
+        document = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise wrong(f"cannot be read ({exc})") from None
+    if not isinstance(document, dict):
+        raise wrong("its top level is not an object with images, categories and annotations")
+    for key, fields in (("images", ("id", "file_name")), ("categories", ("id", "name"))):
+        entries = document.get(key)
+        if not isinstance(entries, list) or not entries:
+            raise wrong(f"no {key} list, or an empty one")
+        for number, entry in enumerate(entries):
+            if not isinstance(entry, dict) or any(f not in entry for f in fields):
+                raise wrong(f"{key}[{number}] lacks {' or '.join(fields)}")
+    image_ids = {image["id"] for image in document["images"]}
+    category_ids = {category["id"] for category in document["categories"]}
+    annotations = document.setdefault("annotations", [])
+    if not isinstance(annotations, list):
+        raise wrong("annotations is not a list")
+    for number, ann in enumerate(annotations):
+        where = f"annotations[{number}]"
+        if not isinstance(ann, dict) or "image_id" not in ann or "category_id" not in ann:
+            raise wrong(f"{where} lacks image_id or category_id")
+        if ann["category_id"] not in category_ids:
+            raise wrong(f"{where} has category_id {ann['category_id']}, not among the categories")
+        if ann["image_id"] not in image_ids:
+            raise wrong(f"{where} has image_id {ann['image_id']}, not among the images")
+        box = ann.get("bbox")
+        has_box = isinstance(box, list) and len(box) == 4
+        if (boxes or not ann.get("area")) and not has_box:
+            raise wrong(f"{where} has no bbox [x, y, width, height]")
+    return document
+
+
 def load_coco_real(annotations: Path, size: int, test_fraction: float, seed: int) -> RealData:
-    document = json.loads(annotations.read_text())
+    document = read_coco(annotations)
     categories = sorted(document["categories"], key=lambda c: c["id"])
     position = {c["id"]: i for i, c in enumerate(categories)}
     largest: dict[int, tuple[float, int]] = {}
@@ -128,11 +169,23 @@ def load_coco_real(annotations: Path, size: int, test_fraction: float, seed: int
         [c.get("synset") for c in categories],
         [tuple(c.get("hypernyms") or ()) for c in categories],
     )
+    if not images:
+        raise AugmentError(
+            f"{annotations}: no image has a category (an image's category_id, or an annotation "
+            "of it): the classifier benchmark has nothing to learn"
+        )
     every = ImageSet(np.stack(images), np.array(labels), ids)
     return split_real(classes, every, annotations, test_fraction, seed)
 
 
 def split_real(classes, every: ImageSet, source: Path, test_fraction: float, seed: int) -> RealData:
+    counts = np.bincount(every.labels, minlength=len(classes.names))
+    few = [name for name, count in zip(classes.names, counts, strict=True) if 0 < count < 2]
+    if few:
+        raise AugmentError(
+            f"{source}: class {few[0]} has one image ({len(few)} classes in all): each class "
+            "needs 2 or more, one for the held-out test set and one to train on"
+        )
     pool_rows, test_rows = stratified_split(every.labels, test_fraction, seed)
     split = {
         "source": str(source),

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from augment.bench.classify import check_results_table, write_results
+from augment.bench.data import read_coco
 from augment.bench.workers import default_workers, in_processes
 from augment.errors import AugmentError, at_least
 
@@ -124,13 +125,6 @@ def prepare_ultralytics(cache: Path) -> None:
     warnings.filterwarnings("ignore", message=".*get_trial_id.*")  # ultralytics' Ray hook
 
 
-def load_coco(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise AugmentError(f"{path}: not a readable COCO annotations file ({exc})") from None
-
-
 def real_splits(settings: DetectSettings) -> tuple[dict, Path, dict, Path]:
     """(train coco, train images dir, val coco, val images dir)."""
     root = Path(settings.real)
@@ -138,9 +132,9 @@ def real_splits(settings: DetectSettings) -> tuple[dict, Path, dict, Path]:
         root / "val" / "annotations.json"
     ).is_file():
         return (
-            load_coco(root / "train" / "annotations.json"),
+            read_coco(root / "train" / "annotations.json", boxes=True),
             root / "train" / "images",
-            load_coco(root / "val" / "annotations.json"),
+            read_coco(root / "val" / "annotations.json", boxes=True),
             root / "val" / "images",
         )
     path = root / "annotations.json" if root.is_dir() else root
@@ -149,7 +143,7 @@ def real_splits(settings: DetectSettings) -> tuple[dict, Path, dict, Path]:
             f"real detection data '{settings.real}' not found: give a COCO folder with "
             "train/ and val/ (annotations.json + images/ each) or one annotations.json"
         )
-    document = load_coco(path)
+    document = read_coco(path, boxes=True)
     rng = np.random.default_rng(settings.split_seed)
     ids = rng.permutation([image["id"] for image in document["images"]])
     val_ids = set(ids[: max(1, round(len(ids) * settings.val_fraction))].tolist())
