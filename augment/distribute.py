@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from augment.config import JobSpec, load_spec
-from augment.errors import AugmentError
+from augment.errors import AugmentError, first_line
 from augment.records import FLAGS, WorkItem
 from augment.sinks.parquet import write_shard
 
@@ -327,13 +327,19 @@ def connect_ray(address: str | None = None) -> None:
         return
     check_reachable(address)
     private = address is None and "RAY_ADDRESS" not in os.environ
-    ray.init(
-        address=address,
-        include_dashboard=False,
-        ignore_reinit_error=True,
-        logging_level=logging.ERROR if private else logging.WARNING,  # no banner locally
-        log_to_driver=False,
-    )
+    try:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            ignore_reinit_error=True,
+            logging_level=logging.ERROR if private else logging.WARNING,  # no banner locally
+            log_to_driver=False,
+        )
+    except (ValueError, ConnectionError) as exc:  # an address Ray cannot read, or no cluster
+        given = address or os.environ.get("RAY_ADDRESS")
+        raise AugmentError(
+            f"cannot reach a Ray cluster at {given} ({first_line(exc)}); {RUN_REMEDY}"
+        ) from None
     if private:
         atexit.register(stop_autoscaler_monitor)  # runs before Ray's own shutdown at exit
 

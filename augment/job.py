@@ -314,9 +314,11 @@ def prepare_output(
     force: bool,
     concepts: list[Concept] | None = None,
     remedy: str = RUN_REMEDY,
+    option: str = "--out",
 ) -> None:
     """Create OUT, or check that it holds a run of this same spec, whose images have the
-    categories `concepts` give them (then it resumes); a refusal ends with `remedy`."""
+    categories `concepts` give them (then it resumes); a refusal ends with `remedy`, a folder
+    that cannot be written names `option`, the command's own for OUT."""
     saved = out_dir / "job.yaml"  # where the resolved spec is written
     if spec.job_file is not None and saved.resolve() == spec.job_file.resolve():
         raise OutputError(
@@ -349,9 +351,10 @@ def prepare_output(
         (out_dir / "shards").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(
-            f"output folder {out_dir} is not writable ({exc.strerror}); choose another with --out"
+            f"output folder {out_dir} is not writable ({exc.strerror}); choose another with "
+            f"{option}"
         ) from None
-    check_writable(out_dir, "choose another with --out")
+    check_writable(out_dir, f"choose another with {option}")
     saved.write_text(spec.to_yaml())
 
 

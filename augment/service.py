@@ -327,6 +327,18 @@ class GenerationService:
         return [done[order.key, item.item_id, item.seed] for item, order in wanted]
 
 
+def prepare_served_folder(spec: JobSpec, out: Path) -> tuple[JobSpec, list]:
+    """The folder `--write` names, made (or resumed) for this job's images: refused, as a run's
+    output folder is, when it holds another job's (or is no folder)."""
+    from augment.job import concepts_for, prepare_output
+
+    spec = load_spec(spec, {"output.dir": str(out)})
+    concepts = concepts_for(spec)
+    remedy = "write to another folder (--write), or delete this one"
+    prepare_output(out, spec, False, concepts, remedy, option="--write")
+    return spec, concepts
+
+
 @serve.deployment(name="Writer", num_replicas=1, ray_actor_options={"num_cpus": 0})
 class ServedWriter:
     """The one process that commits served images into an output folder: a shard per batch,
@@ -336,14 +348,11 @@ class ServedWriter:
     service would otherwise re-read them all for each batch it serves."""
 
     def __init__(self, spec: JobSpec, out: str):
-        from augment.job import concepts_for, prepare_output, resume_point
+        from augment.job import resume_point
         from augment.sinks import parquet
 
         self.out = Path(out)
-        self.spec = load_spec(spec, {"output.dir": str(self.out)})
-        self.concepts = concepts_for(self.spec)
-        remedy = "write to another folder (--write), or delete this one"
-        prepare_output(self.out, self.spec, False, self.concepts, remedy)
+        self.spec, self.concepts = prepare_served_folder(spec, self.out)
         parquet.remove_temp_files(self.out / "shards")
         self.done = resume_point(self.out)
         self.next_index = parquet.next_shard_index(self.out / "shards")
@@ -411,6 +420,8 @@ def start_service(spec: JobSpec, options: ServeOptions | None = None) -> Service
         )
     check_inputs(spec)
     check_port_free(options.host, options.port)
+    if options.write:  # a folder it cannot write to, before Ray and the replicas start
+        prepare_served_folder(spec, Path(options.write))
     connect_ray(options.address)
     placement = ray_placement()
     gpus, cpus, fits = placement.gpus, placement.cpus, placement.capacity

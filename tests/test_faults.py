@@ -387,6 +387,38 @@ def test_an_image_folder_class_of_one_image_is_one_line(tmp_path, capsys):
     assert "class cat has one image" in error_line(err)
 
 
+def test_a_ray_address_ray_cannot_read_is_one_line(write_job):
+    """In a fresh process: this one may hold a Ray already, which an address would not reach."""
+    import subprocess
+    import sys
+
+    augment = Path(sys.executable).parent / "augment"
+    done = subprocess.run(
+        [augment, "run", write_job(), "--address", "not-an-address"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "cannot reach a Ray cluster at not-an-address" in error_line(done.stderr)
+
+
+def test_serve_refuses_a_write_folder_it_cannot_write_before_ray_starts(
+    write_job, tmp_path, capsys
+):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    code, _, err = cli(capsys, "serve", write_job(), "--write", afile, "--port", port)
+    assert code == 2
+    assert "choose another with --write" in error_line(err)
+    assert afile.read_text() == "mine"
+
+
 def test_reading_a_damaged_run_names_the_shard(run_copy, capsys):
     _, out = run_copy
     damage(out / "shards" / "part-00002.parquet", "truncated")
