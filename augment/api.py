@@ -210,13 +210,13 @@ def classify(
 ) -> pd.DataFrame:
     """Classifier benchmark: real-only vs real + synthetic (each ratio) vs synthetic-only,
     over seeds, on the held-out real test set. `settings` are `ClassifySettings` fields
-    (model, image_size, shots, ratios, seeds, steps, ...); `smoke` is a one-minute check.
+    (model, image_size, shots, ratios, seeds, steps, ...); `smoke` is a one-minute check (its
+    small sizes, where `settings` does not set them).
     Writes OUT/results.parquet and returns it."""
     from augment.bench.classify import ClassifySettings, run_classify
 
-    chosen = {"real": real, "synthetic": synthetic, "out": out, **settings}
-    if smoke:
-        chosen.update(CLASSIFY_SMOKE)
+    smoke_sizes = CLASSIFY_SMOKE if smoke else {}  # what the caller sets still wins
+    chosen = {"real": real, "synthetic": synthetic, "out": out, **smoke_sizes, **settings}
     return run_classify(_settings(ClassifySettings, chosen))
 
 
@@ -233,9 +233,8 @@ def detect(
     warmup_epochs). Writes OUT/results.parquet and returns it."""
     from augment.bench.detect import DetectSettings, run_detect
 
-    chosen = {"real": real, "synthetic": synthetic, "out": out, **settings}
-    if smoke:
-        chosen.update(DETECT_SMOKE)
+    smoke_sizes = DETECT_SMOKE if smoke else {}  # what the caller sets still wins
+    chosen = {"real": real, "synthetic": synthetic, "out": out, **smoke_sizes, **settings}
     return run_detect(_settings(DetectSettings, chosen))
 
 

@@ -932,7 +932,7 @@ def add_digits_canvases(digits_commands: Commands) -> None:
         "and paste: sections (jobs/demo.yaml), written into OUT/paste by `augment run`.",
         epilog="example: augment digits canvases --real out/digits-canvases",
     )
-    canvases.add_argument("--real", type=Path, required=True, help="write real canvases here")
+    canvases.add_argument("--real", type=folder, required=True, help="write real canvases here")
     canvases.add_argument("--train", type=int, default=300, help="real train canvases")
     canvases.add_argument("--val", type=int, default=150, help="real val canvases")
     canvases.add_argument(

@@ -465,7 +465,9 @@ def write_report(
         chosen = read_sweep(sweep)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = read_settings(results_path.parent / "settings.json")
-    classify_settings = settings.get("classify", {})
+    classify_settings = settings.get("classify")
+    if not isinstance(classify_settings, dict):  # another tool's settings.json
+        classify_settings = {}
     real = real or classify_settings.get("real")
     synthetic = synthetic or classify_settings.get("synthetic")
     summary = summarize(results)

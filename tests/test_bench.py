@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+import augment as ag
 from augment.bench.classify import ClassifySettings, run_classify
 from augment.bench.data import ImageSet, check_no_leak, load_real
 from augment.bench.stats import mean_ci, paired_gain, summarize
@@ -459,3 +460,11 @@ def test_benchmark_workers_see_the_callers_environment_and_folder_as_they_are_no
     monkeypatch.chdir(tmp_path)
     found = in_processes(where_a_benchmark_worker_runs, [task, task], 2)
     assert found == [("after", str(tmp_path), 1)] * 2  # one torch thread each
+
+
+def test_smoke_sizes_give_way_to_the_settings_a_caller_sets(tmp_path):
+    """`--smoke --seeds 0` is the caller's mistake, said as one, not silently 3 seeds."""
+    with pytest.raises(AugmentError, match="seeds"):
+        ag.classify(real="digits", out=tmp_path, smoke=True, seeds=0)
+    with pytest.raises(AugmentError, match="epochs"):
+        ag.detect(real=str(tmp_path), out=tmp_path, smoke=True, epochs=0)
