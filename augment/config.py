@@ -769,6 +769,29 @@ def expanded_size(root: yaml.Node, limit: int) -> int:
     return sizes[id(root)]
 
 
+def repeated_key(root: yaml.Node) -> tuple[str, int, int] | None:
+    """The first key a mapping sets twice: (key, its first line, the repeat's line)."""
+    stack = [root]
+    seen_nodes: set[int] = set()  # an alias shares its anchor's node
+    while stack:
+        node = stack.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
+                    line = key_node.start_mark.line + 1
+                    if key_node.value in lines:
+                        return key_node.value, lines[key_node.value], line
+                    lines[key_node.value] = line
+                stack.append(value_node)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    return None
+
+
 def read_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
     """The YAML document and its node tree; bounded in time and memory whatever the text."""
     loader = _LineLoader(text)
@@ -781,6 +804,13 @@ def read_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
             raise SpecError(
                 f"{source}: the YAML expands to more than {MAX_SPEC_NODES:,} values (anchors and "
                 "aliases nested in each other); write the spec out plainly"
+            )
+        repeated = repeated_key(root)
+        if repeated is not None:
+            key, first, again = repeated
+            raise SpecError(
+                f"{source}, line {again}: '{key}' is set twice (line {first} too), and YAML would "
+                "keep only the last; remove one"
             )
         return loader.construct_document(root), root
     except yaml.YAMLError as exc:

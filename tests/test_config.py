@@ -55,6 +55,15 @@ def test_yaml_syntax_error_gives_the_line():
         parse_spec("name: x\ntaxonomy:\n  source: digits\n    bad: 1\n", "job.yaml")
 
 
+def test_a_key_set_twice_is_refused_with_both_lines():
+    """YAML keeps the last of two, so the first would be dropped without a word."""
+    text = TINY_JOB.replace(
+        "  num_inference_steps: 3\n", "  num_inference_steps: 3\n  height: 64\n"
+    )
+    with pytest.raises(SpecError, match=r"job.yaml, line 13: 'height' is set twice \(line 12"):
+        parse_spec(text, "job.yaml")
+
+
 def test_cli_overrides_apply_and_are_validated(write_job, tmp_path: Path):
     spec = load_spec(write_job(), {"seed": 3, "output.dir": str(tmp_path / "b"), "limit": 2})
     assert (spec.seed, spec.output.dir, spec.limit) == (3, str(tmp_path / "b"), 2)

@@ -53,6 +53,13 @@ def test_exclude_drops_a_synset_and_its_subtree():
     assert not any("nettle.n.01" in c.hypernyms for c in kept)
 
 
+def test_exclude_of_a_list_drops_a_concept_and_a_misspelt_one_is_refused():
+    kept = load_concepts("digits", exclude=("seven",))
+    assert len(kept) == 9 and "seven" not in {c.name for c in kept}
+    with pytest.raises(TaxonomyError, match=r"exclude 'sevn' is not one of its concepts; did you"):
+        load_concepts("digits", exclude=("sevn",))
+
+
 def test_misspelt_synset_suggests_close_matches():
     with pytest.raises(TaxonomyError, match=r"unknown WordNet synset 'weeed.n.01'; did you mean"):
         load_concepts("wordnet:weeed.n.01")

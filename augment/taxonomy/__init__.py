@@ -80,6 +80,16 @@ def load_concepts(
             concepts = coco_concepts(argument or None)
         else:
             concepts = load_list_file(resolve_list_file(source))
+        known = {c.id for c in concepts} | {c.name for c in concepts}
+        unknown = [name for name in exclude if name not in known]
+        if unknown:  # a misspelt exclude would leave its concept in, unsaid
+            import difflib
+
+            close = difflib.get_close_matches(unknown[0], sorted(known), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise TaxonomyError(
+                f"taxonomy '{source}': exclude '{unknown[0]}' is not one of its concepts{hint}"
+            )
         concepts = [c for c in concepts if c.id not in exclude and c.name not in exclude]
     if max_concepts is not None:
         concepts = concepts[:max_concepts]
