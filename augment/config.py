@@ -727,7 +727,13 @@ def _describe(error: dict[str, Any]) -> str:
         return "must not be empty"
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
-    return f"{error['msg'].rstrip('.').lower()}, got {value!r}"
+    if kind == "string_pattern_mismatch":  # the job's name: it names files and folders
+        return (
+            f"letters, digits, '_', '.' and '-' only, starting with a letter or digit, "
+            f"got {value!r}"
+        )
+    message = error["msg"].rstrip(".")
+    return f"{message[:1].lower()}{message[1:]}, got {value!r}"
 
 
 def _format_location(source: str, lines: dict[tuple, int], path: tuple) -> str:

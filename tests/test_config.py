@@ -43,6 +43,7 @@ def test_negative_step_count_is_refused_with_the_bound():
         ("  source: digits", "  sourse: digits", "did you mean 'source'?"),
         ("builtin:tiny-sd", "builtin:tiny-sd\n  scheduler: DPMSolver", "'DPMSolverMultistep'"),
         ('["a handwritten digit {name}"]', "[]", "prompts.templates: must not be empty"),
+        ("name: tiny", "name: tiny job ü", "name: letters, digits, '_', '.' and '-' only"),
     ],
 )
 def test_invalid_values_name_the_key(old, new, message):
