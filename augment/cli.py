@@ -213,6 +213,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     card = result.card
     state = "trained" if result.trained else "already trained, reused"
     render = f"augment run {args.job}"
+    if args.seed is not None and args.seed != api.load_spec(args.job).seed:
+        render += f" --seed {args.seed}"  # the adapter's hash holds the seed it trained with
     if args.steps is not None and api.load_spec(args.job).finetune.steps != result.steps:
         render = f"set finetune.steps: {result.steps} in {args.job}, then {render}"
     print_lines(
