@@ -152,3 +152,10 @@ def test_list_file_errors_name_the_problem(tmp_path: Path):
     bad.write_text("concepts:\n  - {name: 5, hypernyms: plant, category_id: '7'}\n")
     (five,) = load_list_file(bad)  # a number for a name, one hypernym, a quoted id: as meant
     assert (five.name, five.id, five.hypernyms, five.category_id) == ("5", "5", ("plant",), 7)
+
+
+def test_a_blank_concept_name_in_a_list_file_is_refused(tmp_path):
+    path = tmp_path / "concepts.yaml"
+    path.write_text('concepts:\n  - name: "   "\n')
+    with pytest.raises(TaxonomyError, match=r"concept #1 needs a 'name' \(not blank\)"):
+        load_list_file(path)

@@ -71,8 +71,8 @@ def load_list_file(path: Path) -> list[Concept]:
     for position, entry in enumerate(entries, start=1):
         if isinstance(entry, str):
             entry = {"name": entry}
-        if not isinstance(entry, dict) or not entry.get("name"):
-            raise TaxonomyError(f"{path}: concept #{position} needs a 'name'")
+        if not isinstance(entry, dict) or not str(entry.get("name") or "").strip():
+            raise TaxonomyError(f"{path}: concept #{position} needs a 'name' (not blank)")
         unknown = set(entry) - KNOWN_KEYS
         if unknown:
             raise TaxonomyError(
