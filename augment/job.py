@@ -732,6 +732,11 @@ def paste_backgrounds(spec: JobSpec) -> SourceSet:
 def check_renders_of(out_dir: Path, spec: JobSpec) -> None:
     """OUT's renders were made by this spec: a paste records the spec it was made for, so one
     made with an edited job file would name renders it did not make."""
+    if not parquet.shard_paths(out_dir / "shards"):
+        raise OutputError(
+            f"{out_dir} holds no renders of this job yet: `augment run JOB` renders them, and "
+            "pastes at its end"
+        )
     previous, now = previous_spec_hash(out_dir) if out_dir.is_dir() else None, spec.spec_hash()
     if previous is not None and previous != now:
         raise OutputError(

@@ -14,6 +14,7 @@ from PIL import Image
 
 from augment import api
 from augment.cli import main
+from augment.errors import AugmentError
 from tests.conftest import REPO, TINY_JOB, cli, error_line, images_by_item
 
 
@@ -417,6 +418,13 @@ def test_serve_refuses_a_write_folder_it_cannot_write_before_ray_starts(
     assert code == 2
     assert "choose another with --write" in error_line(err)
     assert afile.read_text() == "mine"
+
+
+def test_paste_before_the_run_says_to_run_the_job_first(tmp_path):
+    spec = api.load_spec(REPO / "jobs" / "tiny" / "paste.yaml", {"output.dir": str(tmp_path)})
+    with pytest.raises(AugmentError, match="holds no renders of this job yet: `augment run JOB`"):
+        api.paste(spec)
+    assert not (tmp_path / "paste").exists()
 
 
 def test_reading_a_damaged_run_names_the_shard(run_copy, capsys):
