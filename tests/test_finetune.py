@@ -264,7 +264,14 @@ def test_run_trains_first_then_renders_with_the_token(tmp_path: Path, capsys):
 
 def finetune_job(tmp_path: Path, images: Path, **finetune) -> Path:
     model = finetune.pop("model", "builtin:tiny-sd")
-    lines = "\n".join(f"  {key}: {value}" for key, value in finetune.items())
+    settings = {
+        "method": "lora",
+        "source": f"{{path: {images}}}",
+        "concepts": "[nine]",
+        "out": tmp_path / "adapters",
+        **finetune,  # a key set twice is refused: the test's own settings replace these
+    }
+    lines = "\n".join(f"  {key}: {value}" for key, value in settings.items())
     path = tmp_path / "job.yaml"
     path.write_text(
         f"""name: bad
@@ -272,10 +279,6 @@ taxonomy: {{source: digits}}
 prompts: {{templates: ["a photo of {{token}} {{name}}"], images_per_concept: 1}}
 generation: {{model: {model}, height: 32, width: 32}}
 finetune:
-  method: lora
-  source: {{path: {images}}}
-  concepts: [nine]
-  out: {tmp_path / "adapters"}
 {lines}
 output: {{dir: {tmp_path / "out"}}}
 """
