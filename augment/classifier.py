@@ -23,10 +23,17 @@ MODELS = ("smallcnn", "resnet18", "resnet50")
 CLASSIFIER_CONFIG = "scorer.json"
 
 
+def check_classifier(name: str) -> None:
+    """One of MODELS, or an error that lists them."""
+    if name not in MODELS:
+        raise AugmentError(f"unknown classifier '{name}'; known: {', '.join(MODELS)}")
+
+
 def build_model(name: str, num_classes: int, weights: str | None = None):
     import torch
     from torch import nn
 
+    check_classifier(name)
     if name == "smallcnn":
         return nn.Sequential(
             nn.Conv2d(3, 32, 3, padding=1),
@@ -51,8 +58,6 @@ def build_model(name: str, num_classes: int, weights: str | None = None):
         )
     import torchvision
 
-    if name not in ("resnet18", "resnet50"):
-        raise AugmentError(f"unknown classifier '{name}'; known: {', '.join(MODELS)}")
     model = getattr(torchvision.models, name)(weights=None)
     if weights:
         try:

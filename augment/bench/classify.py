@@ -21,7 +21,7 @@ import pandas as pd
 
 from augment.bench.data import Classes, ImageSet, RealData, check_no_leak, load_real, load_synthetic
 from augment.bench.workers import default_workers, in_processes
-from augment.classifier import MODELS, build_model, to_tensor
+from augment.classifier import build_model, check_classifier, to_tensor
 from augment.errors import AugmentError, above, at_least, first_line
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,7 @@ class ClassifySettings:
             raise AugmentError(f"evaluate_on: test or validation, got {self.evaluate_on!r}")
         if not 0 < self.test_fraction < 1:
             raise AugmentError(f"test_fraction must be between 0 and 1, got {self.test_fraction}")
-        if self.model not in MODELS:
-            raise AugmentError(f"unknown classifier '{self.model}'; known: {', '.join(MODELS)}")
+        check_classifier(self.model)
         if self.weights is not None:
             if self.model == "smallcnn":
                 raise AugmentError(
