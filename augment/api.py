@@ -306,6 +306,10 @@ def report(
     table = results / "results.parquet" if results.is_dir() else results
     if not table.is_file():
         raise AugmentError(f"{table}: no results table; run `augment bench ...` first")
+    if synthetic is not None:  # named here: its sample grid and counts, not silently none
+        from augment.sinks.parquet import run_shards
+
+        run_shards(Path(synthetic))
     out_dir = Path(out) if out is not None else table.parent / "report"
     sweep_path = Path(sweep) if sweep is not None else None
     return write_report(table, out_dir, real, str(synthetic) if synthetic else None, sweep_path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -210,8 +211,20 @@ def plot_nodes(summary: pd.DataFrame, path: Path) -> Path | None:
     return path
 
 
-def plot_samples(real_source: str | None, synthetic: str | None, path: Path, per_class: int = 6):
-    """Rows of real (left) and synthetic (right) images for each class."""
+@dataclass
+class Samples:
+    """Images for the sample grid: a few real and synthetic images of each class."""
+
+    names: list[str]
+    real: list[list[np.ndarray]]
+    synthetic: list[list[np.ndarray]]
+    per_class: int  # columns of each side
+
+
+def read_samples(real_source: str | None, synthetic: str | None, per_class: int = 6):
+    """A `Samples` of `per_class` real and synthetic images a class, or None without both sets.
+    Read before a report writes anything, so that a real set that cannot be read stops it
+    there."""
     if not real_source or not synthetic or not (Path(synthetic) / "shards").is_dir():
         return None
     from PIL import Image
@@ -221,7 +234,7 @@ def plot_samples(real_source: str | None, synthetic: str | None, path: Path, per
     from augment.taxonomy.listfile import slugify
 
     real = load_real(real_source, 32)
-    names = real.classes.names
+    names = list(real.classes.names)
     fake: dict[str, list] = {slugify(n): [] for n in names}
     for record in export_records(Path(synthetic)):
         bucket = fake.get(slugify(record["concept_name"]))
@@ -229,17 +242,29 @@ def plot_samples(real_source: str | None, synthetic: str | None, path: Path, per
             bucket.append(
                 np.asarray(Image.open(io.BytesIO(record["image"]["bytes"])).convert("RGB"))
             )
+    reals = [
+        list(real.pool.images[real.pool.labels == row][:per_class]) for row in range(len(names))
+    ]
+    return Samples(names, reals, [fake[slugify(n)] for n in names], per_class)
+
+
+def plot_samples(samples: Samples | None, path: Path):
+    """Rows of real (left) and synthetic (right) images for each class."""
+    if samples is None:
+        return None
+    per_class = samples.per_class
     plt = pyplot()
     fig, axes = plt.subplots(
-        len(names), 2 * per_class, figsize=(2 * per_class * 0.6, len(names) * 0.65), squeeze=False
+        len(samples.names),
+        2 * per_class,
+        figsize=(2 * per_class * 0.6, len(samples.names) * 0.65),
+        squeeze=False,
     )
-    for row, name in enumerate(names):
-        reals = real.pool.images[real.pool.labels == row][:per_class]
-        fakes = fake[slugify(name)]
+    for row, name in enumerate(samples.names):
         for col in range(2 * per_class):
             ax = axes[row, col]
             ax.axis("off")
-            source = reals if col < per_class else fakes
+            source = samples.real[row] if col < per_class else samples.synthetic[row]
             index = col % per_class
             if index < len(source):
                 ax.imshow(source[index])
@@ -463,13 +488,14 @@ def write_report(
         from augment.bench.sweep import read_sweep
 
         chosen = read_sweep(sweep)
-    out_dir.mkdir(parents=True, exist_ok=True)
     settings = read_settings(results_path.parent / "settings.json")
     classify_settings = settings.get("classify")
     if not isinstance(classify_settings, dict):  # another tool's settings.json
         classify_settings = {}
     real = real or classify_settings.get("real")
     synthetic = synthetic or classify_settings.get("synthetic")
+    samples = read_samples(real, synthetic)
+    out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(results)
     gains = paired_gain(results, "top1")
     class_gains = paired_gain(results, "class_accuracy")
@@ -490,7 +516,7 @@ def write_report(
             out_dir / "detect_arms.png",
             "Detector mAP50:95 on the real val set (mean ± 95% CI)",
         ),
-        "samples": plot_samples(real, synthetic, out_dir / "samples.png"),
+        "samples": plot_samples(samples, out_dir / "samples.png"),
         "quality": plot_quality(results, out_dir / "concept_quality.png"),
     }
     lines = ["# augment benchmark report", ""]

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from augment.cli import main
+from augment.sinks.parquet import write_shard
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,3 +133,34 @@ def train_yolo_one_epoch(
         verbose=False,
     )
     return tmp_path / "runs" / "smoke" / "weights" / "last.pt"
+
+
+DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def write_fake_run(out: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    """An `augment run`-shaped folder holding the given images as 'synthetic' records."""
+    records = []
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        records.append(
+            {
+                "item_id": f"fake{index:05d}",
+                "concept_id": DIGITS[label],
+                "concept_name": DIGITS[label],
+                "category_id": int(label) + 1,
+                "width": image.shape[1],
+                "height": image.shape[0],
+                "boxes": [],
+                "image": {"bytes": buffer.getvalue(), "path": None},
+                "black": False,
+                "nan": False,
+                "nsfw": False,
+                "filtered": False,
+            }
+        )
+    write_shard(out / "shards", "part-00000.parquet", records)
+    categories = [{"id": i + 1, "name": n, "supercategory": "digit"} for i, n in enumerate(DIGITS)]
+    (out / "manifest.json").write_text(json.dumps({"categories": categories}))
+    return out

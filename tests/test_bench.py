@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
@@ -18,38 +17,7 @@ from augment.bench.data import ImageSet, check_no_leak, load_real
 from augment.bench.stats import mean_ci, paired_gain, summarize
 from augment.errors import AugmentError
 from augment.records import FLAGS
-from augment.sinks.parquet import write_shard
-from tests.conftest import cli, error_line
-
-DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-
-
-def write_fake_run(out: Path, images: np.ndarray, labels: np.ndarray) -> Path:
-    """An `augment run`-shaped folder holding the given images as 'synthetic' records."""
-    records = []
-    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="PNG")
-        records.append(
-            {
-                "item_id": f"fake{index:05d}",
-                "concept_id": DIGITS[label],
-                "concept_name": DIGITS[label],
-                "category_id": int(label) + 1,
-                "width": image.shape[1],
-                "height": image.shape[0],
-                "boxes": [],
-                "image": {"bytes": buffer.getvalue(), "path": None},
-                "black": False,
-                "nan": False,
-                "nsfw": False,
-                "filtered": False,
-            }
-        )
-    write_shard(out / "shards", "part-00000.parquet", records)
-    categories = [{"id": i + 1, "name": n, "supercategory": "digit"} for i, n in enumerate(DIGITS)]
-    (out / "manifest.json").write_text(json.dumps({"categories": categories}))
-    return out
+from tests.conftest import cli, error_line, write_fake_run
 
 
 def test_mean_ci_matches_the_t_interval_by_hand():

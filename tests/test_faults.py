@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -15,7 +16,7 @@ from PIL import Image
 from augment import api
 from augment.cli import main
 from augment.errors import AugmentError
-from tests.conftest import REPO, TINY_JOB, cli, error_line, images_by_item
+from tests.conftest import REPO, TINY_JOB, cli, error_line, images_by_item, write_fake_run
 
 
 def damage(shard: Path, how: str) -> None:
@@ -541,6 +542,26 @@ def test_a_sweep_that_is_not_one_is_one_line(sweep, expected, tmp_path, capsys):
         given = given / "sweep.json"
         given.write_bytes(b"stage,steps\nsteps,40\n" if sweep == "sweep.csv" else sweep.encode())
     code, _, err = cli(capsys, "report", tmp_path, "--sweep", given)
+    assert code == 2 and expected in error_line(err)
+    assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "given", "expected"),
+    [
+        ("--synthetic", "results.parquet", "results.parquet is a file; give the output folder"),
+        ("--synthetic", ".", "holds no shards: not an `augment run` output"),
+        ("--real", "missing", "real data"),
+    ],
+    ids=["synthetic-file", "synthetic-not-a-run", "real-missing"],
+)
+def test_sample_sets_that_cannot_be_read_stop_the_report_before_it_writes(
+    option, given, expected, tmp_path, capsys
+):
+    ONE_RESULT.to_parquet(tmp_path / "results.parquet")
+    run = write_fake_run(tmp_path / "run", np.zeros((1, 8, 8, 3), np.uint8), [0])
+    options = {"--synthetic": str(run), "--real": "digits", option: str(tmp_path / given)}
+    code, _, err = cli(capsys, "report", tmp_path, *(x for kv in options.items() for x in kv))
     assert code == 2 and expected in error_line(err)
     assert not (tmp_path / "report").exists()
 

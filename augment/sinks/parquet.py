@@ -202,6 +202,8 @@ class EncodedImage:
 def check_run_folder(out_dir: Path) -> None:
     """An output folder given by a user exists (else an error that says so, before anything
     reads or writes in it)."""
+    if Path(out_dir).is_file():
+        raise OutputError(f"{out_dir} is a file; give the output folder of `augment run`")
     if not Path(out_dir).is_dir():
         raise OutputError(f"{out_dir}: no such folder; give the output folder of `augment run`")
 
