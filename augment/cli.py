@@ -1245,6 +1245,12 @@ def one_line(exc: Exception) -> tuple[str, int]:
     if isinstance(exc, AugmentError):
         return f"error: {exc}", 2
     if isinstance(exc, OSError) and exc.filename:
+        path = Path(exc.filename)  # a folder to make, where a file is: FileExistsError
+        folders = [path, *path.parents] if isinstance(exc, FileExistsError) else path.parents
+        blocking = next((p for p in folders if p.is_file()), None)
+        if blocking is not None:  # what the OS says then ("File exists", "Not a directory")
+            where = "" if blocking == path else f"{exc.filename}: "
+            return f"error: {where}{blocking} is a file, not a folder; choose another path", 2
         return f"error: {exc.filename}: {exc.strerror or exc}; check the path and its rights", 2
     text = str(exc).strip()
     first = f": {text.splitlines()[0]}" if text else ""

@@ -74,6 +74,17 @@ def test_plan_prints_counts_and_writes_parquet(tmp_path: Path):
     assert (tmp_path / "plan.parquet").is_file()
 
 
+def test_an_output_path_under_a_file_names_that_file(write_job, tmp_path, capsys):
+    job, taken = write_job(), tmp_path / "notes.txt"
+    taken.write_text("mine")
+    code, _, err = cli(capsys, "plan", job, "-o", taken / "plan.parquet")
+    assert code == 2
+    assert error_line(err) == f"error: {taken} is a file, not a folder; choose another path"
+    code, _, err = cli(capsys, "plan", job, "-o", taken / "plans" / "plan.parquet")
+    assert code == 2 and f"{taken} is a file, not a folder" in error_line(err)
+    assert taken.read_text() == "mine"
+
+
 def test_an_unknown_option_points_at_its_own_command_help(capsys):
     code, _, err = cli(capsys, "bench", "classify", "--real-pool", "x")
     assert code == 2
