@@ -276,6 +276,7 @@ class SourceSet:
         index = concept_index(concepts)
         targets: list[SourceTarget] = []
         unmatched: set[str] = set()
+        unlabelled = 0  # images without a box or a label (a COCO image without annotations)
         per_box = mode == "inpaint" and mask.source == "boxes"
         for image in self.images:
             known = []
@@ -296,9 +297,12 @@ class SourceSet:
                         targets.append(SourceTarget(image, concept, f"class:{concept.id}", boxes))
                 continue
             label = image.main_label()
-            concept = index.get(slugify(label)) if label is not None else None
+            if label is None:
+                unlabelled += 1
+                continue
+            concept = index.get(slugify(label))
             if concept is None:
-                unmatched.add(str(label))
+                unmatched.add(label)
                 continue
             targets.append(SourceTarget(image, concept, None, boxes))
         if unmatched:
@@ -318,9 +322,12 @@ class SourceSet:
                 if per_box
                 else "source labels must equal concept names or ids"
             )
+            seen = f"labels seen: {', '.join(sorted(unmatched)[:5]) or 'none'}"
+            if unlabelled:
+                seen += f"; {unlabelled} of {len(self.images)} images have no label"
             raise SpecError(
                 f"source.path: no image of {self.path} matches a concept of the taxonomy "
-                f"(labels seen: {', '.join(sorted(unmatched)[:5]) or 'none'}); {need}"
+                f"({seen}); {need}"
             )
         return targets
 

@@ -504,3 +504,17 @@ def test_sdxl_textual_inversion_loads_into_both_text_encoders(tmp_path: Path):
         for a, b in zip(plain(items), with_token(items), strict=True)
     )
     assert difference > 0
+
+
+def test_a_coco_source_without_annotations_says_its_images_have_no_label(tmp_path: Path):
+    (tmp_path / "images").mkdir()
+    for n in (1, 2):
+        Image.new("RGB", (96, 96)).save(tmp_path / "images" / f"{n}.png")
+    images = [{"id": n, "file_name": f"{n}.png", "width": 96, "height": 96} for n in (1, 2)]
+    categories = [{"id": 1, "name": "zero"}]
+    coco = {"images": images, "annotations": [], "categories": categories}
+    (tmp_path / "annotations.json").write_text(json.dumps(coco))
+    job = (REPO / "jobs" / "tiny" / "img2img.yaml").read_text()
+    job = job.replace("builtin:digits-canvases", str(tmp_path / "annotations.json"))
+    with pytest.raises(SpecError, match=r"labels seen: none; 2 of 2 images have no label\)"):
+        plan_for(parse_spec(job))
