@@ -108,6 +108,11 @@ def check_scorer(spec: FilterSpec, location: str | None, concepts: list[str]) ->
         return None
     location = check_scorer_location(location, spec.scorer)
     if is_classifier(location):
+        if spec.min_clip_score > 0:  # a classifier gives no CLIP score to compare it with
+            raise ModelError(
+                f"filters.min_clip_score: {location} is a classifier, which gives no CLIP "
+                "score; set min_clip_score: 0 and use min_concept_score, or a CLIP scorer"
+            )
         concept_columns(classifier_classes(location), concepts, location)
     elif spec.min_concept_score > 0 and len(concepts) < 2:
         raise ModelError(

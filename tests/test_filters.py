@@ -191,9 +191,13 @@ def test_clip_probabilities_sum_to_one_over_the_jobs_concepts():
     [
         ("  scorer: scorers/missing\n", "filters.scorer: 'scorers/missing' not found"),
         ("  scorer: builtin:nope\n", "filters.scorer: unknown builtin 'nope'"),
+        (  # a classifier gives no CLIP score: the minimum would never flag anything
+            "  scorer: builtin:digits-scorer\n  min_clip_score: 20\n",
+            "filters.min_clip_score: .* is a classifier, which gives no CLIP score",
+        ),
     ],
 )
-def test_a_missing_scorer_fails_before_the_output_is_created(tmp_path, filters, message):
+def test_a_scorer_that_cannot_filter_fails_before_the_output_is_created(tmp_path, filters, message):
     job = filtered_job(tmp_path, "out", "filters:\n" + filters)
     with pytest.raises(ModelError, match=message):
         run_job(load_spec(job), LOCAL)
