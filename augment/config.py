@@ -24,13 +24,14 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from augment import registry
-from augment.errors import SpecError
-from augment.prompting import DEFAULT_NEGATIVE
+from augment.errors import SpecError, not_valid_yaml
+from augment.prompting import DEFAULT_ATTRIBUTES, DEFAULT_NEGATIVE, check_template
 
 
 def _named(name: str) -> str:
@@ -85,10 +86,11 @@ class TaxonomySpec(StrictModel):
 
 
 class PromptSpec(StrictModel):
-    templates: list[str] = Field(default=["a photo of a {name}"], min_length=1)
+    # attributes before templates: the templates' check sees them
     attributes: dict[str, list[str]] = Field(
         default={}, description="values for attribute slots: {viewpoint: [front view, ...]}"
     )
+    templates: list[str] = Field(default=["a photo of a {name}"], min_length=1)
     combine: Literal["sample", "exhaustive"] = "sample"
     negative_prompt: str = DEFAULT_NEGATIVE
     images_per_concept: int = Field(default=4, ge=1, le=1_000_000)  # a typo, not a plan
@@ -97,10 +99,13 @@ class PromptSpec(StrictModel):
 
     @field_validator("templates")
     @classmethod
-    def _templates_not_blank(cls, templates: list[str]) -> list[str]:
+    def _templates_known(cls, templates: list[str], info: ValidationInfo) -> list[str]:
+        """A blank template or a misspelt placeholder, named at its line in the YAML."""
+        slots = set(DEFAULT_ATTRIBUTES) | set(info.data.get("attributes", {}))
         for template in templates:
             if not template.strip():
                 raise ValueError("templates must not be empty strings")
+            check_template(template, slots)
         return templates
 
 
@@ -313,6 +318,12 @@ class PriorSpec(StrictModel):
     images: int = Field(default=50, ge=1, description="class images per concept")
     weight: float = Field(default=1.0, gt=0, description="weight of the prior loss")
 
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_known(cls, prompt: str) -> str:
+        check_template(prompt, set(DEFAULT_ATTRIBUTES), hint=f"or {', '.join(DEFAULT_ATTRIBUTES)}")
+        return prompt
+
 
 #: Learning rates that work for each method at batch 1 (diffusers' training examples).
 DEFAULT_LEARNING_RATES = {"lora": 1e-4, "textual_inversion": 5e-3, "dreambooth": 5e-6}
@@ -376,6 +387,12 @@ class FinetuneSpec(StrictModel):
         if size is not None and size % 8:
             raise ValueError(f"must be a multiple of 8, got {size}")
         return size
+
+    @field_validator("instance_prompt")
+    @classmethod
+    def _instance_prompt_known(cls, prompt: str) -> str:
+        check_template(prompt, set(), hint="")  # the caption of a real image: no attributes
+        return prompt
 
     @field_validator("token")
     @classmethod
@@ -820,10 +837,7 @@ def read_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
             )
         return loader.construct_document(root), root
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f", line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(f"{source}{where}: not valid YAML: {problem}") from exc
+        raise SpecError(not_valid_yaml(source, exc)) from exc
     except RecursionError:
         raise SpecError(f"{source}: the YAML is nested too deeply to be a job spec") from None
     finally:

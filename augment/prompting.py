@@ -50,7 +50,27 @@ def template_slots(template: str) -> list[str]:
     try:
         return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as exc:
-        raise SpecError(f"prompts.templates: {template!r} is malformed: {exc}") from None
+        raise ValueError(f"{template!r} is malformed: {exc}") from None
+
+
+def check_template(
+    template: str, slots: set[str], hint: str = "add attribute slots under prompts.attributes"
+) -> list[str]:
+    """The attribute slots a template uses; a ValueError names a malformed template or a
+    placeholder that is neither a concept field nor one of `slots` (then says `hint`)."""
+    used = []
+    for slot in template_slots(template):
+        if slot in FIELDS:
+            continue
+        if slot == "":
+            raise ValueError(f"{template!r} has an empty {{}} placeholder")
+        if slot not in slots:
+            raise ValueError(
+                f"unknown placeholder {{{slot}}} in {template!r}; concept fields are "
+                f"{', '.join('{' + f + '}' for f in FIELDS)}{'; ' + hint if hint else ''}"
+            )
+        used.append(slot)
+    return used
 
 
 def attribute_values(templates: list[str], attributes: dict[str, list[str]]) -> dict[str, list]:
@@ -58,17 +78,11 @@ def attribute_values(templates: list[str], attributes: dict[str, list[str]]) -> 
     known = {**DEFAULT_ATTRIBUTES, **attributes}
     used: dict[str, list[str]] = {}
     for template in templates:
-        for slot in template_slots(template):
-            if slot in FIELDS:
-                continue
-            if slot == "":
-                raise SpecError(f"prompts.templates: {template!r} has an empty {{}} placeholder")
-            if slot not in known:
-                raise SpecError(
-                    f"prompts.templates: unknown placeholder {{{slot}}} in {template!r}; concept "
-                    f"fields are {', '.join('{' + f + '}' for f in FIELDS)}; add attribute "
-                    f"slots under prompts.attributes"
-                )
+        try:
+            slots = check_template(template, set(known))
+        except ValueError as exc:
+            raise SpecError(f"prompts.templates: {exc}") from None
+        for slot in slots:
             if not known[slot]:
                 raise SpecError(f"prompts.attributes.{slot}: needs at least one value")
             used[slot] = list(known[slot])

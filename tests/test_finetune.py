@@ -310,6 +310,11 @@ def image_folder(tmp_path: Path, **files: bytes | tuple[int, int]) -> Path:
         ({"nine__small.png": (16, 16)}, {}, "is 16x16, smaller than the training resolution 32"),
         ({}, {"method": "textual_inversion", "token": "'{name}'"}, "'nine' is already a word"),
         ({}, {"rank": 0}, "finetune.rank: must be >= 1, got 0"),
+        (
+            {},
+            {"instance_prompt": "'a {tokn} {name}'"},
+            "finetune.instance_prompt: unknown placeholder {tokn} in 'a {tokn} {name}'",
+        ),
         ({}, {"model": "models/missing"}, "generation.model: 'models/missing' not found"),
     ],
 )
@@ -318,7 +323,7 @@ def test_bad_input_exits_2_in_one_line_and_keeps_checkpoints(
 ):
     job = finetune_job(tmp_path, image_folder(tmp_path, **files), **finetune)
     checkpoint = None
-    if "rank" not in finetune:
+    if not {"rank", "instance_prompt"} & set(finetune):  # a spec that loads
         checkpoint = Path(load_spec(job).paths.finetuned) / "checkpoints" / "step-0000002.pt"
         checkpoint.parent.mkdir(parents=True)
         checkpoint.write_bytes(b"a checkpoint")

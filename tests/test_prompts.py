@@ -32,6 +32,23 @@ def test_unknown_placeholder_is_an_error_that_lists_the_fields(weeds):
         build_prompts(weeds, ["a {colour} {name}"], "", 1)
 
 
+def test_a_misspelt_placeholder_in_a_job_file_is_named_at_its_line(tmp_path):
+    from augment.config import load_spec
+
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "name: t\ntaxonomy: {source: weeds}\ngeneration: {model: builtin:tiny-sd}\n"
+        "prompts:\n  attributes:\n    soil: [clay]\n"
+        "  templates:\n    - a {name} on {soil}\n    - a {nmae} on {soil}\n"
+    )
+    with pytest.raises(
+        SpecError, match=r"job.yaml, line 7: prompts.templates: unknown placeholder \{nmae\} in"
+    ):
+        load_spec(job)
+    job.write_text(job.read_text().replace("{nmae}", "{name}"))
+    assert load_spec(job).prompts.templates[1] == "a {name} on {soil}"  # its own slot is known
+
+
 def test_exhaustive_combines_every_attribute_value(weeds):
     attributes = {"viewpoint": ["top", "side"], "lighting": ["day", "night", "dusk"]}
     prompts = build_prompts(

@@ -154,7 +154,7 @@ def train_image(
 def real_images(spec: JobSpec, concepts: list[Concept]) -> list[TaughtConcept]:
     """Each taught concept with its real images, decoded and checked: a concept without one, an
     unreadable file or an image below the resolution is an error naming it."""
-    from augment.prompting import FIELDS, concept_values, fill, template_slots
+    from augment.prompting import concept_values, fill
     from augment.sources import SourceSet, concept_index
     from augment.taxonomy.listfile import slugify
 
@@ -173,12 +173,6 @@ def real_images(spec: JobSpec, concepts: list[Concept]) -> list[TaughtConcept]:
         concept = index.get(slugify(label)) if label is not None else None
         if concept is not None:
             by_concept.setdefault(concept.id, []).append(source)
-    for slot in template_slots(f.instance_prompt):
-        if slot not in FIELDS:
-            raise SpecError(
-                f"finetune.instance_prompt: unknown placeholder {{{slot}}}; use concept fields: "
-                f"{', '.join('{' + name + '}' for name in FIELDS)}"
-            )
     resolution = settings_for(spec).resolution
     taught = []
     for concept in taught_concepts(f, concepts):
