@@ -53,6 +53,14 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def not_valid_yaml(source: object, exc: Exception) -> str:
+    """'SOURCE, line N: not valid YAML: what is wrong', on one line (PyYAML's own text spans
+    several, with the offending lines quoted)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f", line {mark.line + 1}" if mark else ""
+    return f"{source}{where}: not valid YAML: {getattr(exc, 'problem', None) or first_line(exc)}"
+
+
 def at_least(name: str, value, minimum, hint: str = "") -> None:
     """Raise `AugmentError` naming the setting when a number (or any in a list) is too small."""
     _check(name, value, lambda v: v >= minimum, f"at least {minimum:g}", hint)

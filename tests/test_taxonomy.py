@@ -11,7 +11,7 @@ from augment.errors import TaxonomyError
 from augment.taxonomy import load_concepts
 from augment.taxonomy.listfile import load_list_file
 from augment.taxonomy.wordnet import lookup_synset, prepare_wordnet_copy
-from tests.conftest import run_cli
+from tests.conftest import cli, error_line, run_cli
 
 
 def show_json(*args: str) -> list[dict]:
@@ -77,6 +77,17 @@ def test_cli_taxonomy_errors_exit_2_with_one_line(source, expected):
     result = run_cli("taxonomy", "show", source)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr
+
+
+def test_a_list_file_that_is_not_yaml_is_one_line_with_its_line(tmp_path: Path, capsys):
+    listed = tmp_path / "weeds.yaml"
+    listed.write_text("concepts:\n  - name: lantana\n   scientific_name: Lantana camara\n")
+    code, _, err = cli(capsys, "taxonomy", "show", str(listed))
+    assert code == 2
+    assert error_line(err) == (
+        f"error: {listed}, line 3: not valid YAML: expected <block end>, but found "
+        "'<block mapping start>'"
+    )
 
 
 def test_wordnet_copy_is_prepared_from_debian_files(tmp_path: Path):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from augment.errors import TaxonomyError
+from augment.errors import TaxonomyError, not_valid_yaml
 from augment.taxonomy.concept import Concept
 
 KNOWN_KEYS = {
@@ -63,7 +63,7 @@ def load_list_file(path: Path) -> list[Concept]:
             f"{path}: not a text file; a taxonomy list file is YAML (UTF-8) with a concepts: list"
         ) from None
     except yaml.YAMLError as exc:
-        raise TaxonomyError(f"{path}: not valid YAML: {exc}") from None
+        raise TaxonomyError(not_valid_yaml(path, exc)) from None
     entries = data.get("concepts") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         raise TaxonomyError(f"{path}: expected a mapping with a 'concepts:' list")
