@@ -14,7 +14,7 @@ import pytest
 
 import augment as ag
 from augment.config import load_spec
-from augment.errors import RequestError
+from augment.errors import AugmentError, RequestError
 from augment.provenance import read_png_chunks
 from augment.records import RECORD_SCHEMA
 from tests.conftest import REPO, images_by_item
@@ -171,6 +171,11 @@ def test_served_images_stream_into_a_dataloader_without_repeating(served):
 def test_the_load_test_answers_every_request_and_a_killed_replica_is_replaced(served, tmp_path):
     """Last in the module: it kills one of the service's two replicas (Serve starts another;
     `augment bench serve` waits for it, a running service's load test does not)."""
+    with pytest.raises(
+        AugmentError, match=f"--images 65: the service at {served.url} serves at most 64"
+    ):
+        ag.bench_serve(REPO / "jobs" / "demo.yaml", tmp_path / "refused", url=served.url, images=65)
+    assert not (tmp_path / "refused").exists()
     summary = ag.bench_serve(
         REPO / "jobs" / "demo.yaml",
         tmp_path,

@@ -161,22 +161,24 @@ def kill_one_replica() -> str:
 def run_load(settings: LoadSettings) -> dict:
     """Start the service (or use the one at `settings.url`), load it, kill a replica, stop
     it, run the batch path; write OUT/load.json and load.md and return the JSON."""
-    from augment.client import Client
     from augment.config import load_spec
     from augment.service import ServeOptions, start_service
 
     spec = load_spec(settings.job)
     out = Path(settings.out)
+    if settings.url is not None:  # a running service that refuses these requests: said first
+        serving_device(settings.url, settings.images)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     service = None
-    if settings.url is None:
-        options = ServeOptions(port=settings.port, replicas=settings.replicas)
+    if settings.url is None:  # one that takes requests of this size
+        most = max(ServeOptions.max_images, settings.images)
+        options = ServeOptions(port=settings.port, replicas=settings.replicas, max_images=most)
         service = start_service(spec, options)
     startup = time.perf_counter() - started
     url = service.url if service else settings.url
     try:
-        device = Client(url).health()["device"]
+        device = serving_device(url, settings.images)
         levels, killed = load_service(url, settings)
         replicas = len(replica_names_after(settings.replicas if service else 1))
     finally:
@@ -201,6 +203,20 @@ def run_load(settings: LoadSettings) -> dict:
     (out / "load.json").write_text(json.dumps(summary, indent=2))
     (out / "load.md").write_text("\n".join(load_lines(summary)) + "\n")
     return summary
+
+
+def serving_device(url: str, images: int) -> str:
+    """The device of the service at `url`; an error if it refuses requests of `images`."""
+    from augment.client import Client
+
+    health = Client(url).health()
+    if images > health["max_images"]:  # every request would be refused
+        raise AugmentError(
+            f"--images {images}: the service at {url} serves at most {health['max_images']} "
+            "images a request; ask for that many or fewer, or restart it with a larger "
+            "--max-images"
+        )
+    return health["device"]
 
 
 def load_service(url: str, settings: LoadSettings) -> tuple[list[Level], str | None]:
