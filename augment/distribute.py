@@ -299,20 +299,37 @@ RUN_REMEDY = (
 )
 
 
+#: The port each URL form of a Ray address means when it names none.
+DEFAULT_PORTS = {"ray": 10001, "http": 80, "https": 443}
+
+
+def address_endpoint(address: str) -> tuple[str, int] | None:
+    """(host, port) of a Ray address: HOST:PORT (a head's GCS), ray://HOST[:PORT] (Ray
+    Client) or http(s)://HOST[:PORT] (the job server); None for Ray's other forms ("auto")."""
+    from urllib.parse import urlsplit
+
+    if "://" in address:
+        try:
+            url = urlsplit(address)
+            port = url.port or DEFAULT_PORTS.get(url.scheme)
+        except ValueError:  # a port that is no number: left to Ray's own message
+            return None
+        return (url.hostname, port) if url.hostname and port else None
+    host, _, port = address.rpartition(":")
+    return (host.strip("[]"), int(port)) if host and port.isdigit() else None
+
+
 def check_reachable(address: str | None, remedy: str = RUN_REMEDY, timeout_s: float = 5.0) -> None:
-    """A HOST:PORT Ray address (given, else RAY_ADDRESS) where nothing listens is named at once:
-    Ray itself waits 40 s or more for a GCS before it gives up. Other forms (http://, ray://,
-    auto) are left to Ray."""
+    """A Ray address (given, else RAY_ADDRESS) where nothing listens is named at once: Ray
+    itself waits 30 to 40 s or more for a GCS or a Ray Client server before it gives up."""
     import socket
 
     address = address or os.environ.get("RAY_ADDRESS")
-    if not address or "://" in address:
-        return
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():  # "auto", or another of Ray's forms
+    endpoint = address_endpoint(address) if address else None
+    if endpoint is None:
         return
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+        socket.create_connection(endpoint, timeout=timeout_s).close()
     except OSError as exc:
         raise AugmentError(
             f"cannot reach a Ray cluster at {address} ({exc.strerror or exc}); {remedy}"

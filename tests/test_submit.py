@@ -103,10 +103,12 @@ def test_unreachable_cluster_is_a_one_line_error(tmp_path):
     assert result.stderr.count("\n") == 1 and "cannot reach a Ray cluster" in result.stderr
 
 
-def test_a_bare_address_where_nothing_listens_is_named_at_once(tmp_path):
-    """HOST:PORT is a head's GCS to Ray, which waits 40 s for one; nothing there is said now."""
+@pytest.mark.parametrize("form", ["127.0.0.1:{}", "ray://127.0.0.1:{}"], ids=["gcs", "client"])
+def test_an_address_where_nothing_listens_is_named_at_once(form):
+    """HOST:PORT is a head's GCS to Ray, which waits 40 s for one, and ray://HOST:PORT a Ray
+    Client server, 30 s or more; nothing there is said now."""
     started = time.monotonic()
-    result = augment("status", "raysubmit_1", "--address", f"127.0.0.1:{free_port()}")
+    result = augment("status", "raysubmit_1", "--address", form.format(free_port()))
     assert result.returncode == 2 and time.monotonic() - started < 20
     assert result.stderr.count("\n") == 1 and "cannot reach a Ray cluster" in result.stderr
 
