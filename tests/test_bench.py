@@ -436,3 +436,12 @@ def test_smoke_sizes_give_way_to_the_settings_a_caller_sets(tmp_path):
         ag.classify(real="digits", out=tmp_path, smoke=True, seeds=0)
     with pytest.raises(AugmentError, match="epochs"):
         ag.detect(real=str(tmp_path), out=tmp_path, smoke=True, epochs=0)
+
+
+def test_a_negative_split_seed_is_refused_before_any_data_is_read():
+    from augment.bench.detect import DetectSettings
+
+    with pytest.raises(AugmentError, match="split_seed must be at least 0, got -1"):
+        ClassifySettings(split_seed=-1)
+    with pytest.raises(AugmentError, match="split_seed must be at least 0, got -2"):
+        DetectSettings(real="nowhere", split_seed=-2)

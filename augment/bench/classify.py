@@ -58,6 +58,7 @@ class ClassifySettings:
         """Refuse settings no benchmark can run, before any data is read."""
         for name in ("shots", "seeds", "steps", "batch_size", "image_size"):
             at_least(name, getattr(self, name), 1)
+        at_least("split_seed", self.split_seed, 0)  # numpy's generators take no negative seed
         if self.workers is not None:
             at_least("workers", self.workers, 1)
         above("ratios", self.ratios, 0, " (synthetic images per real image, e.g. 0.5,1,2)")

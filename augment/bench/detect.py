@@ -61,6 +61,7 @@ class DetectSettings:
         """Refuse settings no benchmark can run, before any data is read."""
         for name in ("epochs", "seeds", "batch", "nbs"):
             at_least(name, getattr(self, name), 1)
+        at_least("split_seed", self.split_seed, 0)  # numpy's generators take no negative seed
         if self.workers is not None:
             at_least("workers", self.workers, 1)
         at_least("imgsz", self.imgsz, 32, " (YOLO's largest stride)")
