@@ -14,13 +14,14 @@ Mistakes raise `augment.AugmentError` subclasses whose message is the one line t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from augment.config import JobSpec
 from augment.config import load_spec as _load_spec
-from augment.errors import AugmentError
+from augment.errors import AugmentError, as_list, flag
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,6 +43,14 @@ def load_spec(spec: Spec, overrides: dict[str, Any] | None = None) -> JobSpec:
     """A validated job spec from a YAML file, a dict or a JobSpec, with dotted overrides
     (``{"seed": 3, "output.dir": "out/x"}``); its files are resolved here, once."""
     return _load_spec(spec, overrides)
+
+
+def _path(value: Any, name: str) -> Path:
+    """A path argument, or an error naming it: None or a number failed deep inside, an empty
+    string meant the current folder, and 5 made a folder named '5'."""
+    if not isinstance(value, str | os.PathLike) or not str(value).strip():
+        raise AugmentError(f"{name}: give a path (a str or a Path), got {value!r}")
+    return Path(value)
 
 
 def _spec(spec: Spec) -> JobSpec:
@@ -67,7 +76,7 @@ def concepts(
     if (spec is None) == (source is None):
         raise AugmentError("concepts() takes a job spec, or source= a taxonomy source: one of them")
     if source is not None:
-        return load_concepts(source, max_concepts, depth, leaves, tuple(exclude))
+        return load_concepts(source, max_concepts, depth, leaves, tuple(as_list(exclude)))
     return concepts_for(_spec(spec))
 
 
@@ -109,7 +118,7 @@ def run(
     options = RunOptions(distributor, workers, address, retries, force)  # checked first
     loaded = _spec(spec)
     if out is not None:
-        loaded = loaded.with_output_dir(out)
+        loaded = loaded.with_output_dir(_path(out, "out"))
     return run_job(loaded, options)
 
 
@@ -118,6 +127,7 @@ def finetune(spec: Spec, force: bool = False) -> FinetuneResult:
     images, or reuse it when complete; `run` does this first by itself. `force` starts over."""
     from augment.job import finetune as train
 
+    flag("force", force)
     return train(_spec(spec), force=force)
 
 
@@ -126,6 +136,7 @@ def paste(spec: Spec, force: bool = False) -> PasteResult:
     when it holds the same paste; `force` starts over); `run` does this last by itself."""
     from augment.job import paste as paste_job
 
+    flag("force", force)
     return paste_job(_spec(spec), force=force)
 
 
@@ -135,7 +146,8 @@ def read(out: str | Path, as_dataset: bool = False):
     `as_dataset`, a Hugging Face `datasets.Dataset` whose `image` column is an Image feature."""
     from augment.sinks.parquet import read_dataset, read_frame
 
-    return read_dataset(Path(out)) if as_dataset else read_frame(Path(out))
+    flag("as_dataset", as_dataset)
+    return read_dataset(_path(out, "out")) if as_dataset else read_frame(_path(out, "out"))
 
 
 def export(
@@ -145,8 +157,11 @@ def export(
     shards; returns their paths."""
     from augment.sinks import export as export_formats
 
+    flag("include_flagged", include_flagged)
+    if not isinstance(formats, str | list | tuple):
+        raise AugmentError(f"formats: a name or a list of names (coco, yolo, ...), got {formats!r}")
     names = [formats] if isinstance(formats, str) else list(formats)
-    return export_formats(Path(out), names, include_flagged)
+    return export_formats(_path(out, "out"), names, include_flagged)
 
 
 def refilter(
@@ -161,10 +176,9 @@ def refilter(
     `FilterResult` (flag counts before and after); the shards, manifest and exports change."""
     from augment.job import refilter as refilter_run
 
+    folder = _path(out, "out")
     pictures = None if real is None else real_pictures(real)
-    return refilter_run(
-        Path(out), scorer, min_concept_score, min_clip_score, pictures, real_name=real
-    )
+    return refilter_run(folder, scorer, min_concept_score, min_clip_score, pictures, real_name=real)
 
 
 def view(out: str | Path, per_concept: int = 500) -> Path:
@@ -174,7 +188,7 @@ def view(out: str | Path, per_concept: int = 500) -> Path:
     from augment.gallery import write_gallery
 
     at_least("per_concept", per_concept, 1)
-    return write_gallery(Path(out), per_concept)
+    return write_gallery(_path(out, "out"), per_concept)
 
 
 def inspect(path: str | Path) -> dict:
@@ -182,7 +196,7 @@ def inspect(path: str | Path) -> dict:
     model hash, licence, version, synthetic) and its `parameters` text (None where absent)."""
     from augment.provenance import inspect_png
 
-    return inspect_png(path)
+    return inspect_png(_path(path, "path"))
 
 
 def real_pictures(real: str) -> list:
@@ -215,6 +229,7 @@ def classify(
     Writes OUT/results.parquet and returns it."""
     from augment.bench.classify import ClassifySettings, run_classify
 
+    flag("smoke", smoke)
     smoke_sizes = CLASSIFY_SMOKE if smoke else {}  # what the caller sets still wins
     chosen = {"real": real, "synthetic": synthetic, "out": out, **smoke_sizes, **settings}
     return run_classify(_settings(ClassifySettings, chosen))
@@ -233,6 +248,7 @@ def detect(
     warmup_epochs). Writes OUT/results.parquet and returns it."""
     from augment.bench.detect import DetectSettings, run_detect
 
+    flag("smoke", smoke)
     smoke_sizes = DETECT_SMOKE if smoke else {}  # what the caller sets still wins
     chosen = {"real": real, "synthetic": synthetic, "out": out, **smoke_sizes, **settings}
     return run_detect(_settings(DetectSettings, chosen))
@@ -302,7 +318,7 @@ def report(
     when given."""
     from augment.reporting import write_report
 
-    results = Path(results)
+    results = _path(results, "results")
     table = results / "results.parquet" if results.is_dir() else results
     if not table.is_file():
         raise AugmentError(f"{table}: no results table; run `augment bench ...` first")
@@ -310,7 +326,7 @@ def report(
         from augment.sinks.parquet import run_shards
 
         run_shards(Path(synthetic))
-    out_dir = Path(out) if out is not None else table.parent / "report"
+    out_dir = _path(out, "out") if out is not None else table.parent / "report"
     sweep_path = Path(sweep) if sweep is not None else None
     return write_report(table, out_dir, real, str(synthetic) if synthetic else None, sweep_path)
 
@@ -345,6 +361,7 @@ def logs(job_id: str, address: str, follow: bool = False) -> Iterator[str]:
     """A submitted job's log text; with `follow`, streamed until the job ends."""
     from augment.cluster import job_logs
 
+    flag("follow", follow)
     return job_logs(job_id, address, follow)
 
 

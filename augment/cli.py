@@ -62,18 +62,26 @@ def setup_logging(debug: bool) -> None:
 # Shared pieces ------------------------------------------------------------------------------
 
 
+#: What Ctrl-C leaves of the commands that render into shards (others say only "interrupted").
+SHARDS_KEPT = "committed shards are kept; rerun the same command to resume"
+
+
 def add_job_overrides(
     parser: argparse.ArgumentParser,
     limit: str | None = "keep at most N work items (images to render)",
+    seed: bool = True,
 ) -> None:
+    """The job argument, and the overrides a command uses (`seed=False`: its output does not
+    depend on the seed, so a --seed would be silently ignored)."""
     parser.add_argument("job", type=Path, help="job spec (YAML)")
-    parser.add_argument("--seed", type=int, help="override the job seed")
+    if seed:
+        parser.add_argument("--seed", type=int, help="override the job seed")
     if limit is not None:
         parser.add_argument("--limit", type=int, help=limit)
 
 
 def load_job(args: argparse.Namespace):
-    overrides = {"seed": args.seed, "limit": getattr(args, "limit", None)}
+    overrides = {"seed": getattr(args, "seed", None), "limit": getattr(args, "limit", None)}
     if getattr(args, "out", None) is not None:
         overrides["output.dir"] = str(args.out)
     return api.load_spec(args.job, overrides)
@@ -196,7 +204,7 @@ def add_run(commands: Commands) -> None:
         "--address", help="attach to a Ray cluster (default: $RAY_ADDRESS, else local)"
     )
     run.add_argument("--retries", type=int, default=2, help="attempts per failing item")
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=cmd_run, on_interrupt=SHARDS_KEPT)
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -256,7 +264,7 @@ def add_paste(commands: Commands) -> None:
     )
     paste.add_argument("job", type=Path, help="job spec (YAML) with segment: and paste:")
     paste.add_argument("--force", action="store_true", help="delete OUT/paste and start over")
-    paste.set_defaults(func=cmd_paste)
+    paste.set_defaults(func=cmd_paste, on_interrupt=SHARDS_KEPT)
 
 
 def add_finetune(commands: Commands) -> None:
@@ -522,7 +530,7 @@ def add_prompts(commands: Commands) -> None:
         "against the model's text encoder length when the model is available.",
         epilog="example: augment prompts jobs/wordnet-definitions.yaml --limit 10",
     )
-    add_job_overrides(prompts, limit="show at most N prompts")
+    add_job_overrides(prompts, limit="show at most N prompts", seed=False)  # seed-free prompts
     prompts.set_defaults(func=cmd_prompts)
 
 
@@ -1145,7 +1153,7 @@ def add_demo(commands: Commands) -> None:
         default=0,
         help="with --personalise: the first seed (fresh seeds replicate the default run)",
     )
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(func=cmd_demo, on_interrupt=SHARDS_KEPT)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -1228,8 +1236,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt as exc:  # a stage that stopped cleanly says where it stopped
-        where = str(exc) or "committed shards are kept; rerun the same command to resume"
-        err.print(f"interrupted: {where}", markup=False, highlight=False)
+        where = str(exc) or getattr(args, "on_interrupt", "")
+        err.print(f"interrupted{': ' if where else ''}{where}", markup=False, highlight=False)
         return 130
     except Exception as exc:
         if args.debug:

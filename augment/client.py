@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from augment.errors import AugmentError, RequestError
+from augment.errors import AugmentError, RequestError, above, at_least
 
 
 @dataclass
@@ -51,11 +51,14 @@ class Client:
         retries: int = 5,
         backoff: float = 0.5,
     ):
-        if not url.startswith(("http://", "https://")):
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise AugmentError(
                 f"service url {url!r}: give it with its scheme, as `augment serve` prints it "
                 "(http://HOST:PORT)"
             )
+        above("timeout", timeout, 0)
+        at_least("retries", retries, 0)
+        at_least("backoff", backoff, 0.0)
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.retries = retries
@@ -105,7 +108,14 @@ class Client:
             )
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read())
+                    answer = response.read()
+                try:
+                    return json.loads(answer)
+                except ValueError:  # a web page: another server listens there
+                    raise AugmentError(
+                        f"{method} {self.url}{path} did not answer as an augment service (not "
+                        "JSON); is `augment serve` running there, on that port?"
+                    ) from None
             except urllib.error.HTTPError as exc:
                 reason = error_text(exc)
                 if 400 <= exc.code < 500:
@@ -128,8 +138,8 @@ def error_text(exc: urllib.error.HTTPError) -> str:
     body = exc.read().decode(errors="replace")
     try:
         return json.loads(body)["error"]
-    except (ValueError, KeyError, TypeError):
-        return body.strip()[:300] or exc.reason
+    except (ValueError, KeyError, TypeError):  # not augment's answer: its first line
+        return " ".join(body.split())[:200] or exc.reason
 
 
 class ServedImages(torch.utils.data.IterableDataset):

@@ -7,6 +7,7 @@ whose paths the cluster can resolve; the run itself fans out over the cluster's 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from augment.config import JobSpec
 from augment.distribute import check_reachable
-from augment.errors import AugmentError, at_least
+from augment.errors import AugmentError, at_least, first_line
 from augment.taxonomy import SHIPPED_TAXONOMIES
 
 #: What to do about a cluster address that does not answer.
@@ -126,7 +127,8 @@ def job_client(address: str):
         # RpcError: an address without http:// is taken for the head's GCS (ray.init's
         # HOST:6379), and whatever answers there is not one
         raise AugmentError(
-            f"cannot reach a Ray cluster at {address} ({str(exc).rstrip('.')}); {SUBMIT_REMEDY}"
+            f"cannot reach a Ray cluster at {address} ({first_line(exc).rstrip('.')}); "
+            f"{SUBMIT_REMEDY}"
         ) from None
 
 
@@ -163,15 +165,43 @@ def submit_job(spec: JobSpec, address: str, workers: int | None = None) -> str:
             time.sleep(2)
 
 
+@contextlib.contextmanager
+def cluster_answers(job_id: str, address: str):
+    """What the job server says of a wrong job id (404), or an answer that is not one of a Ray
+    job server's (a web page, a 500), as the user's one line instead of a fault of augment."""
+    try:
+        yield
+    except StopAsyncIteration:  # the end of a followed log
+        raise
+    except Exception as exc:  # noqa: BLE001 - Ray's RuntimeError, aiohttp's, a JSON decode
+        text = first_line(exc)
+        if "404" in text or "does not exist" in text:
+            raise AugmentError(
+                f"no job {job_id} on the Ray cluster at {address}; give the id `augment submit` "
+                "printed (raysubmit_...)"
+            ) from None
+        if isinstance(exc, AugmentError):
+            raise
+        raise AugmentError(
+            f"the Ray cluster at {address} did not answer for job {job_id} "
+            f"({type(exc).__name__}: {text}); check the address (the head's dashboard, "
+            "http://HEAD:8265) and that the cluster is up"
+        ) from None
+
+
 def job_status(job_id: str, address: str) -> str:
-    return str(job_client(address).get_job_status(job_id).value)
+    client = job_client(address)
+    with cluster_answers(job_id, address):
+        return str(client.get_job_status(job_id).value)
 
 
 def job_logs(job_id: str, address: str, follow: bool = False):
     """Yield the job's log text; with `follow`, stream it until the job ends."""
     client = job_client(address)
     if not follow:
-        yield client.get_job_logs(job_id)
+        with cluster_answers(job_id, address):
+            text = client.get_job_logs(job_id)
+        yield text
         return
     import asyncio
 
@@ -180,8 +210,10 @@ def job_logs(job_id: str, address: str, follow: bool = False):
     try:
         while True:
             try:
-                yield loop.run_until_complete(anext(stream))
+                with cluster_answers(job_id, address):
+                    line = loop.run_until_complete(anext(stream))
             except StopAsyncIteration:
                 return
+            yield line
     finally:
         loop.close()

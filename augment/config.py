@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,18 @@ class TaxonomySpec(StrictModel):
     leaves: bool = Field(default=False, description="wordnet: keep only synsets without hyponyms")
     exclude: list[str] = Field(default=[], description="synsets or concept ids to drop")
     max_concepts: int | None = Field(default=None, ge=1)
+
+
+#: The devices a job or a training may name: torch's own names for them.
+DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(device: str) -> str:
+    """A torch device name (or auto), refused where it is read: "gpu" failed deep in diffusers
+    once the run had written its plan."""
+    if not DEVICE_NAME.fullmatch(device):
+        raise ValueError(f"{device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+    return device
 
 
 class PromptSpec(StrictModel):
@@ -183,12 +196,14 @@ class GenerationSpec(StrictModel):
     mode: Mode = "txt2img"
     scheduler: str = "DDIM"
     num_inference_steps: int = Field(default=30, ge=1, le=1000)
-    guidance_scale: float = Field(default=7.5, ge=0)
+    guidance_scale: float = Field(default=7.5, ge=0, allow_inf_nan=False)
     strength: float = Field(default=0.75, gt=0, le=1, description="img2img and inpaint")
     height: int = Field(default=512, ge=8)
     width: int = Field(default=512, ge=8)
     dtype: DType = "float32"
-    device: str = "auto"
+    device: Annotated[str, AfterValidator(check_device)] = Field(
+        default="auto", description="auto (a GPU where there is one), cpu, cuda, cuda:N or mps"
+    )
     batch_size: int | Literal["auto"] = Field(
         default=4,
         description="images per pipeline call; auto: the largest that fits the GPU's memory, "

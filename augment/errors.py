@@ -5,7 +5,7 @@ output folder) raises an `AugmentError` whose message says what was wrong and ho
 The CLI prints the message on one line and exits 2; anything else is a bug and shows a traceback.
 """
 
-from numbers import Real
+from numbers import Integral, Real
 
 
 class AugmentError(Exception):
@@ -62,8 +62,10 @@ def not_valid_yaml(source: object, exc: Exception) -> str:
 
 
 def at_least(name: str, value, minimum, hint: str = "") -> None:
-    """Raise `AugmentError` naming the setting when a number (or any in a list) is too small."""
-    _check(name, value, lambda v: v >= minimum, f"at least {minimum:g}", hint)
+    """Raise `AugmentError` naming the setting when a number (or any in a list) is too small;
+    an int `minimum` asks for whole numbers (a count), a float one for any number."""
+    whole = isinstance(minimum, int)
+    _check(name, value, lambda v: v >= minimum, f"at least {minimum:g}", hint, whole)
 
 
 def above(name: str, value, bound, hint: str = "") -> None:
@@ -71,13 +73,32 @@ def above(name: str, value, bound, hint: str = "") -> None:
     _check(name, value, lambda v: v > bound, f"greater than {bound:g}", hint)
 
 
-def _check(name: str, value, holds, wanted: str, hint: str) -> None:
+def between(name: str, value, low, high, hint: str = "") -> None:
+    """Raise `AugmentError` naming the setting unless low < value < high (a fraction)."""
+    _check(name, value, lambda v: low < v < high, f"between {low:g} and {high:g}", hint)
+
+
+def flag(name: str, value) -> None:
+    """Raise `AugmentError` unless `value` is True or False: a string such as "false" would
+    count as true (and `force="false"` would delete a run)."""
+    if not isinstance(value, bool):
+        raise AugmentError(f"{name} must be True or False, got {value!r}")
+
+
+def _check(name: str, value, holds, wanted: str, hint: str, whole: bool = False) -> None:
     values = list(value) if isinstance(value, list | tuple) else [value]
-    numbers = [isinstance(v, Real) and not isinstance(v, bool) for v in values]
+    kind = Integral if whole else Real
+    numbers = [isinstance(v, kind) and not isinstance(v, bool) for v in values]
     if not all(numbers):
         got = ", ".join(repr(v) for v, number in zip(values, numbers, strict=True) if not number)
-        raise AugmentError(f"{name} must be a number {wanted}, got {got}{hint}")
+        a = "a whole number" if whole else "a number"
+        raise AugmentError(f"{name} must be {a} {wanted}, got {got}{hint}")
     bad = [v for v in values if not holds(v)]
     if bad or not values:
         got = ", ".join(f"{v:g}" for v in bad)
         raise AugmentError(f"{name} must be {wanted}, got {got or 'nothing'}{hint}")
+
+
+def as_list(value) -> list:
+    """A setting that takes a list, given one value (`shots=10` for `shots=[10]`): that list."""
+    return list(value) if isinstance(value, list | tuple) else [value]

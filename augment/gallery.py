@@ -24,7 +24,7 @@ from PIL import Image
 
 from augment.quality import concept_labels, concept_quality
 from augment.records import FLAGS
-from augment.sinks import parquet
+from augment.sinks import check_own_folder, parquet
 from augment.taxonomy.listfile import slugify
 
 #: Thumbnails are at most this many pixels on their longer side.
@@ -232,11 +232,19 @@ def quality_for_index(out_dir: Path) -> pd.DataFrame:
     return table[[c for c in keep if c in table and table[c].notna().any()]]
 
 
+#: What a gallery folder holds: anything else there is the user's, and writing it again (a new
+#: folder swapped in) would delete it.
+GALLERY_NAMES = ("*.html", "gallery.css", "gallery.js", "images")
+
+
 def write_gallery(out_dir: Path, per_concept: int = PER_CONCEPT) -> Path:
     """Write OUT/gallery (replacing an earlier one); returns the index page."""
     out_dir = Path(out_dir)
     parquet.run_shards(out_dir)  # a wrong folder is named before anything is written in it
     folder, tmp = out_dir / "gallery", out_dir / ".gallery.tmp"
+    check_own_folder(folder, GALLERY_NAMES, "gallery")
+    if tmp.is_file():  # augment's own name, left by a process that was killed
+        tmp.unlink()
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         (tmp / "images").mkdir(parents=True)

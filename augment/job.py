@@ -32,6 +32,7 @@ from augment.errors import (
     SpecError,
     at_least,
     first_line,
+    flag,
 )
 from augment.filters import check_scorer
 from augment.finetuning import (
@@ -52,6 +53,7 @@ from augment.planning import build_interpolation_plan, build_plan, build_source_
 from augment.prompting import Prompt, build_prompts, enforce_token_limit
 from augment.records import FLAGS, WorkItem
 from augment.sinks import (
+    check_exports_replaceable,
     export,
     exporters,
     formats_to_refresh,
@@ -326,7 +328,8 @@ def prepare_output(
             "spec: rename the job file, or set another output.dir (or --out)"
         )
     check_run_layout(out_dir)
-    check_no_foreign_exports(out_dir)
+    check_no_foreign_files(out_dir)
+    check_exports_replaceable(out_dir, formats_to_refresh(out_dir, spec.output.formats))
     if not force:
         previous, now = previous_spec_hash(out_dir), spec.spec_hash()
         if previous is None and holds_images(out_dir):
@@ -388,18 +391,26 @@ def check_run_layout(out_dir: Path) -> None:
             )
 
 
-def check_no_foreign_exports(out_dir: Path) -> None:
-    """An export folder (coco/, yolo/, ...) in an OUT that holds no run is the user's own data
-    (a real COCO set, say): the run's export, or --force, would replace it."""
-    markers = ("job.yaml", "manifest.json", "plan.parquet")
-    if any((out_dir / name).exists() for name in markers) or holds_images(out_dir):
+def holds_run(out_dir: Path) -> bool:
+    """Whether OUT holds a run: its shards/ folder (made before anything else a run writes
+    there) or its plan."""
+    return (out_dir / "shards").is_dir() or (out_dir / "plan.parquet").is_file()
+
+
+def check_no_foreign_files(out_dir: Path) -> None:
+    """A job.yaml, manifest.json or export folder (coco/, yolo/, ...) in an OUT that holds no
+    run is the user's own (a job file, a real COCO set): the run, or --force, would replace
+    it."""
+    if holds_run(out_dir):
         return
-    for name in EXPORT_DIRS:
+    writes = {"job.yaml": "its resolved spec", "manifest.json": "its manifest"}
+    writes.update({name: f"its {name} export" for name in EXPORT_DIRS})
+    for name, what in writes.items():
         if (out_dir / name).exists():
             raise OutputError(
                 f"{out_dir / name} was not written by augment ({out_dir} holds no run: no "
-                f"job.yaml, manifest.json or shards), and a run writes its {name} export "
-                "there: move it away, or choose another --out"
+                f"shards/ or plan.parquet), and a run writes {what} there: move it away, or "
+                "choose another --out"
             )
 
 
@@ -557,6 +568,7 @@ class RunOptions:
         if self.workers is not None:
             at_least("workers", self.workers, 1, " (leave it out to use every CPU)")
         at_least("retries", self.retries, 0)
+        flag("force", self.force)  # "false" would count as true, and delete the run
 
 
 @dataclass

@@ -75,7 +75,7 @@ class ServeOptions:
         if self.port > 65535:
             raise AugmentError(f"port must be at most 65535, got {self.port}")
         at_least("max_images", self.max_images, 1)
-        at_least("batch_wait_s", self.batch_wait_s, 0)
+        at_least("batch_wait_s", self.batch_wait_s, 0.0)
         if self.replicas is not None:
             at_least("replicas", self.replicas, 1)
         if [key.lower() for key in self.overridable] == ["none"]:  # as the help offers

@@ -99,8 +99,34 @@ def test_errors_are_the_projects_own_with_the_clis_message(tmp_path, capsys):
         ag.load_spec({**bad, "generation": {**bad["generation"], "num_inference_steps": 0}})
     with pytest.raises(SpecError, match="a job spec is a YAML file's path, a dict or a JobSpec"):
         ag.load_spec(None)
-    with pytest.raises(AugmentError, match=r"^workers must be a number at least 1, got '2' \("):
+    with pytest.raises(
+        AugmentError, match=r"^workers must be a whole number at least 1, got '2' \("
+    ):
         ag.run(bad, distributor="local", workers="2")  # a notebook's string is not a number
+
+
+def test_a_notebooks_wrong_types_are_named_and_never_cost_a_run(tiny_run, tmp_path):
+    """A string where a flag goes ("false" is true to Python: it deleted the run), None or ""
+    where a path goes (the current folder), a scalar where a list goes."""
+    data, out = tiny_run
+    before = sorted(ag.read(out).item_id)
+    other = {**data, "seed": 8}  # another spec: only force would replace the run
+    with pytest.raises(AugmentError, match="^force must be True or False, got 'false'$"):
+        ag.run(other, out=out, distributor="local", force="false")
+    assert sorted(ag.read(out).item_id) == before
+    for call, message in [
+        (lambda: ag.read(None), r"out: give a path \(a str or a Path\), got None"),
+        (lambda: ag.run(data, out="", distributor="local"), "out: give a path .*, got ''"),
+        (lambda: ag.export(out, None), "formats: a name or a list of names"),
+        (lambda: ag.export(out, "coco", include_flagged="no"), "include_flagged must be True"),
+        (lambda: ag.classify(steps=1.5), "steps must be a whole number at least 1, got 1.5"),
+        (lambda: ag.classify(test_fraction="0.3"), "test_fraction must be a number between 0"),
+    ]:
+        with pytest.raises(AugmentError, match=message):
+            call()
+    from augment.bench.classify import ClassifySettings
+
+    assert ClassifySettings(shots=5, ratios=2).shots == [5]  # one value for a list of one
 
 
 def test_every_api_name_stays_a_function_once_every_module_is_loaded():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +206,13 @@ def test_detector_settings_refuse_what_ultralytics_cannot_train(tmp_path):
     settings = DetectSettings(real=str(tmp_path), out=str(tmp_path / "bench"), task="segment")
     with pytest.raises(AugmentError, match="hold none"):
         run_detect(settings)
+    own = tmp_path / "bench" / "detect" / "best.pt"  # the user's, where the benchmark works
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"my weights")
+    settings = DetectSettings(real=str(tmp_path), out=str(tmp_path / "bench"))
+    with pytest.raises(AugmentError, match=r"detect holds best.pt, which a detection benchmark"):
+        run_detect(settings)
+    assert own.read_bytes() == b"my weights"
 
     with pytest.raises(AugmentError, match="optimizer 'sgd' is not one of auto, SGD"):
         DetectSettings(real="x", optimizer="sgd")
@@ -362,6 +370,31 @@ def test_bench_perf_refuses_a_wrong_setting_before_measuring_anything(
     assert code == 2
     assert message in error_line(err)
     assert not (tmp_path / "perf.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("vae", "model_index.json lists vae, but"),
+        ("model_index.json", "model_index.json cannot be read"),
+        ("unet/diffusion_pytorch_model.safetensors", "--model: cannot load"),
+    ],
+    ids=["component-missing", "index-junk", "weights-junk"],
+)
+def test_bench_perf_names_a_damaged_model_folder(tmp_path, capsys, damage, message):
+    """Each was "a fault of augment" (exit 1) from deep in diffusers."""
+    from augment import registry
+
+    model = tmp_path / "model"
+    shutil.copytree(registry.resolve("model", "builtin:digits", "test"), model)
+    target = model / damage
+    if target.is_dir():
+        shutil.rmtree(target)
+    else:
+        target.write_text("{not json")
+    options = ["--model", model, "--images", "1", "--no-ray", "--no-baselines"]
+    code, _, err = cli(capsys, "bench", "perf", "--out", tmp_path / "perf", *options)
+    assert code == 2 and message in error_line(err)
 
 
 def test_a_real_imagefolder_with_an_empty_class_is_refused(tmp_path):

@@ -44,6 +44,8 @@ def test_negative_step_count_is_refused_with_the_bound():
         ("builtin:tiny-sd", "builtin:tiny-sd\n  scheduler: DPMSolver", "'DPMSolverMultistep'"),
         ('["a handwritten digit {name}"]', "[]", "prompts.templates: must not be empty"),
         ("name: tiny", "name: tiny job ü", "name: letters, digits, '_', '.' and '-' only"),
+        ("height: 32", "height: 32\n  device: gpu", "generation.device: 'gpu' is not a device"),
+        ("height: 32", "height: 32\n  guidance_scale: .inf", "guidance_scale: input should be a"),
     ],
 )
 def test_invalid_values_name_the_key(old, new, message):

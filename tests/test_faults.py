@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from PIL import Image
 
 from augment import api
@@ -152,20 +153,27 @@ def test_a_damaged_job_yaml_or_manifest_is_one_line_saying_how_to_repair_it(
     assert json.loads((out / "manifest.json").read_text())["counts"]["records"] == 9
 
 
-def test_export_skips_a_damaged_shard_and_a_failed_export_keeps_the_last_one(
+def test_export_skips_a_damaged_shard_only_where_it_replaces_no_export(
     run_copy, capsys, monkeypatch
 ):
+    """A new export leaves a damaged shard out (named); one already there, which may be the last
+    copy of that shard's images, is kept; a failed export keeps the last one too."""
     _, out = run_copy
     shard = out / "shards" / "part-00000.parquet"
     lost = pq.read_table(shard, columns=["item_id"]).num_rows
     damage(shard, "junk")
+    annotations = (out / "coco" / "annotations.json").read_bytes()  # the run's own export
 
-    code, _, err = cli(capsys, "export", out, "--format", "yolo", "--format", "coco")
+    code, _, err = cli(capsys, "export", out, "--format", "yolo", "--format", "yolo-seg")
     assert code == 0, err
     assert err.count(f"warning: export skips shard {shard}") == 1  # once, for both formats
     images = sorted(p.name for p in (out / "yolo" / "images").iterdir())
     assert len(images) == 9 - lost and (out / "yolo" / "data.yaml").is_file()
-    assert len(json.loads((out / "coco" / "annotations.json").read_text())["images"]) == 9 - lost
+    code, _, err = cli(capsys, "export", out, "--format", "coco")
+    assert code == 2
+    assert "1 shard(s) of" in err and "the exports there are kept as they were" in err
+    assert (out / "coco" / "annotations.json").read_bytes() == annotations
+    assert len(json.loads(annotations)["images"]) == 9
 
     import augment.sinks.yolo as yolo
 
@@ -187,6 +195,55 @@ def test_export_skips_a_damaged_shard_and_a_failed_export_keeps_the_last_one(
     assert not (out / ".yolo.tmp").exists() and not (out / ".yolo.old").exists()
 
 
+@pytest.mark.parametrize(
+    ("command", "placed", "expected"),
+    [
+        (["export", "--format", "coco"], "coco/README.txt", "coco holds README.txt, which augment"),
+        (["export", "--format", "yolo"], "yolo", "yolo is a file, where augment writes its yolo"),
+        (["view"], "gallery/notes.txt", "gallery holds notes.txt, which augment did not write"),
+        (["view"], "gallery", "gallery is a file, where augment writes its gallery"),
+        (["run"], "coco/README.txt", "coco holds README.txt, which augment did not write"),
+    ],
+    ids=["export-file-in", "export-file-for", "view-file-in", "view-file-for", "run-file-in"],
+)
+def test_a_users_file_where_an_export_is_written_again_is_refused_and_kept(
+    run_copy, capsys, command, placed, expected
+):
+    """An export (or gallery) is written again by swapping in a new folder: a file of the user's
+    in the old one, or in its place, would be deleted (or hidden as .yolo.old)."""
+    job, out = run_copy
+    path = out / placed
+    if not path.parent.exists():
+        path.parent.mkdir()
+    path.write_text("my notes")
+    args = [job, "--distributor", "local"] if command == ["run"] else [out, *command[1:]]
+    code, _, err = cli(capsys, command[0], *args)
+    assert code == 2 and expected in error_line(err)
+    assert path.read_text() == "my notes"
+    assert not list(out.glob(".*.old")) and not list(out.glob(".*.tmp"))
+
+
+def test_a_manifest_that_lost_a_category_is_named_instead_of_a_fault(run_copy, capsys):
+    _, out = run_copy
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["categories"] = manifest["categories"][:1]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    before = (out / "coco" / "annotations.json").read_bytes()
+    for export in ("imagefolder", "coco"):
+        code, _, err = cli(capsys, "export", out, "--format", export)
+        assert code == 2 and "manifest.json does not list" in error_line(err)
+    assert (out / "coco" / "annotations.json").read_bytes() == before
+
+
+def test_a_yolo_export_without_a_single_label_says_so(run_copy, capsys):
+    """A txt2img run without labels: or segment: has no boxes; its YOLO set is all background."""
+    _, out = run_copy
+    code, _, err = cli(capsys, "export", out, "--format", "yolo")
+    assert code == 0
+    assert "warning: yolo: none of its 9 images has a label" in err
+    assert all(not path.read_text() for path in (out / "yolo" / "labels").iterdir())
+
+
 def test_export_keeps_the_last_export_when_no_shard_can_be_read(run_copy, capsys):
     """Every shard damaged: the COCO export there may be the last copy of the images."""
     _, out = run_copy
@@ -203,20 +260,39 @@ def test_export_keeps_the_last_export_when_no_shard_can_be_read(run_copy, capsys
     assert len(list((out / "coco" / "images").iterdir())) == 9
 
 
-@pytest.mark.parametrize("force", [False, True])
-def test_a_run_never_replaces_an_export_folder_augment_did_not_write(
-    write_job, tmp_path, capsys, force
-):
-    """A user's own COCO set where a run would write its COCO export, in an OUT with no run."""
-    own = tmp_path / "out" / "coco"
-    (own / "images").mkdir(parents=True)
-    (own / "annotations.json").write_text('{"images": [{"id": 1}]}')
-    (own / "images" / "real_0001.jpg").write_bytes(b"a real photo")
+USERS_OWN = {  # what a user may keep where a run writes the same name, with no run there
+    "coco/images/real_0001.jpg": b"a real photo",  # a real COCO set
+    "job.yaml": b"apiVersion: batch/v1\nkind: Job\n",  # a Kubernetes job, no spec at all
+    "manifest.json": b'{"dataset": "my photos"}',
+}
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["", "force"])
+@pytest.mark.parametrize("name", list(USERS_OWN))
+def test_a_run_never_replaces_files_augment_did_not_write(write_job, tmp_path, capsys, name, force):
+    """A user's own file or folder where a run writes one of that name, in an OUT with no run:
+    refused, --force too (it would delete it), saying so instead of "--force to start over"."""
+    own = tmp_path / "out" / name
+    own.parent.mkdir(parents=True)
+    own.write_bytes(USERS_OWN[name])
     code, _, err = cli(capsys, "run", write_job(), "--distributor", "local", *["--force"] * force)
     assert code == 2
-    assert f"{own} was not written by augment" in error_line(err)
-    assert (own / "images" / "real_0001.jpg").read_bytes() == b"a real photo"
+    kept = tmp_path / "out" / name.split("/")[0]
+    assert f"{kept} was not written by augment" in error_line(err)
+    assert own.read_bytes() == USERS_OWN[name]
     assert not (tmp_path / "out" / "shards").exists()  # refused before anything was written
+
+
+def test_a_job_file_of_the_same_spec_in_the_output_folder_is_not_rewritten(tmp_path, capsys):
+    """A spec given as a dict (a notebook's) whose own YAML sits in OUT as job.yaml: its
+    comments would be replaced by the resolved spec."""
+    out = tmp_path / "out"
+    out.mkdir()
+    text = "# my job\n" + TINY_JOB.replace("OUT_DIR", str(out))
+    (out / "job.yaml").write_text(text)
+    with pytest.raises(AugmentError, match="job.yaml was not written by augment"):
+        api.run(yaml.safe_load(text), distributor="local")
+    assert (out / "job.yaml").read_text() == text
 
 
 @pytest.mark.parametrize("where", ["out", "out/coco"])
@@ -457,6 +533,8 @@ BAD_OPTIONS = [
     (["taxonomy", "show", "digits", "--depth", "0"], "depth must be at least 1, got 0"),
     (["digits", "canvases", "--real", "OUT", "--train", "0"], "train canvases must be at least 1"),
     (["taxonomy", "show", "REPO/augment/taxonomies/"], "is a folder"),
+    (["digits", "train", "--out", "OUT", "--device", "gpu"], "device: 'gpu' is not a device"),
+    (["digits", "train", "--out", "OUT", "--seed", "-1"], "seed must be at least 0, got -1"),
 ]
 
 
@@ -564,6 +642,38 @@ def test_sample_sets_that_cannot_be_read_stop_the_report_before_it_writes(
     code, _, err = cli(capsys, "report", tmp_path, *(x for kv in options.items() for x in kv))
     assert code == 2 and expected in error_line(err)
     assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["digits", "train", "--steps", "1", "--no-samples", "--out"],
+        ["digits", "train-scorer", "--steps", "1", "--out"],
+        ["digits", "canvases", "--train", "1", "--val", "1", "--real"],
+        ["demo", "--quick", "--out"],
+    ],
+    ids=["train", "train-scorer", "canvases", "demo"],
+)
+def test_the_digits_commands_never_write_over_a_users_folder(command, tmp_path, capsys):
+    """Each replaces (or rewrites) the folder it wrote before: a folder of the user's files
+    is refused at once, before any training, and kept; so is the current folder."""
+    mine = tmp_path / "mine"
+    (mine / "train").mkdir(parents=True)  # a COCO set of the user's, say
+    (mine / "train" / "annotations.json").write_text('{"images": []}')
+    (mine / "README.md").write_text("my notes")
+    code, _, err = cli(capsys, *command, mine)
+    assert code == 2 and "error: " in error_line(err)
+    assert (mine / "README.md").read_text() == "my notes"
+    assert (mine / "train" / "annotations.json").read_text() == '{"images": []}'
+    assert sorted(path.name for path in mine.iterdir()) == ["README.md", "train"]
+
+
+def test_a_model_is_never_written_over_the_current_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    code, _, err = cli(capsys, "digits", "train", "--steps", "1", "--out", ".")
+    assert code == 2 and "is the current folder" in error_line(err)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_a_fault_of_augment_is_one_line_exit_1(write_job, capsys, monkeypatch):

@@ -312,3 +312,35 @@ def test_a_client_without_a_service_says_what_is_missing():
     nobody = ag.Client(f"http://127.0.0.1:{free_port()}", retries=0)
     with pytest.raises(AugmentError, match=r"concepts failed once: .*is `augment serve` running"):
         nobody.concepts()
+
+
+def test_a_client_pointed_at_another_web_server_says_so_in_one_line():
+    """A notebook's URL of a Jupyter or a dashboard: a web page, not the service's JSON."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class WebPage(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            page = b"<!DOCTYPE html>\n<html>\n<body>Jupyter</body>\n</html>\n"
+            self.send_response(200 if self.path == "/concepts" else 404)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), WebPage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = ag.Client(f"http://127.0.0.1:{server.server_address[1]}", retries=0)
+    try:
+        with pytest.raises(AugmentError, match="did not answer as an augment service"):
+            client.concepts()
+        with pytest.raises(RequestError) as refused:
+            client.health()
+        assert "\n" not in str(refused.value) and "Jupyter" in str(refused.value)
+    finally:
+        server.shutdown()
+    with pytest.raises(AugmentError, match="retries must be at least 0, got -1"):
+        ag.Client("http://127.0.0.1:1", retries=-1)

@@ -179,3 +179,50 @@ def test_a_submitted_spec_names_every_local_file_by_its_absolute_path(write_job,
     assert portable.source.path == str(tmp_path / "pictures")
     assert generation.model == "builtin:tiny-sd"  # each node builds its own
     assert portable.taxonomy.source == "digits"  # shipped: every node has it
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("404", "no job raysubmit_X on the Ray cluster at"),
+        ("html", "did not answer for job raysubmit_X (JSONDecodeError"),
+    ],
+)
+def test_a_wrong_job_id_or_a_server_that_is_not_rays_is_the_users_one_line(answer, expected):
+    """Ray's job server answers an unknown id with a 404 (a RuntimeError in Ray's client); a web
+    page where a job server should be answers with HTML. Neither is a fault of augment."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from augment.cluster import job_logs, job_status
+    from augment.errors import AugmentError
+
+    class JobServer(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            version = {"version": "4", "ray_version": "2", "ray_commit": "x", "session_name": "s"}
+            if self.path.startswith("/api/version"):
+                code, body, kind = 200, json.dumps(version), "application/json"
+            elif answer == "404":
+                code, body, kind = 404, "Job raysubmit_X does not exist", "text/plain"
+            else:
+                code, body, kind = 200, "<html>a dashboard of something else</html>", "text/html"
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), JobServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(AugmentError, match=re.escape(expected)):
+            job_status("raysubmit_X", address)
+        with pytest.raises(AugmentError, match=re.escape(expected)):
+            list(job_logs("raysubmit_X", address))
+    finally:
+        server.shutdown()

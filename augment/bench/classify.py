@@ -22,7 +22,7 @@ import pandas as pd
 from augment.bench.data import Classes, ImageSet, RealData, check_no_leak, load_real, load_synthetic
 from augment.bench.workers import default_workers, in_processes
 from augment.classifier import build_model, check_classifier, to_tensor
-from augment.errors import AugmentError, above, at_least, first_line
+from augment.errors import AugmentError, above, as_list, at_least, between, first_line
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class ClassifySettings:
 
     def __post_init__(self) -> None:
         """Refuse settings no benchmark can run, before any data is read."""
+        self.shots, self.ratios = as_list(self.shots), as_list(self.ratios)
         for name in ("shots", "seeds", "steps", "batch_size", "image_size"):
             at_least(name, getattr(self, name), 1)
         at_least("split_seed", self.split_seed, 0)  # numpy's generators take no negative seed
@@ -65,8 +66,7 @@ class ClassifySettings:
         above("lr", self.lr, 0)
         if self.evaluate_on not in ("test", "validation"):
             raise AugmentError(f"evaluate_on: test or validation, got {self.evaluate_on!r}")
-        if not 0 < self.test_fraction < 1:
-            raise AugmentError(f"test_fraction must be between 0 and 1, got {self.test_fraction}")
+        between("test_fraction", self.test_fraction, 0, 1)
         check_classifier(self.model)
         if self.weights is not None:
             if self.model == "smallcnn":

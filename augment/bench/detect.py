@@ -27,7 +27,7 @@ import pandas as pd
 from augment.bench.classify import check_results_table, write_results
 from augment.bench.data import read_coco
 from augment.bench.workers import default_workers, in_processes
-from augment.errors import AugmentError, at_least
+from augment.errors import AugmentError, at_least, between
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,7 @@ class DetectSettings:
         if self.workers is not None:
             at_least("workers", self.workers, 1)
         at_least("imgsz", self.imgsz, 32, " (YOLO's largest stride)")
-        if not 0 < self.val_fraction < 1:
-            raise AugmentError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        between("val_fraction", self.val_fraction, 0, 1)
         for name in ("fliplr", "mosaic"):  # probabilities
             if not 0 <= getattr(self, name) <= 1:
                 raise AugmentError(f"{name} must be from 0 to 1, got {getattr(self, name)}")
@@ -338,6 +337,24 @@ def detector_workers() -> int:
     return default_workers(NUM_THREADS)
 
 
+#: What a detection benchmark writes in OUT/detect (and deletes when it runs again).
+WORK_NAMES = {"val", "real_only", "augmented", "synthetic", "runs"}
+
+
+def check_work_folder(work: Path) -> None:
+    """OUT/detect holds only what an earlier benchmark wrote there: it is deleted before this
+    one trains, and a user's own folder of that name is refused instead."""
+    if not work.exists():
+        return
+    others = sorted(path.name for path in work.iterdir() if path.name not in WORK_NAMES)
+    if not work.is_dir() or others:
+        what = f"holds {', '.join(others[:3])}" if work.is_dir() else "is a file"
+        raise AugmentError(
+            f"{work} {what}, which a detection benchmark did not write; it replaces that "
+            "folder with its datasets and models: move it away, or give another --out"
+        )
+
+
 def run_detect(settings: DetectSettings) -> pd.DataFrame:
     """Every (arm, seed): train, validate, COCOeval; write OUT/results.parquet rows."""
     from augment.cache import cache_dir
@@ -360,6 +377,7 @@ def run_detect(settings: DetectSettings) -> pd.DataFrame:
             "hold none (no `segmentation`); give masks, or use task detect"
         )
     check_results_table(out)
+    check_work_folder(work)
     shutil.rmtree(work, ignore_errors=True)  # the last run's models, once this one can train
     write_yolo_split(val_coco, val_images, work / "val", class_index, segments=segments)
     arms = {"real_only": work / "real_only"}

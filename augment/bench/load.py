@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from augment.errors import AugmentError, at_least
+from augment.errors import AugmentError, as_list, at_least
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class LoadSettings:
     url: str | None = None  # load this running service (not started, stopped or compared)
 
     def __post_init__(self) -> None:
+        self.concurrency = as_list(self.concurrency)
         at_least("concurrency", self.concurrency, 1)
         at_least("requests", self.requests, 1)
         at_least("images", self.images, 1)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from augment.errors import AugmentError, above, at_least
+from augment.errors import AugmentError, ModelError, above, at_least, first_line
 
 #: Dense (no sparsity) fp16/bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets.
 PEAK_TFLOPS = {
@@ -178,7 +178,12 @@ def check_perf_model(name: str) -> str:
     """`--model` as a pipeline the engine and diffusers can load: a folder (relative to the
     current folder), a cached hub id or a builtin; refused here, before anything is measured."""
     from augment.config import locate
-    from augment.generate.pipelines import check_model, pipeline_index
+    from augment.generate.pipelines import (
+        check_components,
+        check_model,
+        model_family,
+        pipeline_index,
+    )
 
     if not name.strip():
         raise AugmentError("--model is empty; give a diffusers pipeline folder")
@@ -189,6 +194,8 @@ def check_perf_model(name: str) -> str:
             f"--model: {name} is not a whole diffusers pipeline (no model_index.json); give a "
             "folder saved with pipeline.save_pretrained, or a cached hub id of one"
         )
+    model_family(location)  # a model_index.json that cannot be read
+    check_components(location, "--model")
     return location
 
 
@@ -353,9 +360,15 @@ def diffusers_pipeline(location: str, case: Case, device: str):
 
     if location.startswith("builtin:"):
         location = str(registry.resolve("model", location, "bench perf"))
-    pipe = DiffusionPipeline.from_pretrained(
-        location, dtype=getattr(torch, case.dtype), local_files_only=True
-    )
+    try:
+        pipe = DiffusionPipeline.from_pretrained(
+            location, dtype=getattr(torch, case.dtype), local_files_only=True
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # weights missing or damaged
+        raise ModelError(
+            f"--model: cannot load {location} ({first_line(exc)}); check that it is complete "
+            "(every component in model_index.json, with its weights): save it again"
+        ) from exc
     if getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None
     pipe.scheduler = scheduler_from_name(case.scheduler, pipe.scheduler.config)
@@ -749,11 +762,16 @@ def add_ratios(result: dict, peak: float | None) -> None:
 
 
 def run_perf(settings: PerfSettings) -> dict:
-    """Measure every case; writes OUT/perf.json after each row, returns the report."""
+    """Measure every case; writes OUT/perf.json after each row (the last run's kept as
+    perf.previous.json: an interrupted run would otherwise leave a few rows where a finished
+    report was), returns the report."""
     import torch
 
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
+    if (out / "perf.json").is_file():
+        (out / "perf.json").replace(out / "perf.previous.json")
+        print(f"the last perf.json is kept as {out / 'perf.previous.json'}", flush=True)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     name = torch.cuda.get_device_name() if cuda else (platform.processor() or "cpu")

@@ -29,7 +29,7 @@ import pandas as pd
 from augment.bench.classify import ClassifySettings, evaluation_set, run_classify
 from augment.bench.data import load_real
 from augment.bench.stats import mean_ci
-from augment.errors import AugmentError, first_line
+from augment.errors import AugmentError, as_list, first_line
 
 
 @dataclass
@@ -49,6 +49,7 @@ class SweepSettings:
 
     def __post_init__(self) -> None:
         for name in ("guidance", "min_concept_score", "ratios", "steps"):
+            setattr(self, name, as_list(getattr(self, name)))
             if not getattr(self, name):
                 raise AugmentError(f"sweep {name}: give at least one value")
         if min(self.guidance) < 1:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from augment.digits.folders import CANVAS_DESCRIPTION, check_canvas_folder
 from augment.errors import AugmentError, at_least
 from augment.labels import Canvas, compose_canvases
 from augment.labels.segment import encode_rle
@@ -38,6 +40,7 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 def write_coco(canvases: list[Canvas], folder: Path, first_id: int = 1) -> Path:
     """COCO annotations.json + images/<id>.png (numeric names: detectors map ids from them)."""
     images_dir = folder / "images"
+    shutil.rmtree(images_dir, ignore_errors=True)  # an earlier set's (checked to be ours)
     images_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for image_id, canvas in enumerate(canvases, start=first_id):
@@ -62,7 +65,7 @@ def write_coco(canvases: list[Canvas], folder: Path, first_id: int = 1) -> Path:
                 }
             )
     document = {
-        "info": {"description": "digits on canvases (scikit-learn digits, real scans)"},
+        "info": {"description": CANVAS_DESCRIPTION},
         "licenses": [],
         "images": images,
         "annotations": annotations,
@@ -86,6 +89,7 @@ def real_canvases(
     few-shot regime the classifier benchmark measures; None uses the whole pool (30 a class)."""
     at_least("train canvases", train_count, 1)
     at_least("val canvases", val_count, 1)
+    check_canvas_folder(Path(folder))
     from augment.digits.data import (
         DIGIT_NAMES,
         POOL_PER_CLASS,

@@ -11,9 +11,14 @@ headline figures.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from augment.errors import at_least
+
+log = logging.getLogger(__name__)
 
 DEMO_JOB = Path(__file__).parent / "demo.yaml"  # jobs/demo.yaml in a checkout links to it
 
@@ -70,13 +75,23 @@ def run_demo(
 ) -> dict:
     """Run every stage into OUT and return the headline figures (also in OUT/summary.json)."""
     from augment.bench.classify import ClassifySettings, run_classify
-    from augment.bench.detect import DetectSettings, run_detect
+    from augment.bench.detect import DetectSettings, check_work_folder, run_detect
     from augment.config import load_spec
     from augment.digits.canvases import real_canvases
-    from augment.gallery import write_gallery
+    from augment.digits.folders import check_canvas_folder, check_demo_folder
+    from augment.gallery import GALLERY_NAMES, write_gallery
     from augment.job import RunOptions, run_job
     from augment.reporting import headline, write_report
+    from augment.sinks import check_own_folder
 
+    if workers is not None:
+        at_least("workers", workers, 1, " (leave it out to use every CPU)")
+        if quick:
+            log.warning("--workers: the quick demo renders in this process, without Ray")
+    check_demo_folder(out, load_spec(DEMO_JOB).name)
+    check_canvas_folder(out / "real-canvases")
+    check_own_folder(out / "gallery", GALLERY_NAMES, "gallery")
+    check_work_folder(out / "bench" / "detect")
     started = time.perf_counter()
     timings: dict[str, float] = {}
 

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from augment.classifier import CLASSIFIER_CONFIG
 from augment.digits.data import CARD_FRONT_MATTER, DATA_CREDIT, DIGIT_NAMES
+from augment.digits.folders import check_new_or_own
 from augment.errors import at_least
 
 DEFAULT_STEPS = 1500
@@ -28,6 +30,7 @@ def train_digits_scorer(
 ) -> dict:
     """Train the scorer on the generator split, measure it on the pool, save it; returns stats."""
     at_least("steps", steps, 1)
+    check_new_or_own(Path(out_dir), CLASSIFIER_CONFIG, "scorer")  # its files are overwritten
     import torch
 
     from augment.bench.classify import ClassifySettings, predict, train_classifier

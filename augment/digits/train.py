@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from augment.config import check_device
 from augment.digits.data import (
     CARD_FRONT_MATTER,
     DATA_CREDIT,
@@ -40,6 +41,7 @@ from augment.digits.data import (
     load_digit_images,
     prompt_for,
 )
+from augment.digits.folders import check_new_or_own
 from augment.errors import AugmentError, at_least
 
 #: UNet steps of the shipped model (`augment digits train --steps`).
@@ -597,6 +599,15 @@ class DigitsTrainConfig:
             at_least("vae_steps", self.vae_steps, 1)
         if self.threads is not None:
             at_least("threads", self.threads, 1)
+        at_least("seed", self.seed, 0)  # numpy's generator takes no negative seed
+        try:
+            check_device(self.device)
+        except ValueError as exc:
+            raise AugmentError(f"device: {exc}") from None
+        if self.device == "auto":  # as a job's generation.device means it
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise AugmentError(f"device: {self.device} asked for, but no CUDA GPU is visible")
 
 
 def train_digits_model(out_dir: Path, config: DigitsTrainConfig | None = None) -> dict:
@@ -609,6 +620,7 @@ def train_digits_model(out_dir: Path, config: DigitsTrainConfig | None = None) -
     """
     from augment.generate.tiny import assemble_sd_pipeline
 
+    check_new_or_own(Path(out_dir), "model_index.json", "model")  # it is replaced at the end
     config = DigitsTrainConfig() if config is None else config
     vae_steps = max(1, config.steps // 3) if config.vae_steps is None else config.vae_steps
     old_threads = torch.get_num_threads()

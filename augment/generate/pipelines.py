@@ -103,6 +103,7 @@ def check_models(settings: GenerationSpec, paths: SpecPaths) -> None:
     check_model(paths.model, settings.model)
     if Path(paths.model).exists():
         model_family(paths.model)  # a truncated checkpoint or damaged index, named here
+        check_components(paths.model, "generation.model")
     if settings.config is not None:
         check_model(paths.config, settings.config, "generation.config")
     if settings.vae is not None:
@@ -254,6 +255,21 @@ def read_index(index: Path) -> dict:
     if not isinstance(data, dict):
         raise ModelError(f"{index} is not a pipeline's index (a JSON object): save it again")
     return data
+
+
+def check_components(location: str, key: str) -> None:
+    """Every component a local pipeline folder's model_index.json lists has its subfolder: a
+    missing vae/ failed deep in diffusers, naming config.json."""
+    index = pipeline_index(location) if Path(location).is_dir() else None
+    if index is None:
+        return
+    for name, value in read_index(index).items():
+        listed = isinstance(value, list) and value and value[0] is not None
+        if listed and not name.startswith("_") and not (Path(location) / name).is_dir():
+            raise ModelError(
+                f"{key}: {location}/model_index.json lists {name}, but {location}/{name} is "
+                "missing: the model folder is incomplete; download or save it again"
+            )
 
 
 def model_family(location: str) -> str:

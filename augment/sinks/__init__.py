@@ -3,14 +3,16 @@
 Every export reads OUT/shards and OUT/manifest.json (for the categories), never memory, so it
 can be rerun at any time: ``augment export OUT --format coco --format yolo``. Flagged images
 (black, NaN, NSFW, filtered) are left out unless asked for. A shard that cannot be read is
-skipped and named; each export is written to a temporary folder and renamed into place, so a
+skipped and named where the export is new, and refused where it would replace an export that
+may hold its images; each export is written to a temporary folder and renamed into place, so a
 failed export never leaves a half-written one (the previous export stays until then).
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from fnmatch import fnmatch
 from pathlib import Path
 
 from augment.errors import OutputError
@@ -41,6 +43,56 @@ def exporters() -> dict[str, Callable[[Path, list[dict], Iterator[dict]], Path]]
     }
 
 
+#: What each export writes at the top of its folder ("name/": any folder): anything else
+#: there is the user's, which writing the export again (a new folder swapped in) would delete.
+EXPORT_NAMES = {
+    "coco": ("annotations.json", "images"),
+    "yolo": ("data.yaml", "images", "labels"),
+    "yolo-seg": ("data.yaml", "images", "labels"),
+    "imagefolder": ("*/",),  # a folder per class
+}
+
+
+def check_own_folder(folder: Path, names: tuple[str, ...], what: str) -> None:
+    """`folder`, which a new `what` is about to replace, holds only what one writes there (file
+    names matching `names`); a file in its place, or the user's own files in it, are refused."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise OutputError(
+            f"{folder} is a file, where augment writes its {what}: move it away and run this again"
+        )
+    others = sorted(
+        path.name
+        for path in folder.iterdir()
+        if not any(
+            fnmatch(path.name, name.rstrip("/")) and (path.is_dir() or not name.endswith("/"))
+            for name in names
+        )
+    )
+    if others:
+        raise OutputError(
+            f"{folder} holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}, which "
+            f"augment did not write; writing its {what} again replaces the whole folder: move "
+            "them away first"
+        )
+
+
+def known_categories(records: Iterable[dict], categories: list[dict], out_dir: Path):
+    """`records`, each checked to have one of the manifest's categories: a manifest edited by
+    hand would otherwise give images of no category (COCO) or fail mid-export."""
+    ids = {category["id"] for category in categories}
+    for record in records:
+        if record["category_id"] not in ids:
+            raise OutputError(
+                f"{out_dir}/shards hold images of category {record['category_id']}, which "
+                f"{out_dir}/manifest.json does not list: the manifest no longer matches the "
+                "shards; put the run's own manifest back, or rerun `augment run` on the job to "
+                "write it again"
+            )
+        yield record
+
+
 def export(out_dir: Path, formats: list[str], include_flagged: bool = False) -> dict[str, Path]:
     """Write each export format from the shards; returns format -> main output path."""
     out_dir = Path(out_dir)
@@ -52,28 +104,41 @@ def export(out_dir: Path, formats: list[str], include_flagged: bool = False) -> 
     if not shards:
         raise OutputError(f"{out_dir}/shards holds no shards: nothing to export")
     categories = run_categories(out_dir)
+    formats = [name for name in dict.fromkeys(formats) if name != "parquet"]
+    check_exports_replaceable(out_dir, formats)  # before any is written
     skipped: dict[Path, str] = {}  # damaged shards: the first export to read one names it
     paths = {}
-    for name in dict.fromkeys(formats):
-        if name != "parquet":
-            records = export_records(out_dir, include_flagged, shards, skipped)
-            exporter = unless_all_damaged(available[name], out_dir, shards, skipped)
-            paths[name] = write_in_place(out_dir / name, exporter, categories, records)
+    for name in formats:
+        records = export_records(out_dir, include_flagged, shards, skipped)
+        records = known_categories(records, categories, out_dir)
+        exporter = unless_damaged(available[name], out_dir, name, shards, skipped)
+        paths[name] = write_in_place(out_dir / name, exporter, categories, records)
     return paths
 
 
-def unless_all_damaged(
-    exporter: Callable, out_dir: Path, shards: list[Path], skipped: dict[Path, str]
+def check_exports_replaceable(out_dir: Path, formats: list[str]) -> None:
+    """Each export folder of `formats` in OUT holds nothing but an earlier export: checked by
+    a run before it renders, and by `export` before it writes."""
+    for name in formats:
+        if name in EXPORT_NAMES:
+            check_own_folder(Path(out_dir) / name, EXPORT_NAMES[name], f"{name} export")
+
+
+def unless_damaged(
+    exporter: Callable, out_dir: Path, name: str, shards: list[Path], skipped: dict[Path, str]
 ) -> Callable:
-    """`exporter`, refusing at the end when no shard could be read: the export already there,
-    which may be the last readable copy of the images, is kept instead of emptied."""
+    """`exporter`, refusing at the end when a shard could not be read and OUT already holds
+    this export (which may be the last copy of that shard's images), or when no shard could be
+    read: the export there is kept instead of replaced by one without them. With no export
+    there yet, the readable shards are exported (each skipped one named in a warning)."""
 
     def export_or_refuse(folder: Path, categories: list[dict], records) -> Path:
         written = exporter(folder, categories, records)
-        if len(skipped) == len(shards):
+        if skipped and (len(skipped) == len(shards) or (out_dir / name).exists()):
             shard, reason = next(iter(skipped.items()))
+            which = "no shard" if len(skipped) == len(shards) else f"{len(skipped)} shard(s)"
             raise OutputError(
-                f"no shard of {out_dir} can be read ({shard.name}: {reason}); the exports there "
+                f"{which} of {out_dir} can be read ({shard.name}: {reason}); the exports there "
                 "are kept as they were: rerun `augment run` on the job to quarantine the shards "
                 "and render their images again"
             )
@@ -92,8 +157,11 @@ def formats_to_refresh(out_dir: Path, formats: list[str]) -> list[str]:
 def write_in_place(folder: Path, exporter: Callable, categories: list[dict], records) -> Path:
     """Run `exporter` into a temporary folder, then swap it for `folder` in two renames."""
     tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
-    for leftover in (tmp, old):
-        shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in (tmp, old):  # augment's own names, left by a process that was killed
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
     try:
         written = exporter(tmp, categories, records)
         if folder.exists():

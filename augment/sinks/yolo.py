@@ -13,6 +13,7 @@ its rectangle, as the COCO export does.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -20,6 +21,8 @@ import numpy as np
 import yaml
 
 from augment.sinks.rows import image_file_name
+
+log = logging.getLogger(__name__)
 
 
 def yolo_box_line(cls: int, bbox, width: int, height: int) -> str:
@@ -83,11 +86,20 @@ def export_yolo(
     labels_dir.mkdir(parents=True, exist_ok=True)
     ordered = sorted(categories, key=lambda c: c["id"])
     class_index = {c["id"]: index for index, c in enumerate(ordered)}
+    images = labelled = 0
     for record in records:
         name = image_file_name(record)
         (images_dir / name).write_bytes(record["image"]["bytes"])
         lines = label_lines(record, class_index)
         (labels_dir / name).with_suffix(".txt").write_text("\n".join(lines) + "\n" * bool(lines))
+        images, labelled = images + 1, labelled + bool(lines)
+    if images and not labelled:  # a detector trained on it learns every image is background
+        log.warning(
+            "%s: none of its %d images has a label (the run has no boxes or masks: add "
+            "labels: or segment: to the job, or render from a source with boxes)",
+            yolo_dir.name.lstrip(".").removesuffix(".tmp"),
+            images,
+        )
     data = {
         "train": "images",
         "val": "images",
