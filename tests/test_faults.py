@@ -235,6 +235,25 @@ def test_a_manifest_that_lost_a_category_is_named_instead_of_a_fault(run_copy, c
     assert (out / "coco" / "annotations.json").read_bytes() == before
 
 
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("out/shards", "is a run's shards folder; give the run's output folder"),
+        ("out/manifest.json", "is a file; give the output folder of `augment run`"),
+        ("nowhere", "no such folder; give the output folder of `augment run`"),
+    ],
+)
+def test_export_and_view_name_a_folder_that_is_not_a_run(run_copy, capsys, given, expected):
+    """They said "<given>/shards holds no shards" (of a file, of a folder that is not there)."""
+    _, out = run_copy
+    for command in (
+        ["export", out.parent / given, "--format", "coco"],
+        ["view", out.parent / given],
+    ):
+        code, _, err = cli(capsys, *command)
+        assert code == 2 and expected in error_line(err)
+
+
 def test_a_yolo_export_without_a_single_label_says_so(run_copy, capsys):
     """A txt2img run without labels: or segment: has no boxes; its YOLO set is all background."""
     _, out = run_copy

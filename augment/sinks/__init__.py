@@ -16,7 +16,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from augment.errors import OutputError
-from augment.sinks.parquet import shard_paths
+from augment.sinks.parquet import run_shards
 from augment.sinks.rows import export_records, image_file_name, run_categories, run_filters
 
 __all__ = [
@@ -100,9 +100,7 @@ def export(out_dir: Path, formats: list[str], include_flagged: bool = False) -> 
     unknown = [name for name in formats if name not in (*available, "parquet")]
     if unknown:
         raise OutputError(f"unknown export format '{unknown[0]}'; known: {', '.join(available)}")
-    shards = shard_paths(out_dir / "shards")
-    if not shards:
-        raise OutputError(f"{out_dir}/shards holds no shards: nothing to export")
+    shards = run_shards(out_dir)  # a wrong folder named as such, not as one without shards
     categories = run_categories(out_dir)
     formats = [name for name in dict.fromkeys(formats) if name != "parquet"]
     check_exports_replaceable(out_dir, formats)  # before any is written

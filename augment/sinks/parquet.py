@@ -212,6 +212,11 @@ def run_shards(out_dir: Path) -> list[Path]:
     """The committed shards of an output folder; an error when there are none."""
     check_run_folder(out_dir)
     shards = shard_paths(Path(out_dir) / "shards")
+    if not shards and shard_paths(Path(out_dir)):  # OUT/shards given for OUT
+        raise OutputError(
+            f"{out_dir} is a run's shards folder; give the run's output folder, "
+            f"{Path(out_dir).parent}"
+        )
     if not shards:
         raise OutputError(
             f"{out_dir}/shards holds no shards: not an `augment run` output, or nothing rendered"
