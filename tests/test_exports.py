@@ -146,4 +146,4 @@ def test_cli_export_and_its_errors(run_dir, tmp_path):
         capture_output=True,
         text=True,
     )
-    assert empty.returncode == 2 and "holds no shards" in empty.stderr
+    assert empty.returncode == 2 and "no such folder" in empty.stderr

@@ -74,5 +74,5 @@ def test_gallery_pages_load_in_a_browser_and_show_every_thumbnail(tmp_path: Path
     code, _, stderr = cli(capsys, "view", tmp_path / "nothing")
     assert code == 2 and "no such folder" in stderr and not (tmp_path / "nothing").exists()
     code, _, stderr = cli(capsys, "view", out / "shards")  # a wrong folder: nothing left in it
-    assert code == 2 and "holds no shards" in stderr
+    assert code == 2 and "is a run's shards folder; give the run's output folder" in stderr
     assert not list((out / "shards").glob(".*"))
