@@ -328,7 +328,7 @@ def prepare_output(
             "spec: rename the job file, or set another output.dir (or --out)"
         )
     check_run_layout(out_dir)
-    check_no_foreign_files(out_dir)
+    check_no_foreign_files(out_dir, option)
     check_exports_replaceable(out_dir, formats_to_refresh(out_dir, spec.output.formats))
     if not force:
         previous, now = previous_spec_hash(out_dir), spec.spec_hash()
@@ -397,7 +397,7 @@ def holds_run(out_dir: Path) -> bool:
     return (out_dir / "shards").is_dir() or (out_dir / "plan.parquet").is_file()
 
 
-def check_no_foreign_files(out_dir: Path) -> None:
+def check_no_foreign_files(out_dir: Path, option: str = "--out") -> None:
     """A job.yaml, manifest.json or export folder (coco/, yolo/, ...) in an OUT that holds no
     run is the user's own (a job file, a real COCO set): the run, or --force, would replace
     it."""
@@ -410,7 +410,7 @@ def check_no_foreign_files(out_dir: Path) -> None:
             raise OutputError(
                 f"{out_dir / name} was not written by augment ({out_dir} holds no run: no "
                 f"shards/ or plan.parquet), and a run writes {what} there: move it away, or "
-                "choose another --out"
+                f"choose another {option}"
             )
 
 

@@ -687,6 +687,14 @@ def test_the_digits_commands_never_write_over_a_users_folder(command, tmp_path, 
     assert sorted(path.name for path in mine.iterdir()) == ["README.md", "train"]
 
 
+def test_the_novel_concept_experiment_refuses_a_summary_it_cannot_add_to(tmp_path, capsys):
+    (tmp_path / "summary.json").write_text("[1, 2]")  # not the demo's: it was found at the end
+    code, _, err = cli(capsys, "demo", "--personalise", "--quick", "--out", tmp_path)
+    assert code == 2 and "summary.json is not a demo's summary" in error_line(err)
+    assert (tmp_path / "summary.json").read_text() == "[1, 2]"
+    assert not (tmp_path / "personalise").exists()
+
+
 def test_a_model_is_never_written_over_the_current_folder(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.txt").write_text("mine")

@@ -80,3 +80,20 @@ def check_demo_folder(out: Path, job_name: str) -> None:
         "demo (its job.yaml): the demo writes a run, benchmarks, canvases, a report and a "
         "gallery there, over what it holds; give a new folder (--out), or empty this one"
     )
+
+
+def check_summary(path: Path) -> None:
+    """A summary.json the novel-concept experiment adds its figures to (the demo's, a JSON
+    object) or none: another file of that name is refused before hours of training, not
+    found unreadable at their end."""
+    if not path.exists():
+        return
+    try:
+        figures = json.loads(path.read_text())
+    except (OSError, ValueError):
+        figures = None
+    if not isinstance(figures, dict):
+        raise AugmentError(
+            f"{path} is not a demo's summary (a JSON object), and the experiment adds its "
+            "figures to it: move it away, or give another --out"
+        )

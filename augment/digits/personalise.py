@@ -249,12 +249,14 @@ def run_personalise(
 
     `seeds` (default: the size's 5) seeds from `first_seed` on: a larger run on fresh seeds
     replicates the 10-minute one without reusing its draws of real images."""
+    from augment.digits.folders import check_summary
     from augment.errors import at_least
 
     size = QUICK if quick else FULL
     count = size.seeds if seeds is None else seeds
     at_least("seeds", count, 1)
     at_least("first_seed", first_seed, 0)
+    check_summary(Path(out) / "summary.json")
     seed_range = range(first_seed, first_seed + count)
 
     from augment.bench.classify import (
