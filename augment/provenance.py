@@ -275,7 +275,7 @@ def decode_image(data: bytes) -> tuple[dict[str, str], np.ndarray]:
 def inspect_png(path: str | Path) -> dict:
     """What an image file says of itself: its `parameters` text and `augment` JSON (None where
     absent, as after a JPEG re-encode), and whether the invisible watermark reads back."""
-    from augment.errors import AugmentError
+    from augment.errors import AugmentError, first_line
 
     path = Path(path)
     if path.is_dir():
@@ -290,8 +290,12 @@ def inspect_png(path: str | Path) -> dict:
     try:
         chunks, pixels = decode_image(data)
     except Exception as exc:  # noqa: BLE001 - whatever the decoder says, it is no image
+        kind = type(exc).__name__
+        reason = "no image format it knows" if kind == "UnidentifiedImageError" else kind
+        if kind == "DecompressionBombError":  # a real image, larger than PIL's guard
+            reason = first_line(exc).rstrip(".")
         raise AugmentError(
-            f"{path}: cannot read it as an image ({type(exc).__name__}); give a PNG file"
+            f"{path}: cannot read it as an image ({reason}); give a PNG file"
         ) from exc
     carried = chunks.get(AUGMENT_KEY)
     try:
@@ -304,7 +308,7 @@ def inspect_png(path: str | Path) -> dict:
         "file": str(path),
         "parameters": chunks.get(PARAMETERS_KEY),
         "augment": parsed,
-        "synthetic": bool(parsed and parsed.get("synthetic")),
+        "synthetic": bool(parsed and parsed.get("synthetic") is True),  # not "false"
         "watermark": has_watermark(pixels),
     }
 

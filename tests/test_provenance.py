@@ -12,7 +12,7 @@ import pytest
 from conftest import cli, error_line
 from PIL import Image
 
-from augment import registry
+from augment import api, registry
 from augment.api import load_spec, run
 from augment.config import FilterSpec
 from augment.errors import SpecError
@@ -79,7 +79,13 @@ def test_an_exported_png_carries_both_chunks_and_augment_inspect_reads_them(
     assert code == 0 and "no provenance" in printed
     (tmp_path / "broken.png").write_bytes(b"not a png")
     code, _, err = cli(capsys, "inspect", tmp_path / "broken.png")
-    assert code == 2 and "cannot read it as an image" in error_line(err)
+    assert code == 2 and "cannot read it as an image (no image format it knows)" in error_line(err)
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("augment", '{"synthetic": "false"}')  # another tool's chunk of that name
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(plain, pnginfo=info)
+    assert not api.inspect(plain)["synthetic"]
     code, _, err = cli(capsys, "inspect", tmp_path)  # a run's folder, say
     assert code == 2 and "is a folder; give image files" in error_line(err)
 
