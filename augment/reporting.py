@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ import pandas as pd
 
 from augment.bench.stats import paired_gain, summarize
 from augment.errors import AugmentError, first_line
+
+log = logging.getLogger(__name__)
 
 ARM_ORDER = ("real_only", "augmented", "oracle", "synthetic_only")
 
@@ -492,6 +495,11 @@ def write_report(
     classify_settings = settings.get("classify")
     if not isinstance(classify_settings, dict):  # another tool's settings.json
         classify_settings = {}
+    if real and not (synthetic or classify_settings.get("synthetic")):  # asked, not drawable
+        log.warning(
+            "no sample grid: it shows the real set beside a synthetic one, and these results "
+            "name none; give --synthetic (the run's output folder) too"
+        )
     real = real or classify_settings.get("real")
     synthetic = synthetic or classify_settings.get("synthetic")
     samples = read_samples(real, synthetic)

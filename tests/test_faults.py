@@ -703,6 +703,13 @@ def test_a_model_is_never_written_over_the_current_folder(tmp_path, capsys, monk
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_a_real_set_without_a_synthetic_one_says_there_is_no_sample_grid(tmp_path, capsys):
+    ONE_RESULT.to_parquet(tmp_path / "results.parquet")
+    code, _, err = cli(capsys, "report", tmp_path, "--real", "digits")
+    assert code == 0 and "warning: no sample grid" in err
+    assert not (tmp_path / "report" / "samples.png").exists()
+
+
 def test_a_fault_of_augment_is_one_line_exit_1(write_job, capsys, monkeypatch):
     def broken(*args, **kwargs):
         raise KeyError("concept_name")
