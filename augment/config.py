@@ -32,7 +32,12 @@ from pydantic import (
 
 from augment import registry
 from augment.errors import SpecError, not_valid_yaml
-from augment.prompting import DEFAULT_ATTRIBUTES, DEFAULT_NEGATIVE, check_template
+from augment.prompting import (
+    DEFAULT_ATTRIBUTES,
+    DEFAULT_NEGATIVE,
+    check_template,
+    template_slots,
+)
 
 
 def _named(name: str) -> str:
@@ -84,6 +89,17 @@ class TaxonomySpec(StrictModel):
     leaves: bool = Field(default=False, description="wordnet: keep only synsets without hyponyms")
     exclude: list[str] = Field(default=[], description="synsets or concept ids to drop")
     max_concepts: int | None = Field(default=None, ge=1)
+
+
+def check_name_prompt(prompt: str) -> str:
+    """A detector's or segmenter's text query: only {name} is filled in there."""
+    others = [slot for slot in template_slots(prompt) if slot != "name"]
+    if others:
+        raise ValueError(
+            f"unknown placeholder {{{others[0]}}} in {prompt!r}; only {{name}} (the concept's "
+            "name) is filled in here"
+        )
+    return prompt
 
 
 #: The devices a job or a training may name: torch's own names for them.
@@ -467,7 +483,7 @@ class SegmentSpec(StrictModel):
         "background by (default 40); clipseg: the probability a foreground pixel reaches "
         "(default 0.4); sam: unused",
     )
-    prompt: str = Field(
+    prompt: Annotated[str, AfterValidator(check_name_prompt)] = Field(
         default="{name}", description="clipseg: the text it is prompted with ({name}: concept)"
     )
     min_area: float = Field(
@@ -509,7 +525,9 @@ class LabelSpec(StrictModel):
         description="own: look for the concept the image was rendered for; all: for every "
         "concept of the job",
     )
-    prompt: str = Field(default="a photo of a {name}", description="the text query per concept")
+    prompt: Annotated[str, AfterValidator(check_name_prompt)] = Field(
+        default="a photo of a {name}", description="the text query per concept"
+    )
     nms_iou: float = Field(
         default=0.5, gt=0, le=1, description="of two boxes of a concept overlapping more, keep one"
     )

@@ -48,9 +48,18 @@ class Prompt:
 def template_slots(template: str) -> list[str]:
     """The placeholder names a template uses ('a {name} on {background}' -> [name, background])."""
     try:
-        return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        parts = [
+            (f, spec, conversion) for _, f, spec, conversion in string.Formatter().parse(template)
+        ]
     except ValueError as exc:
         raise ValueError(f"{template!r} is malformed: {exc}") from None
+    for field, spec, conversion in parts:
+        if field is not None and (spec or conversion):  # {name:d} failed once filled in
+            raise ValueError(
+                f"{template!r}: {{{field}{'!' + conversion if conversion else ''}"
+                f"{':' + spec if spec else ''}}} is not a plain placeholder; write {{{field}}}"
+            )
+    return [field for field, _, _ in parts if field is not None]
 
 
 def check_template(

@@ -46,6 +46,12 @@ def test_negative_step_count_is_refused_with_the_bound():
         ("name: tiny", "name: tiny job ü", "name: letters, digits, '_', '.' and '-' only"),
         ("height: 32", "height: 32\n  device: gpu", "generation.device: 'gpu' is not a device"),
         ("height: 32", "height: 32\n  guidance_scale: .inf", "guidance_scale: input should be a"),
+        ("digit {name}", "digit {name:d}", "{name:d} is not a plain placeholder; write {name}"),
+        (
+            "output:",
+            "segment: {prompt: 'a {nmae}'}\noutput:",
+            "segment.prompt: unknown placeholder",
+        ),
     ],
 )
 def test_invalid_values_name_the_key(old, new, message):
