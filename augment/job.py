@@ -1074,9 +1074,17 @@ def refilter(
     for path in parquet.shard_paths(shards_dir):
         table = parquet.read_shard(path)
         records = [{**record, "filtered": False} for record in table.to_pylist()]
-        if image_filter is not None:
+        if rescore:
             records = image_filter(records)
         else:
+            # images a run added since without a scorer (a job with none, resumed after
+            # `augment filter --scorer`): scored by the same scorer now
+            unscored = [n for n, r in enumerate(records) if r["concept_score"] is None]
+            if unscored and location is not None:
+                image_filter = image_filter or ImageFilter(spec.filters, location, concepts)
+                scored = image_filter([records[n] for n in unscored])
+                for n, record in zip(unscored, scored, strict=True):
+                    records[n] = record
             for record in records:
                 scores = record["concept_score"], record["clip_score"]
                 record["filtered"] = is_low(spec.filters, *scores)

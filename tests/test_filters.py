@@ -249,6 +249,24 @@ def test_a_resumed_run_keeps_the_last_filter_and_its_history(scored_and_cut, tmp
     assert len(coco["images"]) == int((records["concept_score"] >= median).sum())
 
 
+def test_a_run_without_a_scorer_resumed_after_filter_scorer_scores_its_new_images(
+    scored_and_cut, tmp_path
+):
+    """The job has no scorer; `augment filter --scorer` scored what was there; the images a
+    resumed run adds get the filter's scores and flags too (they were left unscored)."""
+    from augment.api import refilter
+
+    _, _, median = scored_and_cut
+    job = filtered_job(tmp_path, "plain", "")
+    run_job(load_spec(job, {"limit": 6}), LOCAL)
+    refilter(tmp_path / "plain", "builtin:digits-scorer", median)
+    result = run_job(load_spec(job), LOCAL)
+    assert (result.rendered, result.skipped) == (6, 6)
+    records = pd.read_parquet(tmp_path / "plain" / "shards")
+    assert len(records) == 12 and records["concept_score"].notna().all()
+    assert (records["filtered"] == (records["concept_score"] < median)).all()
+
+
 def test_filter_finds_the_runs_relative_scorer_beside_its_job_from_any_folder(
     tmp_path, monkeypatch, capsys
 ):
