@@ -290,8 +290,10 @@ def inspect_png(path: str | Path) -> dict:
     try:
         chunks, pixels = decode_image(data)
     except Exception as exc:  # noqa: BLE001 - whatever the decoder says, it is no image
-        kind = type(exc).__name__
-        reason = "no image format it knows" if kind == "UnidentifiedImageError" else kind
+        kind = type(exc).__name__  # an opener another library registered may raise an
+        # ImportError for a file no plugin knows (ultralytics' HEIF opener does)
+        unknown = kind == "UnidentifiedImageError" or isinstance(exc, ImportError)
+        reason = "no image format it knows" if unknown else kind
         if kind == "DecompressionBombError":  # a real image, larger than PIL's guard
             reason = first_line(exc).rstrip(".")
         raise AugmentError(
