@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -306,6 +308,53 @@ def check_committed_concepts(out_dir: Path, concepts: list[Concept]) -> None:
         )
 
 
+#: The lock file in OUT: one process writes a folder at a time.
+LOCK_FILE = ".augment.lock"
+#: The output folders this process holds the lock of (a filter run inside a run takes none).
+HELD_LOCKS: dict[Path, object] = {}
+
+
+def lock_output(out_dir: Path, option: str = "--out") -> Callable[[], None]:
+    """Take OUT's lock for this process, or refuse when another process holds it: a second
+    run (above all one with --force) or filter into a folder a run is writing mixed two runs'
+    shards. Returns what releases it (the lock also ends with the process)."""
+    import fcntl
+
+    key = out_dir.resolve()
+    if key in HELD_LOCKS:
+        return lambda: None
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(out_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held until released
+    except OSError as exc:
+        fix = f"choose another with {option}" if option else "give write access to it"
+        raise OutputError(
+            f"output folder {out_dir} is not writable ({exc.strerror}); {fix}"
+        ) from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise OutputError(
+            f"{out_dir} is being written by another augment process ({holder}); wait for it "
+            f"to end{', or choose another ' + option if option else ''}"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {platform.node()}")
+    handle.flush()
+    HELD_LOCKS[key] = handle
+
+    def release() -> None:
+        held = HELD_LOCKS.pop(key, None)
+        if held is not None:
+            held.close()
+
+    return release
+
+
 #: What a refused output folder's message advises (`augment serve --write` has its own).
 RUN_REMEDY = "use another --out, or --force to delete it and start over"
 
@@ -317,10 +366,11 @@ def prepare_output(
     concepts: list[Concept] | None = None,
     remedy: str = RUN_REMEDY,
     option: str = "--out",
-) -> None:
+) -> Callable[[], None]:
     """Create OUT, or check that it holds a run of this same spec, whose images have the
     categories `concepts` give them (then it resumes); a refusal ends with `remedy`, a folder
-    that cannot be written names `option`, the command's own for OUT."""
+    that cannot be written names `option`, the command's own for OUT. OUT is locked for this
+    process until the returned function is called."""
     saved = out_dir / "job.yaml"  # where the resolved spec is written
     if spec.job_file is not None and saved.resolve() == spec.job_file.resolve():
         raise OutputError(
@@ -330,6 +380,26 @@ def prepare_output(
     check_run_layout(out_dir)
     check_no_foreign_files(out_dir, option)
     check_exports_replaceable(out_dir, formats_to_refresh(out_dir, spec.output.formats))
+    release = lock_output(out_dir, option)  # before anything is cleared or written
+    try:
+        start_or_resume(out_dir, spec, force, concepts, remedy, option)
+    except BaseException:
+        release()
+        raise
+    return release
+
+
+def start_or_resume(
+    out_dir: Path,
+    spec: JobSpec,
+    force: bool,
+    concepts: list[Concept] | None,
+    remedy: str,
+    option: str,
+) -> None:
+    """OUT made ready for this spec's run: a run of it resumes, --force clears one, another
+    spec's is refused; then its job.yaml is written."""
+    saved = out_dir / "job.yaml"
     if not force:
         previous, now = previous_spec_hash(out_dir), spec.spec_hash()
         if previous is None and holds_images(out_dir):
@@ -446,7 +516,7 @@ def failed_before_its_first_image(out_dir: Path) -> bool:
     """Whether OUT holds only what a run writes before it renders (its spec, its plan, an empty
     shards/): a run stopped by a model that would not load, which a new spec may replace.
     Anything more (images, exports, a manifest, files of the user's) is kept."""
-    made_first = {"job.yaml", "plan.parquet", "shards"}
+    made_first = {"job.yaml", "plan.parquet", "shards", LOCK_FILE}
     names = {path.name for path in out_dir.iterdir()}
     shards = out_dir / "shards"
     return (
@@ -918,57 +988,62 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
         paste_backgrounds(spec)  # fail before touching OUT
     sources = SourceSet.of(spec) if spec.generation.mode in SOURCE_MODES else None
     items = plan_for(spec, concepts, sources)  # what this run renders
-    prepare_output(out_dir, spec, options.force, concepts)
-    planned = with_earlier_plan(out_dir, spec, items, concepts, sources)  # what OUT holds
-    write_plan(planned, out_dir / "plan.parquet")
-    parquet.remove_temp_files(out_dir / "shards")
-    done = resume_point(out_dir)
-    check_same_weights(out_dir, spec)
+    release = prepare_output(out_dir, spec, options.force, concepts)
     try:
-        rendering = render_blocks(spec, concepts, items, done, out_dir, options)
-        failures = rendering.failures + (sources.unreadable if sources is not None else [])
+        planned = with_earlier_plan(out_dir, spec, items, concepts, sources)  # what OUT holds
+        write_plan(planned, out_dir / "plan.parquet")
+        parquet.remove_temp_files(out_dir / "shards")
+        done = resume_point(out_dir)
+        check_same_weights(out_dir, spec)
+        try:
+            rendering = render_blocks(spec, concepts, items, done, out_dir, options)
+            failures = rendering.failures + (sources.unreadable if sources is not None else [])
+        finally:
+            parquet.remove_temp_files(out_dir / "shards")  # a worker killed mid-write leaves one
+        duplicates = flag_duplicates(
+            out_dir / "shards",
+            [item.item_id for item in planned],
+            source_pictures(spec, planned, sources),
+        )
+        outputs = {
+            "spec": out_dir / "job.yaml",
+            "plan": out_dir / "plan.parquet",
+            "shards": out_dir / "shards",
+        }
+        seconds = time.perf_counter() - started
+        outputs["manifest"] = write_manifest(
+            out_dir, spec, concepts, planned, seconds, failures, rendering.seconds
+        )
+        if parquet.shard_paths(out_dir / "shards"):
+            last = last_filter(out_dir, spec)
+            if last is None:
+                outputs.update(export(out_dir, formats_to_refresh(out_dir, spec.output.formats)))
+            else:  # `augment filter` set other flags than the job's: the new images get them too
+                log.info("applying the last `augment filter` (%s) to this run's images", last)
+                filtered = refilter(out_dir, last["scorer"], *last["minimums"])
+                outputs.update(filtered.outputs)
+                duplicates = filtered.after["duplicate"]
+            if spec.generation.mode == "interpolate":
+                outputs["animations"] = write_animations(
+                    out_dir, spec.generation.interpolate.frame_ms
+                )
+        if spec.paste is not None and parquet.shard_paths(out_dir / "shards"):
+            outputs["paste"] = paste(spec, options.force).out_dir
+        return RunResult(
+            out_dir=out_dir,
+            planned=len(planned),
+            skipped=sum(item.item_id in done for item in planned),
+            rendered=rendering.rendered,
+            flagged=rendering.flagged,
+            failed=len(failures),
+            seconds=seconds,
+            rendering_seconds=rendering.seconds,
+            duplicates=duplicates,
+            outputs=outputs,
+            failures=failures,
+        )
     finally:
-        parquet.remove_temp_files(out_dir / "shards")  # a worker killed mid-write leaves one
-    duplicates = flag_duplicates(
-        out_dir / "shards",
-        [item.item_id for item in planned],
-        source_pictures(spec, planned, sources),
-    )
-    outputs = {
-        "spec": out_dir / "job.yaml",
-        "plan": out_dir / "plan.parquet",
-        "shards": out_dir / "shards",
-    }
-    seconds = time.perf_counter() - started
-    outputs["manifest"] = write_manifest(
-        out_dir, spec, concepts, planned, seconds, failures, rendering.seconds
-    )
-    if parquet.shard_paths(out_dir / "shards"):
-        last = last_filter(out_dir, spec)
-        if last is None:
-            outputs.update(export(out_dir, formats_to_refresh(out_dir, spec.output.formats)))
-        else:  # `augment filter` set other flags than the job's: the new images get them too
-            log.info("applying the last `augment filter` (%s) to this run's images", last)
-            filtered = refilter(out_dir, last["scorer"], *last["minimums"])
-            outputs.update(filtered.outputs)
-            duplicates = filtered.after["duplicate"]
-        if spec.generation.mode == "interpolate":
-            outputs["animations"] = write_animations(out_dir, spec.generation.interpolate.frame_ms)
-    if spec.paste is not None and parquet.shard_paths(out_dir / "shards"):
-        outputs["paste"] = paste(spec, options.force).out_dir
-    return RunResult(
-        out_dir=out_dir,
-        planned=len(planned),
-        skipped=sum(item.item_id in done for item in planned),
-        rendered=rendering.rendered,
-        flagged=rendering.flagged,
-        failed=len(failures),
-        seconds=seconds,
-        rendering_seconds=rendering.seconds,
-        duplicates=duplicates,
-        outputs=outputs,
-        failures=failures,
-    )
+        release()
 
 
 def last_filter(out_dir: Path, spec: JobSpec) -> dict | None:
@@ -1067,50 +1142,54 @@ def refilter(
     sources = SourceSet.of(spec) if spec.generation.mode in COPYING_MODES else None
     items = plan_for(spec, sources=sources) if sources is not None else []
     order = plan_order(out_dir, spec, items)  # before any shard is rewritten
-    for folder in (out_dir, shards_dir):  # the manifest and exports too, or no shard changes
-        check_writable(folder, "give write access to it, then filter again")
-    _, before = parquet.count_true(shards_dir, list(FLAGS))
-    rewritten = 0
-    for path in parquet.shard_paths(shards_dir):
-        table = parquet.read_shard(path)
-        records = [{**record, "filtered": False} for record in table.to_pylist()]
-        if rescore:
-            records = image_filter(records)
-        else:
-            # images a run added since without a scorer (a job with none, resumed after
-            # `augment filter --scorer`): scored by the same scorer now
-            unscored = [n for n, r in enumerate(records) if r["concept_score"] is None]
-            if unscored and location is not None:
-                image_filter = image_filter or ImageFilter(spec.filters, location, concepts)
-                scored = image_filter([records[n] for n in unscored])
-                for n, record in zip(unscored, scored, strict=True):
-                    records[n] = record
-            for record in records:
-                scores = record["concept_score"], record["clip_score"]
-                record["filtered"] = is_low(spec.filters, *scores)
-        changed = parquet.pa.Table.from_pylist(records, schema=parquet.RECORD_SCHEMA)
-        if not changed.equals(table.cast(parquet.RECORD_SCHEMA)):
-            parquet.write_table(shards_dir, path.name, changed)
-            rewritten += 1
-    known = source_pictures(spec, items, sources) + list(real or ())  # sources, and a pool
-    flag_duplicates(shards_dir, order, known)
-    _, after = parquet.count_true(shards_dir, list(FLAGS))
-    settings = {
-        "scorer": spec.filters.scorer,
-        "min_concept_score": spec.filters.min_concept_score,
-        "min_clip_score": spec.filters.min_clip_score,
-        "real": real_name,
-    }
-    history = manifest.get("filter_history") or [
-        {"at": manifest["finished"], "command": "run", **previous["filters"], "flags": before}
-    ]
-    now = datetime.now(UTC).isoformat(timespec="seconds")
-    entry = {"at": now, "command": "filter", **settings, "rescored": rescore, "flags": after}
-    history.append(entry)
-    manifest["counts"].update(after)
-    manifest["filters"] = settings
-    manifest["filter_history"] = history
-    save_manifest(out_dir, manifest)
-    outputs = export(out_dir, formats_to_refresh(out_dir, spec.output.formats))
-    records = sum(s["rows"] for s in manifest["shards"])
-    return FilterResult(out_dir, records, rescore, rewritten, before, after, outputs)
+    release = lock_output(out_dir, option="")  # never beside a run writing OUT
+    try:
+        for folder in (out_dir, shards_dir):  # the manifest and exports too, or no shard changes
+            check_writable(folder, "give write access to it, then filter again")
+        _, before = parquet.count_true(shards_dir, list(FLAGS))
+        rewritten = 0
+        for path in parquet.shard_paths(shards_dir):
+            table = parquet.read_shard(path)
+            records = [{**record, "filtered": False} for record in table.to_pylist()]
+            if rescore:
+                records = image_filter(records)
+            else:
+                # images a run added since without a scorer (a job with none, resumed after
+                # `augment filter --scorer`): scored by the same scorer now
+                unscored = [n for n, r in enumerate(records) if r["concept_score"] is None]
+                if unscored and location is not None:
+                    image_filter = image_filter or ImageFilter(spec.filters, location, concepts)
+                    scored = image_filter([records[n] for n in unscored])
+                    for n, record in zip(unscored, scored, strict=True):
+                        records[n] = record
+                for record in records:
+                    scores = record["concept_score"], record["clip_score"]
+                    record["filtered"] = is_low(spec.filters, *scores)
+            changed = parquet.pa.Table.from_pylist(records, schema=parquet.RECORD_SCHEMA)
+            if not changed.equals(table.cast(parquet.RECORD_SCHEMA)):
+                parquet.write_table(shards_dir, path.name, changed)
+                rewritten += 1
+        known = source_pictures(spec, items, sources) + list(real or ())  # sources, and a pool
+        flag_duplicates(shards_dir, order, known)
+        _, after = parquet.count_true(shards_dir, list(FLAGS))
+        settings = {
+            "scorer": spec.filters.scorer,
+            "min_concept_score": spec.filters.min_concept_score,
+            "min_clip_score": spec.filters.min_clip_score,
+            "real": real_name,
+        }
+        history = manifest.get("filter_history") or [
+            {"at": manifest["finished"], "command": "run", **previous["filters"], "flags": before}
+        ]
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        entry = {"at": now, "command": "filter", **settings, "rescored": rescore, "flags": after}
+        history.append(entry)
+        manifest["counts"].update(after)
+        manifest["filters"] = settings
+        manifest["filter_history"] = history
+        save_manifest(out_dir, manifest)
+        outputs = export(out_dir, formats_to_refresh(out_dir, spec.output.formats))
+        records = sum(s["rows"] for s in manifest["shards"])
+        return FilterResult(out_dir, records, rescore, rewritten, before, after, outputs)
+    finally:
+        release()

@@ -327,15 +327,18 @@ class GenerationService:
         return [done[order.key, item.item_id, item.seed] for item, order in wanted]
 
 
-def prepare_served_folder(spec: JobSpec, out: Path) -> tuple[JobSpec, list]:
+def prepare_served_folder(spec: JobSpec, out: Path, hold: bool = True) -> tuple[JobSpec, list]:
     """The folder `--write` names, made (or resumed) for this job's images: refused, as a run's
-    output folder is, when it holds another job's (or is no folder)."""
+    output folder is, when it holds another job's (or is no folder). Locked for this process's
+    life (the writer's), unless `hold` is False (a check before the writer starts)."""
     from augment.job import concepts_for, prepare_output
 
     spec = load_spec(spec, {"output.dir": str(out)})
     concepts = concepts_for(spec)
     remedy = "write to another folder (--write), or delete this one"
-    prepare_output(out, spec, False, concepts, remedy, option="--write")
+    release = prepare_output(out, spec, False, concepts, remedy, option="--write")
+    if not hold:
+        release()
     return spec, concepts
 
 
@@ -421,7 +424,7 @@ def start_service(spec: JobSpec, options: ServeOptions | None = None) -> Service
     check_inputs(spec)
     check_port_free(options.host, options.port)
     if options.write:  # a folder it cannot write to, before Ray and the replicas start
-        prepare_served_folder(spec, Path(options.write))
+        prepare_served_folder(spec, Path(options.write), hold=False)
     connect_ray(options.address)
     placement = ray_placement()
     gpus, cpus, fits = placement.gpus, placement.cpus, placement.capacity

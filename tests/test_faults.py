@@ -710,6 +710,26 @@ def test_a_real_set_without_a_synthetic_one_says_there_is_no_sample_grid(tmp_pat
     assert not (tmp_path / "report" / "samples.png").exists()
 
 
+def test_a_run_or_filter_into_a_folder_another_process_writes_is_refused(run_copy, capsys):
+    """Nothing locked OUT: a --force run started beside a running one mixed two runs' shards
+    (118 rows for a plan of 20, some twice). Another process's lock is held here."""
+    import fcntl
+
+    job, out = run_copy
+    shards = sorted(p.read_bytes() for p in (out / "shards").glob("*.parquet"))
+    with open(out / ".augment.lock", "w") as other:
+        other.write("pid 12345 on elsewhere")
+        other.flush()
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for command in (["run", job, "--distributor", "local", "--force"], ["filter", out]):
+            code, _, err = cli(capsys, *command)
+            assert code == 2
+            assert "is being written by another augment process (pid 12345" in error_line(err)
+    assert sorted(p.read_bytes() for p in (out / "shards").glob("*.parquet")) == shards
+    code, _, err = cli(capsys, "run", job, "--distributor", "local")  # once it has ended
+    assert code == 0, err
+
+
 def test_a_fault_of_augment_is_one_line_exit_1(write_job, capsys, monkeypatch):
     def broken(*args, **kwargs):
         raise KeyError("concept_name")

@@ -78,7 +78,9 @@ def test_a_served_image_is_the_batch_runs_image_byte_for_byte(served):
         assert provenance["item_id"] == record["item_id"] and provenance["job"] == "demo"
 
 
-def test_served_images_are_written_once_and_a_batch_run_there_skips_them(served):
+def test_served_images_are_written_once_and_a_batch_run_there_skips_them(served, tmp_path):
+    """While the service writes its folder, a batch run there is refused (two writers mixed
+    their shards); on the folder it wrote, the batch run renders only what was not served."""
     client = ag.Client(served.url)
     first = client.generate("three", n=2)
     again = client.generate("three", n=2)  # the same items: served again, not written again
@@ -90,11 +92,15 @@ def test_served_images_are_written_once_and_a_batch_run_there_skips_them(served)
     planned = set(ag.plan(spec).item_id)
     already = planned & set(frame.item_id)
     assert already  # three's variants 0 and 1 at least
-    result = ag.run(spec, out=served.written, distributor="local")
+    with pytest.raises(AugmentError, match="is being written by another augment process"):
+        ag.run(spec, out=served.written, distributor="local")
+    folder = tmp_path / "served"
+    shutil.copytree(served.written, folder)  # what the service had written, as after its stop
+    result = ag.run(spec, out=folder, distributor="local")
     assert (result.skipped, result.rendered) == (len(already), 20 - len(already))
-    after = ag.read(served.written)
+    after = ag.read(folder)
     assert after.item_id.is_unique and planned <= set(after.item_id)
-    coco = json.loads(ag.export(served.written, ["coco"])["coco"].read_text())
+    coco = json.loads(ag.export(folder, ["coco"])["coco"].read_text())
     assert coco["info"]["synthetic"] and coco["images"]  # a dataset like any run's
 
 
