@@ -75,14 +75,51 @@ DECODE_ERRORS = (
 )
 
 
+def source_box(label: str, bbox, where: str, size: tuple[int, int] | None) -> SourceBox:
+    """A source's box, checked: four numbers [x, y, w, h], a positive width and height, and
+    on the image (of `size`, where known). A short bbox was a fault deep in planning; one off
+    the image or of no width was exported as a label of nothing."""
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise SpecError(
+            f"source.path: {where} has bbox {bbox!r}; a box is [x, y, width, height] in pixels"
+        ) from None
+    if not (w > 0 and h > 0):
+        raise SpecError(f"source.path: {where} has bbox {bbox!r}, of no width or height")
+    if (
+        size is not None
+        and all(size)
+        and (x >= size[0] or y >= size[1] or x + w <= 0 or y + h <= 0)
+    ):
+        raise SpecError(
+            f"source.path: {where} has bbox {bbox!r}, outside its {size[0]}x{size[1]} image"
+        )
+    return SourceBox(label, (x, y, w, h))
+
+
 def read_coco(path: Path, unreadable: list[dict]) -> list[SourceImage]:
     annotations = path if path.is_file() else path / "annotations.json"
     try:
         document = json.loads(annotations.read_text())
         names = {c["id"]: c["name"] for c in document["categories"]}
+        sizes: dict = {}
+        for entry in document["images"]:
+            if entry["id"] in sizes:  # one image's boxes would go to the other
+                raise SpecError(
+                    f"source.path: {annotations} lists image id {entry['id']!r} twice; give "
+                    "every image its own id"
+                )
+            sizes[entry["id"]] = (int(entry["width"]), int(entry["height"]))
         boxes: dict[int, list[SourceBox]] = {}
         for a in document.get("annotations", []):
-            box = SourceBox(names[a["category_id"]], tuple(float(v) for v in a["bbox"]))
+            where = f"{annotations}: annotation {a.get('id')!r}"
+            if a["category_id"] not in names:
+                raise SpecError(
+                    f"source.path: {where} has category_id {a['category_id']!r}, which "
+                    "categories does not list; add it there, or correct the annotation"
+                )
+            box = source_box(names[a["category_id"]], a["bbox"], where, sizes.get(a["image_id"]))
             boxes.setdefault(a["image_id"], []).append(box)
         folder = annotations.parent
         images = []
@@ -174,10 +211,13 @@ def read_parquet(path: Path, unreadable: list[dict]) -> list[SourceImage]:
         for row_index, row in enumerate(rows):
             if row.get("unreadable"):
                 continue
+            size = (int(row.get("width") or 0), int(row.get("height") or 0))
             boxes = tuple(
-                SourceBox(
+                source_box(
                     box.get("label") or names.get(box["category_id"], str(box["category_id"])),
-                    tuple(float(v) for v in box["bbox"]),
+                    box["bbox"],
+                    f"{file} row {row_index}",
+                    size,
                 )
                 for box in row.get("boxes") or []
             )
@@ -195,9 +235,24 @@ def read_parquet(path: Path, unreadable: list[dict]) -> list[SourceImage]:
 
 
 def image_cells(file: str | Path) -> list[bytes]:
-    """The encoded images of a Parquet file: an Image struct {bytes, path} or plain binary."""
+    """The encoded images of a Parquet file: an Image struct {bytes, path} or plain binary;
+    a path (a string, or the struct's path where its bytes are empty, as Hugging Face writes
+    them) is read, relative to the file's folder (b"" where it cannot be: unreadable)."""
     column = pq.read_table(file, columns=["image"]).column("image").to_pylist()
-    return [cell["bytes"] if isinstance(cell, dict) else cell for cell in column]
+    cells = []
+    for cell in column:
+        data, path = (
+            (cell.get("bytes"), cell.get("path")) if isinstance(cell, dict) else (cell, None)
+        )
+        if isinstance(data, str):
+            data, path = None, data
+        if data is None and path:
+            try:
+                data = (Path(file).parent / path).read_bytes()  # an absolute path stays one
+            except OSError:
+                data = None
+        cells.append(data or b"")
+    return cells
 
 
 READERS = {"coco": read_coco, "imagefolder": read_imagefolder, "parquet": read_parquet}

@@ -518,3 +518,64 @@ def test_a_coco_source_without_annotations_says_its_images_have_no_label(tmp_pat
     job = job.replace("builtin:digits-canvases", str(tmp_path / "annotations.json"))
     with pytest.raises(SpecError, match=r"labels seen: none; 2 of 2 images have no label\)"):
         plan_for(parse_spec(job))
+
+
+def small_coco(folder: Path, annotations: list[dict], images: list[dict] | None = None) -> Path:
+    """Two 96 px images of zero and one, with `annotations` as given."""
+    (folder / "images").mkdir(parents=True)
+    for n in (1, 2):
+        Image.new("RGB", (96, 96)).save(folder / "images" / f"{n}.png")
+    images = images or [
+        {"id": n, "file_name": f"{n}.png", "width": 96, "height": 96} for n in (1, 2)
+    ]
+    categories = [{"id": 1, "name": "zero"}, {"id": 2, "name": "one"}]
+    coco = {"images": images, "annotations": annotations, "categories": categories}
+    (folder / "annotations.json").write_text(json.dumps(coco))
+    return folder / "annotations.json"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"bbox": [10, 9, 17]}, r"annotation 1 has bbox \[10, 9, 17\]; a box is \[x, y, width"),
+        ({"bbox": [10, 9, -17, 27]}, "annotation 1 has bbox .* of no width or height"),
+        ({"bbox": [200, 200, 30, 30]}, "annotation 1 has bbox .* outside its 96x96 image"),
+        ({"category_id": 99}, "annotation 1 has category_id 99, which categories does not list"),
+        ({"image_id": "twice"}, "lists image id 1 twice"),
+    ],
+    ids=["short", "negative", "outside", "category", "image-id"],
+)
+def test_a_coco_source_with_a_box_that_is_no_box_is_named_before_planning(
+    tmp_path: Path, change, message
+):
+    """Each was a fault deep in planning, or a label of nothing in the exports."""
+    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 9, 17, 27], **change}
+    images = None
+    if change.get("image_id") == "twice":
+        box["image_id"] = 1
+        images = [{"id": 1, "file_name": f"{n}.png", "width": 96, "height": 96} for n in (1, 2)]
+    annotations = small_coco(tmp_path, [box], images)
+    job = (REPO / "jobs" / "tiny" / "img2img.yaml").read_text()
+    job = job.replace("builtin:digits-canvases", str(annotations))
+    with pytest.raises(SpecError, match=message):
+        plan_for(parse_spec(job))
+
+
+def test_a_parquet_source_may_name_its_images_by_path(tmp_path: Path):
+    """A column of file paths, or Hugging Face's {bytes: None, path} (they were a fault, and
+    'no readable images')."""
+    import pyarrow as pa
+
+    small_coco(tmp_path / "coco", [])
+    paths = [str(tmp_path / "coco" / "images" / f"{n}.png") for n in (1, 2)]
+    for name, column in {
+        "paths": paths,
+        "structs": [{"bytes": None, "path": path} for path in paths],
+    }.items():
+        pq.write_table(
+            pa.table({"image": column, "label": ["zero", "one"]}), tmp_path / f"{name}.parquet"
+        )
+        job = (REPO / "jobs" / "tiny" / "img2img.yaml").read_text()
+        job = job.replace("builtin:digits-canvases", str(tmp_path / f"{name}.parquet"))
+        items = plan_for(parse_spec(job))
+        assert len(items) == 2, name
