@@ -169,14 +169,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     print_outputs(result.outputs)
     if result.failed:
         first = result.failures[0]
+        # a source file that cannot be read is the user's to fix: a rerun cannot help it
+        sources = all("item_id" not in failure for failure in result.failures)
+        fix = "replace or remove those source images" if sources else "rerun to retry them"
         err.print(
             f"error: {result.failed} failed, first {first.get('item_id') or first['source']}: "
-            f"{first['error']} (all in {result.outputs['manifest']}); rerun to retry them",
+            f"{first['error']} (all in {result.outputs['manifest']}); {fix}",
             markup=False,
             highlight=False,
             soft_wrap=True,
         )
-        return 1
+        return 2 if sources else 1
     return 0
 
 

@@ -753,9 +753,11 @@ def test_unreadable_source_images_are_listed_and_the_rest_render(tmp_path, capsy
     (tmp_path / "job.yaml").write_text(job.replace("out/tiny/img2img", str(tmp_path / "out")))
 
     code, stdout, err = cli(capsys, "run", tmp_path / "job.yaml", "--distributor", "local")
-    assert code == 1
+    assert code == 2  # the user's file: a rerun ("rerun to retry them") could never help
     assert f"1 source image(s) cannot be read and are left out, first {junk}" in err
-    assert f"error: 1 failed, first {junk}" in err.strip().splitlines()[-1]
+    last = err.strip().splitlines()[-1]
+    assert f"error: 1 failed, first {junk}" in last
+    assert last.endswith("; replace or remove those source images")
     assert "2 images rendered" in stdout
     failures = json.loads((tmp_path / "out" / "manifest.json").read_text())["failures"]
     assert [f["source"] for f in failures] == [str(junk)]
