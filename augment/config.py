@@ -325,6 +325,19 @@ class GenerationSpec(StrictModel):
             )
         if self.mask.source == "files" and not self.mask.files:
             raise ValueError("mask.source files needs mask.files: a folder of mask images")
+        # a section set for another mode was silently ignored (a saved job.yaml holds each at
+        # its default, which passes)
+        for section, mode in (("mask", "inpaint"), ("interpolate", "interpolate")):
+            if self.mode != mode and getattr(self, section) != type(getattr(self, section))():
+                raise ValueError(
+                    f"{section}: only mode {mode} uses it, and this job's mode is {self.mode}; "
+                    f"remove {section}:, or set mode: {mode}"
+                )
+        if self.mode != "controlnet" and self.controlnet is not None:
+            raise ValueError(
+                f"controlnet: only mode controlnet uses it, and this job's mode is {self.mode}; "
+                "remove controlnet:, or set mode: controlnet"
+            )
         if self.fuse_qkv and (self.loras or self.attention == "eager"):
             raise ValueError(
                 "fuse_qkv fuses the attention's own projections: it cannot carry loras, nor run "
@@ -506,6 +519,16 @@ class SegmentSpec(StrictModel):
             raise ValueError(f"segment.method {self.method} needs segment.model (a folder)")
         if self.method == "threshold" and self.model is not None:
             raise ValueError("segment.method threshold uses no model: remove segment.model")
+        if self.min_area >= self.max_area:  # every mask would be flagged
+            raise ValueError(
+                f"segment.min_area {self.min_area:g} is not below max_area {self.max_area:g}: "
+                "no mask could pass both"
+            )
+        if self.method == "clipseg" and self.threshold is not None and self.threshold > 1:
+            raise ValueError(
+                f"segment.threshold {self.threshold:g}: clipseg's is a probability (0 to 1, "
+                "default 0.4); grey levels are the threshold method's"
+            )
         return self
 
 

@@ -52,6 +52,14 @@ def test_negative_step_count_is_refused_with_the_bound():
             "segment: {prompt: 'a {nmae}'}\noutput:",
             "segment.prompt: unknown placeholder",
         ),
+        ("output:", "segment: {min_area: 0.9, max_area: 0.1}\noutput:", "no mask could pass"),
+        ("height: 32", "height: 32\n  interpolate: {frames: 5}", "only mode interpolate uses it"),
+        ("height: 32", "height: 32\n  mask: {margin: 9}", "mask: only mode inpaint uses it"),
+        (
+            "output:",
+            "segment: {method: clipseg, model: m, threshold: 40}\noutput:",
+            "clipseg's is a probability",
+        ),
     ],
 )
 def test_invalid_values_name_the_key(old, new, message):

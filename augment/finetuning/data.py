@@ -214,6 +214,9 @@ def class_image_spec(
         loras=[],
         textual_inversions=[],
         mode="txt2img",
+        mask={},  # the job's mode's own sections, which txt2img refuses
+        interpolate={},
+        controlnet=None,
         height=settings.resolution,
         width=settings.resolution,
     )
