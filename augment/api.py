@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from augment.config import JobSpec
 from augment.config import load_spec as _load_spec
-from augment.errors import AugmentError, as_list, flag
+from augment.errors import AugmentError, flag
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -76,7 +76,7 @@ def concepts(
     if (spec is None) == (source is None):
         raise AugmentError("concepts() takes a job spec, or source= a taxonomy source: one of them")
     if source is not None:
-        return load_concepts(source, max_concepts, depth, leaves, tuple(as_list(exclude)))
+        return load_concepts(source, max_concepts, depth, leaves, exclude)  # a name, or names
     return concepts_for(_spec(spec))
 
 

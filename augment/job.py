@@ -328,9 +328,7 @@ def lock_output(out_dir: Path, option: str = "--out") -> Callable[[], None]:
         handle = open(out_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held until released
     except OSError as exc:
         fix = f"choose another with {option}" if option else "give write access to it"
-        raise OutputError(
-            f"output folder {out_dir} is not writable ({exc.strerror}); {fix}"
-        ) from None
+        raise not_writable(out_dir, exc, fix) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -423,10 +421,7 @@ def start_or_resume(
     try:
         (out_dir / "shards").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(
-            f"output folder {out_dir} is not writable ({exc.strerror}); choose another with "
-            f"{option}"
-        ) from None
+        raise not_writable(out_dir, exc, f"choose another with {option}") from None
     check_writable(out_dir, f"choose another with {option}")
     saved.write_text(spec.to_yaml())
 
@@ -438,9 +433,12 @@ def check_writable(folder: Path, remedy: str) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise OutputError(
-            f"output folder {folder} is not writable ({exc.strerror}); {remedy}"
-        ) from None
+        raise not_writable(folder, exc, remedy) from None
+
+
+def not_writable(folder: Path, exc: OSError, remedy: str) -> OutputError:
+    """The one message of an output folder that cannot be written, whichever step found it."""
+    return OutputError(f"output folder {folder} is not writable ({exc.strerror}); {remedy}")
 
 
 def check_run_layout(out_dir: Path) -> None:

@@ -28,6 +28,7 @@ from augment.bench.classify import check_results_table, write_results
 from augment.bench.data import read_coco
 from augment.bench.workers import default_workers, in_processes
 from augment.errors import AugmentError, at_least, between
+from augment.sinks import check_own_folder
 
 log = logging.getLogger(__name__)
 
@@ -338,21 +339,13 @@ def detector_workers() -> int:
 
 
 #: What a detection benchmark writes in OUT/detect (and deletes when it runs again).
-WORK_NAMES = {"val", "real_only", "augmented", "synthetic", "runs"}
+WORK_NAMES = ("val", "real_only", "augmented", "synthetic", "runs")
 
 
 def check_work_folder(work: Path) -> None:
     """OUT/detect holds only what an earlier benchmark wrote there: it is deleted before this
     one trains, and a user's own folder of that name is refused instead."""
-    if not work.exists():
-        return
-    others = sorted(path.name for path in work.iterdir() if path.name not in WORK_NAMES)
-    if not work.is_dir() or others:
-        what = f"holds {', '.join(others[:3])}" if work.is_dir() else "is a file"
-        raise AugmentError(
-            f"{work} {what}, which a detection benchmark did not write; it replaces that "
-            "folder with its datasets and models: move it away, or give another --out"
-        )
+    check_own_folder(work, WORK_NAMES, "datasets and models", writer="a detection benchmark")
 
 
 def run_detect(settings: DetectSettings) -> pd.DataFrame:

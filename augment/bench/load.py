@@ -167,8 +167,9 @@ def run_load(settings: LoadSettings) -> dict:
 
     spec = load_spec(settings.job)
     out = Path(settings.out)
+    device = None
     if settings.url is not None:  # a running service that refuses these requests: said first
-        serving_device(settings.url, settings.images)
+        device = serving_device(settings.url, settings.images)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     service = None
@@ -179,7 +180,7 @@ def run_load(settings: LoadSettings) -> dict:
     startup = time.perf_counter() - started
     url = service.url if service else settings.url
     try:
-        device = serving_device(url, settings.images)
+        device = device or serving_device(url, settings.images)  # of the service started
         levels, killed = load_service(url, settings)
         replicas = len(replica_names_after(settings.replicas if service else 1))
     finally:

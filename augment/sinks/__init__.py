@@ -53,14 +53,17 @@ EXPORT_NAMES = {
 }
 
 
-def check_own_folder(folder: Path, names: tuple[str, ...], what: str) -> None:
-    """`folder`, which a new `what` is about to replace, holds only what one writes there (file
-    names matching `names`); a file in its place, or the user's own files in it, are refused."""
+def check_own_folder(
+    folder: Path, names: tuple[str, ...], what: str, writer: str = "augment"
+) -> None:
+    """`folder`, which a new `what` of `writer`'s is about to replace, holds only what one
+    writes there (file names matching `names`); a file in its place, or the user's own files
+    in it, are refused."""
     if not folder.exists():
         return
     if not folder.is_dir():
         raise OutputError(
-            f"{folder} is a file, where augment writes its {what}: move it away and run this again"
+            f"{folder} is a file, where {writer} writes its {what}: move it away and run this again"
         )
     others = sorted(
         path.name
@@ -73,7 +76,7 @@ def check_own_folder(folder: Path, names: tuple[str, ...], what: str) -> None:
     if others:
         raise OutputError(
             f"{folder} holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}, which "
-            f"augment did not write; writing its {what} again replaces the whole folder: move "
+            f"{writer} did not write; writing its {what} again replaces the whole folder: move "
             "them away first"
         )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from augment.errors import TaxonomyError, as_list, at_least
+from augment.errors import TaxonomyError, at_least
 from augment.taxonomy.concept import Concept
 from augment.taxonomy.listfile import load_list_file
 
@@ -62,7 +62,7 @@ def load_concepts(
     exclude: tuple[str, ...] = (),
 ) -> list[Concept]:
     """Expand a taxonomy source string into concepts, in a stable order."""
-    exclude = tuple(as_list(exclude))  # one name alone, not its letters
+    exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)  # not its letters
     if depth is not None:
         at_least("depth", depth, 1)  # as taxonomy.depth in a job
     if max_concepts is not None:
