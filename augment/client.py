@@ -159,8 +159,10 @@ class ServedImages(torch.utils.data.IterableDataset):
         seed: int | None = None,
     ):
         super().__init__()
-        if per_request < 1 or (images is not None and images < 1) or start < 0:
-            raise AugmentError("per_request and images must be at least 1, start at least 0")
+        at_least("per_request", per_request, 1)
+        if images is not None:
+            at_least("images", images, 1)
+        at_least("start", start, 0)
         self.url = url
         self.concepts = concepts
         self.per_request = per_request

@@ -333,6 +333,12 @@ class GenerationSpec(StrictModel):
                     f"{section}: only mode {mode} uses it, and this job's mode is {self.mode}; "
                     f"remove {section}:, or set mode: {mode}"
                 )
+        default_strength = type(self).model_fields["strength"].default
+        if self.mode not in ("img2img", "inpaint") and self.strength != default_strength:
+            raise ValueError(
+                f"strength: only modes img2img and inpaint use it (how far a source image is "
+                f"noised), and this job's mode is {self.mode}; remove strength:"
+            )
         if self.mode != "controlnet" and self.controlnet is not None:
             raise ValueError(
                 f"controlnet: only mode controlnet uses it, and this job's mode is {self.mode}; "

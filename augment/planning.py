@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from augment.errors import SpecError
 from augment.labels import fitted_size, transfer_boxes
 from augment.prompting import Prompt
 from augment.records import PLAN_SCHEMA, SourceTarget, WorkItem
@@ -124,6 +125,12 @@ def build_interpolation_plan(
     for variants in by_concept.values():
         for k, start in enumerate(variants):
             end = variants[(k + 1) % len(variants)] if between != "seeds" else start
+            if between == "prompts" and end.text == start.text:  # its frames would be one image
+                raise SpecError(
+                    f"generation.interpolate: between prompts, but concept {start.concept.name}'s "
+                    f"prompt {start.text!r} is followed by itself; give prompts.templates a "
+                    "second template (or attributes), or set between: both"
+                )
             sequence_id = make_item_id(
                 job_name,
                 start.concept.id,

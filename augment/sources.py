@@ -15,8 +15,9 @@ import logging
 import re
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from augment.config import JobSpec, MaskSpec, SourceSpec
 from augment.errors import SpecError, first_line
@@ -26,7 +27,28 @@ from augment.taxonomy.listfile import slugify
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+#: EXIF orientations that turn a photo a quarter: shown, its width and height swap.
+QUARTER_TURNS = {5, 6, 7, 8}
+
+
+def shown_size(image: Image.Image) -> tuple[int, int]:
+    """The size a viewer shows (and a labelling tool boxes): a phone photo stored sideways with
+    an EXIF orientation has its width and height swapped."""
+    width, height = image.size
+    turned = image.getexif().get(0x0112) in QUARTER_TURNS  # 0x0112: the Orientation tag
+    return (height, width) if turned else (width, height)
+
+
+def shown(image: Image.Image, mode: str = "RGB") -> Image.Image:
+    """A user's image as a viewer shows it, in 8 bits: turned upright by its EXIF orientation,
+    and 16-bit grey scaled down (PIL's conversion clips it to 255, leaving black and white)."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I"):  # I;16, I;16B (16-bit PNG and TIFF) and I (32-bit)
+        grey = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+        image = Image.fromarray(((grey * 255 + 32767) // 65535).astype(np.uint8))
+    return image.convert(mode)
 
 
 def natural_key(text: str) -> list:
@@ -34,11 +56,23 @@ def natural_key(text: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
+def category_label(category_id: int) -> str:
+    """The label of a box known only by its category id (a Parquet table without names)."""
+    return f"category id {category_id}"
+
+
 def concept_index(concepts: list[Concept]) -> dict[str, Concept]:
-    """Source labels -> concepts, by name, id, alias or category id (compared as slugs)."""
+    """Source labels -> concepts, by name, id or alias (compared as slugs), and a nameless
+    box's `category_label`. A bare number is no key: MNIST's class folders 0..9 would have
+    matched the digits' category ids 1..10, every image one class off."""
     index: dict[str, Concept] = {}
     for concept in concepts:
-        for key in (concept.name, concept.id, *concept.aliases, str(concept.category_id)):
+        for key in (
+            concept.name,
+            concept.id,
+            *concept.aliases,
+            category_label(concept.category_id),
+        ):
             index.setdefault(slugify(key), concept)
     return index
 
@@ -157,7 +191,7 @@ def read_imagefolder(path: Path, unreadable: list[dict]) -> list[SourceImage]:
                 continue
             try:
                 with Image.open(file) as image:
-                    width, height = image.size
+                    width, height = shown_size(image)
             except DECODE_ERRORS as exc:
                 unreadable.append(unreadable_image(file, exc))
                 continue
@@ -204,7 +238,7 @@ def read_parquet(path: Path, unreadable: list[dict]) -> list[SourceImage]:
             for row_index, (row, cell) in enumerate(zip(rows, image_cells(file), strict=True)):
                 try:
                     with Image.open(io.BytesIO(cell)) as image:
-                        row["width"], row["height"] = image.size
+                        row["width"], row["height"] = shown_size(image)
                 except DECODE_ERRORS as exc:
                     unreadable.append(unreadable_image(f"{file}#{row_index}", exc))
                     row["unreadable"] = True
@@ -214,7 +248,8 @@ def read_parquet(path: Path, unreadable: list[dict]) -> list[SourceImage]:
             size = (int(row.get("width") or 0), int(row.get("height") or 0))
             boxes = tuple(
                 source_box(
-                    box.get("label") or names.get(box["category_id"], str(box["category_id"])),
+                    box.get("label")
+                    or names.get(box["category_id"], category_label(box["category_id"])),
                     box["bbox"],
                     f"{file} row {row_index}",
                     size,
@@ -314,9 +349,9 @@ class SourceSet:
                 if file not in self._parquet_images:
                     self._parquet_images[file] = image_cells(file)
                 data = self._parquet_images[file][int(row)]
-                return Image.open(io.BytesIO(data)).convert("RGB")
+                return shown(Image.open(io.BytesIO(data)))
             with Image.open(location) as image:
-                return image.convert("RGB")
+                return shown(image)
         except DECODE_ERRORS as exc:
             raise SpecError(f"source image {image_id} ({location}) cannot be read: {exc}") from None
 
@@ -377,6 +412,8 @@ class SourceSet:
                 if per_box
                 else "source labels must equal concept names or ids"
             )
+            if any(label.isdigit() for label in unmatched):
+                need += " (a number is not matched: name the folders after the concepts)"
             seen = f"labels seen: {', '.join(sorted(unmatched)[:5]) or 'none'}"
             if unlabelled:
                 seen += f"; {unlabelled} of {len(self.images)} images have no label"
@@ -406,7 +443,7 @@ class SourceSet:
         if path is None:
             raise self.no_mask(folder, image_id)
         with Image.open(path) as mask:
-            return mask.convert("L")
+            return shown(mask, "L")
 
     def no_mask(self, folder: str, image_id: str) -> SpecError:
         return SpecError(
@@ -419,7 +456,7 @@ def check_mask_size(path: Path, image: SourceImage) -> None:
     """A mask file must be its source image's size: another size is another image's mask."""
     try:
         with Image.open(path) as mask:
-            width, height = mask.size
+            width, height = shown_size(mask)
     except DECODE_ERRORS as exc:
         raise SpecError(f"generation.mask.files: mask {path} cannot be read: {exc}") from None
     if (width, height) != (image.width, image.height):

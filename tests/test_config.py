@@ -55,6 +55,7 @@ def test_negative_step_count_is_refused_with_the_bound():
         ("output:", "segment: {min_area: 0.9, max_area: 0.1}\noutput:", "no mask could pass"),
         ("height: 32", "height: 32\n  interpolate: {frames: 5}", "only mode interpolate uses it"),
         ("height: 32", "height: 32\n  mask: {margin: 9}", "mask: only mode inpaint uses it"),
+        ("height: 32", "height: 32\n  strength: 0.3", "strength: only modes img2img and inpaint"),
         (
             "output:",
             "segment: {method: clipseg, model: m, threshold: 40}\noutput:",

@@ -345,3 +345,33 @@ def test_a_lora_of_the_other_family_is_refused_before_training(tmp_path: Path, c
     line = error_line(err)
     assert code == 2 and "generation.loras[0].path" in line and "another family" in line
     assert not (tmp_path / "adapters").exists()
+
+
+def test_prior_preservation_of_an_img2img_job_renders_its_class_images_from_text(tmp_path):
+    """The class images are the base model's own renders of the class prompt: the job's
+    source, strength and mask belong to its own mode and must not reach them (txt2img refuses
+    them)."""
+    from types import SimpleNamespace
+
+    from augment.finetuning import class_image_spec
+    from augment.job import concepts_for
+
+    job = (REPO / "jobs" / "tiny" / "inpaint.yaml").read_text()
+    finetune = (REPO / "jobs" / "tiny" / "finetune-lora.yaml").read_text().split("finetune:")[1]
+    finetune = finetune.split("output:")[0].replace(
+        "  steps: 12", "  steps: 4\n  prior_preservation: {prompt: 'a {name}', images: 2}"
+    )
+    path = tmp_path / "job.yaml"
+    path.write_text(job.replace("output:", "finetune:" + finetune + "output:"))
+    spec = load_spec(path)
+    assert spec.generation.strength == 1.0 and spec.generation.mask.margin == 2
+    concepts = concepts_for(spec)
+    class_spec = class_image_spec(spec, [SimpleNamespace(id="nine")], concepts, tmp_path / "c")
+    g = class_spec.generation
+    assert (g.mode, class_spec.source, g.strength, g.mask) == (
+        "txt2img",
+        None,
+        0.75,
+        type(g.mask)(),
+    )
+    assert class_spec.prompts.templates == ["a {name}"]

@@ -392,6 +392,62 @@ def test_sources_from_an_image_folder_and_from_an_augment_run(tmp_path: Path):
     assert {item.source_image_id for item in items} <= ids
 
 
+def test_numbered_class_folders_are_not_taken_for_category_ids(tmp_path: Path):
+    """MNIST's folders 0..9 matched the digits' category ids 1..10: every image was rendered
+    as the next digit's class."""
+    for folder in ("0", "1"):
+        (tmp_path / "folder" / folder).mkdir(parents=True)
+        Image.new("RGB", (32, 32)).save(tmp_path / "folder" / folder / "a.png")
+    job = (REPO / "jobs" / "tiny" / "img2img.yaml").read_text()
+    spec = parse_spec(job.replace("builtin:digits-canvases", str(tmp_path / "folder")))
+    with pytest.raises(SpecError, match="labels seen: 0, 1.*a number is not matched"):
+        plan_for(spec)
+
+
+def test_source_images_are_read_as_a_viewer_shows_them(tmp_path: Path):
+    """A phone photo stored sideways is turned by its EXIF orientation (its boxes and masks
+    are drawn on it upright), a 16-bit grey scan keeps its shades (converting it clipped
+    every shade above 255 to white), and a GIF is an image like the others."""
+    from augment.bench.data import load_real
+    from augment.sources import SourceSet
+
+    folder = tmp_path / "folder" / "three"
+    folder.mkdir(parents=True)
+    stored = np.zeros((24, 40, 3), np.uint8)
+    stored[:, :20] = 255  # the left half white as stored: the top half, shown
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter clockwise
+    Image.fromarray(stored).save(folder / "photo.jpg", exif=exif, quality=95)
+    Image.fromarray((np.arange(32)[None, :].repeat(8, 0) * 2048).astype(np.uint16)).save(
+        folder / "scan.png"
+    )
+    Image.new("P", (16, 16), 3).save(folder / "old.gif")
+
+    sources = SourceSet(tmp_path / "folder")
+    assert {i.id: (i.width, i.height) for i in sources.images} == {
+        "three/old": (16, 16),
+        "three/photo": (24, 40),
+        "three/scan": (32, 8),
+    }
+    photo = np.asarray(sources.pixels("three/photo"), dtype=int)
+    assert photo.shape == (40, 24, 3)
+    assert photo[:18].mean() > 240 and photo[22:].mean() < 15
+    scan = np.asarray(sources.pixels("three/scan"))[0, :, 0]
+    assert len(np.unique(scan)) == 32 and np.all(np.diff(scan.astype(int)) > 0)
+    assert scan[-1] == round(31 * 2048 * 255 / 65535)
+
+    (tmp_path / "folder" / "seven").mkdir()
+    for name in ("a", "b"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "folder" / "seven" / f"{name}.png")
+    real = load_real(str(tmp_path / "folder"), 8, test_fraction=0.5)
+    everything = {
+        **dict(zip(real.pool.ids, real.pool.images, strict=True)),
+        **dict(zip(real.test.ids, real.test.images, strict=True)),
+    }
+    assert len(everything) == 5  # the GIF too
+    assert everything["three/photo.jpg"][:3].mean() > 200  # upright: white on top
+
+
 def test_a_watermark_too_big_for_a_narrow_source_is_refused_before_any_render(tmp_path: Path):
     (tmp_path / "folder" / "three").mkdir(parents=True)
     Image.new("RGB", (40, 24)).save(tmp_path / "folder" / "three" / "wide.png")
@@ -414,6 +470,9 @@ def test_mode_and_source_mistakes_are_one_line_errors(tmp_path: Path):
         ),
         "  batch_size: 4\n  mode: img2img\nsource: {path: nowhere}\n": (
             "source.path: 'nowhere' not found"
+        ),
+        "  batch_size: 4\n  mode: interpolate\n  interpolate: {between: prompts}\n": (
+            "'a handwritten digit zero' is followed by itself"
         ),
     }
     for addition, expected in cases.items():

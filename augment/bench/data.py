@@ -23,7 +23,7 @@ from augment import registry
 from augment.classifier import to_array
 from augment.errors import AugmentError
 from augment.sinks import export_records, run_categories
-from augment.sources import DECODE_ERRORS
+from augment.sources import DECODE_ERRORS, IMAGE_SUFFIXES, shown
 from augment.taxonomy.listfile import slugify
 
 
@@ -88,7 +88,7 @@ def load_imagefolder_real(root: Path, size: int, test_fraction: float, seed: int
     images, labels, ids = [], [], []
     for label, folder in enumerate(folders):
         for path in sorted(folder.iterdir()):
-            if path.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".webp"}:
+            if path.suffix.lower() in IMAGE_SUFFIXES:
                 images.append(to_array(open_image(path), size))
                 labels.append(label)
                 ids.append(str(path.relative_to(root)))
@@ -96,8 +96,8 @@ def load_imagefolder_real(root: Path, size: int, test_fraction: float, seed: int
     empty = [f.name for label, f in enumerate(folders) if label not in present]
     if empty:
         raise AugmentError(
-            f"{root}: class folder {empty[0]} holds no image (.png, .jpg, .jpeg, .bmp, .webp); "
-            "add its images, or remove the folder"
+            f"{root}: class folder {empty[0]} holds no image "
+            f"({', '.join(sorted(IMAGE_SUFFIXES))}); add its images, or remove the folder"
         )
     classes = Classes([f.name for f in folders], [None] * len(folders), [()] * len(folders))
     return split_real(
@@ -200,9 +200,7 @@ def split_real(classes, every: ImageSet, source: Path, test_fraction: float, see
 def open_image(path: Path | str, data: bytes | None = None) -> Image.Image:
     """An image decoded in full (a file, or `data` read from `path`); an error naming it."""
     try:
-        image = Image.open(io.BytesIO(data) if data is not None else path)
-        image.load()
-        return image
+        return shown(Image.open(io.BytesIO(data) if data is not None else path))
     except DECODE_ERRORS as exc:
         raise AugmentError(f"{path}: not a readable image ({exc}); remove or replace it") from None
 

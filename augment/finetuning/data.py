@@ -198,7 +198,7 @@ def class_image_spec(
     """Prior preservation's job: `images` renders of the class prompt per taught concept by the
     base model alone, at the training resolution, into `folder` (rendered by the normal engine:
     a rerun reuses what it holds)."""
-    from augment.config import load_spec, validate_spec
+    from augment.config import GenerationSpec, load_spec, validate_spec
 
     f, settings = spec.finetune, settings_for(spec)
     wanted = {c.id for c in taught}
@@ -214,8 +214,9 @@ def class_image_spec(
         loras=[],
         textual_inversions=[],
         mode="txt2img",
-        mask={},  # the job's mode's own sections, which txt2img refuses
+        mask={},  # the job's mode's own settings, which txt2img refuses
         interpolate={},
+        strength=GenerationSpec.model_fields["strength"].default,
         controlnet=None,
         height=settings.resolution,
         width=settings.resolution,
