@@ -177,7 +177,7 @@ def refilter(
     from augment.job import refilter as refilter_run
 
     folder = _path(out, "out")
-    pictures = None if real is None else real_pictures(real)
+    pictures = None if real is None else real_pictures(str(_path(real, "real")))
     return refilter_run(folder, scorer, min_concept_score, min_clip_score, pictures, real_name=real)
 
 
@@ -291,6 +291,10 @@ def sweep(
     return run_sweep(_settings(SweepSettings, chosen))
 
 
+#: The benchmark settings that name a file or folder (a number there failed deep inside).
+PATH_SETTINGS = {"real", "synthetic", "out", "job", "weights"}
+
+
 def _settings(kind: type, chosen: dict):
     """A settings dataclass from keyword arguments; paths as strings, None left as default."""
     import dataclasses
@@ -302,7 +306,11 @@ def _settings(kind: type, chosen: dict):
             f"unknown {kind.__name__} setting(s) {', '.join(unknown)}; known: "
             f"{', '.join(sorted(known))}"
         )
-    values = {k: str(v) if isinstance(v, Path) else v for k, v in chosen.items() if v is not None}
+    values = {k: v for k, v in chosen.items() if v is not None}
+    for name in PATH_SETTINGS & set(values):
+        values[name] = str(_path(values[name], name))
+    if "out" in values and Path(values["out"]).is_file():
+        raise AugmentError(f"out: {values['out']} is a file; give a folder for the results")
     return kind(**values)
 
 

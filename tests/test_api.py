@@ -121,6 +121,9 @@ def test_a_notebooks_wrong_types_are_named_and_never_cost_a_run(tiny_run, tmp_pa
         (lambda: ag.export(out, "coco", include_flagged="no"), "include_flagged must be True"),
         (lambda: ag.classify(steps=1.5), "steps must be a whole number at least 1, got 1.5"),
         (lambda: ag.classify(test_fraction="0.3"), "test_fraction must be a number between 0"),
+        (lambda: ag.classify(real=5), r"real: give a path \(a str or a Path\), got 5"),
+        (lambda: ag.refilter(out, real=5), r"real: give a path \(a str or a Path\), got 5"),
+        (lambda: ag.classify(out=out / "job.yaml"), "job.yaml is a file; give a folder"),
     ]:
         with pytest.raises(AugmentError, match=message):
             call()
