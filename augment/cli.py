@@ -170,7 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.failed:
         first = result.failures[0]
         # a source file that cannot be read is the user's to fix: a rerun cannot help it
-        sources = all("item_id" not in failure for failure in result.failures)
+        sources = all("source" in failure for failure in result.failures)
         fix = "replace or remove those source images" if sources else "rerun to retry them"
         err.print(
             f"error: {result.failed} failed, first {first.get('item_id') or first['source']}: "
@@ -1233,6 +1233,9 @@ def chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
+    if "--debug" in unknown:  # after the command, where the fault message's reader puts it
+        unknown.remove("--debug")
+        args.debug = True
     if unknown:  # named by the command that refused them, pointing at its own --help
         chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     setup_logging(args.debug)

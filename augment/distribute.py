@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from augment.config import JobSpec, load_spec
-from augment.errors import AugmentError, first_line
+from augment.errors import AugmentError, SourceImageError, first_line
 from augment.records import FLAGS, WorkItem
 from augment.sinks.parquet import write_shard
 
@@ -243,6 +243,8 @@ class BlockWorker:
         for _ in range(self.retries):
             try:
                 return generator([item]), []
+            except SourceImageError as exc:  # the user's file: trying again cannot help
+                return [], [{"item_id": item.item_id, "source": exc.source, "error": str(exc)}]
             except Exception as exc:  # noqa: BLE001
                 error = "".join(traceback.format_exception_only(exc)).strip()
         return [], [{"item_id": item.item_id, "error": error, "attempts": self.retries + 1}]

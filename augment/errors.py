@@ -16,6 +16,14 @@ class SpecError(AugmentError):
     """The job spec (YAML) is malformed or has an invalid value."""
 
 
+class SourceImageError(SpecError):
+    """A source image cannot be decoded: the user's to replace, which a retry cannot help."""
+
+    def __init__(self, message: str, source: str):
+        super().__init__(message)
+        self.source = source
+
+
 class TaxonomyError(AugmentError):
     """A concept source cannot be expanded (unknown synset, empty expansion, bad list file)."""
 

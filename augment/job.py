@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -733,6 +734,27 @@ def resume_point(out_dir: Path) -> set[str]:
     return done
 
 
+def check_sources_kept(out_dir: Path, planned: list[WorkItem]) -> None:
+    """A resumed run from source images must still have each image OUT rendered, under the
+    label it was rendered as. A source image removed, or moved to another class folder, left
+    its renders in the shards and exports under the old label, without a word."""
+    now = {(item.source_image_id, item.concept_id) for item in planned}
+    gone = Counter(
+        (row["source_image_id"], row["concept_id"])
+        for row in parquet.read_records(out_dir / "shards", ["source_image_id", "concept_id"])
+        if row["source_image_id"] is not None
+        and (row["source_image_id"], row["concept_id"]) not in now
+    )
+    if gone:
+        image, concept = min(gone)
+        raise SpecError(
+            f"{out_dir} holds {gone.total()} images rendered from source images that "
+            f"source.path no longer has under that label (e.g. {image}, rendered as {concept}): "
+            "the source changed since this run began. Put those images back, or start over "
+            "with --force (or give another --out)"
+        )
+
+
 def check_same_weights(out_dir: Path, spec: JobSpec) -> None:
     """A resumed run renders with the weights OUT's images came from. The spec names files, so
     a model or adapter changed in place since (trained again, downloaded again) leaves its hash
@@ -989,9 +1011,11 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
     release = prepare_output(out_dir, spec, options.force, concepts)
     try:
         planned = with_earlier_plan(out_dir, spec, items, concepts, sources)  # what OUT holds
-        write_plan(planned, out_dir / "plan.parquet")
         parquet.remove_temp_files(out_dir / "shards")
         done = resume_point(out_dir)
+        if sources is not None:
+            check_sources_kept(out_dir, planned)
+        write_plan(planned, out_dir / "plan.parquet")
         check_same_weights(out_dir, spec)
         try:
             rendering = render_blocks(spec, concepts, items, done, out_dir, options)

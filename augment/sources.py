@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from augment.config import JobSpec, MaskSpec, SourceSpec
-from augment.errors import SpecError, first_line
+from augment.errors import SourceImageError, SpecError, first_line
 from augment.records import SourceBox, SourceImage, SourceTarget
 from augment.taxonomy.concept import Concept
 from augment.taxonomy.listfile import slugify
@@ -43,11 +43,15 @@ def shown_size(image: Image.Image) -> tuple[int, int]:
 
 def shown(image: Image.Image, mode: str = "RGB") -> Image.Image:
     """A user's image as a viewer shows it, in 8 bits: turned upright by its EXIF orientation,
-    and 16-bit grey scaled down (PIL's conversion clips it to 255, leaving black and white)."""
+    16-bit grey scaled down (PIL's conversion clips it to 255, leaving black and white), and,
+    in colour, a transparent image laid on white (dropping the alpha showed what lay under
+    it: black ink on a transparent PNG became a black square)."""
     image = ImageOps.exif_transpose(image)
     if image.mode.startswith("I"):  # I;16, I;16B (16-bit PNG and TIFF) and I (32-bit)
         grey = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
         image = Image.fromarray(((grey * 255 + 32767) // 65535).astype(np.uint8))
+    if mode == "RGB" and (image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info):
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
     return image.convert(mode)
 
 
@@ -145,6 +149,11 @@ def read_coco(path: Path, unreadable: list[dict]) -> list[SourceImage]:
                     "every image its own id"
                 )
             sizes[entry["id"]] = (int(entry["width"]), int(entry["height"]))
+            if min(sizes[entry["id"]]) < 1:
+                raise SpecError(
+                    f"source.path: {annotations} gives image {entry['id']!r} the size "
+                    f"{entry['width']}x{entry['height']}; give its width and height in pixels"
+                )
         boxes: dict[int, list[SourceBox]] = {}
         for a in document.get("annotations", []):
             where = f"{annotations}: annotation {a.get('id')!r}"
@@ -153,7 +162,12 @@ def read_coco(path: Path, unreadable: list[dict]) -> list[SourceImage]:
                     f"source.path: {where} has category_id {a['category_id']!r}, which "
                     "categories does not list; add it there, or correct the annotation"
                 )
-            box = source_box(names[a["category_id"]], a["bbox"], where, sizes.get(a["image_id"]))
+            if a["image_id"] not in sizes:  # its image would be left out without a word
+                raise SpecError(
+                    f"source.path: {where} has image_id {a['image_id']!r}, which images does "
+                    "not list; add the image, or correct the annotation"
+                )
+            box = source_box(names[a["category_id"]], a["bbox"], where, sizes[a["image_id"]])
             boxes.setdefault(a["image_id"], []).append(box)
         folder = annotations.parent
         images = []
@@ -164,6 +178,19 @@ def read_coco(path: Path, unreadable: list[dict]) -> list[SourceImage]:
             if not file.is_file():
                 unreadable.append(unreadable_image(file, FileNotFoundError("no such file")))
                 continue
+            try:
+                with Image.open(file) as image:
+                    shown_width, shown_height = shown_size(image)
+            except DECODE_ERRORS as exc:
+                unreadable.append(unreadable_image(file, exc))
+                continue
+            width, height = sizes[entry["id"]]
+            if abs(width * shown_height - height * shown_width) > max(width, height):
+                raise SpecError(  # its boxes would be scaled onto the wrong places
+                    f"source.path: {annotations} says image {entry['id']!r} is {width}x"
+                    f"{height}, but {file} is {shown_width}x{shown_height} as shown (turned by "
+                    "its EXIF orientation, if it has one); correct its width and height"
+                )
             images.append(
                 SourceImage(
                     id=str(entry["id"]),
@@ -180,15 +207,42 @@ def read_coco(path: Path, unreadable: list[dict]) -> list[SourceImage]:
     return images
 
 
+def visible(folder: Path) -> list[Path]:
+    """A folder's entries in order, less hidden ones (`.DS_Store`, macOS's `._photo.jpg`
+    resource forks, `.thumbs/`): never a user's images, and no decoder reads them."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def warn_nested(class_dirs: list[Path]) -> None:
+    """Say which folders inside class folders are not read: their images were left out
+    without a word (a class's images go right in its folder)."""
+    nested = [d for folder in class_dirs for d in visible(folder) if d.is_dir()]
+    if nested:
+        log.warning(
+            "%d folder(s) inside class folders are not read, first %s: put a class's images "
+            "right in its folder",
+            len(nested),
+            nested[0],
+        )
+
+
 def read_imagefolder(path: Path, unreadable: list[dict]) -> list[SourceImage]:
     """<class>/<image> files labelled by their folder, and images right in `path` unlabelled
     (a flat folder of backgrounds)."""
     images = []
-    groups = [(None, path), *((d.name, d) for d in sorted(p for p in path.iterdir() if p.is_dir()))]
+    seen: dict[str, Path] = {}
+    groups = [(None, path), *((d.name, d) for d in visible(path) if d.is_dir())]
     for label, class_dir in groups:
-        for file in sorted(class_dir.iterdir()):
+        for file in visible(class_dir):
             if not file.is_file() or file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
+            image_id = file.stem if label is None else f"{label}/{file.stem}"
+            if image_id in seen:  # one would be rendered twice, the other never
+                raise SpecError(
+                    f"source.path: {seen[image_id]} and {file} would both be image "
+                    f"{image_id}; rename one of them"
+                )
+            seen[image_id] = file
             try:
                 with Image.open(file) as image:
                     width, height = shown_size(image)
@@ -197,13 +251,14 @@ def read_imagefolder(path: Path, unreadable: list[dict]) -> list[SourceImage]:
                 continue
             images.append(
                 SourceImage(
-                    id=file.stem if label is None else f"{label}/{file.stem}",
+                    id=image_id,
                     location=str(file),
                     width=width,
                     height=height,
                     label=label,
                 )
             )
+    warn_nested([folder for _, folder in groups[1:]])
     return images
 
 
@@ -353,7 +408,9 @@ class SourceSet:
             with Image.open(location) as image:
                 return shown(image)
         except DECODE_ERRORS as exc:
-            raise SpecError(f"source image {image_id} ({location}) cannot be read: {exc}") from None
+            raise SourceImageError(
+                f"source image {image_id} ({location}) cannot be read: {exc}", location
+            ) from None
 
     def targets(
         self, concepts: list[Concept], mode: str, mask: MaskSpec, mask_files: str | None = None

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import augment as ag
-from augment.bench.classify import ClassifySettings, run_classify
+from augment.bench.classify import ClassifySettings, few_shot, run_classify
 from augment.bench.data import ImageSet, check_no_leak, load_real
 from augment.bench.stats import mean_ci, paired_gain, summarize
 from augment.errors import AugmentError
@@ -60,7 +60,9 @@ def test_a_synthetic_set_holding_a_test_image_is_refused():
     real = load_real("digits", 16)
     assert not set(real.split["pool"]) & set(real.split["test"])
     leaked = ImageSet(real.test.images[:3].copy(), real.test.labels[:3], ["s0", "s1", "s2"])
-    with pytest.raises(AugmentError, match="a test image is also in the training data"):
+    with pytest.raises(
+        AugmentError, match=r"training data: test image \S+ is s0 there \(the same pixels"
+    ):
         check_no_leak(real.test, real.pool, leaked)
     check_no_leak(real.test, real.pool)  # the real pool itself is clean
 
@@ -404,6 +406,32 @@ def test_a_real_imagefolder_with_an_empty_class_is_refused(tmp_path):
     for n in range(3):
         Image.new("L", (8, 8)).save(tmp_path / "nine" / f"{n}.png")
     with pytest.raises(AugmentError, match="class folder eight holds no image"):
+        load_real(str(tmp_path), 8)
+
+
+def test_a_real_imagefolder_is_read_as_a_run_reads_it(tmp_path, caplog):
+    """Hidden entries are no classes or images (`.thumbs/` was class 0, `._a.png` unreadable),
+    and `Three/` beside `three/` is one class twice, which a run merges: here it was two
+    classes the model could not tell apart. Errors name the class, not its number."""
+    for name in ("nine", "three", ".thumbs"):
+        (tmp_path / name).mkdir()
+        for n in range(3):
+            Image.new("L", (8, 8), n * 40).save(tmp_path / name / f"{n}.png")
+    (tmp_path / "nine" / "._0.png").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    (tmp_path / "nine" / "more").mkdir()  # left out, as before, but now said
+    Image.new("L", (8, 8)).save(tmp_path / "nine" / "more" / "x.png")
+    Image.new("L", (8, 8)).save(tmp_path / "loose.png")
+    real = load_real(str(tmp_path), 8, test_fraction=0.34)
+    assert real.classes.names == ["nine", "three"] and len(real.pool) + len(real.test) == 6
+    assert "1 folder(s) inside class folders are not read, first " in caplog.text
+    assert "1 image(s) right in " in caplog.text and "first loose.png" in caplog.text
+    with pytest.raises(AugmentError, match="lower --shots below 3") as error:
+        few_shot(real.pool, 3, 0, real.classes.names)
+    assert "real images of class nine in the pool" in str(error.value)
+
+    (tmp_path / "Three").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "Three" / "a.png")
+    with pytest.raises(AugmentError, match="class folders 'Three' and 'three' name one class"):
         load_real(str(tmp_path), 8)
 
 

@@ -739,6 +739,9 @@ def test_a_fault_of_augment_is_one_line_exit_1(write_job, capsys, monkeypatch):
     assert code == 1
     line = error_line(err)
     assert "KeyError: 'concept_name'" in line and "--debug" in line
+    for where in (["--debug", "plan", write_job()], ["plan", write_job(), "--debug"]):
+        with pytest.raises(KeyError, match="concept_name"):  # the traceback, either way
+            cli(capsys, *where)
 
 
 def test_unreadable_source_images_are_listed_and_the_rest_render(tmp_path, capsys):
@@ -747,20 +750,23 @@ def test_unreadable_source_images_are_listed_and_the_rest_render(tmp_path, capsy
         Image.new("RGB", (32, 32), (220, 220, 220)).save(tmp_path / "folder" / digit / "a.png")
     junk = tmp_path / "folder" / "seven" / "b.png"
     junk.write_bytes(b"\x89PNG not really")
+    cut = tmp_path / "folder" / "three" / "cut.jpg"  # its header reads, its pixels do not
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(cut)
+    cut.write_bytes(cut.read_bytes()[:900])
     job = (REPO / "jobs" / "tiny" / "img2img.yaml").read_text()
     job = job.replace("builtin:digits-canvases", str(tmp_path / "folder"))
     job = job.replace("num_inference_steps: 10", "num_inference_steps: 4")
     (tmp_path / "job.yaml").write_text(job.replace("out/tiny/img2img", str(tmp_path / "out")))
 
     code, stdout, err = cli(capsys, "run", tmp_path / "job.yaml", "--distributor", "local")
-    assert code == 2  # the user's file: a rerun ("rerun to retry them") could never help
+    assert code == 2  # the user's files: a rerun ("rerun to retry them") could never help
     assert f"1 source image(s) cannot be read and are left out, first {junk}" in err
     last = err.strip().splitlines()[-1]
-    assert f"error: 1 failed, first {junk}" in last
+    assert "error: 2 failed, first " in last and "cut.jpg) cannot be read" in last
     assert last.endswith("; replace or remove those source images")
     assert "2 images rendered" in stdout
     failures = json.loads((tmp_path / "out" / "manifest.json").read_text())["failures"]
-    assert [f["source"] for f in failures] == [str(junk)]
+    assert [f["source"] for f in failures] == [str(cut), str(junk)]
 
 
 def test_more_workers_than_the_cluster_has_run_on_those_that_fit(

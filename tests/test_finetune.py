@@ -375,3 +375,15 @@ def test_prior_preservation_of_an_img2img_job_renders_its_class_images_from_text
         type(g.mask)(),
     )
     assert class_spec.prompts.templates == ["a {name}"]
+
+
+def test_fewer_real_images_than_asked_are_said(tmp_path: Path, caplog):
+    """A folder whose images sit one level deeper left a concept with 1 of its 4 shots."""
+    from augment.finetuning.data import real_images
+    from augment.job import concepts_for
+
+    spec = load_spec(finetune_job(tmp_path, image_folder(tmp_path), images_per_concept=4))
+    taught = real_images(spec, concepts_for(spec))
+    assert [len(t.images) for t in taught] == [2]
+    assert "concept nine has 2 real image(s) in" in caplog.text
+    assert "of the 4 that finetune.images_per_concept asks" in caplog.text

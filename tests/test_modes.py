@@ -392,6 +392,35 @@ def test_sources_from_an_image_folder_and_from_an_augment_run(tmp_path: Path):
     assert {item.source_image_id for item in items} <= ids
 
 
+def test_a_source_image_moved_to_another_class_stops_the_resumed_run(tmp_path: Path):
+    """Its render under the old label stayed in the shards and exports beside the new one.
+    The run now stops before rendering and keeps what OUT holds; adding images resumes."""
+    folder = tmp_path / "folder"
+    for digit, names in (("three", ["a", "b"]), ("seven", ["c"])):
+        (folder / digit).mkdir(parents=True)
+        for name in names:
+            Image.new("RGB", (32, 32), (90, 90, 90)).save(folder / digit / f"{name}.png")
+    job = (REPO / "jobs" / "tiny" / "img2img.yaml").read_text()
+    job = job.replace("builtin:digits-canvases", str(folder)).replace("steps: 10", "steps: 4")
+    path, out = tmp_path / "job.yaml", tmp_path / "out"
+    path.write_text(job.replace("out/tiny/img2img", str(out)))
+    assert augment("run", str(path), "--distributor", "local").returncode == 0
+    shards = sorted(p.read_bytes() for p in (out / "shards").iterdir())
+
+    (folder / "three" / "b.png").rename(folder / "seven" / "b.png")  # it was a seven
+    result = augment("run", str(path), "--distributor", "local")
+    assert result.returncode == 2
+    assert "no longer has under that label (e.g. three/b, rendered as three)" in result.stderr
+    assert sorted(p.read_bytes() for p in (out / "shards").iterdir()) == shards
+
+    (folder / "seven" / "b.png").rename(folder / "three" / "b.png")
+    Image.new("RGB", (32, 32)).save(folder / "seven" / "d.png")  # more data: resumed
+    result = augment("run", str(path), "--distributor", "local")
+    assert result.returncode == 0, result.stderr
+    rows = pq.read_table(out / "shards", columns=["source_image_id"]).column(0).to_pylist()
+    assert sorted(rows) == ["seven/c", "seven/d", "three/a", "three/b"]
+
+
 def test_numbered_class_folders_are_not_taken_for_category_ids(tmp_path: Path):
     """MNIST's folders 0..9 matched the digits' category ids 1..10: every image was rendered
     as the next digit's class."""
@@ -404,10 +433,32 @@ def test_numbered_class_folders_are_not_taken_for_category_ids(tmp_path: Path):
         plan_for(spec)
 
 
+def test_an_image_folder_skips_hidden_files_and_refuses_two_files_of_one_id(tmp_path: Path, caplog):
+    """macOS's `._a.png` made the run end in an error; `a.png` beside `a.jpg` rendered `a.png`
+    twice and never `a.jpg`; a folder inside a class folder was left out without a word."""
+    from augment.sources import SourceSet
+
+    folder = tmp_path / "folder" / "three"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(folder / "a.png")
+    (folder / "._a.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    (tmp_path / "folder" / ".thumbs").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "folder" / ".thumbs" / "a.png")
+    (folder / "batch1").mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "batch1" / "b.png")
+    sources = SourceSet(tmp_path / "folder")
+    assert [i.id for i in sources.images] == ["three/a"] and sources.unreadable == []
+    assert "1 folder(s) inside class folders are not read, first " in caplog.text
+    Image.new("RGB", (8, 8)).save(folder / "a.jpg")
+    with pytest.raises(SpecError, match=r"a.jpg and .*a.png would both be image three/a"):
+        SourceSet(tmp_path / "folder")
+
+
 def test_source_images_are_read_as_a_viewer_shows_them(tmp_path: Path):
     """A phone photo stored sideways is turned by its EXIF orientation (its boxes and masks
     are drawn on it upright), a 16-bit grey scan keeps its shades (converting it clipped
-    every shade above 255 to white), and a GIF is an image like the others."""
+    every shade above 255 to white), a transparent PNG is laid on white (it was black under
+    its ink), and a GIF is an image like the others."""
     from augment.bench.data import load_real
     from augment.sources import SourceSet
 
@@ -422,9 +473,13 @@ def test_source_images_are_read_as_a_viewer_shows_them(tmp_path: Path):
         folder / "scan.png"
     )
     Image.new("P", (16, 16), 3).save(folder / "old.gif")
+    ink = np.zeros((8, 8, 4), np.uint8)
+    ink[2:6, 3:5, 3] = 255  # black ink on a transparent background
+    Image.fromarray(ink, "RGBA").save(folder / "ink.png")
 
     sources = SourceSet(tmp_path / "folder")
     assert {i.id: (i.width, i.height) for i in sources.images} == {
+        "three/ink": (8, 8),
         "three/old": (16, 16),
         "three/photo": (24, 40),
         "three/scan": (32, 8),
@@ -432,6 +487,8 @@ def test_source_images_are_read_as_a_viewer_shows_them(tmp_path: Path):
     photo = np.asarray(sources.pixels("three/photo"), dtype=int)
     assert photo.shape == (40, 24, 3)
     assert photo[:18].mean() > 240 and photo[22:].mean() < 15
+    drawn = np.asarray(sources.pixels("three/ink"))[..., 0]  # laid on white, as shown
+    assert drawn[0, 0] == 255 and drawn[3, 3] == 0
     scan = np.asarray(sources.pixels("three/scan"))[0, :, 0]
     assert len(np.unique(scan)) == 32 and np.all(np.diff(scan.astype(int)) > 0)
     assert scan[-1] == round(31 * 2048 * 255 / 65535)
@@ -444,7 +501,7 @@ def test_source_images_are_read_as_a_viewer_shows_them(tmp_path: Path):
         **dict(zip(real.pool.ids, real.pool.images, strict=True)),
         **dict(zip(real.test.ids, real.test.images, strict=True)),
     }
-    assert len(everything) == 5  # the GIF too
+    assert len(everything) == 6  # the GIF too
     assert everything["three/photo.jpg"][:3].mean() > 200  # upright: white on top
 
 
@@ -601,15 +658,21 @@ def small_coco(folder: Path, annotations: list[dict], images: list[dict] | None 
         ({"bbox": [200, 200, 30, 30]}, "annotation 1 has bbox .* outside its 96x96 image"),
         ({"category_id": 99}, "annotation 1 has category_id 99, which categories does not list"),
         ({"image_id": "twice"}, "lists image id 1 twice"),
+        ({"image_id": 42}, "annotation 1 has image_id 42, which images does not list"),
+        ({"width": 0}, "gives image 1 the size 0x96; give its width and height in pixels"),
+        ({"width": 192}, r"says image 1 is 192x96, but .*1.png is 96x96 as shown"),
     ],
-    ids=["short", "negative", "outside", "category", "image-id"],
+    ids=["short", "negative", "outside", "category", "image-id", "orphan", "no-size", "aspect"],
 )
 def test_a_coco_source_with_a_box_that_is_no_box_is_named_before_planning(
     tmp_path: Path, change, message
 ):
-    """Each was a fault deep in planning, or a label of nothing in the exports."""
+    """Each was a fault deep in planning, or a label of nothing in the exports; an orphan
+    annotation's image was left out, and a size that is not the file's moved its boxes."""
+    change = dict(change)
+    width = change.pop("width", 96)
     box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 9, 17, 27], **change}
-    images = None
+    images = [{"id": n, "file_name": f"{n}.png", "width": width, "height": 96} for n in (1, 2)]
     if change.get("image_id") == "twice":
         box["image_id"] = 1
         images = [{"id": 1, "file_name": f"{n}.png", "width": 96, "height": 96} for n in (1, 2)]

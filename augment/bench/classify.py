@@ -181,15 +181,16 @@ def train_and_score_all(tasks: list[tuple], workers: int = 1, progress=None) -> 
     return in_processes(train_and_score, tasks, workers, progress)
 
 
-def few_shot(pool: ImageSet, shots: int, seed: int) -> ImageSet:
-    """`shots` real images per class, drawn with `seed`."""
+def few_shot(pool: ImageSet, shots: int, seed: int, names: list[str] | None = None) -> ImageSet:
+    """`shots` real images per class, drawn with `seed` (`names`: the classes', for errors)."""
     rng = np.random.default_rng(seed)
     rows = []
     for label in np.unique(pool.labels):
         members = np.flatnonzero(pool.labels == label)
         if len(members) < shots:
+            name = label if names is None else names[label]
             raise AugmentError(
-                f"only {len(members)} real images of class {label} in the pool; "
+                f"only {len(members)} real images of class {name} in the pool; "
                 f"lower --shots below {shots}"
             )
         rows.extend(rng.choice(members, shots, replace=False))
@@ -279,7 +280,7 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
     arms_trained = []  # (shots, seed, arm, ratio, n_real, n_synthetic, asked) per task
     tasks = []
     for shots, seed, arm, ratio in plan:
-        real_train = few_shot(real.pool, shots, seed)
+        real_train = few_shot(real.pool, shots, seed, real.classes.names)
         asked = 0
         if arm == "real_only":
             train = real_train

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +24,10 @@ from augment import registry
 from augment.classifier import to_array
 from augment.errors import AugmentError
 from augment.sinks import export_records, run_categories
-from augment.sources import DECODE_ERRORS, IMAGE_SUFFIXES, shown
+from augment.sources import DECODE_ERRORS, IMAGE_SUFFIXES, shown, visible, warn_nested
 from augment.taxonomy.listfile import slugify
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,12 +85,29 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
 
 
 def load_imagefolder_real(root: Path, size: int, test_fraction: float, seed: int) -> RealData:
-    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    folders = [p for p in visible(root) if p.is_dir()]
     if len(folders) < 2:
         raise AugmentError(f"{root}: an ImageFolder needs one sub-folder per class (2 or more)")
+    named: dict[str, Path] = {}
+    for folder in folders:  # a run reads both as one concept: two classes here would differ
+        other = named.setdefault(slugify(folder.name), folder)
+        if other != folder:
+            raise AugmentError(
+                f"{root}: class folders {other.name!r} and {folder.name!r} name one class; "
+                "merge them, or rename one"
+            )
+    loose = [p for p in visible(root) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if loose:
+        log.warning(
+            "%d image(s) right in %s have no class and are not read, first %s",
+            len(loose),
+            root,
+            loose[0].name,
+        )
+    warn_nested(folders)
     images, labels, ids = [], [], []
     for label, folder in enumerate(folders):
-        for path in sorted(folder.iterdir()):
+        for path in visible(folder):
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 images.append(to_array(open_image(path), size))
                 labels.append(label)
@@ -252,12 +272,15 @@ def image_digest(image: np.ndarray) -> str:
 
 def check_no_leak(test: ImageSet, *training: ImageSet) -> None:
     """Refuse training data that holds a test image (same pixels or same id)."""
-    test_digests = {image_digest(image) for image in test.images}
+    test_digests = {image_digest(image): i for i, image in zip(test.ids, test.images, strict=True)}
     test_ids = set(test.ids)
     for images in training:
-        shared_ids = test_ids.intersection(images.ids)
-        if shared_ids or any(image_digest(image) in test_digests for image in images.images):
-            raise AugmentError(
-                "a test image is also in the training data; the held-out real test set must "
-                "stay unseen: check the real split and the synthetic folder"
-            )
+        for image_id, image in zip(images.ids, images.images, strict=True):
+            same = image_id if image_id in test_ids else test_digests.get(image_digest(image))
+            if same is not None:  # a real set's two copies of one photo, split apart
+                raise AugmentError(
+                    f"a test image is also in the training data: test image {same} is "
+                    f"{image_id} there (the same {'id' if same == image_id else 'pixels'}); "
+                    "the held-out real test set must stay unseen: remove the copy from the "
+                    "real set (or the synthetic folder)"
+                )

@@ -4,6 +4,7 @@ hashed), their captions and tokens, the settings, and prior preservation's class
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from PIL import Image
 from augment.config import DEFAULT_LEARNING_RATES, FinetuneSpec, JobSpec
 from augment.errors import SpecError
 from augment.taxonomy import Concept
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,16 @@ def real_images(spec: JobSpec, concepts: list[Concept]) -> list[TaughtConcept]:
                 f"finetune.source: no real image of concept '{concept.name}' in {sources.path} "
                 "(images are matched to concepts by their folder, label or category name); add "
                 "some, or leave the concept out with finetune.concepts"
+            )
+        wanted = f.images_per_concept
+        if wanted is not None and len(chosen) < wanted:  # few shots: each one counts
+            log.warning(
+                "finetune: concept %s has %d real image(s) in %s, of the %d that "
+                "finetune.images_per_concept asks; training on those",
+                concept.name,
+                len(chosen),
+                sources.path,
+                wanted,
             )
         token = token_for(f, concept)
         prompt = fill(f.instance_prompt, {**concept_values(concept, token)})
