@@ -883,7 +883,7 @@ def paste(spec: JobSpec, force: bool = False) -> PasteResult:
     items = paste_plan(spec.name, spec.seed, backgrounds.images, settings.images_per_background)
     failures = list(backgrounds.unreadable)
     provenance = run_provenance(spec)
-    pending, written, count = [], 0, 0
+    pending, written, count, bare = [], 0, 0, 0
     todo = [item for item in items if item.item_id not in done]
 
     def commit() -> None:
@@ -921,10 +921,21 @@ def paste(spec: JobSpec, force: bool = False) -> PasteResult:
             )
             written += 1
             count += len(pasted)
+            bare += not pasted
             if len(pending) >= spec.output.rows_per_shard:
                 commit()
             advance(1)
         commit()
+    if bare:
+        log.warning(
+            "paste: %d of %d canvases got no instance, kept as background-only negatives: at "
+            "scale %s the instances do not fit the backgrounds, or find no place under "
+            "max_overlap %s",
+            bare,
+            written,
+            settings.scale,
+            settings.max_overlap,
+        )
     seconds = time.perf_counter() - started
     shards = parquet.shard_paths(shards_dir)
     manifest = {
@@ -1004,8 +1015,11 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
         check_reachable(options.address)  # a wrong --address, before anything is written
     check_inputs_outside_output(spec, out_dir)
     concepts = check_inputs(spec)
-    if spec.paste is not None:
-        paste_backgrounds(spec)  # fail before touching OUT
+    if spec.paste is not None:  # fail before touching OUT
+        from augment.labels.paste import check_paste_folder
+
+        paste_backgrounds(spec)
+        check_paste_folder(out_dir / "paste")
     sources = SourceSet.of(spec) if spec.generation.mode in SOURCE_MODES else None
     items = plan_for(spec, concepts, sources)  # what this run renders
     release = prepare_output(out_dir, spec, options.force, concepts)

@@ -18,7 +18,7 @@ from augment.bench.data import ImageSet, check_no_leak, load_real
 from augment.bench.stats import mean_ci, paired_gain, summarize
 from augment.errors import AugmentError
 from augment.records import FLAGS
-from tests.conftest import cli, error_line, write_fake_run
+from tests.conftest import DIGITS, cli, error_line, write_fake_run
 
 
 def test_mean_ci_matches_the_t_interval_by_hand():
@@ -222,6 +222,45 @@ def test_detector_settings_refuse_what_ultralytics_cannot_train(tmp_path):
         DetectSettings(real="x", fliplr=1.5)
     with pytest.raises(AugmentError, match="nbs must be"):
         DetectSettings(real="x", nbs=0)
+
+
+def test_detect_matches_synthetic_boxes_to_real_classes_by_name(tmp_path):
+    """A real set numbered in another order (alphabetically, or from 0) trained every pasted
+    digit as another one, or ended in a KeyError; a class the real set lacks is refused."""
+    from augment.bench.detect import (
+        DetectSettings,
+        real_categories,
+        run_detect,
+        synthetic_category_ids,
+    )
+    from augment.sinks.parquet import write_shard
+
+    run = tmp_path / "run"
+    boxes = [{"category_id": c, "bbox": [1.0, 1.0, 4.0, 4.0]} for c in (3, 6)]  # two, five
+    write_shard(run / "shards", "part-00000.parquet", [{"item_id": "a", "boxes": boxes}])
+    own = [{"id": i + 1, "name": name} for i, name in enumerate(DIGITS)]
+    (run / "manifest.json").write_text(json.dumps({"categories": own}))
+    alphabetical = [{"id": i, "name": name} for i, name in enumerate(sorted(DIGITS))]
+    ids = synthetic_category_ids(run, alphabetical)
+    assert ids == {3: sorted(DIGITS).index("two"), 6: sorted(DIGITS).index("five")}
+    with pytest.raises(AugmentError, match="its boxes of five name no category of the real"):
+        synthetic_category_ids(run, [c for c in own if c["name"] != "five"])
+
+    image = {"id": "000001", "file_name": "1.png", "width": 32, "height": 32}
+    val = {"images": [image], "annotations": [], "categories": own[:2]}
+    train = {**val, "categories": own[1:3]}
+    with pytest.raises(AugmentError, match="its val split has no annotated object"):
+        real_categories(train, val, "real")
+    val["annotations"] = [{"image_id": "000001", "category_id": 1, "bbox": [1, 1, 4, 4]}]
+    assert [c["name"] for c in real_categories(train, val, "real")] == ["zero", "one", "two"]
+    with pytest.raises(AugmentError, match="its train split has no image"):
+        real_categories({**train, "images": []}, val, "real")
+
+    document = {**val, "annotations": [{**val["annotations"][0], "bbox": [30, 30, 9, 9]}]}
+    (tmp_path / "one.json").write_text(json.dumps(document))
+    settings = DetectSettings(real=str(tmp_path / "one.json"), out=str(tmp_path / "bench"))
+    with pytest.raises(AugmentError, match=r"bbox \[30, 30, 9, 9\], outside its 32x32 image"):
+        run_detect(settings)
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -202,6 +203,8 @@ def test_bad_paste_input_fails_before_the_run_and_a_corrupt_background_is_named(
 def test_the_paste_yolo_exports_train_one_epoch_offline(pasted, tmp_path, monkeypatch):
     data = pasted / "paste" / "yolo" / "data.yaml"
     assert train_yolo_one_epoch(data, tmp_path, monkeypatch, imgsz=96).is_file()
+    assert list(data.parent.glob("*.cache"))  # ultralytics' own, which an export replaces
+    export(pasted / "paste", ["yolo"])
     segments = export(pasted / "paste", ["yolo-seg"])["yolo-seg"]
     checked = 0
     for record in export_records(pasted / "paste"):  # each polygon fills its instance's mask
@@ -221,3 +224,35 @@ def test_the_paste_yolo_exports_train_one_epoch_offline(pasted, tmp_path, monkey
     assert checked
     model = "yolov8n-seg.yaml"
     assert train_yolo_one_epoch(segments, tmp_path / "seg", monkeypatch, 96, model).is_file()
+
+
+def test_canvases_nothing_fits_on_are_exported_as_negatives_and_said(pasted, tmp_path, caplog):
+    """At scale 1 no cut fits its background: those canvases had category None, and every
+    export of the paste stopped on it, telling the user to rerun, which changed nothing."""
+    out = tmp_path / "out"
+    shutil.copytree(pasted, out)
+    result = paste(tiny_paste_spec(out, **{"paste.scale": [1.0, 1.0]}), force=True)
+    assert result.pasted == 8 and result.instances == 0
+    assert "paste: 8 of 8 canvases got no instance, kept as background-only negatives" in (
+        caplog.text
+    )
+    coco = json.loads((out / "paste" / "coco" / "annotations.json").read_text())
+    assert len(coco["images"]) == 8 and {i["category_id"] for i in coco["images"]} == {None}
+    assert coco["annotations"]  # the backgrounds' own digits
+    assert len(list((out / "paste" / "yolo" / "labels").rglob("*.txt"))) == 8
+
+
+def test_the_users_files_in_the_paste_folder_are_refused_not_deleted(pasted, tmp_path):
+    """A paste made again replaces OUT/paste: `--force`, or a run after `run --limit`, deleted
+    a user's notes and the benchmark results written there."""
+    out = tmp_path / "out"
+    shutil.copytree(pasted, out)
+    (out / "paste" / "bench").mkdir()
+    (out / "paste" / "bench" / "results.parquet").write_bytes(b"mine")
+    spec = tiny_paste_spec(out)
+    with pytest.raises(OutputError, match=r"paste holds bench, which augment paste did not"):
+        paste(spec, force=True)
+    with pytest.raises(OutputError, match=r"paste holds bench, which augment paste did not"):
+        run_job(spec, RunOptions(distributor="local", force=True))
+    assert (out / "paste" / "bench" / "results.parquet").read_bytes() == b"mine"
+    assert (out / "shards").is_dir()  # the run was refused before it cleared OUT

@@ -125,6 +125,18 @@ def load_imagefolder_real(root: Path, size: int, test_fraction: float, seed: int
     )
 
 
+def check_box(box: list, size: tuple | None, wrong, where: str) -> None:
+    """A box has a width and a height, and lies on its image (of `size`, where given; a
+    pixel's rounding over the edge is let pass)."""
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in box):
+        raise wrong(f"{where} has bbox {box}: not four numbers")
+    x, y, w, h = box
+    if w <= 0 or h <= 0:
+        raise wrong(f"{where} has bbox {box}, of no width or height")
+    if size and (x < -1 or y < -1 or x + w > size[0] + 1 or y + h > size[1] + 1):
+        raise wrong(f"{where} has bbox {box}, outside its {size[0]}x{size[1]} image")
+
+
 def read_coco(path: Path, boxes: bool = False) -> dict:
     """A COCO annotations file, checked for what the benchmarks read (images with ids and file
     names, categories with ids and names, annotations of known images and categories, with a
@@ -147,6 +159,11 @@ def read_coco(path: Path, boxes: bool = False) -> dict:
             if not isinstance(entry, dict) or any(f not in entry for f in fields):
                 raise wrong(f"{key}[{number}] lacks {' or '.join(fields)}")
     image_ids = {image["id"] for image in document["images"]}
+    sizes = {
+        i["id"]: (i["width"], i["height"])
+        for i in document["images"]
+        if {"width", "height"} <= i.keys()
+    }
     category_ids = {category["id"] for category in document["categories"]}
     annotations = document.setdefault("annotations", [])
     if not isinstance(annotations, list):
@@ -163,6 +180,8 @@ def read_coco(path: Path, boxes: bool = False) -> dict:
         has_box = isinstance(box, list) and len(box) == 4
         if (boxes or not ann.get("area")) and not has_box:
             raise wrong(f"{where} has no bbox [x, y, width, height]")
+        if boxes:  # ultralytics dropped an image with a box off it, from training and val
+            check_box(box, sizes.get(ann["image_id"]), wrong, where)
     return document
 
 

@@ -29,6 +29,7 @@ from augment.bench.data import read_coco
 from augment.bench.workers import default_workers, in_processes
 from augment.errors import AugmentError, at_least, between
 from augment.sinks import check_own_folder
+from augment.taxonomy.listfile import slugify
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,32 @@ def real_splits(settings: DetectSettings) -> tuple[dict, Path, dict, Path]:
     )
 
 
+def real_categories(train: dict, val: dict, real: str) -> list[dict]:
+    """The categories of both real splits, by id (train may list one val does not), once each
+    split can be trained on and scored: images to train on, and objects in val."""
+    if not train["images"]:
+        raise AugmentError(
+            f"real detection data '{real}': its train split has no image (all "
+            f"{len(val['images'])} went to val); give more images, or train/ and val/ folders"
+        )
+    if not any(not a.get("iscrowd") for a in val["annotations"]):
+        raise AugmentError(
+            f"real detection data '{real}': its val split has no annotated object (in "
+            f"{len(val['images'])} images), so there is nothing to score; give more annotated "
+            "images, or train/ and val/ folders"
+        )
+    by_id: dict = {}
+    for category in [*train["categories"], *val["categories"]]:
+        other = by_id.setdefault(category["id"], category)
+        if other["name"] != category["name"]:
+            raise AugmentError(
+                f"real detection data '{real}': category id {category['id']} is "
+                f"{other['name']!r} in train and {category['name']!r} in val; give both splits "
+                "the same categories"
+            )
+    return sorted(by_id.values(), key=lambda c: c["id"])
+
+
 def annotation_mask(annotation: dict, height: int, width: int) -> np.ndarray | None:
     """A COCO annotation's mask (RLE or polygons), or None when it has none."""
     from pycocotools import mask as coco_mask
@@ -192,8 +219,9 @@ def write_yolo_split(
     prefix: str = "",
     segments: bool = False,
 ) -> int:
-    """Images (named by COCO id) + YOLO label files, boxes or (`segments`) polygons from the
-    masks (a mask-less box as its rectangle); returns the number of images."""
+    """Images (named by their position, from 1) + YOLO label files (crowd regions left out),
+    boxes or (`segments`) polygons from the masks (a mask-less box as its rectangle); returns
+    the number of images."""
     from augment.sinks.yolo import yolo_box_line, yolo_instance_line
 
     (target / "images").mkdir(parents=True, exist_ok=True)
@@ -201,13 +229,15 @@ def write_yolo_split(
     by_image: dict[int, list] = {}
     for annotation in coco["annotations"]:
         by_image.setdefault(annotation["image_id"], []).append(annotation)
-    for image in coco["images"]:
-        stem = f"{prefix}{image['id']}"
+    for position, image in enumerate(coco["images"], start=1):
+        stem = f"{prefix}{position}"  # an id such as "000001" came back from ultralytics as 1
         source = images_dir / image["file_name"]
         shutil.copyfile(source, target / "images" / f"{stem}{source.suffix}")
         lines = []
         width, height = image["width"], image["height"]
         for ann in by_image.get(image["id"], []):
+            if ann.get("iscrowd"):  # a crowd region, not an object: COCOeval ignores it too
+                continue
             cls = class_index[ann["category_id"]]
             if segments:
                 mask = annotation_mask(ann, height, width)
@@ -218,8 +248,35 @@ def write_yolo_split(
     return len(coco["images"])
 
 
-def synthetic_coco(run_dir: Path, target: Path) -> tuple[dict, Path]:
-    """The run's boxed records as a COCO document + images folder (ids from 1)."""
+def synthetic_category_ids(run_dir: Path, categories: list[dict]) -> dict[int, int]:
+    """The run's category ids of its boxes -> the real set's, by name. By number, a real set
+    numbered from 0, or in another order, trained every pasted digit as another one (or ended
+    in a KeyError); a class the real set lacks is refused, since its objects would be
+    trained as background."""
+    from augment.sinks import run_categories, run_shards
+    from augment.sinks.parquet import read_records
+
+    real = {slugify(c["name"]): c["id"] for c in categories}
+    own = {c["id"]: c["name"] for c in run_categories(run_dir)}
+    shards = run_shards(run_dir)
+    used = {
+        box["category_id"]
+        for record in read_records(run_dir / "shards", ["boxes"], shards)
+        for box in record["boxes"] or []
+    }
+    missing = sorted(own.get(i, str(i)) for i in used if slugify(own.get(i, str(i))) not in real)
+    if missing:
+        raise AugmentError(
+            f"{run_dir}: its boxes of {', '.join(missing[:5])} name no category of the real set "
+            f"({', '.join(c['name'] for c in categories[:12])}); the detector learns the real "
+            "set's classes: render only those concepts, or add the class to the real set"
+        )
+    return {i: real[slugify(own[i])] for i in used}
+
+
+def synthetic_coco(run_dir: Path, target: Path, category_ids: dict[int, int]) -> tuple[dict, Path]:
+    """The run's boxed records as a COCO document + images folder (ids from 1), in the real
+    set's category ids (`synthetic_category_ids`)."""
     from augment.sinks import export_records
 
     images_dir = target / "images"
@@ -242,7 +299,7 @@ def synthetic_coco(run_dir: Path, target: Path) -> tuple[dict, Path]:
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
-                    "category_id": box["category_id"],
+                    "category_id": category_ids[box["category_id"]],
                     "bbox": list(box["bbox"]),
                     "segmentation": {"size": size, "counts": box["rle"]} if box["rle"] else [],
                 }
@@ -263,8 +320,10 @@ def coco_eval(ground_truth: dict, predictions: list[dict], iou_type: str = "bbox
     from pycocotools.cocoeval import COCOeval
 
     names = {c["id"]: c["name"] for c in ground_truth["categories"]}
+    present = {a["category_id"] for a in ground_truth["annotations"] if not a.get("iscrowd")}
     if not predictions:  # loadRes raises on an empty list: no detection scores zero
-        return {"map50": 0.0, "map50_95": 0.0, "per_class": dict.fromkeys(names.values(), 0.0)}
+        scored = [name for category_id, name in names.items() if category_id in present]
+        return {"map50": 0.0, "map50_95": 0.0, "per_class": dict.fromkeys(scored, 0.0)}
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
         gt.dataset = {"info": {}, **ground_truth}
@@ -278,7 +337,8 @@ def coco_eval(ground_truth: dict, predictions: list[dict], iou_type: str = "bbox
     for k, category_id in enumerate(evaluator.params.catIds):
         values = precision[:, :, k, 0, -1]
         values = values[values > -1]
-        per_class[names[category_id]] = 100.0 * float(values.mean()) if values.size else 0.0
+        if values.size:  # a class val has no object of has no AP (it read 0)
+            per_class[names[category_id]] = 100.0 * float(values.mean())
     return {
         "map50": 100.0 * evaluator.stats[1],
         "map50_95": 100.0 * evaluator.stats[0],
@@ -361,8 +421,11 @@ def run_detect(settings: DetectSettings) -> pd.DataFrame:
     out = Path(settings.out)
     work = out / "detect"
     train_coco, train_images, val_coco, val_images = real_splits(settings)
-    categories = sorted(val_coco["categories"], key=lambda c: c["id"])
+    categories = real_categories(train_coco, val_coco, settings.real)
     class_index = {c["id"]: i for i, c in enumerate(categories)}
+    category_ids = (
+        synthetic_category_ids(Path(settings.synthetic), categories) if settings.synthetic else {}
+    )
     segments = settings.task == "segment"
     if segments and not any(a.get("segmentation") for a in val_coco["annotations"]):
         raise AugmentError(
@@ -379,7 +442,9 @@ def run_detect(settings: DetectSettings) -> pd.DataFrame:
     if settings.synthetic:
         arms["augmented"] = work / "augmented"
         write_yolo_split(train_coco, train_images, arms["augmented"], class_index, "", segments)
-        synthetic, synthetic_images = synthetic_coco(Path(settings.synthetic), work / "synthetic")
+        synthetic, synthetic_images = synthetic_coco(
+            Path(settings.synthetic), work / "synthetic", category_ids
+        )
         n_synthetic = write_yolo_split(
             synthetic, synthetic_images, arms["augmented"], class_index, "s", segments
         )
@@ -412,6 +477,7 @@ def run_detect(settings: DetectSettings) -> pd.DataFrame:
     for (arm, seed, epochs), (ultra, predictions, seconds) in zip(plan, trained, strict=True):
         for prediction in predictions:  # ultralytics writes category_id = class + 1
             prediction["category_id"] = categories[int(prediction["category_id"]) - 1]["id"]
+            prediction["image_id"] = val_coco["images"][int(prediction["image_id"]) - 1]["id"]
         scores = coco_eval(ground_truth, predictions)
         masks = coco_eval(ground_truth, predictions, "segm") if segments else None
         base = {

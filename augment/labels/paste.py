@@ -261,6 +261,22 @@ def paste_record(
     }
 
 
+#: What OUT/paste holds of augment's, besides its exports.
+PASTE_FILES = ("paste.json", "manifest.json", "shards/", "quarantine/", "gallery/")
+
+
+def check_paste_folder(folder: Path) -> None:
+    """OUT/paste holds only what augment wrote there: a paste made again (other renders, or
+    --force) replaces the whole folder, which deleted the user's notes and benchmark results."""
+    from augment.gallery import GALLERY_NAMES
+    from augment.sinks import EXPORT_NAMES, check_exports_replaceable, check_own_folder
+
+    ours = (*PASTE_FILES, *(f"{name}/" for name in EXPORT_NAMES))
+    check_own_folder(folder, ours, "paste", writer="augment paste")
+    check_exports_replaceable(folder, list(EXPORT_NAMES))
+    check_own_folder(folder / "gallery", GALLERY_NAMES, "gallery")
+
+
 def prepare_paste_output(
     folder: Path, spec: JobSpec, force: bool, instances: list[Instance]
 ) -> None:
@@ -268,6 +284,7 @@ def prepare_paste_output(
     settings are refused (`force` starts over). A paste of other renders (a run with --limit,
     then the whole run), or one an earlier augment made, is made again: it is derived from
     OUT's images alone, and nothing of the user's is lost."""
+    check_paste_folder(folder)
     marker = folder / "paste.json"
     pool = instance_pool(instances)
     settings = spec.paste.model_dump(mode="json")

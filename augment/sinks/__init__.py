@@ -47,8 +47,8 @@ def exporters() -> dict[str, Callable[[Path, list[dict], Iterator[dict]], Path]]
 #: there is the user's, which writing the export again (a new folder swapped in) would delete.
 EXPORT_NAMES = {
     "coco": ("annotations.json", "images"),
-    "yolo": ("data.yaml", "images", "labels"),
-    "yolo-seg": ("data.yaml", "images", "labels"),
+    "yolo": ("data.yaml", "images", "labels", "*.cache"),  # ultralytics' label cache
+    "yolo-seg": ("data.yaml", "images", "labels", "*.cache"),
     "imagefolder": ("*/",),  # a folder per class
 }
 
@@ -82,9 +82,10 @@ def check_own_folder(
 
 
 def known_categories(records: Iterable[dict], categories: list[dict], out_dir: Path):
-    """`records`, each checked to have one of the manifest's categories: a manifest edited by
-    hand would otherwise give images of no category (COCO) or fail mid-export."""
-    ids = {category["id"] for category in categories}
+    """`records`, each checked to have one of the manifest's categories (or none: a paste
+    canvas nothing could be pasted on, a negative): a manifest edited by hand would otherwise
+    give images of no category (COCO) or fail mid-export."""
+    ids = {category["id"] for category in categories} | {None}
     for record in records:
         if record["category_id"] not in ids:
             raise OutputError(

@@ -29,6 +29,8 @@ def export_imagefolder(root: Path, categories: list[dict], records: Iterable[dic
     root.mkdir(parents=True, exist_ok=True)
     folders = {cid: root / name for cid, name in class_folders(categories).items()}
     for record in records:
+        if record["category_id"] is None:  # a canvas of background alone: no class to file
+            continue
         folder = folders[record["category_id"]]
         folder.mkdir(exist_ok=True)
         (folder / image_file_name(record)).write_bytes(record["image"]["bytes"])
