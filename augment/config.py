@@ -562,6 +562,10 @@ class LabelSpec(StrictModel):
     )
 
 
+#: The most instances `paste:` places on one background (each takes up to 20 tries).
+MAX_INSTANCES = 100
+
+
 class PasteSpec(StrictModel):
     """Copy-paste: the job's segmented renders pasted onto real background images (OUT/paste)."""
 
@@ -590,14 +594,25 @@ class PasteSpec(StrictModel):
     blend: Literal["hard", "gaussian"] = Field(
         default="gaussian", description="hard: the mask as is; gaussian: its edge feathered"
     )
-    feather: float = Field(default=1.0, gt=0, description="gaussian: the blur's sigma, pixels")
+    feather: float = Field(default=1.0, ge=0, description="gaussian: the blur's sigma, pixels")
 
     @field_validator("instances")
     @classmethod
     def _instance_counts(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if not 1 <= value[0] <= value[1]:
-            raise ValueError(f"must be [min, max] with 1 <= min <= max, got {list(value)}")
+        if not 1 <= value[0] <= value[1] <= MAX_INSTANCES:  # a billion hung the first canvas
+            raise ValueError(
+                f"must be [min, max] with 1 <= min <= max <= {MAX_INSTANCES}, got {list(value)}"
+            )
         return value
+
+    @model_validator(mode="after")
+    def _feathered(self) -> PasteSpec:
+        if self.blend == "gaussian" and self.feather == 0:
+            raise ValueError(
+                "feather: blend gaussian blurs the edge by feather pixels; give it "
+                "above 0, or set blend: hard"
+            )
+        return self
 
     @field_validator("scale")
     @classmethod

@@ -381,8 +381,8 @@ class SourceSet:
             )
         try:
             return cls(path, declared.format, declared.limit)
-        except SpecError as exc:
-            raise SpecError(str(exc).replace("source.path", f"{key}.path", 1)) from None
+        except SpecError as exc:  # its messages name source.path and source.format
+            raise SpecError(str(exc).replace("source.", f"{key}.")) from None
 
     @classmethod
     def of(cls, spec: JobSpec) -> SourceSet:

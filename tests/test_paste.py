@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from augment.config import PasteSpec, load_spec
-from augment.errors import OutputError
+from augment.errors import OutputError, SpecError
 from augment.job import RunOptions, paste, run_job
 from augment.labels.paste import Instance, paste_onto, shared_share
 from augment.labels.segment import decode_rle
@@ -186,7 +186,16 @@ def test_bad_paste_input_fails_before_the_run_and_a_corrupt_background_is_named(
     empty.mkdir()
     job.write_text(text.replace("builtin:digits-canvases", str(empty)))
     done = run_cli("run", str(job), "--out", str(tmp_path / "c"))
-    assert done.returncode == 2 and "paste.backgrounds.path" in error_line(done.stderr)
+    line = error_line(done.stderr)
+    assert done.returncode == 2 and "paste.backgrounds.path" in line
+    assert "source." not in line and "set paste.backgrounds.format to coco" in line
+    job.write_text(text.replace("instances: [1, 3]", "instances: [1, 1000000000]"))  # hung
+    done = run_cli("run", str(job), "--out", str(tmp_path / "e"))
+    assert done.returncode == 2 and "1 <= min <= max <= 100" in error_line(done.stderr)
+    with pytest.raises(SpecError, match="blend gaussian blurs the edge by feather pixels"):
+        load_spec(REPO / "jobs" / "tiny" / "paste.yaml", {"paste.feather": 0})
+    hard = {"paste.feather": 0, "paste.blend": "hard"}  # no feather: right for hard edges
+    assert load_spec(REPO / "jobs" / "tiny" / "paste.yaml", hard).paste.feather == 0
     backgrounds = tmp_path / "backgrounds"
     backgrounds.mkdir()
     for k in range(3):
