@@ -263,6 +263,19 @@ def test_detect_matches_synthetic_boxes_to_real_classes_by_name(tmp_path):
         run_detect(settings)
 
 
+def test_a_batch_ultralytics_refuses_is_bad_input_not_a_fault(tmp_path, monkeypatch):
+    from augment.bench.detect import DetectSettings, run_detect
+    from augment.digits.canvases import real_canvases
+
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo-config"))
+    real_canvases(tmp_path / "real", train_count=12, val_count=4)
+    settings = DetectSettings(
+        real=str(tmp_path / "real"), out=str(tmp_path / "bench"), batch=11, imgsz=32, seeds=1
+    )
+    with pytest.raises(AugmentError, match=r"ultralytics: final batch=1 .*\(here: --batch"):
+        run_detect(settings)
+
+
 @pytest.mark.slow
 def test_detect_runs_every_seed_and_cocoeval_matches_ultralytics(tmp_path):
     """On the demo's own detection data: real canvases, and rendered digits pasted by the demo

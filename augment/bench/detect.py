@@ -346,6 +346,18 @@ def coco_eval(ground_truth: dict, predictions: list[dict], iou_type: str = "bbox
     }
 
 
+@contextlib.contextmanager
+def settings_refused_by_ultralytics():
+    """ultralytics' own refusal of a setting (a last batch of one image at a small --imgsz)
+    said "a fault of augment"; its message says what to change."""
+    try:
+        yield
+    except ValueError as exc:
+        if "final batch=1" not in str(exc):
+            raise
+        raise AugmentError(f"ultralytics: {exc} (here: --batch, --imgsz)") from None
+
+
 def train_and_evaluate(
     data_yaml: Path, run_dir: Path, settings: DetectSettings, seed: int, epochs: int
 ) -> tuple[dict, list[dict], float]:
@@ -368,7 +380,7 @@ def train_and_evaluate(
         exist_ok=True,
         project=str(run_dir),
     )
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), settings_refused_by_ultralytics():
         model.train(
             data=str(data_yaml),
             epochs=epochs,
