@@ -14,7 +14,7 @@ from PIL import Image
 
 from augment.config import PasteSpec, load_spec
 from augment.errors import OutputError, SpecError
-from augment.job import RunOptions, paste, run_job
+from augment.job import RunOptions, paste, paste_backgrounds, run_job
 from augment.labels.paste import Instance, paste_onto, shared_share
 from augment.labels.segment import decode_rle
 from augment.provenance import read_png_chunks
@@ -265,3 +265,26 @@ def test_the_users_files_in_the_paste_folder_are_refused_not_deleted(pasted, tmp
         run_job(spec, RunOptions(distributor="local", force=True))
     assert (out / "paste" / "bench" / "results.parquet").read_bytes() == b"mine"
     assert (out / "shards").is_dir()  # the run was refused before it cleared OUT
+
+
+def test_a_background_object_pasted_over_entirely_loses_its_label(pasted, tmp_path):
+    """With a large max_overlap, background digits hidden under pasted ones kept their boxes:
+    the detector was taught the pasted pixels as the hidden class."""
+    out = tmp_path / "out"
+    shutil.copytree(pasted, out)
+    crowded = {"paste.max_overlap": 1.0, "paste.scale": [0.6, 0.8], "paste.instances": [3, 3]}
+    spec = tiny_paste_spec(out, **crowded)
+    paste(spec, force=True)
+    kept = 0
+    for record in export_records(out / "paste"):
+        covered = np.zeros((record["height"], record["width"]), bool)
+        for box in record["boxes"]:
+            if box["rle"]:
+                covered |= decode_rle(box["rle"], record["height"], record["width"])
+        background = [box for box in record["boxes"] if box["labeller"] is None]
+        for box in background:
+            x, y, w, h = (int(round(v)) for v in box["bbox"])
+            assert not covered[y : y + h, x : x + w].all(), record["item_id"]
+        kept += len(background)
+    backgrounds = paste_backgrounds(spec).images
+    assert kept < sum(len(b.boxes) for b in backgrounds) * spec.paste.images_per_background

@@ -192,6 +192,15 @@ def paste_onto(
     return np.clip(canvas + 0.5, 0, 255).astype(np.uint8), pasted
 
 
+def hidden(bbox, covered: np.ndarray) -> bool:
+    """A background box every pixel of which a pasted instance covers: nothing of its object
+    is left to see, so its label would teach the detector the instance's pixels as it (as an
+    earlier instance that a later one covers is dropped)."""
+    x, y, w, h = (int(round(v)) for v in bbox)
+    region = covered[max(y, 0) : y + h, max(x, 0) : x + w]
+    return region.size > 0 and bool(region.all())
+
+
 def paste_record(
     item: PasteItem,
     background: SourceImage,
@@ -208,9 +217,13 @@ def paste_record(
     from augment.generate.engine import encode_png
     from augment.provenance import composite_chunks
 
+    covered = np.zeros(pixels.shape[:2], bool)
+    for _, mask in pasted:
+        covered |= mask
     boxes = [
         {"category_id": category_id, "bbox": list(bbox), "segmentation": []}
         for category_id, bbox in known
+        if not hidden(bbox, covered)
     ]
     for instance, mask in pasted:
         box = mask_box(mask)
