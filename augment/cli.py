@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from augment import api
@@ -489,10 +490,12 @@ def add_serve(commands: Commands) -> None:
 def cmd_plan(args: argparse.Namespace) -> int:
     spec = load_job(args)
     items = api.plan(spec, args.output)
-    counts = Counter(items["concept_name"])
+    counts = Counter(zip(items["concept_id"], items["concept_name"], strict=True))
+    names = Counter(name for _, name in counts)  # two concepts of one name: their ids tell
     table = Table("concept", "items")
-    for name, count in counts.items():
-        table.add_row(name, str(count))
+    for (concept_id, name), count in counts.items():
+        shown = name if names[name] == 1 else f"{name} ({concept_id})"
+        table.add_row(escape(shown), str(count))
     out.print(table)
     out.print(f"{len(items)} work items for {len(counts)} concepts")
     if args.output is not None:
@@ -517,10 +520,10 @@ def cmd_prompts(args: argparse.Namespace) -> int:
     prompts = api.prompts(spec)
     shown = prompts[: args.limit] if args.limit else prompts
     table = Table("concept", "variant", "prompt")
-    for prompt in shown:
-        table.add_row(prompt.concept.name, str(prompt.variant), prompt.text)
+    for prompt in shown:  # "[blurry]" is prompt syntax, not rich markup
+        table.add_row(escape(prompt.concept.name), str(prompt.variant), escape(prompt.text))
     out.print(table)
-    out.print(f"negative prompt: {spec.prompts.negative_prompt!r}")
+    out.print(f"negative prompt: {spec.prompts.negative_prompt!r}", markup=False)
     out.print(f"{len(shown)} of {len(prompts)} prompts shown")
     return 0
 
@@ -552,13 +555,14 @@ def cmd_taxonomy_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([c.to_dict() for c in concepts], indent=1))
         return 0
-    root = Tree(f"[bold]{args.source}[/]")
+    root = Tree(f"[bold]{escape(args.source)}[/]")
     nodes: dict[str, Tree] = {}
     for concept in concepts:
         parent_key = concept.hypernyms[-1] if concept.hypernyms else concept.supercategory
         if parent_key not in nodes:
-            nodes[parent_key] = root if concept.hypernyms else root.add(parent_key)
-        label = f"{concept.name} [dim]({concept.synset or concept.id}, id {concept.category_id})"
+            nodes[parent_key] = root if concept.hypernyms else root.add(escape(parent_key))
+        where = escape(f"({concept.synset or concept.id}, id {concept.category_id})")
+        label = f"{escape(concept.name)} [dim]{where}"
         nodes[concept.synset or concept.id] = nodes[parent_key].add(label)
     out.print(root)
     out.print(f"{len(concepts)} concepts")

@@ -35,6 +35,7 @@ from augment.errors import SpecError, not_valid_yaml
 from augment.prompting import (
     DEFAULT_ATTRIBUTES,
     DEFAULT_NEGATIVE,
+    FIELDS,
     check_template,
     template_slots,
 )
@@ -126,6 +127,27 @@ class PromptSpec(StrictModel):
     max_tokens: int = Field(default=77, ge=3, description="the text encoder's context length")
     on_long_prompt: Literal["error", "truncate"] = "error"
 
+    @field_validator("attributes")
+    @classmethod
+    def _attribute_slots(cls, attributes: dict[str, list[str]]) -> dict[str, list[str]]:
+        """A slot a template can name ({0} and {time.of.day} failed as it was filled in), not a
+        concept field (it was ignored), and values without placeholders (left in literally)."""
+        for slot, values in attributes.items():
+            if not slot.isidentifier():
+                raise ValueError(
+                    f"{slot!r}: an attribute slot is a name of letters, digits and '_' (not "
+                    "starting with a digit), as {slot} in a template"
+                )
+            if slot in FIELDS:
+                raise ValueError(f"{slot!r} is a concept field, filled by each concept: rename it")
+            for value in values:
+                if template_slots(value):
+                    raise ValueError(
+                        f"{slot}: {value!r} holds a placeholder, which attribute values do not "
+                        "fill; write it in the template instead"
+                    )
+        return attributes
+
     @field_validator("templates")
     @classmethod
     def _templates_known(cls, templates: list[str], info: ValidationInfo) -> list[str]:
@@ -136,6 +158,16 @@ class PromptSpec(StrictModel):
                 raise ValueError("templates must not be empty strings")
             check_template(template, slots)
         return templates
+
+    @field_validator("negative_prompt")
+    @classmethod
+    def _negative_plain(cls, negative: str) -> str:
+        if template_slots(negative):  # one text for every image: {name} stayed in literally
+            raise ValueError(
+                f"{negative!r}: the negative prompt is the same for every image, and its "
+                "placeholders are not filled; write it without {...}"
+            )
+        return negative
 
 
 class SourceSpec(StrictModel):

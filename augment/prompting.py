@@ -143,6 +143,14 @@ def build_prompts(
     """One Prompt per image to render, concept by concept; `tokens` maps concept ids to the
     identifiers a fine-tune taught ({token} in a template). A variant's prompt depends on its
     number alone, so `variants` (default: all `images_per_concept`) can pick a few from far in."""
+    if len(concepts) > 1:  # a fixed prompt is for a job of one concept (a service request)
+        for template in templates:
+            if not set(template_slots(template)) & set(FIELDS):
+                raise SpecError(
+                    f"prompts.templates: {template!r} names no concept field, so each of the "
+                    f"{len(concepts)} concepts would get this same prompt; add {{name}} (or "
+                    "{definition}, {hypernym}, ...)"
+                )
     slots = attribute_values(templates, attributes or {})
     choices = exhaustive_choices(templates, slots) if combine == "exhaustive" else None
     prompts = []

@@ -56,6 +56,18 @@ def test_negative_step_count_is_refused_with_the_bound():
         ("height: 32", "height: 32\n  interpolate: {frames: 5}", "only mode interpolate uses it"),
         ("height: 32", "height: 32\n  mask: {margin: 9}", "mask: only mode inpaint uses it"),
         ("height: 32", "height: 32\n  strength: 0.3", "strength: only modes img2img and inpaint"),
+        ("images_per_concept: 3", "images_per_concept: 3\n  attributes: {'0': [a]}", "a name of"),
+        ("images_per_concept: 3", "images_per_concept: 3\n  attributes: {name: [a]}", "field"),
+        (
+            "images_per_concept: 3",
+            "images_per_concept: 3\n  attributes: {place: ['a field of {name}']}",
+            "place: 'a field of {name}' holds a placeholder, which attribute values do not fill",
+        ),
+        (
+            "images_per_concept: 3",
+            "images_per_concept: 3\n  negative_prompt: 'a {name}, blurry'",
+            "its placeholders are not filled; write it without",
+        ),
         (
             "output:",
             "segment: {method: clipseg, model: m, threshold: 40}\noutput:",

@@ -109,3 +109,32 @@ def test_shipped_jobs_plan_offline_and_stably(tmp_path: Path):
         first, second = plan_for(spec), plan_for(spec)
         assert [(i.item_id, i.seed) for i in first] == [(i.item_id, i.seed) for i in second]
         assert len({i.item_id for i in first}) == len(first) > 0
+
+
+def test_a_template_naming_no_concept_is_refused_for_several_concepts(weeds):
+    """Every class got "a photo of a plant": indistinguishable synthetic classes. One concept
+    (a service request's own prompt) may have a fixed prompt."""
+    with pytest.raises(SpecError, match="names no concept field, so each of the 2 concepts"):
+        build_prompts(weeds, ["a photo of a plant"], "", 1)
+    (prompt,) = build_prompts(weeds[:1], ["a photo of a plant"], "", 1)
+    assert prompt.text == "a photo of a plant"
+
+
+def test_prompts_and_plans_show_brackets_and_tell_two_concepts_of_one_name_apart(tmp_path, capsys):
+    """ "[ugly]" is prompt syntax rich took for markup (it vanished, or ended in a fault), and
+    WordNet's two "discard" senses were counted as one concept."""
+    from tests.conftest import cli
+
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "name: t\ntaxonomy: {source: 'wordnet:abandonment.n.03'}\n"
+        "prompts: {templates: ['{name}, [ugly]'], negative_prompt: '[blurry]',"
+        " images_per_concept: 2}\ngeneration: {model: builtin:tiny-sd}\n"
+    )
+    code, out, err = cli(capsys, "prompts", job)
+    assert code == 0, err
+    assert "discard, [ugly]" in out and "negative prompt: '[blurry]'" in out
+    code, out, err = cli(capsys, "plan", job)
+    assert code == 0, err
+    assert "discard (discard.n.02)" in out and "discard (discard.n.03)" in out
+    assert "6 work items for 3 concepts" in out
