@@ -53,6 +53,14 @@ def test_exclude_drops_a_synset_and_its_subtree():
     assert not any("nettle.n.01" in c.hypernyms for c in kept)
 
 
+def test_an_exclude_outside_a_wordnet_expansion_is_refused():
+    """griffon.n.01 is the gryphon, not the dog: both griffon dogs stayed in, unsaid."""
+    with pytest.raises(TaxonomyError, match=r"exclude 'gryphon.n.01' \(winged monster"):
+        load_concepts("wordnet:dog.n.01", exclude=("griffon.n.01",))
+    kept = load_concepts("wordnet:dog.n.01", exclude=("griffon.n.02",))
+    assert "griffon.n.02" not in {c.synset for c in kept}
+
+
 def test_exclude_of_a_list_drops_a_concept_and_a_misspelt_one_is_refused():
     kept = load_concepts("digits", exclude=("seven",))
     assert len(kept) == 9 and "seven" not in {c.name for c in kept}

@@ -157,10 +157,14 @@ def expand_synset(
     root_path = tuple(s.name() for s in root.hypernym_paths()[0])
     found: list[tuple[object, tuple[str, ...]]] = []
     seen: set[str] = set()
+    met: set[str] = set()  # the excluded synsets the walk came to
 
     def visit(synset, path: tuple[str, ...], level: int) -> None:
         for child in sorted(synset.hyponyms(), key=lambda s: s.name()):
-            if child.name() in excluded or child.name() in seen:
+            if child.name() in excluded:
+                met.add(child.name())
+                continue
+            if child.name() in seen:
                 continue
             seen.add(child.name())
             is_leaf = not child.hyponyms()
@@ -170,6 +174,14 @@ def expand_synset(
                 visit(child, (*path, child.name()), level + 1)
 
     visit(root, root_path, 1)
+    missed = sorted(excluded - met)
+    if missed:  # another sense of the word (griffon.n.01 is the gryphon), or misplaced
+        meaning = lookup_synset(missed[0]).definition()
+        raise TaxonomyError(
+            f"taxonomy 'wordnet:{root.name()}': exclude '{missed[0]}' ({meaning}) is not in its "
+            "expansion, so it would exclude nothing; check its sense (augment taxonomy show "
+            f"wordnet:{root.name()})"
+        )
     return [
         concept_from_synset(synset, index, path)
         for index, (synset, path) in enumerate(found, start=1)
