@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from augment.errors import AugmentError, RequestError, above, at_least
+from augment.errors import AugmentError, RequestError, above, as_list, at_least
 
 
 @dataclass
@@ -163,6 +163,11 @@ class ServedImages(torch.utils.data.IterableDataset):
         if images is not None:
             at_least("images", images, 1)
         at_least("start", start, 0)
+        if concepts is not None:
+            concepts = as_list(concepts)  # "three" looped over its letters
+            twice = sorted({c for c in concepts if concepts.count(c) > 1})
+            if twice:  # two labels for the same images
+                raise AugmentError(f"concepts: {twice[0]!r} is given twice; give each once")
         self.url = url
         self.concepts = concepts
         self.per_request = per_request

@@ -47,6 +47,25 @@ RESULT_COLUMNS = ("task", "arm", "ratio", "shots", "seed", "metric", "label", "v
 RESULT_KEY = RESULT_COLUMNS[:-1]
 
 
+#: What a report folder holds: the report, its headline figures and its plots.
+REPORT_NAMES = (
+    "report.md",
+    "headline.json",
+    *(
+        f"{plot}.png"
+        for plot in (
+            "classify_arms",
+            "concept_quality",
+            "detect_arms",
+            "gain_vs_ratio",
+            "per_class_gain",
+            "samples",
+            "wordnet_nodes",
+        )
+    ),
+)
+
+
 def read_results(path: Path) -> pd.DataFrame:
     """A results table written by `augment bench`, or an error saying what is wrong with it."""
     try:
@@ -70,7 +89,21 @@ def read_results(path: Path) -> pd.DataFrame:
                 f"{path}: column {column} holds {results[column].dtype} values, not numbers; "
                 "rerun `augment bench ...` to write it again"
             )
+    for column in RESULT_KEY:  # a NaN seed or label left a row out of its arm's figures
+        missing = results[results[column].isna()]
+        if len(missing):
+            raise AugmentError(
+                f"{path}: column {column} is empty in {len(missing)} row(s), the first row "
+                f"{missing.index[0]}; every row needs its {', '.join(RESULT_KEY)} (an empty "
+                "label is '', not missing): rerun `augment bench ...` to write it again"
+            )
     scored = results[results["task"].isin(["classify", "detect"])]
+    infinite = scored[np.isinf(scored["value"])]
+    if len(infinite):
+        raise AugmentError(
+            f"{path}: {len(infinite)} score(s) are infinite, the first row {infinite.index[0]}; "
+            "rerun `augment bench ...` to score again"
+        )
     empty = scored[scored["value"].isna()]
     if len(empty):
         first = empty.iloc[0]
@@ -503,6 +536,9 @@ def write_report(
     real = real or classify_settings.get("real")
     synthetic = synthetic or classify_settings.get("synthetic")
     samples = read_samples(real, synthetic)
+    from augment.sinks import check_own_folder
+
+    check_own_folder(out_dir, REPORT_NAMES, "report", writer="augment report")  # overwritten
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(results)
     gains = paired_gain(results, "top1")

@@ -171,6 +171,11 @@ def order_for(
         items = plan_for(job, [concept], variants=range(request.start, request.start + request.n))
     except AugmentError as exc:
         raise RequestError(f"prompt: {exc}" if request.prompt is not None else str(exc)) from None
+    if options.write and request.prompt is not None:  # "a cat" was written as a seven
+        raise RequestError(
+            "this service writes every image it serves into one dataset, made from the job's "
+            "prompts (--write): leave out prompt"
+        )
     return Order(items, settings)
 
 

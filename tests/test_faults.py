@@ -597,6 +597,9 @@ ONE_RESULT = pd.DataFrame(
         (pd.concat([ONE_RESULT, ONE_RESULT]), "1 rows repeat another row's task, arm"),
         (ONE_RESULT.assign(ratio=["0.0"]), "column ratio holds"),
         (ONE_RESULT.assign(value=[float("nan")]), "1 empty score(s) (NaN), the first real_only"),
+        (ONE_RESULT.assign(seed=[float("nan")]), "column seed is empty in 1 row(s)"),
+        (ONE_RESULT.assign(label=[None]), "column label is empty in 1 row(s)"),
+        (ONE_RESULT.assign(value=[float("inf")]), "1 score(s) are infinite"),
         (pd.DataFrame({"arm": ["real_only"], "value": [1.0]}), "no column task, ratio, shots"),
         (
             pd.DataFrame(
@@ -608,7 +611,7 @@ ONE_RESULT = pd.DataFrame(
             "holds no results",
         ),
     ],
-    ids=["junk", "repeated", "text", "nan", "columns", "empty"],
+    ids=["junk", "repeated", "text", "nan", "nan-seed", "no-label", "inf", "columns", "empty"],
 )
 def test_a_results_table_that_is_not_one_is_one_line(table, expected, tmp_path, capsys):
     path = tmp_path / "results.parquet"
@@ -701,6 +704,19 @@ def test_a_model_is_never_written_over_the_current_folder(tmp_path, capsys, monk
     code, _, err = cli(capsys, "digits", "train", "--steps", "1", "--out", ".")
     assert code == 2 and "is the current folder" in error_line(err)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_report_is_not_written_over_the_users_files(tmp_path, capsys):
+    ONE_RESULT.to_parquet(tmp_path / "results.parquet")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes")  # one of the report's names: its own, then
+    (mine / "plan.txt").write_text("mine")
+    code, _, err = cli(capsys, "report", tmp_path, "--out", mine)
+    assert code == 2 and "mine holds plan.txt, which augment report did not" in error_line(err)
+    assert (mine / "report.md").read_text() == "my notes"
+    code, _, err = cli(capsys, "report", tmp_path)  # its own folder, written again
+    assert code == 0 and cli(capsys, "report", tmp_path)[0] == 0, err
 
 
 def test_a_real_set_without_a_synthetic_one_says_there_is_no_sample_grid(tmp_path, capsys):

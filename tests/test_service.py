@@ -133,6 +133,7 @@ def test_a_served_folder_is_filtered_again_like_a_run(served, tmp_path):
         (b'{"concept": "seven", "overrides": {"model": "x"}}', 400, "model cannot be set"),
         (b'{"concept": "seven", "overrides": {"guidance_scale": 2}}', 400, "--write"),
         (b'{"concept": "seven", "seed": 5}', 400, "--write"),
+        (b'{"concept": "seven", "prompt": "a cat"}', 400, "the job's prompts (--write)"),
     ],
 )
 def test_a_bad_request_is_refused_with_4xx_and_one_line_and_the_service_keeps_serving(
@@ -350,3 +351,13 @@ def test_a_client_pointed_at_another_web_server_says_so_in_one_line():
         server.shutdown()
     with pytest.raises(AugmentError, match="retries must be at least 0, got -1"):
         ag.Client("http://127.0.0.1:1", retries=-1)
+
+
+def test_served_images_take_one_concept_as_a_list_and_refuse_one_given_twice():
+    """ "three" was streamed as the concepts t, h, r, e, e; ["three", "three"] gave the same
+    images under two labels."""
+    assert ag.ServedImages("http://127.0.0.1:1", "three").concepts == ["three"]
+    with pytest.raises(AugmentError, match="concepts: 'three' is given twice"):
+        ag.ServedImages("http://127.0.0.1:1", ["three", "three"])
+    with pytest.raises(AugmentError, match="per_request must be a whole number at least 1"):
+        ag.ServedImages("http://127.0.0.1:1", per_request="8")
