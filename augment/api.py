@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from augment.config import JobSpec
 from augment.config import load_spec as _load_spec
-from augment.errors import AugmentError, flag
+from augment.errors import AugmentError, as_list, flag
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -327,15 +327,17 @@ def report(
     from augment.reporting import write_report
 
     results = _path(results, "results")
+    real = None if real is None else str(_path(real, "real"))
+    synthetic = None if synthetic is None else _path(synthetic, "synthetic")
+    sweep_path = _path(sweep, "sweep") if sweep is not None else None
     table = results / "results.parquet" if results.is_dir() else results
     if not table.is_file():
         raise AugmentError(f"{table}: no results table; run `augment bench ...` first")
     if synthetic is not None:  # named here: its sample grid and counts, not silently none
         from augment.sinks.parquet import run_shards
 
-        run_shards(Path(synthetic))
+        run_shards(synthetic)
     out_dir = _path(out, "out") if out is not None else table.parent / "report"
-    sweep_path = Path(sweep) if sweep is not None else None
     return write_report(table, out_dir, real, str(synthetic) if synthetic else None, sweep_path)
 
 
@@ -348,6 +350,8 @@ def serve(spec: Spec, **options: Any):
     replica answers; `augment.Client(service.url)` talks to it."""
     from augment.service import ServeOptions, start_service
 
+    if isinstance(options.get("overridable"), str):  # "height" was read letter by letter
+        options["overridable"] = as_list(options["overridable"])
     return start_service(_spec(spec), _settings(ServeOptions, options))
 
 

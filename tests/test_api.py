@@ -124,6 +124,8 @@ def test_a_notebooks_wrong_types_are_named_and_never_cost_a_run(tiny_run, tmp_pa
         (lambda: ag.classify(real=5), r"real: give a path \(a str or a Path\), got 5"),
         (lambda: ag.refilter(out, real=5), r"real: give a path \(a str or a Path\), got 5"),
         (lambda: ag.classify(out=out / "job.yaml"), "job.yaml is a file; give a folder"),
+        (lambda: ag.report(out, synthetic=5), r"synthetic: give a path .*, got 5"),
+        (lambda: ag.report(out, sweep=5), r"sweep: give a path .*, got 5"),
     ]:
         with pytest.raises(AugmentError, match=message):
             call()
