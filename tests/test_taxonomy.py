@@ -178,3 +178,13 @@ def test_a_blank_concept_name_in_a_list_file_is_refused(tmp_path):
     path.write_text('concepts:\n  - name: "   "\n')
     with pytest.raises(TaxonomyError, match=r"concept #1 needs a 'name' \(not blank\)"):
         load_list_file(path)
+
+
+def test_a_list_files_names_stay_the_text_written(tmp_path):
+    """YAML made name: 010 the concept "8", 12:30 "750", and aliases [yes, no] "True" and
+    "False", unsaid; a category_id is still a number."""
+    path = tmp_path / "list.yaml"
+    path.write_text("concepts:\n  - {name: 010, aliases: [yes, 0x1F], category_id: 3}\n  - 12:30\n")
+    first, second = load_list_file(path)
+    assert (first.name, first.aliases, first.category_id) == ("010", ("yes", "0x1F"), 3)
+    assert (second.name, second.category_id) == ("12:30", 2)

@@ -52,10 +52,21 @@ def slugify(name: str) -> str:
     return slug
 
 
+class TextLoader(yaml.SafeLoader):
+    """YAML whose plain scalars stay text (null aside): a concept named 010 is "010", not
+    the octal 8, 12:30 not 750, an alias yes not True (a category_id is read as a number)."""
+
+
+TextLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag == "tag:yaml.org,2002:null"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def load_list_file(path: Path) -> list[Concept]:
     """Read a list file into concepts; errors name the file and the bad entry."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=TextLoader)
     except OSError as exc:
         raise TaxonomyError(f"{path}: cannot read taxonomy file: {exc.strerror}") from None
     except UnicodeDecodeError:
