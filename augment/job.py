@@ -8,6 +8,7 @@ OUT/quarantine/ (its items rendered again), and a spec that changed is refused.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -53,7 +54,14 @@ from augment.generate.pipelines import check_models, load_tokenizer, read_adapte
 from augment.labels.autolabel import check_detector
 from augment.labels.segment import check_segmenter
 from augment.planning import build_interpolation_plan, build_plan, build_source_plan, write_plan
-from augment.prompting import Prompt, build_prompts, enforce_token_limit
+from augment.prompting import (
+    FIELDS,
+    Prompt,
+    build_prompts,
+    concept_values,
+    enforce_token_limit,
+    template_slots,
+)
 from augment.records import FLAGS, WorkItem
 from augment.sinks import (
     check_exports_replaceable,
@@ -276,13 +284,34 @@ def previous_spec_hash(out_dir: Path) -> str | None:
     return manifest.get("spec_hash")
 
 
-def check_committed_concepts(out_dir: Path, concepts: list[Concept]) -> None:
-    """The images OUT already holds keep their concept's category: a taxonomy edited since
-    they were rendered (a list file reordered, a concept removed) leaves the spec's hash as it
-    was, and would put them under other classes in every export."""
+def concept_texts(spec: JobSpec, concepts: list[Concept]) -> dict[str, str]:
+    """Each concept's id -> a hash of the fields its prompts read (a list file's name or
+    definition, say): an edit of those changes its prompts, and the spec's hash does not."""
+    used = sorted({s for t in spec.prompts.templates for s in template_slots(t)} & set(FIELDS))
+    texts = {}
+    for concept in concepts:
+        values = concept_values(concept)
+        content = json.dumps({field: values.get(field) for field in used}, sort_keys=True)
+        texts[concept.id] = hashlib.sha256(content.encode()).hexdigest()[:16]
+    return texts
+
+
+def check_committed_concepts(
+    out_dir: Path, concepts: list[Concept], texts: dict[str, str] | None = None
+) -> None:
+    """The images OUT already holds keep their concept's category and prompts: a taxonomy
+    edited since they were rendered (a list file reordered, a concept removed or described
+    anew) leaves the spec's hash as it was, and would put them under other classes in every
+    export, or keep renders of the old prompts beside the new ones."""
     categories = {c.id: c.category_id for c in concepts}
+    finished = texts and (out_dir / "manifest.json").is_file()  # an interrupted run has none
+    before = read_manifest(out_dir).get("concept_texts", {}) if finished else {}
+    reworded = {
+        concept_id for concept_id, text in before.items() if texts.get(concept_id, text) != text
+    }
     moved: dict[str, tuple[int, int]] = {}
     gone: set[str] = set()
+    changed: set[str] = set()
     for path in parquet.shard_paths(out_dir / "shards"):
         try:
             table = parquet.read_shard(path, ["concept_id", "concept_name", "category_id"])
@@ -294,11 +323,19 @@ def check_committed_concepts(out_dir: Path, concepts: list[Concept]) -> None:
                 gone.add(row["concept_name"])
             elif now != row["category_id"]:
                 moved[row["concept_name"]] = (row["category_id"], now)
+            elif row["concept_id"] in reworded:
+                changed.add(row["concept_name"])
     fix = "use another --out, or --force to delete them and start over"
     if gone:
         raise OutputError(
             f"{out_dir} holds images of concepts the taxonomy no longer has "
             f"({', '.join(sorted(gone)[:3])}): it changed since they were rendered; {fix}"
+        )
+    if changed:
+        raise OutputError(
+            f"{out_dir} holds images of concepts whose prompts' text changed since they were "
+            f"rendered ({', '.join(sorted(changed)[:3])}: a name or field the templates read); "
+            f"their old prompts would stay beside the new ones; {fix}"
         )
     if moved:
         name, (then, now) = next(iter(moved.items()))
@@ -416,7 +453,7 @@ def start_or_resume(
             log.warning("%s holds a run of another spec that made no image: starting over", out_dir)
             clear_run(out_dir)
         if concepts is not None:
-            check_committed_concepts(out_dir, concepts)
+            check_committed_concepts(out_dir, concepts, concept_texts(spec, concepts))
     else:
         clear_run(out_dir)
     try:
@@ -596,6 +633,7 @@ def write_manifest(
         "shards": shards,
         "quarantined": sorted(p.name for p in (out_dir / "quarantine").glob("*.parquet")),
         "categories": categories_for(concepts),
+        "concept_texts": concept_texts(spec, concepts),
         "failures": failures,
     }
     previous = out_dir / "manifest.json"

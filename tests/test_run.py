@@ -191,3 +191,23 @@ def test_unwritable_output_is_a_clear_error(write_job, tmp_path):
     with pytest.raises(OutputError, match=r"manifest.json is a folder, where a run writes its"):
         run_job(load_spec(write_job(out=out)), LOCAL)
     assert not (out / "shards").exists()
+
+
+def test_a_list_file_whose_concepts_were_described_anew_stops_the_resume(tmp_path):
+    """The spec's hash does not read the list file: the old prompts' images stayed beside the
+    new ones (6 images for a plan of 4). A field no template reads may change."""
+    listing = tmp_path / "weeds.yaml"
+    entry = "concepts:\n  - {name: dandelion, definition: a yellow flower, scientific_name: %s}\n"
+    listing.write_text(entry % "Taraxacum")
+    job = TINY_JOB.replace("source: digits", f"source: {listing}")
+    job = job.replace("OUT_DIR", str(tmp_path / "out"))
+    job = job.replace("digit {name}", "digit {name}, {definition}")
+    path = tmp_path / "job.yaml"
+    path.write_text(job)
+    local = RunOptions(distributor="local")
+    run_job(load_spec(path), local)
+    listing.write_text(entry % "Taraxacum officinale")  # not in any prompt: resumed
+    assert run_job(load_spec(path), local).skipped == 3
+    listing.write_text((entry % "Taraxacum").replace("yellow", "golden"))
+    with pytest.raises(OutputError, match=r"concepts whose prompts' text changed .*\(dandelion"):
+        run_job(load_spec(path), local)
