@@ -113,6 +113,17 @@ DECODE_ERRORS = (
 )
 
 
+def readable_size(file: Path, unreadable: list[dict]) -> tuple[int, int] | None:
+    """The size `file`'s image is shown at (`shown_size`), or None, with an entry in
+    `unreadable`, when it cannot be decoded."""
+    try:
+        with Image.open(file) as image:
+            return shown_size(image)
+    except DECODE_ERRORS as exc:
+        unreadable.append(unreadable_image(file, exc))
+        return None
+
+
 def source_box(label: str, bbox, where: str, size: tuple[int, int] | None) -> SourceBox:
     """A source's box, checked: four numbers [x, y, w, h], a positive width and height, and
     on the image (of `size`, where known). A short bbox was a fault deep in planning; one off
@@ -178,13 +189,10 @@ def read_coco(path: Path, unreadable: list[dict]) -> list[SourceImage]:
             if not file.is_file():
                 unreadable.append(unreadable_image(file, FileNotFoundError("no such file")))
                 continue
-            try:
-                with Image.open(file) as image:
-                    shown_width, shown_height = shown_size(image)
-            except DECODE_ERRORS as exc:
-                unreadable.append(unreadable_image(file, exc))
+            shown_at = readable_size(file, unreadable)
+            if shown_at is None:
                 continue
-            width, height = sizes[entry["id"]]
+            (shown_width, shown_height), (width, height) = shown_at, sizes[entry["id"]]
             if abs(width * shown_height - height * shown_width) > max(width, height):
                 raise SpecError(  # its boxes would be scaled onto the wrong places
                     f"source.path: {annotations} says image {entry['id']!r} is {width}x"
@@ -243,12 +251,10 @@ def read_imagefolder(path: Path, unreadable: list[dict]) -> list[SourceImage]:
                     f"{image_id}; rename one of them"
                 )
             seen[image_id] = file
-            try:
-                with Image.open(file) as image:
-                    width, height = shown_size(image)
-            except DECODE_ERRORS as exc:
-                unreadable.append(unreadable_image(file, exc))
+            size = readable_size(file, unreadable)
+            if size is None:
                 continue
+            width, height = size
             images.append(
                 SourceImage(
                     id=image_id,
