@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from augment.config import JobSpec
 from augment.config import load_spec as _load_spec
-from augment.errors import AugmentError, as_list, flag
+from augment.errors import AugmentError, flag
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -350,8 +350,6 @@ def serve(spec: Spec, **options: Any):
     replica answers; `augment.Client(service.url)` talks to it."""
     from augment.service import ServeOptions, start_service
 
-    if isinstance(options.get("overridable"), str):  # "height" was read letter by letter
-        options["overridable"] = as_list(options["overridable"])
     return start_service(_spec(spec), _settings(ServeOptions, options))
 
 

@@ -68,6 +68,14 @@ SCHEDULERS = {
 Mode = Literal["txt2img", "img2img", "inpaint", "controlnet", "interpolate"]
 #: Modes that start from a source image: their plan is built from `source:` images.
 SOURCE_MODES = ("img2img", "inpaint", "controlnet")
+#: Settings that only some modes read: a job setting one for another mode is refused, and a
+#: record lists them only for those modes.
+MODE_SETTINGS = {
+    "strength": ("img2img", "inpaint"),
+    "mask": ("inpaint",),
+    "controlnet": ("controlnet",),
+    "interpolate": ("interpolate",),
+}
 Family = Literal["auto", "sd", "sdxl"]
 DType = Literal["float32", "float16", "bfloat16"]
 Attention = Literal["sdpa", "flash", "efficient", "cudnn", "math", "eager"]
@@ -357,25 +365,16 @@ class GenerationSpec(StrictModel):
             )
         if self.mask.source == "files" and not self.mask.files:
             raise ValueError("mask.source files needs mask.files: a folder of mask images")
-        # a section set for another mode was silently ignored (a saved job.yaml holds each at
-        # its default, which passes)
-        for section, mode in (("mask", "inpaint"), ("interpolate", "interpolate")):
-            if self.mode != mode and getattr(self, section) != type(getattr(self, section))():
+        # a setting for another mode was silently ignored (a saved job.yaml holds each at its
+        # default, which passes)
+        for setting, modes in MODE_SETTINGS.items():
+            default = type(self).model_fields[setting].get_default(call_default_factory=True)
+            if self.mode not in modes and getattr(self, setting) != default:
                 raise ValueError(
-                    f"{section}: only mode {mode} uses it, and this job's mode is {self.mode}; "
-                    f"remove {section}:, or set mode: {mode}"
+                    f"{setting}: only mode{'s' if len(modes) > 1 else ''} {' and '.join(modes)} "
+                    f"use{'' if len(modes) > 1 else 's'} it, and this job's mode is {self.mode}; "
+                    f"remove {setting}:, or set mode: {modes[0]}"
                 )
-        default_strength = type(self).model_fields["strength"].default
-        if self.mode not in ("img2img", "inpaint") and self.strength != default_strength:
-            raise ValueError(
-                f"strength: only modes img2img and inpaint use it (how far a source image is "
-                f"noised), and this job's mode is {self.mode}; remove strength:"
-            )
-        if self.mode != "controlnet" and self.controlnet is not None:
-            raise ValueError(
-                f"controlnet: only mode controlnet uses it, and this job's mode is {self.mode}; "
-                "remove controlnet:, or set mode: controlnet"
-            )
         if self.fuse_qkv and (self.loras or self.attention == "eager"):
             raise ValueError(
                 "fuse_qkv fuses the attention's own projections: it cannot carry loras, nor run "

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
 from augment.config import GenerationSpec, JobSpec, load_spec
-from augment.errors import AugmentError, RequestError, at_least
+from augment.errors import AugmentError, RequestError, as_list, at_least
 from augment.records import WorkItem
 from augment.taxonomy.concept import Concept
 
@@ -78,6 +78,7 @@ class ServeOptions:
         at_least("batch_wait_s", self.batch_wait_s, 0.0)
         if self.replicas is not None:
             at_least("replicas", self.replicas, 1)
+        self.overridable = as_list(self.overridable)  # one name, not its letters
         if [key.lower() for key in self.overridable] == ["none"]:  # as the help offers
             self.overridable = ()
         unknown = [key for key in self.overridable if key not in CALL_SETTINGS]

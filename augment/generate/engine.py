@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from augment.config import GenerationSpec, JobSpec, SpecPaths
+from augment.config import MODE_SETTINGS, GenerationSpec, JobSpec, SpecPaths
 from augment.duplicates import grey_levels, levels_hash
 from augment.errors import ModelError
 from augment.generate.cuda_graphs import eager_forwards
@@ -72,15 +72,6 @@ NOT_RENDER_SETTINGS = {
     "encode_threads",
     "license",
 }
-
-#: Settings that only some modes read: a record lists them only for those modes.
-MODE_SETTINGS = {
-    "strength": ("img2img", "inpaint"),
-    "mask": ("inpaint",),
-    "controlnet": ("controlnet",),
-    "interpolate": ("interpolate",),
-}
-
 
 #: `batch_size: auto`: the sizes tried on a GPU, smallest first (the largest that fits wins),
 #: the share of the GPU's memory a trial may peak at (headroom for longer prompts), and the
