@@ -56,6 +56,59 @@ def test_paired_gain_pairs_by_seed():
     assert set(summary["n_seeds"]) == {3}
 
 
+def classify_rows(values: dict[str, list[float]]) -> pd.DataFrame:
+    """A classify results table: top-1 per seed for each arm (the augmented and oracle at ×1)."""
+    return pd.DataFrame(
+        {
+            "task": "classify",
+            "arm": arm,
+            "ratio": 0.0 if arm == "real_only" else 1.0,
+            "shots": 10,
+            "seed": seed,
+            "metric": "top1",
+            "label": "",
+            "value": value,
+        }
+        for arm, per_seed in values.items()
+        for seed, value in enumerate(per_seed)
+    )
+
+
+def test_intervals_stay_where_an_accuracy_can_be():
+    results = classify_rows({"real_only": [99.0, 100.0, 97.0], "augmented": [100.0, 100.0, 99.0]})
+    summary = summarize(results).set_index("arm")
+    assert summary.loc["augmented", "ci_high"] == 100.0  # the t-interval reaches 101.1
+    assert summary.loc["real_only", "ci_low"] == pytest.approx(98.67 - 3.79, abs=0.01)
+    # a gain in points lies in [-100, 100]; an unbounded measure keeps its whole interval
+    huge = classify_rows({"real_only": [0.0, 0.0], "augmented": [100.0, 90.0]})
+    (gain,) = paired_gain(huge, "top1").to_dict("records")
+    assert gain["ci_high"] == 100.0 and gain["ci_low"] == pytest.approx(95 - 63.53, abs=0.01)
+    kid = huge.assign(metric="kid")
+    assert summarize(kid).set_index("arm").loc["augmented", "ci_high"] > 100
+
+
+def test_a_share_of_an_oracle_gain_that_may_be_zero_is_not_given():
+    from augment.reporting import oracle_figures
+
+    # one seed: the oracle's +0.4 could be 0, and +5 of it would read "1250 %"
+    one_seed = classify_rows({"real_only": [80.0], "augmented": [85.0], "oracle": [80.4]})
+    figures = oracle_figures(one_seed, 10)
+    assert figures["oracle_gain"]["mean"] == pytest.approx(0.4) and "recovered" not in figures
+    # three seeds, an oracle gain whose interval is above 0: the share is given
+    measured = classify_rows(
+        {
+            "real_only": [80.0, 81.0, 79.0],
+            "augmented": [82.0, 83.0, 81.5],
+            "oracle": [84.0, 85.0, 83.0],
+        }
+    )
+    share = oracle_figures(measured, 10)["recovered"]["share"]
+    assert share == pytest.approx(2.1667 / 4.0, abs=1e-3)
+    unsure = measured.copy()
+    unsure.loc[unsure["arm"] == "oracle", "value"] = [84.0, 79.0, 79.5]  # gains +4, -2, +0.5
+    assert "recovered" not in oracle_figures(unsure, 10)
+
+
 def test_a_synthetic_set_holding_a_test_image_is_refused():
     real = load_real("digits", 16)
     assert not set(real.split["pool"]) & set(real.split["test"])

@@ -12,9 +12,45 @@ import math
 import numpy as np
 import pandas as pd
 
+#: Metrics that are percentages (accuracies, F1, AP, rates): their value lies in [0, 100].
+PERCENT_METRICS = frozenset(
+    {
+        "top1",
+        "macro_f1",
+        "class_accuracy",
+        "node_accuracy",
+        "map50",
+        "map50_95",
+        "ultralytics_map50",
+        "ultralytics_map50_95",
+        "class_ap",
+        "mask_map50",
+        "mask_map50_95",
+        "ultralytics_mask_map50_95",
+        "mask_class_ap",
+        "fidelity",
+        "node_fidelity",
+        "flagged",
+    }
+)
 
-def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high) of the t-interval; a single value has an interval of NaN width."""
+
+def metric_range(metric: str, gain: bool = False) -> tuple[float, float]:
+    """Where a metric's values (or a gain in it, a difference of two) can lie."""
+    if metric in PERCENT_METRICS or metric.endswith("_rate"):
+        return (-100.0, 100.0) if gain else (0.0, 100.0)
+    return (-math.inf, math.inf)
+
+
+def mean_ci(
+    values, confidence: float = 0.95, bounds: tuple[float, float] = (-math.inf, math.inf)
+) -> tuple[float, float, float]:
+    """(mean, low, high) of the t-interval; a single value has an interval of NaN width.
+
+    The interval is cut to `bounds`, where the quantity can lie: with few seeds a t-interval
+    on an accuracy near 100 % reaches past it, and the cut one still holds the true value as
+    often, since the part cut away cannot.
+    """
     from scipy import stats
 
     values = np.asarray(list(values), dtype=float)
@@ -22,7 +58,7 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
     if len(values) < 2:
         return mean, math.nan, math.nan
     half = float(stats.t.ppf((1 + confidence) / 2, len(values) - 1) * stats.sem(values))
-    return mean, mean - half, mean + half
+    return mean, max(mean - half, bounds[0]), min(mean + half, bounds[1])
 
 
 def summarize(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
@@ -31,7 +67,7 @@ def summarize(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     keys = ["task", "arm", "ratio", "shots", "metric", "label"]
     rows = []
     for key, group in results.groupby(keys, dropna=False, sort=True):
-        mean, low, high = mean_ci(group["value"], confidence)
+        mean, low, high = mean_ci(group["value"], confidence, metric_range(key[4]))
         trained = (
             group["ratio_trained"].fillna(group["ratio"])
             if "ratio_trained" in group
@@ -73,7 +109,7 @@ def paired_gain(
             group["value"].to_numpy()[present]
             - base.loc[[k for k, p in zip(keys, present, strict=True) if p]].to_numpy()
         )
-        mean, low, high = mean_ci(diffs, confidence)
+        mean, low, high = mean_ci(diffs, confidence, metric_range(metric, gain=True))
         rows.append(
             {
                 "task": task,

@@ -28,7 +28,7 @@ import pandas as pd
 
 from augment.bench.classify import ClassifySettings, evaluation_set, run_classify
 from augment.bench.data import load_real
-from augment.bench.stats import mean_ci
+from augment.bench.stats import mean_ci, metric_range
 from augment.errors import AugmentError, as_list, first_line
 
 
@@ -78,10 +78,12 @@ def top1(results: pd.DataFrame, arm: str) -> pd.Series:
 def cell(stage: str, values: pd.Series, baseline: pd.Series | None, **setting) -> dict:
     """One table row: the setting, its mean top-1 [95 % CI] and the paired gain over the
     baseline (same seeds)."""
-    mean, low, high = mean_ci(values)
+    mean, low, high = mean_ci(values, bounds=metric_range("top1"))
     row = {"stage": stage, **setting, "top1": mean, "ci_low": low, "ci_high": high}
     if baseline is not None:
-        gain, gain_low, gain_high = mean_ci(values - baseline.loc[values.index])
+        gain, gain_low, gain_high = mean_ci(
+            values - baseline.loc[values.index], bounds=metric_range("top1", gain=True)
+        )
         row.update(gain=gain, gain_low=gain_low, gain_high=gain_high)
     row["seeds"] = len(values)
     return row

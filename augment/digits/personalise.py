@@ -393,7 +393,9 @@ ARMS = ("real_only", "control", "lora", "textual_inversion", "upper")
 def summarize_arms(frame: pd.DataFrame, rates: dict[str, float]) -> dict:
     """Per arm: the held-out class's accuracy and the overall one (mean, 95 % CI), their paired
     gain over real-only, and the scorer's reading rate of its generated held-out images."""
-    from augment.bench.stats import mean_ci, paired_gain
+    from augment.bench.stats import mean_ci, metric_range, paired_gain
+
+    percent = metric_range("top1")
 
     arms = {}
     for arm in ARMS:
@@ -402,9 +404,11 @@ def summarize_arms(frame: pd.DataFrame, rates: dict[str, float]) -> dict:
         overall = chosen[chosen["metric"] == "top1"]
         entry = {
             "held_out_accuracy": dict(
-                zip(("mean", "low", "high"), mean_ci(held["value"]), strict=True)
+                zip(("mean", "low", "high"), mean_ci(held["value"], bounds=percent), strict=True)
             ),
-            "top1": dict(zip(("mean", "low", "high"), mean_ci(overall["value"]), strict=True)),
+            "top1": dict(
+                zip(("mean", "low", "high"), mean_ci(overall["value"], bounds=percent), strict=True)
+            ),
             "scorer_reads_held_out": rates.get(arm),
         }
         if arm != "real_only":
