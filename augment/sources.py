@@ -147,6 +147,32 @@ def source_box(label: str, bbox, where: str, size: tuple[int, int] | None) -> So
     return SourceBox(label, (x, y, w, h))
 
 
+def coco_image_folders(annotations: Path) -> list[Path]:
+    """Where a COCO annotations file's images can be, in the order looked: `images/` beside it,
+    its own folder, and COCO's own layout, `annotations/instances_val2017.json` for
+    `val2017/` beside `annotations/`."""
+    folder = annotations.parent
+    folders = [folder / "images", folder]
+    split = annotations.stem.split("_", 1)
+    if folder.name == "annotations" and len(split) == 2 and split[1]:
+        folders.append(folder.parent / split[1])
+    return folders
+
+
+def find_coco_image(folders: list[Path], file_name: str) -> Path | None:
+    """The first of `folders` holding `file_name` (the folder, not the file)."""
+    return next((f for f in folders if (f / file_name).is_file()), None)
+
+
+def no_coco_images(annotations: Path, file_name: str) -> str:
+    """What to say when none of a COCO file's images is where they can be."""
+    looked = ", ".join(f"{f}/" for f in coco_image_folders(annotations))
+    return (
+        f"none of the images {annotations} lists is found (its first, {file_name}, is not in "
+        f"{looked}); put them in {annotations.parent / 'images'}/, beside the annotations file"
+    )
+
+
 def read_coco(path: Path, unreadable: list[dict]) -> list[SourceImage]:
     annotations = path if path.is_file() else path / "annotations.json"
     try:
@@ -180,13 +206,16 @@ def read_coco(path: Path, unreadable: list[dict]) -> list[SourceImage]:
                 )
             box = source_box(names[a["category_id"]], a["bbox"], where, sizes[a["image_id"]])
             boxes.setdefault(a["image_id"], []).append(box)
-        folder = annotations.parent
+        folders = coco_image_folders(annotations)
+        found = [find_coco_image(folders, entry["file_name"]) for entry in document["images"]]
+        if document["images"] and not any(found):  # a layout not read, not missing images
+            raise SpecError(
+                f"source.path: {no_coco_images(annotations, document['images'][0]['file_name'])}"
+            )
         images = []
-        for entry in document["images"]:
-            file = folder / "images" / entry["file_name"]
-            if not file.is_file():
-                file = folder / entry["file_name"]
-            if not file.is_file():
+        for entry, image_folder in zip(document["images"], found, strict=True):
+            file = (image_folder or folders[0]) / entry["file_name"]
+            if image_folder is None:
                 unreadable.append(unreadable_image(file, FileNotFoundError("no such file")))
                 continue
             shown_at = readable_size(file, unreadable)

@@ -316,6 +316,38 @@ def test_detect_matches_synthetic_boxes_to_real_classes_by_name(tmp_path):
         run_detect(settings)
 
 
+def test_detect_reads_a_real_set_in_cocos_own_layout(tmp_path):
+    """`--real coco/annotations/instances_val2017.json` looked for coco/annotations/images/,
+    and only the first missing image's path was said."""
+    from augment.bench.detect import DetectSettings, real_splits
+
+    (tmp_path / "coco" / "val2017").mkdir(parents=True)
+    images = []
+    for n in range(4):
+        Image.new("RGB", (32, 32)).save(tmp_path / "coco" / "val2017" / f"{n}.png")
+        images.append({"id": n, "file_name": f"{n}.png", "width": 32, "height": 32})
+    annotations = [
+        {"id": n + 1, "image_id": n, "category_id": 1, "bbox": [1, 1, 4, 4]} for n in range(4)
+    ]
+    document = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "one"}],
+    }
+    (tmp_path / "coco" / "annotations").mkdir()
+    official = tmp_path / "coco" / "annotations" / "instances_val2017.json"
+    official.write_text(json.dumps(document))
+    settings = DetectSettings(real=str(official), out=str(tmp_path / "bench"))
+    train, train_dir, val, val_dir = real_splits(settings)
+    assert train_dir == val_dir == tmp_path / "coco" / "val2017"
+    assert len(train["images"]) + len(val["images"]) == 4
+    shutil.rmtree(tmp_path / "coco" / "val2017")
+    with pytest.raises(
+        AugmentError, match=r"\(its first, 0.png, is not in .*/coco/val2017/\); put"
+    ):
+        real_splits(settings)
+
+
 def test_a_batch_ultralytics_refuses_is_bad_input_not_a_fault(tmp_path, monkeypatch):
     from augment.bench.detect import DetectSettings, run_detect
     from augment.digits.canvases import real_canvases

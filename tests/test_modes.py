@@ -20,6 +20,7 @@ from augment.config import JobSpec, SourceSpec, load_spec, parse_spec
 from augment.errors import ModelError, SpecError
 from augment.generate.engine import make_generator
 from augment.job import plan_for
+from augment.sources import read_coco
 from tests.conftest import REPO, TINY_JOB
 from tests.conftest import run_cli as augment
 
@@ -681,6 +682,26 @@ def test_a_coco_source_with_a_box_that_is_no_box_is_named_before_planning(
     job = job.replace("builtin:digits-canvases", str(annotations))
     with pytest.raises(SpecError, match=message):
         plan_for(parse_spec(job))
+
+
+def test_a_coco_source_in_cocos_own_layout_finds_its_images(tmp_path: Path):
+    """`annotations/instances_val2017.json` with `val2017/` beside `annotations/`, as COCO is
+    downloaded: every image was 'unreadable', and a wrong layout named image after image."""
+    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 9, 17, 27]}
+    small_coco(tmp_path / "coco", [box])
+    (tmp_path / "coco" / "images").rename(tmp_path / "coco" / "val2017")
+    (tmp_path / "coco" / "annotations").mkdir()
+    official = tmp_path / "coco" / "annotations" / "instances_val2017.json"
+    (tmp_path / "coco" / "annotations.json").rename(official)
+    job = (REPO / "jobs" / "tiny" / "img2img.yaml").read_text()
+    plan = plan_for(parse_spec(job.replace("builtin:digits-canvases", str(official))))
+    assert {item.source_image_id for item in plan} == {"1"}  # the one with a label
+    unreadable: list[dict] = []
+    found = read_coco(official, unreadable)
+    assert [Path(i.location).parent.name for i in found] == ["val2017"] * 2 and not unreadable
+    (tmp_path / "coco" / "val2017").rename(tmp_path / "coco" / "elsewhere")
+    with pytest.raises(SpecError, match=r"none of the images .*instances_val2017.json lists is "):
+        plan_for(parse_spec(job.replace("builtin:digits-canvases", str(official))))
 
 
 def test_a_parquet_source_may_name_its_images_by_path(tmp_path: Path):

@@ -29,6 +29,7 @@ from augment.bench.data import read_coco
 from augment.bench.workers import default_workers, in_processes
 from augment.errors import AugmentError, at_least, between
 from augment.sinks import check_own_folder
+from augment.sources import coco_image_folders, find_coco_image, no_coco_images
 from augment.taxonomy.listfile import slugify
 
 log = logging.getLogger(__name__)
@@ -133,12 +134,12 @@ def real_splits(settings: DetectSettings) -> tuple[dict, Path, dict, Path]:
     if (root / "train" / "annotations.json").is_file() and (
         root / "val" / "annotations.json"
     ).is_file():
-        return (
-            read_coco(root / "train" / "annotations.json", boxes=True),
-            root / "train" / "images",
-            read_coco(root / "val" / "annotations.json", boxes=True),
-            root / "val" / "images",
-        )
+        splits = []
+        for split in ("train", "val"):
+            path = root / split / "annotations.json"
+            document = read_coco(path, boxes=True)
+            splits += [document, coco_images_dir(path, document)]
+        return tuple(splits)
     path = root / "annotations.json" if root.is_dir() else root
     if not path.is_file():
         raise AugmentError(
@@ -156,13 +157,23 @@ def real_splits(settings: DetectSettings) -> tuple[dict, Path, dict, Path]:
         annotations = [a for a in document["annotations"] if a["image_id"] in kept]
         return {**document, "images": images, "annotations": annotations}
 
-    images_dir = path.parent / "images"
+    images_dir = coco_images_dir(path, document)
     return (
         subset(lambda i: i not in val_ids),
         images_dir,
         subset(lambda i: i in val_ids),
         images_dir,
     )
+
+
+def coco_images_dir(path: Path, document: dict) -> Path:
+    """The folder holding a COCO file's images (`images/` beside it, or COCO's own layout), or
+    one line saying where they were looked for."""
+    first = document["images"][0]["file_name"]
+    folder = find_coco_image(coco_image_folders(path), first)
+    if folder is None:
+        raise AugmentError(f"real detection data: {no_coco_images(path, first)}")
+    return folder
 
 
 def real_categories(train: dict, val: dict, real: str) -> list[dict]:
