@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -1253,8 +1254,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         line, code = one_line(exc)
+        line = option_named(line, chosen_parser(parser, args))
         err.print(line, markup=False, highlight=False, soft_wrap=True)
         return code
+
+
+def option_named(line: str, parser: argparse.ArgumentParser) -> str:
+    """`error: per_concept must be ...` as `error: --per-concept must be ...`: the library
+    names its parameter, the command line's user typed the option."""
+    match = re.match(r"error: ([a-z][a-z0-9_]*) ", line)
+    if match:
+        for action in parser._actions:
+            if action.dest == match[1] and action.option_strings:
+                option = max(action.option_strings, key=len)
+                return f"error: {option} {line[match.end() :]}"
+    return line
 
 
 def one_line(exc: Exception) -> tuple[str, int]:

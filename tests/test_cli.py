@@ -93,3 +93,15 @@ def test_an_unknown_option_points_at_its_own_command_help(capsys):
     )
     code, _, err = cli(capsys, "plan", "job.yaml", "--limt", "3")
     assert code == 2 and "(see `augment plan --help`)" in error_line(err)
+
+
+def test_a_refused_option_is_named_as_it_was_typed(tmp_path: Path):
+    """The library names its parameter (`per_concept`); the command line's user typed
+    `--per-concept`."""
+    result = augment("view", str(tmp_path), "--per-concept", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --per-concept must be at least 1, got 0"
+    job = tmp_path / "job.yaml"
+    job.write_text(TINY_JOB.replace("OUT_DIR", str(tmp_path / "out")))
+    result = augment("run", str(job), "--workers", "0")
+    assert result.stderr.startswith("error: --workers must be at least 1, got 0")
