@@ -407,6 +407,13 @@ def prepare_output(
     categories `concepts` give them (then it resumes); a refusal ends with `remedy`, a folder
     that cannot be written names `option`, the command's own for OUT. OUT is locked for this
     process until the returned function is called."""
+    try:  # a name in another encoding (Latin-1 'caf\xe9') reaches Python as a surrogate
+        str(out_dir).encode("utf-8")
+    except UnicodeEncodeError:
+        raise OutputError(
+            f"{option}: {os.fsencode(out_dir)!r} is not a UTF-8 name, and the Parquet writer "
+            "cannot write there; rename it, or choose a path of UTF-8 characters"
+        ) from None
     saved = out_dir / "job.yaml"  # where the resolved spec is written
     if spec.job_file is not None and saved.resolve() == spec.job_file.resolve():
         raise OutputError(

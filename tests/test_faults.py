@@ -4,6 +4,7 @@ input (1 for a fault of augment), never a traceback, and nothing already written
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -300,6 +301,20 @@ def test_a_run_never_replaces_files_augment_did_not_write(write_job, tmp_path, c
     assert f"{kept} was not written by augment" in error_line(err)
     assert own.read_bytes() == USERS_OWN[name]
     assert not (tmp_path / "out" / "shards").exists()  # refused before anything was written
+
+
+def test_an_output_folder_named_in_another_encoding_is_one_line(write_job, tmp_path, capsys):
+    """A Latin-1 'café' (a folder made on an old system): Parquet's writer cannot take the
+    name, and the run ended as a fault of augment, after making the folder."""
+    name = bytes(tmp_path) + b"/caf\xe9"
+    latin = os.fsdecode(name)
+    code, _, err = cli(capsys, "run", write_job(), "--distributor", "local", "--out", latin)
+    assert code == 2
+    assert error_line(err) == (
+        f"error: --out: {name!r} is not a UTF-8 name, and the Parquet "
+        "writer cannot write there; rename it, or choose a path of UTF-8 characters"
+    )
+    assert not os.path.exists(latin)
 
 
 def test_a_job_file_of_the_same_spec_in_the_output_folder_is_not_rewritten(tmp_path, capsys):
