@@ -53,6 +53,10 @@ APP_NAME = "augment"
 #: A writing service rewrites its folder's manifest at most this often (seconds).
 MANIFEST_EVERY_S = 10.0
 
+#: The floor of a service's default largest size (ServeOptions.max_size): Stable Diffusion's
+#: 1024 px (SDXL's native size), whatever the job's own.
+DEFAULT_MAX_SIZE = 1024
+
 #: Requests a replica holds at once: enough that concurrent callers' items meet in one batch.
 MAX_ONGOING_REQUESTS = 64
 
@@ -69,6 +73,9 @@ class ServeOptions:
     write: str | None = None  # commit every served image to this output folder
     overridable: tuple[str, ...] = CALL_SETTINGS
     address: str | None = None  # an existing Ray cluster; default: RAY_ADDRESS, else local
+    # The largest height or width a request's overrides may ask (pixels): memory grows with
+    # the square of it. Default: the larger of twice the job's longer side and 1024.
+    max_size: int | None = None
 
     def __post_init__(self) -> None:
         at_least("port", self.port, 1)
@@ -78,6 +85,8 @@ class ServeOptions:
         at_least("batch_wait_s", self.batch_wait_s, 0.0)
         if self.replicas is not None:
             at_least("replicas", self.replicas, 1)
+        if self.max_size is not None:
+            at_least("max_size", self.max_size, 8)
         self.overridable = as_list(self.overridable)  # one name, not its letters
         if [key.lower() for key in self.overridable] == ["none"]:  # as the help offers
             self.overridable = ()
@@ -88,6 +97,12 @@ class ServeOptions:
                 f"would have to change); choose among {', '.join(CALL_SETTINGS)}"
             )
         self.overridable = tuple(self.overridable)
+
+    def largest_size(self, spec: JobSpec) -> int:
+        """The largest height or width a request may ask of this job."""
+        if self.max_size is not None:
+            return self.max_size
+        return max(2 * max(spec.generation.height, spec.generation.width), DEFAULT_MAX_SIZE)
 
 
 class GenerateRequest(BaseModel):
@@ -161,6 +176,7 @@ def order_for(
         )
     except ValidationError as exc:
         raise RequestError(f"overrides: {validation_line(exc.errors())}") from None
+    check_size(settings, options.largest_size(spec))
     changes: dict[str, Any] = {
         "seed": spec.seed if request.seed is None else request.seed,
         "limit": None,
@@ -178,6 +194,18 @@ def order_for(
             "prompts (--write): leave out prompt"
         )
     return Order(items, settings)
+
+
+def check_size(settings: GenerationSpec, largest: int) -> None:
+    """A request's height and width within the service's bound: a 100000 px side would try to
+    allocate its latents (and take the replica down with it) before anything refused it."""
+    for name in ("height", "width"):
+        size = getattr(settings, name)
+        if size > largest:
+            raise RequestError(
+                f"overrides: {name} {size} is above this service's largest size, {largest} px "
+                f"(--max-size); ask for at most {largest}"
+            )
 
 
 def validation_line(errors: list[dict]) -> str:
@@ -291,6 +319,7 @@ class GenerationService:
             "batch_size": self.batch_size,
             "max_images": self.options.max_images,
             "overridable": list(self.options.overridable),
+            "max_size": self.options.largest_size(self.spec),
             "writes_to": self.options.write,
             "served": self.served,
             "up_s": round(time.time() - self.started, 1),
@@ -426,6 +455,13 @@ def start_service(spec: JobSpec, options: ServeOptions | None = None) -> Service
             f"augment serve renders txt2img jobs; this one is {spec.generation.mode}, whose "
             "items a request cannot name yet (source images, animation frames): run it with "
             "augment run"
+        )
+    own = max(spec.generation.height, spec.generation.width)
+    if options.largest_size(spec) < own:  # the job's own images would be refused
+        raise AugmentError(
+            f"max_size {options.max_size} is below the job's own size "
+            f"({spec.generation.width}x{spec.generation.height}), which every request renders "
+            f"unless it overrides it; give at least {own}"
         )
     check_inputs(spec)
     check_port_free(options.host, options.port)

@@ -155,6 +155,7 @@ def test_health_concepts_and_spec_describe_the_job(served):
     health = client.health()
     assert health["status"] == "ok" and health["batch_size"] == 50
     assert health["writes_to"] == str(served.written)
+    assert health["max_size"] == 1024  # the demo's 32 px, doubled, is below the floor
     names = [c["name"] for c in client.concepts()]
     assert len(names) == 10 and "seven" in names
     assert client.spec()["generation"]["model"] == "builtin:digits"
@@ -276,6 +277,49 @@ def test_a_request_far_into_the_variants_makes_the_batch_plans_items_without_bui
         10**6,
         10**6 + 1,
     ]
+
+
+def test_a_request_for_a_size_past_the_services_largest_is_refused_before_it_renders():
+    """A 100000 px side would have tried to allocate its latents on the replica."""
+    from augment.service import GenerateRequest, ServeOptions, concept_index, order_for
+
+    spec = served_spec()  # 32 x 32
+    index = concept_index(ag.concepts(spec))
+
+    def order(options: ServeOptions, **overrides):
+        request = GenerateRequest(concept="seven", overrides=overrides)
+        return order_for(spec, index, request, options)
+
+    default = ServeOptions()
+    assert default.largest_size(spec) == 1024  # twice 32 is below the floor
+    assert order(default, height=1024, width=1024).settings.height == 1024
+    with pytest.raises(RequestError, match=r"height 1032 is above this service's largest size, "):
+        order(default, height=1032)
+    with pytest.raises(RequestError, match=r"width 100000 is above .* ask for at most 1024$"):
+        order(default, width=100000)
+    with pytest.raises(RequestError, match="height: Value error, must be a multiple of 8"):
+        order(default, height=1020)  # what the pipeline needs, still checked first
+    narrow = ServeOptions(max_size=64)
+    assert order(narrow, height=64, width=48).settings.width == 48
+    with pytest.raises(RequestError, match="width 72 is above this service's largest size, 64"):
+        order(narrow, width=72)
+    big_job = spec.model_copy(
+        update={"generation": spec.generation.model_copy(update={"height": 768, "width": 640})}
+    )
+    assert default.largest_size(big_job) == 1536  # twice the longer side, past the floor
+    with pytest.raises(AugmentError, match="max_size must be at least 8, got 0"):
+        ServeOptions(max_size=0)
+
+
+def test_serve_refuses_a_largest_size_below_the_jobs_own(capsys):
+    from tests.conftest import cli, error_line
+
+    code, _, err = cli(capsys, "serve", REPO / "jobs" / "demo.yaml", "--max-size", "16")
+    assert code == 2
+    assert (  # max_size, or --max-size where the CLI names the option as typed
+        "size 16 is below the job's own size (32x32), which every request renders unless it "
+        "overrides it; give at least 32" in error_line(err)
+    )
 
 
 def test_a_replica_that_cannot_load_its_model_is_named_by_its_own_error():
