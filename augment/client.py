@@ -134,12 +134,19 @@ class Client:
 
 
 def error_text(exc: urllib.error.HTTPError) -> str:
-    """The service's one-line reason ({"error": ...}), else whatever the body says."""
+    """The service's one-line reason (every error it answers is {"error": "..."}); else the
+    `detail` of a FastAPI server's own shape, else the first 200 characters the body says (a
+    proxy's or another server's page)."""
     body = exc.read().decode(errors="replace")
     try:
-        return json.loads(body)["error"]
-    except (ValueError, KeyError, TypeError):  # not augment's answer: its first line
-        return " ".join(body.split())[:200] or exc.reason
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if isinstance(answer, dict):
+        reason = answer.get("error", answer.get("detail"))
+        if reason is not None:
+            return " ".join(str(reason).split())
+    return " ".join(body.split())[:200] or str(exc.reason)
 
 
 class ServedImages(torch.utils.data.IterableDataset):

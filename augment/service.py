@@ -13,8 +13,9 @@ batches in flight, so one renders while the other is encoded and filtered). With
 writer commits every served batch to an output folder as a shard, skipping items already there,
 so what was served reads, exports and benchmarks like any run.
 
-Bad requests get a 4xx status and a one-line JSON error ({"error": ...}); nothing a request
-holds can take a replica down.
+Every error the service answers has one shape, `{"error": "one line"}`, under its HTTP status:
+4xx for a request to change (a bad body, an unknown concept or route, a method the route does
+not take), 5xx for a failure to retry; nothing a request holds can take a replica down.
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ from typing import Any
 import ray
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
+from starlette.exceptions import HTTPException
 
 from augment.config import GenerationSpec, JobSpec, load_spec
-from augment.errors import AugmentError, RequestError, as_list, at_least
+from augment.errors import AugmentError, RequestError, as_list, at_least, first_line
 from augment.records import WorkItem
 from augment.taxonomy.concept import Concept
 
@@ -237,17 +239,66 @@ def json_record(record: dict) -> dict:
     return row
 
 
-api = FastAPI(title="augment", description="Synthetic images on request (augment serve).")
+#: What the service answers, for a caller who asked for something else.
+ROUTES = "POST /generate, GET /concepts, GET /health, GET /spec"
 
 
-@api.exception_handler(RequestValidationError)
+def error_answer(message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one shape of every error the service answers, `{"error": "one line"}`, so a caller
+    (and `Client`) reads a refusal the same way whichever layer made it."""
+    return JSONResponse({"error": " ".join(message.split())}, status_code=status, headers=headers)
+
+
 async def refuse_malformed(_: Request, exc: RequestValidationError) -> JSONResponse:
-    return JSONResponse({"error": validation_line(exc.errors())}, status_code=400)
+    """A body FastAPI could not read as a request: 400, where FastAPI says 422 in its own
+    shape."""
+    return error_answer(validation_line(exc.errors()), 400)
 
 
-@api.exception_handler(RequestError)
 async def refuse(_: Request, exc: RequestError) -> JSONResponse:
-    return JSONResponse({"error": str(exc)}, status_code=exc.status)
+    return error_answer(str(exc), exc.status)
+
+
+async def refuse_route(request: Request, exc: HTTPException) -> JSONResponse:
+    """A route the service does not have (404) or a method it does not take there (405), which
+    FastAPI answers as {"detail": "Not Found"}."""
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        message = f"no {where} here; this service answers {ROUTES}"
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "another method")
+        message = f"{request.url.path} takes {allowed}, not {request.method} ({ROUTES})"
+    else:
+        message = f"{where}: {exc.detail}"
+    return error_answer(message, exc.status_code, exc.headers)
+
+
+async def answer_faults(request: Request, call_next) -> Response:
+    """A fault of the service (a bug, not the request's) as a 500 in the same shape, its
+    traceback in the replica's log: Starlette would answer plain text."""
+    try:
+        return await call_next(request)
+    except Exception as exc:  # noqa: BLE001 - any fault: the caller gets one line, the log the rest
+        log.exception("%s %s failed", request.method, request.url.path)
+        return error_answer(
+            f"the service failed on {request.method} {request.url.path} "
+            f"({type(exc).__name__}: {first_line(exc)}); retry, and if it fails again, the "
+            "replica's log has the traceback",
+            500,
+        )
+
+
+def answer_errors_in_one_shape(app: FastAPI) -> None:
+    """Every error `app` answers as `error_answer` does: request errors, malformed bodies,
+    unknown routes and methods, faults."""
+    app.add_exception_handler(RequestValidationError, refuse_malformed)
+    app.add_exception_handler(RequestError, refuse)
+    app.add_exception_handler(HTTPException, refuse_route)
+    app.middleware("http")(answer_faults)
+
+
+api = FastAPI(title="augment", description="Synthetic images on request (augment serve).")
+answer_errors_in_one_shape(api)
 
 
 @serve.deployment(name="Generation")
@@ -286,9 +337,8 @@ class GenerationService:
         )
         failed = [result for result in results if isinstance(result, str)]
         if failed:
-            return JSONResponse(
-                {"error": f"{len(failed)} of {len(results)} images failed: {failed[0]}; retry"},
-                status_code=500,
+            return error_answer(
+                f"{len(failed)} of {len(results)} images failed: {failed[0]}; retry", 500
             )
         self.served += len(results)
         images = [base64.b64encode(record["image"]["bytes"]).decode() for record in results]

@@ -46,9 +46,9 @@ def served(ray_session, tmp_path_factory):
     service.stop()
 
 
-def post(url: str, body: bytes) -> tuple[int, dict]:
+def post(url: str, body: bytes, path: str = "/generate", method: str = "POST") -> tuple[int, dict]:
     request = urllib.request.Request(
-        url + "/generate", body, {"Content-Type": "application/json"}, method="POST"
+        url + path, body, {"Content-Type": "application/json"}, method=method
     )
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
@@ -141,8 +141,81 @@ def test_a_bad_request_is_refused_with_4xx_and_one_line_and_the_service_keeps_se
 ):
     code, answer = post(served.url, body)
     assert code == status
+    assert list(answer) == ["error"]  # the one shape of every error
     assert words in answer["error"] and "\n" not in answer["error"]
     assert len(ag.Client(served.url).generate("one", n=1)) == 1
+
+
+@pytest.mark.parametrize(
+    "method, path, status, words",
+    [
+        ("GET", "/nope", 404, "no GET /nope here; this service answers POST /generate, GET /c"),
+        ("GET", "/generate", 405, "/generate takes POST, not GET (POST /generate, GET /concepts"),
+        ("POST", "/concepts", 405, "/concepts takes GET, not POST"),
+    ],
+)
+def test_a_wrong_route_or_method_answers_in_the_services_error_shape(
+    served, method, path, status, words
+):
+    """FastAPI answered these as {"detail": "Not Found"}, which callers of the service's
+    {"error": ...} read as nothing."""
+    code, answer = post(served.url, b"{}" if method == "POST" else None, path, method)
+    assert (code, list(answer)) == (status, ["error"])
+    assert answer["error"].startswith(words) and "\n" not in answer["error"]
+    with pytest.raises(RequestError, match=words.replace("(", r"\(")) as refused:
+        ag.Client(served.url).call(method, path, {} if method == "POST" else None)
+    assert refused.value.status == status
+
+
+def test_a_fault_of_the_service_answers_500_in_the_same_shape():
+    """A bug (not the request's) reaches the caller as one line to retry, not Starlette's
+    plain text; the traceback goes to the replica's log."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from augment.service import answer_errors_in_one_shape
+
+    app = FastAPI()
+    answer_errors_in_one_shape(app)
+
+    @app.post("/generate")
+    def generate(request: dict) -> dict:
+        if request["concept"] == "eleven":
+            raise RequestError("unknown concept 'eleven'", 404)
+        raise RuntimeError("a bug\nin two lines")
+
+    client = TestClient(app)
+    answers = [
+        client.post("/generate", json={"concept": "seven"}),
+        client.post("/generate", json={"concept": "eleven"}),
+        client.post("/generate", json=["seven"]),
+        client.get("/nope"),
+    ]
+    assert [a.status_code for a in answers] == [500, 404, 400, 404]
+    assert all(list(a.json()) == ["error"] for a in answers)
+    assert answers[0].json()["error"] == (
+        "the service failed on POST /generate (RuntimeError: a bug); retry, and if it fails "
+        "again, the replica's log has the traceback"
+    )
+
+
+def test_the_client_reads_an_error_in_the_services_shape_or_fastapis():
+    """{"error": ...} is the service's; {"detail": ...} a FastAPI server's own (another
+    version, a proxy in front)."""
+    import io
+    from urllib.error import HTTPError
+
+    from augment.client import error_text
+
+    def answer(body: bytes) -> HTTPError:
+        return HTTPError("http://h/generate", 422, "Unprocessable", {}, io.BytesIO(body))
+
+    assert error_text(answer(b'{"error": "n must be between 1 and 64, got 0"}')) == (
+        "n must be between 1 and 64, got 0"
+    )
+    assert error_text(answer(b'{"detail": "Not Found"}')) == "Not Found"
+    assert error_text(answer(b"upstream\nconnect error")) == "upstream connect error"
+    assert error_text(answer(b"")) == "Unprocessable"
 
 
 def test_the_client_raises_the_services_reason(served):
