@@ -247,6 +247,9 @@ def test_served_images_stream_into_a_dataloader_without_repeating(served):
     assert images.shape == (6, 3, 32, 32)
     assert labels == [0, 0, 1, 1, 0, 0]  # the concepts in turn, per_request at a time
     assert len({image.numpy().tobytes() for image in images}) == 6
+    unknown = ag.ServedImages(served.url, ["zero", "eleven"])
+    with pytest.raises(AugmentError, match=r"'eleven' is not a concept of the service at .*zero"):
+        next(iter(unknown))
 
 
 def test_the_load_test_answers_every_request_and_a_killed_replica_is_replaced(served, tmp_path):
@@ -478,3 +481,118 @@ def test_served_images_take_one_concept_as_a_list_and_refuse_one_given_twice():
         ag.ServedImages("http://127.0.0.1:1", ["three", "three"])
     with pytest.raises(AugmentError, match="per_request must be a whole number at least 1"):
         ag.ServedImages("http://127.0.0.1:1", per_request="8")
+
+
+@pytest.fixture
+def fake_service():
+    """A stand-in for `augment serve` (its HTTP answers only): concepts zero, three and eight;
+    each image one grey pixel whose level is its prompt variant. Every third variant of three
+    is filtered and variant 4 is black; every image of zero is filtered."""
+    import base64
+    import io
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from PIL import Image
+
+    concepts = [
+        {"id": f"{name}.n.01", "name": name, "synset": f"{name}.n.01", "category_id": i}
+        for i, name in enumerate(["zero", "three", "eight"])
+    ]
+    asked: list[dict] = []
+
+    def png(level: int) -> str:
+        buffer = io.BytesIO()
+        Image.new("L", (1, 1), level % 256).save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    class Service(BaseHTTPRequestHandler):
+        def answer(self, body: object) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.answer(concepts)
+
+        def do_POST(self):  # noqa: N802
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            asked.append(request)
+            asked_for = request["concept"].lower()  # an id, name or synset, as the service
+            name = next(c["name"] for c in concepts if asked_for in (c["id"], c["name"]))
+            variants = range(request["start"], request["start"] + request["n"])
+            records = [
+                {
+                    "concept_name": name,
+                    "item_id": f"{name}-{v}",
+                    "filtered": name == "zero" or (name == "three" and v % 3 == 0),
+                    "black": name == "three" and v == 4,
+                    "nan": False,
+                }
+                for v in variants
+            ]
+            self.answer({"images": [png(v) for v in variants], "records": records})
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Service)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield SimpleNamespace(url=f"http://127.0.0.1:{server.server_address[1]}", asked=asked)
+    server.shutdown()
+
+
+def levels(stream) -> list[tuple[int, int]]:
+    """(variant, label) of each streamed image: its grey level is its variant."""
+    return [(image.getpixel((0, 0))[0], label) for image, label in stream]
+
+
+def test_served_images_skip_flagged_images_and_count_them(fake_service):
+    """A filtered or black image reached the training loop as a good example of its label."""
+    stream = ag.ServedImages(fake_service.url, ["three.n.01", "Eight"], per_request=4, images=12)
+    assert levels(stream) == [
+        *[(1, 0), (2, 0)],  # three 0-3: 0 and 3 filtered
+        *[(0, 1), (1, 1), (2, 1), (3, 1)],
+        *[(5, 0), (7, 0)],  # three 4-7: 4 black (and not filtered), 6 filtered
+        *[(4, 1), (5, 1), (6, 1), (7, 1)],
+    ]
+    assert stream.skipped == {"filtered": 3, "black": 1}
+    assert [(a["concept"], a["start"], a["n"]) for a in fake_service.asked] == [
+        ("three.n.01", 0, 4),
+        ("Eight", 0, 4),
+        ("three.n.01", 4, 4),
+        ("Eight", 4, 4),
+    ]
+    kept = ag.ServedImages(fake_service.url, "three", per_request=4, images=6, include_flagged=True)
+    assert levels(kept) == [(v, 0) for v in range(6)] and not kept.skipped
+    with pytest.raises(AugmentError, match="include_flagged must be True or False, got 'no'"):
+        ag.ServedImages(fake_service.url, include_flagged="no")
+
+
+def test_served_images_refuse_a_concept_the_service_does_not_know_before_any_image(
+    fake_service,
+):
+    stream = ag.ServedImages(fake_service.url, ["three", "seven"])
+    with pytest.raises(AugmentError) as refused:
+        next(iter(stream))
+    assert str(refused.value) == (
+        f"concepts: 'seven' is not a concept of the service at {fake_service.url}; it has "
+        "zero, three, eight (GET /concepts)"
+    )
+    same = ag.ServedImages(fake_service.url, ["three", "THREE.n.01"])
+    with pytest.raises(AugmentError, match=r"'three' and 'THREE.n.01' are the same concept \(th"):
+        next(iter(same))
+    assert fake_service.asked == []  # found before the stream asked for anything
+
+
+def test_served_images_stop_on_a_concept_whose_every_image_is_flagged(fake_service):
+    """Asking for more of them went on for ever, the label missing from training unsaid."""
+    from augment.client import MOST_FLAGGED_IN_A_ROW
+
+    stream = ag.ServedImages(fake_service.url, ["three", "zero"], per_request=50, images=1000)
+    with pytest.raises(AugmentError, match=r"concept 'zero': the service flagged its last 100 "):
+        levels(stream)
+    assert stream.skipped["filtered"] == MOST_FLAGGED_IN_A_ROW + 34  # three's 17 a request
