@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import logging
+import os
 import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,14 @@ from ray import serve
 from starlette.exceptions import HTTPException
 
 from augment.config import GenerationSpec, JobSpec, load_spec
-from augment.errors import AugmentError, RequestError, as_list, at_least, first_line
+from augment.errors import (
+    AugmentError,
+    OutputError,
+    RequestError,
+    as_list,
+    at_least,
+    first_line,
+)
 from augment.records import WorkItem
 from augment.taxonomy.concept import Concept
 
@@ -412,19 +422,72 @@ class GenerationService:
         return [done[order.key, item.item_id, item.seed] for item, order in wanted]
 
 
+#: What a refused --write folder's message advises: `augment serve` has no --out or --force.
+WRITE_REMEDY = "write to another folder (--write), or delete this one"
+
+
 def prepare_served_folder(spec: JobSpec, out: Path, hold: bool = True) -> tuple[JobSpec, list]:
     """The folder `--write` names, made (or resumed) for this job's images: refused, as a run's
     output folder is, when it holds another job's (or is no folder). Locked for this process's
-    life (the writer's), unless `hold` is False (a check before the writer starts)."""
+    life (the writer's), unless `hold` is False."""
     from augment.job import concepts_for, prepare_output
 
     spec = load_spec(spec, {"output.dir": str(out)})
     concepts = concepts_for(spec)
-    remedy = "write to another folder (--write), or delete this one"
-    release = prepare_output(out, spec, False, concepts, remedy, option="--write")
+    release = prepare_output(out, spec, False, concepts, WRITE_REMEDY, option="--write")
     if not hold:
         release()
     return spec, concepts
+
+
+def check_served_folder(spec: JobSpec, out: Path) -> None:
+    """What `prepare_served_folder` would refuse in the folder `--write` names, found without
+    writing anything there: checked before Ray starts, while a start refused later (too many
+    replicas) must leave the folder as it was."""
+    from augment.job import (
+        check_output_names,
+        check_resumable,
+        check_unlocked,
+        concepts_for,
+        not_writable,
+    )
+
+    spec = load_spec(spec, {"output.dir": str(out)})
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--write {out} is a file, not a folder; choose another with --write")
+    check_output_names(out, spec, "--write")
+    check_unlocked(out, "--write")
+    check_resumable(out, spec, concepts_for(spec), WRITE_REMEDY)
+    nearest = next(folder for folder in (out, *out.parents) if folder.exists())
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        raise not_writable(out, denied, "choose another with --write")
+
+
+def undo_for(out: Path) -> Callable[[], None]:
+    """What removes, after a refused start, what the start's writer made in `out` (the folders
+    it created, its job.yaml, empty shards/ and lock file), leaving what was there before; a
+    folder that took a served image keeps everything."""
+    from augment.job import LOCK_FILE
+
+    missing = [folder for folder in (out, *out.parents) if not folder.exists()]
+    before = {path.name for path in out.iterdir()} if out.is_dir() else set()
+
+    def undo() -> None:
+        shards = out / "shards"
+        if not out.is_dir() or (shards.is_dir() and any(shards.iterdir())):
+            return
+        for name in {path.name for path in out.iterdir()} - before:
+            target = out / name
+            if name == "shards":
+                target.rmdir()
+            elif name in ("job.yaml", "manifest.json", LOCK_FILE):
+                target.unlink()
+        for folder in missing:  # the deepest first
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
+    return undo
 
 
 @serve.deployment(name="Writer", num_replicas=1, ray_actor_options={"num_cpus": 0})
@@ -516,7 +579,7 @@ def start_service(spec: JobSpec, options: ServeOptions | None = None) -> Service
     check_inputs(spec)
     check_port_free(options.host, options.port)
     if options.write:  # a folder it cannot write to, before Ray and the replicas start
-        prepare_served_folder(spec, Path(options.write), hold=False)
+        check_served_folder(spec, Path(options.write))
     connect_ray(options.address)
     placement = ray_placement()
     gpus, cpus, fits = placement.gpus, placement.cpus, placement.capacity
@@ -537,12 +600,14 @@ def start_service(spec: JobSpec, options: ServeOptions | None = None) -> Service
     # Serve's own INFO lines (started, connecting, ready at) would repeat what the returned
     # Service says; its warnings and errors still show.
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    undo = undo_for(Path(options.write)) if options.write else lambda: None
     try:
         serve.start(http_options={"host": options.host, "port": options.port})
         serve.run(app, name=APP_NAME, route_prefix="/")
     except BaseException as exc:  # a start interrupted or failed leaves nothing half-deployed
         cause = replica_error(deployment_messages()) if isinstance(exc, Exception) else None
         serve.shutdown()
+        undo()  # nor a --write folder the writer made ready
         if cause is not None:  # the replica's own message (a model that would not load)
             raise AugmentError(f"the service's replicas could not start: {cause}") from None
         raise

@@ -34,6 +34,24 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow  # Serve tries the failing replica a few times: about 40 s
+def test_a_start_whose_replica_cannot_load_leaves_no_trace_in_the_write_folder(
+    ray_session, tmp_path
+):
+    """First in the module, before its service starts: a failed start shuts Serve down. The
+    writer had made the folder ready (job.yaml, shards/, lock) before the replica failed."""
+    from augment.service import ServeOptions, start_service
+
+    vae = tmp_path / "vae"  # passes the checks before Ray starts; no weights to load
+    vae.mkdir()
+    shutil.copy(REPO / "augment" / "digits" / "model" / "vae" / "config.json", vae)
+    spec = load_spec(served_spec(), {"generation.vae": str(vae)})
+    options = ServeOptions(port=free_port(), replicas=1, write=str(tmp_path / "out" / "served"))
+    with pytest.raises(AugmentError, match="replicas could not start: generation.vae: cannot"):
+        start_service(spec, options)
+    assert [p.name for p in tmp_path.iterdir()] == ["vae"]
+
+
 @pytest.fixture(scope="module")
 def served(ray_session, tmp_path_factory):
     from augment.service import ServeOptions, start_service
@@ -596,3 +614,92 @@ def test_served_images_stop_on_a_concept_whose_every_image_is_flagged(fake_servi
     with pytest.raises(AugmentError, match=r"concept 'zero': the service flagged its last 100 "):
         levels(stream)
     assert stream.skipped["filtered"] == MOST_FLAGGED_IN_A_ROW + 34  # three's 17 a request
+
+
+def test_serve_refused_for_its_replicas_leaves_no_trace_in_the_write_folder(tmp_path, capsys):
+    """The folder was made ready (made, its job.yaml and shards/ written) before the replica
+    count was refused."""
+    from tests.conftest import cli, error_line
+
+    demo = REPO / "jobs" / "demo.yaml"
+    new = tmp_path / "new" / "served"
+    code, _, err = cli(capsys, "serve", demo, "--write", new, "--replicas", "64")
+    assert code == 2 and "ask for at most" in error_line(err)
+    assert not (tmp_path / "new").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = cli(capsys, "serve", demo, "--write", empty, "--replicas", "64")
+    assert code == 2 and "ask for at most" in error_line(err)
+    assert list(empty.iterdir()) == []
+
+
+def test_a_write_folder_is_checked_before_ray_starts_without_writing_there(tmp_path, capsys):
+    """A folder another process writes, or holding a user's file where a run writes its own,
+    is refused before Ray starts, and left as it was."""
+    import subprocess
+    import sys
+
+    from augment.errors import OutputError
+    from augment.service import check_served_folder
+    from tests.conftest import cli, error_line
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "job.yaml").write_text("name: mine\n")
+    code, _, err = cli(capsys, "serve", REPO / "jobs" / "demo.yaml", "--write", theirs)
+    assert code == 2 and "job.yaml was not written by augment" in error_line(err)
+    assert [p.name for p in theirs.iterdir()] == ["job.yaml"]
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); f.write('pid 1 on elsewhere'); "
+            "f.flush(); fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+            str(busy / ".augment.lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(OutputError, match=r"busy is being written by another augment process"):
+            check_served_folder(served_spec(), busy)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [p.name for p in busy.iterdir()] == [".augment.lock"]
+    check_served_folder(served_spec(), busy)  # free again
+    check_served_folder(served_spec(), tmp_path / "a" / "b")
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputError, match=r"file is a file, not a folder; choose another with"):
+        check_served_folder(served_spec(), tmp_path / "file")
+
+
+def test_a_start_refused_after_the_writer_made_its_folder_ready_undoes_it(tmp_path):
+    """A replica that cannot load its model fails the start after the writer has made the
+    folder ready: what it made goes, what was there stays, and a served image keeps it all."""
+    from augment.service import prepare_served_folder, undo_for
+
+    spec = served_spec()
+    new = tmp_path / "new" / "served"
+    undo = undo_for(new)
+    prepare_served_folder(spec, new, hold=False)
+    assert (new / "job.yaml").is_file() and (new / "shards").is_dir()
+    undo()
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    undo = undo_for(kept)
+    prepare_served_folder(spec, kept, hold=False)
+    undo()
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"]
+    served = tmp_path / "served"
+    undo = undo_for(served)
+    prepare_served_folder(spec, served, hold=False)
+    (served / "shards" / "part-00000.parquet").write_bytes(b"a served batch")
+    undo()
+    assert sorted(p.name for p in served.iterdir()) == [".augment.lock", "job.yaml", "shards"]
