@@ -345,9 +345,9 @@ def serve(spec: Spec, **options: Any):
     """Start the generation service for a txt2img job: a Ray Serve application (one replica
     per GPU, or `replicas` CPU replicas) answering POST /generate, GET /concepts, /health and
     /spec on `host`:`port`; `write` commits every served image to that output folder.
-    `options` are `ServeOptions` fields (host, port, replicas, max_images, batch_wait_s, write,
-    overridable, address). Returns a `Service` (its `url`; `stop()` shuts it down) once every
-    replica answers; `augment.Client(service.url)` talks to it."""
+    `options` are `ServeOptions` fields (host, port, replicas, max_images, max_size,
+    batch_wait_s, write, overridable, address). Returns a `Service` (its `url`; `stop()` shuts
+    it down) once every replica answers; `augment.Client(service.url)` talks to it."""
     from augment.service import ServeOptions, start_service
 
     return start_service(_spec(spec), _settings(ServeOptions, options))

@@ -420,7 +420,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     spec = load_job(args)
     quiet_libraries()
     out.print(f"[bold]{spec.name}[/]: starting the service ({spec.generation.model})")
-    chosen = given(args, "host", "port", "replicas", "max_images", "batch_wait_s", "address")
+    chosen = given(
+        args, "host", "port", "replicas", "max_images", "batch_wait_s", "address", "max_size"
+    )
     if args.write is not None:
         chosen["write"] = str(args.write)
     if args.overridable is not None:
@@ -465,6 +467,14 @@ def add_serve(commands: Commands) -> None:
     )
     command.add_argument(
         "--max-images", dest="max_images", type=int, help="most images a request may ask (64)"
+    )
+    command.add_argument(
+        "--max-size",
+        dest="max_size",
+        type=int,
+        metavar="PX",
+        help="largest height or width a request may override to (default: the larger of twice "
+        "the job's size and 1024)",
     )
     command.add_argument(
         "--batch-wait",

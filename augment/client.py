@@ -12,9 +12,11 @@ import base64
 import io
 import itertools
 import json
+import logging
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +24,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from augment.errors import AugmentError, RequestError, above, as_list, at_least
+from augment.errors import AugmentError, RequestError, above, as_list, at_least, flag
+from augment.records import FLAGS
+
+log = logging.getLogger(__name__)
+
+#: A stream stops when this many images of one concept in a row come back flagged: it would
+#: otherwise ask for more of them for ever, and train without that label, unsaid.
+MOST_FLAGGED_IN_A_ROW = 100
 
 
 @dataclass
@@ -134,19 +143,33 @@ class Client:
 
 
 def error_text(exc: urllib.error.HTTPError) -> str:
-    """The service's one-line reason ({"error": ...}), else whatever the body says."""
+    """The service's one-line reason (every error it answers is {"error": "..."}); else the
+    `detail` of a FastAPI server's own shape, else the first 200 characters the body says (a
+    proxy's or another server's page)."""
     body = exc.read().decode(errors="replace")
     try:
-        return json.loads(body)["error"]
-    except (ValueError, KeyError, TypeError):  # not augment's answer: its first line
-        return " ".join(body.split())[:200] or exc.reason
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if isinstance(answer, dict):
+        reason = answer.get("error", answer.get("detail"))
+        if reason is not None:
+            return " ".join(str(reason).split())
+    return " ".join(body.split())[:200] or str(exc.reason)
 
 
 class ServedImages(torch.utils.data.IterableDataset):
     """(image, label) pairs streamed from a service: the concepts in turn, `per_request` images
     a request, `images` in all (None: without end). Each request starts where that concept's
     last one stopped, and DataLoader workers take turns, so no image comes twice; the label is
-    the concept's index in `concepts` (default: every concept of the job, in its order)."""
+    the concept's index in `concepts` (default: every concept of the job, in its order).
+
+    When iteration starts, before any image is asked for, every concept is checked against
+    the service's GET /concepts. Images the service's checks flag (black, NaN, NSFW, filtered,
+    ...: a record's FLAGS) are skipped unless `include_flagged`, as exports skip them; more are
+    asked for in their place, and `skipped` counts them, each under its first flag (with
+    DataLoader workers, each worker's copy counts its own, and logs it when its stream ends).
+    """
 
     def __init__(
         self,
@@ -157,12 +180,14 @@ class ServedImages(torch.utils.data.IterableDataset):
         transform: Callable[[Image.Image], Any] | None = None,
         start: int = 0,
         seed: int | None = None,
+        include_flagged: bool = False,
     ):
         super().__init__()
         at_least("per_request", per_request, 1)
         if images is not None:
             at_least("images", images, 1)
         at_least("start", start, 0)
+        flag("include_flagged", include_flagged)
         if concepts is not None:
             concepts = as_list(concepts)  # "three" looped over its letters
             twice = sorted({c for c in concepts if concepts.count(c) > 1})
@@ -175,23 +200,73 @@ class ServedImages(torch.utils.data.IterableDataset):
         self.transform = transform
         self.start = start
         self.seed = seed
+        self.include_flagged = include_flagged
+        self.skipped: Counter[str] = Counter()  # flagged images left out, by their first flag
 
     def __iter__(self) -> Iterator[tuple[Any, int]]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         client = Client(self.url)
-        names = self.concepts or [c["name"] for c in client.concepts()]
+        wanted = self.concept_keys(client.concepts())
         quota = None
         if self.images is not None:  # this worker's share
             quota = self.images // workers + (worker < self.images % workers)
         given = 0
-        for round_ in itertools.count():
-            variant = self.start + (round_ * workers + worker) * self.per_request
-            for label, name in enumerate(names):
-                n = self.per_request if quota is None else min(self.per_request, quota - given)
-                if n < 1:
-                    return
-                for served in client.generate(name, n, start=variant, seed=self.seed):
-                    image = served.image.convert("RGB")
-                    yield (self.transform(image) if self.transform else image), label
-                    given += 1
+        in_a_row = dict.fromkeys(wanted, 0)  # flagged images of each concept since its last kept
+        try:
+            for round_ in itertools.count():
+                variant = self.start + (round_ * workers + worker) * self.per_request
+                for label, concept in enumerate(wanted):
+                    n = self.per_request if quota is None else min(self.per_request, quota - given)
+                    if n < 1:
+                        return
+                    for served in client.generate(concept, n, start=variant, seed=self.seed):
+                        flags = [name for name in FLAGS if served.record.get(name)]
+                        if flags and not self.include_flagged:
+                            self.skipped[flags[0]] += 1
+                            in_a_row[concept] += 1
+                            if in_a_row[concept] >= MOST_FLAGGED_IN_A_ROW:
+                                raise AugmentError(
+                                    f"concept {served.concept!r}: the service flagged its last "
+                                    f"{MOST_FLAGGED_IN_A_ROW} images in a row ({', '.join(flags)}"
+                                    "); check the job's filters and model, or pass "
+                                    "include_flagged=True to stream flagged images too"
+                                )
+                            continue
+                        in_a_row[concept] = 0
+                        image = served.image.convert("RGB")
+                        yield (self.transform(image) if self.transform else image), label
+                        given += 1
+        finally:
+            if self.skipped:
+                counts = ", ".join(f"{name} {count}" for name, count in self.skipped.items())
+                log.info("served images: %d flagged skipped (%s)", self.skipped.total(), counts)
+
+    def concept_keys(self, known: list[dict]) -> list[str]:
+        """How to ask for each concept to stream, by label, checked against the service's own
+        list (GET /concepts, its ids where none are given: two concepts may share a name): one
+        it does not know is refused before any image is asked for, not when its turn comes."""
+        if self.concepts is None:
+            return [concept["id"] for concept in known]
+        index: dict[str, dict] = {}
+        for concept in known:  # as the service finds them: id, name or synset, any case
+            for key in (concept["id"], concept["name"], concept.get("synset")):
+                if key:
+                    index.setdefault(str(key).lower(), concept)
+        chosen: dict[str, str] = {}  # id -> the name it was given by
+        for name in self.concepts:
+            concept = index.get(str(name).lower())
+            if concept is None:
+                names = [c["name"] for c in known]
+                shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+                raise AugmentError(
+                    f"concepts: {name!r} is not a concept of the service at {self.url}; it has "
+                    f"{shown} (GET /concepts)"
+                )
+            if concept["id"] in chosen:  # two labels for the same images
+                raise AugmentError(
+                    f"concepts: {chosen[concept['id']]!r} and {name!r} are the same concept "
+                    f"({concept['name']}); give it once"
+                )
+            chosen[concept["id"]] = name
+        return list(chosen.values())  # as given: the service finds each as it was found here

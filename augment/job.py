@@ -371,12 +371,9 @@ def lock_output(out_dir: Path, option: str = "--out") -> Callable[[], None]:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
-        holder = handle.read().strip() or "another process"
+        holder = handle.read().strip()
         handle.close()
-        raise OutputError(
-            f"{out_dir} is being written by another augment process ({holder}); wait for it "
-            f"to end{', or choose another ' + option if option else ''}"
-        ) from None
+        raise locked(out_dir, holder, option) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {platform.node()}")
@@ -389,6 +386,33 @@ def lock_output(out_dir: Path, option: str = "--out") -> Callable[[], None]:
             held.close()
 
     return release
+
+
+def check_unlocked(out_dir: Path, option: str = "--out") -> None:
+    """OUT is not being written by another process, found without making OUT or its lock file:
+    a check before a step that takes the lock later (serve --write, once its replicas start)."""
+    import fcntl
+
+    lock = out_dir / LOCK_FILE
+    if out_dir.resolve() in HELD_LOCKS or not lock.is_file():
+        return
+    try:
+        handle = open(lock)  # noqa: SIM115 - closed below, which releases the probe's lock
+    except OSError as exc:
+        raise not_writable(out_dir, exc, f"choose another with {option}") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise locked(out_dir, handle.read().strip(), option) from None
+
+
+def locked(out_dir: Path, holder: str, option: str) -> OutputError:
+    """The refusal of a folder another process writes (`holder`: what its lock file says)."""
+    return OutputError(
+        f"{out_dir} is being written by another augment process ({holder or 'another process'}); "
+        f"wait for it to end{', or choose another ' + option if option else ''}"
+    )
 
 
 #: What a refused output folder's message advises (`augment serve --write` has its own).
@@ -407,6 +431,19 @@ def prepare_output(
     categories `concepts` give them (then it resumes); a refusal ends with `remedy`, a folder
     that cannot be written names `option`, the command's own for OUT. OUT is locked for this
     process until the returned function is called."""
+    check_output_names(out_dir, spec, option)
+    release = lock_output(out_dir, option)  # before anything is cleared or written
+    try:
+        start_or_resume(out_dir, spec, force, concepts, remedy, option)
+    except BaseException:
+        release()
+        raise
+    return release
+
+
+def check_output_names(out_dir: Path, spec: JobSpec, option: str = "--out") -> None:
+    """The names a run writes in OUT are its own to write: not the job file itself, not a file
+    where it makes a folder (or the other way round), not the user's job.yaml or exports."""
     try:  # a name in another encoding (Latin-1 'caf\xe9') reaches Python as a surrogate
         str(out_dir).encode("utf-8")
     except UnicodeEncodeError:
@@ -423,13 +460,30 @@ def prepare_output(
     check_run_layout(out_dir)
     check_no_foreign_files(out_dir, option)
     check_exports_replaceable(out_dir, formats_to_refresh(out_dir, spec.output.formats))
-    release = lock_output(out_dir, option)  # before anything is cleared or written
-    try:
-        start_or_resume(out_dir, spec, force, concepts, remedy, option)
-    except BaseException:
-        release()
-        raise
-    return release
+
+
+def check_resumable(
+    out_dir: Path, spec: JobSpec, concepts: list[Concept] | None, remedy: str
+) -> bool:
+    """OUT holds nothing, or a run this spec resumes (its concepts' images the same); True when
+    it holds another spec's run that made no image, which this one replaces. Reads only."""
+    previous, now = previous_spec_hash(out_dir), spec.spec_hash()
+    if previous is None and holds_images(out_dir):
+        raise OutputError(
+            f"{out_dir} holds images but neither the job.yaml nor the manifest.json that "
+            f"say which spec made them: put job.yaml back, or {remedy}"
+        )
+    replace = False
+    if previous is not None and previous != now:
+        if not failed_before_its_first_image(out_dir):
+            raise OutputError(
+                f"{out_dir} holds a run of a different spec "
+                f"({spec_change(out_dir, spec, previous, now)}); {remedy}"
+            )
+        replace = True
+    if concepts is not None and not replace:
+        check_committed_concepts(out_dir, concepts, concept_texts(spec, concepts))
+    return replace
 
 
 def start_or_resume(
@@ -444,23 +498,10 @@ def start_or_resume(
     spec's is refused; then its job.yaml is written."""
     saved = out_dir / "job.yaml"
     if not force:
-        previous, now = previous_spec_hash(out_dir), spec.spec_hash()
-        if previous is None and holds_images(out_dir):
-            raise OutputError(
-                f"{out_dir} holds images but neither the job.yaml nor the manifest.json that "
-                f"say which spec made them: put job.yaml back, or {remedy}"
-            )
-        if previous is not None and previous != now:
-            if not failed_before_its_first_image(out_dir):
-                raise OutputError(
-                    f"{out_dir} holds a run of a different spec "
-                    f"({spec_change(out_dir, spec, previous, now)}); {remedy}"
-                )
+        if check_resumable(out_dir, spec, concepts, remedy):
             # a model that would not load: the corrected spec takes its place, nothing is lost
             log.warning("%s holds a run of another spec that made no image: starting over", out_dir)
             clear_run(out_dir)
-        if concepts is not None:
-            check_committed_concepts(out_dir, concepts, concept_texts(spec, concepts))
     else:
         clear_run(out_dir)
     try:

@@ -13,19 +13,23 @@ batches in flight, so one renders while the other is encoded and filtered). With
 writer commits every served batch to an output folder as a shard, skipping items already there,
 so what was served reads, exports and benchmarks like any run.
 
-Bad requests get a 4xx status and a one-line JSON error ({"error": ...}); nothing a request
-holds can take a replica down.
+Every error the service answers has one shape, `{"error": "one line"}`, under its HTTP status:
+4xx for a request to change (a bad body, an unknown concept or route, a method the route does
+not take), 5xx for a failure to retry; nothing a request holds can take a replica down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import logging
+import os
 import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +37,20 @@ from typing import Any
 import ray
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
+from starlette.exceptions import HTTPException
 
 from augment.config import GenerationSpec, JobSpec, load_spec
-from augment.errors import AugmentError, RequestError, as_list, at_least
+from augment.errors import (
+    AugmentError,
+    OutputError,
+    RequestError,
+    as_list,
+    at_least,
+    first_line,
+)
 from augment.records import WorkItem
 from augment.taxonomy.concept import Concept
 
@@ -52,6 +64,10 @@ APP_NAME = "augment"
 
 #: A writing service rewrites its folder's manifest at most this often (seconds).
 MANIFEST_EVERY_S = 10.0
+
+#: The floor of a service's default largest size (ServeOptions.max_size): Stable Diffusion's
+#: 1024 px (SDXL's native size), whatever the job's own.
+DEFAULT_MAX_SIZE = 1024
 
 #: Requests a replica holds at once: enough that concurrent callers' items meet in one batch.
 MAX_ONGOING_REQUESTS = 64
@@ -69,6 +85,9 @@ class ServeOptions:
     write: str | None = None  # commit every served image to this output folder
     overridable: tuple[str, ...] = CALL_SETTINGS
     address: str | None = None  # an existing Ray cluster; default: RAY_ADDRESS, else local
+    # The largest height or width a request's overrides may ask (pixels): memory grows with
+    # the square of it. Default: the larger of twice the job's longer side and 1024.
+    max_size: int | None = None
 
     def __post_init__(self) -> None:
         at_least("port", self.port, 1)
@@ -78,6 +97,8 @@ class ServeOptions:
         at_least("batch_wait_s", self.batch_wait_s, 0.0)
         if self.replicas is not None:
             at_least("replicas", self.replicas, 1)
+        if self.max_size is not None:
+            at_least("max_size", self.max_size, 8)
         self.overridable = as_list(self.overridable)  # one name, not its letters
         if [key.lower() for key in self.overridable] == ["none"]:  # as the help offers
             self.overridable = ()
@@ -88,6 +109,12 @@ class ServeOptions:
                 f"would have to change); choose among {', '.join(CALL_SETTINGS)}"
             )
         self.overridable = tuple(self.overridable)
+
+    def largest_size(self, spec: JobSpec) -> int:
+        """The largest height or width a request may ask of this job."""
+        if self.max_size is not None:
+            return self.max_size
+        return max(2 * max(spec.generation.height, spec.generation.width), DEFAULT_MAX_SIZE)
 
 
 class GenerateRequest(BaseModel):
@@ -161,6 +188,7 @@ def order_for(
         )
     except ValidationError as exc:
         raise RequestError(f"overrides: {validation_line(exc.errors())}") from None
+    check_size(settings, options.largest_size(spec))
     changes: dict[str, Any] = {
         "seed": spec.seed if request.seed is None else request.seed,
         "limit": None,
@@ -178,6 +206,18 @@ def order_for(
             "prompts (--write): leave out prompt"
         )
     return Order(items, settings)
+
+
+def check_size(settings: GenerationSpec, largest: int) -> None:
+    """A request's height and width within the service's bound: a 100000 px side would try to
+    allocate its latents (and take the replica down with it) before anything refused it."""
+    for name in ("height", "width"):
+        size = getattr(settings, name)
+        if size > largest:
+            raise RequestError(
+                f"overrides: {name} {size} is above this service's largest size, {largest} px "
+                f"(--max-size); ask for at most {largest}"
+            )
 
 
 def validation_line(errors: list[dict]) -> str:
@@ -209,17 +249,66 @@ def json_record(record: dict) -> dict:
     return row
 
 
-api = FastAPI(title="augment", description="Synthetic images on request (augment serve).")
+#: What the service answers, for a caller who asked for something else.
+ROUTES = "POST /generate, GET /concepts, GET /health, GET /spec"
 
 
-@api.exception_handler(RequestValidationError)
+def error_answer(message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one shape of every error the service answers, `{"error": "one line"}`, so a caller
+    (and `Client`) reads a refusal the same way whichever layer made it."""
+    return JSONResponse({"error": " ".join(message.split())}, status_code=status, headers=headers)
+
+
 async def refuse_malformed(_: Request, exc: RequestValidationError) -> JSONResponse:
-    return JSONResponse({"error": validation_line(exc.errors())}, status_code=400)
+    """A body FastAPI could not read as a request: 400, where FastAPI says 422 in its own
+    shape."""
+    return error_answer(validation_line(exc.errors()), 400)
 
 
-@api.exception_handler(RequestError)
 async def refuse(_: Request, exc: RequestError) -> JSONResponse:
-    return JSONResponse({"error": str(exc)}, status_code=exc.status)
+    return error_answer(str(exc), exc.status)
+
+
+async def refuse_route(request: Request, exc: HTTPException) -> JSONResponse:
+    """A route the service does not have (404) or a method it does not take there (405), which
+    FastAPI answers as {"detail": "Not Found"}."""
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        message = f"no {where} here; this service answers {ROUTES}"
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "another method")
+        message = f"{request.url.path} takes {allowed}, not {request.method} ({ROUTES})"
+    else:
+        message = f"{where}: {exc.detail}"
+    return error_answer(message, exc.status_code, exc.headers)
+
+
+async def answer_faults(request: Request, call_next) -> Response:
+    """A fault of the service (a bug, not the request's) as a 500 in the same shape, its
+    traceback in the replica's log: Starlette would answer plain text."""
+    try:
+        return await call_next(request)
+    except Exception as exc:  # noqa: BLE001 - any fault: the caller gets one line, the log the rest
+        log.exception("%s %s failed", request.method, request.url.path)
+        return error_answer(
+            f"the service failed on {request.method} {request.url.path} "
+            f"({type(exc).__name__}: {first_line(exc)}); retry, and if it fails again, the "
+            "replica's log has the traceback",
+            500,
+        )
+
+
+def answer_errors_in_one_shape(app: FastAPI) -> None:
+    """Every error `app` answers as `error_answer` does: request errors, malformed bodies,
+    unknown routes and methods, faults."""
+    app.add_exception_handler(RequestValidationError, refuse_malformed)
+    app.add_exception_handler(RequestError, refuse)
+    app.add_exception_handler(HTTPException, refuse_route)
+    app.middleware("http")(answer_faults)
+
+
+api = FastAPI(title="augment", description="Synthetic images on request (augment serve).")
+answer_errors_in_one_shape(api)
 
 
 @serve.deployment(name="Generation")
@@ -258,9 +347,8 @@ class GenerationService:
         )
         failed = [result for result in results if isinstance(result, str)]
         if failed:
-            return JSONResponse(
-                {"error": f"{len(failed)} of {len(results)} images failed: {failed[0]}; retry"},
-                status_code=500,
+            return error_answer(
+                f"{len(failed)} of {len(results)} images failed: {failed[0]}; retry", 500
             )
         self.served += len(results)
         images = [base64.b64encode(record["image"]["bytes"]).decode() for record in results]
@@ -291,6 +379,7 @@ class GenerationService:
             "batch_size": self.batch_size,
             "max_images": self.options.max_images,
             "overridable": list(self.options.overridable),
+            "max_size": self.options.largest_size(self.spec),
             "writes_to": self.options.write,
             "served": self.served,
             "up_s": round(time.time() - self.started, 1),
@@ -333,19 +422,72 @@ class GenerationService:
         return [done[order.key, item.item_id, item.seed] for item, order in wanted]
 
 
+#: What a refused --write folder's message advises: `augment serve` has no --out or --force.
+WRITE_REMEDY = "write to another folder (--write), or delete this one"
+
+
 def prepare_served_folder(spec: JobSpec, out: Path, hold: bool = True) -> tuple[JobSpec, list]:
     """The folder `--write` names, made (or resumed) for this job's images: refused, as a run's
     output folder is, when it holds another job's (or is no folder). Locked for this process's
-    life (the writer's), unless `hold` is False (a check before the writer starts)."""
+    life (the writer's), unless `hold` is False."""
     from augment.job import concepts_for, prepare_output
 
     spec = load_spec(spec, {"output.dir": str(out)})
     concepts = concepts_for(spec)
-    remedy = "write to another folder (--write), or delete this one"
-    release = prepare_output(out, spec, False, concepts, remedy, option="--write")
+    release = prepare_output(out, spec, False, concepts, WRITE_REMEDY, option="--write")
     if not hold:
         release()
     return spec, concepts
+
+
+def check_served_folder(spec: JobSpec, out: Path) -> None:
+    """What `prepare_served_folder` would refuse in the folder `--write` names, found without
+    writing anything there: checked before Ray starts, while a start refused later (too many
+    replicas) must leave the folder as it was."""
+    from augment.job import (
+        check_output_names,
+        check_resumable,
+        check_unlocked,
+        concepts_for,
+        not_writable,
+    )
+
+    spec = load_spec(spec, {"output.dir": str(out)})
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--write {out} is a file, not a folder; choose another with --write")
+    check_output_names(out, spec, "--write")
+    check_unlocked(out, "--write")
+    check_resumable(out, spec, concepts_for(spec), WRITE_REMEDY)
+    nearest = next(folder for folder in (out, *out.parents) if folder.exists())
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        raise not_writable(out, denied, "choose another with --write")
+
+
+def undo_for(out: Path) -> Callable[[], None]:
+    """What removes, after a refused start, what the start's writer made in `out` (the folders
+    it created, its job.yaml, empty shards/ and lock file), leaving what was there before; a
+    folder that took a served image keeps everything."""
+    from augment.job import LOCK_FILE
+
+    missing = [folder for folder in (out, *out.parents) if not folder.exists()]
+    before = {path.name for path in out.iterdir()} if out.is_dir() else set()
+
+    def undo() -> None:
+        shards = out / "shards"
+        if not out.is_dir() or (shards.is_dir() and any(shards.iterdir())):
+            return
+        for name in {path.name for path in out.iterdir()} - before:
+            target = out / name
+            if name == "shards":
+                target.rmdir()
+            elif name in ("job.yaml", "manifest.json", LOCK_FILE):
+                target.unlink()
+        for folder in missing:  # the deepest first
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
+    return undo
 
 
 @serve.deployment(name="Writer", num_replicas=1, ray_actor_options={"num_cpus": 0})
@@ -427,10 +569,17 @@ def start_service(spec: JobSpec, options: ServeOptions | None = None) -> Service
             "items a request cannot name yet (source images, animation frames): run it with "
             "augment run"
         )
+    own = max(spec.generation.height, spec.generation.width)
+    if options.largest_size(spec) < own:  # the job's own images would be refused
+        raise AugmentError(
+            f"max_size {options.max_size} is below the job's own size "
+            f"({spec.generation.width}x{spec.generation.height}), which every request renders "
+            f"unless it overrides it; give at least {own}"
+        )
     check_inputs(spec)
     check_port_free(options.host, options.port)
     if options.write:  # a folder it cannot write to, before Ray and the replicas start
-        prepare_served_folder(spec, Path(options.write), hold=False)
+        check_served_folder(spec, Path(options.write))
     connect_ray(options.address)
     placement = ray_placement()
     gpus, cpus, fits = placement.gpus, placement.cpus, placement.capacity
@@ -451,12 +600,14 @@ def start_service(spec: JobSpec, options: ServeOptions | None = None) -> Service
     # Serve's own INFO lines (started, connecting, ready at) would repeat what the returned
     # Service says; its warnings and errors still show.
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    undo = undo_for(Path(options.write)) if options.write else lambda: None
     try:
         serve.start(http_options={"host": options.host, "port": options.port})
         serve.run(app, name=APP_NAME, route_prefix="/")
     except BaseException as exc:  # a start interrupted or failed leaves nothing half-deployed
         cause = replica_error(deployment_messages()) if isinstance(exc, Exception) else None
         serve.shutdown()
+        undo()  # nor a --write folder the writer made ready
         if cause is not None:  # the replica's own message (a model that would not load)
             raise AugmentError(f"the service's replicas could not start: {cause}") from None
         raise

@@ -46,9 +46,9 @@ def served(ray_session, tmp_path_factory):
     service.stop()
 
 
-def post(url: str, body: bytes) -> tuple[int, dict]:
+def post(url: str, body: bytes, path: str = "/generate", method: str = "POST") -> tuple[int, dict]:
     request = urllib.request.Request(
-        url + "/generate", body, {"Content-Type": "application/json"}, method="POST"
+        url + path, body, {"Content-Type": "application/json"}, method=method
     )
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
@@ -141,8 +141,81 @@ def test_a_bad_request_is_refused_with_4xx_and_one_line_and_the_service_keeps_se
 ):
     code, answer = post(served.url, body)
     assert code == status
+    assert list(answer) == ["error"]  # the one shape of every error
     assert words in answer["error"] and "\n" not in answer["error"]
     assert len(ag.Client(served.url).generate("one", n=1)) == 1
+
+
+@pytest.mark.parametrize(
+    "method, path, status, words",
+    [
+        ("GET", "/nope", 404, "no GET /nope here; this service answers POST /generate, GET /c"),
+        ("GET", "/generate", 405, "/generate takes POST, not GET (POST /generate, GET /concepts"),
+        ("POST", "/concepts", 405, "/concepts takes GET, not POST"),
+    ],
+)
+def test_a_wrong_route_or_method_answers_in_the_services_error_shape(
+    served, method, path, status, words
+):
+    """FastAPI answered these as {"detail": "Not Found"}, which callers of the service's
+    {"error": ...} read as nothing."""
+    code, answer = post(served.url, b"{}" if method == "POST" else None, path, method)
+    assert (code, list(answer)) == (status, ["error"])
+    assert answer["error"].startswith(words) and "\n" not in answer["error"]
+    with pytest.raises(RequestError, match=words.replace("(", r"\(")) as refused:
+        ag.Client(served.url).call(method, path, {} if method == "POST" else None)
+    assert refused.value.status == status
+
+
+def test_a_fault_of_the_service_answers_500_in_the_same_shape():
+    """A bug (not the request's) reaches the caller as one line to retry, not Starlette's
+    plain text; the traceback goes to the replica's log."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from augment.service import answer_errors_in_one_shape
+
+    app = FastAPI()
+    answer_errors_in_one_shape(app)
+
+    @app.post("/generate")
+    def generate(request: dict) -> dict:
+        if request["concept"] == "eleven":
+            raise RequestError("unknown concept 'eleven'", 404)
+        raise RuntimeError("a bug\nin two lines")
+
+    client = TestClient(app)
+    answers = [
+        client.post("/generate", json={"concept": "seven"}),
+        client.post("/generate", json={"concept": "eleven"}),
+        client.post("/generate", json=["seven"]),
+        client.get("/nope"),
+    ]
+    assert [a.status_code for a in answers] == [500, 404, 400, 404]
+    assert all(list(a.json()) == ["error"] for a in answers)
+    assert answers[0].json()["error"] == (
+        "the service failed on POST /generate (RuntimeError: a bug); retry, and if it fails "
+        "again, the replica's log has the traceback"
+    )
+
+
+def test_the_client_reads_an_error_in_the_services_shape_or_fastapis():
+    """{"error": ...} is the service's; {"detail": ...} a FastAPI server's own (another
+    version, a proxy in front)."""
+    import io
+    from urllib.error import HTTPError
+
+    from augment.client import error_text
+
+    def answer(body: bytes) -> HTTPError:
+        return HTTPError("http://h/generate", 422, "Unprocessable", {}, io.BytesIO(body))
+
+    assert error_text(answer(b'{"error": "n must be between 1 and 64, got 0"}')) == (
+        "n must be between 1 and 64, got 0"
+    )
+    assert error_text(answer(b'{"detail": "Not Found"}')) == "Not Found"
+    assert error_text(answer(b"upstream\nconnect error")) == "upstream connect error"
+    assert error_text(answer(b"")) == "Unprocessable"
 
 
 def test_the_client_raises_the_services_reason(served):
@@ -155,6 +228,7 @@ def test_health_concepts_and_spec_describe_the_job(served):
     health = client.health()
     assert health["status"] == "ok" and health["batch_size"] == 50
     assert health["writes_to"] == str(served.written)
+    assert health["max_size"] == 1024  # the demo's 32 px, doubled, is below the floor
     names = [c["name"] for c in client.concepts()]
     assert len(names) == 10 and "seven" in names
     assert client.spec()["generation"]["model"] == "builtin:digits"
@@ -173,6 +247,9 @@ def test_served_images_stream_into_a_dataloader_without_repeating(served):
     assert images.shape == (6, 3, 32, 32)
     assert labels == [0, 0, 1, 1, 0, 0]  # the concepts in turn, per_request at a time
     assert len({image.numpy().tobytes() for image in images}) == 6
+    unknown = ag.ServedImages(served.url, ["zero", "eleven"])
+    with pytest.raises(AugmentError, match=r"'eleven' is not a concept of the service at .*zero"):
+        next(iter(unknown))
 
 
 def test_the_load_test_answers_every_request_and_a_killed_replica_is_replaced(served, tmp_path):
@@ -278,6 +355,49 @@ def test_a_request_far_into_the_variants_makes_the_batch_plans_items_without_bui
     ]
 
 
+def test_a_request_for_a_size_past_the_services_largest_is_refused_before_it_renders():
+    """A 100000 px side would have tried to allocate its latents on the replica."""
+    from augment.service import GenerateRequest, ServeOptions, concept_index, order_for
+
+    spec = served_spec()  # 32 x 32
+    index = concept_index(ag.concepts(spec))
+
+    def order(options: ServeOptions, **overrides):
+        request = GenerateRequest(concept="seven", overrides=overrides)
+        return order_for(spec, index, request, options)
+
+    default = ServeOptions()
+    assert default.largest_size(spec) == 1024  # twice 32 is below the floor
+    assert order(default, height=1024, width=1024).settings.height == 1024
+    with pytest.raises(RequestError, match=r"height 1032 is above this service's largest size, "):
+        order(default, height=1032)
+    with pytest.raises(RequestError, match=r"width 100000 is above .* ask for at most 1024$"):
+        order(default, width=100000)
+    with pytest.raises(RequestError, match="height: Value error, must be a multiple of 8"):
+        order(default, height=1020)  # what the pipeline needs, still checked first
+    narrow = ServeOptions(max_size=64)
+    assert order(narrow, height=64, width=48).settings.width == 48
+    with pytest.raises(RequestError, match="width 72 is above this service's largest size, 64"):
+        order(narrow, width=72)
+    big_job = spec.model_copy(
+        update={"generation": spec.generation.model_copy(update={"height": 768, "width": 640})}
+    )
+    assert default.largest_size(big_job) == 1536  # twice the longer side, past the floor
+    with pytest.raises(AugmentError, match="max_size must be at least 8, got 0"):
+        ServeOptions(max_size=0)
+
+
+def test_serve_refuses_a_largest_size_below_the_jobs_own(capsys):
+    from tests.conftest import cli, error_line
+
+    code, _, err = cli(capsys, "serve", REPO / "jobs" / "demo.yaml", "--max-size", "16")
+    assert code == 2
+    assert (  # max_size, or --max-size where the CLI names the option as typed
+        "size 16 is below the job's own size (32x32), which every request renders unless it "
+        "overrides it; give at least 32" in error_line(err)
+    )
+
+
 def test_a_replica_that_cannot_load_its_model_is_named_by_its_own_error():
     """Serve only says that the deployment failed; the replica's traceback in its status holds
     the error a person can act on (seen with a VAE folder that holds no weights)."""
@@ -361,3 +481,207 @@ def test_served_images_take_one_concept_as_a_list_and_refuse_one_given_twice():
         ag.ServedImages("http://127.0.0.1:1", ["three", "three"])
     with pytest.raises(AugmentError, match="per_request must be a whole number at least 1"):
         ag.ServedImages("http://127.0.0.1:1", per_request="8")
+
+
+@pytest.fixture
+def fake_service():
+    """A stand-in for `augment serve` (its HTTP answers only): concepts zero, three and eight;
+    each image one grey pixel whose level is its prompt variant. Every third variant of three
+    is filtered and variant 4 is black; every image of zero is filtered."""
+    import base64
+    import io
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from PIL import Image
+
+    concepts = [
+        {"id": f"{name}.n.01", "name": name, "synset": f"{name}.n.01", "category_id": i}
+        for i, name in enumerate(["zero", "three", "eight"])
+    ]
+    asked: list[dict] = []
+
+    def png(level: int) -> str:
+        buffer = io.BytesIO()
+        Image.new("L", (1, 1), level % 256).save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    class Service(BaseHTTPRequestHandler):
+        def answer(self, body: object) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.answer(concepts)
+
+        def do_POST(self):  # noqa: N802
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            asked.append(request)
+            asked_for = request["concept"].lower()  # an id, name or synset, as the service
+            name = next(c["name"] for c in concepts if asked_for in (c["id"], c["name"]))
+            variants = range(request["start"], request["start"] + request["n"])
+            records = [
+                {
+                    "concept_name": name,
+                    "item_id": f"{name}-{v}",
+                    "filtered": name == "zero" or (name == "three" and v % 3 == 0),
+                    "black": name == "three" and v == 4,
+                    "nan": False,
+                }
+                for v in variants
+            ]
+            self.answer({"images": [png(v) for v in variants], "records": records})
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Service)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield SimpleNamespace(url=f"http://127.0.0.1:{server.server_address[1]}", asked=asked)
+    server.shutdown()
+
+
+def levels(stream) -> list[tuple[int, int]]:
+    """(variant, label) of each streamed image: its grey level is its variant."""
+    return [(image.getpixel((0, 0))[0], label) for image, label in stream]
+
+
+def test_served_images_skip_flagged_images_and_count_them(fake_service):
+    """A filtered or black image reached the training loop as a good example of its label."""
+    stream = ag.ServedImages(fake_service.url, ["three.n.01", "Eight"], per_request=4, images=12)
+    assert levels(stream) == [
+        *[(1, 0), (2, 0)],  # three 0-3: 0 and 3 filtered
+        *[(0, 1), (1, 1), (2, 1), (3, 1)],
+        *[(5, 0), (7, 0)],  # three 4-7: 4 black (and not filtered), 6 filtered
+        *[(4, 1), (5, 1), (6, 1), (7, 1)],
+    ]
+    assert stream.skipped == {"filtered": 3, "black": 1}
+    assert [(a["concept"], a["start"], a["n"]) for a in fake_service.asked] == [
+        ("three.n.01", 0, 4),
+        ("Eight", 0, 4),
+        ("three.n.01", 4, 4),
+        ("Eight", 4, 4),
+    ]
+    kept = ag.ServedImages(fake_service.url, "three", per_request=4, images=6, include_flagged=True)
+    assert levels(kept) == [(v, 0) for v in range(6)] and not kept.skipped
+    with pytest.raises(AugmentError, match="include_flagged must be True or False, got 'no'"):
+        ag.ServedImages(fake_service.url, include_flagged="no")
+
+
+def test_served_images_refuse_a_concept_the_service_does_not_know_before_any_image(
+    fake_service,
+):
+    stream = ag.ServedImages(fake_service.url, ["three", "seven"])
+    with pytest.raises(AugmentError) as refused:
+        next(iter(stream))
+    assert str(refused.value) == (
+        f"concepts: 'seven' is not a concept of the service at {fake_service.url}; it has "
+        "zero, three, eight (GET /concepts)"
+    )
+    same = ag.ServedImages(fake_service.url, ["three", "THREE.n.01"])
+    with pytest.raises(AugmentError, match=r"'three' and 'THREE.n.01' are the same concept \(th"):
+        next(iter(same))
+    assert fake_service.asked == []  # found before the stream asked for anything
+
+
+def test_served_images_stop_on_a_concept_whose_every_image_is_flagged(fake_service):
+    """Asking for more of them went on for ever, the label missing from training unsaid."""
+    from augment.client import MOST_FLAGGED_IN_A_ROW
+
+    stream = ag.ServedImages(fake_service.url, ["three", "zero"], per_request=50, images=1000)
+    with pytest.raises(AugmentError, match=r"concept 'zero': the service flagged its last 100 "):
+        levels(stream)
+    assert stream.skipped["filtered"] == MOST_FLAGGED_IN_A_ROW + 34  # three's 17 a request
+
+
+def test_serve_refused_for_its_replicas_leaves_no_trace_in_the_write_folder(tmp_path, capsys):
+    """The folder was made ready (made, its job.yaml and shards/ written) before the replica
+    count was refused."""
+    from tests.conftest import cli, error_line
+
+    demo = REPO / "jobs" / "demo.yaml"
+    new = tmp_path / "new" / "served"
+    code, _, err = cli(capsys, "serve", demo, "--write", new, "--replicas", "64")
+    assert code == 2 and "ask for at most" in error_line(err)
+    assert not (tmp_path / "new").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = cli(capsys, "serve", demo, "--write", empty, "--replicas", "64")
+    assert code == 2 and "ask for at most" in error_line(err)
+    assert list(empty.iterdir()) == []
+
+
+def test_a_write_folder_is_checked_before_ray_starts_without_writing_there(tmp_path, capsys):
+    """A folder another process writes, or holding a user's file where a run writes its own,
+    is refused before Ray starts, and left as it was."""
+    import subprocess
+    import sys
+
+    from augment.errors import OutputError
+    from augment.service import check_served_folder
+    from tests.conftest import cli, error_line
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "job.yaml").write_text("name: mine\n")
+    code, _, err = cli(capsys, "serve", REPO / "jobs" / "demo.yaml", "--write", theirs)
+    assert code == 2 and "job.yaml was not written by augment" in error_line(err)
+    assert [p.name for p in theirs.iterdir()] == ["job.yaml"]
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); f.write('pid 1 on elsewhere'); "
+            "f.flush(); fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+            str(busy / ".augment.lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(OutputError, match=r"busy is being written by another augment process"):
+            check_served_folder(served_spec(), busy)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [p.name for p in busy.iterdir()] == [".augment.lock"]
+    check_served_folder(served_spec(), busy)  # free again
+    check_served_folder(served_spec(), tmp_path / "a" / "b")
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputError, match=r"file is a file, not a folder; choose another with"):
+        check_served_folder(served_spec(), tmp_path / "file")
+
+
+def test_a_start_refused_after_the_writer_made_its_folder_ready_undoes_it(tmp_path):
+    """A replica that cannot load its model fails the start after the writer has made the
+    folder ready: what it made goes, what was there stays, and a served image keeps it all."""
+    from augment.service import prepare_served_folder, undo_for
+
+    spec = served_spec()
+    new = tmp_path / "new" / "served"
+    undo = undo_for(new)
+    prepare_served_folder(spec, new, hold=False)
+    assert (new / "job.yaml").is_file() and (new / "shards").is_dir()
+    undo()
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    undo = undo_for(kept)
+    prepare_served_folder(spec, kept, hold=False)
+    undo()
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"]
+    served = tmp_path / "served"
+    undo = undo_for(served)
+    prepare_served_folder(spec, served, hold=False)
+    (served / "shards" / "part-00000.parquet").write_bytes(b"a served batch")
+    undo()
+    assert sorted(p.name for p in served.iterdir()) == [".augment.lock", "job.yaml", "shards"]
