@@ -94,7 +94,12 @@ class TaxonomySpec(StrictModel):
         description="Where concepts come from: a list file (a path, or a shipped name: 'digits', "
         "'weeds'), 'wordnet:<synset>', 'coco' or 'coco:<supercategory>'."
     )
-    depth: int | None = Field(default=None, ge=1, description="wordnet: levels below the root")
+    depth: int | None = Field(
+        default=None,
+        ge=1,
+        description="wordnet: keep synsets at most this many hyponym links below the root (by "
+        "their shortest path)",
+    )
     leaves: bool = Field(default=False, description="wordnet: keep only synsets without hyponyms")
     exclude: list[str] = Field(default=[], description="synsets or concept ids to drop")
     max_concepts: int | None = Field(default=None, ge=1)

@@ -37,6 +37,45 @@ def test_depth_and_leaves_filter_the_weed_subtree():
     assert all(not lookup_synset(c.synset).hyponyms() for c in leaves)
 
 
+def test_depth_keeps_every_synset_within_that_many_links_by_its_shortest_path():
+    """A synset met first along a longer path, too deep to walk on, was not walked again when
+    met by a shorter one: event.n.01 at depth 2 gave 98 of its 137 synsets."""
+    event = lookup_synset("event.n.01")
+    for depth, count in ((1, 10), (2, 137), (3, 821)):
+        concepts = load_concepts("wordnet:event.n.01", depth=depth)
+        within = {s.name() for s in event.closure(lambda s: s.hyponyms(), depth=depth)}
+        synsets = [c.synset for c in concepts]  # nltk's closure: breadth-first, shortest paths
+        assert len(synsets) == len(set(synsets)) == len(within) == count
+        assert set(synsets) == within
+
+
+def test_concepts_are_numbered_as_their_tree_is_shown():
+    """The order, so the category ids, a user reads off `taxonomy show`: the tree top to bottom,
+    children by synset name, a synset with two parents under the one the walk met it from."""
+    polygons = load_concepts("wordnet:polygon.n.01", depth=3)
+    by_synset = {c.synset: c for c in polygons}
+    assert len(polygons) == 34
+    assert [c.synset for c in polygons[:3]] == [
+        "concave_polygon.n.01", "reentrant_polygon.n.01", "convex_polygon.n.01",
+    ]  # fmt: skip
+    # delta.n.02 is 3 links down through triangle.n.01 and 4 through isogon.n.01, where the walk
+    # placed its parent first: depth 3 keeps it, under that parent
+    delta = by_synset["delta.n.02"]
+    assert delta.hypernyms[-3:] == (
+        "isogon.n.01",
+        "regular_polygon.n.01",
+        "equilateral_triangle.n.01",
+    )
+    assert [by_synset[s].category_id for s in ("equilateral_triangle.n.01", "square.n.01")] == [
+        delta.category_id - 1, delta.category_id + 1,
+    ]  # fmt: skip
+    for concept in polygons:  # one tree: each below its parent as shown, numbered after it
+        parent = by_synset.get(concept.hypernyms[-1])
+        if parent is not None:
+            assert concept.hypernyms == (*parent.hypernyms, parent.synset)
+            assert concept.category_id > parent.category_id
+
+
 def test_concepts_carry_names_definitions_and_binomials():
     (concept,) = [c for c in load_concepts("wordnet:weed.n.01") if c.id == "alligator_weed.n.01"]
     assert concept.name == "alligator weed"

@@ -146,34 +146,44 @@ def expand_synset(
     leaves: bool = False,
     exclude: tuple[str, ...] = (),
 ) -> list[Concept]:
-    """The synsets below `name` (hyponyms, depth-first, children by name), as concepts.
+    """The synsets below `name`, as concepts numbered as their tree is shown.
 
-    `depth` 1 keeps direct hyponyms; `leaves` keeps synsets without hyponyms; `exclude` drops
-    synsets and their subtrees. Each concept's hypernym path runs from WordNet's root through
-    the expansion to its parent, so per-node results follow the tree shown.
+    The walk is depth-first, children by synset name, and follows every hyponym path of at
+    most `depth` links, so `depth` keeps every synset at most `depth` links below the root by
+    its shortest path, however the walk met it first (1 keeps the direct hyponyms). A synset is
+    placed under the parent the walk first met it from (WordNet lets a synset have two): its
+    hypernyms are that parent's path and the parent, so per-node results follow the tree
+    shown. Concepts are numbered in that tree's order, top to bottom, children by synset name:
+    the order the walk meets them when nothing is met again by a shorter path (always so
+    without `depth`). `leaves` keeps synsets without hyponyms; `exclude` drops synsets and
+    their subtrees.
     """
     root = lookup_synset(name)
     excluded = {lookup_synset(e).name() for e in exclude}
     root_path = tuple(s.name() for s in root.hypernym_paths()[0])
     found: list[tuple[object, tuple[str, ...]]] = []
-    seen: set[str] = set()
+    placed: dict[str, tuple[str, ...]] = {}  # each synset's path where the walk first met it
     met: set[str] = set()  # the excluded synsets the walk came to
+    # the most links left below each synset when the walk went through it: met again with more
+    # left (by a shorter path), its subtree is walked again, deeper
+    walked: dict[str, float] = {}
+    limit = float("inf") if depth is None else depth
 
-    def visit(synset, path: tuple[str, ...], level: int) -> None:
+    def visit(synset, path: tuple[str, ...], left: float) -> None:
         for child in sorted(synset.hyponyms(), key=lambda s: s.name()):
             if child.name() in excluded:
                 met.add(child.name())
                 continue
-            if child.name() in seen:
-                continue
-            seen.add(child.name())
-            is_leaf = not child.hyponyms()
-            if not leaves or is_leaf:
-                found.append((child, path))
-            if depth is None or level < depth:
-                visit(child, (*path, child.name()), level + 1)
+            if child.name() not in placed:
+                placed[child.name()] = path
+                if not leaves or not child.hyponyms():
+                    found.append((child, path))
+            if left - 1 > walked.get(child.name(), 0):
+                walked[child.name()] = left - 1
+                # below it, concepts hang from where it was placed: one tree, as shown
+                visit(child, (*placed[child.name()], child.name()), left - 1)
 
-    visit(root, root_path, 1)
+    visit(root, root_path, limit)
     missed = sorted(excluded - met)
     if missed:  # another sense of the word (griffon.n.01 is the gryphon), or misplaced
         meaning = lookup_synset(missed[0]).definition()
@@ -182,6 +192,9 @@ def expand_synset(
             "expansion, so it would exclude nothing; check its sense (augment taxonomy show "
             f"wordnet:{root.name()})"
         )
+    # numbered as the tree is shown, top to bottom (by path, then name): the order the walk met
+    # them, unless a synset met again by a shorter path added concepts higher up the tree
+    found.sort(key=lambda entry: (*entry[1], entry[0].name()))
     return [
         concept_from_synset(synset, index, path)
         for index, (synset, path) in enumerate(found, start=1)
