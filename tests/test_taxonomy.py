@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from augment.errors import TaxonomyError
-from augment.taxonomy import load_concepts
+from augment.taxonomy import load_concepts, wordnet
 from augment.taxonomy.listfile import load_list_file
 from augment.taxonomy.wordnet import lookup_synset, prepare_wordnet_copy
-from tests.conftest import cli, error_line, run_cli
+from tests.conftest import TINY_JOB, cli, error_line, images_by_item, run_cli
 
 
 def show_json(*args: str) -> list[dict]:
@@ -227,3 +228,38 @@ def test_a_list_files_names_stay_the_text_written(tmp_path):
     first, second = load_list_file(path)
     assert (first.name, first.aliases, first.category_id) == ("010", ("yes", "0x1F"), 3)
     assert (second.name, second.category_id) == ("12:30", 2)
+
+
+def test_a_run_rendered_by_the_old_depth_walk_is_refused_when_resumed(
+    tmp_path, capsys, monkeypatch
+):
+    """augment before the depth fix left delta.n.02 out of polygon.n.01's leaves at depth 3 (its
+    parent was met first 3 links down and not walked again 2 down), so the concepts after it had
+    ids one lower: a run it began, resumed now, would export its images under other classes."""
+    out = tmp_path / "out"
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        TINY_JOB.replace("source: digits", "source: 'wordnet:polygon.n.01'\n  depth: 3")
+        .replace("max_concepts: 3", "leaves: true")
+        .replace("images_per_concept: 3", "images_per_concept: 1")
+        .replace("OUT_DIR", str(out))
+    )
+    expand = wordnet.expand_synset
+
+    def expand_before_the_fix(*args, **kwargs) -> list:
+        concepts = [c for c in expand(*args, **kwargs) if c.synset != "delta.n.02"]
+        return [replace(c, category_id=i) for i, c in enumerate(concepts, start=1)]
+
+    with monkeypatch.context() as patched:
+        patched.setattr(wordnet, "expand_synset", expand_before_the_fix)
+        # stopped after 8 of its 22 images, as an interrupted run is
+        assert cli(capsys, "run", job, "--distributor", "local", "--limit", "8")[0] == 0
+    rendered = images_by_item(out)
+    code, _, err = cli(capsys, "run", job, "--distributor", "local")
+    assert code == 2
+    assert error_line(err) == (
+        f"error: {out} holds images whose concept has another category id now ('nonagon': 7 "
+        "then, 8 now; 2 concepts in all): the taxonomy, or augment's expansion of it, changed "
+        "since they were rendered; use another --out, or --force to delete them and start over"
+    )
+    assert images_by_item(out) == rendered
