@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import augment
+from augment.config import load_spec
 from augment.errors import TaxonomyError
 from augment.taxonomy import load_concepts, wordnet
 from augment.taxonomy.listfile import load_list_file
@@ -77,6 +79,32 @@ def test_concepts_are_numbered_as_their_tree_is_shown():
             assert concept.category_id > parent.category_id
 
 
+def test_instances_are_left_out_unless_asked_for():
+    """Named individuals (instance hyponyms) are left out, as ImageNet leaves them out:
+    city.n.01 is its three kinds of capital; with instances, its named cities too."""
+    cities = load_concepts("wordnet:city.n.01")
+    assert [c.name for c in cities] == ["national capital", "provincial capital", "state capital"]
+    named = load_concepts("wordnet:city.n.01", instances=True)
+    assert len(named) == 914 and {c.synset for c in cities} < {c.synset for c in named}
+    (paris,) = [c for c in named if c.synset == "paris.n.01"]
+    assert (paris.name, paris.hypernym) == ("Paris", "national capital")
+    kept = load_concepts("wordnet:city.n.01", instances=True, exclude=("paris.n.01",))
+    assert len(kept) == 913 and "paris.n.01" not in {c.synset for c in kept}
+    with pytest.raises(TaxonomyError, match="depth, leaves and instances apply to wordnet:"):
+        load_concepts("digits", instances=True)
+
+
+def test_a_job_spec_can_ask_for_instances(write_job):
+    text = TINY_JOB.replace("source: digits", "source: 'wordnet:river.n.01'\n  instances: true")
+    rivers = augment.concepts(load_spec(write_job(text.replace("  max_concepts: 3\n", ""))))
+    assert len(rivers) == 200 and {c.hypernym for c in rivers} == {"river"}
+
+
+def test_cli_shows_instances_when_asked():
+    rivers = show_json("wordnet:river.n.01", "--instances")
+    assert len(rivers) == 200 and "nile.n.01" in {c["synset"] for c in rivers}
+
+
 def test_concepts_carry_names_definitions_and_binomials():
     (concept,) = [c for c in load_concepts("wordnet:weed.n.01") if c.id == "alligator_weed.n.01"]
     assert concept.name == "alligator weed"
@@ -119,7 +147,20 @@ def test_misspelt_synset_suggests_close_matches():
 
 @pytest.mark.parametrize(
     ("source", "expected"),
-    [("wordnet:weeed.n.01", "did you mean weed.n.01"), ("wordnet:seven.n.01", "no concepts")],
+    [
+        ("wordnet:weeed.n.01", "did you mean weed.n.01"),
+        (
+            "wordnet:seven.n.01",
+            "expands to no concepts: seven.n.01 has no hyponyms; name a more general synset "
+            "(digit.n.01)",
+        ),
+        (
+            "wordnet:river.n.01",
+            "expands to no concepts: its 200 hyponyms are all instances (named individuals such "
+            "as Aare, Acheron), left out by default; set taxonomy.instances: true (augment "
+            "taxonomy show --instances) to include them",
+        ),
+    ],
 )
 def test_cli_taxonomy_errors_exit_2_with_one_line(source, expected):
     result = run_cli("taxonomy", "show", source)
