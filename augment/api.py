@@ -66,17 +66,18 @@ def concepts(
     leaves: bool = False,
     exclude: tuple[str, ...] = (),
     max_concepts: int | None = None,
+    instances: bool = False,
 ) -> list[Concept]:
     """The concepts of a job spec; or, with `source` instead, of a taxonomy source
     (``"wordnet:weed.n.01"``, ``"coco:animal"``, ``"weeds"``, a list file) with its own
-    depth/leaves/exclude/max_concepts."""
+    depth/leaves/exclude/max_concepts/instances."""
     from augment.job import concepts_for
     from augment.taxonomy import load_concepts
 
     if (spec is None) == (source is None):
         raise AugmentError("concepts() takes a job spec, or source= a taxonomy source: one of them")
     if source is not None:
-        return load_concepts(source, max_concepts, depth, leaves, exclude)  # a name, or names
+        return load_concepts(source, max_concepts, depth, leaves, exclude, instances)
     return concepts_for(_spec(spec))
 
 

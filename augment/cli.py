@@ -562,6 +562,7 @@ def cmd_taxonomy_show(args: argparse.Namespace) -> int:
         leaves=args.leaves,
         exclude=tuple(args.exclude),
         max_concepts=args.max,
+        instances=args.instances,
     )
     if args.json:
         print(json.dumps([c.to_dict() for c in concepts], indent=1))
@@ -596,6 +597,11 @@ def add_taxonomy(commands: Commands) -> None:
     show.add_argument("--depth", type=int, help="wordnet: levels below the root to keep (1+)")
     show.add_argument(
         "--leaves", action="store_true", help="wordnet: only synsets without hyponyms"
+    )
+    show.add_argument(
+        "--instances",
+        action="store_true",
+        help="wordnet: also named individuals (instance hyponyms: Paris below city.n.01)",
     )
     show.add_argument("--exclude", action="append", default=[], help="drop a synset or concept id")
     show.add_argument("--max", type=int, help="keep the first N concepts")

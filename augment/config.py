@@ -24,9 +24,11 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -94,10 +96,30 @@ class TaxonomySpec(StrictModel):
         description="Where concepts come from: a list file (a path, or a shipped name: 'digits', "
         "'weeds'), 'wordnet:<synset>', 'coco' or 'coco:<supercategory>'."
     )
-    depth: int | None = Field(default=None, ge=1, description="wordnet: levels below the root")
+    depth: int | None = Field(
+        default=None,
+        ge=1,
+        description="wordnet: keep synsets at most this many hyponym links below the root (by "
+        "their shortest path)",
+    )
     leaves: bool = Field(default=False, description="wordnet: keep only synsets without hyponyms")
+    instances: bool = Field(
+        default=False,
+        description="wordnet: also keep instance hyponyms, named individuals (Paris below "
+        "city.n.01, the Nile below river.n.01); left out by default, as in ImageNet",
+    )
     exclude: list[str] = Field(default=[], description="synsets or concept ids to drop")
     max_concepts: int | None = Field(default=None, ge=1)
+
+    @model_serializer(mode="wrap")
+    def _instances_only_when_set(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """`instances: false`, the default, is left out of dumps: every hash of a spec written
+        before the setting existed (a run's, its paste's, a fine-tune's folder name) stays as
+        it was, and such a run resumes (its adapter is found) instead of starting over."""
+        data = handler(self)
+        if not self.instances:
+            data.pop("instances", None)
+        return data
 
 
 def check_name_prompt(prompt: str) -> str:

@@ -301,7 +301,8 @@ def check_committed_concepts(
 ) -> None:
     """The images OUT already holds keep their concept's category and prompts: a taxonomy
     edited since they were rendered (a list file reordered, a concept removed or described
-    anew) leaves the spec's hash as it was, and would put them under other classes in every
+    anew), or expanded otherwise by a newer augment (a WordNet depth that now reaches more
+    synsets), leaves the spec's hash as it was, and would put them under other classes in every
     export, or keep renders of the old prompts beside the new ones."""
     categories = {c.id: c.category_id for c in concepts}
     finished = texts and (out_dir / "manifest.json").is_file()  # an interrupted run has none
@@ -329,7 +330,8 @@ def check_committed_concepts(
     if gone:
         raise OutputError(
             f"{out_dir} holds images of concepts the taxonomy no longer has "
-            f"({', '.join(sorted(gone)[:3])}): it changed since they were rendered; {fix}"
+            f"({', '.join(sorted(gone)[:3])}): it, or augment's expansion of it, changed since "
+            f"they were rendered; {fix}"
         )
     if changed:
         raise OutputError(
@@ -341,8 +343,8 @@ def check_committed_concepts(
         name, (then, now) = next(iter(moved.items()))
         raise OutputError(
             f"{out_dir} holds images whose concept has another category id now ('{name}': "
-            f"{then} then, {now} now; {len(moved)} concepts in all): the taxonomy changed since "
-            f"they were rendered; {fix}"
+            f"{then} then, {now} now; {len(moved)} concepts in all): the taxonomy, or augment's "
+            f"expansion of it, changed since they were rendered; {fix}"
         )
 
 

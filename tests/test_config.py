@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from augment.config import load_spec, parse_spec
 from augment.errors import SpecError
@@ -47,6 +48,12 @@ def test_negative_step_count_is_refused_with_the_bound():
         ("height: 32", "height: 32\n  device: gpu", "generation.device: 'gpu' is not a device"),
         ("height: 32", "height: 32\n  guidance_scale: .inf", "guidance_scale: input should be a"),
         ("digit {name}", "digit {name:d}", "{name:d} is not a plain placeholder; write {name}"),
+        (
+            "max_concepts: 3",
+            "max_concepts: 3\n  instances: some",
+            "line 6: taxonomy.instances: input should be a valid boolean, unable to interpret "
+            "input, got 'some'",
+        ),
         (
             "output:",
             "segment: {prompt: 'a {nmae}'}\noutput:",
@@ -107,6 +114,18 @@ def test_spec_hash_ignores_output_dir_but_not_render_settings(write_job):
     reseeded = load_spec(write_job(), {"seed": 8})
     assert base.spec_hash() == moved.spec_hash()
     assert base.spec_hash() != reseeded.spec_hash()
+
+
+def test_instances_changes_the_spec_hash_only_when_set(write_job):
+    """Left at false, it is out of the hashed spec: a run, paste or fine-tune from before the
+    setting existed keeps its hash (and resumes, its adapter found) instead of starting over."""
+    base = load_spec(write_job())
+    named = load_spec(write_job(TINY_JOB.replace("max_concepts: 3", "instances: true")))
+    assert "instances" not in base.identity()["taxonomy"]
+    assert "instances" not in yaml.safe_load(base.to_yaml())["taxonomy"]  # OUT/job.yaml
+    assert named.identity()["taxonomy"]["instances"] is True
+    unlimited = load_spec(write_job(TINY_JOB.replace("  max_concepts: 3\n", "")))
+    assert named.spec_hash() != unlimited.spec_hash()
 
 
 def test_every_shipped_job_is_a_valid_spec():

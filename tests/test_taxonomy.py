@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+import augment
+from augment.config import load_spec
 from augment.errors import TaxonomyError
-from augment.taxonomy import load_concepts
+from augment.taxonomy import load_concepts, wordnet
 from augment.taxonomy.listfile import load_list_file
 from augment.taxonomy.wordnet import lookup_synset, prepare_wordnet_copy
-from tests.conftest import cli, error_line, run_cli
+from tests.conftest import TINY_JOB, cli, error_line, images_by_item, run_cli
 
 
 def show_json(*args: str) -> list[dict]:
@@ -35,6 +38,71 @@ def test_depth_and_leaves_filter_the_weed_subtree():
     assert all(c.hypernyms[-1] == "weed.n.01" for c in direct)
     assert all(c.hypernyms[0] == "entity.n.01" for c in direct)
     assert all(not lookup_synset(c.synset).hyponyms() for c in leaves)
+
+
+def test_depth_keeps_every_synset_within_that_many_links_by_its_shortest_path():
+    """A synset met first along a longer path, too deep to walk on, was not walked again when
+    met by a shorter one: event.n.01 at depth 2 gave 98 of its 137 synsets."""
+    event = lookup_synset("event.n.01")
+    for depth, count in ((1, 10), (2, 137), (3, 821)):
+        concepts = load_concepts("wordnet:event.n.01", depth=depth)
+        within = {s.name() for s in event.closure(lambda s: s.hyponyms(), depth=depth)}
+        synsets = [c.synset for c in concepts]  # nltk's closure: breadth-first, shortest paths
+        assert len(synsets) == len(set(synsets)) == len(within) == count
+        assert set(synsets) == within
+
+
+def test_concepts_are_numbered_as_their_tree_is_shown():
+    """The order, so the category ids, a user reads off `taxonomy show`: the tree top to bottom,
+    children by synset name, a synset with two parents under the one the walk met it from."""
+    polygons = load_concepts("wordnet:polygon.n.01", depth=3)
+    by_synset = {c.synset: c for c in polygons}
+    assert len(polygons) == 34
+    assert [c.synset for c in polygons[:3]] == [
+        "concave_polygon.n.01", "reentrant_polygon.n.01", "convex_polygon.n.01",
+    ]  # fmt: skip
+    # delta.n.02 is 3 links down through triangle.n.01 and 4 through isogon.n.01, where the walk
+    # placed its parent first: depth 3 keeps it, under that parent
+    delta = by_synset["delta.n.02"]
+    assert delta.hypernyms[-3:] == (
+        "isogon.n.01",
+        "regular_polygon.n.01",
+        "equilateral_triangle.n.01",
+    )
+    assert [by_synset[s].category_id for s in ("equilateral_triangle.n.01", "square.n.01")] == [
+        delta.category_id - 1, delta.category_id + 1,
+    ]  # fmt: skip
+    for concept in polygons:  # one tree: each below its parent as shown, numbered after it
+        parent = by_synset.get(concept.hypernyms[-1])
+        if parent is not None:
+            assert concept.hypernyms == (*parent.hypernyms, parent.synset)
+            assert concept.category_id > parent.category_id
+
+
+def test_instances_are_left_out_unless_asked_for():
+    """Named individuals (instance hyponyms) are left out, as ImageNet leaves them out:
+    city.n.01 is its three kinds of capital; with instances, its named cities too."""
+    cities = load_concepts("wordnet:city.n.01")
+    assert [c.name for c in cities] == ["national capital", "provincial capital", "state capital"]
+    named = load_concepts("wordnet:city.n.01", instances=True)
+    assert len(named) == 914 and {c.synset for c in cities} < {c.synset for c in named}
+    (paris,) = [c for c in named if c.synset == "paris.n.01"]
+    assert (paris.name, paris.hypernym) == ("Paris", "national capital")
+    kept = load_concepts("wordnet:city.n.01", instances=True, exclude=("paris.n.01",))
+    assert len(kept) == 913 and "paris.n.01" not in {c.synset for c in kept}
+    with pytest.raises(TaxonomyError, match="depth, leaves and instances apply to wordnet:"):
+        load_concepts("digits", instances=True)
+
+
+def test_a_job_spec_can_ask_for_instances(write_job):
+    text = TINY_JOB.replace("source: digits", "source: 'wordnet:river.n.01'\n  instances: true")
+    rivers = augment.concepts(load_spec(write_job(text.replace("  max_concepts: 3\n", ""))))
+    assert len(rivers) == 200 and {c.hypernym for c in rivers} == {"river"}
+
+
+def test_cli_shows_instances_when_asked():
+    rivers = show_json("wordnet:river.n.01", "--instances")
+    assert len(rivers) == 200 and "nile.n.01" in {c["synset"] for c in rivers}
 
 
 def test_concepts_carry_names_definitions_and_binomials():
@@ -79,7 +147,20 @@ def test_misspelt_synset_suggests_close_matches():
 
 @pytest.mark.parametrize(
     ("source", "expected"),
-    [("wordnet:weeed.n.01", "did you mean weed.n.01"), ("wordnet:seven.n.01", "no concepts")],
+    [
+        ("wordnet:weeed.n.01", "did you mean weed.n.01"),
+        (
+            "wordnet:seven.n.01",
+            "expands to no concepts: seven.n.01 has no hyponyms; name a more general synset "
+            "(digit.n.01)",
+        ),
+        (
+            "wordnet:river.n.01",
+            "expands to no concepts: its 200 hyponyms are all instances (named individuals such "
+            "as Aare, Acheron), left out by default; set taxonomy.instances: true (augment "
+            "taxonomy show --instances) to include them",
+        ),
+    ],
 )
 def test_cli_taxonomy_errors_exit_2_with_one_line(source, expected):
     result = run_cli("taxonomy", "show", source)
@@ -188,3 +269,38 @@ def test_a_list_files_names_stay_the_text_written(tmp_path):
     first, second = load_list_file(path)
     assert (first.name, first.aliases, first.category_id) == ("010", ("yes", "0x1F"), 3)
     assert (second.name, second.category_id) == ("12:30", 2)
+
+
+def test_a_run_rendered_by_the_old_depth_walk_is_refused_when_resumed(
+    tmp_path, capsys, monkeypatch
+):
+    """augment before the depth fix left delta.n.02 out of polygon.n.01's leaves at depth 3 (its
+    parent was met first 3 links down and not walked again 2 down), so the concepts after it had
+    ids one lower: a run it began, resumed now, would export its images under other classes."""
+    out = tmp_path / "out"
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        TINY_JOB.replace("source: digits", "source: 'wordnet:polygon.n.01'\n  depth: 3")
+        .replace("max_concepts: 3", "leaves: true")
+        .replace("images_per_concept: 3", "images_per_concept: 1")
+        .replace("OUT_DIR", str(out))
+    )
+    expand = wordnet.expand_synset
+
+    def expand_before_the_fix(*args, **kwargs) -> list:
+        concepts = [c for c in expand(*args, **kwargs) if c.synset != "delta.n.02"]
+        return [replace(c, category_id=i) for i, c in enumerate(concepts, start=1)]
+
+    with monkeypatch.context() as patched:
+        patched.setattr(wordnet, "expand_synset", expand_before_the_fix)
+        # stopped after 8 of its 22 images, as an interrupted run is
+        assert cli(capsys, "run", job, "--distributor", "local", "--limit", "8")[0] == 0
+    rendered = images_by_item(out)
+    code, _, err = cli(capsys, "run", job, "--distributor", "local")
+    assert code == 2
+    assert error_line(err) == (
+        f"error: {out} holds images whose concept has another category id now ('nonagon': 7 "
+        "then, 8 now; 2 concepts in all): the taxonomy, or augment's expansion of it, changed "
+        "since they were rendered; use another --out, or --force to delete them and start over"
+    )
+    assert images_by_item(out) == rendered

@@ -1,6 +1,6 @@
 """Concept sources, chosen by the source string's prefix.
 
-- ``wordnet:<synset>``: the synsets below it (depth, leaves, exclude apply);
+- ``wordnet:<synset>``: the synsets below it (depth, leaves, exclude, instances apply);
 - ``coco`` or ``coco:<supercategory>``: the 80 COCO 2017 categories, official ids;
 - anything else: a list file, by path or by shipped name (``weeds``, ``digits``).
 """
@@ -60,6 +60,7 @@ def load_concepts(
     depth: int | None = None,
     leaves: bool = False,
     exclude: tuple[str, ...] = (),
+    instances: bool = False,
 ) -> list[Concept]:
     """Expand a taxonomy source string into concepts, in a stable order."""
     exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)  # not its letters
@@ -71,11 +72,14 @@ def load_concepts(
     if kind == "wordnet":
         from augment.taxonomy.wordnet import expand_synset
 
-        concepts = expand_synset(argument, depth=depth, leaves=leaves, exclude=exclude)
+        concepts = expand_synset(
+            argument, depth=depth, leaves=leaves, exclude=exclude, instances=instances
+        )
     else:
-        if depth is not None or leaves:
+        if depth is not None or leaves or instances:
             raise TaxonomyError(
-                f"taxonomy '{source}': depth and leaves apply to wordnet:<synset> sources only"
+                f"taxonomy '{source}': depth, leaves and instances apply to wordnet:<synset> "
+                "sources only"
             )
         if kind == "coco":
             concepts = coco_concepts(argument or None)
@@ -105,4 +109,6 @@ def load_concepts(
 def spec_concepts(spec) -> list[Concept]:
     """The concepts a job spec's `taxonomy:` section names (its source resolved at load)."""
     t = spec.taxonomy
-    return load_concepts(spec.paths.taxonomy, t.max_concepts, t.depth, t.leaves, tuple(t.exclude))
+    return load_concepts(
+        spec.paths.taxonomy, t.max_concepts, t.depth, t.leaves, tuple(t.exclude), t.instances
+    )

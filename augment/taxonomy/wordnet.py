@@ -140,40 +140,59 @@ def concept_from_synset(synset, category_id: int, path: tuple[str, ...]) -> Conc
     )
 
 
+def hyponyms_of(synset, instances: bool) -> list:
+    """The synsets one link below `synset`, by name; with `instances`, its named individuals
+    too (city.n.01's Paris): WordNet keeps those apart, as instance hyponyms."""
+    children = synset.hyponyms() + (synset.instance_hyponyms() if instances else [])
+    return sorted(children, key=lambda s: s.name())
+
+
 def expand_synset(
     name: str,
     depth: int | None = None,
     leaves: bool = False,
     exclude: tuple[str, ...] = (),
+    instances: bool = False,
 ) -> list[Concept]:
-    """The synsets below `name` (hyponyms, depth-first, children by name), as concepts.
+    """The synsets below `name`, as concepts numbered as their tree is shown.
 
-    `depth` 1 keeps direct hyponyms; `leaves` keeps synsets without hyponyms; `exclude` drops
-    synsets and their subtrees. Each concept's hypernym path runs from WordNet's root through
-    the expansion to its parent, so per-node results follow the tree shown.
+    The walk is depth-first, children by synset name, and follows every hyponym path of at
+    most `depth` links, so `depth` keeps every synset at most `depth` links below the root by
+    its shortest path, however the walk met it first (1 keeps the direct hyponyms). A synset is
+    placed under the parent the walk first met it from (WordNet lets a synset have two): its
+    hypernyms are that parent's path and the parent, so per-node results follow the tree
+    shown. Concepts are numbered in that tree's order, top to bottom, children by synset name:
+    the order the walk meets them when nothing is met again by a shorter path (always so
+    without `depth`). `leaves` keeps synsets without hyponyms; `exclude` drops synsets and
+    their subtrees; `instances` adds instance hyponyms (named individuals such as cities,
+    rivers and people), left out by default as ImageNet leaves them out.
     """
     root = lookup_synset(name)
     excluded = {lookup_synset(e).name() for e in exclude}
     root_path = tuple(s.name() for s in root.hypernym_paths()[0])
     found: list[tuple[object, tuple[str, ...]]] = []
-    seen: set[str] = set()
+    placed: dict[str, tuple[str, ...]] = {}  # each synset's path where the walk first met it
     met: set[str] = set()  # the excluded synsets the walk came to
+    # the most links left below each synset when the walk went through it: met again with more
+    # left (by a shorter path), its subtree is walked again, deeper
+    walked: dict[str, float] = {}
+    limit = float("inf") if depth is None else depth
 
-    def visit(synset, path: tuple[str, ...], level: int) -> None:
-        for child in sorted(synset.hyponyms(), key=lambda s: s.name()):
+    def visit(synset, path: tuple[str, ...], left: float) -> None:
+        for child in hyponyms_of(synset, instances):
             if child.name() in excluded:
                 met.add(child.name())
                 continue
-            if child.name() in seen:
-                continue
-            seen.add(child.name())
-            is_leaf = not child.hyponyms()
-            if not leaves or is_leaf:
-                found.append((child, path))
-            if depth is None or level < depth:
-                visit(child, (*path, child.name()), level + 1)
+            if child.name() not in placed:
+                placed[child.name()] = path
+                if not leaves or not hyponyms_of(child, instances):
+                    found.append((child, path))
+            if left - 1 > walked.get(child.name(), 0):
+                walked[child.name()] = left - 1
+                # below it, concepts hang from where it was placed: one tree, as shown
+                visit(child, (*placed[child.name()], child.name()), left - 1)
 
-    visit(root, root_path, 1)
+    visit(root, root_path, limit)
     missed = sorted(excluded - met)
     if missed:  # another sense of the word (griffon.n.01 is the gryphon), or misplaced
         meaning = lookup_synset(missed[0]).definition()
@@ -182,7 +201,29 @@ def expand_synset(
             "expansion, so it would exclude nothing; check its sense (augment taxonomy show "
             f"wordnet:{root.name()})"
         )
+    if not found and not hyponyms_of(root, instances):
+        raise TaxonomyError(no_hyponyms(root, instances))
+    # numbered as the tree is shown, top to bottom (by path, then name): the order the walk met
+    # them, unless a synset met again by a shorter path added concepts higher up the tree
+    found.sort(key=lambda entry: (*entry[1], entry[0].name()))
     return [
         concept_from_synset(synset, index, path)
         for index, (synset, path) in enumerate(found, start=1)
     ]
+
+
+def no_hyponyms(root, instances: bool) -> str:
+    """Why a synset with nothing below it to walk expands to nothing, and what to do instead:
+    widening the walk (depth, leaves, exclude) cannot help there."""
+    where = f"taxonomy 'wordnet:{root.name()}' expands to no concepts"
+    # by name: nltk's order of instance hyponyms varies from one process to the next
+    instances_below = sorted(root.instance_hyponyms(), key=lambda s: s.name())
+    named = [s.lemma_names()[0].replace("_", " ") for s in instances_below]
+    if named and not instances:
+        return (
+            f"{where}: its {len(named)} hyponyms are all instances (named individuals such as "
+            f"{', '.join(named[:2])}), left out by default; set taxonomy.instances: true "
+            "(augment taxonomy show --instances) to include them"
+        )
+    parents = ", ".join(s.name() for s in root.hypernyms()) or "another synset"
+    return f"{where}: {root.name()} has no hyponyms; name a more general synset ({parents})"
