@@ -111,6 +111,11 @@ def test_concepts_carry_names_definitions_and_binomials():
     assert concept.definition.startswith("prolific South American aquatic weed")
     assert concept.scientific_name == "Alternanthera philoxeroides"
     assert concept.aliases == ("alligator grass",)
+    # outside plants and animals a capitalised two-word name is a name, not a binomial: a
+    # "{scientific_name}" prompt of Paris read "French capital"
+    paris = {c.id: c for c in load_concepts("wordnet:national_capital.n.01", instances=True)}
+    assert paris["paris.n.01"].scientific_name == ""
+    assert "French capital" in paris["paris.n.01"].aliases
 
 
 def test_exclude_drops_a_synset_and_its_subtree():

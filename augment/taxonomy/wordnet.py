@@ -122,11 +122,16 @@ def lookup_synset(name: str):
 
 #: 'Alternanthera philoxeroides': a binomial among a plant's or animal's lemma names.
 BINOMIAL = re.compile(r"^[A-Z][a-z]+ [a-z]+$")
+#: Where WordNet keeps living things (fungi and algae among the plants): the only synsets whose
+#: capitalised two-word names are binomials. Elsewhere they are names: Paris's "French capital",
+#: goulash's "Hungarian goulash".
+LIVING = ("noun.plant", "noun.animal")
 
 
 def concept_from_synset(synset, category_id: int, path: tuple[str, ...]) -> Concept:
     lemmas = [lemma.replace("_", " ") for lemma in synset.lemma_names()]
-    binomials = [lemma for lemma in lemmas[1:] if BINOMIAL.match(lemma)]
+    living = synset.lexname() in LIVING
+    binomials = [lemma for lemma in lemmas[1:] if living and BINOMIAL.match(lemma)]
     return Concept(
         id=synset.name(),
         name=lemmas[0],
