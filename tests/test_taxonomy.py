@@ -79,11 +79,17 @@ def test_concepts_are_numbered_as_their_tree_is_shown():
             assert concept.category_id > parent.category_id
 
 
-def test_instances_are_left_out_unless_asked_for():
+def test_instances_are_left_out_unless_asked_for(caplog):
     """Named individuals (instance hyponyms) are left out, as ImageNet leaves them out:
-    city.n.01 is its three kinds of capital; with instances, its named cities too."""
+    city.n.01 is its three kinds of capital, and a warning says what was left out; with
+    instances, its named cities too."""
     cities = load_concepts("wordnet:city.n.01")
     assert [c.name for c in cities] == ["national capital", "provincial capital", "state capital"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "909 named individuals below it (instance hyponyms, such as Aachen) are left" in warning
+    caplog.clear()
+    load_concepts("wordnet:weed.n.01")  # none below it
+    assert not caplog.records
     named = load_concepts("wordnet:city.n.01", instances=True)
     assert len(named) == 914 and {c.synset for c in cities} < {c.synset for c in named}
     (paris,) = [c for c in named if c.synset == "paris.n.01"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import logging
 import re
 import shutil
 import tempfile
@@ -19,6 +20,8 @@ from pathlib import Path
 from augment.cache import cache_dir
 from augment.errors import TaxonomyError
 from augment.taxonomy.concept import Concept
+
+log = logging.getLogger(__name__)
 
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
 INSTALL_HINT = (
@@ -159,7 +162,8 @@ def expand_synset(
     exclude: tuple[str, ...] = (),
     instances: bool = False,
 ) -> list[Concept]:
-    """The synsets below `name`, as concepts numbered as their tree is shown.
+    """The synsets below `name`, as concepts numbered as their tree is shown (a warning when
+    more named individuals are left out below it than concepts are kept).
 
     The walk is depth-first, children by synset name, and follows every hyponym path of at
     most `depth` links, so `depth` keeps every synset at most `depth` links below the root by
@@ -183,7 +187,13 @@ def expand_synset(
     walked: dict[str, float] = {}
     limit = float("inf") if depth is None else depth
 
+    individuals: dict[str, str] = {}  # the instance hyponyms left out below the synsets walked
+
     def visit(synset, path: tuple[str, ...], left: float) -> None:
+        if not instances:
+            individuals.update(
+                (s.name(), s.lemma_names()[0].replace("_", " ")) for s in synset.instance_hyponyms()
+            )
         for child in hyponyms_of(synset, instances):
             if child.name() in excluded:
                 met.add(child.name())
@@ -208,6 +218,16 @@ def expand_synset(
         )
     if not found and not hyponyms_of(root, instances):
         raise TaxonomyError(no_hyponyms(root, instances))
+    if len(individuals) > len(found):  # city.n.01: 3 kinds of city, 911 cities left out
+        log.warning(
+            "wordnet:%s: %d named individuals below it (instance hyponyms, such as %s) are left "
+            "out, more than the %d concepts kept; set taxonomy.instances: true (augment taxonomy "
+            "show --instances) to include them",
+            root.name(),
+            len(individuals),
+            individuals[min(individuals)],
+            len(found),
+        )
     # numbered as the tree is shown, top to bottom (by path, then name): the order the walk met
     # them, unless a synset met again by a shorter path added concepts higher up the tree
     found.sort(key=lambda entry: (*entry[1], entry[0].name()))
