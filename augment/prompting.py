@@ -6,16 +6,18 @@ identifier a fine-tune taught the concept, empty for concepts it did not teach, 
 "a photo of {token} {name}" reads right for both) and attribute slots
 (``{viewpoint}``, ``{lighting}``, ``{background}`` or any slot the spec lists). Each concept gets
 ``images_per_concept`` prompts. With ``combine: exhaustive`` they cycle through every
-(template, attribute combination); with ``combine: sample`` variant *v* uses template
-``v mod T`` and attribute values drawn from a hash of (concept, variant, slot), so the choice is
-deterministic and changing one template changes only the items rendered from it.
+(template, attribute combination), interleaved so that the first images already use every
+template and spread over the attribute values (`exhaustive_choices`); with
+``combine: sample`` variant *v* uses template ``v mod T`` and attribute values drawn from a hash
+of (concept, variant, slot), so the choice is deterministic and changing one template changes
+only the items rendered from it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
+import math
 import string
 from dataclasses import dataclass
 
@@ -120,14 +122,44 @@ def pick(values: list[str], *key: object) -> str:
     return values[int.from_bytes(digest[:8], "big") % len(values)]
 
 
+def spread_pairs(first: int, second: int) -> list[tuple[int, int]]:
+    """Every (i, j) with i < `first` and j < `second` once, in an order where both change at
+    every step: k -> (k mod first, (k + t) mod second) over blocks t of lcm(first, second)
+    steps. Each block's pairs are distinct (k mod lcm decides them) and block t holds those with
+    j - i = t (mod gcd), so the gcd blocks hold every pair; any prefix meets the values of both
+    evenly, where the nested product order repeats its first value `second` times first."""
+    block = math.lcm(first, second)
+    return [(k % first, (k + k // block) % second) for k in range(first * second)]
+
+
+def spread_product(sizes: list[int]) -> list[tuple[int, ...]]:
+    """Every index tuple of a product of `sizes` once, each position changing at every step
+    (pairs spread as in `spread_pairs`, one more slot at a time)."""
+    combos: list[tuple[int, ...]] = [()]
+    for size in sizes:
+        combos = [(*combos[i], j) for i, j in spread_pairs(len(combos), size)]
+    return combos
+
+
 def exhaustive_choices(templates: list[str], slots: dict[str, list[str]]) -> list[tuple]:
-    """Every (template, {slot: value}) pair, templates in order, then slot values in order."""
-    choices = []
+    """Every (template, {slot: value}) pair once, interleaved so that the first images already
+    spread over the templates and attribute values: templates take turns (one whose
+    combinations are all used drops out of the turn), and a template's attribute values
+    change at every turn of it. A nested product order gave the first template's every
+    combination before the second template's first, so a job of fewer images than
+    combinations never rendered its later templates."""
+    per_template = []
     for template in templates:
         names = [s for s in dict.fromkeys(template_slots(template)) if s in slots]
-        for combo in itertools.product(*(slots[n] for n in names)):
-            choices.append((template, dict(zip(names, combo, strict=True))))
-    return choices
+        combos = spread_product([len(slots[n]) for n in names])
+        per_template.append(
+            [
+                (template, {n: slots[n][i] for n, i in zip(names, combo, strict=True)})
+                for combo in combos
+            ]
+        )
+    longest = max((len(c) for c in per_template), default=0)
+    return [c[turn] for turn in range(longest) for c in per_template if turn < len(c)]
 
 
 def build_prompts(

@@ -59,6 +59,41 @@ def test_exhaustive_combines_every_attribute_value(weeds):
     assert texts[0] == "chinee apple, top, day" and texts[-1] == "chinee apple, side, dusk"
 
 
+def test_exhaustive_uses_every_template_when_images_are_fewer_than_combinations(weeds):
+    """3 templates x 5 viewpoints x 4 lightings: 6 images once were all the first template's,
+    5 of them of one lighting."""
+    templates = ["a {name}, {viewpoint}, {lighting}", "the weed {name}, {viewpoint}", "{name}"]
+    prompts = build_prompts(weeds[:1], templates, "", 6, {}, "exhaustive")
+    texts = [p.text for p in prompts]
+    assert texts[:3] == [
+        "a chinee apple, front view, daylight",
+        "the weed chinee apple, front view",
+        "chinee apple",
+    ]
+    first = [t.split(", ")[1:] for t in texts if t.startswith("a ")]
+    assert first == [
+        ["front view", "daylight"],
+        ["side view", "overcast light"],
+        ["top-down view", "golden hour light"],
+    ]
+    assert [t.split(", ")[1] for t in texts if t.startswith("the weed")] == [
+        "front view",
+        "side view",
+    ]
+
+
+def test_exhaustive_renders_every_combination_once_then_cycles(weeds):
+    templates = ["a {name}, {viewpoint}, {lighting}", "the weed {name}, {viewpoint}", "{name}"]
+    attributes = {"viewpoint": ["top", "side", "close"], "lighting": ["day", "night"]}
+    count = 3 * 2 + 3 + 1
+    prompts = build_prompts(weeds[:1], templates, "", 2 * count, attributes, "exhaustive")
+    texts = [p.text for p in prompts]
+    assert len(set(texts[:count])) == count and texts[count:] == texts[:count]
+    assert {t for t in texts if t.startswith("a ")} == {
+        f"a chinee apple, {v}, {lit}" for v in ("top", "side", "close") for lit in ("day", "night")
+    }
+
+
 def test_sampled_attributes_are_deterministic_and_from_the_lists(weeds):
     attributes = {"viewpoint": ["top", "side", "close"]}
     first = build_prompts(weeds, ["{name}, {viewpoint}, {lighting}"], "neg", 12, attributes)
