@@ -346,6 +346,42 @@ def check_committed_concepts(
         )
 
 
+def check_committed_prompts(
+    out_dir: Path,
+    spec: JobSpec,
+    concepts: list[Concept],
+    planned: list[WorkItem],
+    done: set[str],
+) -> None:
+    """The images OUT already holds were rendered from the prompts this spec gives their concept
+    and variant now. The spec's hash cannot see a change in how augment words them (the order
+    of combine: exhaustive, the truncation of long prompts, in a newer version): the old
+    images would stay beside renders of the new prompts, each such variant twice."""
+    path = out_dir / "plan.parquet"  # the last run's, written before its first image
+    if not done or not path.is_file():
+        return
+    rows = parquet.read_table(path, ["item_id", "concept_id", "variant", "prompt"]).to_pylist()
+    then = {(r["concept_id"], r["variant"]): r["prompt"] for r in rows if r["item_id"] in done}
+    now = {(item.concept_id, item.variant): item.prompt for item in planned}
+    unplanned = [key for key in then if key not in now]
+    if unplanned:  # a limited run plans fewer variants than OUT holds
+        ids = {concept_id for concept_id, _ in unplanned}
+        low, high = min(v for _, v in unplanned), max(v for _, v in unplanned)
+        wanted = [c for c in concepts if c.id in ids]
+        for prompt in prompts_for(spec, wanted, range(low, high + 1)):
+            now.setdefault((prompt.concept.id, prompt.variant), prompt.text)
+    changed = [key for key, text in then.items() if now.get(key, text) != text]
+    if changed:
+        key = changed[0]
+        name = next((c.name for c in concepts if c.id == key[0]), key[0])
+        raise OutputError(
+            f"{out_dir} holds {len(changed)} image(s) whose prompt this version of augment "
+            f"words otherwise (e.g. {name}, variant {key[1]}: {then[key]!r} then, {now[key]!r} "
+            "now: the order of combine: exhaustive or the truncation of long prompts changed); "
+            "use another --out, or --force to delete them and start over"
+        )
+
+
 #: The lock file in OUT: one process writes a folder at a time.
 LOCK_FILE = ".augment.lock"
 #: The output folders this process holds the lock of (a filter run inside a run takes none).
@@ -1065,6 +1101,7 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
         planned = with_earlier_plan(out_dir, spec, items, concepts, sources)  # what OUT holds
         parquet.remove_temp_files(out_dir / "shards")
         done = resume_point(out_dir)
+        check_committed_prompts(out_dir, spec, concepts, planned, done)
         if sources is not None:
             check_sources_kept(out_dir, planned)
         write_plan(planned, out_dir / "plan.parquet")
