@@ -112,6 +112,40 @@ def concept_values(concept: Concept, token: str | None = None) -> dict[str, str]
     }
 
 
+#: The list-file key that gives each concept field ({token} may be empty: "a photo of {token}
+#: {name}" reads right for a concept no fine-tune taught; {scientific_name} falls back to
+#: the name).
+LIST_FILE_KEYS = {
+    "name": "name",
+    "definition": "definition",
+    "hypernym": "hypernyms",
+    "supercategory": "supercategory",
+    "synset": "synset",
+}
+
+
+def check_fields_filled(concepts: list[Concept], templates: list[str]) -> None:
+    """Refuse a template that reads a concept field some concepts lack: their prompts would
+    leave it blank ("a photo of a , a person" for {hypernym} over COCO, which has none), and
+    the images of that class would be rendered from a broken sentence."""
+    values = [concept_values(concept) for concept in concepts]
+    for template in templates:
+        for field in dict.fromkeys(template_slots(template)):
+            if field not in LIST_FILE_KEYS:
+                continue
+            lacking = [c for c, v in zip(concepts, values, strict=True) if not v[field].strip()]
+            if not lacking:
+                continue
+            whole = [f for f in LIST_FILE_KEYS if all(v[f].strip() for v in values)]
+            instead = ", ".join("{" + f + "}" for f in whole)
+            raise SpecError(
+                f"prompts.templates: {template!r} reads {{{field}}}, which {len(lacking)} of the "
+                f"{len(concepts)} concepts lack (e.g. {lacking[0].name!r}): their prompts would "
+                f"leave it blank; use a field they all have ({instead}), or a list file of "
+                f"yours that gives each concept its {LIST_FILE_KEYS[field]}:"
+            )
+
+
 def fill(template: str, values: dict[str, str]) -> str:
     return " ".join(template.format(**values).split())
 
@@ -183,6 +217,7 @@ def build_prompts(
                     f"{len(concepts)} concepts would get this same prompt; add {{name}} (or "
                     "{definition}, {hypernym}, ...)"
                 )
+    check_fields_filled(concepts, templates)
     slots = attribute_values(templates, attributes or {})
     choices = exhaustive_choices(templates, slots) if combine == "exhaustive" else None
     prompts = []

@@ -155,6 +155,36 @@ def test_a_template_naming_no_concept_is_refused_for_several_concepts(weeds):
     assert prompt.text == "a photo of a plant"
 
 
+def test_a_field_some_concepts_lack_is_refused_naming_the_template_and_a_concept():
+    """COCO's concepts have no hypernym: "a photo of a {hypernym}, a {name}" gave "a photo of
+    a , a person" for every class."""
+    coco = load_concepts("coco", max_concepts=3)
+    with pytest.raises(
+        SpecError,
+        match=r"'a photo of a \{hypernym\}, a \{name\}' reads \{hypernym\}, which 3 of the 3 "
+        r"concepts lack \(e.g. 'person'\).*use a field they all have \(\{name\}, \{definition\}, "
+        r"\{supercategory\}, \{synset\}\), or a list file of yours that gives each concept its "
+        r"hypernyms:$",
+    ):
+        build_prompts(coco, ["a {name}", "a photo of a {hypernym}, a {name}"], "", 2)
+    assert build_prompts(coco, ["a {name}, a kind of {supercategory}"], "", 1)[0].text == (
+        "a person, a kind of person"
+    )
+
+
+def test_a_list_file_concept_without_a_definition_is_named(tmp_path):
+    listing = tmp_path / "mine.yaml"
+    listing.write_text(
+        "concepts:\n  - {name: lantana, definition: a flowering shrub}\n  - {name: parkinsonia}\n"
+    )
+    concepts = load_concepts(str(listing))
+    with pytest.raises(SpecError, match=r"1 of the 2 concepts lack \(e.g. 'parkinsonia'\)"):
+        build_prompts(concepts, ["{name}, {definition}"], "", 1)
+    tokens = {"lantana": "<sks>"}  # {token} is blank for a concept no fine-tune taught
+    texts = [p.text for p in build_prompts(concepts, ["a {token} {name}"], "", 1, tokens=tokens)]
+    assert texts == ["a <sks> lantana", "a parkinsonia"]
+
+
 def test_prompts_and_plans_show_brackets_and_tell_two_concepts_of_one_name_apart(tmp_path, capsys):
     """ "[ugly]" is prompt syntax rich took for markup (it vanished, or ended in a fault), and
     WordNet's two "discard" senses were counted as one concept."""
