@@ -19,7 +19,7 @@ import hashlib
 import logging
 import math
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from augment.errors import SpecError
 from augment.taxonomy.concept import Concept
@@ -39,12 +39,19 @@ DEFAULT_ATTRIBUTES: dict[str, list[str]] = {
 DEFAULT_NEGATIVE = "bad anatomy, deformed, blurry, lowres, watermark, text"
 
 
+#: The fields that name a concept: truncation keeps the template's first one whole.
+NAMING_FIELDS = ("name", "scientific_name", "synset")
+
+
 @dataclass(frozen=True)
 class Prompt:
     concept: Concept
     text: str
     negative: str
     variant: int
+    template: str = ""  # what `text` was filled from
+    #: Leading words of `text` up to the end of the concept's name: truncation keeps them.
+    name_words: int = 0
 
 
 def template_slots(template: str) -> list[str]:
@@ -150,6 +157,20 @@ def fill(template: str, values: dict[str, str]) -> str:
     return " ".join(template.format(**values).split())
 
 
+def naming_prefix(template: str) -> str | None:
+    """The template up to the end of its first naming field ('a photo of {name}' of 'a photo
+    of {name}, {definition}'), or None when it names the concept by no such field."""
+    prefix = ""
+    for literal, field, _, _ in string.Formatter().parse(template):
+        prefix += literal.replace("{", "{{").replace("}", "}}")
+        if field is None:
+            continue
+        prefix += "{" + field + "}"
+        if field in NAMING_FIELDS:
+            return prefix
+    return None
+
+
 def pick(values: list[str], *key: object) -> str:
     """A deterministic choice from `values`, keyed by `key` (no RNG state to carry)."""
     digest = hashlib.sha256(repr(key).encode()).digest()
@@ -220,6 +241,7 @@ def build_prompts(
     check_fields_filled(concepts, templates)
     slots = attribute_values(templates, attributes or {})
     choices = exhaustive_choices(templates, slots) if combine == "exhaustive" else None
+    prefixes = {template: naming_prefix(template) for template in templates}
     prompts = []
     for concept in concepts:
         values = concept_values(concept, (tokens or {}).get(concept.id))
@@ -234,7 +256,9 @@ def build_prompts(
                     if slot in slots
                 }
             text = fill(template, {**values, **chosen})
-            prompts.append(Prompt(concept, text, negative, variant))
+            prefix = prefixes[template]
+            named = len(fill(prefix, {**values, **chosen}).split()) if prefix else 0
+            prompts.append(Prompt(concept, text, negative, variant, template, named))
     return prompts
 
 
@@ -243,10 +267,13 @@ def token_count(tokenizer, text: str) -> int:
     return len(tokenizer(text, truncation=False).input_ids)
 
 
-def truncate_to_tokens(tokenizer, text: str, max_tokens: int) -> str:
-    """Drop whole words from the end until the prompt fits the text encoder."""
+def truncate_to_tokens(tokenizer, text: str, max_tokens: int, keep_words: int = 0) -> str | None:
+    """Drop whole words from the end until the prompt fits the text encoder; None when its first
+    `keep_words` (the concept's name and what precedes it) do not fit alone."""
     words = text.split()
-    while len(words) > 1 and token_count(tokenizer, " ".join(words)) > max_tokens:
+    if keep_words and token_count(tokenizer, " ".join(words[:keep_words])) > max_tokens:
+        return None
+    while len(words) > max(1, keep_words) and token_count(tokenizer, " ".join(words)) > max_tokens:
         words.pop()
     return " ".join(words)
 
@@ -258,7 +285,9 @@ def enforce_token_limit(
 
     Text past the limit would be cut silently by the pipeline, so a record's prompt would lie
     about what the model saw. Here a long prompt is either an error naming it and its token
-    count, or truncated (whole words) before it enters the plan.
+    count, or truncated (whole words) before it enters the plan. Truncation keeps the concept's
+    name: a prompt that lost it would render any class, so one whose text up to the name does
+    not fit is an error naming the template and the concept.
     """
     counts = {text: token_count(tokenizer, text) for text in {p.text for p in prompts}}
     for negative in {p.negative for p in prompts}:
@@ -277,6 +306,25 @@ def enforce_token_limit(
             f"tokens: {text[:80]!r}...; shorten the templates or set "
             "prompts.on_long_prompt: truncate"
         )
+    short: dict[tuple[str, int], str | None] = {}
+    for p in prompts:
+        if p.text in long and (p.text, p.name_words) not in short:
+            short[p.text, p.name_words] = truncate_to_tokens(
+                tokenizer, p.text, max_tokens, p.name_words
+            )
+    lost = [p for p in prompts if p.text in long and short[p.text, p.name_words] is None]
+    if lost:
+        first = lost[0]
+        field = next(s for s in template_slots(first.template) if s in NAMING_FIELDS)
+        shown = first.template if len(first.template) <= 80 else first.template[:60] + "..."
+        raise SpecError(
+            f"prompts.on_long_prompt: truncate would cut the concept's name from "
+            f"{len({p.text for p in lost})} prompt(s), e.g. {first.concept.name!r} from template "
+            f"{shown!r} (its text up to {{{field}}} alone is over the text encoder's "
+            f"{max_tokens} tokens); move {{{field}}} nearer the template's start, or shorten "
+            "what comes before it"
+        )
     log.warning("%d prompt(s) truncated to %d tokens", len(long), max_tokens)
-    short = {text: truncate_to_tokens(tokenizer, text, max_tokens) for text in long}
-    return [Prompt(p.concept, short.get(p.text, p.text), p.negative, p.variant) for p in prompts]
+    return [
+        replace(p, text=short[(p.text, p.name_words)]) if p.text in long else p for p in prompts
+    ]

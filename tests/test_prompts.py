@@ -123,6 +123,27 @@ def test_long_prompts_truncate_to_fit(weeds, tokenizer):
         assert before.text.startswith(after.text)
 
 
+def test_truncation_keeps_the_concept_name_or_names_the_template(weeds, tokenizer):
+    """Truncation keeps a prompt's start: a name after a long preamble was cut away, and both
+    weeds got the same nameless prompt."""
+    after = build_prompts(weeds, ["a photo of {name}, " + "sharp focus, " * 40], "", 1)
+    short = enforce_token_limit(after, tokenizer, 77, "truncate")
+    assert [p.text.split(",")[0] for p in short] == [
+        "a photo of chinee apple",
+        "a photo of lantana",
+    ]
+    preamble = "a detailed photo, " + "sharp focus, " * 40 + "of {scientific_name}"
+    before = build_prompts(weeds, [preamble, "{name}"], "", 2)
+    with pytest.raises(
+        SpecError,
+        match=r"^prompts.on_long_prompt: truncate would cut the concept's name from 2 prompt\(s\), "
+        r"e.g. 'chinee apple' from template 'a detailed photo, sharp focus.*\.\.\.' \(its text up "
+        r"to \{scientific_name\} alone is over the text encoder's 77 tokens\); move "
+        r"\{scientific_name\} nearer the template's start",
+    ):
+        enforce_token_limit(before, tokenizer, 77, "truncate")
+
+
 def test_short_prompts_pass_unchanged(weeds, tokenizer):
     prompts = build_prompts(weeds, ["a photo of {name}"], "blurry", 2)
     assert enforce_token_limit(prompts, tokenizer, 77, "error") == prompts
