@@ -19,6 +19,7 @@ import hashlib
 import logging
 import math
 import string
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from augment.errors import SpecError
@@ -230,6 +231,32 @@ def build_prompts(
     """One Prompt per image to render, concept by concept; `tokens` maps concept ids to the
     identifiers a fine-tune taught ({token} in a template). A variant's prompt depends on its
     number alone, so `variants` (default: all `images_per_concept`) can pick a few from far in."""
+    return list(
+        iter_prompts(
+            concepts,
+            templates,
+            negative,
+            images_per_concept,
+            attributes,
+            combine,
+            tokens,
+            variants,
+        )
+    )
+
+
+def iter_prompts(
+    concepts: list[Concept],
+    templates: list[str],
+    negative: str,
+    images_per_concept: int,
+    attributes: dict[str, list[str]] | None = None,
+    combine: str = "sample",
+    tokens: dict[str, str] | None = None,
+    variants: range | None = None,
+) -> Iterator[Prompt]:
+    """`build_prompts`' prompts one at a time: a job's every prompt can be checked without
+    holding a million of them."""
     if len(concepts) > 1:  # a fixed prompt is for a job of one concept (a service request)
         for template in templates:
             if not set(template_slots(template)) & set(FIELDS):
@@ -242,7 +269,9 @@ def build_prompts(
     slots = attribute_values(templates, attributes or {})
     choices = exhaustive_choices(templates, slots) if combine == "exhaustive" else None
     prefixes = {template: naming_prefix(template) for template in templates}
-    prompts = []
+    used = {
+        t: [slot for slot in dict.fromkeys(template_slots(t)) if slot in slots] for t in templates
+    }
     for concept in concepts:
         values = concept_values(concept, (tokens or {}).get(concept.id))
         for variant in range(images_per_concept) if variants is None else variants:
@@ -251,15 +280,12 @@ def build_prompts(
             else:
                 template = templates[variant % len(templates)]
                 chosen = {
-                    slot: pick(slots[slot], concept.id, variant, slot)
-                    for slot in template_slots(template)
-                    if slot in slots
+                    slot: pick(slots[slot], concept.id, variant, slot) for slot in used[template]
                 }
             text = fill(template, {**values, **chosen})
             prefix = prefixes[template]
             named = len(fill(prefix, {**values, **chosen}).split()) if prefix else 0
-            prompts.append(Prompt(concept, text, negative, variant, template, named))
-    return prompts
+            yield Prompt(concept, text, negative, variant, template, named)
 
 
 def token_count(tokenizer, text: str) -> int:
@@ -279,7 +305,11 @@ def truncate_to_tokens(tokenizer, text: str, max_tokens: int, keep_words: int = 
 
 
 def enforce_token_limit(
-    prompts: list[Prompt], tokenizer, max_tokens: int, on_long: str
+    prompts: list[Prompt],
+    tokenizer,
+    max_tokens: int,
+    on_long: str,
+    among: Iterable[Prompt] | None = None,
 ) -> list[Prompt]:
     """Check every prompt against the text encoder's length; error or truncate, as the job says.
 
@@ -287,18 +317,40 @@ def enforce_token_limit(
     about what the model saw. Here a long prompt is either an error naming it and its token
     count, or truncated (whole words) before it enters the plan. Truncation keeps the concept's
     name: a prompt that lost it would render any class, so one whose text up to the name does
-    not fit is an error naming the template and the concept.
+    not fit is an error naming the template and the concept. `among` (default: `prompts`, which
+    it must hold) are the prompts whose lengths decide the errors and the warning: the job's
+    every prompt, where --limit plans a few of them, so that a trial run refuses what the whole
+    job would.
     """
-    counts = {text: token_count(tokenizer, text) for text in {p.text for p in prompts}}
-    for negative in {p.negative for p in prompts}:
+    short = shortened_texts(prompts if among is None else among, tokenizer, max_tokens, on_long)
+    if not short:
+        return prompts
+    return [
+        replace(p, text=short[p.text, p.name_words]) if (p.text, p.name_words) in short else p
+        for p in prompts
+    ]
+
+
+def shortened_texts(
+    prompts: Iterable[Prompt], tokenizer, max_tokens: int, on_long: str
+) -> dict[tuple[str, int], str]:
+    """(text, name words) -> its truncated text, for each long prompt (see
+    `enforce_token_limit`); each text is read once, so `prompts` may be a long stream."""
+    distinct: dict[tuple[str, int], Prompt] = {}
+    negatives: set[str] = set()
+    for p in prompts:
+        distinct.setdefault((p.text, p.name_words), p)
+        negatives.add(p.negative)
+    for negative in negatives:
         if token_count(tokenizer, negative) > max_tokens:
             raise SpecError(
                 f"prompts.negative_prompt has {token_count(tokenizer, negative)} tokens, more "
                 f"than the text encoder's {max_tokens}; shorten it"
             )
+    counts = {text: token_count(tokenizer, text) for text in {text for text, _ in distinct}}
     long = {text: n for text, n in counts.items() if n > max_tokens}
     if not long:
-        return prompts
+        return {}
     if on_long == "error":
         text, n = max(long.items(), key=lambda kv: kv[1])
         raise SpecError(
@@ -306,13 +358,12 @@ def enforce_token_limit(
             f"tokens: {text[:80]!r}...; shorten the templates or set "
             "prompts.on_long_prompt: truncate"
         )
-    short: dict[tuple[str, int], str | None] = {}
-    for p in prompts:
-        if p.text in long and (p.text, p.name_words) not in short:
-            short[p.text, p.name_words] = truncate_to_tokens(
-                tokenizer, p.text, max_tokens, p.name_words
-            )
-    lost = [p for p in prompts if p.text in long and short[p.text, p.name_words] is None]
+    cut = {
+        key: truncate_to_tokens(tokenizer, key[0], max_tokens, key[1])
+        for key in distinct
+        if key[0] in long
+    }
+    lost = [distinct[key] for key, text in cut.items() if text is None]
     if lost:
         first = lost[0]
         field = next(s for s in template_slots(first.template) if s in NAMING_FIELDS)
@@ -325,6 +376,4 @@ def enforce_token_limit(
             "what comes before it"
         )
     log.warning("%d prompt(s) truncated to %d tokens", len(long), max_tokens)
-    return [
-        replace(p, text=short[(p.text, p.name_words)]) if p.text in long else p for p in prompts
-    ]
+    return {key: text for key, text in cut.items() if text is not None}
