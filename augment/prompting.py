@@ -179,18 +179,19 @@ def pick(values: list[str], *key: object) -> str:
 
 
 def spread_pairs(first: int, second: int) -> list[tuple[int, int]]:
-    """Every (i, j) with i < `first` and j < `second` once, in an order where both change at
-    every step: k -> (k mod first, (k + t) mod second) over blocks t of lcm(first, second)
+    """Every (i, j) with i < `first` and j < `second` once, in an order where both step on
+    together: k -> (k mod first, (k + t) mod second) over blocks t of lcm(first, second)
     steps. Each block's pairs are distinct (k mod lcm decides them) and block t holds those with
-    j - i = t (mod gcd), so the gcd blocks hold every pair; any prefix meets the values of both
-    evenly, where the nested product order repeats its first value `second` times first."""
+    j - i = t (mod gcd), so the gcd blocks hold every pair. Any prefix meets the values of each
+    evenly (counts apart by one at most), where the nested product order repeats the first
+    value of i `second` times before the second."""
     block = math.lcm(first, second)
     return [(k % first, (k + k // block) % second) for k in range(first * second)]
 
 
 def spread_product(sizes: list[int]) -> list[tuple[int, ...]]:
-    """Every index tuple of a product of `sizes` once, each position changing at every step
-    (pairs spread as in `spread_pairs`, one more slot at a time)."""
+    """Every index tuple of a product of `sizes` once, every position spread evenly over any
+    prefix (pairs spread as in `spread_pairs`, one more slot at a time)."""
     combos: list[tuple[int, ...]] = [()]
     for size in sizes:
         combos = [(*combos[i], j) for i, j in spread_pairs(len(combos), size)]

@@ -94,6 +94,23 @@ def test_exhaustive_renders_every_combination_once_then_cycles(weeds):
     }
 
 
+def test_the_exhaustive_order_holds_every_combination_once_and_spreads_each_slot():
+    """Any prefix of the order meets each slot's values evenly (counts apart by one at most):
+    the nested order gave 5 images of one lighting before the next."""
+    import itertools
+    from collections import Counter
+
+    from augment.prompting import spread_product
+
+    for sizes in [*itertools.product(range(1, 7), repeat=2), (5, 4, 3), (2, 4, 6), (4, 4, 2)]:
+        combos = spread_product(list(sizes))
+        assert sorted(combos) == list(itertools.product(*map(range, sizes))), sizes
+        for end in range(1, len(combos) + 1):
+            for slot, size in enumerate(sizes):
+                counts = Counter(combo[slot] for combo in combos[:end])
+                assert max(counts.values()) - min(counts.get(v, 0) for v in range(size)) <= 1
+
+
 def test_sampled_attributes_are_deterministic_and_from_the_lists(weeds):
     attributes = {"viewpoint": ["top", "side", "close"]}
     first = build_prompts(weeds, ["{name}, {viewpoint}, {lighting}"], "neg", 12, attributes)
