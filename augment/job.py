@@ -60,6 +60,7 @@ from augment.prompting import (
     build_prompts,
     concept_values,
     enforce_token_limit,
+    iter_prompts,
     template_slots,
 )
 from augment.records import FLAGS, WorkItem
@@ -130,14 +131,19 @@ def tokenizer_for(spec: JobSpec):
 
 
 def prompts_for(
-    spec: JobSpec, concepts: list[Concept] | None = None, variants: range | None = None
+    spec: JobSpec,
+    concepts: list[Concept] | None = None,
+    variants: range | None = None,
+    check_all: bool = False,
 ) -> list[Prompt]:
     """The job's prompts (only `variants` of each concept, when given), checked against the
-    model's text encoder length when it is here."""
+    model's text encoder length when it is here: with `check_all`, the prompts of every
+    variant are checked, not only those returned (a plan --limit cut refuses what the whole
+    job would)."""
     if concepts is None:
         concepts = concepts_for(spec)
     p = spec.prompts
-    prompts = build_prompts(
+    job = (
         concepts,
         p.templates,
         p.negative_prompt,
@@ -145,13 +151,26 @@ def prompts_for(
         p.attributes,
         p.combine,
         tokens_for(spec, concepts),
-        variants,
     )
+    prompts = build_prompts(*job, variants)
     tokenizer = tokenizer_for(spec)
     if tokenizer is not None:
         limit = min(p.max_tokens, tokenizer.model_max_length)  # a model may read fewer than 77
-        prompts = enforce_token_limit(prompts, tokenizer, limit, p.on_long_prompt)
+        among = iter_prompts(*job) if check_all and variants is not None else None
+        prompts = enforce_token_limit(prompts, tokenizer, limit, p.on_long_prompt, among)
     return prompts
+
+
+def limited_variants(spec: JobSpec, per_variant: int) -> range | None:
+    """The prompt variants whose items --limit keeps, when they are not all: `limit_plan`
+    keeps variant 0 of every concept (or source target) first, then variant 1, and so on, so
+    with `per_variant` items each, the first ceil(limit / per_variant) variants hold them. A
+    plan of those alone, limited, is the whole plan limited: a limit of 20 over a million
+    images per concept plans 20 items, not a million."""
+    ipc = spec.prompts.images_per_concept
+    if spec.limit is None or per_variant == 0 or spec.limit >= per_variant * ipc:
+        return None
+    return range(min(ipc, -(-spec.limit // per_variant)))
 
 
 def plan_for(
@@ -165,12 +184,15 @@ def plan_for(
 
     txt2img: concepts x templates x images_per_concept. Source modes: each source image (or
     box, or class, when inpainting boxes) x images_per_concept prompts of its concept.
-    interpolate: images_per_concept sequences per concept, `frames` items each.
+    interpolate: images_per_concept sequences per concept, `frames` items each. Under a limit,
+    only the variants the kept items use are planned (`limited_variants`), but the prompts of
+    every variant are checked; an interpolation plan is built whole (a sequence's end is the
+    next variant's prompt, and each is checked against its start).
     """
     if concepts is None:
         concepts = concepts_for(spec)
-    prompts = prompts_for(spec, concepts, variants)
     g = spec.generation
+    cut = variants is None and spec.limit is not None
     if g.mode in SOURCE_MODES:
         sources = sources or SourceSet.of(spec)
         if sources.unreadable:
@@ -182,14 +204,21 @@ def plan_for(
                 first["error"],
             )
         targets = sources.targets(concepts, g.mode, g.mask, spec.paths.mask_files)
+        if cut:
+            variants = limited_variants(spec, len(targets))
+        prompts = prompts_for(spec, concepts, variants, check_all=cut)
         longest = max(g.width, g.height)
         items = build_source_plan(spec.name, spec.seed, prompts, targets, longest)
         if g.watermark:
             check_watermark_fits(items, longest)
     elif g.mode == "interpolate":
+        prompts = prompts_for(spec, concepts, variants)
         frames, between = g.interpolate.frames, g.interpolate.between
         items = build_interpolation_plan(spec.name, spec.seed, prompts, frames, between)
     else:
+        if cut:
+            variants = limited_variants(spec, len(concepts))
+        prompts = prompts_for(spec, concepts, variants, check_all=cut)
         items = build_plan(spec.name, spec.seed, prompts)
     return limit_plan(items, spec.limit)
 
@@ -345,6 +374,42 @@ def check_committed_concepts(
             f"{out_dir} holds images whose concept has another category id now ('{name}': "
             f"{then} then, {now} now; {len(moved)} concepts in all): the taxonomy, or augment's "
             f"expansion of it, changed since they were rendered; {fix}"
+        )
+
+
+def check_committed_prompts(
+    out_dir: Path,
+    spec: JobSpec,
+    concepts: list[Concept],
+    planned: list[WorkItem],
+    done: set[str],
+) -> None:
+    """The images OUT already holds were rendered from the prompts this spec gives their concept
+    and variant now. The spec's hash cannot see a change in how augment words them (the order
+    of combine: exhaustive, the truncation of long prompts, in a newer version): the old
+    images would stay beside renders of the new prompts, each such variant twice."""
+    path = out_dir / "plan.parquet"  # the last run's, written before its first image
+    if not done or not path.is_file():
+        return
+    rows = parquet.read_table(path, ["item_id", "concept_id", "variant", "prompt"]).to_pylist()
+    then = {(r["concept_id"], r["variant"]): r["prompt"] for r in rows if r["item_id"] in done}
+    now = {(item.concept_id, item.variant): item.prompt for item in planned}
+    unplanned = [key for key in then if key not in now]
+    if unplanned:  # a limited run plans fewer variants than OUT holds
+        ids = {concept_id for concept_id, _ in unplanned}
+        low, high = min(v for _, v in unplanned), max(v for _, v in unplanned)
+        wanted = [c for c in concepts if c.id in ids]
+        for prompt in prompts_for(spec, wanted, range(low, high + 1)):
+            now.setdefault((prompt.concept.id, prompt.variant), prompt.text)
+    changed = [key for key, text in then.items() if now.get(key, text) != text]
+    if changed:
+        key = changed[0]
+        name = next((c.name for c in concepts if c.id == key[0]), key[0])
+        raise OutputError(
+            f"{out_dir} holds {len(changed)} image(s) whose prompt this version of augment "
+            f"words otherwise (e.g. {name}, variant {key[1]}: {then[key]!r} then, {now[key]!r} "
+            "now: the order of combine: exhaustive or the truncation of long prompts changed); "
+            "use another --out, or --force to delete them and start over"
         )
 
 
@@ -1072,8 +1137,11 @@ def with_earlier_plan(
     ids = {item.item_id for item in items}
     if earlier <= ids:
         return items
-    whole = plan_for(spec.model_copy(update={"limit": None}), concepts, sources)
-    return [item for item in whole if item.item_id in ids or item.item_id in earlier]
+    # the runs' limits each kept the plan's first items: together, its first len(earlier | ids)
+    first = plan_for(spec.model_copy(update={"limit": len(earlier | ids)}), concepts, sources)
+    if not earlier <= {item.item_id for item in first}:  # OUT's plan is not of those: all of it
+        first = plan_for(spec.model_copy(update={"limit": None}), concepts, sources)
+    return [item for item in first if item.item_id in ids or item.item_id in earlier]
 
 
 def check_inputs(spec: JobSpec) -> list[Concept]:
@@ -1115,6 +1183,7 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
         planned = with_earlier_plan(out_dir, spec, items, concepts, sources)  # what OUT holds
         parquet.remove_temp_files(out_dir / "shards")
         done = resume_point(out_dir)
+        check_committed_prompts(out_dir, spec, concepts, planned, done)
         if sources is not None:
             check_sources_kept(out_dir, planned)
         write_plan(planned, out_dir / "plan.parquet")

@@ -59,6 +59,58 @@ def test_exhaustive_combines_every_attribute_value(weeds):
     assert texts[0] == "chinee apple, top, day" and texts[-1] == "chinee apple, side, dusk"
 
 
+def test_exhaustive_uses_every_template_when_images_are_fewer_than_combinations(weeds):
+    """3 templates x 5 viewpoints x 4 lightings: 6 images once were all the first template's,
+    5 of them of one lighting."""
+    templates = ["a {name}, {viewpoint}, {lighting}", "the weed {name}, {viewpoint}", "{name}"]
+    prompts = build_prompts(weeds[:1], templates, "", 6, {}, "exhaustive")
+    texts = [p.text for p in prompts]
+    assert texts[:3] == [
+        "a chinee apple, front view, daylight",
+        "the weed chinee apple, front view",
+        "chinee apple",
+    ]
+    first = [t.split(", ")[1:] for t in texts if t.startswith("a ")]
+    assert first == [
+        ["front view", "daylight"],
+        ["side view", "overcast light"],
+        ["top-down view", "golden hour light"],
+    ]
+    assert [t.split(", ")[1] for t in texts if t.startswith("the weed")] == [
+        "front view",
+        "side view",
+    ]
+
+
+def test_exhaustive_renders_every_combination_once_then_cycles(weeds):
+    templates = ["a {name}, {viewpoint}, {lighting}", "the weed {name}, {viewpoint}", "{name}"]
+    attributes = {"viewpoint": ["top", "side", "close"], "lighting": ["day", "night"]}
+    count = 3 * 2 + 3 + 1
+    prompts = build_prompts(weeds[:1], templates, "", 2 * count, attributes, "exhaustive")
+    texts = [p.text for p in prompts]
+    assert len(set(texts[:count])) == count and texts[count:] == texts[:count]
+    assert {t for t in texts if t.startswith("a ")} == {
+        f"a chinee apple, {v}, {lit}" for v in ("top", "side", "close") for lit in ("day", "night")
+    }
+
+
+def test_the_exhaustive_order_holds_every_combination_once_and_spreads_each_slot():
+    """Any prefix of the order meets each slot's values evenly (counts apart by one at most):
+    the nested order gave 5 images of one lighting before the next."""
+    import itertools
+    from collections import Counter
+
+    from augment.prompting import spread_product
+
+    for sizes in [*itertools.product(range(1, 7), repeat=2), (5, 4, 3), (2, 4, 6), (4, 4, 2)]:
+        combos = spread_product(list(sizes))
+        assert sorted(combos) == list(itertools.product(*map(range, sizes))), sizes
+        for end in range(1, len(combos) + 1):
+            for slot, size in enumerate(sizes):
+                counts = Counter(combo[slot] for combo in combos[:end])
+                assert max(counts.values()) - min(counts.get(v, 0) for v in range(size)) <= 1
+
+
 def test_sampled_attributes_are_deterministic_and_from_the_lists(weeds):
     attributes = {"viewpoint": ["top", "side", "close"]}
     first = build_prompts(weeds, ["{name}, {viewpoint}, {lighting}"], "neg", 12, attributes)
@@ -86,6 +138,27 @@ def test_long_prompts_truncate_to_fit(weeds, tokenizer):
     for before, after in zip(prompts, short, strict=True):
         assert token_count(tokenizer, after.text) <= 77 < token_count(tokenizer, before.text)
         assert before.text.startswith(after.text)
+
+
+def test_truncation_keeps_the_concept_name_or_names_the_template(weeds, tokenizer):
+    """Truncation keeps a prompt's start: a name after a long preamble was cut away, and both
+    weeds got the same nameless prompt."""
+    after = build_prompts(weeds, ["a photo of {name}, " + "sharp focus, " * 40], "", 1)
+    short = enforce_token_limit(after, tokenizer, 77, "truncate")
+    assert [p.text.split(",")[0] for p in short] == [
+        "a photo of chinee apple",
+        "a photo of lantana",
+    ]
+    preamble = "a detailed photo, " + "sharp focus, " * 40 + "of {scientific_name}"
+    before = build_prompts(weeds, [preamble, "{name}"], "", 2)
+    with pytest.raises(
+        SpecError,
+        match=r"^prompts.on_long_prompt: truncate would cut the concept's name from 2 prompt\(s\), "
+        r"e.g. 'chinee apple' from template 'a detailed photo, sharp focus.*\.\.\.' \(its text up "
+        r"to \{scientific_name\} alone is over the text encoder's 77 tokens\); move "
+        r"\{scientific_name\} nearer the template's start",
+    ):
+        enforce_token_limit(before, tokenizer, 77, "truncate")
 
 
 def test_short_prompts_pass_unchanged(weeds, tokenizer):
@@ -118,6 +191,36 @@ def test_a_template_naming_no_concept_is_refused_for_several_concepts(weeds):
         build_prompts(weeds, ["a photo of a plant"], "", 1)
     (prompt,) = build_prompts(weeds[:1], ["a photo of a plant"], "", 1)
     assert prompt.text == "a photo of a plant"
+
+
+def test_a_field_some_concepts_lack_is_refused_naming_the_template_and_a_concept():
+    """COCO's concepts have no hypernym: "a photo of a {hypernym}, a {name}" gave "a photo of
+    a , a person" for every class."""
+    coco = load_concepts("coco", max_concepts=3)
+    with pytest.raises(
+        SpecError,
+        match=r"'a photo of a \{hypernym\}, a \{name\}' reads \{hypernym\}, which 3 of the 3 "
+        r"concepts lack \(e.g. 'person'\).*use a field they all have \(\{name\}, \{definition\}, "
+        r"\{supercategory\}, \{synset\}\), or a list file of yours that gives each concept its "
+        r"hypernyms:$",
+    ):
+        build_prompts(coco, ["a {name}", "a photo of a {hypernym}, a {name}"], "", 2)
+    assert build_prompts(coco, ["a {name}, a kind of {supercategory}"], "", 1)[0].text == (
+        "a person, a kind of person"
+    )
+
+
+def test_a_list_file_concept_without_a_definition_is_named(tmp_path):
+    listing = tmp_path / "mine.yaml"
+    listing.write_text(
+        "concepts:\n  - {name: lantana, definition: a flowering shrub}\n  - {name: parkinsonia}\n"
+    )
+    concepts = load_concepts(str(listing))
+    with pytest.raises(SpecError, match=r"1 of the 2 concepts lack \(e.g. 'parkinsonia'\)"):
+        build_prompts(concepts, ["{name}, {definition}"], "", 1)
+    tokens = {"lantana": "<sks>"}  # {token} is blank for a concept no fine-tune taught
+    texts = [p.text for p in build_prompts(concepts, ["a {token} {name}"], "", 1, tokens=tokens)]
+    assert texts == ["a <sks> lantana", "a parkinsonia"]
 
 
 def test_prompts_and_plans_show_brackets_and_tell_two_concepts_of_one_name_apart(tmp_path, capsys):

@@ -193,6 +193,48 @@ def test_unwritable_output_is_a_clear_error(write_job, tmp_path):
     assert not (out / "shards").exists()
 
 
+def test_a_resume_whose_prompts_an_older_augment_worded_otherwise_is_refused(
+    write_job, tmp_path, monkeypatch
+):
+    """combine: exhaustive once gave the first template's every combination first: the spec
+    (and its hash) is the same, and resuming an older folder rendered variant 1's new prompt
+    beside its old image, unplanned (2 images of variant 1, none of a plan of 2 left out)."""
+    import itertools
+
+    import augment.prompting as prompting
+
+    def nested_order(templates: list[str], slots: dict[str, list[str]]) -> list[tuple]:
+        names = {t: [s for s in prompting.template_slots(t) if s in slots] for t in templates}
+        return [
+            (t, dict(zip(names[t], combo, strict=True)))
+            for t in templates
+            for combo in itertools.product(*(slots[n] for n in names[t]))
+        ]
+
+    templates = 'templates: ["a digit {name}, {viewpoint}", "a drawn digit {name}"]'
+    job = write_job(
+        TINY_JOB.replace("max_concepts: 3", "max_concepts: 1")
+        .replace("images_per_concept: 3", "images_per_concept: 2")
+        .replace('templates: ["a handwritten digit {name}"]', templates)
+        .replace(
+            "prompts:", "prompts:\n  combine: exhaustive\n  attributes: {viewpoint: [top, side]}"
+        )
+    )
+    with monkeypatch.context() as older:
+        older.setattr(prompting, "exhaustive_choices", nested_order)
+        assert run_job(load_spec(job), LOCAL).rendered == 2
+    out = tmp_path / "out"
+    rendered = images_by_item(out)
+    for overrides in ({}, {"limit": 1}):  # a limited run plans variant 0 alone: still refused
+        with pytest.raises(
+            OutputError,
+            match=r"holds 1 image\(s\) whose prompt this version of augment words otherwise "
+            r"\(e.g. zero, variant 1: 'a digit zero, side' then, 'a drawn digit zero' now",
+        ):
+            run_job(load_spec(job, overrides), LOCAL)
+    assert images_by_item(out) == rendered
+
+
 def test_a_list_file_whose_concepts_were_described_anew_stops_the_resume(tmp_path):
     """The spec's hash does not read the list file: the old prompts' images stayed beside the
     new ones (6 images for a plan of 4). A field no template reads may change."""
