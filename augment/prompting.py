@@ -150,7 +150,7 @@ def check_fields_filled(concepts: list[Concept], templates: list[str]) -> None:
                 f"prompts.templates: {template!r} reads {{{field}}}, which {len(lacking)} of the "
                 f"{len(concepts)} concepts lack (e.g. {lacking[0].name!r}): their prompts would "
                 f"leave it blank; use a field they all have ({instead}), or a list file of "
-                f"yours that gives each concept its {LIST_FILE_KEYS[field]}:"
+                f"yours that gives each concept one (its `{LIST_FILE_KEYS[field]}:` key)"
             )
 
 

@@ -201,8 +201,8 @@ def test_a_field_some_concepts_lack_is_refused_naming_the_template_and_a_concept
         SpecError,
         match=r"'a photo of a \{hypernym\}, a \{name\}' reads \{hypernym\}, which 3 of the 3 "
         r"concepts lack \(e.g. 'person'\).*use a field they all have \(\{name\}, \{definition\}, "
-        r"\{supercategory\}, \{synset\}\), or a list file of yours that gives each concept its "
-        r"hypernyms:$",
+        r"\{supercategory\}, \{synset\}\), or a list file of yours that gives each concept one "
+        r"\(its `hypernyms:` key\)$",
     ):
         build_prompts(coco, ["a {name}", "a photo of a {hypernym}, a {name}"], "", 2)
     assert build_prompts(coco, ["a {name}, a kind of {supercategory}"], "", 1)[0].text == (
