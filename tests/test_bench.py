@@ -256,8 +256,9 @@ def test_detector_settings_refuse_what_ultralytics_cannot_train(tmp_path):
     box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 8, 8], "segmentation": []}
     document = {"images": [image], "annotations": [box], "categories": [{"id": 1, "name": "a"}]}
     for split in ("train", "val"):
-        (tmp_path / split).mkdir()
+        (tmp_path / split / "images").mkdir(parents=True)
         (tmp_path / split / "annotations.json").write_text(json.dumps(document))
+        Image.new("RGB", (32, 32)).save(tmp_path / split / "images" / "1.png")
     settings = DetectSettings(real=str(tmp_path), out=str(tmp_path / "bench"), task="segment")
     with pytest.raises(AugmentError, match="hold none"):
         run_detect(settings)
