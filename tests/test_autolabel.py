@@ -43,6 +43,41 @@ def test_each_detector_writes_scored_boxes_of_the_job_concepts(tmp_path, detecto
         assert row["not_found"] == (not own)
 
 
+@pytest.mark.parametrize(
+    ("detector", "concepts"),
+    [("grounding-dino", "own"), ("grounding-dino", "all"), ("owlv2", "all")],
+)
+def test_concepts_of_one_name_keep_their_own_boxes(tmp_path, detector, concepts):
+    """Two concepts named alike (WordNet's two synsets of one lemma): a detector reads only the
+    name, so each image's boxes of that name are its own concept's (every one_a image was
+    flagged not_found, its boxes given one_b's category)."""
+    listing = tmp_path / "ones.yaml"
+    listing.write_text(
+        "concepts:\n"
+        "  - {id: one_a, name: one, definition: a single stroke}\n"
+        "  - {id: one_b, name: one, definition: the first number}\n"
+    )
+    job = TINY_JOB.replace("source: digits", f"source: {listing}")
+    job = job.replace("digit {name}", "digit {name} ({definition})")
+    job = job.replace("images_per_concept: 3", "images_per_concept: 8")  # owlv2 boxes a few
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        job.replace("OUT_DIR", str(tmp_path / "out"))
+        + f"labels:\n  detector: builtin:tiny-{detector}\n  threshold: 0.0\n"
+        f"  concepts: {concepts}\n"
+    )
+    run_job(load_spec(path), LOCAL)
+    frame = pd.read_parquet(tmp_path / "out" / "shards")
+    assert sorted(set(frame["concept_id"])) == ["one_a", "one_b"]
+    assert frame["category_id"].nunique() == 2
+    for _, row in frame.iterrows():
+        found = {b["category_id"] for b in row["boxes"]}
+        assert found <= {row["category_id"]} and row["not_found"] == (not found)
+    assert frame["boxes"].map(len).gt(0).any()
+    if detector == "grounding-dino":  # the random one boxes every image at threshold 0
+        assert not frame["not_found"].any()
+
+
 def test_images_without_their_concept_are_flagged_and_left_out_of_exports(tmp_path):
     job = labelled_job(
         tmp_path, "strict", "labels:\n  detector: builtin:tiny-owlv2\n  threshold: 1.0\n"

@@ -63,18 +63,27 @@ class AutoLabeller:
         location, self.kind = check_detector(spec, location)
         self.spec = spec
         self.device = device
-        self.concepts = concepts
-        self.by_name = {slugify(c.name): c for c in concepts}
+        # By category id: two concepts may share a name (WordNet's two synsets of one lemma).
+        self.by_category = {c.category_id: c for c in concepts}
+        self.first_of_name: dict[str, Concept] = {}
+        for concept in concepts:
+            self.first_of_name.setdefault(slugify(concept.name), concept)
         self.model = AutoModelForZeroShotObjectDetection.from_pretrained(location).to(device)
         self.model.eval()
         self.processor = AutoProcessor.from_pretrained(location)
 
     def queries(self, record: dict) -> list[Concept]:
-        """The concepts to look for in a record's image."""
-        if self.spec.concepts == "all":
-            return self.concepts
-        own = self.by_name.get(slugify(record["concept_name"]))
-        return [own] if own is not None else []
+        """The concepts to look for in a record's image: its own (by category id), or every
+        concept of the job with one query per name, since a detector reads only the name and
+        cannot tell two concepts of one name apart; the image's own concept answers for its
+        name, else the job's first concept of that name."""
+        own = self.by_category.get(record["category_id"])
+        if self.spec.concepts == "own":
+            return [own] if own is not None else []
+        by_name = dict(self.first_of_name)
+        if own is not None:  # takes its name's place, keeping the job's order of names
+            by_name[slugify(own.name)] = own
+        return list(by_name.values())
 
     def detect(self, images: list[Image.Image], wanted: list[list[Concept]]):
         """For each image, (concept, xyxy box, score) found among its wanted concepts."""
