@@ -50,7 +50,9 @@ BOX_TYPE = pa.struct(
         ("rle", pa.string()),  # or a mask: COCO compressed RLE counts, at the image's size
         ("area", pa.float64()),  # the mask's pixels (None: no mask)
         ("score", pa.float64()),  # the labeller's confidence, where it gives one
-        ("labeller", pa.string()),  # who drew it: None (the source), "threshold", "sam", ...
+        # who drew the box: None (the source), a segmenter ("threshold", "sam", ...) or a
+        # detector ("owlv2", ...; a mask on its box is the job's segmenter's)
+        ("labeller", pa.string()),
         ("instance_of", pa.string()),  # paste: the item_id of the render it was cut from
     ]
 )

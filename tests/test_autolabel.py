@@ -91,9 +91,10 @@ def test_images_without_their_concept_are_flagged_and_left_out_of_exports(tmp_pa
     assert coco["images"] == []
 
 
-def test_sam_starts_from_the_detector_box(tmp_path, monkeypatch):
+def test_sam_masks_the_detector_box_it_was_prompted_with(tmp_path, monkeypatch):
     """In a run with labels: and segment: sam, SAM is prompted with the detector's best box of
-    the image's own concept, and its mask is added after the detector's boxes."""
+    the image's own concept, and its mask goes to that box: each exported object is one COCO
+    annotation (the mask was a second instance of the same object, exported twice)."""
     from augment.labels.segment import Segmenter
 
     prompted = []
@@ -105,19 +106,27 @@ def test_sam_starts_from_the_detector_box(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Segmenter, "_sam", spy)
     section = (
-        "labels:\n  detector: builtin:tiny-owlv2\n  threshold: 0.0\n"
+        "labels:\n  detector: builtin:tiny-grounding-dino\n  threshold: 0.0\n"
         "segment:\n  method: sam\n  model: builtin:tiny-sam\n  max_border: 1\n  max_area: 1\n"
         "  min_area: 0\n"
     )
     run_job(load_spec(labelled_job(tmp_path, "both", section)), LOCAL)
     frame = pd.read_parquet(tmp_path / "both" / "shards")
-    assert len(prompted) == len(frame)
+    coco = json.loads((tmp_path / "both" / "coco" / "annotations.json").read_text())
+    images = {image["item_id"]: image["id"] for image in coco["images"]}
+    assert len(prompted) == len(frame) == len(images)
     for _, row in frame.iterrows():
-        detected = [b for b in row["boxes"] if b["labeller"] == "owlv2"]
-        assert row["boxes"][-1]["labeller"] == "sam"
-        if detected:  # the best own box was the prompt (the threshold box otherwise)
-            best = max(detected, key=lambda b: b["score"])
-            assert [list(best["bbox"])] == [p for p in prompted if p == list(best["bbox"])][:1]
+        boxes = list(row["boxes"])
+        assert boxes and all(b["labeller"] == "grounding-dino" for b in boxes)
+        best = max(boxes, key=lambda b: b["score"])  # own concepts only: all of them own
+        assert list(best["bbox"]) in [list(p) for p in prompted]
+        assert [b["rle"] is not None for b in boxes] == [b is best for b in boxes]
+        exported = [a for a in coco["annotations"] if a["image_id"] == images[row["item_id"]]]
+        assert len(exported) == len(boxes)
+        masked = [a for a in exported if isinstance(a["segmentation"], dict)]
+        assert len(masked) == 1
+        assert masked[0]["bbox"] == list(best["bbox"]) and masked[0]["score"] == best["score"]
+        assert masked[0]["labeller"] == "grounding-dino"
 
 
 def test_a_phrase_maps_to_the_concept_it_names():

@@ -105,6 +105,64 @@ def test_implausible_masks_are_flagged_not_dropped():
     assert threshold_mask(Image.fromarray(ok)).sum() == 100
 
 
+@pytest.mark.parametrize("method", ["threshold", "sam"])
+def test_a_detected_object_keeps_one_box_which_gains_its_mask(tmp_path, method, model_cache):
+    """With labels: and segment:, the mask goes to the detector's box it was prompted from (box,
+    score and labeller kept), not to a second instance: the COCO export has one annotation per
+    object, and the export's masks as predictions score AP 1.0 against it (with the duplicate
+    box left unmatched: 0.66). An image the detector found nothing in gains the segmenter's own
+    box."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from augment.registry import resolve
+    from augment.sinks.coco import export_coco
+
+    model = None if method == "threshold" else str(resolve("model", "tiny-sam", "test"))
+    spec = SegmentSpec(method=method, model=model, min_area=0, max_area=1, max_border=1)
+    segmenter = Segmenter(spec, model)
+    pixels = np.zeros((48, 48, 3), np.uint8)
+    pixels[14:26, 10:26] = 255  # the object: x 10, y 14, 16 x 12
+    detected = {
+        "category_id": 1,
+        "bbox": [10.0, 14.0, 16.0, 12.0],
+        "segmentation": [],
+        "score": 0.8,
+        "labeller": "owlv2",
+    }
+    records = [
+        {
+            "item_id": f"i{k}",
+            "concept_name": "square",
+            "category_id": 1,
+            "width": 48,
+            "height": 48,
+            "image": {"bytes": png(Image.fromarray(pixels)), "path": None},
+            "boxes": boxes,
+        }
+        for k, boxes in enumerate([[detected], []])
+    ]
+    found, alone = segmenter(records)
+    assert len(found["boxes"]) == 1
+    box = found["boxes"][0]
+    assert {k: box[k] for k in detected} == detected
+    assert box["area"] == decode_rle(box["rle"], 48, 48).sum() > 0
+    if method == "threshold":
+        assert box["area"] == 16 * 12
+    assert [b["labeller"] for b in alone["boxes"]] == [method]  # no detector box to give it to
+    coco_file = export_coco(
+        tmp_path / "coco", [{"id": 1, "name": "square", "supercategory": ""}], [found, alone]
+    )
+    annotations = json.loads(coco_file.read_text())["annotations"]
+    assert [a["image_id"] for a in annotations] == [1, 2]
+    assert all(isinstance(a["segmentation"], dict) for a in annotations)
+    truth = COCO(str(coco_file))
+    masks = [{**a, "score": 1.0} for a in annotations if isinstance(a["segmentation"], dict)]
+    evaluation = COCOeval(truth, truth.loadRes(masks), "segm")
+    evaluation.evaluate(), evaluation.accumulate(), evaluation.summarize()
+    assert evaluation.stats[0] == pytest.approx(1.0)
+
+
 def segmented_job(tmp_path, name: str, segment: str) -> object:
     job = tmp_path / f"{name}.yaml"
     job.write_text(TINY_JOB.replace("OUT_DIR", str(tmp_path / name)) + segment)

@@ -5,7 +5,8 @@ loaded once per worker, beside the generator, and adds to each record the boxes 
 for the image's own concept (`concepts: own`) or for every concept of the job (`all`), each with
 its score and the detector's kind as `labeller`; overlapping boxes of one concept are reduced by
 NMS. `not_found` flags an image where no box of its own concept reaches the threshold: flagged,
-not dropped. The SAM segmenter then starts from the best of those boxes.
+not dropped. A segmenter after it gives the best box of the image's own concept its mask (SAM
+is prompted with that box), so that an object stays one box.
 
 Detectors: OWLv2 and OWL-ViT (one text query per concept, `prompt`), and Grounding DINO (the
 concept names as one "a. b. c." text; a phrase maps back to the concept whose name it holds).
@@ -178,11 +179,12 @@ class AutoLabeller:
         return out
 
 
-def best_own_box(record: dict) -> list[float] | None:
-    """The detector's best-scoring xywh box of the record's own concept, if it found one."""
+def best_own_box(record: dict) -> int | None:
+    """The index in the record's boxes of the detector's best-scoring box of its own concept,
+    if it found one: the box SAM is prompted with, and the one the object's mask attaches to."""
     own = [
-        b
-        for b in record["boxes"] or []
-        if b["labeller"] in DETECTORS and b["category_id"] == record["category_id"]
+        (box["score"], k)
+        for k, box in enumerate(record["boxes"] or [])
+        if box["labeller"] in DETECTORS and box["category_id"] == record["category_id"]
     ]
-    return max(own, key=lambda b: b["score"])["bbox"] if own else None
+    return max(own, key=lambda pair: pair[0])[1] if own else None

@@ -28,6 +28,7 @@ from PIL import Image, ImageFilter
 
 from augment.config import JobSpec, PasteSpec
 from augment.errors import OutputError
+from augment.labels.autolabel import DETECTORS
 from augment.labels.segment import decode_rle, encode_rle, mask_box
 from augment.provenance import Provenance
 from augment.records import SourceImage
@@ -35,8 +36,10 @@ from augment.taxonomy import Concept
 
 log = logging.getLogger(__name__)
 
-#: Labellers whose boxes carry the object's own mask (what the segment stage writes).
+#: Labellers whose boxes carry the object's own mask (what the segment stage writes): the
+#: segmenter's own box, or the detector's box the mask was given to.
 SEGMENTERS = ("threshold", "clipseg", "sam")
+MASKED_BY = SEGMENTERS + DETECTORS
 #: Places tried for an instance before it is left out.
 PLACEMENT_TRIES = 20
 CUT_MARGIN = 2  # pixels of the render kept around its mask's box
@@ -83,14 +86,14 @@ def load_instances(out_dir: Path, concepts: list[Concept]) -> list[Instance]:
     instances = []
     for record in export_records(out_dir):
         box = next(
-            (b for b in record["boxes"] or [] if b["rle"] and b["labeller"] in SEGMENTERS), None
+            (b for b in record["boxes"] or [] if b["rle"] and b["labeller"] in MASKED_BY), None
         )
         if box is None:
             continue
         mask = decode_rle(box["rle"], record["height"], record["width"])
         if not mask.any():
             continue
-        x, y, w, h = (int(v) for v in box["bbox"])
+        x, y, w, h = (int(v) for v in mask_box(mask))  # a detector's box may not be the mask's
         x0, y0 = max(0, x - CUT_MARGIN), max(0, y - CUT_MARGIN)
         x1 = min(record["width"], x + w + CUT_MARGIN)
         y1 = min(record["height"], y + h + CUT_MARGIN)

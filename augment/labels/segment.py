@@ -1,12 +1,15 @@
 """Segment stage: a foreground mask and a tight box for the object a rendered image shows.
 
-Generate -> Segment -> Filter -> Shards. A `Segmenter` is loaded once per worker, beside the
-generator, and adds to each record one box: the concept's category, the mask's tight xywh box,
-the mask as COCO compressed RLE (pycocotools) at the image's size, its pixel area, a score
-where the method gives one, and the method's name as `labeller`. The record's `mask_area` is the
-share of the image the mask covers, and `bad_mask` flags a mask that is empty, covers (almost)
-the whole image, or covers too much of the image border (a cut-off object, or background taken
-for the object): flagged, not dropped, like the filter's flags.
+Generate -> Label -> Segment -> Filter -> Shards. A `Segmenter` is loaded once per worker,
+beside the generator, and gives each record its object's mask as COCO compressed RLE
+(pycocotools) at the image's size, with its pixel area. Where a `labels:` detector boxed the
+image's own concept, the mask goes to its best box, which keeps its xywh box, score and
+`labeller` (one object, one instance in exports); else the record gains a box of its own: the
+concept's category, the mask's tight xywh box, a score where the method gives one, and the
+method's name as `labeller`. The record's `mask_area` is the share of the image the mask
+covers, and `bad_mask` flags a mask that is empty, covers (almost) the whole image, or covers
+too much of the image border (a cut-off object, or background taken for the object): flagged,
+not dropped, like the filter's flags.
 
 Methods:
 - `threshold`: pixels whose grey level differs from the background's (the median of the
@@ -217,10 +220,14 @@ class Segmenter:
         from augment.labels.autolabel import best_own_box
 
         images = [Image.open(io.BytesIO(r["image"]["bytes"])) for r in records]
-        prompts = [best_own_box(r) for r in records]
+        detected = [best_own_box(r) for r in records]
+        prompts = [
+            None if k is None else r["boxes"][k]["bbox"]
+            for r, k in zip(records, detected, strict=True)
+        ]
         found = self.masks(images, [r["concept_name"] for r in records], prompts)
         out = []
-        for record, (mask, score) in zip(records, found, strict=True):
+        for record, k, (mask, score) in zip(records, detected, found, strict=True):
             area = float(mask.mean())
             bad = (
                 area < self.spec.min_area
@@ -231,9 +238,21 @@ class Segmenter:
             out.append(
                 {
                     **record,
-                    "boxes": list(record["boxes"] or []) + ([box] if box else []),
+                    "boxes": with_mask(list(record["boxes"] or []), box, k),
                     "mask_area": area,
                     "bad_mask": bool(bad),
                 }
             )
         return out
+
+
+def with_mask(boxes: list[dict], masked: dict | None, detected: int | None) -> list[dict]:
+    """A record's boxes with its object's mask: given to the detector's box of that object
+    (index `detected`, the box SAM was prompted with), which keeps its box, score and labeller,
+    so that the object stays one instance in exports; else added as a box of its own."""
+    if masked is None:  # an empty mask: nothing to add
+        return boxes
+    if detected is None:
+        return [*boxes, masked]
+    boxes[detected] = {**boxes[detected], "rle": masked["rle"], "area": masked["area"]}
+    return boxes
