@@ -541,7 +541,8 @@ class SegmentSpec(StrictModel):
         default="threshold",
         description="threshold: pixels that differ from the background (plain or white "
         "backgrounds, e.g. prompts '... isolated on a white background'); clipseg: CLIPSeg "
-        "prompted with the concept name; sam: SAM prompted with the threshold mask's box",
+        "prompted with the concept name; sam: SAM prompted with the labels: detector's best box "
+        "of the image's concept, else the threshold mask's box",
     )
     model: FileName | None = Field(
         default=None,
@@ -550,10 +551,11 @@ class SegmentSpec(StrictModel):
     )
     threshold: float | None = Field(
         default=None,
-        ge=0,
-        description="threshold: grey levels (0-255) a foreground pixel differs from the "
-        "background by (default 40); clipseg: the probability a foreground pixel reaches "
-        "(default 0.4); sam: unused",
+        allow_inf_nan=False,
+        description="threshold: grey levels a foreground pixel differs from the background by "
+        "(0 to below 255, default 40); clipseg: the probability a foreground pixel reaches "
+        "(0 to 1, default 0.4); sam: the mask logit a foreground pixel exceeds (any number, "
+        "default 0: probability 0.5; lower keeps more pixels)",
     )
     prompt: Annotated[str, AfterValidator(check_name_prompt)] = Field(
         default="{name}", description="clipseg: the text it is prompted with ({name}: concept)"
@@ -583,12 +585,26 @@ class SegmentSpec(StrictModel):
                 f"segment.min_area {self.min_area:g} is not below max_area {self.max_area:g}: "
                 "no mask could pass both"
             )
-        if self.method == "clipseg" and self.threshold is not None and self.threshold > 1:
+        self._threshold_in_range()
+        return self
+
+    def _threshold_in_range(self) -> None:
+        """Each method reads `threshold` in its own unit; a value outside that unit's range
+        would flag every image bad_mask without a word."""
+        value = self.threshold
+        if value is None:
+            return
+        if self.method == "threshold" and not 0 <= value < 255:
             raise ValueError(
-                f"segment.threshold {self.threshold:g}: clipseg's is a probability (0 to 1, "
+                f"segment.threshold {value:g}: the threshold method keeps pixels that differ "
+                "from the background by more than this many grey levels (0-255): give 0 to 254 "
+                "(default 40)"
+            )
+        if self.method == "clipseg" and not 0 <= value <= 1:
+            raise ValueError(
+                f"segment.threshold {value:g}: clipseg's is a probability (0 to 1, "
                 "default 0.4); grey levels are the threshold method's"
             )
-        return self
 
 
 class LabelSpec(StrictModel):

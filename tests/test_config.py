@@ -80,6 +80,23 @@ def test_negative_step_count_is_refused_with_the_bound():
             "segment: {method: clipseg, model: m, threshold: 40}\noutput:",
             "clipseg's is a probability",
         ),
+        (
+            "output:",
+            "segment: {method: clipseg, model: m, threshold: -0.1}\noutput:",
+            "clipseg's is a probability",
+        ),
+        (
+            "output:",
+            "segment: {threshold: 300}\noutput:",
+            "segment.threshold 300: the threshold method keeps pixels that differ from the "
+            "background by more than this many grey levels .*: give 0 to 254",
+        ),
+        ("output:", "segment: {threshold: -1}\noutput:", "segment.threshold -1: .* give 0 to 254"),
+        (
+            "output:",
+            "segment: {method: sam, model: m, threshold: .nan}\noutput:",
+            "segment.threshold: input should be a finite number",
+        ),
     ],
 )
 def test_invalid_values_name_the_key(old, new, message):

@@ -163,6 +163,21 @@ def test_a_detected_object_keeps_one_box_which_gains_its_mask(tmp_path, method, 
     assert evaluation.stats[0] == pytest.approx(1.0)
 
 
+def test_sam_keeps_the_pixels_whose_mask_logit_exceeds_the_threshold(model_cache):
+    """segment.threshold is SAM's mask logit bound (its description said "sam: unused"): any
+    number, lower keeping more pixels, so a negative one is accepted."""
+    from augment.registry import resolve
+
+    model = str(resolve("model", "tiny-sam", "test"))
+    image = Image.new("RGB", (32, 32))
+    covered = []
+    for threshold in (-1e4, None, 1e4):
+        spec = SegmentSpec(method="sam", model=model, threshold=threshold)
+        [(mask, _)] = Segmenter(spec, model).masks([image], ["x"])
+        covered.append(int(mask.sum()))
+    assert covered[0] == 32 * 32 >= covered[1] >= covered[2] == 0
+
+
 def segmented_job(tmp_path, name: str, segment: str) -> object:
     job = tmp_path / f"{name}.yaml"
     job.write_text(TINY_JOB.replace("OUT_DIR", str(tmp_path / name)) + segment)
@@ -214,3 +229,9 @@ def test_bad_segment_settings_fail_before_the_run(tmp_path):
     job.write_text(TINY_JOB.replace("OUT_DIR", str(tmp_path / "d")) + "segment:\n  method: sam\n")
     done = run_cli("run", str(job))
     assert done.returncode == 2 and "needs segment.model" in error_line(done.stderr)
+    job = tmp_path / "e.yaml"  # grey levels only reach 255: every image was flagged bad_mask
+    job.write_text(TINY_JOB.replace("OUT_DIR", str(tmp_path / "e")) + "segment: {threshold: 300}\n")
+    done = run_cli("run", str(job), "--distributor", "local")
+    line = error_line(done.stderr)
+    assert done.returncode == 2 and "segment.threshold 300" in line and "0 to 254" in line
+    assert not (tmp_path / "e").exists()
