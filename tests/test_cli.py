@@ -105,3 +105,16 @@ def test_a_refused_option_is_named_as_it_was_typed(tmp_path: Path):
     job.write_text(TINY_JOB.replace("OUT_DIR", str(tmp_path / "out")))
     result = augment("run", str(job), "--workers", "0")
     assert result.stderr.startswith("error: --workers must be at least 1, got 0")
+
+
+def test_python_dash_m_augment_is_the_command_line():
+    import json
+
+    result = subprocess.run(
+        [sys.executable, "-m", "augment", "taxonomy", "show", "digits", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert [c["name"] for c in json.loads(result.stdout)][:3] == ["zero", "one", "two"]

@@ -20,6 +20,7 @@ ABOVE_CORE = {
     "augment.api": {"augment.bench", "augment.reporting", "augment.digits"},
     "augment": {"augment.api"},  # the package's front door, loaded on first use
     "augment.cli": {"augment.api", "augment.bench", "augment.digits"},
+    "augment.__main__": {"augment.cli"},  # python -m augment: the command line, nothing more
 }
 
 

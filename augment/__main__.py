@@ -1,0 +1,8 @@
+"""`python -m augment ...`: the same command line as `augment ...`, where the console script is
+not on PATH (a cluster node's plain Python, a notebook's `!python -m augment`)."""
+
+import sys
+
+from augment.cli import main
+
+sys.exit(main())
