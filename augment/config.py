@@ -491,6 +491,16 @@ class FinetuneSpec(StrictModel):
             raise ValueError(f"must be a multiple of 8, got {size}")
         return size
 
+    @field_validator("concepts")
+    @classmethod
+    def _concepts_named(cls, concepts: list[str] | None) -> list[str] | None:
+        if concepts is not None and not concepts:  # not "every concept", which the key's absence is
+            raise ValueError(
+                "the list is empty, so no concept would be taught; name the concepts to teach "
+                "(ids or names, e.g. [nine]), or remove the key to teach every concept"
+            )
+        return concepts
+
     @field_validator("instance_prompt")
     @classmethod
     def _instance_prompt_known(cls, prompt: str, info: ValidationInfo) -> str:

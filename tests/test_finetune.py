@@ -366,6 +366,7 @@ NO_TOKEN = "'a photo of {name}'"
             {"method": "textual_inversion"},
             "no template of prompts.templates names {token}, the word textual_inversion learns",
         ),
+        ("a photo of {token} {name}", {"concepts": "[]"}, "finetune.concepts: the list is empty"),
     ],
 )
 def test_a_token_never_learnt_or_never_rendered_is_refused_as_the_spec_loads(
@@ -453,3 +454,15 @@ def test_fewer_real_images_than_asked_are_said(tmp_path: Path, caplog):
     assert [len(t.images) for t in taught] == [2]
     assert "concept nine has 2 real image(s) in" in caplog.text
     assert "of the 4 that finetune.images_per_concept asks" in caplog.text
+
+
+def test_train_adapter_says_which_concept_has_no_image_or_that_there_is_none(tmp_path: Path):
+    from augment.errors import AugmentError
+
+    base = base_model("tiny-sd")
+    with pytest.raises(AugmentError, match="no concept to teach"):
+        train_adapter(base, [], settings("lora"), tmp_path / "a")
+    empty = TaughtConcept("eight", "eight", "<sks-eight>", ())
+    with pytest.raises(AugmentError, match="eight has none"):
+        train_adapter(base, [nine(), empty], settings("lora"), tmp_path / "a")
+    assert not (tmp_path / "a").exists()
