@@ -644,3 +644,15 @@ def test_a_negative_split_seed_is_refused_before_any_data_is_read():
         ClassifySettings(split_seed=-1)
     with pytest.raises(AugmentError, match="split_seed must be at least 0, got -2"):
         DetectSettings(real="nowhere", split_seed=-2)
+
+
+@pytest.mark.parametrize("ratio", ["inf", "nan", "1,inf"])
+def test_a_ratio_no_image_count_can_be_made_of_is_refused_in_one_line(tmp_path, capsys, ratio):
+    """`--ratios inf` crashed as the augmented arm counted its images (OverflowError)."""
+    out = tmp_path / "bench"
+    code, _, err = cli(capsys, "bench", "classify", "--ratios", ratio, "--out", out, "--smoke")
+    line = error_line(err)
+    assert code == 2 and "--ratios must be finite and greater than 0, got" in line
+    assert not out.exists()
+    with pytest.raises(AugmentError, match="lr must be finite"):
+        ClassifySettings(lr=math.inf)

@@ -94,6 +94,10 @@ def test_a_sweep_without_a_validation_split_or_with_bad_values_stops_before_rend
         ({"guidance": [0.5]}, "1 or more"),
         ({"seeds": 1}, "seeds 1: 2 or more"),
         ({"ratios": []}, "at least one value"),
+        ({"ratios": [1.0, math.inf]}, r"ratios \[1.0, inf\]: finite and above 0"),
+        ({"ratios": [math.nan]}, "finite and above 0"),
+        ({"guidance": [1.0, math.nan]}, "finite, 1 or more"),
+        ({"guidance": [math.inf]}, "finite, 1 or more"),
     ):
         with pytest.raises(AugmentError, match=message):
             ag.sweep(job, out=tmp_path / "bad", **bad)

@@ -52,14 +52,22 @@ class SweepSettings:
             setattr(self, name, as_list(getattr(self, name)))
             if not getattr(self, name):
                 raise AugmentError(f"sweep {name}: give at least one value")
-        if min(self.guidance) < 1:
-            raise AugmentError(f"sweep guidance: 1 or more (1: no guidance), got {self.guidance}")
+        # each test is written so that NaN fails it (NaN compares false), and infinity is
+        # refused where it would be rendered or counted: before any classifier trains
+        if not all(1 <= g < math.inf for g in self.guidance):
+            raise AugmentError(
+                f"sweep guidance: finite, 1 or more (1: no guidance), got {self.guidance}"
+            )
         if not all(0 <= m <= 1 for m in self.min_concept_score):
             raise AugmentError(
                 f"sweep min_concept_score: between 0 and 1, got {self.min_concept_score}"
             )
         wrong = [
-            (f"ratios {self.ratios}", "above 0", min(self.ratios) <= 0),
+            (
+                f"ratios {self.ratios}",
+                "finite and above 0 (synthetic images per real image)",
+                not all(0 < r < math.inf for r in self.ratios),
+            ),
             (f"steps {self.steps}", "1 or more", min(self.steps) < 1),
             (f"shots {self.shots}", "1 or more", self.shots < 1),
             (f"seeds {self.seeds}", "2 or more (an interval needs two)", self.seeds < 2),
