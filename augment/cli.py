@@ -24,7 +24,25 @@ from augment import api
 from augment.errors import AugmentError
 from augment.progress import quiet_libraries
 
-out = Console()
+#: The exit status of a command whose stdout reader went away (`augment prompts JOB | head
+#: -1`): 128 + SIGPIPE, what a shell reports for a tool that signal ended, as 130 is Ctrl-C's.
+EXIT_PIPE_CLOSED = 141
+
+
+class StdoutClosed(Exception):
+    """The reader of stdout closed the pipe: the command ends quietly, not as a fault."""
+
+
+class Output(Console):
+    """rich's Console on stdout, whose closed pipe raises `StdoutClosed` for `main` (rich's
+    own handling exits 1, the status that says "a fault of augment")."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise StdoutClosed
+
+
+out = Output()
 err = Console(stderr=True)
 
 Commands = argparse._SubParsersAction  # what add_subparsers returns
@@ -93,6 +111,16 @@ def print_outputs(outputs: dict[str, Path]) -> None:
     """Where each output went: whole paths, never cut, so they can be copied."""
     for name, path in outputs.items():
         out.print(f"  {name:<11} {path}", soft_wrap=True, highlight=False)
+
+
+def write_stdout(text: str) -> None:
+    """Plain text on stdout (no rich rendering: JSON, a job's log), flushed; a closed pipe is
+    `StdoutClosed`, as on `out`."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise StdoutClosed from None
 
 
 def print_lines(*lines: str) -> None:
@@ -565,7 +593,7 @@ def cmd_taxonomy_show(args: argparse.Namespace) -> int:
         instances=args.instances,
     )
     if args.json:
-        print(json.dumps([c.to_dict() for c in concepts], indent=1))
+        write_stdout(json.dumps([c.to_dict() for c in concepts], indent=1) + "\n")
         return 0
     root = Tree(f"[bold]{escape(args.source)}[/]")
     nodes: dict[str, Tree] = {}
@@ -646,7 +674,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     for chunk in api.logs(args.job_id, args.address, follow=args.follow):
-        print(chunk, end="", flush=True)
+        write_stdout(chunk)
     return 0
 
 
@@ -1252,6 +1280,19 @@ def chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return run_command(argv)
+        finally:  # what is still buffered (argparse's --help) meets a closed pipe here
+            sys.stdout.flush()
+    except (StdoutClosed, BrokenPipeError) as exc:
+        if isinstance(exc, BrokenPipeError) and not stdout_closed():
+            raise  # a socket or a worker's pipe: not the reader of our output
+        return quiet_stdout()
+
+
+def run_command(argv: list[str] | None) -> int:
+    """Parse `argv` and run its command; a failure is one line on stderr and its exit code."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if "--debug" in unknown:  # after the command, where the fault message's reader puts it
@@ -1266,13 +1307,44 @@ def main(argv: list[str] | None = None) -> int:
         where = str(exc) or getattr(args, "on_interrupt", "")
         err.print(f"interrupted{': ' if where else ''}{where}", markup=False, highlight=False)
         return 130
+    except StdoutClosed:
+        raise
     except Exception as exc:
+        if isinstance(exc, BrokenPipeError) and stdout_closed():
+            raise
         if args.debug:
             raise
         line, code = one_line(exc)
         line = option_named(line, chosen_parser(parser, args))
         err.print(line, markup=False, highlight=False, soft_wrap=True)
         return code
+
+
+def stdout_closed() -> bool:
+    """Whether stdout is a pipe its reader has closed (poll says POLLERR then), so that a
+    BrokenPipeError is ours to end on quietly, not one of a socket or a worker's pipe."""
+    import select
+
+    try:
+        poller = select.poll()  # not on Windows: there a broken pipe stays an error
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+    except (AttributeError, OSError, ValueError):  # a stream without a file: captured output
+        return False
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def quiet_stdout() -> int:
+    """End a command whose stdout reader went away: no message (the reader has what it
+    wanted), stdout pointed at /dev/null so that Python's flush at exit finds no broken pipe
+    (https://docs.python.org/3/library/signal.html#note-on-sigpipe), the status of SIGPIPE."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # a stream without a file descriptor
+        pass
+    return EXIT_PIPE_CLOSED
 
 
 def option_named(line: str, parser: argparse.ArgumentParser) -> str:

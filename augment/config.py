@@ -491,10 +491,28 @@ class FinetuneSpec(StrictModel):
             raise ValueError(f"must be a multiple of 8, got {size}")
         return size
 
+    @field_validator("concepts")
+    @classmethod
+    def _concepts_named(cls, concepts: list[str] | None) -> list[str] | None:
+        if concepts is not None and not concepts:  # not "every concept", which the key's absence is
+            raise ValueError(
+                "the list is empty, so no concept would be taught; name the concepts to teach "
+                "(ids or names, e.g. [nine]), or remove the key to teach every concept"
+            )
+        return concepts
+
     @field_validator("instance_prompt")
     @classmethod
-    def _instance_prompt_known(cls, prompt: str) -> str:
+    def _instance_prompt_known(cls, prompt: str, info: ValidationInfo) -> str:
+        """A known caption; textual inversion trains nothing but the token's vector, so its
+        caption must hold {token} (without it no gradient reaches what trains)."""
         check_template(prompt, set(), hint="")  # the caption of a real image: no attributes
+        if info.data.get("method") == "textual_inversion" and "token" not in template_slots(prompt):
+            raise ValueError(
+                f"must contain {{token}} ({prompt!r} has none): textual_inversion learns only "
+                "the token's embedding, so a caption without it teaches nothing; write e.g. "
+                "'a photo of {token} {name}'"
+            )
         return prompt
 
     @field_validator("token")
@@ -726,6 +744,36 @@ class JobSpec(StrictModel):
         if self._paths is None:
             self._paths = resolve_paths(self, self._base_dir)
         return self._paths
+
+    @field_validator("finetune")
+    @classmethod
+    def _token_learnt_where_rendered(
+        cls, finetune: FinetuneSpec | None, info: ValidationInfo
+    ) -> FinetuneSpec | None:
+        """{token} in the templates is what the fine-tune learnt only when its caption holds it
+        too; textual inversion's learnt vectors are reached through {token} alone, so without
+        it in a template the fine-tune would change no image. (LoRA and DreamBooth change the
+        weights every prompt goes through: `augment finetune` warns then, see `job.finetune`.)"""
+        prompts = info.data.get("prompts")
+        if finetune is None or prompts is None:  # prompts: refused already, with its own error
+            return finetune
+        rendered = any("token" in template_slots(t) for t in prompts.templates)
+        learnt = "token" in template_slots(finetune.instance_prompt)
+        if rendered and not learnt:
+            raise ValueError(
+                "prompts.templates use {token}, but finetune.instance_prompt "
+                f"{finetune.instance_prompt!r} does not, so the {finetune.method} fine-tune never "
+                "learns it: "
+                "put {token} in the instance prompt ('a photo of {token} {name}'), or take it "
+                "out of the templates to teach each concept under its name"
+            )
+        if not rendered and finetune.method == "textual_inversion":
+            raise ValueError(
+                "no template of prompts.templates names {token}, the word textual_inversion "
+                "learns, so the fine-tune would change no image: put it in a template ('a photo "
+                "of {token} {name}')"
+            )
+        return finetune
 
     @model_validator(mode="after")
     def _source_for_source_modes(self) -> JobSpec:

@@ -5,6 +5,7 @@ output folder) raises an `AugmentError` whose message says what was wrong and ho
 The CLI prints the message on one line and exits 2; anything else is a bug and shows a traceback.
 """
 
+import math
 from numbers import Integral, Real
 
 
@@ -76,9 +77,14 @@ def at_least(name: str, value, minimum, hint: str = "") -> None:
     _check(name, value, lambda v: v >= minimum, f"at least {minimum:g}", hint, whole)
 
 
-def above(name: str, value, bound, hint: str = "") -> None:
-    """Raise `AugmentError` naming the setting when a number (or any in a list) is <= bound."""
-    _check(name, value, lambda v: v > bound, f"greater than {bound:g}", hint)
+def above(name: str, value, bound, hint: str = "", finite: bool = False) -> None:
+    """Raise `AugmentError` naming the setting when a number (or any in a list) is <= bound
+    (or NaN); with `finite`, infinity too (a count made from it would not be one)."""
+
+    def holds(v) -> bool:
+        return v > bound and (not finite or math.isfinite(v))
+
+    _check(name, value, holds, f"{'finite and ' if finite else ''}greater than {bound:g}", hint)
 
 
 def between(name: str, value, low, high, hint: str = "") -> None:

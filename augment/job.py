@@ -953,6 +953,24 @@ def committed_provenance(out_dir: Path) -> dict | None:
     return json.loads(text) if text else None
 
 
+def warn_token_unused(spec: JobSpec) -> None:
+    """Say when the concepts were learnt under {token} but no template renders it: a LoRA or
+    DreamBooth still changes the weights every prompt goes through, so the renders do change
+    (the spec refuses the textual inversion case, which would change none), but the identifier
+    the concept was taught as is never said."""
+    f = spec.finetune
+    learnt = "token" in template_slots(f.instance_prompt)
+    if learnt and not any("token" in template_slots(t) for t in spec.prompts.templates):
+        log.warning(
+            "finetune: the %s learns each concept as {token} (finetune.instance_prompt %r), but "
+            "no template of prompts.templates names {token}: the renders use the tuned weights "
+            "without the word they were taught; put {token} in a template ('a photo of {token} "
+            "{name}'), or take it out of the instance prompt",
+            f.method,
+            f.instance_prompt,
+        )
+
+
 def finetune(spec: JobSpec, force: bool = False) -> FinetuneResult:
     """Train the job's `finetune:` adapter, or reuse it when complete for these images.
 
@@ -961,6 +979,7 @@ def finetune(spec: JobSpec, force: bool = False) -> FinetuneResult:
     are a run of their own, into the adapter's `class-images/`. `force` starts over."""
     if spec.finetune is None:
         raise SpecError("finetune: the job has no finetune: section (method, source, steps)")
+    warn_token_unused(spec)
     check_models(spec.generation, spec.paths)
     concepts = concepts_for(spec)
     taught = real_images(spec, concepts)

@@ -138,8 +138,11 @@ def train_yolo_one_epoch(
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
-def write_fake_run(out: Path, images: np.ndarray, labels: np.ndarray) -> Path:
-    """An `augment run`-shaped folder holding the given images as 'synthetic' records."""
+def write_fake_run(
+    out: Path, images: np.ndarray, labels: np.ndarray, flags: dict[str, list[bool]] | None = None
+) -> Path:
+    """An `augment run`-shaped folder holding the given images as 'synthetic' records, with
+    `flags` (flag -> one value per image) set as given, the others False."""
     records = []
     for index, (image, label) in enumerate(zip(images, labels, strict=True)):
         buffer = io.BytesIO()
@@ -158,6 +161,7 @@ def write_fake_run(out: Path, images: np.ndarray, labels: np.ndarray) -> Path:
                 "nan": False,
                 "nsfw": False,
                 "filtered": False,
+                **{flag: bool(values[index]) for flag, values in (flags or {}).items()},
             }
         )
     write_shard(out / "shards", "part-00000.parquet", records)

@@ -644,3 +644,38 @@ def test_a_negative_split_seed_is_refused_before_any_data_is_read():
         ClassifySettings(split_seed=-1)
     with pytest.raises(AugmentError, match="split_seed must be at least 0, got -2"):
         DetectSettings(real="nowhere", split_seed=-2)
+
+
+@pytest.mark.parametrize("ratio", ["inf", "nan", "1,inf"])
+def test_a_ratio_no_image_count_can_be_made_of_is_refused_in_one_line(tmp_path, capsys, ratio):
+    """`--ratios inf` crashed as the augmented arm counted its images (OverflowError)."""
+    out = tmp_path / "bench"
+    code, _, err = cli(capsys, "bench", "classify", "--ratios", ratio, "--out", out, "--smoke")
+    line = error_line(err)
+    assert code == 2 and "--ratios must be finite and greater than 0, got" in line
+    assert not out.exists()
+    with pytest.raises(AugmentError, match="lr must be finite"):
+        ClassifySettings(lr=math.inf)
+
+
+@pytest.mark.parametrize(
+    ("flags", "said", "remedy"),
+    [
+        (
+            {"filtered": [True] * 4, "duplicate": [True, False, False, False]},
+            "all 4 images of the real classes are flagged (filtered 4, duplicate 1)",
+            "--min-concept-score 0`), or render more",
+        ),
+        ({"black": [True] * 4}, "are flagged (black 4)", "shows them with their flags"),
+    ],
+)
+def test_a_synthetic_set_whose_images_are_all_flagged_says_so(
+    tmp_path, capsys, flags, said, remedy
+):
+    """Its class names match: it said they did not, and that concept names must match."""
+    images = np.zeros((4, 32, 32, 3), dtype=np.uint8)
+    run = write_fake_run(tmp_path / "run", images, np.array([1, 2, 3, 9]), flags)
+    code, _, err = cli(capsys, "bench", "classify", "--synthetic", run, "--out", tmp_path / "b")
+    line = error_line(err)
+    assert code == 2 and said in line and remedy in line and "must match" not in line
+    assert "benchmarks train on unflagged images only" in line

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,24 @@ def test_python_dash_m_augment_is_the_command_line():
     )
     assert result.returncode == 0, result.stderr
     assert [c["name"] for c in json.loads(result.stdout)][:3] == ["zero", "one", "two"]
+
+
+def test_a_closed_stdout_pipe_ends_the_command_quietly_as_sigpipe_would(tmp_path: Path):
+    """`augment prompts JOB | head -1`: the reader has what it wanted. Exit 1 with nothing said
+    read as a fault of augment; a tool ended by SIGPIPE exits 141 (as Ctrl-C's 130), silently."""
+    job = tmp_path / "job.yaml"
+    job.write_text(TINY_JOB.replace("OUT_DIR", str(tmp_path / "out")))
+    for args in (
+        ["taxonomy", "show", "digits"],  # a rich tree
+        ["taxonomy", "show", "digits", "--json"],  # plain text
+        ["prompts", str(job)],  # a rich table
+        ["--help"],  # argparse's own (it ignores a failed write itself: then it exits 0)
+    ):
+        read, write = os.pipe()
+        os.close(read)  # before the command starts: its first write meets no reader
+        try:
+            result = subprocess.run([*AUGMENT, *args], stdout=write, stderr=subprocess.PIPE)
+        finally:
+            os.close(write)
+        assert result.stderr == b"", (args, result.stderr)  # no traceback, no "Exception ignored"
+        assert result.returncode in ((0, 141) if args == ["--help"] else (141,)), args

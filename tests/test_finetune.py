@@ -262,7 +262,9 @@ def test_run_trains_first_then_renders_with_the_token(tmp_path: Path, capsys):
     assert "set finetune.steps: 5 to use it" in line and "augment finetune JOB --force" in line
 
 
-def finetune_job(tmp_path: Path, images: Path, **finetune) -> Path:
+def finetune_job(
+    tmp_path: Path, images: Path, template: str = "a photo of {token} {name}", **finetune
+) -> Path:
     model = finetune.pop("model", "builtin:tiny-sd")
     settings = {
         "method": "lora",
@@ -276,7 +278,7 @@ def finetune_job(tmp_path: Path, images: Path, **finetune) -> Path:
     path.write_text(
         f"""name: bad
 taxonomy: {{source: digits}}
-prompts: {{templates: ["a photo of {{token}} {{name}}"], images_per_concept: 1}}
+prompts: {{templates: ["{template}"], images_per_concept: 1}}
 generation: {{model: {model}, height: 32, width: 32}}
 finetune:
 {lines}
@@ -334,6 +336,71 @@ def test_bad_input_exits_2_in_one_line_and_keeps_checkpoints(
         assert checkpoint.read_bytes() == b"a checkpoint"
 
 
+NO_TOKEN = "'a photo of {name}'"
+
+
+@pytest.mark.parametrize(
+    ("template", "finetune", "message"),
+    [
+        # textual inversion trains only the token's vector: no gradient without it (a crash)
+        (
+            "a photo of {token} {name}",
+            {"method": "textual_inversion", "instance_prompt": NO_TOKEN},
+            "finetune.instance_prompt: must contain {token} ('a photo of {name}' has none)",
+        ),
+        # LoRA and DreamBooth would train, but under another caption than the renders say
+        (
+            "a photo of {token} {name}",
+            {"instance_prompt": NO_TOKEN},
+            "prompts.templates use {token}, but finetune.instance_prompt 'a photo of {name}' "
+            "does not, so the lora fine-tune never learns it",
+        ),
+        (
+            "a photo of {token} {name}",
+            {"method": "dreambooth", "instance_prompt": NO_TOKEN},
+            "so the dreambooth fine-tune never learns it",
+        ),
+        # textual inversion's vector is reached through {token} alone: no image would change
+        (
+            "a photo of {name}",
+            {"method": "textual_inversion"},
+            "no template of prompts.templates names {token}, the word textual_inversion learns",
+        ),
+        ("a photo of {token} {name}", {"concepts": "[]"}, "finetune.concepts: the list is empty"),
+    ],
+)
+def test_a_token_never_learnt_or_never_rendered_is_refused_as_the_spec_loads(
+    tmp_path: Path, capsys, template, finetune, message
+):
+    job = finetune_job(tmp_path, image_folder(tmp_path), template, **finetune)
+    code, out, err = cli(capsys, "finetune", job)
+    assert code == 2 and message in error_line(err), err
+    assert not (tmp_path / "adapters").exists()
+
+
+@pytest.mark.parametrize(
+    ("template", "instance_prompt", "warned"),
+    [
+        ("a photo of {name}", "'a photo of {token} {name}'", True),
+        ("a photo of {name}", NO_TOKEN, False),  # taught under its name, rendered by it
+    ],
+)
+def test_a_lora_whose_token_no_template_renders_trains_and_says_so(
+    tmp_path: Path, capsys, template, instance_prompt, warned
+):
+    """A LoRA changes the weights every prompt goes through, so it is not refused; but a
+    concept taught as {token} and rendered without it is not what the user meant."""
+    job = finetune_job(
+        tmp_path, image_folder(tmp_path), template, instance_prompt=instance_prompt, steps=1
+    )
+    code, out, err = cli(capsys, "finetune", job)
+    assert code == 0, err
+    said = "no template of prompts.templates names {token}: the renders use the tuned weights"
+    assert (said in err) == warned, err
+    card = read_adapter_card(load_spec(job).paths.finetuned)
+    assert card["steps"] == 1 and len(card["concepts"]) == 1
+
+
 def test_a_lora_of_the_other_family_is_refused_before_training(tmp_path: Path, capsys):
     job = finetune_job(tmp_path, image_folder(tmp_path))
     job.write_text(
@@ -387,3 +454,15 @@ def test_fewer_real_images_than_asked_are_said(tmp_path: Path, caplog):
     assert [len(t.images) for t in taught] == [2]
     assert "concept nine has 2 real image(s) in" in caplog.text
     assert "of the 4 that finetune.images_per_concept asks" in caplog.text
+
+
+def test_train_adapter_says_which_concept_has_no_image_or_that_there_is_none(tmp_path: Path):
+    from augment.errors import AugmentError
+
+    base = base_model("tiny-sd")
+    with pytest.raises(AugmentError, match="no concept to teach"):
+        train_adapter(base, [], settings("lora"), tmp_path / "a")
+    empty = TaughtConcept("eight", "eight", "<sks-eight>", ())
+    with pytest.raises(AugmentError, match="eight has none"):
+        train_adapter(base, [nine(), empty], settings("lora"), tmp_path / "a")
+    assert not (tmp_path / "a").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import augment as ag
 from augment.bench.classify import ClassifySettings, evaluation_set
 from augment.bench.data import load_real
 from augment.errors import AugmentError
+from tests.conftest import images_by_item
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -94,10 +96,52 @@ def test_a_sweep_without_a_validation_split_or_with_bad_values_stops_before_rend
         ({"guidance": [0.5]}, "1 or more"),
         ({"seeds": 1}, "seeds 1: 2 or more"),
         ({"ratios": []}, "at least one value"),
+        ({"ratios": [1.0, math.inf]}, r"ratios \[1.0, inf\]: finite and above 0"),
+        ({"ratios": [math.nan]}, "finite and above 0"),
+        ({"guidance": [1.0, math.nan]}, "finite, 1 or more"),
+        ({"guidance": [math.inf]}, "finite, 1 or more"),
     ):
         with pytest.raises(AugmentError, match=message):
             ag.sweep(job, out=tmp_path / "bad", **bad)
     assert not (tmp_path / "bad").exists()
+
+
+def test_renders_resume_whatever_the_jobs_minimum_and_a_changed_job_stops_before_training(
+    tmp_path,
+):
+    """The sweep chooses the minimum concept score itself, on renders it flags again: the
+    job's own minimum must not refuse them (it did, after stage 1 had trained, advising a
+    --force the command has not got). A job changed otherwise is refused before training."""
+    demo = (REPO / "jobs" / "demo.yaml").read_text()
+    job_text = demo[: demo.index("segment:")] + demo[demo.index("output:") :]  # renders only
+    job_text = job_text.replace("images_per_concept: 340", "images_per_concept: 1")
+    job = tmp_path / "job.yaml"
+    job.write_text(job_text)
+    out = tmp_path / "sweep"
+    rendered = out / "renders" / "guidance-1"
+    ag.run(job, out=rendered, distributor="local")  # as an earlier sweep made it: minimum 0.5
+    images = images_by_item(rendered)
+    job.write_text(job_text.replace("min_concept_score: 0.5 ", "min_concept_score: 0.99 "))
+    grid = {"guidance": [1.0], "min_concept_score": [0.0, 0.9], "ratios": [1.0], "steps": [10]}
+    report = ag.sweep(job, out=out, shots=2, seeds=2, workers=1, **grid)
+    assert report["chosen"]["guidance"] == 1.0
+    assert images_by_item(rendered) == images  # resumed, nothing rendered anew
+    assert ag.load_spec(rendered / "job.yaml").filters.min_concept_score == 0.5  # as it was
+    fresh = tmp_path / "fresh"
+    ag.sweep(job, out=fresh, shots=2, seeds=2, workers=1, **{**grid, "min_concept_score": 0.9})
+    assert (
+        ag.load_spec(fresh / "renders" / "guidance-1" / "job.yaml").filters.min_concept_score == 0
+    )
+
+    job.write_text(job_text.replace("num_inference_steps: 25", "num_inference_steps: 20"))
+    again = tmp_path / "again"
+    shutil.copytree(out / "renders", again / "renders")
+    with pytest.raises(AugmentError) as refused:
+        ag.sweep(job, out=again, shots=2, seeds=2, workers=1, **grid)
+    message = str(refused.value)
+    assert "holds a run of a different spec" in message and "num_inference_steps 25 then" in message
+    assert "use another --out, or move that folder away" in message and "--force" not in message
+    assert not (again / "runs").exists()  # no classifier trained
 
 
 def test_the_demo_runs_the_settings_its_shipped_sweep_chose():

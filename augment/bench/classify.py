@@ -62,8 +62,9 @@ class ClassifySettings:
         at_least("split_seed", self.split_seed, 0)  # numpy's generators take no negative seed
         if self.workers is not None:
             at_least("workers", self.workers, 1)
-        above("ratios", self.ratios, 0, " (synthetic images per real image, e.g. 0.5,1,2)")
-        above("lr", self.lr, 0)
+        hint = " (synthetic images per real image, e.g. 0.5,1,2)"
+        above("ratios", self.ratios, 0, hint, finite=True)  # each makes an image count
+        above("lr", self.lr, 0, finite=True)
         if self.evaluate_on not in ("test", "validation"):
             raise AugmentError(f"evaluate_on: test or validation, got {self.evaluate_on!r}")
         between("test_fraction", self.test_fraction, 0, 1)

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from PIL import Image
 from augment import registry
 from augment.classifier import to_array
 from augment.errors import AugmentError
+from augment.records import FLAGS
 from augment.sinks import export_records, run_categories
 from augment.sources import DECODE_ERRORS, IMAGE_SUFFIXES, shown, visible, warn_nested
 from augment.taxonomy.listfile import slugify
@@ -265,24 +267,50 @@ def load_real(source: str, size: int, test_fraction: float = 0.3, seed: int = 0)
 
 
 def load_synthetic(out_dir: Path, classes: Classes, size: int) -> ImageSet:
-    """Unflagged images of an `augment run` output, labelled by concept name."""
+    """Unflagged images of an `augment run` output, labelled by concept name. None is an error
+    that says why: no concept is a real class, or every image of one is flagged (by which)."""
     run_categories(out_dir)  # a finished run, or a clear error
     index = classes.index()
     images, labels, ids = [], [], []
-    for record in export_records(out_dir):
+    matched, flagged = 0, Counter()
+    for record in export_records(out_dir, include_flagged=True):
         label = index.get(slugify(record["concept_name"]))
         if label is None:
+            continue
+        matched += 1
+        flags = [flag for flag in FLAGS if record.get(flag)]
+        if flags:
+            flagged.update(flags)
             continue
         where = f"{out_dir} item {record['item_id']}"
         images.append(to_array(open_image(where, record["image"]["bytes"]), size))
         labels.append(label)
         ids.append(record["item_id"])
     if not images:
-        raise AugmentError(
+        raise AugmentError(no_synthetic_image(out_dir, classes, matched, flagged))
+    return ImageSet(np.stack(images), np.array(labels), ids)
+
+
+def no_synthetic_image(out_dir: Path, classes: Classes, matched: int, flagged: Counter) -> str:
+    """Why a run gives a benchmark no image: its concepts are not the real classes, or the
+    images of those are all flagged (then how to flag them again, where a filter did it)."""
+    if not matched:
+        return (
             f"{out_dir}: no synthetic image matches a real class ({', '.join(classes.names)}); "
             "concept names must match the real class names"
         )
-    return ImageSet(np.stack(images), np.array(labels), ids)
+    counts = ", ".join(f"{flag} {n}" for flag, n in flagged.most_common())
+    if flagged["filtered"]:
+        remedy = (
+            f"flag them again at a lower minimum (`augment filter {out_dir} "
+            "--min-concept-score 0`), or render more"
+        )
+    else:
+        remedy = f"`augment view {out_dir}` shows them with their flags; render others"
+    return (
+        f"{out_dir}: all {matched} images of the real classes are flagged ({counts}), and "
+        f"benchmarks train on unflagged images only; {remedy}"
+    )
 
 
 def image_digest(image: np.ndarray) -> str:

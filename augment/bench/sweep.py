@@ -9,7 +9,9 @@ three stages, each fixing what the one before chose:
    baseline is tuned too, or the gain over it is inflated);
 2. **generation**: the job rendered at each guidance scale (once; a rerun resumes), each render
    re-filtered at each minimum concept score without rendering (`refilter`), and the
-   augmented arm trained at the largest ratio;
+   augmented arm trained at the largest ratio. The renders do not take the job's own minimum
+   (the sweep chooses it), so editing it does not refuse them; a render folder of a job
+   changed otherwise is refused before any classifier trains;
 3. **ratio**: synthetic images per real image (so images per class used) at the chosen render.
 
 Each cell is a mean over seeds with its 95 % interval, and the gain over real-only paired by
@@ -52,14 +54,22 @@ class SweepSettings:
             setattr(self, name, as_list(getattr(self, name)))
             if not getattr(self, name):
                 raise AugmentError(f"sweep {name}: give at least one value")
-        if min(self.guidance) < 1:
-            raise AugmentError(f"sweep guidance: 1 or more (1: no guidance), got {self.guidance}")
+        # each test is written so that NaN fails it (NaN compares false), and infinity is
+        # refused where it would be rendered or counted: before any classifier trains
+        if not all(1 <= g < math.inf for g in self.guidance):
+            raise AugmentError(
+                f"sweep guidance: finite, 1 or more (1: no guidance), got {self.guidance}"
+            )
         if not all(0 <= m <= 1 for m in self.min_concept_score):
             raise AugmentError(
                 f"sweep min_concept_score: between 0 and 1, got {self.min_concept_score}"
             )
         wrong = [
-            (f"ratios {self.ratios}", "above 0", min(self.ratios) <= 0),
+            (
+                f"ratios {self.ratios}",
+                "finite and above 0 (synthetic images per real image)",
+                not all(0 < r < math.inf for r in self.ratios),
+            ),
             (f"steps {self.steps}", "1 or more", min(self.steps) < 1),
             (f"shots {self.shots}", "1 or more", self.shots < 1),
             (f"seeds {self.seeds}", "2 or more (an interval needs two)", self.seeds < 2),
@@ -94,16 +104,34 @@ def best(rows: list[dict], key: str = "top1") -> dict:
     return max(rows, key=lambda row: (row[key], -rows.index(row)))
 
 
-def render(settings: SweepSettings, guidance: float, out: Path) -> Path:
-    """The job rendered at `guidance` (its filter scores every image; no paste, no masks)."""
+def render(spec) -> Path:
+    """The sweep's render spec run into its output folder (its filter scores every image; no
+    paste, no masks); a rerun resumes it."""
     from augment.job import RunOptions, run_job
 
-    run_job(sweep_spec(settings, guidance, out), RunOptions(distributor="local"))
-    return out
+    run_job(spec, RunOptions(distributor="local"))
+    return Path(spec.output.dir)
+
+
+def rendered_minimum(out: Path) -> float:
+    """The minimum concept score the renders in `out` were made with, else 0 (none). The
+    images do not depend on it and the sweep flags them again at each of its own minimums, so
+    the job's minimum must not decide whether earlier renders resume: those of an earlier
+    sweep keep whichever minimum they were made with."""
+    from augment.job import saved_job_spec
+
+    if not (out / "job.yaml").is_file():
+        return 0.0
+    try:
+        return saved_job_spec(out).filters.min_concept_score
+    except AugmentError:  # a damaged job.yaml: `check_renders_resume` names it
+        return 0.0
 
 
 def sweep_spec(settings: SweepSettings, guidance: float, out: Path):
-    """The job as the sweep renders it at `guidance`, or an error saying why it cannot."""
+    """The job as the sweep renders it at `guidance` into `out`, or an error saying why it
+    cannot. Its filters.min_concept_score is not the job's but `rendered_minimum`'s: the sweep
+    chooses that minimum itself, on renders it re-filters."""
     from augment.config import load_spec
 
     overrides = {
@@ -111,6 +139,7 @@ def sweep_spec(settings: SweepSettings, guidance: float, out: Path):
         "output.formats": ["parquet"],
         "generation.guidance_scale": guidance,
         "prompts.images_per_concept": settings.images_per_concept,
+        "filters.min_concept_score": rendered_minimum(out),
     }
     spec = load_spec(settings.job, overrides)
     if spec.filters.scorer is None:
@@ -121,14 +150,35 @@ def sweep_spec(settings: SweepSettings, guidance: float, out: Path):
     return spec.model_copy(update={"paste": None, "segment": None, "labels": None})
 
 
+def check_renders_resume(specs: list) -> None:
+    """Each render folder holds nothing yet, or renders these specs resume: refused before
+    any classifier trains, with what this command can do about it (it has no --force)."""
+    from augment.job import check_resumable, concepts_for
+
+    concepts = concepts_for(specs[0])  # the guidance is all that differs between them
+    for spec in specs:
+        folder = Path(spec.output.dir)
+        if folder.exists():
+            remedy = (
+                "use another --out, or move that folder away to render it again (the job "
+                "changed since it was rendered)"
+            )
+            check_resumable(folder, spec, concepts, remedy)
+
+
 def run_sweep(settings: SweepSettings) -> dict:
     """Every stage; writes OUT/sweep.json, sweep.csv and sweep.md and returns the JSON."""
     from augment.generate.pipelines import check_models
     from augment.job import refilter
 
     out = Path(settings.out)
-    spec = sweep_spec(settings, settings.guidance[0], out / "renders")  # before any training
+    # every render's spec and folder checked before any training
+    specs = {
+        g: sweep_spec(settings, g, out / "renders" / f"guidance-{g:g}") for g in settings.guidance
+    }
+    spec = specs[settings.guidance[0]]
     check_models(spec.generation, spec.paths)
+    check_renders_resume(list(specs.values()))
     base = ClassifySettings(
         real=settings.real,
         image_size=settings.image_size,
@@ -160,7 +210,7 @@ def run_sweep(settings: SweepSettings) -> dict:
     largest = max(settings.ratios)
     generation = []
     for guidance in settings.guidance:
-        rendered = render(settings, guidance, out / "renders" / f"guidance-{guidance:g}")
+        rendered = render(specs[guidance])
         for minimum in settings.min_concept_score:
             refilter(rendered, min_concept_score=minimum)
             results = classify(

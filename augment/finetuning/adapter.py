@@ -141,8 +141,13 @@ def train_adapter(
 
     quiet_libraries()
     out = Path(out)
-    if not concepts or not all(c.images for c in concepts):
-        raise AugmentError("finetune: every concept needs at least one real image")
+    if not concepts:
+        raise AugmentError("finetune: no concept to teach; give at least one, with its images")
+    bare = [c.name for c in concepts if not c.images]
+    if bare:
+        raise AugmentError(
+            f"finetune: every concept needs at least one real image; {', '.join(bare)} has none"
+        )
     check_model(base, base_name or base)
     device = select_device(settings.device)
     check_precision(settings.mixed_precision, device)
