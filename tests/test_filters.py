@@ -195,6 +195,11 @@ def test_clip_probabilities_sum_to_one_over_the_jobs_concepts():
             "  scorer: builtin:digits-scorer\n  min_clip_score: 20\n",
             "filters.min_clip_score: .* is a classifier, which gives no CLIP score",
         ),
+        (  # loaded as CLIP, OWLv2's weights flagged every image
+            "  scorer: builtin:tiny-owlv2\n",
+            "filters.scorer: builtin:tiny-owlv2 is an owlv2 model, not a CLIP model or an "
+            "augment classifier",
+        ),
     ],
 )
 def test_a_scorer_that_cannot_filter_fails_before_the_output_is_created(tmp_path, filters, message):
@@ -202,6 +207,36 @@ def test_a_scorer_that_cannot_filter_fails_before_the_output_is_created(tmp_path
     with pytest.raises(ModelError, match=message):
         run_job(load_spec(job), LOCAL)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("builtin", "what"),
+    [
+        ("tiny-clipseg", "a clipseg model"),
+        ("tiny-grounding-dino", "a grounding-dino model"),
+        ("tiny-sam", "a sam model"),
+        ("digits", "a diffusers pipeline"),
+    ],
+)
+def test_filter_refuses_a_scorer_that_is_another_kind_of_model_and_touches_nothing(
+    scored_and_cut, tmp_path, capsys, builtin, what
+):
+    """Other transformers models are refused by their config's model_type, in one line,
+    before any is loaded (CLIPSeg loaded as CLIP flagged every image; Grounding DINO failed
+    inside transformers; SAM printed pages of load reports first)."""
+    from tests.conftest import cli, error_line
+
+    scored, _, _ = scored_and_cut
+    out = tmp_path / "scored"
+    shutil.copytree(scored, out)
+    original = shard_bytes(out)
+    code, _, err = cli(capsys, "filter", out, "--scorer", f"builtin:{builtin}")
+    assert code == 2
+    assert error_line(err).startswith(
+        f"error: filters.scorer: builtin:{builtin} is {what}, not a CLIP model or an augment "
+        "classifier; give a CLIP model"
+    )
+    assert shard_bytes(out) == original
 
 
 def test_a_classifier_that_does_not_know_a_concept_is_refused(tmp_path):
