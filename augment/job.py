@@ -1321,13 +1321,13 @@ def refilter(
     overrides = {
         f"filters.{key}": current[key] if value is None else value for key, value in chosen.items()
     }
-    job_dir = manifest.get("job_dir")  # the run's relative file names are found from there
-    spec = load_spec(previous, overrides, Path(job_dir) if job_dir else None, f"{out_dir}/job.yaml")
-    if spec.filters.scorer is None and (min_concept_score, min_clip_score) != (None, None):
+    if overrides["filters.scorer"] is None and (min_concept_score, min_clip_score) != (None, None):
         raise SpecError(
             f"{out_dir} was rendered without a scorer, so it has no scores to compare with a "
             "minimum; give --scorer (a classifier or CLIP folder, or builtin:digits-scorer)"
         )
+    job_dir = manifest.get("job_dir")  # the run's relative file names are found from there
+    spec = load_spec(previous, overrides, Path(job_dir) if job_dir else None, f"{out_dir}/job.yaml")
     concepts = [category["name"] for category in run_categories(out_dir)]
     location = check_scorer(spec.filters, spec.paths.scorer, concepts)
     rescore = location is not None and spec.filters.scorer != current["scorer"]

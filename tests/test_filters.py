@@ -257,6 +257,25 @@ def test_min_concept_score_is_a_probability(tmp_path):
         load_spec(job)
 
 
+@pytest.mark.parametrize(
+    ("filters", "message"),
+    [
+        ("  min_concept_score: 0.9\n", "min_concept_score 0.9 needs a scorer"),
+        ("  min_clip_score: 30\n", "min_clip_score 30 needs a scorer"),
+    ],
+)
+def test_a_minimum_without_a_scorer_is_refused_when_the_job_loads(tmp_path, filters, message):
+    """Without a scorer nothing is scored: a minimum flagged nothing, in silence ("0 flagged").
+    The defaults pass, as every saved job.yaml holds them."""
+    from augment.errors import SpecError
+
+    job = filtered_job(tmp_path, "out", "filters:\n" + filters)
+    with pytest.raises(SpecError, match=rf"line \d+: filters: {message}, and none is set"):
+        load_spec(job)
+    plain = filtered_job(tmp_path, "plain", "filters:\n  min_concept_score: 0.5\n")
+    assert load_spec(plain).filters.scorer is None
+
+
 def test_a_resumed_run_keeps_the_last_filter_and_its_history(scored_and_cut, tmp_path):
     """After `augment filter`, a rerun that renders missing images flags them as the filter
     said, not as the job file says, and the manifest keeps the filter's history."""
@@ -290,10 +309,13 @@ def test_a_run_without_a_scorer_resumed_after_filter_scorer_scores_its_new_image
     """The job has no scorer; `augment filter --scorer` scored what was there; the images a
     resumed run adds get the filter's scores and flags too (they were left unscored)."""
     from augment.api import refilter
+    from augment.errors import SpecError
 
     _, _, median = scored_and_cut
     job = filtered_job(tmp_path, "plain", "")
     run_job(load_spec(job, {"limit": 6}), LOCAL)
+    with pytest.raises(SpecError, match="rendered without a scorer, so it has no scores"):
+        refilter(tmp_path / "plain", min_clip_score=20)  # a minimum alone: nothing to compare
     refilter(tmp_path / "plain", "builtin:digits-scorer", median)
     result = run_job(load_spec(job), LOCAL)
     assert (result.rendered, result.skipped) == (6, 6)
