@@ -1213,7 +1213,7 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
                 outputs.update(export(out_dir, formats_to_refresh(out_dir, spec.output.formats)))
             else:  # `augment filter` set other flags than the job's: the new images get them too
                 log.info("applying the last `augment filter` (%s) to this run's images", last)
-                filtered = refilter(out_dir, last["scorer"], *last["minimums"])
+                filtered = refilter(out_dir, last["scorer"], *last["minimums"], command="run")
                 outputs.update(filtered.outputs)
                 duplicates = filtered.after["duplicate"]
             if spec.generation.mode == "interpolate":
@@ -1289,13 +1289,16 @@ def refilter(
     min_clip_score: float | None = None,
     real: list[Picture] | None = None,
     real_name: str | None = None,
+    command: str = "filter",
 ) -> FilterResult:
     """Flag a finished run again, without rendering: other minimums (the stored scores), or
     another scorer (the images scored again), and duplicates (also of `real` pictures, when
     given). Shards whose records change are rewritten in place, atomically; the same settings
     as before give back byte-identical shards. The manifest keeps each filter's settings and
-    counts (`filter_history`), and the run's exports are written again. A later `run_job`
-    of the same spec keeps them, and flags the images it adds the same way."""
+    counts (`filter_history`, each entry naming the `command` that made it: "run" when a
+    resumed run applies the last filter to its new images), and the run's exports are written
+    again. A later `run_job` of the same spec keeps them, and flags the images it adds the
+    same way."""
     from augment.filters import ImageFilter, is_low
 
     out_dir = Path(out_dir)
@@ -1375,7 +1378,7 @@ def refilter(
             {"at": manifest["finished"], "command": "run", **previous["filters"], "flags": before}
         ]
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        entry = {"at": now, "command": "filter", **settings, "rescored": rescore, "flags": after}
+        entry = {"at": now, "command": command, **settings, "rescored": rescore, "flags": after}
         history.append(entry)
         manifest["counts"].update(after)
         manifest["filters"] = settings

@@ -298,7 +298,7 @@ def test_a_resumed_run_keeps_the_last_filter_and_its_history(scored_and_cut, tmp
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["filters"]["min_concept_score"] == median
     history = [(h["command"], h["min_concept_score"]) for h in manifest["filter_history"]]
-    assert history == [("run", 0.5), ("filter", median), ("filter", median)]
+    assert history == [("run", 0.5), ("filter", median), ("run", median)]  # the resumed run
     coco = json.loads((out / "coco" / "annotations.json").read_text())
     assert len(coco["images"]) == int((records["concept_score"] >= median).sum())
 
