@@ -1303,6 +1303,12 @@ def refilter(
 
     out_dir = Path(out_dir)
     saved, manifest_path = out_dir / "job.yaml", out_dir / "manifest.json"
+    if (out_dir / "paste.json").is_file():  # it has a manifest, but of composites, not renders
+        raise OutputError(
+            f"{out_dir} is a paste folder (the canvases `augment paste` made from a run's "
+            f"renders), not a run: filter the run folder, {out_dir.parent}; then `augment paste "
+            "JOB` pastes again from the renders the filter keeps"
+        )
     if not saved.is_file() or not manifest_path.is_file():
         raise OutputError(
             f"{out_dir} holds no finished run (job.yaml and manifest.json); `augment run` it first"

@@ -288,3 +288,17 @@ def test_a_background_object_pasted_over_entirely_loses_its_label(pasted, tmp_pa
         kept += len(background)
     backgrounds = paste_backgrounds(spec).images
     assert kept < sum(len(b.boxes) for b in backgrounds) * spec.paste.images_per_background
+
+
+def test_filter_on_a_paste_folder_says_it_is_one_and_names_the_run_folder(pasted, capsys):
+    """OUT/paste has a manifest.json, so "holds no finished run (job.yaml and manifest.json)"
+    sent the user looking for a file that was there."""
+    before = {p.name: p.read_bytes() for p in (pasted / "paste" / "shards").iterdir()}
+    result = run_cli("filter", str(pasted / "paste"), "--min-concept-score", "0.9")
+    assert result.returncode == 2
+    assert error_line(result.stderr) == (
+        f"error: {pasted}/paste is a paste folder (the canvases `augment paste` made from a "
+        f"run's renders), not a run: filter the run folder, {pasted}; then `augment paste JOB` "
+        "pastes again from the renders the filter keeps"
+    )
+    assert {p.name: p.read_bytes() for p in (pasted / "paste" / "shards").iterdir()} == before
