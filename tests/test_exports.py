@@ -87,10 +87,15 @@ def test_coco_export_keeps_ids_boxes_and_leaves_flagged_out(run_dir):
 
 
 def test_imagefolder_export_has_one_folder_per_class(run_dir):
+    """A folder per class and nothing else but the hidden record of how it was made, which
+    torchvision's ImageFolder passes by."""
+    from torchvision.datasets import ImageFolder
+
     export(run_dir, ["imagefolder"], include_flagged=True)
     root = run_dir / "imagefolder"
-    assert sorted(p.name for p in root.iterdir()) == ["car", "dog"]
+    assert sorted(p.name for p in root.iterdir()) == [".augment-export.json", "car", "dog"]
     assert len(list((root / "car").iterdir())) == len(list((root / "dog").iterdir())) == 8
+    assert ImageFolder(str(root)).classes == ["car", "dog"] and len(ImageFolder(str(root))) == 16
 
 
 def test_imagefolder_keeps_same_named_classes_apart_and_makes_no_empty_folder(tmp_path):

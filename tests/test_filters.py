@@ -340,3 +340,65 @@ def test_filter_finds_the_runs_relative_scorer_beside_its_job_from_any_folder(
     run_job(load_spec(job), LOCAL)
     code, _, err = cli(capsys, "filter", tmp_path / "out", "--min-concept-score", "0.2")
     assert code == 0, err
+
+
+def gallery_flags(out: Path) -> dict[str, list[str]]:
+    """item_id -> the flags OUT/gallery's concept pages show for it."""
+    flags = {}
+    for page in (out / "gallery").glob("concept-*.html"):
+        data = page.read_text().split('id="records">')[1].split("</script>")[0]
+        flags.update({r["item_id"]: r["flags"] for r in json.loads(data.replace("<\\/", "</"))})
+    return flags
+
+
+def gallery_totals(out: Path) -> dict[str, int]:
+    """concept -> how many images OUT/gallery's page says it has."""
+    return {
+        page.stem.removeprefix("concept-"): int(page.read_text().split("<p>")[2].split(" ")[0])
+        for page in (out / "gallery").glob("concept-*.html")
+    }
+
+
+def test_an_export_with_flagged_images_and_the_gallery_outlive_filter_and_resume(
+    scored_and_cut, tmp_path, capsys
+):
+    """`augment export --include-flagged` made a COCO export that a later `augment filter` or
+    resumed run wrote again without the flagged images; a gallery kept showing the old flags."""
+    from augment.api import refilter, view
+    from tests.conftest import cli
+
+    scored, _, median = scored_and_cut
+    out = tmp_path / "scored"
+    shutil.copytree(scored, out)
+    code, _, err = cli(capsys, "export", out, "--format", "coco", "--include-flagged")
+    assert code == 0, err
+    code, _, err = cli(capsys, "export", out, "--format", "imagefolder")
+    assert code == 0, err
+    view(out, per_concept=2)
+
+    result = refilter(out, min_concept_score=median)
+    assert 0 < result.after["filtered"] < 12 and result.outputs["gallery"].is_file()
+    records = pd.read_parquet(out / "shards").set_index("item_id")
+    assert len(json.loads((out / "coco" / "annotations.json").read_text())["images"]) == 12
+    filed = [p.stem for p in (out / "imagefolder").glob("*/*.png")]
+    assert len(filed) == 12 - result.after["filtered"]
+    shown = gallery_flags(out)
+    assert len(shown) == 2 * 3  # the gallery's own --per-concept, kept
+    for item_id, flags in shown.items():
+        assert ("filtered" in flags) == bool(records.loc[item_id, "filtered"])
+
+    last = sorted((out / "shards").glob("part-*.parquet"))[-1]
+    last.unlink()  # as if the run had stopped before its last block
+    view(out, per_concept=2)  # of what is left
+    assert sum(gallery_totals(out).values()) == 12 - len(
+        pq.read_table(scored / "shards" / last.name)
+    )
+    run_job(load_spec(scored.parent / "scored.yaml", {"output.dir": str(out)}), LOCAL)
+    assert len(json.loads((out / "coco" / "annotations.json").read_text())["images"]) == 12
+    records = pd.read_parquet(out / "shards").set_index("item_id")
+    assert len(list((out / "imagefolder").glob("*/*.png"))) == int((~records["filtered"]).sum())
+    assert gallery_totals(out) == {"one": 4, "two": 4, "zero": 4} and len(gallery_flags(out)) == 6
+
+    (out / "manifest.json").unlink()  # an interrupted first run has none yet
+    code, _, err = cli(capsys, "view", out)
+    assert code == 2 and "has no manifest.json: it is not a finished `augment run` output" in err
