@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from fnmatch import fnmatch
+from functools import partial
 from pathlib import Path
 
 from augment.errors import OutputError
@@ -131,9 +133,13 @@ def export(
         flagged = include_flagged
         if flagged is None:
             flagged = export_settings(out_dir / name).get("include_flagged") is True
-        records = export_records(out_dir, flagged, shards, skipped)
+        left_out: Counter = Counter()  # category id -> flagged images left out
+        records = export_records(out_dir, flagged, shards, skipped, left_out)
         records = known_categories(records, categories, out_dir)
-        exporter = unless_damaged(available[name], out_dir, name, shards, skipped)
+        exporter = available[name]
+        if name == "imagefolder":  # it says why a class gets no folder
+            exporter = partial(exporter, flagged=left_out, unread=skipped)
+        exporter = unless_damaged(exporter, out_dir, name, shards, skipped)
         exporter = recording(exporter, {"include_flagged": flagged})
         paths[name] = write_in_place(out_dir / name, exporter, categories, records)
     return paths
