@@ -551,6 +551,22 @@ class FilterSpec(StrictModel):
         "prompt) is lower",
     )
 
+    @model_validator(mode="after")
+    def _minimums_need_a_scorer(self) -> FilterSpec:
+        # without a scorer nothing is scored, so a minimum the user chose flagged nothing, in
+        # silence; the defaults pass (a saved job.yaml holds them, scorer or not)
+        if self.scorer is not None:
+            return self
+        for setting in ("min_concept_score", "min_clip_score"):
+            value = getattr(self, setting)
+            if value not in (0, type(self).model_fields[setting].default):
+                raise ValueError(
+                    f"{setting} {value:g} needs a scorer, and none is set (nothing would be "
+                    "scored, so nothing flagged); add scorer: (a CLIP model, or an augment "
+                    f"classifier such as builtin:digits-scorer), or remove {setting}"
+                )
+        return self
+
 
 class SegmentSpec(StrictModel):
     """A foreground mask and a tight box for the object each rendered image shows."""

@@ -46,29 +46,62 @@ CLIP_CONCEPT_TEMPLATE = "a photo of a {name}"
 SCORE_BATCH = 64
 
 
+#: The transformers model types `ClipScorer` loads (as `CLIPModel`).
+CLIP_MODEL_TYPES = ("clip",)
+
+
 def check_scorer_location(location: str, declared: str) -> str:
     """A scorer folder, or a hub id in the local cache (resolved from the spec's `declared`
-    name when it was loaded); nothing is downloaded."""
-    from augment.generate.pipelines import in_hub_cache
+    name when it was loaded); nothing is downloaded. A transformers model that is not CLIP is
+    refused by its config's `model_type` before anything loads it: loaded as CLIP, an OWLv2
+    or CLIPSeg flagged every image, and others failed deep inside transformers."""
+    from augment.generate.pipelines import hub_snapshot
 
-    key = "filters.scorer"
     path = Path(location)
     if path.exists():
-        if not path.is_dir() or not (
-            (path / CLASSIFIER_CONFIG).is_file() or (path / "config.json").is_file()
-        ):
-            raise ModelError(
-                f"{key}: {path} is neither an augment classifier folder ({CLASSIFIER_CONFIG}) "
-                "nor a CLIP model folder (config.json)"
-            )
+        if path.is_dir() and (path / CLASSIFIER_CONFIG).is_file():
+            return location
+        folder = path if path.is_dir() else None
+    elif looks_like_hub_id(location) and (folder := hub_snapshot(location)) is not None:
+        pass
+    else:
+        raise ModelError(
+            f"filters.scorer: '{declared}' not found: give an augment classifier folder, a CLIP "
+            "model folder, a CLIP hub id already in the Hugging Face cache (e.g. "
+            "openai/clip-vit-large-patch14), or builtin:digits-scorer"
+        )
+    if folder is not None and scorer_model_type(folder) in CLIP_MODEL_TYPES:
         return location
-    if looks_like_hub_id(location) and in_hub_cache(location):
-        return location
+    named = declared if declared.startswith("builtin:") or declared == location else location
     raise ModelError(
-        f"{key}: '{declared}' not found: give an augment classifier folder, a CLIP model folder, "
-        "a CLIP hub id already in the Hugging Face cache (e.g. openai/clip-vit-large-patch14), "
-        "or builtin:digits-scorer"
+        f"filters.scorer: {named} is {what_model(folder)}, not a CLIP model or an augment "
+        "classifier; give a CLIP model (a folder, or a hub id in the cache such as "
+        "openai/clip-vit-large-patch14) or a classifier folder such as builtin:digits-scorer"
     )
+
+
+def scorer_model_type(folder: Path) -> str | None:
+    """config.json's `model_type` in a folder; None when there is none or it cannot be read."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    kind = config.get("model_type") if isinstance(config, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def what_model(folder: Path | None) -> str:
+    """What a folder that is no scorer holds, for the refusal: "an owlv2 model", ..."""
+    if folder is None:
+        return "a file"
+    if (folder / "model_index.json").is_file():
+        return "a diffusers pipeline"
+    kind = scorer_model_type(folder)
+    if kind is not None:
+        return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} model"
+    if (folder / "config.json").is_file():
+        return "a folder whose config.json names no model_type"
+    return f"a folder with neither config.json nor {CLASSIFIER_CONFIG}"
 
 
 def is_classifier(location: str) -> bool:

@@ -8,7 +8,9 @@
 - `images/`: the thumbnails (at most `THUMB_SIDE` px), `gallery.js` and `gallery.css`.
 
 The records travel inside each page as JSON and the page's script draws the grid, so the
-gallery opens from disk (file://) in any browser.
+gallery opens from disk (file://) in any browser. The flags it shows are the shards' when it
+was written: `augment filter` and a resumed run write an existing gallery again
+(`refresh_gallery`), with the settings it records (`GALLERY_SETTINGS`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from PIL import Image
 from augment.quality import concept_labels, concept_quality
 from augment.records import FLAGS
 from augment.sinks import check_own_folder, parquet
+from augment.sinks.rows import read_manifest
 from augment.taxonomy.listfile import slugify
 
 #: Thumbnails are at most this many pixels on their longer side.
@@ -232,17 +235,54 @@ def quality_for_index(out_dir: Path) -> pd.DataFrame:
     return table[[c for c in keep if c in table and table[c].notna().any()]]
 
 
+#: The file in a gallery folder that says how it was written ({"per_concept": ...}), so that
+#: writing it again after the flags changed keeps it as the user asked for it.
+GALLERY_SETTINGS = ".augment-gallery.json"
 #: What a gallery folder holds: anything else there is the user's, and writing it again (a new
 #: folder swapped in) would delete it.
-GALLERY_NAMES = ("*.html", "gallery.css", "gallery.js", "images")
+GALLERY_NAMES = ("*.html", "gallery.css", "gallery.js", "images", GALLERY_SETTINGS)
+
+
+def check_gallery_replaceable(out_dir: Path) -> None:
+    """OUT/gallery, if there is one, holds only what `augment view` writes: checked before a
+    command that will write it again changes anything."""
+    check_own_folder(Path(out_dir) / "gallery", GALLERY_NAMES, "gallery")
+
+
+def gallery_settings(out_dir: Path) -> dict | None:
+    """The settings OUT/gallery was written with ({} where it records none: an earlier
+    augment's); None where OUT has no gallery."""
+    folder = Path(out_dir) / "gallery"
+    if not folder.is_dir():
+        return None
+    try:
+        settings = json.loads((folder / GALLERY_SETTINGS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return settings if isinstance(settings, dict) else {}
+
+
+def refresh_gallery(out_dir: Path, settings: dict | None = None) -> dict[str, Path]:
+    """Write OUT/gallery again (its flags went stale: `augment filter`, a resumed run) with
+    `settings`, by default those of the gallery there; {} where there is none to write, else
+    {"gallery": its index page}."""
+    settings = gallery_settings(out_dir) if settings is None else settings
+    if settings is None:
+        return {}
+    per_concept = settings.get("per_concept")
+    if not isinstance(per_concept, int) or per_concept < 1:
+        per_concept = PER_CONCEPT
+    return {"gallery": write_gallery(out_dir, per_concept)}
 
 
 def write_gallery(out_dir: Path, per_concept: int = PER_CONCEPT) -> Path:
-    """Write OUT/gallery (replacing an earlier one); returns the index page."""
+    """Write OUT/gallery (replacing an earlier one) of a finished run, as `augment export` and
+    `augment filter` want one (an interrupted run: resume it first); returns the index page."""
     out_dir = Path(out_dir)
     parquet.run_shards(out_dir)  # a wrong folder is named before anything is written in it
+    read_manifest(out_dir)  # no manifest.json: not a finished run, said in one line
     folder, tmp = out_dir / "gallery", out_dir / ".gallery.tmp"
-    check_own_folder(folder, GALLERY_NAMES, "gallery")
+    check_gallery_replaceable(out_dir)
     if tmp.is_file():  # augment's own name, left by a process that was killed
         tmp.unlink()
     shutil.rmtree(tmp, ignore_errors=True)
@@ -254,6 +294,7 @@ def write_gallery(out_dir: Path, per_concept: int = PER_CONCEPT) -> Path:
         (tmp / "index.html").write_text(index_page(out_dir.name, quality_for_index(out_dir)))
         (tmp / "gallery.js").write_text(SCRIPT)
         (tmp / "gallery.css").write_text(STYLE)
+        (tmp / GALLERY_SETTINGS).write_text(json.dumps({"per_concept": per_concept}) + "\n")
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
     finally:  # a failure leaves nothing behind (nor a folder a later run would trip on)

@@ -67,6 +67,7 @@ from augment.records import FLAGS, WorkItem
 from augment.sinks import (
     check_exports_replaceable,
     export,
+    export_settings,
     exporters,
     formats_to_refresh,
     parquet,
@@ -524,9 +525,12 @@ def check_output_names(out_dir: Path, spec: JobSpec, option: str = "--out") -> N
             f"{spec.job_file} is the output folder's job.yaml, where a run writes its resolved "
             "spec: rename the job file, or set another output.dir (or --out)"
         )
+    from augment.gallery import check_gallery_replaceable
+
     check_run_layout(out_dir)
     check_no_foreign_files(out_dir, option)
     check_exports_replaceable(out_dir, formats_to_refresh(out_dir, spec.output.formats))
+    check_gallery_replaceable(out_dir)  # a run writes an `augment view` gallery again
 
 
 def check_resumable(
@@ -1024,6 +1028,7 @@ def check_renders_of(out_dir: Path, spec: JobSpec) -> None:
 def paste(spec: JobSpec, force: bool = False) -> PasteResult:
     """Paste the run's segmented renders (OUT) onto the backgrounds, into OUT/paste (resumed
     when it holds the same paste; `force` starts it over)."""
+    from augment.gallery import gallery_settings, refresh_gallery
     from augment.generate.engine import run_provenance
     from augment.labels.paste import (
         PasteResult,
@@ -1048,6 +1053,10 @@ def paste(spec: JobSpec, force: bool = False) -> PasteResult:
     index = concept_index(concepts)  # background labels -> concepts, built once
     instances = load_instances(out_dir, concepts)
     folder = out_dir / "paste"
+    # a paste made again from other renders starts from an empty folder: what `augment export`
+    # and `augment view` made there is made again, as they were made (not after --force)
+    kept = {} if force else held_exports(folder, spec.output.formats)
+    gallery = None if force else gallery_settings(folder)
     prepare_paste_output(folder, spec, force, instances)
     shards_dir = folder / "shards"
     parquet.remove_temp_files(shards_dir)
@@ -1129,10 +1138,22 @@ def paste(spec: JobSpec, force: bool = False) -> PasteResult:
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     outputs = {"manifest": folder / "manifest.json", "shards": shards_dir}
     if shards:
-        outputs.update(export(folder, formats_to_refresh(folder, spec.output.formats)))
+        for name in dict.fromkeys([*formats_to_refresh(folder, spec.output.formats), *kept]):
+            outputs.update(export(folder, [name], kept.get(name)))
+        outputs.update(refresh_gallery(folder, gallery))
     return PasteResult(
         folder, len(items), len(items) - len(todo), written, count, len(failures), seconds, outputs
     )
+
+
+def held_exports(out_dir: Path, formats: list[str]) -> dict[str, bool]:
+    """The exports OUT holds (or a run writes) -> whether each keeps flagged images, as its
+    folder records it."""
+    return {
+        name: export_settings(Path(out_dir) / name).get("include_flagged") is True
+        for name in formats_to_refresh(out_dir, formats)
+        if (Path(out_dir) / name).is_dir()
+    }
 
 
 def with_earlier_plan(
@@ -1182,6 +1203,7 @@ def check_inputs(spec: JobSpec) -> list[Concept]:
 def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
     """Run (or resume) a job; returns what was done and where the outputs are."""
     from augment.distribute import check_reachable
+    from augment.gallery import refresh_gallery
 
     options = options or RunOptions()
     started = time.perf_counter()
@@ -1230,9 +1252,10 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
             last = last_filter(out_dir, spec)
             if last is None:
                 outputs.update(export(out_dir, formats_to_refresh(out_dir, spec.output.formats)))
+                outputs.update(refresh_gallery(out_dir))  # its flags would be stale
             else:  # `augment filter` set other flags than the job's: the new images get them too
                 log.info("applying the last `augment filter` (%s) to this run's images", last)
-                filtered = refilter(out_dir, last["scorer"], *last["minimums"])
+                filtered = refilter(out_dir, last["scorer"], *last["minimums"], command="run")
                 outputs.update(filtered.outputs)
                 duplicates = filtered.after["duplicate"]
             if spec.generation.mode == "interpolate":
@@ -1308,17 +1331,27 @@ def refilter(
     min_clip_score: float | None = None,
     real: list[Picture] | None = None,
     real_name: str | None = None,
+    command: str = "filter",
 ) -> FilterResult:
     """Flag a finished run again, without rendering: other minimums (the stored scores), or
     another scorer (the images scored again), and duplicates (also of `real` pictures, when
     given). Shards whose records change are rewritten in place, atomically; the same settings
     as before give back byte-identical shards. The manifest keeps each filter's settings and
-    counts (`filter_history`), and the run's exports are written again. A later `run_job`
-    of the same spec keeps them, and flags the images it adds the same way."""
+    counts (`filter_history`, each entry naming the `command` that made it: "run" when a
+    resumed run applies the last filter to its new images), and the run's exports are written
+    again. A later `run_job` of the same spec keeps them, and flags the images it adds the
+    same way."""
     from augment.filters import ImageFilter, is_low
+    from augment.gallery import check_gallery_replaceable, refresh_gallery
 
     out_dir = Path(out_dir)
     saved, manifest_path = out_dir / "job.yaml", out_dir / "manifest.json"
+    if (out_dir / "paste.json").is_file():  # it has a manifest, but of composites, not renders
+        raise OutputError(
+            f"{out_dir} is a paste folder (the canvases `augment paste` made from a run's "
+            f"renders), not a run: filter the run folder, {out_dir.parent}; then `augment paste "
+            "JOB` pastes again from the renders the filter keeps"
+        )
     if not saved.is_file() or not manifest_path.is_file():
         raise OutputError(
             f"{out_dir} holds no finished run (job.yaml and manifest.json); `augment run` it first"
@@ -1340,13 +1373,13 @@ def refilter(
     overrides = {
         f"filters.{key}": current[key] if value is None else value for key, value in chosen.items()
     }
-    job_dir = manifest.get("job_dir")  # the run's relative file names are found from there
-    spec = load_spec(previous, overrides, Path(job_dir) if job_dir else None, f"{out_dir}/job.yaml")
-    if spec.filters.scorer is None and (min_concept_score, min_clip_score) != (None, None):
+    if overrides["filters.scorer"] is None and (min_concept_score, min_clip_score) != (None, None):
         raise SpecError(
             f"{out_dir} was rendered without a scorer, so it has no scores to compare with a "
             "minimum; give --scorer (a classifier or CLIP folder, or builtin:digits-scorer)"
         )
+    job_dir = manifest.get("job_dir")  # the run's relative file names are found from there
+    spec = load_spec(previous, overrides, Path(job_dir) if job_dir else None, f"{out_dir}/job.yaml")
     concepts = [category["name"] for category in run_categories(out_dir)]
     location = check_scorer(spec.filters, spec.paths.scorer, concepts)
     rescore = location is not None and spec.filters.scorer != current["scorer"]
@@ -1358,6 +1391,8 @@ def refilter(
     try:
         for folder in (out_dir, shards_dir):  # the manifest and exports too, or no shard changes
             check_writable(folder, "give write access to it, then filter again")
+        check_exports_replaceable(out_dir, formats_to_refresh(out_dir, spec.output.formats))
+        check_gallery_replaceable(out_dir)
         _, before = parquet.count_true(shards_dir, list(FLAGS))
         rewritten = 0
         for path in parquet.shard_paths(shards_dir):
@@ -1394,13 +1429,14 @@ def refilter(
             {"at": manifest["finished"], "command": "run", **previous["filters"], "flags": before}
         ]
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        entry = {"at": now, "command": "filter", **settings, "rescored": rescore, "flags": after}
+        entry = {"at": now, "command": command, **settings, "rescored": rescore, "flags": after}
         history.append(entry)
         manifest["counts"].update(after)
         manifest["filters"] = settings
         manifest["filter_history"] = history
         save_manifest(out_dir, manifest)
         outputs = export(out_dir, formats_to_refresh(out_dir, spec.output.formats))
+        outputs.update(refresh_gallery(out_dir))  # an `augment view` gallery shows the new flags
         records = sum(s["rows"] for s in manifest["shards"])
         return FilterResult(out_dir, records, rescore, rewritten, before, after, outputs)
     finally:

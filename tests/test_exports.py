@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -87,10 +88,15 @@ def test_coco_export_keeps_ids_boxes_and_leaves_flagged_out(run_dir):
 
 
 def test_imagefolder_export_has_one_folder_per_class(run_dir):
+    """A folder per class and nothing else but the hidden record of how it was made, which
+    torchvision's ImageFolder passes by."""
+    from torchvision.datasets import ImageFolder
+
     export(run_dir, ["imagefolder"], include_flagged=True)
     root = run_dir / "imagefolder"
-    assert sorted(p.name for p in root.iterdir()) == ["car", "dog"]
+    assert sorted(p.name for p in root.iterdir()) == [".augment-export.json", "car", "dog"]
     assert len(list((root / "car").iterdir())) == len(list((root / "dog").iterdir())) == 8
+    assert ImageFolder(str(root)).classes == ["car", "dog"] and len(ImageFolder(str(root))) == 16
 
 
 def test_imagefolder_keeps_same_named_classes_apart_and_makes_no_empty_folder(tmp_path):
@@ -147,3 +153,73 @@ def test_cli_export_and_its_errors(run_dir, tmp_path):
         text=True,
     )
     assert empty.returncode == 2 and "no such folder" in empty.stderr
+
+
+def test_imagefolder_files_single_class_composites_and_says_why_a_class_has_no_folder(
+    tmp_path, caplog
+):
+    """A paste composite showing several classes was filed under its first instance's class
+    in silence, and a class without images was always said to be "every one flagged"."""
+    from collections import Counter
+
+    from torchvision.datasets import ImageFolder
+
+    from augment.sinks.imagefolder import export_imagefolder
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, format="PNG")
+    names = ["griffon", "griffon", "pug", "poodle", "beagle"]
+    categories = [{"id": n + 1, "name": name} for n, name in enumerate(names)]
+
+    def record(item_id: str, category_id: int, mode: str, boxes: list[int]) -> dict:
+        return {
+            "item_id": item_id,
+            "concept_name": names[category_id - 1],
+            "category_id": category_id,
+            "mode": mode,
+            "boxes": [{"category_id": c, "bbox": [0, 0, 4, 4]} for c in boxes],
+            "image": {"bytes": png.getvalue()},
+        }
+
+    records = [
+        record("render", 3, "txt2img", [3, 4]),  # a render's class is its concept
+        record("one-class", 1, "paste", [1, 1]),  # every box a griffon-1
+        record("two-classes", 1, "paste", [1, 4]),  # a griffon-1 and a poodle
+    ]
+    export_imagefolder(tmp_path, categories, records, flagged=Counter({2: 3}), unread={})
+    assert ImageFolder(str(tmp_path)).classes == ["griffon-1", "pug"]
+    assert [p.name for p in (tmp_path / "griffon-1").iterdir()] == ["griffon_one-class.png"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "imagefolder: 1 paste composite showing several classes left out (ImageFolder gives an "
+        "image one class; the coco and yolo exports keep it)",
+        "imagefolder: every image of griffon is flagged (--include-flagged keeps them): no "
+        "folder for it",
+        "imagefolder: the images of poodle all show several classes (paste composites): no "
+        "folder for it",
+        "imagefolder: no image of the run has beagle as its class: no folder for it",
+    ]
+
+
+def test_imagefolder_names_flagged_or_unreadable_as_the_cause_of_a_missing_class(tmp_path, caplog):
+    """Through `export`: a class whose images are all flagged, and one whose shard cannot be
+    read, were both said to be "every one flagged"."""
+    car, dog = CATEGORIES
+    flagged = tmp_path / "flagged"
+    write_shard(flagged / "shards", "part-00000.parquet", [record(1, car, [(2, 2, 8, 8)])])
+    write_shard(flagged / "shards", "part-00001.parquet", [record(2, dog, [], filtered=True)])
+    (flagged / "manifest.json").write_text(json.dumps({"categories": CATEGORIES}))
+    export(flagged, ["imagefolder"])
+    assert "imagefolder: every image of dog is flagged (--include-flagged keeps them)" in (
+        caplog.text
+    )
+    caplog.clear()
+    unread = tmp_path / "unread"
+    shutil.copytree(flagged, unread)
+    shutil.rmtree(unread / "imagefolder")
+    (unread / "shards" / "part-00001.parquet").write_bytes(b"junk")
+    export(unread, ["imagefolder"])
+    assert "imagefolder: no image of dog in the shards that could be read (1 could not)" in (
+        caplog.text
+    )
+    assert "is flagged" not in caplog.text

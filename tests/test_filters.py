@@ -195,6 +195,11 @@ def test_clip_probabilities_sum_to_one_over_the_jobs_concepts():
             "  scorer: builtin:digits-scorer\n  min_clip_score: 20\n",
             "filters.min_clip_score: .* is a classifier, which gives no CLIP score",
         ),
+        (  # loaded as CLIP, OWLv2's weights flagged every image
+            "  scorer: builtin:tiny-owlv2\n",
+            "filters.scorer: builtin:tiny-owlv2 is an owlv2 model, not a CLIP model or an "
+            "augment classifier",
+        ),
     ],
 )
 def test_a_scorer_that_cannot_filter_fails_before_the_output_is_created(tmp_path, filters, message):
@@ -202,6 +207,36 @@ def test_a_scorer_that_cannot_filter_fails_before_the_output_is_created(tmp_path
     with pytest.raises(ModelError, match=message):
         run_job(load_spec(job), LOCAL)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("builtin", "what"),
+    [
+        ("tiny-clipseg", "a clipseg model"),
+        ("tiny-grounding-dino", "a grounding-dino model"),
+        ("tiny-sam", "a sam model"),
+        ("digits", "a diffusers pipeline"),
+    ],
+)
+def test_filter_refuses_a_scorer_that_is_another_kind_of_model_and_touches_nothing(
+    scored_and_cut, tmp_path, capsys, builtin, what
+):
+    """Other transformers models are refused by their config's model_type, in one line,
+    before any is loaded (CLIPSeg loaded as CLIP flagged every image; Grounding DINO failed
+    inside transformers; SAM printed pages of load reports first)."""
+    from tests.conftest import cli, error_line
+
+    scored, _, _ = scored_and_cut
+    out = tmp_path / "scored"
+    shutil.copytree(scored, out)
+    original = shard_bytes(out)
+    code, _, err = cli(capsys, "filter", out, "--scorer", f"builtin:{builtin}")
+    assert code == 2
+    assert error_line(err).startswith(
+        f"error: filters.scorer: builtin:{builtin} is {what}, not a CLIP model or an augment "
+        "classifier; give a CLIP model"
+    )
+    assert shard_bytes(out) == original
 
 
 def test_a_classifier_that_does_not_know_a_concept_is_refused(tmp_path):
@@ -220,6 +255,25 @@ def test_min_concept_score_is_a_probability(tmp_path):
     )
     with pytest.raises(SpecError, match=r"line \d+: filters.min_concept_score: must be <= 1"):
         load_spec(job)
+
+
+@pytest.mark.parametrize(
+    ("filters", "message"),
+    [
+        ("  min_concept_score: 0.9\n", "min_concept_score 0.9 needs a scorer"),
+        ("  min_clip_score: 30\n", "min_clip_score 30 needs a scorer"),
+    ],
+)
+def test_a_minimum_without_a_scorer_is_refused_when_the_job_loads(tmp_path, filters, message):
+    """Without a scorer nothing is scored: a minimum flagged nothing, in silence ("0 flagged").
+    The defaults pass, as every saved job.yaml holds them."""
+    from augment.errors import SpecError
+
+    job = filtered_job(tmp_path, "out", "filters:\n" + filters)
+    with pytest.raises(SpecError, match=rf"line \d+: filters: {message}, and none is set"):
+        load_spec(job)
+    plain = filtered_job(tmp_path, "plain", "filters:\n  min_concept_score: 0.5\n")
+    assert load_spec(plain).filters.scorer is None
 
 
 def test_a_resumed_run_keeps_the_last_filter_and_its_history(scored_and_cut, tmp_path):
@@ -244,7 +298,7 @@ def test_a_resumed_run_keeps_the_last_filter_and_its_history(scored_and_cut, tmp
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["filters"]["min_concept_score"] == median
     history = [(h["command"], h["min_concept_score"]) for h in manifest["filter_history"]]
-    assert history == [("run", 0.5), ("filter", median), ("filter", median)]
+    assert history == [("run", 0.5), ("filter", median), ("run", median)]  # the resumed run
     coco = json.loads((out / "coco" / "annotations.json").read_text())
     assert len(coco["images"]) == int((records["concept_score"] >= median).sum())
 
@@ -255,10 +309,13 @@ def test_a_run_without_a_scorer_resumed_after_filter_scorer_scores_its_new_image
     """The job has no scorer; `augment filter --scorer` scored what was there; the images a
     resumed run adds get the filter's scores and flags too (they were left unscored)."""
     from augment.api import refilter
+    from augment.errors import SpecError
 
     _, _, median = scored_and_cut
     job = filtered_job(tmp_path, "plain", "")
     run_job(load_spec(job, {"limit": 6}), LOCAL)
+    with pytest.raises(SpecError, match="rendered without a scorer, so it has no scores"):
+        refilter(tmp_path / "plain", min_clip_score=20)  # a minimum alone: nothing to compare
     refilter(tmp_path / "plain", "builtin:digits-scorer", median)
     result = run_job(load_spec(job), LOCAL)
     assert (result.rendered, result.skipped) == (6, 6)
@@ -283,3 +340,65 @@ def test_filter_finds_the_runs_relative_scorer_beside_its_job_from_any_folder(
     run_job(load_spec(job), LOCAL)
     code, _, err = cli(capsys, "filter", tmp_path / "out", "--min-concept-score", "0.2")
     assert code == 0, err
+
+
+def gallery_flags(out: Path) -> dict[str, list[str]]:
+    """item_id -> the flags OUT/gallery's concept pages show for it."""
+    flags = {}
+    for page in (out / "gallery").glob("concept-*.html"):
+        data = page.read_text().split('id="records">')[1].split("</script>")[0]
+        flags.update({r["item_id"]: r["flags"] for r in json.loads(data.replace("<\\/", "</"))})
+    return flags
+
+
+def gallery_totals(out: Path) -> dict[str, int]:
+    """concept -> how many images OUT/gallery's page says it has."""
+    return {
+        page.stem.removeprefix("concept-"): int(page.read_text().split("<p>")[2].split(" ")[0])
+        for page in (out / "gallery").glob("concept-*.html")
+    }
+
+
+def test_an_export_with_flagged_images_and_the_gallery_outlive_filter_and_resume(
+    scored_and_cut, tmp_path, capsys
+):
+    """`augment export --include-flagged` made a COCO export that a later `augment filter` or
+    resumed run wrote again without the flagged images; a gallery kept showing the old flags."""
+    from augment.api import refilter, view
+    from tests.conftest import cli
+
+    scored, _, median = scored_and_cut
+    out = tmp_path / "scored"
+    shutil.copytree(scored, out)
+    code, _, err = cli(capsys, "export", out, "--format", "coco", "--include-flagged")
+    assert code == 0, err
+    code, _, err = cli(capsys, "export", out, "--format", "imagefolder")
+    assert code == 0, err
+    view(out, per_concept=2)
+
+    result = refilter(out, min_concept_score=median)
+    assert 0 < result.after["filtered"] < 12 and result.outputs["gallery"].is_file()
+    records = pd.read_parquet(out / "shards").set_index("item_id")
+    assert len(json.loads((out / "coco" / "annotations.json").read_text())["images"]) == 12
+    filed = [p.stem for p in (out / "imagefolder").glob("*/*.png")]
+    assert len(filed) == 12 - result.after["filtered"]
+    shown = gallery_flags(out)
+    assert len(shown) == 2 * 3  # the gallery's own --per-concept, kept
+    for item_id, flags in shown.items():
+        assert ("filtered" in flags) == bool(records.loc[item_id, "filtered"])
+
+    last = sorted((out / "shards").glob("part-*.parquet"))[-1]
+    last.unlink()  # as if the run had stopped before its last block
+    view(out, per_concept=2)  # of what is left
+    assert sum(gallery_totals(out).values()) == 12 - len(
+        pq.read_table(scored / "shards" / last.name)
+    )
+    run_job(load_spec(scored.parent / "scored.yaml", {"output.dir": str(out)}), LOCAL)
+    assert len(json.loads((out / "coco" / "annotations.json").read_text())["images"]) == 12
+    records = pd.read_parquet(out / "shards").set_index("item_id")
+    assert len(list((out / "imagefolder").glob("*/*.png"))) == int((~records["filtered"]).sum())
+    assert gallery_totals(out) == {"one": 4, "two": 4, "zero": 4} and len(gallery_flags(out)) == 6
+
+    (out / "manifest.json").unlink()  # an interrupted first run has none yet
+    code, _, err = cli(capsys, "view", out)
+    assert code == 2 and "has no manifest.json: it is not a finished `augment run` output" in err

@@ -305,3 +305,54 @@ def test_a_background_object_pasted_over_entirely_loses_its_label(pasted, tmp_pa
         kept += len(background)
     backgrounds = paste_backgrounds(spec).images
     assert kept < sum(len(b.boxes) for b in backgrounds) * spec.paste.images_per_background
+
+
+def test_filter_on_a_paste_folder_says_it_is_one_and_names_the_run_folder(pasted, capsys):
+    """OUT/paste has a manifest.json, so "holds no finished run (job.yaml and manifest.json)"
+    sent the user looking for a file that was there."""
+    before = {p.name: p.read_bytes() for p in (pasted / "paste" / "shards").iterdir()}
+    result = run_cli("filter", str(pasted / "paste"), "--min-concept-score", "0.9")
+    assert result.returncode == 2
+    assert error_line(result.stderr) == (
+        f"error: {pasted}/paste is a paste folder (the canvases `augment paste` made from a "
+        f"run's renders), not a run: filter the run folder, {pasted}; then `augment paste JOB` "
+        "pastes again from the renders the filter keeps"
+    )
+    assert {p.name: p.read_bytes() for p in (pasted / "paste" / "shards").iterdir()} == before
+
+
+def test_a_paste_made_again_makes_the_exports_and_gallery_of_it_again_as_they_were(
+    pasted, tmp_path, caplog
+):
+    """Pasting again from other renders starts from an empty OUT/paste: an ImageFolder export
+    an `augment export` added (with flagged images) and an `augment view` gallery were lost.
+    The ImageFolder export of composites says why a class has no folder: not "every one
+    flagged" where none is, but composites showing several classes, which it leaves out."""
+    from augment.api import view
+
+    out = tmp_path / "out"
+    shutil.copytree(pasted, out)
+    canvases = export_records(out / "paste", include_flagged=True)
+    several = sum(
+        len({b["category_id"] for b in r["boxes"]} | {r["category_id"]}) > 1 for r in canvases
+    )
+    assert several > 0
+    export(out / "paste", ["imagefolder"], include_flagged=True)
+    assert f"imagefolder: {several} paste composite" in caplog.text
+    assert "is flagged" not in caplog.text
+    view(out / "paste", per_concept=3)
+
+    marker = out / "paste" / "paste.json"
+    saved = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**saved, "instances": "other renders"}))
+    result = paste(tiny_paste_spec(out))
+    assert result.pasted == 8 and "pasting again" in caplog.text
+    settings = json.loads((out / "paste" / "imagefolder" / ".augment-export.json").read_text())
+    assert settings == {"include_flagged": True}
+    assert result.outputs["imagefolder"] == out / "paste" / "imagefolder"
+    gallery = json.loads((out / "paste" / "gallery" / ".augment-gallery.json").read_text())
+    assert gallery == {"per_concept": 3} and result.outputs["gallery"].is_file()
+
+    paste(tiny_paste_spec(out), force=True)  # starts over: the job's own formats alone
+    assert not (out / "paste" / "imagefolder").exists()
+    assert not (out / "paste" / "gallery").exists()

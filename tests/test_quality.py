@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,8 @@ def test_two_concepts_that_share_a_name_keep_their_own_rows_and_pages(tmp_path: 
         for n in range(count)
     ]
     write_shard(tmp_path / "shards", "part-00000.parquet", records)
+    categories = [{"id": n + 1, "name": name} for n, (_, name, _) in enumerate(concepts)]
+    (tmp_path / "manifest.json").write_text(json.dumps({"categories": categories}))  # finished
     table = concept_quality(tmp_path).set_index("concept")
     assert table["images"].to_dict() == {
         "newt": 1,

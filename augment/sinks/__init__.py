@@ -6,13 +6,20 @@ can be rerun at any time: ``augment export OUT --format coco --format yolo``. Fl
 skipped and named where the export is new, and refused where it would replace an export that
 may hold its images; each export is written to a temporary folder and renamed into place, so a
 failed export never leaves a half-written one (the previous export stays until then).
+
+Each export folder records its own settings (`EXPORT_SETTINGS`: whether flagged images are
+in it), so writing it again after `augment filter` or a resumed run keeps the choice the user
+made with `augment export --include-flagged`.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from fnmatch import fnmatch
+from functools import partial
 from pathlib import Path
 
 from augment.errors import OutputError
@@ -20,8 +27,10 @@ from augment.sinks.parquet import run_shards
 from augment.sinks.rows import export_records, image_file_name, run_categories, run_filters
 
 __all__ = [
+    "EXPORT_SETTINGS",
     "export",
     "export_records",
+    "export_settings",
     "formats_to_refresh",
     "image_file_name",
     "run_categories",
@@ -43,13 +52,17 @@ def exporters() -> dict[str, Callable[[Path, list[dict], Iterator[dict]], Path]]
     }
 
 
+#: The file in each export folder that says how it was written ({"include_flagged": ...});
+#: hidden, so the tools that read the export (ImageFolder, datasets, ultralytics) pass it by.
+EXPORT_SETTINGS = ".augment-export.json"
+
 #: What each export writes at the top of its folder ("name/": any folder): anything else
 #: there is the user's, which writing the export again (a new folder swapped in) would delete.
 EXPORT_NAMES = {
-    "coco": ("annotations.json", "images"),
-    "yolo": ("data.yaml", "images", "labels", "*.cache"),  # ultralytics' label cache
-    "yolo-seg": ("data.yaml", "images", "labels", "*.cache"),
-    "imagefolder": ("*/",),  # a folder per class
+    "coco": ("annotations.json", "images", EXPORT_SETTINGS),
+    "yolo": ("data.yaml", "images", "labels", "*.cache", EXPORT_SETTINGS),  # *.cache: ultralytics'
+    "yolo-seg": ("data.yaml", "images", "labels", "*.cache", EXPORT_SETTINGS),
+    "imagefolder": ("*/", EXPORT_SETTINGS),  # a folder per class
 }
 
 
@@ -97,8 +110,14 @@ def known_categories(records: Iterable[dict], categories: list[dict], out_dir: P
         yield record
 
 
-def export(out_dir: Path, formats: list[str], include_flagged: bool = False) -> dict[str, Path]:
-    """Write each export format from the shards; returns format -> main output path."""
+def export(
+    out_dir: Path, formats: list[str], include_flagged: bool | None = None
+) -> dict[str, Path]:
+    """Write each export format from the shards; returns format -> main output path.
+
+    `include_flagged` None (exports written again after the flags changed) keeps each
+    export's own setting, recorded in its folder: an `augment export --include-flagged`
+    stays one; a new export, or one an earlier augment wrote, leaves flagged images out."""
     out_dir = Path(out_dir)
     available = exporters()
     unknown = [name for name in formats if name not in (*available, "parquet")]
@@ -111,11 +130,40 @@ def export(out_dir: Path, formats: list[str], include_flagged: bool = False) -> 
     skipped: dict[Path, str] = {}  # damaged shards: the first export to read one names it
     paths = {}
     for name in formats:
-        records = export_records(out_dir, include_flagged, shards, skipped)
+        flagged = include_flagged
+        if flagged is None:
+            flagged = export_settings(out_dir / name).get("include_flagged") is True
+        left_out: Counter = Counter()  # category id -> flagged images left out
+        records = export_records(out_dir, flagged, shards, skipped, left_out)
         records = known_categories(records, categories, out_dir)
-        exporter = unless_damaged(available[name], out_dir, name, shards, skipped)
+        exporter = available[name]
+        if name == "imagefolder":  # it says why a class gets no folder
+            exporter = partial(exporter, flagged=left_out, unread=skipped)
+        exporter = unless_damaged(exporter, out_dir, name, shards, skipped)
+        exporter = recording(exporter, {"include_flagged": flagged})
         paths[name] = write_in_place(out_dir / name, exporter, categories, records)
     return paths
+
+
+def export_settings(folder: Path) -> dict:
+    """The settings an export folder was written with; {} where it records none (an earlier
+    augment's, or a file a person edited into something else)."""
+    try:
+        settings = json.loads((Path(folder) / EXPORT_SETTINGS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return settings if isinstance(settings, dict) else {}
+
+
+def recording(exporter: Callable, settings: dict) -> Callable:
+    """`exporter`, which then writes `settings` into the folder it wrote (EXPORT_SETTINGS)."""
+
+    def export_and_record(folder: Path, categories: list[dict], records) -> Path:
+        written = exporter(folder, categories, records)
+        (folder / EXPORT_SETTINGS).write_text(json.dumps(settings) + "\n")
+        return written
+
+    return export_and_record
 
 
 def check_exports_replaceable(out_dir: Path, formats: list[str]) -> None:

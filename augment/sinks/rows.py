@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,11 +28,13 @@ def export_records(
     include_flagged: bool = False,
     shards: list[Path] | None = None,
     skipped: dict[Path, str] | None = None,
+    left_out: Counter | None = None,
 ) -> Iterator[dict]:
-    """The records an export writes (flagged ones left out); `shards` picks some shards (by
-    default every one: a folder without any is an error that says so). A shard that cannot be
-    read raises `ShardError`, or, given `skipped`, is left out, named in a warning the first
-    time, and added to it (shard -> why)."""
+    """The records an export writes (flagged ones left out, counted by category id in
+    `left_out` when given, so an export can say why a class has no image); `shards` picks
+    some shards (by default every one: a folder without any is an error that says so). A
+    shard that cannot be read raises `ShardError`, or, given `skipped`, is left out, named in
+    a warning the first time, and added to it (shard -> why)."""
     shards = run_shards(out_dir) if shards is None else shards
     for path in shards:
         if skipped is not None and path in skipped:
@@ -47,6 +50,8 @@ def export_records(
         for record in table.to_pylist():
             if include_flagged or not any(record[flag] for flag in FLAGS):
                 yield record
+            elif left_out is not None:
+                left_out[record["category_id"]] += 1
 
 
 def read_manifest(out_dir: Path) -> dict:
