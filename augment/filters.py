@@ -260,10 +260,16 @@ class ImageFilter:
         if spec.scorer is None:
             raise ValueError("ImageFilter needs filters.scorer")
         location = check_scorer(spec, location, concepts)
+        # one class a name: two concepts of one name (WordNet's two senses of a word) split a
+        # CLIP text's probability in halves, and both were flagged as far from their concept
+        first: dict[str, str] = {}
+        for name in concepts:
+            first.setdefault(slugify(name), name)
+        names = list(first.values())
         self.spec = spec
-        self.scorer = load_scorer(location, concepts, device)
-        self.concepts = list(concepts)
-        self.concept_index = {slugify(name): i for i, name in enumerate(concepts)}
+        self.scorer = load_scorer(location, names, device)
+        self.concepts = names
+        self.concept_index = {slugify(name): i for i, name in enumerate(names)}
 
     def __call__(self, records: list[dict]) -> list[dict]:
         scored: list[dict] = []

@@ -171,6 +171,18 @@ def test_clip_scorer_gives_zero_shot_probabilities_and_clip_scores(tmp_path):
     assert all(r["filtered"] for r in ImageFilter(strict, scorer_at(spec), concepts)(records))
 
 
+def test_concepts_of_one_name_get_the_whole_score_of_that_name():
+    """WordNet's two senses of a word are two concepts of one name: CLIP's probability of that
+    text was split in halves between them, so both read as far from their concept."""
+    records = digit_records(np.arange(4), ["zero", "one", "zero", "two"])
+    spec = FilterSpec(scorer="builtin:tiny-clip", min_concept_score=0.0)
+    once = ImageFilter(spec, scorer_at(spec), ["zero", "one", "two"])(records)
+    twice = ImageFilter(spec, scorer_at(spec), ["zero", "one", "Zero", "two"])(records)
+    for a, b in zip(once, twice, strict=True):
+        assert a["concept_score"] == pytest.approx(b["concept_score"])
+        assert a["scored_as"] == b["scored_as"]
+
+
 def test_clip_probabilities_sum_to_one_over_the_jobs_concepts():
     from PIL import Image
 
