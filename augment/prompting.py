@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
 import string
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -115,9 +116,20 @@ def concept_values(concept: Concept, token: str | None = None) -> dict[str, str]
         "definition": concept.definition,
         "hypernym": concept.hypernym,
         "scientific_name": concept.scientific_name or concept.name,
-        "supercategory": concept.supercategory,
+        "supercategory": readable_synset(concept.supercategory),
         "synset": concept.synset or "",
     }
+
+
+#: 'weed.n.01', a WordNet concept's supercategory (its parent synset), as data keeps it.
+SYNSET_ID = re.compile(r"^([a-z0-9_'.-]+)\.[nvasr]\.\d{2}$")
+
+
+def readable_synset(text: str) -> str:
+    """A synset id as a prompt says it ('weed.n.01' -> 'weed'); other text as it is. A WordNet
+    prompt "a {name}, a kind of {supercategory}" read "a kind of weed.n.01"."""
+    match = SYNSET_ID.match(text)
+    return match[1].replace("_", " ") if match else text
 
 
 #: The list-file key that gives each concept field ({token} may be empty: "a photo of {token}

@@ -241,3 +241,15 @@ def test_prompts_and_plans_show_brackets_and_tell_two_concepts_of_one_name_apart
     assert code == 0, err
     assert "discard (discard.n.02)" in out and "discard (discard.n.03)" in out
     assert "6 work items for 3 concepts" in out
+
+
+def test_a_wordnet_supercategory_reads_as_a_word_in_a_prompt():
+    """A WordNet concept's supercategory is its parent synset's id: the prompt read
+    "a kind of weed.n.01"; the exports keep the id."""
+    weeds = [c for c in load_concepts("wordnet:weed.n.01") if c.id == "alligator_weed.n.01"]
+    assert weeds[0].supercategory == "weed.n.01"
+    (prompt,) = build_prompts(weeds, ["a {name}, a kind of {supercategory}"], "", 1)
+    assert prompt.text == "a alligator weed, a kind of weed"
+    coco = load_concepts("coco", max_concepts=1)
+    (prompt,) = build_prompts(coco, ["a {name}, a kind of {supercategory}"], "", 1)
+    assert prompt.text == "a person, a kind of person"
