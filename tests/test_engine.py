@@ -146,6 +146,21 @@ def test_a_generator_with_other_settings_renders_what_one_loaded_with_them_rende
     assert chunk == read_png_chunks(made[0]["image"]["bytes"])["augment"]
 
 
+def test_a_generator_for_larger_images_renders_smaller_batches(digits_generator):
+    """A served request at 1024 px reused the job's batch of 50 chosen at 32 px: 1,024 times
+    the memory. The batch shrinks by the pixels; at the job's size or smaller it stays."""
+    generator, items = digits_generator
+    settings = generator.settings  # 32 x 32, batch 50
+
+    def batch(**size) -> int:
+        return generator.with_settings(settings.model_copy(update=size)).batch_size(items[0])
+
+    assert batch() == batch(height=16) == 50
+    assert batch(height=64) == 25 and batch(height=64, width=64) == 12
+    assert batch(height=1024, width=1024) == 1
+    assert generator.batch_size(items[0]) == 50  # the original is unchanged
+
+
 def test_compile_vae_compiles_the_decoder_only_and_is_not_a_pixel_setting():
     """Wrapping costs nothing until the first decode, which compiles (seconds on a GPU, half a
     minute on this CPU, so not run here: its CPU render of the tiny job differs by at most 1

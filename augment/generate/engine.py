@@ -300,12 +300,25 @@ class Generator:
         records and provenance chunks name the settings it rendered with."""
         self.encoding_pool()  # made before the copy, so that both share it
         view = copy.copy(self)
+        view.chosen_batch = self.batch_at(settings)
         view.settings = settings
         view.settings_json = render_settings_json(settings)
         if self.provenance is not None:
             hashed = settings_hash(view.settings_json)
             view.provenance = dataclasses.replace(self.provenance, settings_hash=hashed)
         return view
+
+    def batch_at(self, settings: GenerationSpec) -> int | None:
+        """This generator's batch, shrunk for `settings`' larger images by their pixels: a batch
+        chosen (or measured, `auto`) at 512 px holds four times the memory at 1024 px. None
+        where `auto` has not measured yet: then it measures at the new size."""
+        base = self.chosen_batch
+        if base is None and isinstance(self.settings.batch_size, int):
+            base = self.settings.batch_size
+        area, own = settings.height * settings.width, self.settings.height * self.settings.width
+        if base is None or area <= own:
+            return base
+        return max(1, base * own // area)
 
     def batch_size(self, item: WorkItem) -> int:
         """The spec's batch size; for `auto`, found once, on the first item's inputs."""
