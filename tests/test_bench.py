@@ -349,6 +349,21 @@ def test_detect_reads_a_real_set_in_cocos_own_layout(tmp_path):
         real_splits(settings)
 
 
+def test_a_relative_out_keeps_the_detectors_weights_in_it(tmp_path, monkeypatch):
+    """ultralytics puts a relative project under ./runs/detect/: each model's weights, 24 MB a
+    run, went to the current folder instead of --out."""
+    from augment.bench.detect import DetectSettings, run_detect
+    from augment.digits.canvases import real_canvases
+
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo-config"))
+    real_canvases(tmp_path / "real", train_count=8, val_count=4)
+    monkeypatch.chdir(tmp_path)
+    settings = DetectSettings(real="real", out="bench", batch=4, imgsz=32, seeds=1, epochs=1)
+    run_detect(settings)
+    assert not (tmp_path / "runs").exists()
+    assert list((tmp_path / "bench").rglob("last.pt"))
+
+
 def test_a_batch_ultralytics_refuses_is_bad_input_not_a_fault(tmp_path, monkeypatch):
     from augment.bench.detect import DetectSettings, run_detect
     from augment.digits.canvases import real_canvases

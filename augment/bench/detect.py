@@ -441,7 +441,9 @@ def run_detect(settings: DetectSettings) -> pd.DataFrame:
         run_shards(Path(settings.synthetic))
     prepare_ultralytics(cache_dir())
     check_yolo_model(model_name(settings))
-    out = Path(settings.out)
+    # absolute: ultralytics puts a relative project under ./runs/detect/, so a relative --out
+    # left each model's weights in the current folder, 24 MB a run
+    out = Path(settings.out).resolve()
     work = out / "detect"
     train_coco, train_images, val_coco, val_images = real_splits(settings)
     categories = real_categories(train_coco, val_coco, settings.real)
