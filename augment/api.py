@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from augment.config import JobSpec
 from augment.config import load_spec as _load_spec
-from augment.errors import AugmentError, flag
+from augment.errors import AugmentError, first_line, flag
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -77,6 +77,11 @@ def concepts(
     if (spec is None) == (source is None):
         raise AugmentError("concepts() takes a job spec, or source= a taxonomy source: one of them")
     if source is not None:
+        if not isinstance(source, str) or not source.strip():
+            raise AugmentError(
+                f"source: give a taxonomy source such as 'wordnet:weed.n.01', 'coco' or a list "
+                f"file's path, got {source!r}"
+            )
         return load_concepts(source, max_concepts, depth, leaves, exclude, instances)
     return concepts_for(_spec(spec))
 
@@ -93,13 +98,38 @@ def plan(spec: Spec, output: str | Path | None = None) -> pd.DataFrame:
     from augment.job import plan_for
     from augment.planning import plan_table, write_plan
 
+    target = None if output is None else _plan_file(output)
     items = plan_for(_spec(spec))
-    if output is not None:
-        if Path(output).is_dir():
-            raise AugmentError(f"{output} is a folder; give a file, such as {output}/plan.parquet")
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        write_plan(items, Path(output))
+    if target is not None:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_plan(items, target)
+        except OSError as exc:  # pyarrow's carry no file name: say which path
+            raise AugmentError(
+                f"output: cannot write {target} ({first_line(exc)}); choose a folder you can write"
+            ) from None
     return plan_table(items).to_pandas()
+
+
+def _plan_file(output: Any) -> Path:
+    """Where a plan may be written: a .parquet file, new or an earlier plan; never a folder, a
+    job file or a user's other file (`-o job.yaml` replaced the job by Parquet)."""
+    path = _path(output, "output")
+    if path.is_dir():
+        raise AugmentError(f"output: {path} is a folder; give a file, such as {path}/plan.parquet")
+    if path.suffix != ".parquet":
+        raise AugmentError(
+            f"output: {path} would hold Parquet under another name; give a .parquet file, such "
+            f"as {path.with_suffix('.parquet')}"
+        )
+    if path.is_file():
+        with path.open("rb") as file:
+            if file.read(4) != b"PAR1":
+                raise AugmentError(
+                    f"output: {path} exists and is no Parquet file, so no earlier plan; give "
+                    "another file"
+                )
+    return path
 
 
 def run(
@@ -358,7 +388,18 @@ def submit(spec: Spec, address: str, workers: int | None = None) -> str:
     """Submit `augment run` of the spec to the Ray cluster at `address`; returns the job id."""
     from augment.cluster import submit_job
 
+    _address(address)
     return submit_job(_spec(spec), address, workers)
+
+
+def _address(address: Any) -> None:
+    """A Ray address is text ('ray://head:10001', 'http://head:8265', 'auto'), or an error
+    naming it: a number failed deep in Ray."""
+    if not isinstance(address, str) or not address.strip():
+        raise AugmentError(
+            f"address: give the Ray cluster's address as text, such as 'http://head:8265', got "
+            f"{address!r}"
+        )
 
 
 def status(job_id: str, address: str) -> str:
@@ -390,6 +431,9 @@ def demo(
     `personalise`, the novel-concept experiment instead (fine-tuning the 9-class digits model
     on a class it never saw); its figures join OUT/summary.json under "personalise". `seeds`
     and `first_seed` size that experiment (default: its 5 seeds from 0)."""
+    out = _path(out, "out")
+    flag("quick", quick)
+    flag("personalise", personalise)
     if personalise:
         from augment.digits.personalise import run_personalise
 
@@ -400,9 +444,10 @@ def demo(
             )
         return run_personalise(Path(out), quick, workers, seeds, first_seed)
     if seeds is not None or first_seed:
+        given = "seeds" if seeds is not None else "first_seed"
         raise AugmentError(
-            "seeds and first_seed size the novel-concept experiment: add personalise=True "
-            "(augment demo --personalise)"
+            f"{given} sizes the novel-concept experiment, which runs only with personalise: "
+            "add it, or leave it out"
         )
     from augment.digits.demo import run_demo
 

@@ -126,9 +126,18 @@ def test_a_notebooks_wrong_types_are_named_and_never_cost_a_run(tiny_run, tmp_pa
         (lambda: ag.classify(out=out / "job.yaml"), "job.yaml is a file; give a folder"),
         (lambda: ag.report(out, synthetic=5), r"synthetic: give a path .*, got 5"),
         (lambda: ag.report(out, sweep=5), r"sweep: give a path .*, got 5"),
+        # personalise="no" ran the novel-concept experiment; quick="yes" the quick demo
+        (lambda: ag.demo(tmp_path / "d", quick="yes"), "^quick must be True or False"),
+        (lambda: ag.demo(tmp_path / "d", personalise="no"), "^personalise must be True or"),
+        (lambda: ag.demo(None), r"out: give a path .*, got None"),
+        (lambda: ag.concepts(source=123), "source: give a taxonomy source such as"),
+        (lambda: ag.submit(data, 123), "address: give the Ray cluster's address as text"),
+        (lambda: ag.plan(data, output=123), r"output: give a path .*, got 123"),
+        (lambda: ag.plan(data, output=""), r"output: give a path .*, got ''"),
     ]:
         with pytest.raises(AugmentError, match=message):
             call()
+    assert not (tmp_path / "d").exists()
     from augment.bench.classify import ClassifySettings
 
     assert ClassifySettings(shots=5, ratios=2).shots == [5]  # one value for a list of one
@@ -163,3 +172,25 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
     )
     assert cli.returncode == 2
     assert cli.stderr.count("\n") == 1 and "expands to more than" in cli.stderr
+
+
+def test_a_plan_is_written_only_to_a_parquet_file_of_its_own(tmp_path):
+    """`augment plan job.yaml -o job.yaml` replaced the job by Parquet; a user's notes.txt and
+    a path no one can write went the same way, or ended as a fault of augment."""
+    job = tmp_path / "job.yaml"
+    job.write_text(TINY_JOB.replace("OUT_DIR", str(tmp_path / "out")))
+    notes = tmp_path / "notes.parquet"
+    notes.write_text("my notes")
+    for output, message in [
+        (job, r"job.yaml would hold Parquet under another name; give a .parquet file, such as "),
+        (notes, "notes.parquet exists and is no Parquet file, so no earlier plan"),
+        (tmp_path, "is a folder; give a file, such as"),
+        ("/proc/plan.parquet", "output: cannot write /proc/plan.parquet .*choose a folder"),
+    ]:
+        with pytest.raises(AugmentError, match=message):
+            ag.plan(job, output=output)
+    assert job.read_text().startswith("name:") and notes.read_text() == "my notes"
+    plan = tmp_path / "plan.parquet"
+    first = ag.plan(job, output=plan)
+    assert ag.plan(job, output=plan).equals(first)  # an earlier plan is written again
+    assert pd.read_parquet(plan)["item_id"].tolist() == first["item_id"].tolist()

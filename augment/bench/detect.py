@@ -536,13 +536,13 @@ def run_detect(settings: DetectSettings) -> pd.DataFrame:
         rows += [{**base, "metric": m, "label": label, "value": v} for m, label, v in metrics]
     results = pd.DataFrame(rows)
     write_results(results, out, {"detect": asdict(settings)})
-    scores = results[results["metric"] == "map50_95"].groupby("arm")["value"]
-    for arm, best in scores.max().items():
-        if best == 0:
+    scores = results[results["metric"] == "map50_95"].groupby("arm")
+    for arm, best in scores["value"].max().items():
+        if best == 0:  # each arm's own epochs: real-only trains more of them, on fewer images
             log.warning(
-                "detector arm %s: mAP50:95 0.0 in every seed, it learnt nothing at --epochs %d, so "
-                "this comparison says nothing; train longer (--epochs)",
+                "detector arm %s: mAP50:95 0.0 in every seed, it learnt nothing in %d epochs, "
+                "so this comparison says nothing; train longer (augment bench detect --epochs)",
                 arm,
-                settings.epochs,
+                scores["steps"].max()[arm],
             )
     return results
