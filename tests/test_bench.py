@@ -527,6 +527,13 @@ def test_bench_perf_refuses_a_wrong_setting_before_measuring_anything(
     assert not (tmp_path / "perf.json").exists()
 
 
+def test_bench_perf_never_writes_into_a_folder_of_the_users(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    code, _, err = cli(capsys, "bench", "perf", "--out", tmp_path, "--smoke")
+    assert code == 2 and "notes.txt" in error_line(err)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from augment.errors import AugmentError, ModelError, above, at_least, first_line
+from augment.sinks import check_own_folder
 
 #: Dense (no sparsity) fp16/bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets.
 PEAK_TFLOPS = {
@@ -761,6 +762,10 @@ def add_ratios(result: dict, peak: float | None) -> None:
             values["mfu"] = rate * flops / (peak * 1e12)
 
 
+#: What `bench perf` writes in OUT.
+PERF_NAMES = ("perf.json", "perf.previous.json", "augment-perf-*/")
+
+
 def run_perf(settings: PerfSettings) -> dict:
     """Measure every case; writes OUT/perf.json after each row (the last run's kept as
     perf.previous.json: an interrupted run would otherwise leave a few rows where a finished
@@ -768,7 +773,11 @@ def run_perf(settings: PerfSettings) -> dict:
     import torch
 
     out = Path(settings.out)
+    # its report, the last one, and the work folder a killed run leaves: never a user's files
+    check_own_folder(out, PERF_NAMES, "performance report")
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("augment-perf-*"):  # a killed run's models and images
+        shutil.rmtree(stale, ignore_errors=True)
     if (out / "perf.json").is_file():
         (out / "perf.json").replace(out / "perf.previous.json")
         print(f"the last perf.json is kept as {out / 'perf.previous.json'}", flush=True)
