@@ -104,8 +104,10 @@ def plan(spec: Spec, output: str | Path | None = None) -> pd.DataFrame:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             write_plan(items, target)
-        except OSError as exc:  # pyarrow's carry no file name: say which path
-            raise AugmentError(
+        except OSError as exc:
+            if exc.filename:  # the OS's own (a file where a folder goes): said as for any command
+                raise
+            raise AugmentError(  # pyarrow's carry no file name: say which path
                 f"output: cannot write {target} ({first_line(exc)}); choose a folder you can write"
             ) from None
     return plan_table(items).to_pandas()
@@ -446,8 +448,8 @@ def demo(
     if seeds is not None or first_seed:
         given = "seeds" if seeds is not None else "first_seed"
         raise AugmentError(
-            f"{given} sizes the novel-concept experiment, which runs only with personalise: "
-            "add it, or leave it out"
+            f"{given} sizes the novel-concept experiment, which runs only with personalise "
+            "(augment demo --personalise): add it, or leave it out"
         )
     from augment.digits.demo import run_demo
 
