@@ -38,6 +38,7 @@ from augment.classifier import (
 )
 from augment.config import FilterSpec, looks_like_hub_id
 from augment.errors import ModelError, first_line
+from augment.labels.models import model_type
 from augment.taxonomy.listfile import slugify
 
 #: Zero-shot CLIP text for a concept.
@@ -70,7 +71,7 @@ def check_scorer_location(location: str, declared: str) -> str:
             "model folder, a CLIP hub id already in the Hugging Face cache (e.g. "
             "openai/clip-vit-large-patch14), or builtin:digits-scorer"
         )
-    if folder is not None and scorer_model_type(folder) in CLIP_MODEL_TYPES:
+    if folder is not None and model_type(folder) in CLIP_MODEL_TYPES:
         return location
     named = declared if declared.startswith("builtin:") or declared == location else location
     raise ModelError(
@@ -80,23 +81,13 @@ def check_scorer_location(location: str, declared: str) -> str:
     )
 
 
-def scorer_model_type(folder: Path) -> str | None:
-    """config.json's `model_type` in a folder; None when there is none or it cannot be read."""
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    kind = config.get("model_type") if isinstance(config, dict) else None
-    return kind if isinstance(kind, str) else None
-
-
 def what_model(folder: Path | None) -> str:
     """What a folder that is no scorer holds, for the refusal: "an owlv2 model", ..."""
     if folder is None:
         return "a file"
     if (folder / "model_index.json").is_file():
         return "a diffusers pipeline"
-    kind = scorer_model_type(folder)
+    kind = model_type(folder)
     if kind is not None:
         return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} model"
     if (folder / "config.json").is_file():

@@ -26,7 +26,7 @@ from PIL import Image
 
 from augment.quality import concept_labels, concept_quality
 from augment.records import FLAGS
-from augment.sinks import check_own_folder, parquet
+from augment.sinks import check_own_folder, parquet, recorded_settings
 from augment.sinks.rows import read_manifest
 from augment.taxonomy.listfile import slugify
 
@@ -253,13 +253,7 @@ def gallery_settings(out_dir: Path) -> dict | None:
     """The settings OUT/gallery was written with ({} where it records none: an earlier
     augment's); None where OUT has no gallery."""
     folder = Path(out_dir) / "gallery"
-    if not folder.is_dir():
-        return None
-    try:
-        settings = json.loads((folder / GALLERY_SETTINGS).read_text())
-    except (OSError, ValueError):
-        return {}
-    return settings if isinstance(settings, dict) else {}
+    return recorded_settings(folder / GALLERY_SETTINGS) if folder.is_dir() else None
 
 
 def refresh_gallery(out_dir: Path, settings: dict | None = None) -> dict[str, Path]:

@@ -10,9 +10,14 @@ from augment.errors import ModelError
 
 
 def model_type(folder: Path) -> str | None:
-    """A transformers folder's `model_type` (config.json), or None when it has none."""
-    config = folder / "config.json"
-    return json.loads(config.read_text()).get("model_type") if config.is_file() else None
+    """A transformers folder's `model_type` (config.json), or None when it has none or the file
+    cannot be read as a config."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    kind = config.get("model_type") if isinstance(config, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 def check_model(
@@ -25,7 +30,11 @@ def check_model(
     if path.exists():
         kind = model_type(path)
         if kind not in kinds:
-            what = f"a {kind} model" if kind else "no transformers model folder (no config.json)"
+            what = (
+                f"a {kind} model"
+                if kind
+                else "no transformers model folder (no readable config.json)"
+            )
             raise ModelError(f"{key}: {path} is {what}, not {wanted}; give a {wanted} folder")
         return str(path), kind
     if looks_like_hub_id(declared):

@@ -31,6 +31,7 @@ __all__ = [
     "export",
     "export_records",
     "export_settings",
+    "recorded_settings",
     "formats_to_refresh",
     "image_file_name",
     "run_categories",
@@ -146,10 +147,15 @@ def export(
 
 
 def export_settings(folder: Path) -> dict:
-    """The settings an export folder was written with; {} where it records none (an earlier
-    augment's, or a file a person edited into something else)."""
+    """The settings an export folder was written with (`EXPORT_SETTINGS`)."""
+    return recorded_settings(Path(folder) / EXPORT_SETTINGS)
+
+
+def recorded_settings(path: Path) -> dict:
+    """The settings a folder records in its file `path` (an export's, a gallery's); {} where it
+    records none (an earlier augment's, or a file a person edited into something else)."""
     try:
-        settings = json.loads((Path(folder) / EXPORT_SETTINGS).read_text())
+        settings = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
     return settings if isinstance(settings, dict) else {}
