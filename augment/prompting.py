@@ -312,9 +312,23 @@ def truncate_to_tokens(tokenizer, text: str, max_tokens: int, keep_words: int = 
     words = text.split()
     if keep_words and token_count(tokenizer, " ".join(words[:keep_words])) > max_tokens:
         return None
-    while len(words) > max(1, keep_words) and token_count(tokenizer, " ".join(words)) > max_tokens:
-        words.pop()
-    return " ".join(words)
+
+    def fits(count: int) -> bool:
+        return token_count(tokenizer, " ".join(words[:count])) <= max_tokens
+
+    # A longer prefix never has fewer tokens, so a binary search over the number of words kept
+    # finds what dropping words one by one from the end would, in log(words) tokenizations.
+    shortest = max(1, keep_words)
+    if len(words) <= shortest or fits(len(words)):
+        return " ".join(words)
+    low, high = shortest, len(words) - 1  # the answer lies in [low, high]; low if none fits
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return " ".join(words[:low])
 
 
 def enforce_token_limit(

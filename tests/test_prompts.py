@@ -138,6 +138,9 @@ def test_long_prompts_truncate_to_fit(weeds, tokenizer):
     for before, after in zip(prompts, short, strict=True):
         assert token_count(tokenizer, after.text) <= 77 < token_count(tokenizer, before.text)
         assert before.text.startswith(after.text)
+        kept = len(after.text.split())  # the most words that fit: one more is over the limit
+        one_more = " ".join(before.text.split()[: kept + 1])
+        assert token_count(tokenizer, one_more) > 77
 
 
 def test_truncation_keeps_the_concept_name_or_names_the_template(weeds, tokenizer):
