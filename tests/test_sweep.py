@@ -100,6 +100,8 @@ def test_a_sweep_without_a_validation_split_or_with_bad_values_stops_before_rend
         ({"ratios": [math.nan]}, "finite and above 0"),
         ({"guidance": [1.0, math.nan]}, "finite, 1 or more"),
         ({"guidance": [math.inf]}, "finite, 1 or more"),
+        ({"guidance": [2.0, 2.0000001]}, r"two values read as 2 .* share one render folder"),
+        ({"min_concept_score": [0.5, 0.5]}, r"min_concept_score \[0.5, 0.5\]: two values read"),
     ):
         with pytest.raises(AugmentError, match=message):
             ag.sweep(job, out=tmp_path / "bad", **bad)

@@ -77,6 +77,14 @@ class SweepSettings:
         for given, wanted, bad in wrong:
             if bad:
                 raise AugmentError(f"sweep {given}: {wanted}")
+        for name in ("guidance", "min_concept_score"):  # each value names a folder (`{value:g}`)
+            shown = [f"{value:g}" for value in getattr(self, name)]
+            if len(set(shown)) < len(shown):
+                twice = next(text for text in shown if shown.count(text) > 1)
+                raise AugmentError(
+                    f"sweep {name} {getattr(self, name)}: two values read as {twice} (to 6 "
+                    "significant digits), and would share one render folder; give each once"
+                )
 
 
 def top1(results: pd.DataFrame, arm: str) -> pd.Series:
