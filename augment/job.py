@@ -327,7 +327,10 @@ def concept_texts(spec: JobSpec, concepts: list[Concept]) -> dict[str, str]:
 
 
 def check_committed_concepts(
-    out_dir: Path, concepts: list[Concept], texts: dict[str, str] | None = None
+    out_dir: Path,
+    concepts: list[Concept],
+    texts: dict[str, str] | None = None,
+    remedy: str = "use another --out, or --force to delete them and start over",
 ) -> None:
     """The images OUT already holds keep their concept's category and prompts: a taxonomy
     edited since they were rendered (a list file reordered, a concept removed or described
@@ -356,25 +359,24 @@ def check_committed_concepts(
                 moved[row["concept_name"]] = (row["category_id"], now)
             elif row["concept_id"] in reworded:
                 changed.add(row["concept_name"])
-    fix = "use another --out, or --force to delete them and start over"
     if gone:
         raise OutputError(
             f"{out_dir} holds images of concepts the taxonomy no longer has "
             f"({', '.join(sorted(gone)[:3])}): it, or augment's expansion of it, changed since "
-            f"they were rendered; {fix}"
+            f"they were rendered; {remedy}"
         )
     if changed:
         raise OutputError(
             f"{out_dir} holds images of concepts whose prompts' text changed since they were "
             f"rendered ({', '.join(sorted(changed)[:3])}: a name or field the templates read); "
-            f"their old prompts would stay beside the new ones; {fix}"
+            f"their old prompts would stay beside the new ones; {remedy}"
         )
     if moved:
         name, (then, now) = next(iter(moved.items()))
         raise OutputError(
             f"{out_dir} holds images whose concept has another category id now ('{name}': "
             f"{then} then, {now} now; {len(moved)} concepts in all): the taxonomy, or augment's "
-            f"expansion of it, changed since they were rendered; {fix}"
+            f"expansion of it, changed since they were rendered; {remedy}"
         )
 
 
@@ -553,7 +555,7 @@ def check_resumable(
             )
         replace = True
     if concepts is not None and not replace:
-        check_committed_concepts(out_dir, concepts, concept_texts(spec, concepts))
+        check_committed_concepts(out_dir, concepts, concept_texts(spec, concepts), remedy)
     return replace
 
 

@@ -660,6 +660,29 @@ def test_a_write_folder_is_checked_before_ray_starts_without_writing_there(tmp_p
         check_served_folder(served_spec(), tmp_path / "file")
 
 
+def test_a_write_folder_whose_concepts_changed_is_refused_with_the_serve_remedy(tmp_path):
+    """`augment serve` has no --force: a folder whose images have other category ids now is
+    refused with what serve can do instead."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from augment.errors import OutputError
+    from augment.service import check_served_folder
+
+    out = tmp_path / "served"
+    ag.run(served_spec().model_copy(update={"limit": 2}), out=out, distributor="local")
+    for shard in (out / "shards").glob("*.parquet"):
+        table = pq.read_table(shard)
+        moved = pc.add(table["category_id"], 1).cast(table.schema.field("category_id").type)
+        index = table.schema.get_field_index("category_id")
+        pq.write_table(table.set_column(index, "category_id", moved), shard)
+    with pytest.raises(
+        OutputError,
+        match=r"another category id now .*; write to another folder \(--write\), or delete this",
+    ):
+        check_served_folder(served_spec(), out)
+
+
 def test_a_start_refused_after_the_writer_made_its_folder_ready_undoes_it(tmp_path):
     """A replica that cannot load its model fails the start after the writer has made the
     folder ready: what it made goes, what was there stays, and a served image keeps it all."""

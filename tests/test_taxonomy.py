@@ -312,6 +312,6 @@ def test_a_run_rendered_by_the_old_depth_walk_is_refused_when_resumed(
     assert error_line(err) == (
         f"error: {out} holds images whose concept has another category id now ('nonagon': 7 "
         "then, 8 now; 2 concepts in all): the taxonomy, or augment's expansion of it, changed "
-        "since they were rendered; use another --out, or --force to delete them and start over"
+        "since they were rendered; use another --out, or --force to delete it and start over"
     )
     assert images_by_item(out) == rendered
