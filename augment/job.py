@@ -1439,6 +1439,12 @@ def refilter(
         save_manifest(out_dir, manifest)
         outputs = export(out_dir, formats_to_refresh(out_dir, spec.output.formats))
         outputs.update(refresh_gallery(out_dir))  # an `augment view` gallery shows the new flags
+        if (out_dir / "paste").is_dir() and (rewritten or before != after):
+            log.warning(
+                "%s holds canvases pasted from the renders the earlier flags kept; `augment "
+                "paste JOB` pastes again from those this filter keeps",
+                out_dir / "paste",
+            )
         records = sum(s["rows"] for s in manifest["shards"])
         return FilterResult(out_dir, records, rescore, rewritten, before, after, outputs)
     finally:

@@ -9,6 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -319,6 +321,27 @@ def test_filter_on_a_paste_folder_says_it_is_one_and_names_the_run_folder(pasted
         "pastes again from the renders the filter keeps"
     )
     assert {p.name: p.read_bytes() for p in (pasted / "paste" / "shards").iterdir()} == before
+
+
+def test_a_filter_that_changes_flags_says_the_pasted_canvases_are_out_of_date(pasted, tmp_path):
+    """The canvases were pasted from the renders the old flags kept: after a filter that
+    changed flags, OUT/paste is stale, and the user is told how to paste again."""
+    out = tmp_path / "out"
+    shutil.copytree(pasted, out)
+    shard = sorted((out / "shards").glob("*.parquet"))[0]
+    table = pq.read_table(shard)
+    flags = table["filtered"].to_pylist()
+    flags[0] = True  # as an earlier, stricter filter left it
+    index = table.schema.get_field_index("filtered")
+    pq.write_table(table.set_column(index, "filtered", pa.array(flags)), shard)
+    result = run_cli("filter", str(out))
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"warning: {out}/paste holds canvases pasted from the renders the earlier flags kept; "
+        "`augment paste JOB` pastes again from those this filter keeps"
+    ) in " ".join(result.stderr.split())
+    again = run_cli("filter", str(out))  # nothing changes now: nothing to say
+    assert again.returncode == 0 and "warning" not in again.stderr
 
 
 def test_a_paste_made_again_makes_the_exports_and_gallery_of_it_again_as_they_were(
