@@ -331,11 +331,39 @@ def check_reachable(address: str | None, remedy: str = RUN_REMEDY, timeout_s: fl
     if endpoint is None:
         return
     try:
-        socket.create_connection(endpoint, timeout=timeout_s).close()
+        connection = socket.create_connection(endpoint, timeout=timeout_s)
     except OSError as exc:
         raise AugmentError(
             f"cannot reach a Ray cluster at {address} ({exc.strerror or exc}); {remedy}"
         ) from None
+    with connection:
+        if "://" in address and not address.startswith("ray://"):
+            return  # the job server's http(s) address: Ray's own client checks it
+        answer = grpc_answer(connection)
+    if answer.startswith(b"HTTP/") or answer.lower().startswith((b"<!doctype html", b"<html")):
+        raise AugmentError(
+            f"{address} answers as an HTTP server, not as a Ray cluster's GCS or Ray Client "
+            "server (Ray's dashboard and job server are HTTP: `augment submit` takes them as "
+            f"http://HOST:8265); {remedy}"
+        )
+    if len(answer) >= 4 and answer[:4].isascii() and answer[:4].decode().isprintable():
+        line = answer.decode("ascii", "replace").splitlines()[0][:60]
+        raise AugmentError(f"{address} answers in another protocol than Ray's ({line!r}); {remedy}")
+
+
+def grpc_answer(connection, timeout_s: float = 2.0) -> bytes:
+    """The first bytes a server sends back to an HTTP/2 client's preface: a Ray GCS or Ray
+    Client server (gRPC) sends its SETTINGS frame at once; an HTTP/1 server a status line, and
+    other servers their banner, which Ray itself would wait 30-40 s on before giving up.
+    Empty when nothing came within `timeout_s` (left to Ray: a busy or TLS server)."""
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    empty_settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    try:
+        connection.settimeout(timeout_s)
+        connection.sendall(preface + empty_settings)
+        return connection.recv(64)
+    except OSError:  # a timeout among them
+        return b""
 
 
 def connect_ray(address: str | None = None) -> None:

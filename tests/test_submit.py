@@ -113,6 +113,43 @@ def test_an_address_where_nothing_listens_is_named_at_once(form):
     assert result.stderr.count("\n") == 1 and "cannot reach a Ray cluster" in result.stderr
 
 
+def test_an_address_where_another_server_answers_is_named_at_once():
+    """Ray's dashboard port (8265) given as a head's HOST:PORT is a common slip: Ray waited
+    40 s on it before its error. An HTTP server, or another protocol's banner, is named now."""
+    import http.server
+    import threading
+
+    http_server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), http.server.BaseHTTPRequestHandler
+    )
+    threading.Thread(target=http_server.serve_forever, daemon=True).start()
+    with socket.create_server(("127.0.0.1", 0)) as banner:
+
+        def greet():
+            connection, _ = banner.accept()
+            with connection:
+                connection.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+                connection.recv(64)
+
+        threading.Thread(target=greet, daemon=True).start()
+        try:
+            started = time.monotonic()
+            web = f"127.0.0.1:{http_server.server_address[1]}"
+            result = augment("status", "raysubmit_1", "--address", web)
+            assert result.returncode == 2 and time.monotonic() - started < 20
+            assert result.stderr.startswith(
+                f"error: {web} answers as an HTTP server, not as a Ray cluster's GCS or Ray "
+                "Client server (Ray's dashboard and job server are HTTP: `augment submit` takes "
+                "them as http://HOST:8265)"
+            )
+            other = f"ray://127.0.0.1:{banner.getsockname()[1]}"
+            result = augment("status", "raysubmit_1", "--address", other)
+            assert result.returncode == 2 and result.stderr.count("\n") == 1
+            assert f"{other} answers in another protocol than Ray's ('SSH-2.0-" in result.stderr
+        finally:
+            http_server.shutdown()
+
+
 def test_an_address_that_answers_no_ray_is_a_users_error(monkeypatch):
     """A HOST:PORT without http:// is taken for a head's GCS; what answers there may not be
     one (an RpcError from Ray): the address is wrong, not augment."""
