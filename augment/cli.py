@@ -474,6 +474,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         out.print("stopping")
     finally:
         service.stop()
+    outdated = service.outdated_outputs()
+    if outdated:
+        named = ", ".join(outdated)
+        print_lines(
+            f"{service.writes_to} holds {named} written before the images served; `augment "
+            f"filter {service.writes_to}` checks those images for duplicates and writes {named} "
+            "again"
+        )
     return 0
 
 

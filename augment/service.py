@@ -550,10 +550,37 @@ class Service:
     replicas: int
     device: str  # "GPU" or "CPU": what each replica holds
     writes_to: str | None
+    shards_before: frozenset[str] = frozenset()  # in writes_to when the service started
 
     def stop(self) -> None:
         """Shut Serve down (the replicas, the proxy and its port)."""
         serve.shutdown()
+
+    def outdated_outputs(self) -> list[str]:
+        """The exports and gallery in `writes_to` that an earlier run or filter wrote, which
+        leave out the images served since: `augment filter` checks those for duplicates and
+        writes these again."""
+        if self.writes_to is None:
+            return []
+        return outdated_outputs(Path(self.writes_to), self.shards_before)
+
+
+def shard_names(folder: Path) -> frozenset[str]:
+    """The names of the shards an output folder holds now."""
+    shards = folder / "shards"
+    return frozenset(p.name for p in shards.glob("*.parquet")) if shards.is_dir() else frozenset()
+
+
+def outdated_outputs(folder: Path, shards_before: frozenset[str]) -> list[str]:
+    """The exports and gallery in `folder` when it holds shards beyond `shards_before`."""
+    from augment.sinks import formats_to_refresh
+
+    if shard_names(folder) <= shards_before:
+        return []
+    return [
+        *formats_to_refresh(folder, []),
+        *(["gallery"] if (folder / "gallery").is_dir() else []),
+    ]
 
 
 def start_service(spec: JobSpec, options: ServeOptions | None = None) -> Service:
@@ -601,6 +628,7 @@ def start_service(spec: JobSpec, options: ServeOptions | None = None) -> Service
     # Service says; its warnings and errors still show.
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     undo = undo_for(Path(options.write)) if options.write else lambda: None
+    before = shard_names(Path(options.write)) if options.write else frozenset()
     try:
         serve.start(http_options={"host": options.host, "port": options.port})
         serve.run(app, name=APP_NAME, route_prefix="/")
@@ -613,7 +641,7 @@ def start_service(spec: JobSpec, options: ServeOptions | None = None) -> Service
         raise
     host = "127.0.0.1" if options.host in ("0.0.0.0", "") else options.host
     return Service(
-        f"http://{host}:{options.port}", replicas, "GPU" if gpus else "CPU", options.write
+        f"http://{host}:{options.port}", replicas, "GPU" if gpus else "CPU", options.write, before
     )
 
 

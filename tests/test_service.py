@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 import augment as ag
@@ -681,6 +682,46 @@ def test_a_write_folder_whose_concepts_changed_is_refused_with_the_serve_remedy(
         match=r"another category id now .*; write to another folder \(--write\), or delete this",
     ):
         check_served_folder(served_spec(), out)
+
+
+def test_a_stopped_service_says_which_exports_and_gallery_leave_out_what_it_served(
+    tmp_path, capsys, monkeypatch
+):
+    """A --write folder's exports and gallery (an earlier run's) go stale as images are served
+    into it; `augment filter` checks those for duplicates and writes them again."""
+    import time as time_module
+
+    import augment.api
+    import augment.service as service_module
+    from augment.service import Service, shard_names
+    from tests.conftest import cli, write_fake_run
+
+    folder = write_fake_run(
+        tmp_path / "served", np.zeros((2, 8, 8), np.uint8), np.array([0, 1]), {}
+    )
+    for name in ("coco", "gallery"):
+        (folder / name).mkdir()  # as the run's export and `augment view` left them
+
+    def serve_one_batch(spec, **options):
+        service = Service("http://127.0.0.1:1", 1, "CPU", options["write"], shard_names(folder))
+        shard = folder / "shards" / "part-00000.parquet"
+        shutil.copy(shard, shard.with_name("part-00001.parquet"))  # a served batch
+        return service
+
+    def interrupted(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(augment.api, "serve", serve_one_batch)
+    monkeypatch.setattr(service_module.serve, "shutdown", lambda: None)
+    monkeypatch.setattr(time_module, "sleep", interrupted)
+    code, printed, _ = cli(capsys, "serve", REPO / "jobs" / "demo.yaml", "--write", folder)
+    assert code == 0
+    assert (
+        f"{folder} holds coco, gallery written before the images served; `augment filter "
+        f"{folder}` checks those images for duplicates and writes coco, gallery again"
+    ) in " ".join(printed.split())
+    unchanged = Service("http://127.0.0.1:1", 1, "CPU", str(folder), shard_names(folder))
+    assert unchanged.outdated_outputs() == []  # nothing served since it started
 
 
 def test_a_start_refused_after_the_writer_made_its_folder_ready_undoes_it(tmp_path):
