@@ -24,7 +24,6 @@ Methods:
 from __future__ import annotations
 
 import io
-import math
 import warnings
 
 import numpy as np
@@ -228,9 +227,7 @@ class Segmenter:
         ]
         found = self.masks(images, [r["concept_name"] for r in records], prompts)
         out = []
-        for record, k, prompt, (mask, score) in zip(records, detected, prompts, found, strict=True):
-            if prompt is not None:
-                mask = inside_box(mask, prompt)
+        for record, k, (mask, score) in zip(records, detected, found, strict=True):
             area = float(mask.mean())
             bad = (
                 area < self.spec.min_area
@@ -247,18 +244,6 @@ class Segmenter:
                 }
             )
         return out
-
-
-def inside_box(mask: np.ndarray, box: list[float]) -> np.ndarray:
-    """The mask's pixels that lie in an xywh box (those it touches): an object's mask given to a
-    detector's box stays inside it, as COCO's box-encloses-mask and YOLO's box-from-polygon
-    readers expect; SAM's mask can spill past the box it was prompted with."""
-    x, y, w, h = box
-    kept = np.zeros_like(mask)
-    top, left = max(0, math.floor(y)), max(0, math.floor(x))
-    bottom, right = math.ceil(y + h), math.ceil(x + w)
-    kept[top:bottom, left:right] = mask[top:bottom, left:right]
-    return kept
 
 
 def with_mask(boxes: list[dict], masked: dict | None, detected: int | None) -> list[dict]:
