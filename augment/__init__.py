@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 __all__ = [
     "AugmentError",
     "Client",
+    "RequestError",
     "ServedImages",
     "bench_perf",
     "bench_serve",
@@ -70,12 +71,13 @@ if TYPE_CHECKING:
         view,
     )
     from augment.client import Client, ServedImages
-    from augment.errors import AugmentError
+    from augment.errors import AugmentError, RequestError
 
 #: Classes of the front door, with the modules that hold them (the stages are in augment.api).
 CLASSES = {
     "AugmentError": "augment.errors",
     "Client": "augment.client",
+    "RequestError": "augment.errors",
     "ServedImages": "augment.client",
 }
 

@@ -115,7 +115,8 @@ def plan(spec: Spec, output: str | Path | None = None) -> pd.DataFrame:
 
 def _plan_file(output: Any) -> Path:
     """Where a plan may be written: a .parquet file, new or an earlier plan; never a folder, a
-    job file or a user's other file (`-o job.yaml` replaced the job by Parquet)."""
+    job file or a user's other file (`-o job.yaml` replaced the job by Parquet; `-o
+    results.parquet`, a benchmark's results)."""
     path = _path(output, "output")
     if path.is_dir():
         raise AugmentError(f"output: {path} is a folder; give a file, such as {path}/plan.parquet")
@@ -131,6 +132,20 @@ def _plan_file(output: Any) -> Path:
                     f"output: {path} exists and is no Parquet file, so no earlier plan; give "
                     "another file"
                 )
+        import pyarrow.parquet as pq
+
+        from augment.planning import PLAN_SCHEMA
+
+        try:
+            columns = pq.read_schema(path).names
+        except Exception:  # noqa: BLE001 - a damaged file is no earlier plan either
+            columns = []
+        if columns != PLAN_SCHEMA.names:  # a results table, a shard: someone's data
+            shown = ", ".join(columns[:4]) + (", ..." if len(columns) > 4 else "")
+            raise AugmentError(
+                f"output: {path} is a Parquet file but no plan (its columns: {shown or 'none'}), "
+                "so it is not replaced; give another file"
+            )
     return path
 
 

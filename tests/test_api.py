@@ -181,15 +181,20 @@ def test_a_plan_is_written_only_to_a_parquet_file_of_its_own(tmp_path):
     job.write_text(TINY_JOB.replace("OUT_DIR", str(tmp_path / "out")))
     notes = tmp_path / "notes.parquet"
     notes.write_text("my notes")
+    results = tmp_path / "results.parquet"  # a benchmark's table: Parquet, but no plan
+    pd.DataFrame({"arm": ["real_only"], "metric": ["top1"], "value": [95.1]}).to_parquet(results)
+    kept = results.read_bytes()
     for output, message in [
         (job, r"job.yaml would hold Parquet under another name; give a .parquet file, such as "),
         (notes, "notes.parquet exists and is no Parquet file, so no earlier plan"),
+        (results, r"results.parquet is a Parquet file but no plan \(its columns: arm, metric, "),
         (tmp_path, "is a folder; give a file, such as"),
         ("/proc/plan.parquet", "output: cannot write /proc/plan.parquet .*choose a folder"),
     ]:
         with pytest.raises(AugmentError, match=message):
             ag.plan(job, output=output)
     assert job.read_text().startswith("name:") and notes.read_text() == "my notes"
+    assert results.read_bytes() == kept
     plan = tmp_path / "plan.parquet"
     first = ag.plan(job, output=plan)
     assert ag.plan(job, output=plan).equals(first)  # an earlier plan is written again
