@@ -635,6 +635,35 @@ def test_fresh_benchmark_tasks_each_start_in_a_process_of_their_own(workers):
     assert LEFT_BEHIND == []  # and nothing ran in the caller's process
 
 
+def test_a_script_without_a_main_guard_is_told_to_add_one_before_any_worker_starts(tmp_path):
+    """Each benchmark worker imports the main script again: one without the guard called the
+    benchmark again there and died in multiprocessing's bootstrapping RuntimeError, then a
+    BrokenProcessPool. It is refused at once with the fix; with the guard it runs."""
+    import subprocess
+    import sys
+
+    call = (
+        "from augment.bench.workers import in_processes\n"
+        "print(in_processes(abs, [(-1,), (-2,)], 2))\n"
+    )
+    bare, guarded = tmp_path / "bare.py", tmp_path / "guarded.py"
+    bare.write_text(call)
+    guarded.write_text(
+        'if __name__ == "__main__":\n' + "".join(f"    {line}\n" for line in call.splitlines())
+    )
+    done = subprocess.run([sys.executable, str(bare)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "BrokenProcessPool" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"augment.errors.AugmentError: {bare} calls a benchmark that trains models in worker "
+        "processes, and each worker imports this script again, which would call it again "
+        'there: put the script\'s calls under `if __name__ == "__main__":`'
+    )
+    done = subprocess.run(
+        [sys.executable, str(guarded)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout == "[1, 2]\n", done.stderr
+
+
 def test_benchmark_workers_see_the_callers_environment_and_folder_as_they_are_now(
     tmp_path, monkeypatch
 ):

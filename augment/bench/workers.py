@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
 from typing import Any
 
 #: What the fork server imports once, for every process it forks: torch, the modules whose
@@ -43,6 +44,29 @@ def worker_context() -> multiprocessing.context.BaseContext:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
     return context
+
+
+def check_main_guarded() -> None:
+    """Refuse, before any process starts, a script that would start the benchmark again in each
+    of them: the fork server and spawn import the main script in every process they make, and
+    one without `if __name__ == "__main__":` ran its own `ag.classify(...)` there, which ended
+    in multiprocessing's bootstrapping RuntimeError and a BrokenProcessPool. A notebook, `-c`
+    code and a guarded script are let through."""
+    from augment.errors import AugmentError
+
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if path is None:
+        return
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:  # a main module without a readable source: left to multiprocessing
+        return
+    if "__main__" not in text or "__name__" not in text:
+        raise AugmentError(
+            f"{path} calls a benchmark that trains models in worker processes, and each worker "
+            "imports this script again, which would call it again there: put the script's "
+            'calls under `if __name__ == "__main__":`'
+        )
 
 
 def _start_worker(environ: dict[str, str], cwd: str, path: list[str]) -> None:
@@ -83,6 +107,7 @@ def in_processes(
     results: list = [None] * len(tasks)
     if not tasks:
         return results
+    check_main_guarded()
     with ProcessPoolExecutor(
         max(1, min(workers, len(tasks))),
         mp_context=worker_context(),

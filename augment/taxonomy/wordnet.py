@@ -191,9 +191,7 @@ def expand_synset(
 
     def visit(synset, path: tuple[str, ...], left: float) -> None:
         if not instances:
-            individuals.update(
-                (s.name(), s.lemma_names()[0].replace("_", " ")) for s in synset.instance_hyponyms()
-            )
+            individuals.update(named_individuals(synset))
         for child in hyponyms_of(synset, instances):
             if child.name() in excluded:
                 met.add(child.name())
@@ -218,7 +216,7 @@ def expand_synset(
         )
     if not found and not hyponyms_of(root, instances):
         raise TaxonomyError(no_hyponyms(root, instances))
-    if len(individuals) > len(found):  # city.n.01: 3 kinds of city, 911 cities left out
+    if len(individuals) > len(found):  # city.n.01: 3 kinds of city, 911 named ones left out
         log.warning(
             "wordnet:%s: %d named individuals below it (instance hyponyms, such as %s) are left "
             "out, more than the %d concepts kept; set taxonomy.instances: true (augment taxonomy "
@@ -235,6 +233,20 @@ def expand_synset(
         concept_from_synset(synset, index, path)
         for index, (synset, path) in enumerate(found, start=1)
     ]
+
+
+def named_individuals(synset) -> dict[str, str]:
+    """Synset name -> name of the named individuals below `synset` that `instances: true` would
+    add: its instance hyponyms, and what hangs below them (WordNet files the Potomac as an
+    instance of Washington, and Mecca of Riyadh)."""
+    found: dict[str, str] = {}
+    waiting = list(synset.instance_hyponyms())
+    while waiting:
+        individual = waiting.pop()
+        if individual.name() not in found:
+            found[individual.name()] = individual.lemma_names()[0].replace("_", " ")
+            waiting.extend([*individual.instance_hyponyms(), *individual.hyponyms()])
+    return found
 
 
 def no_hyponyms(root, instances: bool) -> str:
