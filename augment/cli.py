@@ -9,9 +9,12 @@ calls the same function a notebook would. Every failure is one line on stderr: b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import re
+import signal
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import NoReturn
@@ -460,6 +463,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         err.print("interrupted before the service was up; nothing is left running")
         return 130
+    if threading.current_thread() is threading.main_thread():
+        # ray.init put its own SIGTERM handler in place, which exits at once: Serve's actors
+        # and Ray's agents outlived the command. Stopped as Ctrl-C stops it instead.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     print_lines(
         f"serving {service.url} ({service.replicas} {service.device} replica(s)); Ctrl-C stops",
         f"  curl {service.url}/concepts",
@@ -1290,13 +1297,30 @@ def chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     try:
         try:
-            return run_command(argv)
+            with terminate_as_interrupt():
+                return run_command(argv)
         finally:  # what is still buffered (argparse's --help) meets a closed pipe here
             sys.stdout.flush()
     except (StdoutClosed, BrokenPipeError) as exc:
         if isinstance(exc, BrokenPipeError) and not stdout_closed():
             raise  # a socket or a worker's pipe: not the reader of our output
         return quiet_stdout()
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """SIGTERM (`kill`, a service manager, a pod stopping) stops a command as Ctrl-C does:
+    committed shards kept and said so, the service and a private Ray shut down, OUT's lock
+    released. By default it killed the process at once: `serve --write` left its Ray
+    processes running. Only in the main thread, where signals are handled."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_command(argv: list[str] | None) -> int:

@@ -516,19 +516,21 @@ def run_ray(
 
 @contextlib.contextmanager
 def interrupt_flag():
-    """Ctrl-C sets an event that the render loop checks between waits, instead of raising
-    wherever the main thread is: a KeyboardInterrupt raised inside Ray's wait could be lost
+    """Ctrl-C (or SIGTERM) sets an event that the render loop checks between waits, instead of
+    raising wherever the main thread is: a KeyboardInterrupt raised inside Ray's wait could be lost
     there (seen as a run that went on to its end after one Ctrl-C). Outside the main thread
     signals cannot be caught, and the event is never set."""
     event = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield event
         return
-    previous = signal.signal(signal.SIGINT, lambda *_: event.set())
+    stops = (signal.SIGINT, signal.SIGTERM)  # SIGTERM stops as Ctrl-C does
+    previous = {stop: signal.signal(stop, lambda *_: event.set()) for stop in stops}
     try:
         yield event
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
 
 
 DISTRIBUTORS = {"local": run_local, "ray": run_ray}

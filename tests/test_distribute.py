@@ -153,6 +153,20 @@ def worker_pids(driver: subprocess.Popen) -> list[int]:
     return pids
 
 
+def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
+    """`kill`, a service manager or a pod stopping sends SIGTERM: the run stops as Ctrl-C stops
+    it (exit 130, committed shards kept and said so), where it was killed on the spot."""
+    job = tmp_path / "job.yaml"
+    job.write_text(SLOW_JOB.replace("OUT_DIR", str(tmp_path / "out")))
+    driver = start_run(job, "--distributor", "local")
+    wait_for_shards(tmp_path / "out", 1, driver)
+    driver.send_signal(signal.SIGTERM)
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 130, stderr
+    assert "rerun the same command to resume" in stderr
+    assert 0 < len(images_by_item(tmp_path / "out")) < SLOW_ITEMS
+
+
 @pytest.mark.slow
 def test_killed_worker_then_ctrl_c_then_rerun_gives_exactly_the_plan(tmp_path):
     """A Ray worker killed mid-run: its block goes to another and the run goes on. Ctrl-C
