@@ -192,9 +192,13 @@ def unless_damaged(
         written = exporter(folder, categories, records)
         if skipped and (len(skipped) == len(shards) or (out_dir / name).exists()):
             shard, reason = next(iter(skipped.items()))
-            which = "no shard" if len(skipped) == len(shards) else f"{len(skipped)} shard(s)"
+            which = (
+                "no shard of {} can be read"
+                if len(skipped) == len(shards)
+                else f"{len(skipped)} shard(s) of {{}} cannot be read"
+            ).format(out_dir)
             raise OutputError(
-                f"{which} of {out_dir} can be read ({shard.name}: {reason}); the exports there "
+                f"{which} ({shard.name}: {reason}); the exports there "
                 "are kept as they were: rerun `augment run` on the job to quarantine the shards "
                 "and render their images again"
             )
