@@ -93,10 +93,17 @@ def wordnet():
     """The WordNet reader, loaded once per process (the first load takes seconds)."""
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
+    class WordNet30Reader(WordNetCorpusReader):
+        def map_wn(self, version: str = "wordnet") -> None:
+            """No mapping of synsets from another WordNet version: nltk's reader builds one at
+            every load (5.5 s of its 10), from index.sense read twice, for Open Multilingual
+            WordNet data, which augment does not read."""
+            return None
+
     try:
         with warnings.catch_warnings():  # "multilingual functions are not available": fine
             warnings.simplefilter("ignore", UserWarning)
-            return WordNetCorpusReader(wordnet_root(), None)
+            return WordNet30Reader(wordnet_root(), None)
     except OSError as exc:
         raise TaxonomyError(f"WordNet could not be read ({exc}): {INSTALL_HINT}") from None
 
@@ -178,7 +185,12 @@ def expand_synset(
     """
     root = lookup_synset(name)
     excluded = {lookup_synset(e).name() for e in exclude}
-    root_path = tuple(s.name() for s in root.hypernym_paths()[0])
+    # of the root's paths to entity.n.01 (city.n.01 has two), the shortest, then by name: nltk
+    # keeps a synset's hypernyms in a set, and which path came first varied with the process
+    root_path = min(
+        (tuple(s.name() for s in path) for path in root.hypernym_paths()),
+        key=lambda names: (len(names), names),
+    )
     found: list[tuple[object, tuple[str, ...]]] = []
     placed: dict[str, tuple[str, ...]] = {}  # each synset's path where the walk first met it
     met: set[str] = set()  # the excluded synsets the walk came to
