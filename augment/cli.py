@@ -1158,11 +1158,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"gain (augmented - real-only): {gain['mean']:+.1f} points, "
             f"95% CI [{gain['ci_low']:+.1f}, {gain['ci_high']:+.1f}]"
         )
-    if recovered := summary.get("recovered"):
+    if oracle := summary.get("oracle_gain"):
         out.print(
-            f"as many more real images instead (oracle ×{recovered['ratio']:g}): "
-            f"{recovered['real_gain']:+.1f} points; synthetic ones recover "
-            f"{100 * recovered['share']:.0f} % of it"
+            f"as many more real images instead (oracle ×{oracle['ratio']:g}): "
+            f"{oracle['mean']:+.1f} points, 95% CI [{oracle['ci_low']:+.1f}, "
+            f"{oracle['ci_high']:+.1f}]"
+        )
+    if versus := summary.get("synthetic_vs_oracle"):
+        out.print(
+            f"synthetic against as many real (augmented ×{versus['ratio']:g} - oracle "
+            f"×{versus['ratio']:g}): {versus['mean']:+.1f} points, 95% CI "
+            f"[{versus['ci_low']:+.1f}, {versus['ci_high']:+.1f}]"
         )
     for name, title in (("detector", "detector box"), ("detector_mask", "detector mask")):
         for arm, figure in (summary.get(f"{name}_map50_95") or {}).items():

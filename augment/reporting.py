@@ -385,6 +385,19 @@ def oracle_figures(results: pd.DataFrame, shots: int) -> dict:
         }
     }
     same = synthetic[synthetic["ratio"] == best["ratio"]]
+    # Synthetic against as many real images, paired by seed: the comparison itself, with its
+    # interval (the share below divides by the oracle's gain, whose interval may reach 0).
+    versus = paired_gain(results[results["ratio"] == best["ratio"]], "top1", baseline="oracle")
+    versus = versus[(versus["label"] == "") & (versus["shots"] == shots)]
+    if not versus.empty:
+        row = versus.iloc[0]
+        figures["synthetic_vs_oracle"] = {
+            "mean": float(row["gain"]),
+            "ci_low": float(row["ci_low"]),
+            "ci_high": float(row["ci_high"]),
+            "ratio": float(best["ratio"]),
+            "n_pairs": int(row["n_pairs"]),
+        }
     # A share of a gain that may be 0 means nothing: +5 points of a +0.4 oracle read 1250 %.
     if not same.empty and best["ci_low"] > 0:
         figures["recovered"] = {
@@ -473,6 +486,17 @@ def verdict(gain: dict) -> str:
     return "no measurable gain: the 95 % CI includes 0"
 
 
+def oracle_verdict(difference: dict) -> str:
+    """What the synthetic-minus-oracle difference says, by its interval."""
+    if math.isnan(difference["ci_low"]):
+        return "one seed only: no conclusion"
+    if difference["ci_low"] > 0:
+        return "synthetic images did better than as many real ones (the 95 % CI excludes 0)"
+    if difference["ci_high"] < 0:
+        return "synthetic images did worse than as many real ones (the 95 % CI is below 0)"
+    return "no measurable difference from as many real images (the 95 % CI includes 0)"
+
+
 def synthetic_set_lines(synthetic: str | None) -> list[str]:
     """What the synthetic set is: images generated, flagged, and by which filter (its shards)."""
     from augment.records import FLAGS
@@ -500,6 +524,49 @@ def read_settings(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return settings if isinstance(settings, dict) else {}
+
+
+def scored_split(results: pd.DataFrame) -> str:
+    """The real split the classifier rows were scored on ("test" for a table from before the
+    column), or an error for a table that mixes splits: its arms would not compare."""
+    rows = results[results["task"] == "classify"]
+    if "evaluated_on" not in rows or rows.empty:
+        return "test"
+    splits = sorted({str(value) for value in rows["evaluated_on"].dropna()}) or ["test"]
+    if len(splits) > 1:
+        raise AugmentError(
+            f"the results mix classifier rows scored on {' and '.join(splits)} splits "
+            "(evaluated_on); report each benchmark's own results.parquet"
+        )
+    return splits[0]
+
+
+def settings_not_chosen(chosen: dict, classify: dict, synthetic: str | Path | None) -> list[str]:
+    """How the benchmark behind a report differs from what the sweep chose: its classifier
+    steps and ratios (its settings.json), the synthetic run's guidance and filter minimum (the
+    run's job.yaml). Empty when they agree, or where a setting cannot be read."""
+    differences = []
+    steps, ratios = classify.get("steps"), classify.get("ratios")
+    if isinstance(steps, int) and steps != chosen["steps"]:
+        differences.append(f"{steps} classifier steps, not {chosen['steps']}")
+    if isinstance(ratios, list) and ratios and max(ratios) != chosen["ratio"]:
+        differences.append(f"ratio ×{max(ratios):g}, not ×{chosen['ratio']:g}")
+    if not synthetic or not (Path(synthetic) / "job.yaml").is_file():
+        return differences
+    from augment.sinks.rows import read_saved_spec, run_filters
+
+    try:
+        guidance = read_saved_spec(Path(synthetic))["generation"]["guidance_scale"]
+        minimum = run_filters(Path(synthetic))["min_concept_score"]  # after `augment filter`
+    except (AugmentError, KeyError, TypeError):
+        return differences
+    if isinstance(guidance, int | float) and guidance != chosen["guidance"]:
+        differences.append(f"guidance {guidance:g}, not {chosen['guidance']:g}")
+    if isinstance(minimum, int | float) and minimum != chosen["min_concept_score"]:
+        differences.append(
+            f"minimum concept score {minimum:g}, not {chosen['min_concept_score']:g}"
+        )
+    return differences
 
 
 def detector_learnt_nothing(results: pd.DataFrame) -> list[str]:
@@ -546,12 +613,13 @@ def write_report(
     gains = paired_gain(results, "top1")
     class_gains = paired_gain(results, "class_accuracy")
     figures = headline(results)
+    split = scored_split(results)
     plots = {
         "arms": plot_arms(
             summary[summary["task"] == "classify"],
             "top1",
             out_dir / "classify_arms.png",
-            "Classifier top-1 on the real test set (mean ± 95% CI)",
+            f"Classifier top-1 on the real {split} split (mean ± 95% CI)",
         ),
         "gain": plot_gain_vs_ratio(gains, out_dir / "gain_vs_ratio.png"),
         "per_class": plot_per_class_gain(class_gains, out_dir / "per_class_gain.png"),
@@ -567,9 +635,15 @@ def write_report(
     }
     lines = ["# augment benchmark report", ""]
     if "real_only" in figures:
+        where = (
+            "the held-out real test split"
+            if split == "test"
+            else "the real validation split (settings are chosen there: these are not "
+            "held-out figures)"
+        )
         lines += [
-            f"Classifier, {figures['shots']} real images per class, top-1 on the held-out "
-            "real test set, mean [95 % CI] over seeds:",
+            f"Classifier, {figures['shots']} real images per class, top-1 on {where}, mean "
+            "[95 % CI] over seeds:",
             "",
         ]
         for arm in ARM_ORDER:
@@ -594,11 +668,21 @@ def write_report(
                 "from the pool as that augmented arm adds synthetic ones): "
                 f"{ci_text(o['mean'], o['ci_low'], o['ci_high'], ' points')} over real-only.",
             ]
+            if "synthetic_vs_oracle" in figures:
+                v = figures["synthetic_vs_oracle"]
+                lines[-1] += (
+                    f" Synthetic images against as many real ones (augmented ×{v['ratio']:g} − "
+                    f"oracle ×{v['ratio']:g}, same seeds): "
+                    f"{ci_text(v['mean'], v['ci_low'], v['ci_high'], ' points')}: "
+                    f"{oracle_verdict(v)}."
+                )
             if "recovered" in figures:
                 r = figures["recovered"]
                 lines[-1] += (
-                    f" Synthetic images at ×{r['ratio']:g} recover {100 * r['share']:.0f} % of "
-                    f"that gain ({r['synthetic_gain']:+.1f} of {r['real_gain']:+.1f} points)."
+                    f" As a share, synthetic images at ×{r['ratio']:g} recover "
+                    f"{100 * r['share']:.0f} % of the real images' gain "
+                    f"({r['synthetic_gain']:+.1f} of {r['real_gain']:+.1f} points): a ratio of "
+                    "two estimates, which the difference above states with its interval."
                 )
         lines.append("")
     lines += synthetic_set_lines(synthetic)
@@ -626,11 +710,21 @@ def write_report(
     if sweep is not None:
         from augment.bench.sweep import sweep_lines
 
+        differences = settings_not_chosen(chosen["chosen"], classify_settings, synthetic)
+        if differences:
+            scored = (
+                "the figures above were **not** scored with the chosen settings ("
+                + "; ".join(differences)
+                + "), so this sweep did not choose them"
+            )
+        elif split == "test":
+            scored = "the test figures above were scored once, with the chosen settings"
+        else:
+            scored = "the figures above are on the validation split the sweep chose on"
         lines += [
             "## Settings chosen on validation",
             "",
-            "By `augment bench sweep` (each stage fixes what the one before chose); the test "
-            "figures above were scored once, with the chosen settings.",
+            f"By `augment bench sweep` (each stage fixes what the one before chose); {scored}.",
             "",
             *sweep_lines(chosen),
             "",

@@ -104,6 +104,10 @@ def test_a_share_of_an_oracle_gain_that_may_be_zero_is_not_given():
     )
     share = oracle_figures(measured, 10)["recovered"]["share"]
     assert share == pytest.approx(2.1667 / 4.0, abs=1e-3)
+    # the comparison itself, paired by seed: augmented - oracle = -2, -2, -1.5
+    versus = oracle_figures(measured, 10)["synthetic_vs_oracle"]
+    assert versus["mean"] == pytest.approx(-11 / 6) and versus["ci_high"] < 0
+    assert versus["n_pairs"] == 3 and versus["ratio"] == 1.0
     unsure = measured.copy()
     unsure.loc[unsure["arm"] == "oracle", "value"] = [84.0, 79.0, 79.5]  # gains +4, -2, +0.5
     assert "recovered" not in oracle_figures(unsure, 10)
@@ -178,7 +182,11 @@ def test_classify_writes_seeds_per_arm_and_the_report(digits_generator_run, tmp_
     report = write_report(tmp_path / "bench" / "results.parquet", tmp_path / "report")
     text = report.read_text()
     assert "real_only" in text and "Paired gain" in text and "[" in text
+    assert "top-1 on the held-out real test split" in text
     assert "**Real images instead** (oracle ×2" in text
+    assert (
+        "Synthetic images against as many real ones (augmented ×2 − oracle ×2, same seeds)" in text
+    )
     assert "augmented ×6 (trained ×4)" in text and "too small for augmented ×6" in text
     for name in ("classify_arms", "gain_vs_ratio", "per_class_gain", "wordnet_nodes", "samples"):
         assert (tmp_path / "report" / f"{name}.png").stat().st_size > 1000

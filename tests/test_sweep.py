@@ -70,6 +70,9 @@ def test_sweep_chooses_each_setting_on_validation_and_never_scores_test(tmp_path
     )
     text = report_md.read_text()
     assert "## Settings chosen on validation" in text and "| generation | " in text
+    # a sweep's own run was scored on validation: the report says so, and claims no test figure
+    assert "top-1 on the real validation split (settings are chosen there" in text
+    assert "held-out real test" not in text and "test figures" not in text
 
 
 def test_validation_is_held_out_from_the_pool_and_the_test_split():

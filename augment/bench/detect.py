@@ -87,6 +87,8 @@ class DetectSettings:
 
 # The DetectSettings fields passed to ultralytics' train() under their own names.
 TRAINING_SETTINGS = ("fliplr", "mosaic", "optimizer", "lr0", "nbs", "warmup_epochs")
+#: ultralytics' close_mosaic: mosaic off for the augmented arm's last 10 epochs (its default).
+CLOSE_MOSAIC_EPOCHS = 10
 
 
 def model_name(settings: DetectSettings) -> str:
@@ -391,6 +393,13 @@ def train_and_evaluate(
         exist_ok=True,
         project=str(run_dir),
     )
+    chosen = {name: getattr(settings, name) for name in TRAINING_SETTINGS}
+    # ultralytics counts warm-up and mosaic's last epochs in epochs: an arm given more epochs of
+    # fewer images (real-only) counts them in as many more, so both arms warm up over as many
+    # steps and train their last steps without mosaic alike (real-only had half the warm-up, and
+    # mosaic for half its training where the augmented arm had none)
+    stretch = epochs / settings.epochs
+    chosen["warmup_epochs"] = settings.warmup_epochs * stretch
     with contextlib.redirect_stdout(io.StringIO()), settings_refused_by_ultralytics():
         model.train(
             data=str(data_yaml),
@@ -400,7 +409,8 @@ def train_and_evaluate(
             amp=False,
             val=False,
             name="train",
-            **{name: getattr(settings, name) for name in TRAINING_SETTINGS},
+            close_mosaic=round(CLOSE_MOSAIC_EPOCHS * stretch),
+            **chosen,
             **common,
         )
         metrics = model.val(

@@ -157,6 +157,7 @@ def run_demo(
         "real_images_per_class": figures.get("shots"),
         "gain": figures.get("gain"),
         "oracle_gain": figures.get("oracle_gain"),
+        "synthetic_vs_oracle": figures.get("synthetic_vs_oracle"),
         "recovered": figures.get("recovered"),
         "detector_map50_95": figures.get("detector_map50_95"),
         "detector_gain": figures.get("detector_gain"),
