@@ -738,3 +738,31 @@ def test_a_synthetic_set_whose_images_are_all_flagged_says_so(
     line = error_line(err)
     assert code == 2 and said in line and remedy in line and "must match" not in line
     assert "benchmarks train on unflagged images only" in line
+
+
+def test_both_detector_arms_warm_up_over_as_many_steps(tmp_path, monkeypatch):
+    """Real-only trains more epochs of fewer images (the same steps as augmented), and
+    ultralytics counts warm-up and mosaic's closing epochs in epochs: stretched by the arm's
+    epochs, they cover as many steps in both arms (real-only had half the warm-up, and mosaic
+    for half its training where the augmented arm had none)."""
+    import ultralytics
+
+    from augment.bench.detect import DetectSettings, train_and_evaluate
+
+    asked = {}
+
+    class Recorder:
+        def __init__(self, model):
+            pass
+
+        def train(self, **settings):
+            asked[settings["epochs"]] = settings
+            raise InterruptedError  # what is asked is all this test reads
+
+    monkeypatch.setattr(ultralytics, "YOLO", Recorder)
+    settings = DetectSettings(real="x", epochs=7, warmup_epochs=1.0)
+    for epochs in (7, 14):  # augmented, real-only with half the images
+        with pytest.raises(InterruptedError):
+            train_and_evaluate(tmp_path / "data.yaml", tmp_path / "run", settings, 0, epochs)
+    assert (asked[7]["warmup_epochs"], asked[7]["close_mosaic"]) == (1.0, 10)
+    assert (asked[14]["warmup_epochs"], asked[14]["close_mosaic"]) == (2.0, 20)
