@@ -1182,6 +1182,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"95% CI [{gain['ci_low']:+.1f}, {gain['ci_high']:+.1f}], "
                 f"{gain['n_pairs']} seeds"
             )
+    if where := summary.get("detector_settings_chosen_on"):
+        out.print(f"(the detector's training settings were chosen on {where})")
     out.print(
         f"{summary['images_generated']} images generated in "
         f"{summary['stage_seconds']['generation']:.0f} s; the whole demo took "

@@ -161,6 +161,9 @@ def run_demo(
         "recovered": figures.get("recovered"),
         "detector_map50_95": figures.get("detector_map50_95"),
         "detector_gain": figures.get("detector_gain"),
+        # the demo's detector settings (epochs, nbs, mosaic, fliplr, lr, the paste size) were
+        # tuned on the val canvases it is scored on: no validation canvases yet
+        "detector_settings_chosen_on": "the val canvases it is scored on (an upper estimate)",
         "detector_mask_map50_95": figures.get("detector_mask_map50_95"),
         "detector_mask_gain": figures.get("detector_mask_gain"),
         "images_generated": run.rendered + run.skipped,
