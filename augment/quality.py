@@ -66,9 +66,13 @@ def kernel_inception_distance(x: np.ndarray, y: np.ndarray) -> float | None:
 
 def concept_labels(names: dict[str, str]) -> dict[str, str]:
     """concept_id -> how tables and pages call the concept: its name, or, where two concepts of
-    a run share a name (WordNet's two "spotted salamander" synsets), the name and its id."""
-    counts = Counter(names.values())
-    return {cid: f"{name} ({cid})" if counts[name] > 1 else name for cid, name in names.items()}
+    a run share a name (WordNet's two "spotted salamander" synsets) or one that reads the same
+    as a file name ("Xerox" and "xerox", "knife edge" and "knife-edge": one gallery page held
+    one of them and lost the other), the name and its id."""
+    counts = Counter(slugify(name) for name in names.values())
+    return {
+        cid: f"{name} ({cid})" if counts[slugify(name)] > 1 else name for cid, name in names.items()
+    }
 
 
 def concept_quality(out_dir: Path, real: dict[str, np.ndarray] | None = None) -> pd.DataFrame:

@@ -86,6 +86,8 @@ def test_two_concepts_that_share_a_name_keep_their_own_rows_and_pages(tmp_path: 
         ("spotted_salamander.n.01", "spotted salamander", 3),
         ("spotted_salamander.n.02", "spotted salamander", 2),
         ("newt.n.01", "newt", 1),
+        ("xerox.n.01", "Xerox", 1),  # a page name of its own, not the other's (they shared one)
+        ("xerox.n.02", "xerox", 1),
     ]
     records = [
         {
@@ -106,8 +108,10 @@ def test_two_concepts_that_share_a_name_keep_their_own_rows_and_pages(tmp_path: 
         "newt": 1,
         "spotted salamander (spotted_salamander.n.01)": 3,
         "spotted salamander (spotted_salamander.n.02)": 2,
+        "Xerox (xerox.n.01)": 1,
+        "xerox (xerox.n.02)": 1,
     }
-    assert set(table["name"]) == {"newt", "spotted salamander"}
+    assert set(table["name"]) == {"newt", "spotted salamander", "Xerox", "xerox"}
     index = write_gallery(tmp_path).read_text()
     pages = sorted(p.name for p in (tmp_path / "gallery").glob("concept-*.html"))
-    assert len(pages) == 3 and all(f'href="{page}"' in index for page in pages)
+    assert len(pages) == 5 and all(f'href="{page}"' in index for page in pages)
