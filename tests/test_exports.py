@@ -199,6 +199,15 @@ def test_imagefolder_files_single_class_composites_and_says_why_a_class_has_no_f
         "folder for it",
         "imagefolder: no image of the run has beagle as its class: no folder for it",
     ]
+    # a --limit trial of a large taxonomy: the warning names ten classes, then counts the rest
+    caplog.clear()
+    many = [{"id": n, "name": f"class{n}", "supercategory": ""} for n in range(1, 26)]
+    export_imagefolder(tmp_path / "many", many, [], flagged=Counter(), unread={})
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning == (
+        "imagefolder: no image of the run has class1, class2, class3, class4, class5, class6, "
+        "class7, class8, class9, class10 and 15 more classes as its class: no folder for them"
+    )
 
 
 def test_imagefolder_names_flagged_or_unreadable_as_the_cause_of_a_missing_class(tmp_path, caplog):

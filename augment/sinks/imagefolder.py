@@ -97,8 +97,16 @@ def warn_empty_classes(
             cause = "no image of the run has {} as its class"
         causes.setdefault(cause, []).append(category["name"])
     for cause, names in causes.items():
+        # a --limit trial of a 10,000-concept job named every one: a 118,000-character line
+        shown = ", ".join(names[:NAMED_CLASSES])
+        if len(names) > NAMED_CLASSES:
+            shown += f" and {len(names) - NAMED_CLASSES} more classes"
         log.warning(
             "imagefolder: %s: no folder for %s",
-            cause.format(", ".join(names)),
+            cause.format(shown),
             "it" if len(names) == 1 else "them",
         )
+
+
+#: How many of the classes without a folder a warning names, for each cause.
+NAMED_CLASSES = 10
