@@ -202,12 +202,15 @@ def shard_pictures(path: Path) -> tuple[list[Picture], dict[str, tuple[bool, str
 
 
 def flag_duplicates(
-    shards_dir: Path, order: list[str] | None = None, real: list[Picture] = ()
+    shards_dir: Path,
+    order: list[str] | None = None,
+    real: list[Picture] = (),
+    rewritten: set[str] | None = None,
 ) -> int:
     """Set `duplicate` and `duplicate_of` on every committed record of a run, rewriting (in
     place, atomically) only the shards whose flags change; returns how many are duplicates.
     `order`: the plan's item_ids, which decides which of a group is the original (then item_id).
-    Only the shards that change are read whole."""
+    Only the shards that change are read whole; their names go into `rewritten`, if given."""
     pictures: list[Picture] = []
     flags: dict[Path, dict[str, tuple[bool, str | None]]] = {}
     for path in parquet.shard_paths(shards_dir):
@@ -229,4 +232,6 @@ def flag_duplicates(
             field = table.schema.field(index)
             table = table.set_column(index, field, pa.array(values, type=field.type))
         parquet.write_table(path.parent, path.name, table)
+        if rewritten is not None:
+            rewritten.add(path.name)
     return len(repeats)

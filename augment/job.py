@@ -1396,7 +1396,7 @@ def refilter(
         check_exports_replaceable(out_dir, formats_to_refresh(out_dir, spec.output.formats))
         check_gallery_replaceable(out_dir)
         _, before = parquet.count_true(shards_dir, list(FLAGS))
-        rewritten = 0
+        rewritten: set[str] = set()  # the names of the shards whose records changed
         for path in parquet.shard_paths(shards_dir):
             table = parquet.read_shard(path)
             records = [{**record, "filtered": False} for record in table.to_pylist()]
@@ -1417,9 +1417,9 @@ def refilter(
             changed = parquet.pa.Table.from_pylist(records, schema=parquet.RECORD_SCHEMA)
             if not changed.equals(table.cast(parquet.RECORD_SCHEMA)):
                 parquet.write_table(shards_dir, path.name, changed)
-                rewritten += 1
+                rewritten.add(path.name)
         known = source_pictures(spec, items, sources) + list(real or ())  # sources, and a pool
-        flag_duplicates(shards_dir, order, known)
+        flag_duplicates(shards_dir, order, known, rewritten)
         _, after = parquet.count_true(shards_dir, list(FLAGS))
         settings = {
             "scorer": spec.filters.scorer,
@@ -1446,6 +1446,6 @@ def refilter(
                 out_dir / "paste",
             )
         records = sum(s["rows"] for s in manifest["shards"])
-        return FilterResult(out_dir, records, rescore, rewritten, before, after, outputs)
+        return FilterResult(out_dir, records, rescore, len(rewritten), before, after, outputs)
     finally:
         release()

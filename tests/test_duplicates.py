@@ -115,10 +115,15 @@ def test_the_original_is_the_first_in_plan_order_and_flagged_images_are_nobodys_
     ]
     shards = tmp_path / "shards"
     write_run(shards, rows)
-    flag_duplicates(shards, ["c", "b", "a"])  # plan order, not item_id order, decides
+    rewritten: set[str] = set()
+    flag_duplicates(shards, ["c", "b", "a"], rewritten=rewritten)  # plan order decides
     assert flags_of(shards) == {"b": (False, None), "a": (True, "b"), "c": (False, None)}
+    assert rewritten == {"part-00000.parquet"}  # `augment filter` counts it (it said 0)
     flag_duplicates(shards, ["a", "b", "c"])
     assert flags_of(shards) == {"b": (True, "a"), "a": (False, None), "c": (False, None)}
+    unchanged: set[str] = set()
+    flag_duplicates(shards, ["a", "b", "c"], rewritten=unchanged)
+    assert unchanged == set()
 
 
 def test_img2img_renders_that_repeat_their_source_are_flagged_with_its_id(tmp_path: Path):
