@@ -86,11 +86,15 @@ def concepts(
     return concepts_for(_spec(spec))
 
 
-def prompts(spec: Spec) -> list[Prompt]:
-    """The job's prompts, checked against the model's text encoder length when it is here."""
+def prompts(spec: Spec, limit: int | None = None) -> list[Prompt]:
+    """The job's prompts (the first `limit` in plan order, built alone: a preview), checked
+    against the model's text encoder length when it is here."""
+    from augment.errors import at_least
     from augment.job import prompts_for
 
-    return prompts_for(_spec(spec))
+    if limit is not None:
+        at_least("limit", limit, 1)
+    return prompts_for(_spec(spec), first=limit)
 
 
 def plan(spec: Spec, output: str | Path | None = None) -> pd.DataFrame:

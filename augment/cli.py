@@ -571,14 +571,17 @@ def add_plan(commands: Commands) -> None:
 
 def cmd_prompts(args: argparse.Namespace) -> int:
     spec = load_job(args)
-    prompts = api.prompts(spec)
-    shown = prompts[: args.limit] if args.limit else prompts
+    shown = api.prompts(spec, limit=args.limit)
     table = Table("concept", "variant", "prompt")
     for prompt in shown:  # "[blurry]" is prompt syntax, not rich markup
         table.add_row(escape(prompt.concept.name), str(prompt.variant), escape(prompt.text))
     out.print(table)
     out.print(f"negative prompt: {spec.prompts.negative_prompt!r}", markup=False)
-    out.print(f"{len(shown)} of {len(prompts)} prompts shown")
+    per_concept = spec.prompts.images_per_concept
+    if args.limit is None:
+        out.print(f"{len(shown)} prompts ({per_concept} per concept)")
+    else:  # the whole job's are not built for a preview
+        out.print(f"the first {len(shown)} prompts shown ({per_concept} per concept in the job)")
     return 0
 
 

@@ -9,6 +9,7 @@ OUT/quarantine/ (its items rendered again), and a spec that changed is refused.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -136,11 +137,12 @@ def prompts_for(
     concepts: list[Concept] | None = None,
     variants: range | None = None,
     check_all: bool = False,
+    first: int | None = None,
 ) -> list[Prompt]:
-    """The job's prompts (only `variants` of each concept, when given), checked against the
-    model's text encoder length when it is here: with `check_all`, the prompts of every
-    variant are checked, not only those returned (a plan --limit cut refuses what the whole
-    job would)."""
+    """The job's prompts (only `variants` of each concept, when given; only the `first` in
+    plan order, a preview's, when given), checked against the model's text encoder length when
+    it is here: with `check_all`, the prompts of every variant are checked, not only those
+    returned (a plan --limit cut refuses what the whole job would)."""
     if concepts is None:
         concepts = concepts_for(spec)
     p = spec.prompts
@@ -153,7 +155,10 @@ def prompts_for(
         p.combine,
         tokens_for(spec, concepts),
     )
-    prompts = build_prompts(*job, variants)
+    if first is not None:  # built lazily: a preview of a 700,000-prompt job took a minute
+        prompts = list(itertools.islice(iter_prompts(*job, variants), first))
+    else:
+        prompts = build_prompts(*job, variants)
     tokenizer = tokenizer_for(spec)
     if tokenizer is not None:
         limit = min(p.max_tokens, tokenizer.model_max_length)  # a model may read fewer than 77

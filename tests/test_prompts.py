@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from augment.errors import SpecError
+from augment.errors import AugmentError, SpecError
 from augment.generate.tiny import build_tokenizer
 from augment.prompting import build_prompts, enforce_token_limit, token_count
 from augment.taxonomy import load_concepts
@@ -244,6 +244,37 @@ def test_prompts_and_plans_show_brackets_and_tell_two_concepts_of_one_name_apart
     assert code == 0, err
     assert "discard (discard.n.02)" in out and "discard (discard.n.03)" in out
     assert "6 work items for 3 concepts" in out
+    code, out, err = cli(capsys, "prompts", job, "--limit", "3")
+    assert code == 0 and "the first 3 prompts shown (2 per concept in the job)" in out
+
+
+def test_a_prompt_preview_builds_only_the_prompts_it_shows(tmp_path):
+    """`augment prompts --limit 5` built every prompt of the job first: a minute for a
+    700,000-prompt WordNet job. A million per concept now previews at once."""
+    import time
+
+    import augment as ag
+    from augment.config import load_spec
+
+    spec = load_spec(
+        {
+            "name": "t",
+            "taxonomy": {"source": "weeds", "max_concepts": 3},
+            "prompts": {"templates": ["a photo of {name}"], "images_per_concept": 1_000_000},
+            "generation": {"model": "builtin:digits"},
+        }
+    )
+    started = time.monotonic()
+    shown = ag.prompts(spec, limit=4)
+    assert time.monotonic() - started < 5  # the whole job's 3,000,000 took far longer
+    assert [(p.concept.name, p.variant) for p in shown] == [
+        ("chinee apple", 0),
+        ("chinee apple", 1),
+        ("chinee apple", 2),
+        ("chinee apple", 3),
+    ]
+    with pytest.raises(AugmentError, match="limit must be at least 1"):
+        ag.prompts(spec, limit=0)
 
 
 def test_a_wordnet_supercategory_reads_as_a_word_in_a_prompt():
