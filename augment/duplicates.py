@@ -24,6 +24,7 @@ on how often the run was resumed), or a real image's id when a real set is given
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageFilter
 
+from augment.progress import image_progress, tracked
 from augment.records import FLAGS
 from augment.sinks import parquet
 from augment.taxonomy.listfile import slugify
@@ -137,9 +139,14 @@ class Picture:
 CANDIDATE_BLOCK = 128
 
 
-def find_duplicates(pictures: list[Picture], real: list[Picture] = ()) -> dict[str, str]:
+def find_duplicates(
+    pictures: list[Picture],
+    real: list[Picture] = (),
+    advance: Callable[[int], None] | None = None,
+) -> dict[str, str]:
     """id -> the id it repeats, for each picture that repeats a real picture of its concept
-    or an earlier picture of its concept (list order; real ones count as earlier)."""
+    or an earlier picture of its concept (list order; real ones count as earlier).
+    `advance(n)` is told of each block of n pictures compared."""
     by_concept: dict[str, list[Picture]] = {}
     for picture in pictures:
         by_concept.setdefault(picture.concept, []).append(picture)
@@ -173,6 +180,8 @@ def find_duplicates(pictures: list[Picture], real: list[Picture] = ()) -> dict[s
                 if close.size:  # the earliest of them is the original
                     earlier = group[candidates[close[0]]].id
                     repeats[group[j].id] = repeats.get(earlier, earlier)
+            if advance is not None:
+                advance(stop - start)
     return repeats
 
 
@@ -213,12 +222,13 @@ def flag_duplicates(
     Only the shards that change are read whole; their names go into `rewritten`, if given."""
     pictures: list[Picture] = []
     flags: dict[Path, dict[str, tuple[bool, str | None]]] = {}
-    for path in parquet.shard_paths(shards_dir):
+    for path in tracked(parquet.shard_paths(shards_dir), "duplicates: reading", unit="shard"):
         found, flags[path] = shard_pictures(path)
         pictures.extend(found)
     rank = {item_id: i for i, item_id in enumerate(order or ())}
     pictures.sort(key=lambda p: (rank.get(p.id, len(rank)), p.id))
-    repeats = find_duplicates(pictures, list(real))
+    with image_progress(len(pictures), "duplicates: comparing", transient=True) as advance:
+        repeats = find_duplicates(pictures, list(real), advance)
     for path, current in flags.items():
         if all(current[i] == (i in repeats, repeats.get(i)) for i in current):
             continue

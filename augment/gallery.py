@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from augment.progress import tracked
 from augment.quality import concept_labels, concept_quality
 from augment.records import FLAGS
 from augment.sinks import check_own_folder, parquet, recorded_settings
@@ -192,7 +193,7 @@ def gallery_records(out_dir: Path, folder: Path, per_concept: int) -> dict[str, 
     columns += ["concept_score", "clip_score", "scored_as", "duplicate_of", *FLAGS]
     pages: dict[str, tuple[list[dict], int]] = {}  # by concept_id
     names: dict[str, str] = {}
-    for path in parquet.run_shards(out_dir):
+    for path in tracked(parquet.run_shards(out_dir), "gallery", unit="shard"):
         for record in parquet.read_shard(path, columns).to_pylist():
             concept = record["concept_id"] or record["concept_name"]  # older shards: no id
             names[concept] = record["concept_name"]

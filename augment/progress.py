@@ -36,9 +36,12 @@ class RateColumn(ProgressColumn):
 
 
 @contextmanager
-def image_progress(total: int, label: str, unit: str = "img") -> Iterator[Callable[[int], None]]:
+def image_progress(
+    total: int, label: str, unit: str = "img", transient: bool = False
+) -> Iterator[Callable[[int], None]]:
     """A live bar; yields `advance(n, note=None)`, `note` a short status shown after the bar
-    (a training loss). Quiet when stderr is not a terminal."""
+    (a training loss). Quiet when stderr is not a terminal; `transient`: gone once done (a
+    step of a command whose own summary follows)."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -49,13 +52,24 @@ def image_progress(total: int, label: str, unit: str = "img") -> Iterator[Callab
         TimeRemainingColumn(),
         TextColumn("{task.fields[note]}"),
     )
-    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
+    terminal = console.is_terminal
+    with Progress(*columns, console=console, disable=not terminal, transient=transient) as progress:
         task = progress.add_task(label, total=total, note="")
 
         def advance(n: int, note: str | None = None) -> None:
             progress.update(task, advance=n, **({"note": note} if note is not None else {}))
 
         yield advance
+
+
+def tracked(items: list, label: str, unit: str) -> Iterator:
+    """`items` one by one, under a progress bar that moves as each is done: a long pass over a
+    run's shards (an export, the gallery, the duplicate pass of 100,000 images took minutes
+    with nothing on the screen)."""
+    with image_progress(len(items), label, unit, transient=True) as advance:
+        for item in items:
+            yield item
+            advance(1)
 
 
 def quiet_libraries() -> None:

@@ -23,6 +23,7 @@ from functools import partial
 from pathlib import Path
 
 from augment.errors import OutputError
+from augment.progress import tracked
 from augment.sinks.parquet import run_shards
 from augment.sinks.rows import export_records, image_file_name, run_categories, run_filters
 
@@ -135,7 +136,8 @@ def export(
         if flagged is None:
             flagged = export_settings(out_dir / name).get("include_flagged") is True
         left_out: Counter = Counter()  # category id -> flagged images left out
-        records = export_records(out_dir, flagged, shards, skipped, left_out)
+        read = tracked(shards, f"export {name}", unit="shard")
+        records = export_records(out_dir, flagged, read, skipped, left_out)
         records = known_categories(records, categories, out_dir)
         exporter = available[name]
         if name == "imagefolder":  # it says why a class gets no folder
