@@ -184,9 +184,12 @@ def plan_for(
     concepts: list[Concept] | None = None,
     sources: SourceSet | None = None,
     variants: range | None = None,
+    check_all: bool = True,
 ) -> list[WorkItem]:
     """The work items of a spec, then --limit (`variants`: only those prompt variants of each
-    concept, the items a served request asks for).
+    concept, the items a served request asks for). `check_all` False: under a limit, only the
+    planned prompts are checked against the text encoder (the job's were already, by an
+    earlier plan of this process).
 
     txt2img: concepts x templates x images_per_concept. Source modes: each source image (or
     box, or class, when inpainting boxes) x images_per_concept prompts of its concept.
@@ -199,6 +202,7 @@ def plan_for(
         concepts = concepts_for(spec)
     g = spec.generation
     cut = variants is None and spec.limit is not None
+    check_every = cut and check_all
     if g.mode in SOURCE_MODES:
         sources = sources or SourceSet.of(spec)
         if sources.unreadable:
@@ -212,7 +216,7 @@ def plan_for(
         targets = sources.targets(concepts, g.mode, g.mask, spec.paths.mask_files)
         if cut:
             variants = limited_variants(spec, len(targets))
-        prompts = prompts_for(spec, concepts, variants, check_all=cut)
+        prompts = prompts_for(spec, concepts, variants, check_all=check_every)
         longest = max(g.width, g.height)
         items = build_source_plan(spec.name, spec.seed, prompts, targets, longest)
         if g.watermark:
@@ -224,7 +228,7 @@ def plan_for(
     else:
         if cut:
             variants = limited_variants(spec, len(concepts))
-        prompts = prompts_for(spec, concepts, variants, check_all=cut)
+        prompts = prompts_for(spec, concepts, variants, check_all=check_every)
         items = build_plan(spec.name, spec.seed, prompts)
     return limit_plan(items, spec.limit)
 
@@ -1185,7 +1189,9 @@ def with_earlier_plan(
     if earlier <= ids:
         return items
     # the runs' limits each kept the plan's first items: together, its first len(earlier | ids)
-    first = plan_for(spec.model_copy(update={"limit": len(earlier | ids)}), concepts, sources)
+    # the job's every prompt was checked when `items` were planned: not again
+    wider = spec.model_copy(update={"limit": len(earlier | ids)})
+    first = plan_for(wider, concepts, sources, check_all=False)
     if not earlier <= {item.item_id for item in first}:  # OUT's plan is not of those: all of it
         first = plan_for(spec.model_copy(update={"limit": None}), concepts, sources)
     return [item for item in first if item.item_id in ids or item.item_id in earlier]
