@@ -159,8 +159,9 @@ def plot_arms(summary: pd.DataFrame, metric: str, path: Path, title: str) -> Pat
         )
         low = max(0.0, float(np.nanmin(rows["ci_low"].fillna(rows["mean"]))) - 5)
         ax.set_ylim(low, min(100.0, float(np.nanmax(rows["ci_high"].fillna(rows["mean"]))) + 2))
-        ax.set_title(f"{shots} real per class" if shots else "all real")
-        ax.set_ylabel(metric)
+        # a detector's rows have no shots: its real set is what `bench detect --real` gave
+        ax.set_title(f"{shots} real per class" if shots else "the real training set")
+        ax.set_ylabel(f"{metric} (%)")
         ax.tick_params(axis="x", rotation=30)
     fig.suptitle(title)
     fig.tight_layout()
