@@ -477,25 +477,25 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body])
 
 
-def verdict(gain: dict) -> str:
+#: What an interval says, by where it lies: above 0, below 0, across it.
+GAIN_WORDS = (
+    "real + synthetic beats real-only: the 95 % CI excludes 0",
+    "real + synthetic is worse than real-only: the 95 % CI is below 0",
+    "no measurable gain: the 95 % CI includes 0",
+)
+ORACLE_WORDS = (
+    "synthetic images did better than as many real ones (the 95 % CI excludes 0)",
+    "synthetic images did worse than as many real ones (the 95 % CI is below 0)",
+    "no measurable difference from as many real images (the 95 % CI includes 0)",
+)
+
+
+def verdict(gain: dict, words: tuple[str, str, str] = GAIN_WORDS) -> str:
+    """What a paired difference says, by its interval (`words`: above, below, across 0)."""
     if math.isnan(gain["ci_low"]):
         return "one seed only: no confidence interval, no conclusion"
-    if gain["ci_low"] > 0:
-        return "real + synthetic beats real-only: the 95 % CI excludes 0"
-    if gain["ci_high"] < 0:
-        return "real + synthetic is worse than real-only: the 95 % CI is below 0"
-    return "no measurable gain: the 95 % CI includes 0"
-
-
-def oracle_verdict(difference: dict) -> str:
-    """What the synthetic-minus-oracle difference says, by its interval."""
-    if math.isnan(difference["ci_low"]):
-        return "one seed only: no conclusion"
-    if difference["ci_low"] > 0:
-        return "synthetic images did better than as many real ones (the 95 % CI excludes 0)"
-    if difference["ci_high"] < 0:
-        return "synthetic images did worse than as many real ones (the 95 % CI is below 0)"
-    return "no measurable difference from as many real images (the 95 % CI includes 0)"
+    above, below, across = words
+    return above if gain["ci_low"] > 0 else below if gain["ci_high"] < 0 else across
 
 
 def synthetic_set_lines(synthetic: str | None) -> list[str]:
@@ -675,7 +675,7 @@ def write_report(
                     f" Synthetic images against as many real ones (augmented ×{v['ratio']:g} − "
                     f"oracle ×{v['ratio']:g}, same seeds): "
                     f"{ci_text(v['mean'], v['ci_low'], v['ci_high'], ' points')}: "
-                    f"{oracle_verdict(v)}."
+                    f"{verdict(v, ORACLE_WORDS)}."
                 )
             if "recovered" in figures:
                 r = figures["recovered"]
