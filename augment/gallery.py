@@ -150,7 +150,9 @@ def concept_page(concept: str, records: list[dict], total: int) -> str:
         for flag in flags
     )
     more = f" (the first {len(records)} of {total})" if total > len(records) else ""
-    data = json.dumps(records).replace("</", "<\\/")
+    # every "<" escaped: "</script>" ended the data block, and "<!--<script>" in a prompt put
+    # the HTML parser in a state where the block swallowed the gallery's own script tag
+    data = json.dumps(records).replace("<", "\\u003c")
     body = (
         f'<p><a href="index.html">all concepts</a></p>\n<h1>{html.escape(concept)}</h1>\n'
         f'<p>{total} images{more}; <span id="shown">0</span> shown. Click an image for its '
@@ -207,7 +209,7 @@ def gallery_records(out_dir: Path, folder: Path, per_concept: int) -> dict[str, 
                 {
                     "item_id": record["item_id"],
                     "prompt": record["prompt"],
-                    "seed": record["seed"],
+                    "seed": str(record["seed"]),  # JavaScript's numbers hold 53 bits, not 64
                     "concept_score": record["concept_score"],
                     "clip_score": record["clip_score"],
                     "scored_as": record["scored_as"],

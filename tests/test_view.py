@@ -45,6 +45,8 @@ def open_in_chromium(page: Path, profile: Path) -> tuple[str, list[str]]:
 def test_gallery_pages_load_in_a_browser_and_show_every_thumbnail(tmp_path: Path, capsys):
     job = tmp_path / "job.yaml"
     text = TINY_JOB.replace("OUT_DIR", str(tmp_path / "out"))
+    # a prompt holding "<!--<script>" swallowed the page's own script tag: nothing was drawn
+    text = text.replace('"a handwritten digit {name}"', '"a handwritten digit {name} <!--<script>"')
     job.write_text(text + "filters:\n  scorer: builtin:digits-scorer\n")
     run_job(load_spec(job), RunOptions(distributor="local"))
     out = tmp_path / "out"
@@ -68,6 +70,9 @@ def test_gallery_pages_load_in_a_browser_and_show_every_thumbnail(tmp_path: Path
     assert len(thumbs) == len(mine) == 3
     assert sum("filtered" in t for t in thumbs) == sum(r["filtered"] for r in mine)
     assert f'id="shown">{len(mine)}<' in dom
+    seeds = pq.read_table(out / "shards", columns=["concept_name", "seed"]).to_pylist()
+    for seed in (r["seed"] for r in seeds if r["concept_name"] == concept):
+        assert f"(seed {seed})" in dom  # all 64 bits: JavaScript's numbers rounded them
     for source in re.findall(r'<img src="([^"]+)"', dom):
         assert (page.parent / source).is_file()
 
