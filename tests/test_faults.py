@@ -821,3 +821,9 @@ def test_a_long_concept_name_gives_a_short_distinct_file_name():
     first, second = "a" * 300 + " one", "a" * 300 + " two"
     assert len(slugify(first)) <= 80 and slugify(first) != slugify(second)
     assert slugify("Prickly acacia") == "prickly_acacia"
+    assert slugify("C++ (language)") == "c_language" and slugify("__a__b__") == "a_b"
+    # every script's letters, one Unicode form: 猫 and 犬 were both "concept"
+    assert [slugify(n) for n in ("猫", "犬", "Crème brûlée")] == ["猫", "犬", "crème_brûlée"]
+    assert slugify("cafe\u0301") == slugify("caf\u00e9") == "café"
+    long = slugify("猫" * 300)  # cut in bytes: 80 CJK characters are 240
+    assert len(long.encode()) <= 80 and long != slugify("猫" * 301)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from pathlib import Path
 
 import yaml
@@ -43,12 +44,17 @@ MAX_SLUG = 80
 
 
 def slugify(name: str) -> str:
-    """A file- and id-safe form of a concept name: 'Prickly acacia' -> 'prickly_acacia'. A long
-    name is cut, with a hash of the whole name so that two long names stay apart."""
-    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "concept"
-    if len(slug) > MAX_SLUG:
+    """A file- and id-safe form of a concept name: 'Prickly acacia' -> 'prickly_acacia'. Letters
+    of every script are kept ('猫' -> '猫', 'Crème brûlée' -> 'crème_brûlée'), in one Unicode form
+    (é typed as e and an accent reads as é): ASCII letters alone made '猫' and '犬' both
+    'concept', and their source folders one class. A long name is cut, with a hash of the whole
+    name so that two long names stay apart."""
+    text = unicodedata.normalize("NFKC", name).lower()
+    slug = re.sub(r"[\W_]+", "_", text).strip("_") or "concept"
+    if len(slug.encode()) > MAX_SLUG:  # in bytes, as file systems count a name's length
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-        slug = f"{slug[: MAX_SLUG - 9].rstrip('_')}_{digest}"
+        kept = slug.encode()[: MAX_SLUG - 9].decode(errors="ignore")  # whole characters
+        slug = f"{kept.rstrip('_')}_{digest}"
     return slug
 
 
