@@ -1402,6 +1402,15 @@ def option_named(line: str, parser: argparse.ArgumentParser) -> str:
     return line
 
 
+def plain_file(path: Path) -> bool:
+    """Whether a file is at `path`; False where the path itself cannot be looked up (a name
+    over 255 bytes: `is_file` raised there, inside the handler of the error it explains)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def one_line(exc: Exception) -> tuple[str, int]:
     """The line a failure prints and the exit code: 2 for bad input or a machine problem (a
     full disk, a missing right), 1 for a fault of augment itself."""
@@ -1410,7 +1419,7 @@ def one_line(exc: Exception) -> tuple[str, int]:
     if isinstance(exc, OSError) and exc.filename:
         path = Path(exc.filename)  # a folder to make, where a file is: FileExistsError
         folders = [path, *path.parents] if isinstance(exc, FileExistsError) else path.parents
-        blocking = next((p for p in folders if p.is_file()), None)
+        blocking = next((p for p in folders if plain_file(p)), None)
         if blocking is not None:  # what the OS says then ("File exists", "Not a directory")
             where = "" if blocking == path else f"{exc.filename}: "
             return f"error: {where}{blocking} is a file, not a folder; choose another path", 2

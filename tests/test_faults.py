@@ -304,6 +304,14 @@ def test_a_run_never_replaces_files_augment_did_not_write(write_job, tmp_path, c
     assert not (tmp_path / "out" / "shards").exists()  # refused before anything was written
 
 
+def test_an_output_folder_name_over_255_bytes_is_one_line(write_job, tmp_path, capsys):
+    """The error's handler looked the path up to explain it, and that lookup raised too: a
+    traceback, exit 1."""
+    too_long = tmp_path / ("x" * 300)
+    code, _, err = cli(capsys, "run", write_job(), "--distributor", "local", "--out", too_long)
+    assert code == 2 and "File name too long" in error_line(err)
+
+
 def test_an_output_folder_named_in_another_encoding_is_one_line(write_job, tmp_path, capsys):
     """A Latin-1 'café' (a folder made on an old system): Parquet's writer cannot take the
     name, and the run ended as a fault of augment, after making the folder."""
