@@ -255,12 +255,17 @@ def test_list_file_errors_name_the_problem(tmp_path: Path):
         load_list_file(bad)
     with pytest.raises(TaxonomyError, match="not found: give wordnet:<synset>"):
         load_concepts("no-such-list")
-    bad.write_text("concepts:\n  - 猫\n  - 犬\n")
-    with pytest.raises(TaxonomyError, match="share id 'concept'; give each an id:"):
+    bad.write_text("concepts:\n  - 猫\n  - 犬\n")  # both were id 'concept': refused
+    assert [c.id for c in load_list_file(bad)] == ["猫", "犬"]
+    bad.write_text("concepts:\n  - C++\n  - c\n")
+    with pytest.raises(TaxonomyError, match="share id 'c'; give each an id:"):
         load_list_file(bad)
-    bad.write_text("concepts:\n  - {name: a, category_id: abc}\n")
-    with pytest.raises(TaxonomyError, match="category_id must be a whole number, not 'abc'"):
-        load_list_file(bad)
+    for wrong in ("abc", -5, 10**23):  # -5 was "not a whole number"; 10**23 a fault
+        bad.write_text(f"concepts:\n  - {{name: a, category_id: {wrong}}}\n")
+        with pytest.raises(
+            TaxonomyError, match=rf"category_id must be a whole number from 0 up .*, not '?{wrong}"
+        ):
+            load_list_file(bad)
     bad.write_text("concepts:\n  - {name: 5, hypernyms: plant, category_id: '7'}\n")
     (five,) = load_list_file(bad)  # a number for a name, one hypernym, a quoted id: as meant
     assert (five.name, five.id, five.hypernyms, five.category_id) == ("5", "5", ("plant",), 7)

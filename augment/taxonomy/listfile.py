@@ -98,11 +98,18 @@ def load_list_file(path: Path) -> list[Concept]:
             )
         name = str(entry["name"])
         category_id = entry.get("category_id", position)
-        if isinstance(category_id, str) and category_id.strip().isdigit():
+        if isinstance(category_id, str) and re.fullmatch(r"\s*-?\d+\s*", category_id):
             category_id = int(category_id)
-        if isinstance(category_id, bool) or not isinstance(category_id, int):
+        # not negative, and the plan stores ids as 64-bit integers (a larger one
+        # ended as a fault of augment)
+        if (
+            isinstance(category_id, bool)
+            or not isinstance(category_id, int)
+            or not 0 <= category_id < 2**63
+        ):
             raise TaxonomyError(
-                f"{path}: concept '{name}': category_id must be a whole number, not {category_id!r}"
+                f"{path}: concept '{name}': category_id must be a whole number from 0 up "
+                f"(below 2^63), not {category_id!r}"
             )
         concepts.append(
             Concept(
