@@ -413,10 +413,16 @@ def add_view(commands: Commands) -> None:
     command.set_defaults(func=cmd_view)
 
 
+def visible(text: object) -> str:
+    """Text from a file someone else wrote, with its control characters shown as escapes: a
+    PNG chunk holding ESC sequences retitled the terminal and cleared the screen."""
+    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in str(text))
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     for path in args.files:
         found = api.inspect(path)
-        out.print(f"[bold]{found['file']}[/]", soft_wrap=True)
+        out.print(f"[bold]{escape(visible(found['file']))}[/]", soft_wrap=True)
         out.print(f"  invisible watermark: {'found' if found['watermark'] else 'not found'}")
         if found["augment"] is None and found["parameters"] is None:
             out.print("  no provenance: not an augment image, or its text chunks were stripped")
@@ -424,11 +430,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         out.print(f"  synthetic: {'yes' if found['synthetic'] else 'not stated'}")
         for key, value in sorted((found["augment"] or {}).items()):
             if key != "synthetic":
-                out.print(f"  {key}: {value}", soft_wrap=True, markup=False)
+                out.print(f"  {visible(key)}: {visible(value)}", soft_wrap=True, markup=False)
         if found["parameters"]:
             out.print("  parameters:", soft_wrap=True)
             for line in found["parameters"].splitlines():
-                out.print(f"    {line}", soft_wrap=True, markup=False)
+                out.print(f"    {visible(line)}", soft_wrap=True, markup=False)
     return 0
 
 

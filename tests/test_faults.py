@@ -416,6 +416,17 @@ def test_inspect_reads_an_augment_chunk_another_tool_wrote_as_not_ours(tmp_path,
     code, out, err = cli(capsys, "inspect", path)
     assert code == 0, err
     assert "no provenance: not an augment image" in out
+    # a chunk's control characters are shown as escapes, not sent to the terminal
+    info = PngInfo()
+    info.add_text("parameters", "a cat\x1b]0;PWNED\x07\x1b[2J")
+    info.add_text("augment", '{"synthetic": true, "job": "j\\u001b[2Jk"}')
+    hostile = tmp_path / "[bold]hostile.png"
+    Image.new("RGB", (8, 8)).save(hostile, pnginfo=info)
+    code, out, err = cli(capsys, "inspect", hostile)
+    assert code == 0, err
+    assert "\x1b" not in out and "\x07" not in out
+    assert "a cat\\x1b]0;PWNED\\x07\\x1b[2J" in out and "job: j\\x1b[2Jk" in out
+    assert "[bold]hostile.png" in out  # the name as it is, not read as markup
 
 
 @pytest.mark.parametrize(
