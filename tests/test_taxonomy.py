@@ -257,6 +257,9 @@ def test_list_file_errors_name_the_problem(tmp_path: Path):
         load_concepts("no-such-list")
     bad.write_text("concepts:\n  - 猫\n  - 犬\n")  # both were id 'concept': refused
     assert [c.id for c in load_list_file(bad)] == ["猫", "犬"]
+    bad.write_text('concepts:\n  - "red\\x1b[2Jfox"\n')
+    with pytest.raises(TaxonomyError, match=r"holds a control character; remove it"):
+        load_list_file(bad)
     bad.write_text("concepts:\n  - C++\n  - c\n")
     with pytest.raises(TaxonomyError, match="share id 'c'; give each an id:"):
         load_list_file(bad)

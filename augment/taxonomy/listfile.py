@@ -97,6 +97,11 @@ def load_list_file(path: Path) -> list[Concept]:
                 f"valid keys: {', '.join(sorted(KNOWN_KEYS))}"
             )
         name = str(entry["name"])
+        if not name.isprintable():  # ESC, BEL, NUL, a line break: into terminals and files
+            shown = repr(name)
+            raise TaxonomyError(
+                f"{path}: concept {shown} holds a control character; remove it from the name"
+            )
         category_id = entry.get("category_id", position)
         if isinstance(category_id, str) and re.fullmatch(r"\s*-?\d+\s*", category_id):
             category_id = int(category_id)
