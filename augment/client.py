@@ -248,14 +248,23 @@ class ServedImages(torch.utils.data.IterableDataset):
         it does not know is refused before any image is asked for, not when its turn comes."""
         if self.concepts is None:
             return [concept["id"] for concept in known]
-        index: dict[str, dict] = {}
-        for concept in known:  # as the service finds them: id, name or synset, any case
+        exact: dict[str, dict] = {}  # as the service finds them: id, name or synset as
+        folded: dict[str, dict[str, dict]] = {}  # written, else in any case if only one
+        for concept in known:
             for key in (concept["id"], concept["name"], concept.get("synset")):
                 if key:
-                    index.setdefault(str(key).lower(), concept)
+                    exact.setdefault(str(key), concept)
+                    folded.setdefault(str(key).lower(), {})[concept["id"]] = concept
         chosen: dict[str, str] = {}  # id -> the name it was given by
         for name in self.concepts:
-            concept = index.get(str(name).lower())
+            matches = list(folded.get(str(name).lower(), {}).values())
+            concept = exact.get(str(name)) or (matches[0] if len(matches) == 1 else None)
+            if concept is None and matches:
+                raise AugmentError(
+                    f"concepts: {name!r} names several concepts in any case "
+                    f"({', '.join(c['name'] for c in matches[:4])}); give its id or its name as "
+                    "written"
+                )
             if concept is None:
                 names = [c["name"] for c in known]
                 shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")

@@ -142,18 +142,43 @@ class Order:
         self.key = self.settings.model_dump_json()
 
 
-def concept_index(concepts: list[Concept]) -> dict[str, Concept]:
-    """Each concept under its id, name and synset, any case."""
-    index: dict[str, Concept] = {}
-    for concept in concepts:
-        for key in (concept.id, concept.name, concept.synset):
-            if key:
-                index.setdefault(key.lower(), concept)
-    return index
+@dataclass
+class ConceptIndex:
+    """The job's concepts by id, name or synset: as written first, then in any case where that
+    names one concept only ("apple" asked for Apple, the first of Apple and apple)."""
+
+    concepts: list[Concept]
+    exact: dict[str, Concept] = field(default_factory=dict)
+    folded: dict[str, dict[str, Concept]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for concept in self.concepts:
+            for key in (concept.id, concept.name, concept.synset):
+                if key:
+                    self.exact.setdefault(key, concept)
+                    self.folded.setdefault(key.lower(), {})[concept.id] = concept
+
+    def find(self, name: str) -> Concept | None:
+        if name in self.exact:
+            return self.exact[name]
+        matches = list(self.folded.get(name.lower(), {}).values())
+        if len(matches) > 1:
+            shown = ", ".join(f"{c.name} ({c.id})" for c in matches[:4])
+            raise RequestError(
+                f"concept {name!r} names several in any case ({shown}); give its id or its name "
+                "as written (GET /concepts)",
+                404,
+            )
+        return matches[0] if matches else None
+
+
+def concept_index(concepts: list[Concept]) -> ConceptIndex:
+    """The job's concepts, found by id, name or synset."""
+    return ConceptIndex(concepts)
 
 
 def order_for(
-    spec: JobSpec, concepts: dict[str, Concept], request: GenerateRequest, options: ServeOptions
+    spec: JobSpec, concepts: ConceptIndex, request: GenerateRequest, options: ServeOptions
 ) -> Order:
     """The work items a request asks for (prompt variants `start` to `start + n - 1`: those a
     batch run of the same job, seed and prompt plans) and their settings; a RequestError says
@@ -166,9 +191,9 @@ def order_for(
         raise RequestError(
             "name a concept (GET /concepts lists the job's); a prompt only replaces its templates"
         )
-    concept = concepts.get(request.concept.lower())
+    concept = concepts.find(request.concept)
     if concept is None:
-        known = list(dict.fromkeys(c.name for c in concepts.values()))
+        known = list(dict.fromkeys(c.name for c in concepts.concepts))
         shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
         raise RequestError(
             f"unknown concept {request.concept!r}; this job has {shown} (GET /concepts)", 404

@@ -356,6 +356,27 @@ def test_a_request_far_into_the_variants_makes_the_batch_plans_items_without_bui
     ]
 
 
+def test_a_concept_is_found_as_written_before_any_case():
+    """ "apple" asked for Apple, the first of Apple and apple; a name that matches several only
+    in another case is refused, not given the first of them."""
+    from augment.errors import RequestError
+    from augment.service import concept_index
+    from augment.taxonomy.concept import Concept
+
+    index = concept_index([Concept("x1", "Xerox", 1), Concept("x2", "xerox", 2)])
+    assert index.find("xerox").id == "x2" and index.find("Xerox").id == "x1"
+    assert index.find("x2").name == "xerox" and index.find("X1").name == "Xerox"
+    with pytest.raises(RequestError, match=r"'XEROX' names several in any case \(Xerox \(x1\)"):
+        index.find("XEROX")
+    assert index.find("zerox") is None
+    # the client's stream finds them alike (it refused Apple and apple as "the same concept")
+    known = [{"id": "a1", "name": "Apple"}, {"id": "a2", "name": "apple"}]
+    stream = ag.ServedImages("http://127.0.0.1:1", ["apple", "Apple"])
+    assert stream.concept_keys(known) == ["apple", "Apple"]  # asked for as given
+    with pytest.raises(AugmentError, match=r"'APPLE' names several concepts in any case"):
+        ag.ServedImages("http://127.0.0.1:1", ["APPLE"]).concept_keys(known)
+
+
 def test_a_request_for_a_size_past_the_services_largest_is_refused_before_it_renders():
     """A 100000 px side would have tried to allocate its latents on the replica."""
     from augment.service import GenerateRequest, ServeOptions, concept_index, order_for
