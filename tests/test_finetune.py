@@ -466,3 +466,23 @@ def test_train_adapter_says_which_concept_has_no_image_or_that_there_is_none(tmp
     with pytest.raises(AugmentError, match="eight has none"):
         train_adapter(base, [nine(), empty], settings("lora"), tmp_path / "a")
     assert not (tmp_path / "a").exists()
+
+
+def test_two_concepts_given_one_token_are_refused():
+    """Ids that differ only in case made one token, <sks-apple>, for Apple and apple: one
+    learnt embedding overwrote the other, and both rendered as one concept."""
+    from augment.config import load_spec
+    from augment.errors import SpecError
+    from augment.finetuning.data import tokens_for
+    from augment.taxonomy.concept import Concept
+
+    spec = load_spec(REPO / "jobs" / "tiny" / "finetune-textual-inversion.yaml")
+    spec = spec.model_copy(update={"finetune": spec.finetune.model_copy(update={"concepts": None})})
+    apples = [Concept("Apple", "Apple", 1), Concept("apple", "apple", 2)]
+    with pytest.raises(SpecError, match=r"gives 'Apple' \(Apple\) and 'apple' \(apple\) one token"):
+        tokens_for(spec, apples)
+    distinct = [Concept("red_apple", "Apple", 1), Concept("green_apple", "apple", 2)]
+    assert tokens_for(spec, distinct) == {
+        "red_apple": "<sks-red_apple>",
+        "green_apple": "<sks-green_apple>",
+    }

@@ -99,7 +99,19 @@ def tokens_for(spec: JobSpec, concepts: list[Concept]) -> dict[str, str]:
     """Concept id -> the token its prompts use as {token} (only concepts a fine-tune teaches)."""
     if spec.finetune is None:
         return {}
-    return {c.id: token_for(spec.finetune, c) for c in taught_concepts(spec.finetune, concepts)}
+    taught = taught_concepts(spec.finetune, concepts)
+    tokens = {c.id: token_for(spec.finetune, c) for c in taught}
+    first: dict[str, Concept] = {}
+    for concept in taught:  # one token for two concepts: one learnt embedding overwrote the other
+        other = first.setdefault(tokens[concept.id], concept)
+        if other is not concept:
+            raise SpecError(
+                f"finetune.token '{spec.finetune.token}' gives '{other.name}' ({other.id}) and "
+                f"'{concept.name}' ({concept.id}) one token, {tokens[concept.id]}; give the "
+                "concepts ids that differ in more than case and punctuation, or a token that "
+                "tells them apart"
+            )
+    return tokens
 
 
 def settings_for(spec: JobSpec) -> TrainSettings:
