@@ -1247,4 +1247,6 @@ def adapter_folder(spec: JobSpec, base_dir: Path | None) -> Path:
         root = Path(spec.finetune.out).expanduser()
         if not root.is_absolute():
             root = (base_dir or Path.cwd()) / root
-    return root.absolute() / f"{spec.name}-{spec.finetune_hash()}"
+    # the name cut: a 260-character job name made a folder name the file system refused; the
+    # hash keeps folders apart
+    return root.absolute() / f"{spec.name[:100]}-{spec.finetune_hash()}"
