@@ -486,3 +486,11 @@ def test_two_concepts_given_one_token_are_refused():
         "red_apple": "<sks-red_apple>",
         "green_apple": "<sks-green_apple>",
     }
+
+
+def test_a_long_job_name_still_gives_an_adapter_folder_the_file_system_takes():
+    from augment.config import adapter_folder, load_spec
+
+    spec = load_spec(REPO / "jobs" / "tiny" / "finetune-lora.yaml", {"name": "j" * 260})
+    folder = adapter_folder(spec, None)
+    assert len(folder.name.encode()) < 255 and folder.name.startswith("j" * 100 + "-")
