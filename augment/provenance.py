@@ -86,16 +86,24 @@ def model_files(location: Path, suffixes: tuple[str, ...] = WEIGHT_SUFFIXES) -> 
     folder (hidden files and folders, such as a cache, and training records left out)."""
     if location.is_file():
         return [location]
-    return sorted(
-        path
-        for path in location.rglob("*")
-        if path.is_file()
-        and path.suffix in suffixes
-        and not any(
-            part.startswith(".") or part in TRAINING_RECORDS
-            for part in path.relative_to(location).parts
-        )
-    )
+    found = []
+    # os.walk follows linked folders, as the pipeline's loader does: rglob did not, so a
+    # `unet/` linked from elsewhere was left out of the hash, and two models of other UNets
+    # shared one
+    for folder, subfolders, files in os.walk(location, followlinks=True):
+        subfolders[:] = [
+            d for d in subfolders if not d.startswith(".") and d not in TRAINING_RECORDS
+        ]
+        for name in files:
+            path = Path(folder) / name
+            if (
+                path.suffix in suffixes
+                and not name.startswith(".")
+                and name not in TRAINING_RECORDS
+                and path.is_file()
+            ):
+                found.append(path)
+    return sorted(found)
 
 
 def model_content_hash(

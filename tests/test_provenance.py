@@ -247,3 +247,25 @@ def test_a_single_file_models_config_folder_and_a_hub_models_snapshot_are_hashed
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     local = run_provenance(spec("builtin:tiny-sd")).model_hash
     assert run_provenance(spec("acme/sd")).model_hash == local
+
+
+def test_a_model_whose_unet_folder_is_linked_from_elsewhere_is_hashed_with_it(tmp_path):
+    """os.walk follows linked folders as the loader does; rglob left a linked unet/ out, so two
+    models of other UNets shared one hash."""
+    import shutil
+
+    from augment.provenance import model_content_hash
+    from augment.registry import resolve
+
+    source = Path(resolve("model", "digits", "test"))
+    whole = model_content_hash(source, tmp_path / "cache")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for part in source.iterdir():
+        if part.name == "unet":
+            (linked / "unet").symlink_to(part, target_is_directory=True)
+        elif part.is_dir():
+            shutil.copytree(part, linked / part.name)
+        else:
+            shutil.copy(part, linked / part.name)
+    assert model_content_hash(linked, tmp_path / "cache") == whole
