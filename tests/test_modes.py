@@ -621,6 +621,17 @@ def test_sdxl_textual_inversion_loads_into_both_text_encoders(tmp_path: Path):
         for a, b in zip(plain(items), with_token(items), strict=True)
     )
     assert difference > 0
+    # the same embedding saved by torch (.pt, as A1111 tools write): read, not taken for
+    # safetensors (a fault of augment)
+    import torch
+    from safetensors.torch import load_file
+
+    torch.save(load_file(embedding), tmp_path / "sks.pt")
+    as_pt = [{"path": str(tmp_path / "sks.pt"), "token": "<sks>"}]
+    with_pt = make_generator(changed(spec, textual_inversions=as_pt))
+    assert [pixels(a).tobytes() for a in with_pt(items)] == [
+        pixels(b).tobytes() for b in with_token(items)
+    ]
 
 
 def test_a_coco_source_without_annotations_says_its_images_have_no_label(tmp_path: Path):

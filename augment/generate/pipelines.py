@@ -637,6 +637,10 @@ def load_textual_inversions(
 ) -> None:
     """Embeddings for new tokens (the job's fine-tuned ones last); an SDXL file holds one per
     text encoder (clip_l, clip_g)."""
+    import pickle
+
+    from safetensors import SafetensorError
+
     wanted = [
         (
             f"generation.textual_inversions[{n}].path",
@@ -654,9 +658,7 @@ def load_textual_inversions(
     for key, path, inversion in wanted:
         try:
             if getattr(pipe, "text_encoder_2", None) is not None:
-                from safetensors.torch import load_file
-
-                state = load_file(str(path))
+                state = embedding_state(Path(path))
                 if "clip_l" not in state or "clip_g" not in state:
                     raise ModelError(
                         f"{key}: an SDXL embedding needs clip_l and clip_g tensors; {path} has "
@@ -674,8 +676,30 @@ def load_textual_inversions(
                     )
             else:
                 pipe.load_textual_inversion(str(path), token=inversion.token)
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            RuntimeError,
+            SafetensorError,
+            pickle.UnpicklingError,
+        ) as exc:
             raise ModelError(f"{key}: cannot load {path}: {first_line(exc)}") from exc
+
+
+def embedding_state(path: Path) -> dict:
+    """An SDXL embedding file's tensors: safetensors, or a torch file (.pt, .bin) read without
+    running code in it. A .pt was read as safetensors, and failed as a fault of augment."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"it holds a {type(state).__name__}, not named tensors")
+    return state
 
 
 def load_pipeline(settings: GenerationSpec, paths: SpecPaths, keep_scheduler: bool = False):
