@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +200,41 @@ def test_a_lora_of_the_other_family_is_refused():
     ) as error:
         make_generator(changed(spec, loras=[{"path": "builtin:tiny-lora-sdxl"}]))
     assert "size mismatch" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_model_folder_that_does_not_fit_the_family_or_mode_is_refused_before_the_run(
+    tmp_path: Path,
+):
+    """Each of these failed every render, after the run had written its output folder, as a
+    fault of augment: an SD folder taken for SDXL, an SDXL one for SD, an SDXL refiner, an
+    inpainting UNet in txt2img."""
+    import shutil
+
+    from augment.generate.pipelines import check_models
+    from augment.generate.tiny import save_tiny_sd, save_tiny_sd_inpaint, save_tiny_sdxl
+
+    sd, xl = save_tiny_sd(tmp_path / "sd"), save_tiny_sdxl(tmp_path / "xl")
+    inpaint = save_tiny_sd_inpaint(tmp_path / "inpaint")
+    refiner = tmp_path / "refiner"
+    shutil.copytree(xl, refiner)
+    for part in ("text_encoder", "tokenizer"):
+        shutil.rmtree(refiner / part)
+    index = json.loads((refiner / "model_index.json").read_text())
+    (refiner / "model_index.json").write_text(
+        json.dumps({**index, "text_encoder": [None, None], "tokenizer": [None, None]})
+    )
+    spec = parse_spec(TINY_JOB.replace("OUT_DIR", "unused"))
+    for model, family, words in [
+        (sd, "sdxl", "has no text_encoder_2 and tokenizer_2, which SDXL renders with"),
+        (xl, "sd", "is an SDXL model (it has text_encoder_2); set family: sdxl"),
+        (refiner, "auto", "has no text_encoder: an SDXL refiner"),
+        (inpaint, "auto", "is an inpainting model (its UNet reads 9 channels"),
+    ]:
+        wrong = changed(spec, model=str(model), family=family)
+        with pytest.raises(ModelError, match=re.escape(words)):
+            check_models(wrong.generation, wrong.paths)
+    right = changed(spec, model=str(xl), family="auto")
+    check_models(right.generation, right.paths)
 
 
 def test_a_replacement_vae_decodes_and_is_named_in_each_image(tmp_path: Path):

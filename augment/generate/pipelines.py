@@ -102,8 +102,10 @@ def check_models(settings: GenerationSpec, paths: SpecPaths) -> None:
     """Every model and adapter the spec names exists, before a run touches its output folder."""
     check_model(paths.model, settings.model)
     if Path(paths.model).exists():
-        model_family(paths.model)  # a truncated checkpoint or damaged index, named here
+        if settings.family == "auto" or Path(paths.model).is_dir():
+            model_family(paths.model)  # a truncated checkpoint or damaged index, named here
         check_components(paths.model, "generation.model")
+        check_folder_fits(paths.model, settings)
     if settings.config is not None:
         check_model(paths.config, settings.config, "generation.config")
     if settings.vae is not None:
@@ -270,6 +272,41 @@ def check_components(location: str, key: str) -> None:
                 f"{key}: {location}/model_index.json lists {name}, but {location}/{name} is "
                 "missing: the model folder is incomplete; download or save it again"
             )
+
+
+def check_folder_fits(location: str, settings: GenerationSpec) -> None:
+    """A local pipeline folder's components fit the family and mode the job renders with: an
+    SD folder taken for SDXL (its index's class name, or `family: sdxl`), an SDXL refiner (no
+    first text encoder) or an inpainting UNet in txt2img failed every render, after the run had
+    written its output folder, as a fault of augment."""
+    folder = Path(location)
+    if not folder.is_dir() or pipeline_index(location) is None:
+        return
+    second = (folder / "text_encoder_2").is_dir() and (folder / "tokenizer_2").is_dir()
+    family = model_family(location) if settings.family == "auto" else settings.family
+    where = f"generation.model: {location}"
+    if family == "sdxl" and not second:
+        raise ModelError(
+            f"{where} has no text_encoder_2 and tokenizer_2, which SDXL renders with: it is an "
+            "SD 1.x/2.x model (its model_index.json or family: says SDXL); set family: sd"
+        )
+    if family == "sd" and second:
+        raise ModelError(f"{where} is an SDXL model (it has text_encoder_2); set family: sdxl")
+    if not (folder / "text_encoder").is_dir():
+        raise ModelError(
+            f"{where} has no text_encoder: an SDXL refiner, which works on another model's "
+            "latents; give a base model"
+        )
+    config = folder / "unet" / "config.json"
+    try:
+        channels = json.loads(config.read_text()).get("in_channels") if config.is_file() else None
+    except (OSError, ValueError):
+        return  # left to the loader's own message
+    if channels == 9 and settings.mode != "inpaint":
+        raise ModelError(
+            f"{where} is an inpainting model (its UNet reads 9 channels: the image, its mask and "
+            f"the noise); use it with mode: inpaint, or give a base model for {settings.mode}"
+        )
 
 
 def model_family(location: str) -> str:
