@@ -237,6 +237,27 @@ def test_a_model_folder_that_does_not_fit_the_family_or_mode_is_refused_before_t
     check_models(right.generation, right.paths)
 
 
+def test_a_folder_of_fp16_variant_weights_only_loads(tmp_path: Path):
+    """A hub download of variant="fp16" holds unet/diffusion_pytorch_model.fp16.safetensors and
+    no plain file: it failed to load, naming a .bin it had never held."""
+    import shutil
+
+    from augment.generate.tiny import save_tiny_sd
+
+    plain = save_tiny_sd(tmp_path / "plain")
+    variant = tmp_path / "variant"
+    shutil.copytree(plain, variant)
+    for weights in variant.rglob("*.safetensors"):
+        weights.rename(weights.with_suffix(".fp16.safetensors"))
+    spec = parse_spec(TINY_JOB.replace("OUT_DIR", "unused"))
+    items = plan_for(spec)[:2]
+    renders = [
+        [pixels(r).tobytes() for r in make_generator(changed(spec, model=str(m)))(items)]
+        for m in (plain, variant)
+    ]
+    assert renders[0] == renders[1]
+
+
 def test_a_replacement_vae_decodes_and_is_named_in_each_image(tmp_path: Path):
     """generation.vae swaps the decoder (a VAE folder, a pipeline folder's vae/, or one LDM
     .safetensors or PyTorch file); one that makes other latents, or is missing, is refused

@@ -534,6 +534,9 @@ def load_base(settings: GenerationSpec, paths: SpecPaths, family: str, device: s
         kwargs["vae"] = load_vae(settings, paths, dtype)
     if family == "sd" and not (settings.safety_checker and has_safety_checker(location)):
         kwargs.update(safety_checker=None, requires_safety_checker=False)
+    variant = weights_variant(location)
+    if variant is not None:
+        kwargs["variant"] = variant
     try:
         if Path(location).is_file():
             if settings.config is None:
@@ -551,6 +554,25 @@ def load_base(settings: GenerationSpec, paths: SpecPaths, family: str, device: s
             f"({cls.__name__}) from {location}: {first_line(exc)}. Check that it is complete "
             "(every component listed in model_index.json) and of that family"
         ) from exc
+
+
+def weights_variant(location: str) -> str | None:
+    """The weights variant a folder holds only ('fp16' for a hub download of
+    `variant="fp16"`: unet/diffusion_pytorch_model.fp16.safetensors and no plain file), which
+    diffusers loads only when asked; None where the plain weights are there."""
+    unet = Path(location) / "unet"
+    if not unet.is_dir() or any(
+        (unet / f"diffusion_pytorch_model{suffix}").is_file() for suffix in (".safetensors", ".bin")
+    ):
+        return None
+    variants = sorted(
+        {
+            p.name.split(".")[1]
+            for p in unet.glob("diffusion_pytorch_model.*.*")
+            if p.suffix in (".safetensors", ".bin")
+        }
+    )
+    return variants[0] if len(variants) == 1 else None
 
 
 def first_line(exc: BaseException) -> str:
