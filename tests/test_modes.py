@@ -258,6 +258,33 @@ def test_a_folder_of_fp16_variant_weights_only_loads(tmp_path: Path):
     assert renders[0] == renders[1]
 
 
+def test_a_lora_of_another_family_in_kohya_or_torch_layout_is_refused_before_the_run(
+    tmp_path: Path,
+):
+    """The family check read diffusers' keys in .safetensors only: an SDXL LoRA in kohya's
+    layout, or saved by torch, went on to fail after the run had written its output folder,
+    with a dozen lines of size mismatches."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from augment.generate.pipelines import check_models
+    from augment.registry import resolve
+
+    folder = Path(resolve("model", "tiny-lora-sdxl", "test"))
+    state = load_file(next(folder.glob("*.safetensors")))
+    kohya = {}
+    for key, tensor in state.items():
+        module, _, kind = key.removeprefix("unet.").partition(".lora.")
+        kohya[f"lora_unet_{module.replace('.', '_')}.lora_{kind}"] = tensor.contiguous()
+    save_file(kohya, tmp_path / "kohya-sdxl.safetensors")
+    torch.save(state, tmp_path / "sdxl.bin")
+    spec = parse_spec(TINY_JOB.replace("OUT_DIR", "unused"))  # an SD model
+    for weights in ("kohya-sdxl.safetensors", "sdxl.bin"):
+        wrong = changed(spec, loras=[{"path": str(tmp_path / weights)}])
+        with pytest.raises(ModelError, match=r"made for text features of width 64, this model's"):
+            check_models(wrong.generation, wrong.paths)
+
+
 def test_a_replacement_vae_decodes_and_is_named_in_each_image(tmp_path: Path):
     """generation.vae swaps the decoder (a VAE folder, a pipeline folder's vae/, or one LDM
     .safetensors or PyTorch file); one that makes other latents, or is missing, is refused

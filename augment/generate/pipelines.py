@@ -663,31 +663,49 @@ def check_finetune_family(card: dict | None, family: str, paths: SpecPaths) -> N
 def lora_mismatch(weights: Path, location: str) -> str | None:
     """Why a LoRA file cannot fit the model at `location`, read from tensor shapes alone: the
     cross-attention width a LoRA was made for (768 SD 1.x, 1024 SD 2.x, 2048 SDXL) must be
-    the UNet's. None when it fits or cannot be told (a hub id, a single file, another layout)."""
+    the UNet's. In diffusers', peft's and kohya's (A1111's) key layouts, .safetensors or a
+    torch .bin. None when it fits or cannot be told (a hub id, a single file, another layout)."""
     unet_config = Path(location) / "unet" / "config.json"
-    if not unet_config.is_file() or weights.suffix != ".safetensors":
+    if not unet_config.is_file() or weights.suffix not in (".safetensors", ".bin"):
         return None
-    from safetensors import safe_open
-
     expected = json.loads(unet_config.read_text()).get("cross_attention_dim")
     try:
+        width = lora_text_width(weights)
+    except Exception as exc:  # noqa: BLE001 - safetensors' and pickle's own error types
+        return f"it cannot be read ({first_line(exc)})"
+    if width is not None and width != expected:
+        return (
+            f"it was made for text features of width {width}, this model's UNet reads "
+            f"{expected}: a LoRA of another family (768: SD 1.x, 1024: SD 2.x, 2048: SDXL)"
+        )
+    return None
+
+
+def is_text_key_down(key: str) -> bool:
+    """A LoRA's down projection of a cross-attention key (the text features it reads):
+    diffusers' and peft's `unet.*attn2.to_k.lora.down` / `lora_A`, kohya's
+    `lora_unet_*attn2_to_k.lora_down`."""
+    if key.startswith("unet."):
+        return "attn2.to_k.lora" in key and ("lora_A" in key or "lora.down" in key)
+    return key.startswith("lora_unet_") and "attn2_to_k.lora_down" in key
+
+
+def lora_text_width(weights: Path) -> int | None:
+    """The text-feature width a LoRA file's cross-attention keys read, or None."""
+    if weights.suffix == ".safetensors":
+        from safetensors import safe_open
+
         with safe_open(str(weights), framework="pt") as handle:
             for key in handle.keys():
-                if (
-                    key.startswith("unet.")
-                    and "attn2.to_k.lora" in key
-                    and ("lora_A" in key or "lora.down" in key)
-                ):
-                    width = handle.get_slice(key).get_shape()[-1]
-                    if width != expected:
-                        return (
-                            f"it was made for text features of width {width}, this model's "
-                            f"UNet reads {expected}: a LoRA of another family (768: SD 1.x, "
-                            "1024: SD 2.x, 2048: SDXL)"
-                        )
-                    return None
-    except (OSError, ValueError, RuntimeError) as exc:
-        return f"it cannot be read ({first_line(exc)})"
+                if is_text_key_down(key):
+                    return handle.get_slice(key).get_shape()[-1]
+        return None
+    import torch
+
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    for key, tensor in state.items() if isinstance(state, dict) else ():
+        if is_text_key_down(key) and hasattr(tensor, "shape"):
+            return tensor.shape[-1]
     return None
 
 
