@@ -285,6 +285,30 @@ def test_a_lora_of_another_family_in_kohya_or_torch_layout_is_refused_before_the
             check_models(wrong.generation, wrong.paths)
 
 
+def test_an_embedding_of_another_family_is_refused_before_the_run(tmp_path: Path):
+    """diffusers refused these once the run had begun, printing the tensors ('Loaded state
+    dictionary is incorrect: {'clip_g': tensor([[ 4.9497e+00, ...') or unfilled placeholders."""
+    import torch
+    from safetensors.torch import save_file
+
+    from augment.generate.pipelines import check_models
+    from augment.generate.tiny import save_tiny_textual_inversion, save_tiny_textual_inversion_sdxl
+
+    fits = save_tiny_textual_inversion(tmp_path / "sd.safetensors")
+    xl = save_tiny_textual_inversion_sdxl(tmp_path / "xl.safetensors")
+    save_file({"<wide>": torch.zeros(1, 64)}, tmp_path / "wide.safetensors")
+    spec = parse_spec(TINY_JOB.replace("OUT_DIR", "unused"))  # an SD model: width 32
+    for embedding, words in [
+        (xl, "an SDXL embedding (clip_l and clip_g) on an SD model"),
+        (tmp_path / "wide.safetensors", "its vectors have 64 values, this model's text encoder"),
+    ]:
+        wrong = changed(spec, textual_inversions=[{"path": str(embedding), "token": "<t>"}])
+        with pytest.raises(ModelError, match=re.escape(words)):
+            check_models(wrong.generation, wrong.paths)
+    right = changed(spec, textual_inversions=[{"path": str(fits), "token": "<t>"}])
+    check_models(right.generation, right.paths)
+
+
 def test_a_replacement_vae_decodes_and_is_named_in_each_image(tmp_path: Path):
     """generation.vae swaps the decoder (a VAE folder, a pipeline folder's vae/, or one LDM
     .safetensors or PyTorch file); one that makes other latents, or is missing, is refused

@@ -118,7 +118,45 @@ def check_models(settings: GenerationSpec, paths: SpecPaths) -> None:
         if mismatch:
             raise ModelError(f"{lora_setting(number)}: LoRA {weights} does not fit: {mismatch}")
     for number, inversion in enumerate(settings.textual_inversions):
-        embedding_path(paths.textual_inversions[number], inversion.path, number)
+        path = embedding_path(paths.textual_inversions[number], inversion.path, number)
+        mismatch = embedding_mismatch(path, paths.model)
+        if mismatch:
+            raise ModelError(
+                f"generation.textual_inversions[{number}].path: {path} does not fit: {mismatch}"
+            )
+
+
+def embedding_mismatch(path: Path, location: str) -> str | None:
+    """Why an embedding file cannot fit the model folder at `location`, from its tensors'
+    shapes: an SDXL one (clip_l, clip_g) on SD or the reverse, or a width the text encoder does
+    not read (768: SD 1.x, 1024: SD 2.x). diffusers said so after the run had begun, printing
+    the tensors or placeholders. None when it fits or cannot be told."""
+    config = Path(location) / "text_encoder" / "config.json"
+    if not config.is_file() or path.suffix not in (".safetensors", ".bin", ".pt"):
+        return None
+    try:
+        state = embedding_state(path)
+        width = json.loads(config.read_text()).get("hidden_size")
+    except Exception:  # noqa: BLE001 - unreadable here: the loader says why, in its words
+        return None
+    second = (Path(location) / "text_encoder_2").is_dir()
+    if "clip_l" in state and "clip_g" in state:
+        return None if second else "an SDXL embedding (clip_l and clip_g) on an SD model"
+    if second:
+        return "an SDXL model needs an embedding of clip_l and clip_g; this one has one part"
+    tensors = [v for v in state.values() if hasattr(v, "shape")]
+    for nested in (state.get("string_to_param"), state.get("emb_params")):  # A1111's layouts
+        if isinstance(nested, dict):
+            tensors += [v for v in nested.values() if hasattr(v, "shape")]
+        elif hasattr(nested, "shape"):
+            tensors.append(nested)
+    found = tensors[0].shape[-1] if tensors else None
+    if found is not None and width is not None and found != width:
+        return (
+            f"its vectors have {found} values, this model's text encoder reads {width}: an "
+            "embedding of another family (768: SD 1.x, 1024: SD 2.x)"
+        )
+    return None
 
 
 #: What diffusers loads from a LoRA folder when no file is named, in its order of preference.
