@@ -986,6 +986,39 @@ def warn_token_unused(spec: JobSpec) -> None:
         )
 
 
+def warn_inversion_tokens(spec: JobSpec) -> None:
+    """Say when a `generation.textual_inversions` token changes no image (no template, negative
+    prompt or attribute says it), or is a word the tokenizer already knows (every "digit" in
+    the prompts became the embedding): both rendered without a word of warning."""
+    p = spec.prompts
+    texts = [
+        *p.templates,
+        p.negative_prompt,
+        *(v for vs in (p.attributes or {}).values() for v in vs),
+    ]
+    tokenizer = None
+    for number, inversion in enumerate(spec.generation.textual_inversions):
+        key = f"generation.textual_inversions[{number}].token"
+        if not any(inversion.token in text for text in texts):
+            log.warning(
+                "%s %r is in no template, negative prompt or attribute: the embedding changes no "
+                "image; put it in a template ('a photo of %s {name}')",
+                key,
+                inversion.token,
+                inversion.token,
+            )
+        tokenizer = tokenizer or tokenizer_for(spec)
+        vocabulary = tokenizer.get_vocab() if tokenizer is not None else {}
+        if inversion.token in vocabulary or f"{inversion.token}</w>" in vocabulary:
+            log.warning(
+                "%s %r is a word the tokenizer already knows: wherever a prompt says it, the "
+                "embedding replaces the word; use a new token, such as <%s-style>",
+                key,
+                inversion.token,
+                inversion.token.strip("<>"),
+            )
+
+
 def finetune(spec: JobSpec, force: bool = False) -> FinetuneResult:
     """Train the job's `finetune:` adapter, or reuse it when complete for these images.
 
@@ -1204,6 +1237,7 @@ def check_inputs(spec: JobSpec) -> list[Concept]:
     if spec.finetune is not None:  # trains the adapter when this spec's is missing
         finetune(spec)
     check_models(spec.generation, spec.paths)
+    warn_inversion_tokens(spec)
     concepts = concepts_for(spec)
     check_scorer(spec.filters, spec.paths.scorer, [c.name for c in concepts])
     if spec.labels is not None:

@@ -309,6 +309,36 @@ def test_an_embedding_of_another_family_is_refused_before_the_run(tmp_path: Path
     check_models(right.generation, right.paths)
 
 
+def test_an_embedding_token_that_changes_no_image_or_replaces_a_word_is_warned_of(
+    tmp_path: Path, caplog
+):
+    """Both rendered without a word: a token in no template left every image as it was; the
+    token "digit" turned every "digit" of the prompts into the embedding."""
+    from augment.generate.tiny import save_tiny_textual_inversion
+    from augment.job import warn_inversion_tokens
+
+    embedding = str(save_tiny_textual_inversion(tmp_path / "e.safetensors"))
+    spec = parse_spec(
+        TINY_JOB.replace("OUT_DIR", "unused").replace("builtin:tiny-sd", "builtin:digits")
+    )
+    for token, words in [
+        ("<unsaid>", "'<unsaid>' is in no template, negative prompt or attribute"),
+        ("digit", "'digit' is a word the tokenizer already knows"),
+    ]:
+        caplog.clear()
+        warn_inversion_tokens(
+            changed(spec, textual_inversions=[{"path": embedding, "token": token}])
+        )
+        assert any(words in r.getMessage() for r in caplog.records), caplog.text
+    caplog.clear()
+    said = spec.model_dump()
+    said["prompts"]["templates"] = ["a handwritten digit {name}, <style>"]
+    warn_inversion_tokens(
+        changed(load_spec(said), textual_inversions=[{"path": embedding, "token": "<style>"}])
+    )
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_a_replacement_vae_decodes_and_is_named_in_each_image(tmp_path: Path):
     """generation.vae swaps the decoder (a VAE folder, a pipeline folder's vae/, or one LDM
     .safetensors or PyTorch file); one that makes other latents, or is missing, is refused
