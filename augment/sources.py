@@ -504,6 +504,18 @@ class SourceSet:
                 "source labels that are not concepts of the job, not used: %s",
                 ", ".join(sorted(unmatched)[:10]),
             )
+        rendered = {target.concept.id for target in targets}
+        missing = [c.name for c in concepts if c.id not in rendered]
+        if targets and missing:  # they get no image, and a run said nothing of it
+            shown = ", ".join(missing[:10]) + (
+                f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            )
+            log.warning(
+                "%d concept(s) of the job match no source image and get no image: %s (name a "
+                "folder or label after each)",
+                len(missing),
+                shown,
+            )
         if mode == "inpaint" and mask.source == "files":
             for target in targets:  # checked before anything renders
                 path = self.mask_path(mask_files, target.image.id)

@@ -871,3 +871,20 @@ def test_a_parquet_source_may_name_its_images_by_path(tmp_path: Path):
         job = job.replace("builtin:digits-canvases", str(tmp_path / f"{name}.parquet"))
         items = plan_for(parse_spec(job))
         assert len(items) == 2, name
+
+
+def test_concepts_no_source_image_matches_are_named(tmp_path: Path, caplog):
+    """A concept whose folder or label the source lacks got no image, and a run said nothing
+    (with parquet and coco exports, no line at all)."""
+    from augment.config import load_spec
+
+    for name in ("zero", "one"):
+        (tmp_path / "src" / name).mkdir(parents=True)
+        Image.new("RGB", (32, 32), "white").save(tmp_path / "src" / name / "a.png")
+    overrides = {"source.path": str(tmp_path / "src"), "taxonomy.max_concepts": 4}
+    spec = load_spec(REPO / "jobs" / "tiny" / "img2img.yaml", overrides)
+    items = plan_for(spec)
+    assert {item.concept_name for item in items} == {"zero", "one"}
+    assert "2 concept(s) of the job match no source image and get no image: two, three" in (
+        caplog.text
+    )
