@@ -69,11 +69,20 @@ def category_label(category_id: int) -> str:
     return f"category id {category_id}"
 
 
-def concept_index(concepts: list[Concept]) -> dict[str, Concept]:
+class ConceptIndex(dict):
+    """Source labels (as slugs) -> concepts; `ambiguous`: the slugs of labels that read alike
+    for two concepts (C++ and C#, WordNet's two "spotted salamander"), which match neither."""
+
+    ambiguous: dict[str, list[str]]
+
+
+def concept_index(concepts: list[Concept]) -> ConceptIndex:
     """Source labels -> concepts, by name, id or alias (compared as slugs), and a nameless
     box's `category_label`. A bare number is no key: MNIST's class folders 0..9 would have
-    matched the digits' category ids 1..10, every image one class off."""
-    index: dict[str, Concept] = {}
+    matched the digits' category ids 1..10, every image one class off. A label that two
+    concepts share is no key either: it gave its images to the first of them, unsaid."""
+    index = ConceptIndex()
+    index.ambiguous = {}
     for concept in concepts:
         for key in (
             concept.name,
@@ -81,7 +90,13 @@ def concept_index(concepts: list[Concept]) -> dict[str, Concept]:
             *concept.aliases,
             category_label(concept.category_id),
         ):
-            index.setdefault(slugify(key), concept)
+            slug = slugify(key)
+            if slug in index.ambiguous:
+                index.ambiguous[slug].append(concept.id)
+            elif index.setdefault(slug, concept) is not concept:
+                index.ambiguous[slug] = [index.pop(slug).id, concept.id]
+    for slug, ids in index.ambiguous.items():
+        index.ambiguous[slug] = list(dict.fromkeys(ids))
     return index
 
 
@@ -499,6 +514,17 @@ class SourceSet:
                 unmatched.add(label)
                 continue
             targets.append(SourceTarget(image, concept, None, boxes))
+        alike = sorted(label for label in unmatched if slugify(label) in index.ambiguous)
+        if alike:
+            first = alike[0]
+            log.warning(
+                "source labels that name several concepts of the job alike, not used: %s (%s "
+                "names %s); name each folder or label by its concept's id",
+                ", ".join(alike[:10]),
+                first,
+                " and ".join(index.ambiguous[slugify(first)]),
+            )
+            unmatched -= set(alike)
         if unmatched:
             log.warning(
                 "source labels that are not concepts of the job, not used: %s",

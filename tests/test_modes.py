@@ -888,3 +888,27 @@ def test_concepts_no_source_image_matches_are_named(tmp_path: Path, caplog):
     assert "2 concept(s) of the job match no source image and get no image: two, three" in (
         caplog.text
     )
+
+
+def test_a_source_label_that_names_two_concepts_alike_matches_neither(tmp_path: Path, caplog):
+    """A folder C++ of a job with concepts C++ and C# (both read as 'c') gave its images to the
+    first of them, unsaid."""
+    from augment.config import load_spec
+
+    for name in ("C++", "C#", "plain"):
+        (tmp_path / "src" / name).mkdir(parents=True)
+        Image.new("RGB", (32, 32), "white").save(tmp_path / "src" / name / "a.png")
+    (tmp_path / "list.yaml").write_text(
+        "concepts:\n  - {name: C++, id: cpp}\n  - {name: C#, id: csharp}\n  - plain\n"
+    )
+    overrides = {
+        "source.path": str(tmp_path / "src"),
+        "taxonomy.source": str(tmp_path / "list.yaml"),
+    }
+    spec = load_spec(REPO / "jobs" / "tiny" / "img2img.yaml", overrides)
+    items = plan_for(spec)
+    assert {(item.concept_name, item.source_image_id) for item in items} == {("plain", "plain/a")}
+    assert (
+        "source labels that name several concepts of the job alike, not used: C#, C++ (C# names "
+        "cpp and csharp); name each folder or label by its concept's id"
+    ) in caplog.text

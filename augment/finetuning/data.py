@@ -85,6 +85,11 @@ def taught_concepts(finetune: FinetuneSpec, concepts: list[Concept]) -> list[Con
     chosen = []
     for wanted in finetune.concepts:
         concept = index.get(slugify(wanted))
+        if concept is None and slugify(wanted) in index.ambiguous:
+            raise SpecError(
+                f"finetune.concepts: '{wanted}' names several concepts of the job alike "
+                f"({' and '.join(index.ambiguous[slugify(wanted)])}); give its id"
+            )
         if concept is None:
             raise SpecError(
                 f"finetune.concepts: '{wanted}' is not a concept of the job; concepts: "
