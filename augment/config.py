@@ -67,6 +67,31 @@ SCHEDULERS = {
     "LCM": "LCMScheduler",
 }
 
+#: Other names of the schedulers, as the web UIs and diffusers' classes spell them (lower case,
+#: without spaces, dashes and underscores): for the "did you mean" of a name augment lacks.
+SCHEDULER_ALIASES = {
+    "eulera": "EulerAncestral",
+    "eulerancestraldiscrete": "EulerAncestral",
+    "eulerdiscrete": "Euler",
+    "dpm++2m": "DPMSolverMultistep",
+    "dpmpp2m": "DPMSolverMultistep",
+    "dpmsolver": "DPMSolverMultistep",
+    "lmsdiscrete": "LMS",
+    **{key.lower(): key for key in SCHEDULERS},
+    **{cls.lower().removesuffix("scheduler"): key for key, cls in SCHEDULERS.items()},
+}
+
+
+def scheduler_meant(name: str) -> str | None:
+    """The scheduler a name not in SCHEDULERS most likely means ("euler_a": EulerAncestral, a
+    diffusers class name, another case), else the closest spelling, else None."""
+    folded = re.sub(r"[\s_-]+", "", name.lower()).removesuffix("scheduler")
+    if folded in SCHEDULER_ALIASES:
+        return SCHEDULER_ALIASES[folded]
+    close = difflib.get_close_matches(name, list(SCHEDULERS), n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
 Mode = Literal["txt2img", "img2img", "inpaint", "controlnet", "interpolate"]
 #: Modes that start from a source image: their plan is built from `source:` images.
 SOURCE_MODES = ("img2img", "inpaint", "controlnet")
@@ -347,8 +372,8 @@ class GenerationSpec(StrictModel):
     @classmethod
     def _known_scheduler(cls, name: str) -> str:
         if name not in SCHEDULERS:
-            close = difflib.get_close_matches(name, list(SCHEDULERS), n=1, cutoff=0.5)
-            hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(SCHEDULERS)}"
+            meant = scheduler_meant(name)
+            hint = f"did you mean '{meant}'?" if meant else f"known: {', '.join(SCHEDULERS)}"
             raise ValueError(f"unknown scheduler {name!r}; {hint}")
         return name
 

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,26 @@ def test_misspelt_key_names_line_and_suggests_the_valid_key():
         f"jobs/x.yaml, line {line}: generation.num_inference_step: unknown key "
         "'num_inference_step'; did you mean 'num_inference_steps'?"
     )
+
+
+@pytest.mark.parametrize(
+    "given, meant",
+    [
+        ("euler_a", "EulerAncestral"),  # the web UIs' name: "Euler" was suggested
+        ("DPMSolverMultistepScheduler", "DPMSolverMultistep"),  # diffusers' class name
+        ("dpm++ 2m", "DPMSolverMultistep"),
+        ("ddim", "DDIM"),
+        ("Eulr", "Euler"),
+    ],
+)
+def test_a_scheduler_named_as_other_tools_name_it_suggests_augments_name(given, meant):
+    text = TINY_JOB.replace(
+        "  num_inference_steps: 3", f"  scheduler: '{given}'\n  num_inference_steps: 3"
+    )
+    with pytest.raises(
+        SpecError, match=rf"unknown scheduler '{re.escape(given)}'; did you mean '{meant}'\?"
+    ):
+        parse_spec(text, "jobs/x.yaml")
 
 
 def test_negative_step_count_is_refused_with_the_bound():
