@@ -424,8 +424,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         found = api.inspect(path)
         out.print(f"[bold]{escape(visible(found['file']))}[/]", soft_wrap=True)
         out.print(f"  invisible watermark: {'found' if found['watermark'] else 'not found'}")
+        if found["unread_augment"]:
+            out.print(
+                "  its `augment` text chunk holds no provenance augment can read: another "
+                "tool's, or damaged"
+            )
         if found["augment"] is None and found["parameters"] is None:
-            out.print("  no provenance: not an augment image, or its text chunks were stripped")
+            if not found["unread_augment"]:
+                out.print("  no provenance: not an augment image, or its text chunks were stripped")
             continue
         out.print(f"  synthetic: {'yes' if found['synthetic'] else 'not stated'}")
         for key, value in sorted((found["augment"] or {}).items()):

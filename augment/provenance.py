@@ -320,6 +320,8 @@ def inspect_png(path: str | Path) -> dict:
         "augment": parsed,
         "synthetic": bool(parsed and parsed.get("synthetic") is True),  # not "false"
         "watermark": has_watermark(pixels),
+        # a chunk of augment's name that holds no JSON object: damaged, or another tool's
+        "unread_augment": bool(carried) and parsed is None,
     }
 
 

@@ -415,7 +415,13 @@ def test_inspect_reads_an_augment_chunk_another_tool_wrote_as_not_ours(tmp_path,
     Image.new("RGB", (8, 8)).save(path, pnginfo=info)
     code, out, err = cli(capsys, "inspect", path)
     assert code == 0, err
-    assert "no provenance: not an augment image" in out
+    # the chunk is there: "stripped" sent the user looking for what was not missing
+    assert "its `augment` text chunk holds no provenance augment can read" in " ".join(out.split())
+    assert "stripped" not in out
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    code, out, err = cli(capsys, "inspect", plain)
+    assert code == 0 and "no provenance: not an augment image, or its text chunks were" in out
     # a chunk's control characters are shown as escapes, not sent to the terminal
     info = PngInfo()
     info.add_text("parameters", "a cat\x1b]0;PWNED\x07\x1b[2J")
