@@ -629,8 +629,9 @@ def cmd_taxonomy_show(args: argparse.Namespace) -> int:
     nodes: dict[str, Tree] = {}
     for concept in concepts:
         parent_key = concept.hypernyms[-1] if concept.hypernyms else concept.supercategory
-        if parent_key not in nodes:
-            nodes[parent_key] = root if concept.hypernyms else root.add(escape(parent_key))
+        if parent_key not in nodes:  # a list file without supercategories: under the root
+            grouped = concept.hypernyms or not parent_key
+            nodes[parent_key] = root if grouped else root.add(escape(parent_key))
         where = escape(f"({concept.synset or concept.id}, id {concept.category_id})")
         label = f"{escape(concept.name)} [dim]{where}"
         nodes[concept.synset or concept.id] = nodes[parent_key].add(label)

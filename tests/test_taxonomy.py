@@ -324,3 +324,14 @@ def test_a_run_rendered_by_the_old_depth_walk_is_refused_when_resumed(
         "since they were rendered; use another --out, or --force to delete it and start over"
     )
     assert images_by_item(out) == rendered
+
+
+def test_a_list_file_without_supercategories_shows_its_concepts_under_the_root(tmp_path, capsys):
+    """They hung below a blank node ("└── ") between the root and the concepts."""
+    from tests.conftest import cli
+
+    (tmp_path / "list.yaml").write_text("concepts: [apple, pear]\n")
+    code, out, err = cli(capsys, "taxonomy", "show", tmp_path / "list.yaml")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[1].startswith("├── apple") and lines[2].startswith("└── pear")
