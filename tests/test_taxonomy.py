@@ -333,5 +333,5 @@ def test_a_list_file_without_supercategories_shows_its_concepts_under_the_root(t
     (tmp_path / "list.yaml").write_text("concepts: [apple, pear]\n")
     code, out, err = cli(capsys, "taxonomy", "show", tmp_path / "list.yaml")
     assert code == 0, err
-    lines = out.splitlines()
-    assert lines[1].startswith("├── apple") and lines[2].startswith("└── pear")
+    tree = [line for line in out.splitlines() if "──" in line]  # the root's path may wrap
+    assert [line.split(" (")[0] for line in tree] == ["├── apple", "└── pear"]
