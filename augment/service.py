@@ -592,8 +592,9 @@ class Service:
 
 def shard_names(folder: Path) -> frozenset[str]:
     """The names of the shards an output folder holds now."""
-    shards = folder / "shards"
-    return frozenset(p.name for p in shards.glob("*.parquet")) if shards.is_dir() else frozenset()
+    from augment.sinks.parquet import shard_paths
+
+    return frozenset(path.name for path in shard_paths(folder / "shards"))
 
 
 def outdated_outputs(folder: Path, shards_before: frozenset[str]) -> list[str]:
