@@ -996,8 +996,10 @@ def warn_inversion_tokens(spec: JobSpec) -> None:
         p.negative_prompt,
         *(v for vs in (p.attributes or {}).values() for v in vs),
     ]
-    tokenizer = None
-    for number, inversion in enumerate(spec.generation.textual_inversions):
+    inversions = spec.generation.textual_inversions
+    tokenizer = tokenizer_for(spec) if inversions else None  # once: it loads from disk
+    vocabulary = tokenizer.get_vocab() if tokenizer is not None else {}
+    for number, inversion in enumerate(inversions):
         key = f"generation.textual_inversions[{number}].token"
         if not any(inversion.token in text for text in texts):
             log.warning(
@@ -1007,8 +1009,6 @@ def warn_inversion_tokens(spec: JobSpec) -> None:
                 inversion.token,
                 inversion.token,
             )
-        tokenizer = tokenizer or tokenizer_for(spec)
-        vocabulary = tokenizer.get_vocab() if tokenizer is not None else {}
         if inversion.token in vocabulary or f"{inversion.token}</w>" in vocabulary:
             log.warning(
                 "%s %r is a word the tokenizer already knows: wherever a prompt says it, the "
