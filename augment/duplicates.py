@@ -114,24 +114,37 @@ def descriptor(thumb: np.ndarray) -> np.ndarray:
 @dataclass
 class Picture:
     """One image to compare: its id, its concept, and its blurred grey thumbnail (all that is
-    kept of its pixels, so a run's worth of pictures is a few KB each)."""
+    kept of its pixels, so a run's worth of pictures is a few KB each).
+
+    `concept` is the slug of the concept's name, all a real pool's class says of it; `concept_id`
+    (a run's concepts, and the sources rendered for them) keeps apart two concepts whose names
+    slug alike ("C++" and "C#"), whose images are not each other's repeats."""
 
     id: str
     concept: str
     thumb: np.ndarray
+    concept_id: str | None = None
 
     @classmethod
-    def of(cls, id: str, concept: str, image: bytes | np.ndarray | Image.Image) -> Picture:
+    def of(
+        cls,
+        id: str,
+        concept: str,
+        image: bytes | np.ndarray | Image.Image,
+        concept_id: str | None = None,
+    ) -> Picture:
         """The picture of an image: PNG (or any encoded) bytes, pixels, or a PIL image."""
         if isinstance(image, bytes):
             image = Image.open(io.BytesIO(image))
-        return cls(id, concept, blurred(grey_levels(image)))
+        return cls(id, concept, blurred(grey_levels(image)), concept_id)
 
     @classmethod
-    def of_levels(cls, id: str, concept: str, thumb: bytes) -> Picture:
+    def of_levels(
+        cls, id: str, concept: str, thumb: bytes, concept_id: str | None = None
+    ) -> Picture:
         """The picture of a record's stored `thumb` (its `grey_levels`' bytes)."""
         levels = np.frombuffer(thumb, dtype=np.uint8).reshape(THUMB, THUMB)
-        return cls(id, concept, blurred(levels))
+        return cls(id, concept, blurred(levels), concept_id)
 
 
 #: Pictures whose candidate distances one matrix product computes at once (against every
@@ -147,15 +160,17 @@ def find_duplicates(
     """id -> the id it repeats, for each picture that repeats a real picture of its concept
     or an earlier picture of its concept (list order; real ones count as earlier).
     `advance(n)` is told of each block of n pictures compared."""
-    by_concept: dict[str, list[Picture]] = {}
+    by_concept: dict[tuple[str, str | None], list[Picture]] = {}
     for picture in pictures:
-        by_concept.setdefault(picture.concept, []).append(picture)
+        by_concept.setdefault((picture.concept, picture.concept_id), []).append(picture)
     known_by_concept: dict[str, list[Picture]] = {}
     for picture in real:
         known_by_concept.setdefault(picture.concept, []).append(picture)
     repeats: dict[str, str] = {}
-    for concept, rendered in by_concept.items():
-        known = known_by_concept.get(concept, [])
+    for (concept, concept_id), rendered in by_concept.items():
+        known = [  # a real pool's class by its name; a source by its concept, where it has one
+            p for p in known_by_concept.get(concept, []) if p.concept_id in (None, concept_id)
+        ]
         group = known + rendered
         thumbs = np.stack([p.thumb for p in group])
         spread = contrasts(thumbs)
@@ -193,7 +208,8 @@ OTHER_FLAGS = tuple(flag for flag in FLAGS if flag != "duplicate")
 def shard_pictures(path: Path) -> tuple[list[Picture], dict[str, tuple[bool, str | None]]]:
     """A shard's unflagged pictures (from the stored thumbnails; a record written without one
     is decoded), and every record's current `duplicate` and `duplicate_of` by item_id."""
-    columns = ["item_id", "concept_name", "thumb", "duplicate", "duplicate_of", *OTHER_FLAGS]
+    columns = ["item_id", "concept_id", "concept_name", "thumb", "duplicate", "duplicate_of"]
+    columns += OTHER_FLAGS
     records = parquet.read_shard(path, columns).to_pylist()
     if any(record["thumb"] is None for record in records):  # older shards: decode the images
         images = parquet.read_shard(path, ["image"]).column("image").to_pylist()
@@ -201,11 +217,15 @@ def shard_pictures(path: Path) -> tuple[list[Picture], dict[str, tuple[bool, str
     for index, record in enumerate(records):
         if any(record[flag] for flag in OTHER_FLAGS):
             continue
-        concept = slugify(record["concept_name"])
+        item_id, concept, concept_id = (
+            record["item_id"],
+            slugify(record["concept_name"]),
+            record["concept_id"],
+        )
         if record["thumb"] is not None:
-            pictures.append(Picture.of_levels(record["item_id"], concept, record["thumb"]))
+            pictures.append(Picture.of_levels(item_id, concept, record["thumb"], concept_id))
         else:
-            pictures.append(Picture.of(record["item_id"], concept, images[index]["bytes"]))
+            pictures.append(Picture.of(item_id, concept, images[index]["bytes"], concept_id))
     current = {r["item_id"]: (r["duplicate"], r["duplicate_of"]) for r in records}
     return pictures, current
 

@@ -877,12 +877,14 @@ def source_pictures(
     if sources is None or spec.generation.mode not in COPYING_MODES:
         return []
     pairs = dict.fromkeys(
-        (item.source_image_id, slugify(item.concept_name)) for item in items if item.source_image_id
+        (item.source_image_id, slugify(item.concept_name), item.concept_id)
+        for item in items
+        if item.source_image_id
     )
     pictures = []
-    for source_id, concept in pairs:
+    for source_id, concept, concept_id in pairs:
         try:
-            pictures.append(Picture.of(source_id, concept, sources.pixels(source_id)))
+            pictures.append(Picture.of(source_id, concept, sources.pixels(source_id), concept_id))
         except SpecError:  # unreadable: already reported, and nothing rendered from it
             continue
     return pictures

@@ -190,3 +190,27 @@ def _pool_ids() -> list[str]:
     from augment.bench.data import load_real
 
     return load_real("digits", 8).pool.ids
+
+
+def test_two_concepts_whose_names_slug_alike_are_not_each_others_duplicates(tmp_path: Path):
+    """ "C++" and "C#" both slug to "c": an image of one is no repeat of the other's, while a
+    copy within one concept still is."""
+    images, _ = load_digit_images(32)
+    concepts = {"lang-cpp": "C++", "lang-csharp": "C#"}
+    records = [
+        {
+            **record(f"{concept_id}-{k}", 0, images[k]),
+            "concept_id": concept_id,
+            "concept_name": name,
+        }
+        for concept_id, name in concepts.items()
+        for k in range(2)
+    ]
+    copy = {**records[0], "item_id": "lang-cpp-copy"}
+    shards = tmp_path / "shards"
+    write_run(shards, [*records, copy])
+
+    assert flag_duplicates(shards, [r["item_id"] for r in [*records, copy]]) == 1
+    flags = flags_of(shards)
+    assert flags["lang-cpp-copy"] == (True, "lang-cpp-0")
+    assert not any(flags[r["item_id"]][0] for r in records)
