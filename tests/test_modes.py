@@ -207,11 +207,13 @@ def test_a_model_folder_that_does_not_fit_the_family_or_mode_is_refused_before_t
 ):
     """Each of these failed every render, after the run had written its output folder, as a
     fault of augment: an SD folder taken for SDXL, an SDXL one for SD, an SDXL refiner, an
-    inpainting UNet in txt2img."""
+    inpainting UNet in txt2img; and a single file whose config folder is of another family."""
     import shutil
 
-    from augment.generate.pipelines import check_models
+    from augment.generate.ldm_checkpoint import write_ldm_checkpoint
+    from augment.generate.pipelines import check_models, load_txt2img_pipeline
     from augment.generate.tiny import save_tiny_sd, save_tiny_sd_inpaint, save_tiny_sdxl
+    from augment.registry import resolve
 
     sd, xl = save_tiny_sd(tmp_path / "sd"), save_tiny_sdxl(tmp_path / "xl")
     inpaint = save_tiny_sd_inpaint(tmp_path / "inpaint")
@@ -235,6 +237,20 @@ def test_a_model_folder_that_does_not_fit_the_family_or_mode_is_refused_before_t
             check_models(wrong.generation, wrong.paths)
     right = changed(spec, model=str(xl), family="auto")
     check_models(right.generation, right.paths)
+
+    # A single file described by another family's configs failed with a bare key name.
+    checkpoint = write_ldm_checkpoint(
+        load_txt2img_pipeline(str(sd), device="cpu"), tmp_path / "sd.safetensors"
+    )
+    wrong = changed(spec, model=str(checkpoint), config=str(xl))
+    with pytest.raises(ModelError, match="reads text features of width 32, the folder's 64"):
+        check_models(wrong.generation, wrong.paths)
+    right = changed(spec, model=str(checkpoint), config=str(sd))
+    check_models(right.generation, right.paths)
+    # Its adapters are checked against that config folder, as a folder's are against itself.
+    lora = changed(right, loras=[{"path": str(resolve("model", "tiny-lora-sdxl", "test"))}])
+    with pytest.raises(ModelError, match="made for text features of width 64, this model's"):
+        check_models(lora.generation, lora.paths)
 
 
 def test_a_folder_of_fp16_variant_weights_only_loads(tmp_path: Path):

@@ -108,22 +108,63 @@ def check_models(settings: GenerationSpec, paths: SpecPaths) -> None:
         check_folder_fits(paths.model, settings)
     if settings.config is not None:
         check_model(paths.config, settings.config, "generation.config")
+        mismatch = config_mismatch(Path(paths.model), paths.config)
+        if mismatch:
+            raise ModelError(
+                f"generation.config: {paths.config} does not describe {paths.model}: {mismatch}"
+            )
     if settings.vae is not None:
         check_vae(settings, paths)
     if settings.mode == "controlnet" and settings.controlnet is not None:
         check_model(paths.controlnet, settings.controlnet.model, "generation.controlnet.model")
+    # A single file's parts are described by its config folder.
+    described = paths.config if Path(paths.model).is_file() and paths.config else paths.model
     for number, lora in enumerate(settings.loras):
         weights = lora_file(paths.loras[number], lora, number)
-        mismatch = lora_mismatch(weights, paths.model)
+        mismatch = lora_mismatch(weights, described)
         if mismatch:
             raise ModelError(f"{lora_setting(number)}: LoRA {weights} does not fit: {mismatch}")
     for number, inversion in enumerate(settings.textual_inversions):
         path = embedding_path(paths.textual_inversions[number], inversion.path, number)
-        mismatch = embedding_mismatch(path, paths.model)
+        mismatch = embedding_mismatch(path, described)
         if mismatch:
             raise ModelError(
                 f"generation.textual_inversions[{number}].path: {path} does not fit: {mismatch}"
             )
+
+
+def config_mismatch(checkpoint: Path, config: str) -> str | None:
+    """Why a local config folder cannot describe a single-file checkpoint: the UNet's
+    cross-attention width (768 SD 1.x, 1024 SD 2.x, 2048 SDXL), from one tensor's shape in the
+    file and the folder's unet/config.json. diffusers failed with a bare key name
+    ('label_emb.0.0.weight') after the run had written its output folder. None when it fits or
+    cannot be told (a hub id, a .ckpt, an unreadable file: the loader names those)."""
+    unet_config = Path(config) / "unet" / "config.json"
+    if checkpoint.suffix != ".safetensors" or not checkpoint.is_file() or not unet_config.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        expected = json.loads(unet_config.read_text()).get("cross_attention_dim")
+        with safe_open(str(checkpoint), framework="pt") as handle:
+            key = next(
+                (
+                    k
+                    for k in handle.keys()
+                    if k.startswith("model.diffusion_model.") and k.endswith("attn2.to_k.weight")
+                ),
+                None,
+            )
+            width = None if key is None else handle.get_slice(key).get_shape()[1]
+    except Exception:  # noqa: BLE001 - json's and safetensors' own errors: the loader names them
+        return None
+    if width is None or width == expected:
+        return None
+    return (
+        f"the checkpoint's UNet reads text features of width {width}, the folder's {expected} "
+        "(768: SD 1.x, 1024: SD 2.x, 2048: SDXL); name the diffusers folder of the checkpoint's "
+        "own model family as config"
+    )
 
 
 def embedding_mismatch(path: Path, location: str) -> str | None:
