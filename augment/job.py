@@ -1261,6 +1261,10 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
         check_reachable(options.address)  # a wrong --address, before anything is written
     check_inputs_outside_output(spec, out_dir)
     concepts = check_inputs(spec)
+    if options.address is None:  # rendered here: float16 on a CPU, named before OUT is written
+        from augment.generate.pipelines import select_device, torch_dtype
+
+        torch_dtype(spec.generation.dtype, select_device(spec.generation.device))
     if spec.paste is not None:  # fail before touching OUT
         from augment.labels.paste import check_paste_folder
 

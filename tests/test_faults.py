@@ -391,6 +391,24 @@ def test_a_damaged_file_a_job_names_is_one_line_before_anything_is_written(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ("  dtype: float16\n", "float16 needs a GPU and this run is on the CPU"),
+        ("  device: cuda\n", "'cuda' asked for, but no CUDA GPU is visible"),
+    ],
+)
+def test_a_device_or_dtype_this_machine_cannot_render_with_is_refused_before_out(
+    write_job, tmp_path, capsys, change, words
+):
+    """A local run found these once its workers loaded the model, after OUT was written."""
+    job = write_job(TINY_JOB.replace("generation:\n", "generation:\n" + change))
+    code, _, err = cli(capsys, "run", job, "--distributor", "local")
+    assert code == 2
+    assert words in error_line(err)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("config, words", [("{bad", "cannot be read"), ("{}", "lists no classes")])
 def test_a_scorer_folder_with_a_damaged_config_is_one_line(
     run_copy, tmp_path, capsys, config, words

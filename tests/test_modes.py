@@ -474,11 +474,18 @@ def test_a_vae_from_a_cached_hub_pipeline_loads_its_vae_subfolder(tmp_path, monk
     assert adapter.hash == model_content_hash(repo / "snapshots" / commit / "vae")  # as a folder
 
 
-def test_controlnet_of_the_other_family_is_refused(tmp_path: Path):
+def test_controlnet_of_the_other_family_is_refused_before_the_run(tmp_path: Path):
+    """It was refused only once a worker loaded it, after the run had written OUT."""
+    from augment.generate.pipelines import check_models
+
     job = (REPO / "jobs" / "tiny" / "controlnet.yaml").read_text()
     spec = parse_spec(job.replace("builtin:tiny-controlnet", "builtin:tiny-controlnet-sdxl"))
-    with pytest.raises(ModelError, match="use a ControlNet trained for this base model"):
+    words = "expects text features of width 64, the model's UNet reads 32"
+    with pytest.raises(ModelError, match=words):
+        check_models(spec.generation, spec.paths)
+    with pytest.raises(ModelError, match=words):  # a hub id's, found when loaded
         make_generator(spec)
+    check_models(parse_spec(job).generation, parse_spec(job).paths)
 
 
 def test_safety_checker_sets_the_nsfw_flag_and_exports_leave_those_out(tmp_path: Path):

@@ -115,10 +115,14 @@ def check_models(settings: GenerationSpec, paths: SpecPaths) -> None:
             )
     if settings.vae is not None:
         check_vae(settings, paths)
-    if settings.mode == "controlnet" and settings.controlnet is not None:
-        check_model(paths.controlnet, settings.controlnet.model, "generation.controlnet.model")
     # A single file's parts are described by its config folder.
     described = paths.config if Path(paths.model).is_file() and paths.config else paths.model
+    if settings.mode == "controlnet" and settings.controlnet is not None:
+        check_model(paths.controlnet, settings.controlnet.model, "generation.controlnet.model")
+        found = config_value(Path(paths.controlnet) / "config.json", "cross_attention_dim")
+        expected = config_value(Path(described) / "unet" / "config.json", "cross_attention_dim")
+        if None not in (found, expected) and found != expected:
+            raise ModelError(controlnet_misfit(found, expected))
     for number, lora in enumerate(settings.loras):
         weights = lora_file(paths.loras[number], lora, number)
         mismatch = lora_mismatch(weights, described)
@@ -660,14 +664,29 @@ def first_line(exc: BaseException) -> str:
     return " ".join(lines[:2]) if lines else type(exc).__name__
 
 
-def check_controlnet_fits(pipe, family: str) -> None:
+def check_controlnet_fits(pipe) -> None:
+    """A hub id's ControlNet, which `check_models` could not read before the run."""
     expected = pipe.unet.config.cross_attention_dim
     found = pipe.controlnet.config.cross_attention_dim
     if found != expected:
-        raise ModelError(
-            f"generation.controlnet.model: this ControlNet expects text features of size {found}, "
-            f"the {family} model gives {expected}: use a ControlNet trained for this base model"
-        )
+        raise ModelError(controlnet_misfit(found, expected))
+
+
+def controlnet_misfit(found: int, expected: int) -> str:
+    return (
+        f"generation.controlnet.model: this ControlNet expects text features of width {found}, "
+        f"the model's UNet reads {expected} (768: SD 1.x, 1024: SD 2.x, 2048: SDXL): use a "
+        "ControlNet trained for this base model's family"
+    )
+
+
+def config_value(path: Path, key: str):
+    """One value of a local config.json; None where the file is absent or unreadable (the
+    loader names that)."""
+    try:
+        return json.loads(path.read_text()).get(key) if path.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def load_loras(
@@ -874,7 +893,7 @@ def load_pipeline(settings: GenerationSpec, paths: SpecPaths, keep_scheduler: bo
     if settings.vae is not None:
         check_vae_fits(pipe, settings, paths)
     if settings.mode == "controlnet":
-        check_controlnet_fits(pipe, family)
+        check_controlnet_fits(pipe)
     if not keep_scheduler:
         pipe.scheduler = scheduler_from_name(settings.scheduler, pipe.scheduler.config)
     load_loras(pipe, settings, paths, family, card)
