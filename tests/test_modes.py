@@ -357,8 +357,8 @@ def test_an_embedding_token_that_changes_no_image_or_replaces_a_word_is_warned_o
 
 def test_a_replacement_vae_decodes_and_is_named_in_each_image(tmp_path: Path):
     """generation.vae swaps the decoder (a VAE folder, a pipeline folder's vae/, or one LDM
-    .safetensors or PyTorch file); one that makes other latents, or is missing, is refused
-    before anything renders."""
+    .safetensors or PyTorch file); one that makes other latents (or scales them otherwise), or
+    is missing, is refused before anything renders."""
     from diffusers import AutoencoderKL
     from safetensors.torch import save_file
 
@@ -420,6 +420,11 @@ def test_a_replacement_vae_decodes_and_is_named_in_each_image(tmp_path: Path):
     deep.save_pretrained(tmp_path / "deep")
     with pytest.raises(ModelError, match=r"vae: .* shrinks images 8x .* the model's own VAE 2x"):
         checked(tmp_path / "deep")
+    other_space = build_vae()  # SDXL's VAE on SD: the same shapes, another latent scale
+    other_space.register_to_config(scaling_factor=0.13025)
+    other_space.save_pretrained(tmp_path / "sdxl-vae")
+    with pytest.raises(ModelError, match=r"vae: .* scales its latents by 0.13025, the model's own"):
+        checked(tmp_path / "sdxl-vae")
     deeper = AutoencoderKL(  # its last levels fit the model's: diffusers alone loads it
         block_out_channels=[32, 64, 64], down_block_types=["DownEncoderBlock2D"] * 3,
         up_block_types=["UpDecoderBlock2D"] * 3, latent_channels=4,

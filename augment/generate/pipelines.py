@@ -587,6 +587,14 @@ def vae_misfit(
             f"own VAE {own_factor}x: its UNet would denoise latents of another size than it "
             "learned; use a VAE made for this model's family"
         )
+    scale, own_scale = config.get("scaling_factor"), own.get("scaling_factor")
+    if scale is not None and own_scale is not None and abs(scale - own_scale) > 1e-4 * own_scale:
+        return (  # SDXL's VAE on SD: same shapes, another latent space (0.13025 vs 0.18215)
+            f"generation.vae: {settings.vae} scales its latents by {scale:g}, the model's own "
+            f"VAE by {own_scale:g}: it was trained for another model's latent space (SDXL's "
+            "VAE on SD, say), and would decode washed-out or garbled images; use a VAE made "
+            "for this model's family"
+        )
     return None
 
 
