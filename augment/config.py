@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
 import typing
 from dataclasses import dataclass
@@ -1079,6 +1080,17 @@ def read_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
         loader.dispose()
 
 
+def with_plain_paths(value):
+    """A dict built in code may name files with `pathlib.Path`s, where YAML gives strings."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        return {key: with_plain_paths(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [with_plain_paths(item) for item in value]
+    return value
+
+
 def parse_spec(text: str, source: str = "<spec>") -> JobSpec:
     """Validate YAML text into a JobSpec; raises SpecError naming file, line and key."""
     data, root = read_yaml(text, source)
@@ -1090,7 +1102,7 @@ def parse_spec(text: str, source: str = "<spec>") -> JobSpec:
 def validate_spec(data: dict, source: str, root: yaml.Node | None = None) -> JobSpec:
     """A dict (from YAML or built in code) as a JobSpec; SpecError names the key (and line)."""
     try:
-        return JobSpec.model_validate(data)
+        return JobSpec.model_validate(with_plain_paths(data))
     except ValidationError as exc:
         lines = _key_lines(root) if root is not None else {}
         # A misspelt key also makes the right one "missing": report the misspelling first.
@@ -1154,7 +1166,7 @@ def apply_overrides(spec: JobSpec, overrides: dict[str, Any], source: str) -> Jo
             node = node[part]
         node[leaf] = value
     try:
-        return JobSpec.model_validate(data)
+        return JobSpec.model_validate(with_plain_paths(data))
     except ValidationError as exc:
         first = exc.errors()[0]
         dotted = ".".join(str(p) for p in first["loc"])

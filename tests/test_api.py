@@ -18,7 +18,7 @@ import yaml
 import augment as ag
 from augment.cli import main
 from augment.errors import AugmentError, ModelError, SpecError
-from tests.conftest import TINY_JOB
+from tests.conftest import REPO, TINY_JOB
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,15 @@ def test_a_dict_and_its_yaml_file_plan_the_same_items(tiny_run, tmp_path):
     assert from_dict["item_id"].tolist() == from_file["item_id"].tolist()
     assert [p.text for p in ag.prompts(data)] == from_dict["prompt"].tolist()
     assert [c.name for c in ag.concepts(data)] == ["zero", "one", "two"]
+    # Paths as a notebook builds them, in the dict or an override, name what strings do.
+    as_paths = {**data, "output": {"dir": tmp_path / "o"}}
+    as_paths["taxonomy"] = {**data["taxonomy"], "source": REPO / "augment/taxonomies/digits.yaml"}
+    spec = ag.load_spec(as_paths, {"generation.model": REPO / "augment/digits/model"})
+    assert (spec.output.dir, spec.generation.model) == (
+        str(tmp_path / "o"),
+        str(REPO / "augment/digits/model"),
+    )
+    assert [c.name for c in ag.concepts(spec)] == ["zero", "one", "two"]
     assert len(ag.concepts(source="digits")) == 10
     assert [c.id for c in ag.concepts(source="augment/taxonomies/weeds.yaml", max_concepts=2)] == [
         c.id for c in ag.concepts(source="weeds")[:2]
