@@ -193,6 +193,48 @@ def test_a_lora_folder_loads_the_file_it_names_or_its_only_one(tmp_path: Path):
         check_models(both.generation, both.paths)
 
 
+def test_a_raw_peft_adapter_folder_renders_as_the_same_lora_in_diffusers_layout(tmp_path: Path):
+    """`PeftModel.save_pretrained` writes adapter_model.* with `base_model.model.` keys and the
+    scale in adapter_config.json: diffusers loaded none of it ("holds no weights")."""
+    from safetensors.torch import load_file, save_file
+
+    from augment.generate.pipelines import LORA_WEIGHTS_FILE, check_models
+    from augment.generate.tiny import save_tiny_lora
+
+    job = TINY_JOB.replace("OUT_DIR", str(tmp_path / "out"))
+    made = save_tiny_lora(tmp_path / "made")
+    peft = tmp_path / "peft"
+    peft.mkdir()
+    state = load_file(made / LORA_WEIGHTS_FILE)
+    save_file(
+        {
+            key.replace("unet.", "base_model.model.", 1)
+            .replace(".lora.down.", ".lora_A.")
+            .replace(".lora.up.", ".lora_B."): tensor
+            for key, tensor in state.items()
+        },
+        peft / "adapter_model.safetensors",
+    )
+    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["to_k", "to_q"]}
+    (peft / "adapter_config.json").write_text(json.dumps(config))  # alpha / r: a scale of 2
+    expected = render(job, loras=[{"path": str(made), "scale": 2.0}])
+    found = render(job, loras=[{"path": str(peft)}])
+    assert (
+        max(np.abs(pixels(a) - pixels(b)).max() for a, b in zip(found, expected, strict=True)) <= 1
+    )
+    assert not all(
+        np.array_equal(pixels(a), pixels(b))
+        for a, b in zip(found, render(job, loras=[{"path": str(made)}]), strict=True)
+    )
+    (peft / "adapter_config.json").write_text(json.dumps({**config, "rank_pattern": {"x": 2}}))
+    with pytest.raises(ModelError, match="sets ranks or alphas per layer"):
+        render(job, loras=[{"path": str(peft)}])
+    xl = changed(parse_spec(job), model="builtin:tiny-sdxl", family="sdxl")
+    xl = changed(xl, loras=[{"path": str(peft)}])  # its family is read from its keys too
+    with pytest.raises(ModelError, match="made for text features of width 32"):
+        check_models(xl.generation, xl.paths)
+
+
 def test_a_lora_of_the_other_family_is_refused():
     spec = parse_spec(TINY_JOB.replace("OUT_DIR", "unused"))
     with pytest.raises(

@@ -205,7 +205,11 @@ def embedding_mismatch(path: Path, location: str) -> str | None:
 
 
 #: What diffusers loads from a LoRA folder when no file is named, in its order of preference.
-LORA_DEFAULT_FILES = (LORA_WEIGHTS_FILE, "pytorch_lora_weights.bin")
+#: peft's own names (`PeftModel.save_pretrained`), beside its adapter_config.json.
+PEFT_WEIGHTS_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+LORA_DEFAULT_FILES = (LORA_WEIGHTS_FILE, "pytorch_lora_weights.bin", *PEFT_WEIGHTS_FILES)
+#: The key prefix of a raw peft adapter's weights (a wrapped UNet or text encoder).
+PEFT_PREFIX = "base_model.model."
 
 
 def lora_setting(number: int | None, field: str = "path") -> str:
@@ -713,7 +717,13 @@ def load_loras(
     for number, (key, weights, _) in enumerate(wanted):
         name = f"lora{number}"
         try:
-            pipe.load_lora_weights(str(weights.parent), weight_name=weights.name, adapter_name=name)
+            peft = peft_lora_state(weights, key)
+            if peft is not None:
+                pipe.load_lora_weights(peft, adapter_name=name)
+            else:
+                pipe.load_lora_weights(
+                    str(weights.parent), weight_name=weights.name, adapter_name=name
+                )
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelError(
                 f"{key}: LoRA {weights} does not fit this {family} model: {first_line(exc)}"
@@ -724,6 +734,50 @@ def load_loras(
         names.append(name)
     if names:
         pipe.set_adapters(names, adapter_weights=[lora.scale for _, _, lora in wanted])
+
+
+def read_weights(weights: Path) -> dict:
+    """A .safetensors or torch weights file's tensors (torch's read with `weights_only`)."""
+    if weights.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(weights))
+    import torch
+
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    return state if isinstance(state, dict) else {}
+
+
+def peft_lora_state(weights: Path, setting: str) -> dict | None:
+    """A raw peft adapter (`PeftModel.save_pretrained` of a wrapped UNet or text encoder:
+    `base_model.model.*.lora_A/B` keys, the scale in adapter_config.json) in the layout
+    diffusers loads, its `lora_alpha / r` folded into the up weights; None for any other
+    layout. diffusers read these keys as none of the model's and loaded nothing."""
+    state = read_weights(weights)
+    if not state or not all(k.startswith(PEFT_PREFIX) for k in state):
+        return None
+    config_path = weights.parent / "adapter_config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"{setting}: {weights} is a peft adapter, whose scale is in adapter_config.json, "
+            f"and {config_path} cannot be read ({first_line(exc)}); save the adapter again "
+            "with save_pretrained"
+        ) from None
+    if config.get("rank_pattern") or config.get("alpha_pattern"):
+        raise ModelError(
+            f"{setting}: the peft adapter {weights.parent} sets ranks or alphas per layer "
+            "(rank_pattern, alpha_pattern), which augment does not fold; save it in diffusers' "
+            "layout (pipeline.save_lora_weights)"
+        )
+    rank, alpha = config.get("r", 8), config.get("lora_alpha", 8)
+    scale = alpha / (rank**0.5 if config.get("use_rslora") else rank)
+    part = "text_encoder" if any(".text_model." in f".{k}" for k in state) else "unet"
+    return {
+        f"{part}.{key.removeprefix(PEFT_PREFIX)}": tensor * scale if ".lora_B." in key else tensor
+        for key, tensor in state.items()
+    }
 
 
 def read_adapter_card(folder: str | Path) -> dict | None:
@@ -791,7 +845,7 @@ def is_text_key_down(key: str) -> bool:
     """A LoRA's down projection of a cross-attention key (the text features it reads):
     diffusers' and peft's `unet.*attn2.to_k.lora.down` / `lora_A`, kohya's
     `lora_unet_*attn2_to_k.lora_down`."""
-    if key.startswith("unet."):
+    if key.startswith(("unet.", PEFT_PREFIX)):
         return "attn2.to_k.lora" in key and ("lora_A" in key or "lora.down" in key)
     return key.startswith("lora_unet_") and "attn2_to_k.lora_down" in key
 
@@ -806,10 +860,7 @@ def lora_text_width(weights: Path) -> int | None:
                 if is_text_key_down(key):
                     return handle.get_slice(key).get_shape()[-1]
         return None
-    import torch
-
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    for key, tensor in state.items() if isinstance(state, dict) else ():
+    for key, tensor in read_weights(weights).items():
         if is_text_key_down(key) and hasattr(tensor, "shape"):
             return tensor.shape[-1]
     return None
