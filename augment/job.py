@@ -121,6 +121,14 @@ def tokenizer_for(spec: JobSpec):
     # A single-file checkpoint's tokenizer is in the diffusers folder its configs come from.
     single_file = Path(paths.model).is_file() and paths.config is not None
     location, declared = (paths.config, g.config) if single_file else (paths.model, g.model)
+    if Path(paths.model).is_file() and paths.config is None:
+        log.warning(
+            "prompt lengths not checked: %s is a single-file checkpoint, and its tokenizer is "
+            "in the diffusers folder generation.config names, which the spec does not set (a "
+            "run needs it too)",
+            g.model,
+        )
+        return None
     try:
         return load_tokenizer(location, declared)
     except ModelError:

@@ -287,3 +287,22 @@ def test_a_wordnet_supercategory_reads_as_a_word_in_a_prompt():
     coco = load_concepts("coco", max_concepts=1)
     (prompt,) = build_prompts(coco, ["a {name}, a kind of {supercategory}"], "", 1)
     assert prompt.text == "a person, a kind of person"
+
+
+def test_a_single_file_without_its_config_folder_is_what_the_preview_warns_of(tmp_path, capsys):
+    """It said the tokenizer was "not on this machine", of a checkpoint lying right there."""
+    from tests.conftest import cli
+
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(b"unread: a preview loads only the tokenizer")
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "name: t\ntaxonomy: {source: digits, max_concepts: 2}\n"
+        "prompts: {templates: ['a digit {name}']}\n"
+        f"generation: {{model: {checkpoint}}}\n"
+    )
+    code, out, err = cli(capsys, "prompts", job)
+    assert code == 0, err
+    assert "is a single-file checkpoint, and its tokenizer is in the diffusers folder" in err
+    assert "generation.config names, which the spec does not set" in err
+    assert "a digit zero" in out
