@@ -193,11 +193,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         retries=args.retries,
         force=args.force,
     )
+    sources = sum("source" in failure for failure in result.failures)
+    # "1 failed, of 2 planned" beside 2 rendered read as 3 of 2: an unreadable source image
+    # is left out of the plan, so the plan's count comes first and the failures after it.
     out.print(
-        f"{result.rendered} images rendered, {result.skipped} already done, "
-        f"{result.flagged} flagged, {result.duplicates} duplicates, {result.failed} failed, "
-        f"of {result.planned} planned, "
-        f"in {result.seconds:.1f} s"
+        f"{result.rendered} images rendered, {result.skipped} already done, of "
+        f"{result.planned} planned; {result.flagged} flagged, {result.duplicates} duplicates, "
+        f"{result.failed} failed"
+        + (f" ({sources} unreadable source image(s))" if sources else "")
+        + f", in {result.seconds:.1f} s"
     )
     print_outputs(result.outputs)
     if result.failed:

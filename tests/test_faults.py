@@ -839,7 +839,9 @@ def test_unreadable_source_images_are_listed_and_the_rest_render(tmp_path, capsy
     last = err.strip().splitlines()[-1]
     assert "error: 2 failed, first " in last and "cut.jpg) cannot be read" in last
     assert last.endswith("; replace or remove those source images")
-    assert "2 images rendered" in stdout
+    summary = " ".join(stdout.split())  # as wrapped at any width
+    assert "2 images rendered, 0 already done, of 3 planned; " in summary
+    assert "2 failed (2 unreadable source image(s))" in summary
     failures = json.loads((tmp_path / "out" / "manifest.json").read_text())["failures"]
     assert [f["source"] for f in failures] == [str(cut), str(junk)]
 
