@@ -135,28 +135,46 @@ def arm_label(row) -> str:
 
 
 def plot_arms(summary: pd.DataFrame, metric: str, path: Path, title: str) -> Path | None:
-    """Mean ± CI of `metric` per arm, one panel per shots value."""
+    """Mean ± CI of `metric` per arm, one panel per shots value: points, not bars, since the
+    axis is cut to the intervals (a bar from 95 % reads as ten times its neighbour's from
+    90 %), with real-only's mean as a dashed line to read each arm against."""
     chosen = summary[(summary["metric"] == metric) & (summary["label"] == "")]
     if chosen.empty:
         return None
     plt = pyplot()
     shots_values = sorted(chosen["shots"].unique())
     fig, axes = plt.subplots(
-        1, len(shots_values), figsize=(4.5 * len(shots_values), 3.6), squeeze=False
+        # 6 inches at least: one panel's width cut a detector's title off at both ends
+        1,
+        len(shots_values),
+        figsize=(max(4.5 * len(shots_values), 6.0), 3.6),
+        squeeze=False,
     )
     for ax, shots in zip(axes[0], shots_values, strict=True):
         rows = chosen[chosen["shots"] == shots].copy()
         rows["order"] = rows["arm"].map({a: i for i, a in enumerate(ARM_ORDER)})
         rows = rows.sort_values(["order", "ratio"])
         labels = [arm_label(r) for _, r in rows.iterrows()]
-        errors = np.array([rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]])
-        ax.bar(
-            labels,
-            rows["mean"],
-            yerr=np.nan_to_num(errors),
-            capsize=4,
-            color=["#888" if a == "real_only" else "#3a7" for a in rows["arm"]],
+        errors = np.nan_to_num(
+            np.array([rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]])
         )
+        for x, (arm, mean, below, above) in enumerate(
+            zip(rows["arm"], rows["mean"], errors[0], errors[1], strict=True)
+        ):
+            ax.errorbar(
+                x,
+                mean,
+                yerr=[[below], [above]],
+                fmt="o",
+                markersize=7,
+                capsize=5,
+                color="#888" if arm == "real_only" else "#3a7",
+            )
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_xlim(-0.6, len(labels) - 0.4)
+        baseline = rows.loc[rows["arm"] == "real_only", "mean"]
+        if len(baseline):
+            ax.axhline(float(baseline.iloc[0]), color="#888", linestyle="--", linewidth=1)
         low = max(0.0, float(np.nanmin(rows["ci_low"].fillna(rows["mean"]))) - 5)
         ax.set_ylim(low, min(100.0, float(np.nanmax(rows["ci_high"].fillna(rows["mean"]))) + 2))
         # a detector's rows have no shots: its real set is what `bench detect --real` gave
