@@ -1084,6 +1084,7 @@ def paste(spec: JobSpec, force: bool = False) -> PasteResult:
     when it holds the same paste; `force` starts it over)."""
     from augment.gallery import gallery_settings, refresh_gallery
     from augment.generate.engine import run_provenance
+    from augment.labels import scale_box
     from augment.labels.paste import (
         PasteResult,
         known_boxes,
@@ -1138,8 +1139,15 @@ def paste(spec: JobSpec, force: bool = False) -> PasteResult:
                 failures.append({"source": background.location, "error": str(exc)})
                 advance(1)
                 continue
-            known = known_boxes(background, index)
-            taken = [list(box.bbox) for box in background.boxes]
+            # The annotation's boxes, in the pixels' size (a file resized in proportion, as
+            # img2img takes it) and clipped to the image (a box may reach past its edge).
+            annotated, size = (background.width, background.height), pixels.shape[1::-1]
+            known = [
+                (category_id, tuple(box))
+                for category_id, bbox in known_boxes(background, index)
+                if (box := scale_box(bbox, annotated, size))[2] > 0 and box[3] > 0
+            ]
+            taken = [scale_box(box.bbox, annotated, size) for box in background.boxes]
             rng = np.random.default_rng(item.seed)
             composite, pasted = paste_onto(pixels, taken, instances, settings, rng)
             pending.append(

@@ -309,6 +309,44 @@ def test_a_background_object_pasted_over_entirely_loses_its_label(pasted, tmp_pa
     assert kept < sum(len(b.boxes) for b in backgrounds) * spec.paste.images_per_background
 
 
+def test_background_boxes_follow_a_file_resized_in_proportion_and_are_clipped(pasted, tmp_path):
+    """A COCO folder whose files were halved (annotations kept at 96 px, which sources accept,
+    as img2img scales them) gave boxes off the canvas, and a box reaching past the edge was
+    exported whole: ultralytics called 14 of 16 canvases corrupt."""
+    spec = tiny_paste_spec(pasted)
+    source = Path(spec.paths.backgrounds)
+    coco = json.loads((source / "annotations.json").read_text())
+    coco["images"] = coco["images"][:4]
+    kept = {image["id"] for image in coco["images"]}
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in kept]
+    edge = coco["annotations"][0]
+    edge["bbox"] = [90, edge["bbox"][1], 17, edge["bbox"][3]]  # 6 of its 17 px on the canvas
+    halved = tmp_path / "halved"
+    (halved / "images").mkdir(parents=True)
+    for image in coco["images"]:
+        with Image.open(source / "images" / image["file_name"]) as file:
+            file.resize((48, 48)).save(halved / "images" / image["file_name"])
+    (halved / "annotations.json").write_text(json.dumps(coco))
+    out = tmp_path / "out"
+    shutil.copytree(pasted, out)
+    paste(tiny_paste_spec(out, **{"paste.backgrounds.path": str(halved)}), force=True)
+
+    scaled = [  # each annotation at half size, the edge one cut at the canvas
+        [x / 2, y / 2, min(w, 96 - x) / 2, h / 2]
+        for x, y, w, h in (a["bbox"] for a in coco["annotations"])
+    ]
+    records = list(export_records(out / "paste"))
+    assert records and all((r["width"], r["height"]) == (48, 48) for r in records)
+    own = []
+    for record in records:
+        for box in record["boxes"]:
+            x, y, w, h = box["bbox"]
+            assert 0 <= x and 0 <= y and x + w <= 48 and y + h <= 48 and w > 0 and h > 0
+        own += [list(b["bbox"]) for b in record["boxes"] if b["labeller"] is None]
+    assert own and all(box in scaled for box in own)
+    assert scaled[0] in own and scaled[0][2] == 3.0
+
+
 def test_filter_on_a_paste_folder_says_it_is_one_and_names_the_run_folder(pasted, capsys):
     """OUT/paste has a manifest.json, so "holds no finished run (job.yaml and manifest.json)"
     sent the user looking for a file that was there."""
