@@ -221,6 +221,7 @@ def read_coco(path: Path, unreadable: list[dict]) -> list[SourceImage]:
                     f"{entry['width']}x{entry['height']}; give its width and height in pixels"
                 )
         boxes: dict[int, list[SourceBox]] = {}
+        crowds = 0
         for a in document.get("annotations", []):
             where = f"{annotations}: annotation {a.get('id')!r}"
             if a["category_id"] not in names:
@@ -233,8 +234,19 @@ def read_coco(path: Path, unreadable: list[dict]) -> list[SourceImage]:
                     f"source.path: {where} has image_id {a['image_id']!r}, which images does "
                     "not list; add the image, or correct the annotation"
                 )
+            if a.get("iscrowd"):  # a region of many objects, not one: no box label can say it
+                crowds += 1
+                continue
             box = source_box(names[a["category_id"]], a["bbox"], where, sizes[a["image_id"]])
             boxes.setdefault(a["image_id"], []).append(box)
+        if crowds:
+            log.warning(
+                "%s: %d crowd region(s) (iscrowd: 1) not carried as labels: each is many "
+                "objects, not one, and the exports would make it an object (ultralytics' own "
+                "COCO converter leaves them out too)",
+                annotations,
+                crowds,
+            )
         folders = coco_image_folders(annotations)
         found = [find_coco_image(folders, entry["file_name"]) for entry in document["images"]]
         if document["images"] and not any(found):  # a layout not read, not missing images

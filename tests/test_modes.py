@@ -903,6 +903,19 @@ def test_a_coco_source_with_a_box_that_is_no_box_is_named_before_planning(
         plan_for(parse_spec(job))
 
 
+def test_a_coco_crowd_region_is_not_carried_as_an_object(tmp_path: Path, caplog):
+    """An `iscrowd: 1` region (many objects, one box) became an ordinary instance in the
+    exports, and its box decided the image's class."""
+    one = {"id": 1, "image_id": 1, "category_id": 2, "bbox": [10, 9, 17, 27]}
+    crowd = {"id": 2, "image_id": 1, "category_id": 1, "bbox": [0, 0, 90, 90], "iscrowd": 1}
+    annotations = small_coco(tmp_path, [one, crowd])
+    unreadable: list[dict] = []
+    (first, second) = read_coco(annotations, unreadable)
+    assert [(b.label, b.bbox) for b in first.boxes] == [("one", (10, 9, 17, 27))]
+    assert first.main_label() == "one" and not second.boxes
+    assert "1 crowd region(s) (iscrowd: 1) not carried as labels" in caplog.text
+
+
 def test_a_coco_source_in_cocos_own_layout_finds_its_images(tmp_path: Path):
     """`annotations/instances_val2017.json` with `val2017/` beside `annotations/`, as COCO is
     downloaded: every image was 'unreadable', and a wrong layout named image after image."""
