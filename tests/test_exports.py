@@ -123,6 +123,27 @@ def test_imagefolder_keeps_same_named_classes_apart_and_makes_no_empty_folder(tm
     assert ImageFolder(str(tmp_path)).classes == ["griffon-1", "griffon-2", "pug"]
 
 
+def test_coco_and_yolo_keep_same_named_classes_apart(tmp_path):
+    """Both exports called WordNet's two 'griffon' synsets 'griffon': pycocotools'
+    getCatIds(catNms=...) and a detector's class table could not tell them apart."""
+    from pycocotools.coco import COCO
+
+    from augment.sinks.coco import export_coco
+    from augment.sinks.yolo import export_yolo
+
+    categories = [
+        {"id": 1, "name": "griffon", "supercategory": "dog", "concept_id": "griffon.n.02"},
+        {"id": 2, "name": "griffon", "supercategory": "dog", "concept_id": "griffon.n.03"},
+        {"id": 3, "name": "pug", "supercategory": "dog", "concept_id": "pug.n.01"},
+    ]
+    coco = COCO(str(export_coco(tmp_path / "coco", categories, [])))
+    names = [c["name"] for c in coco.loadCats(coco.getCatIds())]
+    assert names == ["griffon (griffon.n.02)", "griffon (griffon.n.03)", "pug"]
+    assert coco.getCatIds(catNms=["griffon (griffon.n.03)"]) == [2]
+    data = yaml.safe_load(export_yolo(tmp_path / "yolo", categories, []).read_text())
+    assert list(data["names"].values()) == names
+
+
 def test_yolo_labels_are_normalised_center_boxes(run_dir):
     export(run_dir, ["yolo"])
     data = yaml.safe_load((run_dir / "yolo" / "data.yaml").read_text())

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from augment.sinks.rows import image_file_name
+from augment.sinks.rows import category_names, image_file_name
 
 
 def annotation(box: dict, record: dict) -> dict:
@@ -47,6 +47,7 @@ def export_coco(coco_dir: Path, categories: list[dict], records: Iterable[dict])
     images_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     models: dict[tuple, int] = {}  # (model, hash, licence) -> its COCO licence id
+    names = category_names(categories)
     for image_id, record in enumerate(records, start=1):
         file_name = image_file_name(record)
         (images_dir / file_name).write_bytes(record["image"]["bytes"])
@@ -84,7 +85,7 @@ def export_coco(coco_dir: Path, categories: list[dict], records: Iterable[dict])
         "images": images,
         "annotations": annotations,
         "categories": [
-            {"id": c["id"], "name": c["name"], "supercategory": c["supercategory"]}
+            {"id": c["id"], "name": names[c["id"]], "supercategory": c["supercategory"]}
             for c in categories
         ],
     }

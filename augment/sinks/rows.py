@@ -93,6 +93,19 @@ def read_saved_spec(out_dir: Path) -> dict:
     return spec
 
 
+def category_names(categories: list[dict]) -> dict[int, str]:
+    """Category id -> its name in an export: the concept's name, or, where two concepts share
+    it (WordNet's two "spotted salamander" synsets), the name and the concept's id. COCO's
+    `getCatIds(catNms=...)` and a detector's class table could not tell them apart."""
+    counts = Counter(c["name"] for c in categories)
+    return {
+        c["id"]: c["name"]
+        if counts[c["name"]] == 1
+        else f"{c['name']} ({c.get('concept_id') or c['id']})"
+        for c in categories
+    }
+
+
 def run_categories(out_dir: Path) -> list[dict]:
     """The run's categories, from its manifest (written by `augment run`)."""
     return read_manifest(out_dir)["categories"]

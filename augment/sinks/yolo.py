@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from augment.sinks.rows import image_file_name
+from augment.sinks.rows import category_names, image_file_name
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ def export_yolo(
     images_dir.mkdir(parents=True, exist_ok=True)
     labels_dir.mkdir(parents=True, exist_ok=True)
     ordered = sorted(categories, key=lambda c: c["id"])
+    names = category_names(categories)
     class_index = {c["id"]: index for index, c in enumerate(ordered)}
     images = labelled = 0
     for record in records:
@@ -103,7 +104,7 @@ def export_yolo(
     data = {
         "train": "images",
         "val": "images",
-        "names": {index: c["name"] for index, c in enumerate(ordered)},
+        "names": {index: names[c["id"]] for index, c in enumerate(ordered)},
         "category_ids": {index: c["id"] for index, c in enumerate(ordered)},
     }
     path = yolo_dir / "data.yaml"
