@@ -99,6 +99,29 @@ def test_rerun_skips_committed_items_and_renders_the_rest(write_job, tmp_path, c
     assert len(table) == table.item_id.nunique() == 9
 
 
+def test_a_resume_brings_an_older_augments_shards_to_todays_columns(write_job, tmp_path):
+    """A shard written before some columns existed: augment's readers fill them, but pandas
+    dropped them from every row of the run and `datasets` refused the mixed shards."""
+    import pyarrow.parquet as pq
+
+    datasets = pytest.importorskip("datasets")
+    job = write_job()
+    run_job(load_spec(job, {"limit": 5}), LOCAL)
+    shards = sorted((tmp_path / "out" / "shards").glob("part-*.parquet"))
+    old = shards[0]
+    pq.write_table(pq.read_table(old).drop_columns(["watermark", "model_hash", "license"]), old)
+    fresh = shards[1].read_bytes()
+
+    resumed = run_job(load_spec(job), LOCAL)
+    assert (resumed.skipped, resumed.rendered) == (5, 4)
+    assert len(pd.read_parquet(tmp_path / "out" / "shards").columns) == len(
+        pq.read_schema(shards[1]).names
+    )
+    assert shards[1].read_bytes() == fresh  # a shard already in today's schema is left as is
+    files = sorted(str(p) for p in (tmp_path / "out" / "shards").glob("part-*.parquet"))
+    assert len(datasets.load_dataset("parquet", data_files=files, split="train")) == 9
+
+
 def test_changed_spec_is_refused_unless_forced(write_job, tmp_path):
     job = write_job()
     run_job(load_spec(job, {"limit": 2}), LOCAL)

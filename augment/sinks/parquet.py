@@ -107,14 +107,21 @@ def conform(table: pa.Table, columns: list[str] | None) -> pa.Table:
 
 def check_shards(shards_dir: Path) -> tuple[set[str], dict[Path, str]]:
     """Read every committed shard in full: (item_ids of the readable ones, damaged shard ->
-    why). A resumed run skips those items and quarantines the damaged shards."""
+    why). A resumed run skips those items and quarantines the damaged shards. A shard an
+    older augment wrote, without today's later columns, is written again in today's schema:
+    augment's readers fill the gap, but pandas dropped those columns from every row of the run
+    and `datasets` refused a run of mixed shards."""
     ids: set[str] = set()
     damaged: dict[Path, str] = {}
     for path in shard_paths(shards_dir):
         try:
-            ids.update(read_shard(path).column("item_id").to_pylist())
+            table = read_shard(path)
         except ShardError as exc:
             damaged[path] = exc.reason
+            continue
+        ids.update(table.column("item_id").to_pylist())
+        if not pq.read_schema(path).equals(RECORD_SCHEMA, check_metadata=False):
+            write_table(path.parent, path.name, table)
     return ids, damaged
 
 
