@@ -85,6 +85,10 @@ def test_coco_export_keeps_ids_boxes_and_leaves_flagged_out(run_dir):
     names = [image["file_name"] for image in coco.loadImgs(coco.getImgIds())]
     assert all("/" not in name and ".." not in name for name in names)  # '../../car' sanitized
     assert len(list((run_dir / "coco" / "images").iterdir())) == 15
+    assert not any("flags" in image for image in coco.loadImgs(coco.getImgIds()))
+    export(run_dir, ["coco"], include_flagged=True)  # the flagged image kept says it is one
+    images = json.loads((run_dir / "coco" / "annotations.json").read_text())["images"]
+    assert [(i["item_id"], i["flags"]) for i in images if "flags" in i] == [("item0015", ["black"])]
 
 
 def test_imagefolder_export_has_one_folder_per_class(run_dir):

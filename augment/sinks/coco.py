@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from augment.records import FLAGS
 from augment.sinks.rows import category_names, image_file_name
 
 
@@ -64,6 +65,8 @@ def export_coco(coco_dir: Path, categories: list[dict], records: Iterable[dict])
                 "synthetic": True,
                 "model": model[0],
                 "model_hash": model[1],
+                # an --include-flagged export says which are flagged, and why
+                **({"flags": flags} if (flags := [f for f in FLAGS if record.get(f)]) else {}),
             }
         )
         for box in record["boxes"] or []:
