@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -670,6 +671,49 @@ def test_a_script_without_a_main_guard_is_told_to_add_one_before_any_worker_star
         [sys.executable, str(guarded)], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and done.stdout == "[1, 2]\n", done.stderr
+
+
+def sleep_and_say_so(folder: str, seconds: float) -> None:
+    """A benchmark task that takes long: it leaves its process id in `folder` first."""
+    import time
+
+    (Path(folder) / str(os.getpid())).write_text("started")
+    time.sleep(seconds)
+
+
+def test_an_interrupt_stops_the_benchmark_workers_at_once(tmp_path):
+    """Jupyter's Interrupt reaches the kernel alone: the pool's exit then waited for every
+    queued task (minutes of training), and the workers trained on."""
+    import signal
+    import threading
+    import time
+
+    from augment.bench.workers import in_processes
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    def interrupt_once_both_train():
+        deadline = time.monotonic() + 180
+        while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        signalled.append(time.monotonic())
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+
+    signalled: list[float] = []
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    threading.Thread(target=interrupt_once_both_train, daemon=True).start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            in_processes(sleep_and_say_so, [(str(tmp_path), 120.0)] * 4, 2)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert time.monotonic() - signalled[0] < 30  # not the 120 s of each queued task
+    pids = [int(p.name) for p in tmp_path.iterdir()]
+    assert len(pids) == 2
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def test_benchmark_workers_see_the_callers_environment_and_folder_as_they_are_now(

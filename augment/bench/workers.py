@@ -108,16 +108,35 @@ def in_processes(
     if not tasks:
         return results
     check_main_guarded()
-    with ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         max(1, min(workers, len(tasks))),
         mp_context=worker_context(),
         initializer=_start_worker,
         initargs=(dict(os.environ), os.getcwd(), list(sys.path)),
         max_tasks_per_child=1 if fresh else None,
-    ) as pool:
+    )
+    try:
         futures = {pool.submit(function, *task): index for index, task in enumerate(tasks)}
         for future in as_completed(futures):
             results[futures[future]] = future.result()
             if progress:
                 progress(1)
+    except BaseException:
+        stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)
     return results
+
+
+def stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop the workers now, not after every queued task: an interrupt (Jupyter's reaches
+    this process alone, not its workers) or a failed task left the pool's exit waiting for
+    minutes of training, and a killed kernel left the workers running."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
