@@ -24,12 +24,14 @@ from augment.config import load_spec as _load_spec
 from augment.errors import AugmentError, first_line, flag
 
 if TYPE_CHECKING:
+    import datasets
     import pandas as pd
 
     from augment.finetuning import FinetuneResult
-    from augment.job import RunResult
+    from augment.job import FilterResult, RunResult
     from augment.labels.paste import PasteResult
     from augment.prompting import Prompt
+    from augment.service import Service
     from augment.taxonomy import Concept
 
 Spec = str | Path | dict | JobSpec
@@ -192,7 +194,7 @@ def paste(spec: Spec, force: bool = False) -> PasteResult:
     return paste_job(_spec(spec), force=force)
 
 
-def read(out: str | Path, as_dataset: bool = False):
+def read(out: str | Path, as_dataset: bool = False) -> pd.DataFrame | datasets.Dataset:
     """A run's shards: a pandas DataFrame, one row per image (flagged ones included, see the
     flag columns), whose `image` cells decode on demand (`.open()` gives a PIL image); or, with
     `as_dataset`, a Hugging Face `datasets.Dataset` whose `image` column is an Image feature."""
@@ -221,8 +223,8 @@ def refilter(
     scorer: str | None = None,
     min_concept_score: float | None = None,
     min_clip_score: float | None = None,
-    real: str | None = None,
-):
+    real: str | Path | None = None,
+) -> FilterResult:
     """Flag a finished run again without rendering: other minimums, another scorer, and
     duplicates (also of a benchmark's real pool: `real` as `classify` takes it). Returns a
     `FilterResult` (flag counts before and after); the shards, manifest and exports change."""
@@ -230,7 +232,8 @@ def refilter(
 
     folder = _path(out, "out")
     pictures = None if real is None else real_pictures(str(_path(real, "real")))
-    return refilter_run(folder, scorer, min_concept_score, min_clip_score, pictures, real_name=real)
+    real_name = None if real is None else str(real)  # the manifest's history is JSON
+    return refilter_run(folder, scorer, min_concept_score, min_clip_score, pictures, real_name)
 
 
 def view(out: str | Path, per_concept: int = 500) -> Path:
@@ -393,7 +396,7 @@ def report(
     return write_report(table, out_dir, real, str(synthetic) if synthetic else None, sweep_path)
 
 
-def serve(spec: Spec, **options: Any):
+def serve(spec: Spec, **options: Any) -> Service:
     """Start the generation service for a txt2img job: a Ray Serve application (one replica
     per GPU, or `replicas` CPU replicas) answering POST /generate, GET /concepts, /health and
     /spec on `host`:`port`; `write` commits every served image to that output folder.
@@ -427,15 +430,18 @@ def status(job_id: str, address: str) -> str:
     """A submitted job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
     from augment.cluster import job_status
 
+    _address(address)
     return job_status(job_id, address)
 
 
-def logs(job_id: str, address: str, follow: bool = False) -> Iterator[str]:
-    """A submitted job's log text; with `follow`, streamed until the job ends."""
-    from augment.cluster import job_logs
+def logs(job_id: str, address: str, follow: bool = False) -> str | Iterator[str]:
+    """A submitted job's log text so far; with `follow`, an iterator of its lines as they
+    come, until the job ends (it works in a notebook too)."""
+    from augment.cluster import follow_job_logs, job_logs
 
     flag("follow", follow)
-    return job_logs(job_id, address, follow)
+    _address(address)
+    return follow_job_logs(job_id, address) if follow else job_logs(job_id, address)
 
 
 def demo(

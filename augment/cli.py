@@ -708,7 +708,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    for chunk in api.logs(args.job_id, args.address, follow=args.follow):
+    logs = api.logs(args.job_id, args.address, follow=args.follow)
+    for chunk in logs if args.follow else [logs]:
         write_stdout(chunk)
     return 0
 

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from augment.config import JobSpec
@@ -195,25 +196,39 @@ def job_status(job_id: str, address: str) -> str:
         return str(client.get_job_status(job_id).value)
 
 
-def job_logs(job_id: str, address: str, follow: bool = False):
-    """Yield the job's log text; with `follow`, stream it until the job ends."""
+def job_logs(job_id: str, address: str) -> str:
+    """The job's log text so far."""
     client = job_client(address)
-    if not follow:
-        with cluster_answers(job_id, address):
-            text = client.get_job_logs(job_id)
-        yield text
-        return
-    import asyncio
+    with cluster_answers(job_id, address):
+        return client.get_job_logs(job_id)
 
-    stream = client.tail_job_logs(job_id)
-    loop = asyncio.new_event_loop()
-    try:
-        while True:
-            try:
-                with cluster_answers(job_id, address):
-                    line = loop.run_until_complete(anext(stream))
-            except StopAsyncIteration:
-                return
-            yield line
-    finally:
-        loop.close()
+
+def follow_job_logs(job_id: str, address: str) -> Iterator[str]:
+    """The job's log lines as they come, until the job ends. Ray's stream is asynchronous: it
+    is read on a thread of its own, with its own event loop, since a notebook's thread already
+    runs one (an event loop cannot run inside another)."""
+    import asyncio
+    import queue
+    import threading
+
+    client = job_client(address)
+    lines: queue.Queue = queue.Queue(maxsize=1000)
+    end = object()
+
+    async def pump() -> None:
+        async for line in client.tail_job_logs(job_id):
+            lines.put(line)
+
+    def read() -> None:
+        try:
+            asyncio.run(pump())
+            lines.put(end)
+        except BaseException as exc:  # noqa: BLE001 - carried to the reader, said there
+            lines.put(exc)
+
+    threading.Thread(target=read, name="augment-job-logs", daemon=True).start()
+    while (line := lines.get()) is not end:
+        if isinstance(line, BaseException):
+            with cluster_answers(job_id, address):
+                raise line
+        yield line

@@ -1154,6 +1154,11 @@ def load_spec(
 
 def apply_overrides(spec: JobSpec, overrides: dict[str, Any], source: str) -> JobSpec:
     """Return a copy of `spec` with dotted keys replaced, validated like the YAML was."""
+    if not isinstance(overrides, dict):
+        raise SpecError(
+            f"{source}: overrides are a dict of dotted keys, such as {{'seed': 3, 'output.dir': "
+            f"'out/x'}}, not a {type(overrides).__name__}"
+        )
     data = spec.model_dump(mode="json")
     for dotted, value in overrides.items():
         if value is None:

@@ -143,6 +143,7 @@ def test_a_notebooks_wrong_types_are_named_and_never_cost_a_run(tiny_run, tmp_pa
         (lambda: ag.submit(data, 123), "address: give the Ray cluster's address as text"),
         (lambda: ag.plan(data, output=123), r"output: give a path .*, got 123"),
         (lambda: ag.plan(data, output=""), r"output: give a path .*, got ''"),
+        (lambda: ag.load_spec(data, [("seed", 3)]), "overrides are a dict of dotted keys"),
     ]:
         with pytest.raises(AugmentError, match=message):
             call()
@@ -150,6 +151,19 @@ def test_a_notebooks_wrong_types_are_named_and_never_cost_a_run(tiny_run, tmp_pa
     from augment.bench.classify import ClassifySettings
 
     assert ClassifySettings(shots=5, ratios=2).shots == [5]  # one value for a list of one
+
+
+def test_refilter_takes_the_real_pool_as_a_path(tiny_run, tmp_path):
+    """A Path crashed the manifest's JSON after the shards were rewritten, leaving the
+    manifest and exports behind the flags."""
+    import shutil
+
+    _, out = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    ag.refilter(copy, real=Path("digits"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert manifest["filters"]["real"] == "digits"
 
 
 def test_every_api_name_stays_a_function_once_every_module_is_loaded():

@@ -260,6 +260,36 @@ def test_a_wrong_job_id_or_a_server_that_is_not_rays_is_the_users_one_line(answe
         with pytest.raises(AugmentError, match=re.escape(expected)):
             job_status("raysubmit_X", address)
         with pytest.raises(AugmentError, match=re.escape(expected)):
-            list(job_logs("raysubmit_X", address))
+            job_logs("raysubmit_X", address)
     finally:
         server.shutdown()
+
+
+def test_followed_logs_stream_inside_a_running_event_loop(monkeypatch):
+    """As in a notebook, whose thread runs an event loop: following a job's log failed there,
+    every time, as "the Ray cluster did not answer" (an event loop cannot run in another)."""
+    import asyncio
+
+    import augment as ag
+    from augment import cluster
+
+    class Client:
+        async def lines(self):
+            for line in ("rendering\n", "done\n"):
+                yield line
+
+        def tail_job_logs(self, job_id):
+            return self.lines()
+
+        def get_job_logs(self, job_id):
+            return "so far\n"
+
+    monkeypatch.setattr(cluster, "job_client", lambda address: Client())
+
+    async def in_a_notebook():
+        return list(ag.logs("raysubmit_X", "http://head:8265", follow=True))
+
+    assert asyncio.run(in_a_notebook()) == ["rendering\n", "done\n"]
+    assert ag.logs("raysubmit_X", "http://head:8265") == "so far\n"  # text, not a generator
+    with pytest.raises(ag.AugmentError, match="address: give the Ray cluster's address as text"):
+        ag.status("raysubmit_X", 8265)
