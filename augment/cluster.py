@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from augment.config import JobSpec
-from augment.distribute import check_reachable
+from augment.distribute import check_reachable, use_ray_token_if_present
 from augment.errors import AugmentError, at_least, first_line
 from augment.taxonomy import SHIPPED_TAXONOMIES
 
@@ -91,23 +90,6 @@ def local_paths(data: dict, paths) -> list[tuple[dict, str, str]]:
     if data.get("finetune") is not None:
         found.append((data["finetune"]["source"], "path", paths.finetune_source))
     return [(section, key, resolved) for section, key, resolved in found if section[key]]
-
-
-def use_ray_token_if_present() -> None:
-    """Ray's own CLI sends the cluster token when one is on this machine; do the same.
-
-    The mode is set for this process and what it starts later (a local Ray's GCS inherits
-    it), so Ray's copy of its settings, read once at import, is read again: else a local run
-    after a submit in the same process (a notebook) started a GCS that wanted a token its
-    driver never sent, and failed with Ray's InvalidAuthToken."""
-    if "RAY_AUTH_MODE" in os.environ:
-        return
-    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-    if "RAY_AUTH_TOKEN" in os.environ or token_file.is_file():
-        os.environ["RAY_AUTH_MODE"] = "token"
-        from ray._raylet import Config
-
-        Config.initialize("")
 
 
 def job_client(address: str):

@@ -349,13 +349,19 @@ def check_reachable(address: str | None, remedy: str = RUN_REMEDY, timeout_s: fl
     if len(answer) >= 4 and answer[:4].isascii() and answer[:4].decode().isprintable():
         line = answer.decode("ascii", "replace").splitlines()[0][:60]
         raise AugmentError(f"{address} answers in another protocol than Ray's ({line!r}); {remedy}")
+    if not answer and os.environ.get("RAY_USE_TLS", "0") in ("0", ""):
+        # Ray then retried for about 12 minutes, after the run had written its output folder
+        raise AugmentError(
+            f"{address} accepts connections but sent nothing within 2 s, where a Ray GCS or "
+            f"Ray Client server answers at once: it is not one (or it hangs); {remedy}"
+        )
 
 
 def grpc_answer(connection, timeout_s: float = 2.0) -> bytes:
     """The first bytes a server sends back to an HTTP/2 client's preface: a Ray GCS or Ray
     Client server (gRPC) sends its SETTINGS frame at once; an HTTP/1 server a status line, and
     other servers their banner, which Ray itself would wait 30-40 s on before giving up.
-    Empty when nothing came within `timeout_s` (left to Ray: a busy or TLS server)."""
+    Empty when nothing came within `timeout_s`."""
     preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
     empty_settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
     try:
@@ -366,14 +372,35 @@ def grpc_answer(connection, timeout_s: float = 2.0) -> bytes:
         return b""
 
 
+def use_ray_token_if_present() -> None:
+    """Ray's own CLI sends the cluster token when one is on this machine; do the same.
+
+    The mode is set for this process and what it starts later (a local Ray's GCS inherits
+    it), so Ray's copy of its settings, read once at import, is read again: else a local run
+    after a submit in the same process (a notebook) started a GCS that wanted a token its
+    driver never sent, and failed with Ray's InvalidAuthToken."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if "RAY_AUTH_TOKEN" in os.environ or token_file.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+        from ray._raylet import Config
+
+        Config.initialize("")
+
+
 def connect_ray(address: str | None = None) -> None:
     """Attach to `address` (or RAY_ADDRESS), else start a local Ray with this machine's CPUs."""
     import ray
+    from ray.exceptions import AuthenticationError
 
     if ray.is_initialized():
         return
     check_reachable(address)
     private = address is None and "RAY_ADDRESS" not in os.environ
+    given = address or os.environ.get("RAY_ADDRESS")
+    if not private:  # a head started with `ray start` wants the token Ray's CLI would send
+        use_ray_token_if_present()
     try:
         ray.init(
             address=address,
@@ -382,13 +409,19 @@ def connect_ray(address: str | None = None) -> None:
             logging_level=logging.ERROR if private else logging.WARNING,  # no banner locally
             log_to_driver=False,
         )
+    except AuthenticationError:
+        raise AugmentError(
+            f"the Ray cluster at {given} wants a token: set RAY_AUTH_TOKEN (or copy the head's "
+            "~/.ray/auth_token here) and RAY_AUTH_MODE=token"
+        ) from None
     except (ValueError, ConnectionError) as exc:  # an address Ray cannot read, or no cluster
-        given = address or os.environ.get("RAY_ADDRESS")
         raise AugmentError(
             f"cannot reach a Ray cluster at {given} ({first_line(exc)}); {RUN_REMEDY}"
         ) from None
     if private:
         atexit.register(stop_autoscaler_monitor)  # runs before Ray's own shutdown at exit
+    else:  # which cluster this is: `auto` picks whichever this machine runs
+        log.info("attached to the Ray cluster at %s", ray.get_runtime_context().gcs_address)
 
 
 def stop_autoscaler_monitor() -> None:
@@ -416,6 +449,13 @@ class Placement:
     cpus: int
 
     @property
+    def unit(self) -> str:
+        """What the cluster holds, and what a worker takes of it, in words."""
+        if self.gpus:
+            return f"{self.gpus} GPUs and {self.cpus} CPUs (a worker takes one of each)"
+        return f"{self.cpus} CPUs (a worker takes one)"
+
+    @property
     def capacity(self) -> int:
         """How many such actors fit at once."""
         return min(self.gpus, self.cpus) if self.gpus else self.cpus
@@ -434,6 +474,20 @@ def ray_placement() -> Placement:
     return Placement(int(resources.get("GPU", 0)), int(resources.get("CPU", 0)))
 
 
+def cluster_placement(address: str | None = None) -> Placement:
+    """Attach to the cluster (`connect_ray`) and return its `Placement`, or an error where no
+    worker can be placed on it. A run calls it before it writes its output folder when it is
+    given a cluster's address."""
+    connect_ray(address)
+    placement = ray_placement()
+    if placement.capacity < 1:
+        raise AugmentError(
+            f"the Ray cluster has {placement.unit}: no worker can be placed; add a node with "
+            "CPUs, or run with --distributor local"
+        )
+    return placement
+
+
 def run_ray(
     blocks: list[Block],
     worker_kwargs: dict,
@@ -446,19 +500,10 @@ def run_ray(
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
-    connect_ray(address)
-    placement = ray_placement()
-    gpus, cpus, capacity = placement.gpus, placement.cpus, placement.capacity
+    placement = cluster_placement(address)
+    gpus, capacity = placement.gpus, placement.capacity
     threads = None if gpus else 1  # a CPU worker renders on its one CPU
-    if gpus:
-        unit = f"{gpus} GPUs and {cpus} CPUs (a worker takes one of each)"
-    else:
-        unit = f"{cpus} CPUs (a worker takes one)"
-    if capacity < 1:
-        raise AugmentError(
-            f"the Ray cluster has {unit}: no worker can be placed; add a node with CPUs, or "
-            "run with --distributor local"
-        )
+    unit = placement.unit
     if workers is not None and workers > capacity:  # actors it cannot place would wait forever
         log.warning(
             "--workers %d: this Ray cluster has %s; running %d workers", workers, unit, capacity

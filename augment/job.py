@@ -1267,7 +1267,7 @@ def check_inputs(spec: JobSpec) -> list[Concept]:
 
 def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
     """Run (or resume) a job; returns what was done and where the outputs are."""
-    from augment.distribute import check_reachable
+    from augment.distribute import check_reachable, cluster_placement
     from augment.gallery import refresh_gallery
 
     options = options or RunOptions()
@@ -1275,6 +1275,8 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
     out_dir = Path(spec.output.dir)
     if options.distributor == "ray":
         check_reachable(options.address)  # a wrong --address, before anything is written
+        if options.address or os.environ.get("RAY_ADDRESS"):  # one Ray refuses: before OUT too
+            cluster_placement(options.address)
     check_inputs_outside_output(spec, out_dir)
     concepts = check_inputs(spec)
     if options.address is None:  # rendered here: float16 on a CPU, named before OUT is written

@@ -612,7 +612,7 @@ def outdated_outputs(folder: Path, shards_before: frozenset[str]) -> list[str]:
 def start_service(spec: JobSpec, options: ServeOptions | None = None) -> Service:
     """Check the job, start Ray (or attach to `options.address`) and the service; returns once
     every replica has loaded its model and answers."""
-    from augment.distribute import connect_ray, ray_placement
+    from augment.distribute import cluster_placement
     from augment.job import check_inputs
 
     options = options or ServeOptions()
@@ -633,8 +633,7 @@ def start_service(spec: JobSpec, options: ServeOptions | None = None) -> Service
     check_port_free(options.host, options.port)
     if options.write:  # a folder it cannot write to, before Ray and the replicas start
         check_served_folder(spec, Path(options.write))
-    connect_ray(options.address)
-    placement = ray_placement()
+    placement = cluster_placement(options.address)  # a cluster with no room: said as a run's
     gpus, cpus, fits = placement.gpus, placement.cpus, placement.capacity
     replicas = options.replicas or max(1, gpus)
     if replicas > fits:  # Serve would wait for them forever

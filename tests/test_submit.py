@@ -150,6 +150,46 @@ def test_an_address_where_another_server_answers_is_named_at_once():
             http_server.shutdown()
 
 
+def test_an_address_that_accepts_but_never_answers_is_named_before_out_is_written(tmp_path):
+    """Ray retried such a listener for about 12 minutes, after the run had written OUT."""
+    import threading
+
+    job = tmp_path / "job.yaml"
+    job.write_text(TINY_JOB.replace("OUT_DIR", str(tmp_path / "out")))
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        held = []
+        threading.Thread(target=lambda: held.append(silent.accept()), daemon=True).start()
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        result = augment("run", str(job), "--address", address)
+    assert result.returncode == 2 and time.monotonic() - started < 60, result.stderr
+    assert f"{address} accepts connections but sent nothing within 2 s" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_head_that_wants_a_token_is_sent_the_one_here_or_said_to_want_it(monkeypatch):
+    """`augment run --address` to a head started with `ray start` failed as "cannot reach"
+    when the head wanted the token on this machine, which Ray's own CLI sends."""
+    import ray
+    from ray.exceptions import AuthenticationError
+
+    from augment import distribute
+    from augment.errors import AugmentError
+
+    asked = []
+    monkeypatch.setattr(distribute, "check_reachable", lambda address: None)
+    monkeypatch.setattr(distribute, "use_ray_token_if_present", lambda: asked.append(True))
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+
+    def refuse(**_):
+        raise AuthenticationError("Authentication token is missing or incorrect")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(AugmentError, match="the Ray cluster at 10.0.0.1:6379 wants a token"):
+        distribute.connect_ray("10.0.0.1:6379")
+    assert asked == [True]
+
+
 def test_an_address_that_answers_no_ray_is_a_users_error(monkeypatch):
     """A HOST:PORT without http:// is taken for a head's GCS; what answers there may not be
     one (an RpcError from Ray): the address is wrong, not augment."""
