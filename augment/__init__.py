@@ -30,6 +30,7 @@ __all__ = [
     "inspect",
     "load_spec",
     "logs",
+    "paired_gain",
     "paste",
     "plan",
     "prompts",
@@ -40,6 +41,7 @@ __all__ = [
     "serve",
     "status",
     "submit",
+    "summarize",
     "sweep",
     "view",
 ]
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
         inspect,
         load_spec,
         logs,
+        paired_gain,
         paste,
         plan,
         prompts,
@@ -67,6 +70,7 @@ if TYPE_CHECKING:
         serve,
         status,
         submit,
+        summarize,
         sweep,
         view,
     )
@@ -95,4 +99,4 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+    return sorted(__all__)

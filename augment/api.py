@@ -479,3 +479,27 @@ def demo(
     from augment.digits.demo import run_demo
 
     return run_demo(Path(out), quick=quick, workers=workers, model=model)
+
+
+def summarize(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """A benchmark's results table (`classify`, `detect`, or bench/results.parquet read back)
+    per arm: one row per (task, arm, ratio, shots, metric, label) with its mean over seeds
+    and a t-interval (`ci_low`, `ci_high`, cut to the metric's range) and `n_seeds`."""
+    from augment.bench.stats import summarize as summarize_results
+
+    return summarize_results(results, confidence)
+
+
+def paired_gain(
+    results: pd.DataFrame,
+    metric: str = "top1",
+    arm: str = "augmented",
+    baseline: str = "real_only",
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """The gain of `arm` over `baseline` on `metric`, paired by seed (each seed's two models
+    saw the same real images), per ratio: `gain`, its t-interval and `n_pairs`; what the
+    report and the demo print."""
+    from augment.bench.stats import paired_gain as gains
+
+    return gains(results, metric, arm, baseline, confidence)
