@@ -433,6 +433,44 @@ def check_committed_prompts(
         )
 
 
+def check_committed_records(out_dir: Path, spec: JobSpec, planned: list[WorkItem]) -> None:
+    """Every image OUT's shards hold is an item of this job's plan, rendered once, with its
+    seed and this spec's steps. A shard copied in from another run was taken as done: another
+    job's images went into the exports, and one of a job that shares this one's item ids
+    (another step count) stood twice beside this job's own, both then flagged duplicates."""
+    by_id = {item.item_id: item for item in planned}
+    steps = spec.generation.num_inference_steps
+    seen: dict[str, Path] = {}
+    whole = spec.limit is None  # a limited run's plan: widened to the job's when it must be
+    for path in parquet.shard_paths(out_dir / "shards"):
+        try:
+            rows = parquet.read_shard(path, ["item_id", "seed", "steps", "mode"]).to_pylist()
+        except ShardError:  # quarantined by resume_point already, or named by it
+            continue
+        for row in rows:
+            if row["item_id"] not in by_id and not whole:  # served by `serve --write`, say
+                everything = plan_for(spec.model_copy(update={"limit": None}), check_all=False)
+                by_id.update((item.item_id, item) for item in everything)
+                whole = True
+            item_id, item = row["item_id"], by_id.get(row["item_id"])
+            if item_id in seen:
+                why = f"item {item_id} is also in {seen[item_id].name}"
+            elif item is None:
+                why = f"item {item_id} is not in this job's plan"
+            elif row["seed"] != item.seed:
+                why = f"item {item_id} has seed {row['seed']}, this job's plan {item.seed}"
+            elif row["mode"] != "paste" and row["steps"] not in (None, steps):
+                why = f"item {item_id} was rendered in {row['steps']} steps, this spec in {steps}"
+            else:
+                seen[item_id] = path
+                continue
+            raise OutputError(
+                f"shard {path} holds images of another run ({why}): it was copied or left "
+                f"there from elsewhere; move it out of {out_dir / 'shards'}, or start over "
+                "with --force"
+            )
+
+
 #: The lock file in OUT: one process writes a folder at a time.
 LOCK_FILE = ".augment.lock"
 #: The output folders this process holds the lock of (a filter run inside a run takes none).
@@ -1295,6 +1333,7 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
         planned = with_earlier_plan(out_dir, spec, items, concepts, sources)  # what OUT holds
         parquet.remove_temp_files(out_dir / "shards")
         done = resume_point(out_dir)
+        check_committed_records(out_dir, spec, planned)
         check_committed_prompts(out_dir, spec, concepts, planned, done)
         if sources is not None:
             check_sources_kept(out_dir, planned)

@@ -202,6 +202,13 @@ def order_for(
     if refused:
         allowed = ", ".join(options.overridable) or "none"
         raise RequestError(f"overrides: {refused[0]} cannot be set per request; allowed: {allowed}")
+    per_concept = spec.prompts.images_per_concept
+    if options.write and request.start + request.n > per_concept:  # outside the job's plan
+        raise RequestError(
+            f"this service writes the job's own dataset (--write), {per_concept} image(s) per "
+            f"concept: variants {request.start} to {request.start + request.n - 1} are not in "
+            f"it; ask within 0 to {per_concept - 1} (start + n at most {per_concept})"
+        )
     if options.write and (request.overrides or request.seed not in (None, spec.seed)):
         raise RequestError(
             "this service writes every image it serves into one dataset, made with the job's "

@@ -122,6 +122,41 @@ def test_a_resume_brings_an_older_augments_shards_to_todays_columns(write_job, t
     assert len(datasets.load_dataset("parquet", data_files=files, split="train")) == 9
 
 
+def test_a_shard_of_another_run_in_out_is_refused_not_taken_as_done(write_job, tmp_path):
+    """A shard copied in from another run was taken as done: another job's images went into
+    the exports; one of a job sharing this one's item ids (in other steps) stood beside this
+    job's own, each flagged a duplicate of itself."""
+    import shutil
+
+    job = write_job()
+    run_job(load_spec(job), LOCAL)
+    other = tmp_path / "other"
+    run_job(load_spec(job, {"output.dir": str(other), "generation.num_inference_steps": 2}), LOCAL)
+    renamed = tmp_path / "renamed"
+    run_job(load_spec(job, {"output.dir": str(renamed), "name": "elsewhere"}), LOCAL)
+    shards = tmp_path / "out" / "shards"
+    before = {p.name: p.read_bytes() for p in shards.iterdir()}
+    for source, words in [
+        (other, r"item \w+ is also in part-0000\d.parquet"),
+        (renamed, r"item \w+ is not in this job's plan"),
+    ]:
+        copied = shards / "part-00077.parquet"
+        shutil.copy(source / "shards" / "part-00000.parquet", copied)
+        with pytest.raises(
+            OutputError, match=f"part-00077.parquet holds images of another run \\({words}"
+        ):
+            run_job(load_spec(job), LOCAL)
+        copied.unlink()
+    shutil.copy(other / "shards" / "part-00000.parquet", shards / "part-00000.parquet")
+    with pytest.raises(
+        OutputError, match=r"was rendered in 2 steps, this spec in 3\): it was copied"
+    ):
+        run_job(load_spec(job), LOCAL)
+    for name, data in before.items():
+        (shards / name).write_bytes(data)
+    assert run_job(load_spec(job), LOCAL).skipped == 9  # as it was: nothing lost
+
+
 def test_changed_spec_is_refused_unless_forced(write_job, tmp_path):
     job = write_job()
     run_job(load_spec(job, {"limit": 2}), LOCAL)

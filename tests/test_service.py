@@ -354,6 +354,17 @@ def test_a_request_far_into_the_variants_makes_the_batch_plans_items_without_bui
         10**6,
         10**6 + 1,
     ]
+    # A service writing the job's dataset serves its plan's items only: beyond them, OUT held
+    # images of no plan, which a later run into it could not account for.
+    writing = ServeOptions(write="out/served")
+    assert (
+        len(order_for(spec, index, GenerateRequest(concept="seven", n=2, start=338), writing).items)
+        == 2
+    )
+    with pytest.raises(
+        RequestError, match=r"variants 339 to 340 are not in it; ask within 0 to 339"
+    ):
+        order_for(spec, index, GenerateRequest(concept="seven", n=2, start=339), writing)
 
 
 def test_a_concept_is_found_as_written_before_any_case():
