@@ -204,7 +204,17 @@ def test_an_address_that_answers_no_ray_is_a_users_error(monkeypatch):
 
     monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", not_ray)
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # set by the client where a token is
+    import threading
+
     with socket.create_server(("127.0.0.1", 0)) as listening:  # something answers, not Ray
+
+        def answer_as_http2():  # a gRPC server's SETTINGS frame, as a GCS sends at once
+            connection, _ = listening.accept()
+            with connection:
+                connection.sendall(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+                connection.recv(64)
+
+        threading.Thread(target=answer_as_http2, daemon=True).start()
         address = f"127.0.0.1:{listening.getsockname()[1]}"
         with pytest.raises(AugmentError, match=rf"cannot reach a Ray cluster at {address} \(RPC"):
             job_status("raysubmit_1", address)
