@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
 
 from augment.config import SOURCE_MODES, JobSpec, load_spec
 from augment.duplicates import Picture, flag_duplicates
@@ -408,10 +409,11 @@ def check_committed_prompts(
     and variant now. The spec's hash cannot see a change in how augment words them (the order
     of combine: exhaustive, the truncation of long prompts, in a newer version): the old
     images would stay beside renders of the new prompts, each such variant twice."""
-    path = out_dir / "plan.parquet"  # the last run's, written before its first image
-    if not done or not path.is_file():
+    # the last run's plan, written before its first image
+    saved = saved_plan(out_dir, ["item_id", "concept_id", "variant", "prompt"]) if done else None
+    if saved is None:
         return
-    rows = parquet.read_table(path, ["item_id", "concept_id", "variant", "prompt"]).to_pylist()
+    rows = saved.to_pylist()
     then = {(r["concept_id"], r["variant"]): r["prompt"] for r in rows if r["item_id"] in done}
     now = {(item.concept_id, item.variant): item.prompt for item in planned}
     unplanned = [key for key in then if key not in now]
@@ -1270,10 +1272,10 @@ def with_earlier_plan(
     stay in plan.parquet and the manifest, and the duplicate pass keeps the job's order. (The
     limit is not part of the spec's hash: a limited trial run, then the whole job, is one run.)
     """
-    path = out_dir / "plan.parquet"
-    if spec.limit is None or not path.exists():
+    saved = saved_plan(out_dir, ["item_id"]) if spec.limit is not None else None
+    if saved is None:
         return items
-    earlier = set(parquet.read_table(path, ["item_id"]).column("item_id").to_pylist())
+    earlier = set(saved.column("item_id").to_pylist())
     ids = {item.item_id for item in items}
     if earlier <= ids:
         return items
@@ -1330,6 +1332,7 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
     items = plan_for(spec, concepts, sources)  # what this run renders
     release = prepare_output(out_dir, spec, options.force, concepts)
     try:
+        saved_plan(out_dir, ["item_id"], drop=True)  # a damaged plan: written anew below
         planned = with_earlier_plan(out_dir, spec, items, concepts, sources)  # what OUT holds
         parquet.remove_temp_files(out_dir / "shards")
         done = resume_point(out_dir)
@@ -1428,10 +1431,32 @@ def plan_order(out_dir: Path, spec: JobSpec, items: list[WorkItem]) -> list[str]
     """The item_ids in the run's plan order, which decides the original of each duplicate
     group. A folder that `augment serve --write` filled has no plan.parquet: its items come
     from the job's own plan (`items`, or planned here), as a batch run would have ordered them."""
-    path = out_dir / "plan.parquet"
-    if path.is_file():
-        return parquet.read_table(path, ["item_id"]).column("item_id").to_pylist()
+    saved = saved_plan(out_dir, ["item_id"])
+    if saved is not None:
+        return saved.column("item_id").to_pylist()
     return [item.item_id for item in (items or plan_for(spec))]
+
+
+def saved_plan(out_dir: Path, columns: list[str], drop: bool = False) -> pa.Table | None:
+    """OUT/plan.parquet's `columns`; None where there is none, or where it cannot be read
+    (said in a warning; `drop`: and removed, as a run does before it plans, since it writes
+    the plan anew). A damaged plan was a fault of augment to `run` and `filter`, though a
+    deleted one resumed."""
+    path = out_dir / "plan.parquet"
+    if not path.is_file():
+        return None
+    try:
+        return parquet.read_table(path, columns)
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        log.warning(
+            "%s cannot be read (%s): %s",
+            path,
+            first_line(exc),
+            "the run writes it anew from the spec" if drop else "the spec's plan order is used",
+        )
+        if drop:
+            path.unlink()
+        return None
 
 
 def refilter(

@@ -872,3 +872,21 @@ def test_a_long_concept_name_gives_a_short_distinct_file_name():
     assert slugify("cafe\u0301") == slugify("caf\u00e9") == "café"
     long = slugify("猫" * 300)  # cut in bytes: 80 CJK characters are 240
     assert len(long.encode()) <= 80 and long != slugify("猫" * 301)
+
+
+@pytest.mark.parametrize("damage", [b"xx", b""], ids=["garbage", "empty"])
+def test_a_damaged_plan_is_planned_again_not_a_fault(write_job, tmp_path, capsys, damage):
+    """A damaged OUT/plan.parquet made `run` and `filter` fail as a fault of augment (exit 1),
+    though a deleted one resumed."""
+    job = write_job()
+    assert cli(capsys, "run", job, "--distributor", "local")[0] == 0
+    out = tmp_path / "out"
+    shards = {p.name: p.read_bytes() for p in (out / "shards").iterdir()}
+    (out / "plan.parquet").write_bytes(damage)
+    code, _, err = cli(capsys, "filter", out)
+    assert code == 0 and "plan.parquet cannot be read" in err, err
+    code, stdout, err = cli(capsys, "run", job, "--distributor", "local")
+    assert code == 0, err
+    assert err.count("plan.parquet cannot be read") == 1 and "writes it anew" in err
+    assert {p.name: p.read_bytes() for p in (out / "shards").iterdir()} == shards
+    assert len(pd.read_parquet(out / "plan.parquet")) == 9  # whole again
