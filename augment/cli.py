@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import re
 import signal
@@ -1429,11 +1430,24 @@ def plain_file(path: Path) -> bool:
         return False
 
 
+#: OS errors of the machine, not of augment nor of the input: a full disk or quota, a file
+#: system mounted read-only. ("a fault of augment" they were, where no file name came with them)
+MACHINE_ERRORS = {
+    errno.ENOSPC: "no space left on the device; free some",
+    errno.EDQUOT: "the disk quota is used up; free some space",
+    errno.EROFS: "the file system is read-only; write to another, or remount it writable",
+}
+
+
 def one_line(exc: Exception) -> tuple[str, int]:
     """The line a failure prints and the exit code: 2 for bad input or a machine problem (a
     full disk, a missing right), 1 for a fault of augment itself."""
     if isinstance(exc, AugmentError):
         return f"error: {exc}", 2
+    machine = MACHINE_ERRORS.get(getattr(exc, "errno", None)) if isinstance(exc, OSError) else None
+    if machine is not None:  # pyarrow's and some writes' carry no file name
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"error: {where}{machine}; what was committed is kept: rerun the same command", 2
     if isinstance(exc, OSError) and exc.filename:
         path = Path(exc.filename)  # a folder to make, where a file is: FileExistsError
         folders = [path, *path.parents] if isinstance(exc, FileExistsError) else path.parents

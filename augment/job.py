@@ -653,7 +653,10 @@ def check_writable(folder: Path, remedy: str) -> None:
 
 
 def not_writable(folder: Path, exc: OSError, remedy: str) -> OutputError:
-    """The one message of an output folder that cannot be written, whichever step found it."""
+    """The one message of an output folder that cannot be written, whichever step found it.
+    One that holds a run is given write access back: another folder would start it over."""
+    if remedy.startswith("choose another") and any(parquet.shard_paths(folder / "shards")):
+        remedy = f"give write access to it to resume the run it holds (or {remedy}, starting over)"
     return OutputError(f"output folder {folder} is not writable ({exc.strerror}); {remedy}")
 
 

@@ -890,3 +890,26 @@ def test_a_damaged_plan_is_planned_again_not_a_fault(write_job, tmp_path, capsys
     assert err.count("plan.parquet cannot be read") == 1 and "writes it anew" in err
     assert {p.name: p.read_bytes() for p in (out / "shards").iterdir()} == shards
     assert len(pd.read_parquet(out / "plan.parquet")) == 9  # whole again
+
+
+def test_a_full_disk_or_read_only_folder_is_the_machines_one_line_with_the_right_remedy(tmp_path):
+    """pyarrow's ENOSPC carries no file name: it read as a fault of augment (exit 1). A
+    read-only folder holding a run was told to choose another --out, which starts over."""
+    import errno
+
+    from augment.cli import one_line
+    from augment.job import not_writable
+
+    full = OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space")
+    line, code = one_line(full)
+    assert code == 2 and line.startswith("error: no space left on the device; free some")
+    assert line.endswith("what was committed is kept: rerun the same command")
+    line, code = one_line(OSError(errno.EROFS, "Read-only file system", str(tmp_path / "x")))
+    assert code == 2 and "x: the file system is read-only" in line
+    (tmp_path / "run" / "shards").mkdir(parents=True)
+    (tmp_path / "run" / "shards" / "part-00000.parquet").write_bytes(b"")
+    refused = OSError(errno.EROFS, "Read-only file system")
+    held = str(not_writable(tmp_path / "run", refused, "choose another with --out"))
+    assert "give write access to it to resume the run it holds (or choose another" in held
+    empty = str(not_writable(tmp_path, refused, "choose another with --out"))
+    assert empty.endswith("(Read-only file system); choose another with --out")
