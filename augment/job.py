@@ -89,7 +89,21 @@ log = logging.getLogger(__name__)
 
 EXPORT_DIRS = (*exporters(), "animations")
 #: What `run --force` deletes in OUT (its paste/ goes when the paste starts over).
-RUN_FILES = ("shards", "quarantine", *EXPORT_DIRS, "plan.parquet", "manifest.json", "job.yaml")
+#: Written in OUT while a filter rewrites its shards, removed once its manifest is saved: a
+#: filter stopped half way left some shards with its flags and the rest with the earlier
+#: ones (or another scorer's scores), which nothing noticed later.
+FILTER_MARK = ".filter-in-progress.json"
+
+
+RUN_FILES = (
+    "shards",
+    "quarantine",
+    *EXPORT_DIRS,
+    "plan.parquet",
+    "manifest.json",
+    "job.yaml",
+    FILTER_MARK,
+)
 #: What a run writes in OUT: everything else there is left alone.
 RUN_WRITES = (*RUN_FILES, "paste")
 
@@ -1321,6 +1335,8 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
         if options.address or os.environ.get("RAY_ADDRESS"):  # one Ray refuses: before OUT too
             cluster_placement(options.address)
     check_inputs_outside_output(spec, out_dir)
+    if not options.force:  # --force starts over, the half-done filter's flags with the rest
+        check_no_filter_stopped(out_dir)
     concepts = check_inputs(spec)
     if options.address is None:  # rendered here: float16 on a CPU, named before OUT is written
         from augment.generate.pipelines import select_device, torch_dtype
@@ -1462,6 +1478,37 @@ def saved_plan(out_dir: Path, columns: list[str], drop: bool = False) -> pa.Tabl
         return None
 
 
+def filter_command(out_dir: Path, settings: dict) -> str:
+    """The `augment filter` command line of a filter's settings (minimums only with a scorer:
+    without one there is nothing to compare them with, and the command refuses them)."""
+    options = [("--scorer", settings.get("scorer"))]
+    if settings.get("scorer") is not None:
+        options += [("--min-concept-score", settings.get("min_concept_score"))]
+        options += [("--min-clip-score", settings.get("min_clip_score"))]
+    options += [("--real", settings.get("real"))]
+    words = [f"{name} {value}" for name, value in options if value is not None]
+    return " ".join(["augment filter", str(out_dir), *words])
+
+
+def check_no_filter_stopped(out_dir: Path, settings: dict | None = None) -> None:
+    """Refuse to build on a filter that was stopped half way, unless this is it again
+    (`settings`: those of the filter about to run)."""
+    mark = Path(out_dir) / FILTER_MARK
+    if not mark.is_file():
+        return
+    try:
+        stopped = json.loads(mark.read_text())
+    except (OSError, ValueError):
+        stopped = {}
+    if settings is not None and stopped == settings:
+        return
+    raise OutputError(
+        f"{out_dir} holds a filter that was stopped half way: some shards carry its flags (or "
+        "its scorer's scores), the others the earlier ones; finish it first with "
+        f"`{filter_command(out_dir, stopped)}`"
+    )
+
+
 def refilter(
     out_dir: Path,
     scorer: str | None = None,
@@ -1525,6 +1572,14 @@ def refilter(
     sources = SourceSet.of(spec) if spec.generation.mode in COPYING_MODES else None
     items = plan_for(spec, sources=sources) if sources is not None else []
     order = plan_order(out_dir, spec, items)  # before any shard is rewritten
+    settings = {
+        "scorer": spec.filters.scorer,
+        "min_concept_score": spec.filters.min_concept_score,
+        "min_clip_score": spec.filters.min_clip_score,
+        "real": real_name,
+    }
+    if command != "run":  # a run checked before it rendered
+        check_no_filter_stopped(out_dir, settings)
     release = lock_output(out_dir, option="")  # never beside a run writing OUT
     try:
         for folder in (out_dir, shards_dir):  # the manifest and exports too, or no shard changes
@@ -1532,6 +1587,7 @@ def refilter(
         check_exports_replaceable(out_dir, formats_to_refresh(out_dir, spec.output.formats))
         check_gallery_replaceable(out_dir)
         _, before = parquet.count_true(shards_dir, list(FLAGS))
+        (out_dir / FILTER_MARK).write_text(json.dumps(settings))
         rewritten: set[str] = set()  # the names of the shards whose records changed
         for path in parquet.shard_paths(shards_dir):
             table = parquet.read_shard(path)
@@ -1557,12 +1613,6 @@ def refilter(
         known = source_pictures(spec, items, sources) + list(real or ())  # sources, and a pool
         flag_duplicates(shards_dir, order, known, rewritten)
         _, after = parquet.count_true(shards_dir, list(FLAGS))
-        settings = {
-            "scorer": spec.filters.scorer,
-            "min_concept_score": spec.filters.min_concept_score,
-            "min_clip_score": spec.filters.min_clip_score,
-            "real": real_name,
-        }
         history = manifest.get("filter_history") or [
             {"at": manifest["finished"], "command": "run", **previous["filters"], "flags": before}
         ]
@@ -1573,6 +1623,7 @@ def refilter(
         manifest["filters"] = settings
         manifest["filter_history"] = history
         save_manifest(out_dir, manifest)
+        (out_dir / FILTER_MARK).unlink(missing_ok=True)  # the shards and manifest agree again
         outputs = export(out_dir, formats_to_refresh(out_dir, spec.output.formats))
         outputs.update(refresh_gallery(out_dir))  # an `augment view` gallery shows the new flags
         if (out_dir / "paste").is_dir() and (rewritten or before != after):

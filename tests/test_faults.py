@@ -913,3 +913,31 @@ def test_a_full_disk_or_read_only_folder_is_the_machines_one_line_with_the_right
     assert "give write access to it to resume the run it holds (or choose another" in held
     empty = str(not_writable(tmp_path, refused, "choose another with --out"))
     assert empty.endswith("(Read-only file system); choose another with --out")
+
+
+def test_a_filter_stopped_half_way_is_finished_before_anything_builds_on_it(
+    write_job, tmp_path, capsys, monkeypatch
+):
+    """A Ctrl-C while a filter rewrote shards left some with its flags, the rest with the
+    earlier ones; a resumed run and later filters took that mixture as it was."""
+    from augment import job as job_module
+
+    job = write_job()
+    assert cli(capsys, "run", job, "--distributor", "local")[0] == 0
+    out = tmp_path / "out"
+
+    def stopped(*_, **__):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(job_module, "flag_duplicates", stopped)  # mid-way through the shards
+    assert cli(capsys, "filter", out)[0] == 130
+    monkeypatch.undo()
+    assert (out / ".filter-in-progress.json").is_file()
+    code, _, err = cli(capsys, "run", job, "--distributor", "local")
+    assert code == 2 and "holds a filter that was stopped half way" in err
+    assert f"finish it first with `augment filter {out}`" in "".join(err.split("\n"))
+    code, _, err = cli(capsys, "filter", out, "--real", "digits")  # another filter: refused
+    assert code == 2 and "stopped half way" in err
+    assert cli(capsys, "filter", out)[0] == 0  # the same one again finishes it
+    assert not (out / ".filter-in-progress.json").exists()
+    assert cli(capsys, "run", job, "--distributor", "local")[0] == 0
