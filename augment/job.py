@@ -77,7 +77,7 @@ from augment.sinks import (
     run_filters,
 )
 from augment.sinks.animation import write_animations
-from augment.sinks.rows import read_manifest, read_saved_spec
+from augment.sinks.rows import read_manifest, read_saved_spec, saved_spec_remedy
 from augment.sources import SourceSet, concept_index
 from augment.taxonomy import Concept, spec_concepts
 from augment.taxonomy.listfile import slugify
@@ -300,8 +300,8 @@ def saved_job_spec(out_dir: Path) -> JobSpec:
         return JobSpec.model_validate(read_saved_spec(out_dir))
     except ValueError as exc:  # pydantic's ValidationError: a hand-edited job.yaml
         raise OutputError(
-            f"{out_dir / 'job.yaml'} is not a valid spec ({first_line(exc)}): it is the "
-            f"spec {out_dir} was rendered with; put it back, or start over with --force"
+            f"{out_dir / 'job.yaml'} is not a valid spec ({first_line(exc)}): it is the spec "
+            f"{out_dir} was rendered with; {saved_spec_remedy(out_dir)}"
         ) from None
 
 

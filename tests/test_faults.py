@@ -149,6 +149,8 @@ def test_a_damaged_job_yaml_or_manifest_is_one_line_saying_how_to_repair_it(
         code, _, err = cli(capsys, *command)
         assert code == 2 and expected in error_line(err), command
     assert (out / name).read_text() == text  # nothing rewritten
+    if name == "job.yaml":  # the manifest can check the run: a resume is offered, not only --force
+        assert "or delete it to resume the run" in error_line(err)
     (out / name).unlink()  # the repair the message gives
     assert cli(capsys, "run", job, "--distributor", "local")[0] == 0
     assert json.loads((out / "manifest.json").read_text())["counts"]["records"] == 9

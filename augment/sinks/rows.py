@@ -88,9 +88,20 @@ def read_saved_spec(out_dir: Path) -> dict:
         reason = spec if isinstance(spec, str) else "not a job spec"
         raise OutputError(
             f"{path} cannot be read ({reason}): it is the spec {out_dir} was rendered with; "
-            "put it back, or start over with --force"
+            f"{saved_spec_remedy(out_dir)}"
         )
     return spec
+
+
+def saved_spec_remedy(out_dir: Path) -> str:
+    """How to repair a damaged OUT/job.yaml: a run resumes without it where the manifest's
+    spec hash can check the run (and writes it anew)."""
+    if (Path(out_dir) / "manifest.json").is_file():
+        return (
+            "put it back, or delete it to resume the run (`augment run` checks the run by the "
+            "manifest's spec hash, then writes it anew), or start over with --force"
+        )
+    return "put it back, or start over with --force"
 
 
 def category_names(categories: list[dict]) -> dict[int, str]:
