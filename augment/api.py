@@ -14,6 +14,7 @@ Mistakes raise `augment.AugmentError` subclasses whose message is the one line t
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -215,7 +216,25 @@ def export(
     if not isinstance(formats, str | list | tuple):
         raise AugmentError(f"formats: a name or a list of names (coco, yolo, ...), got {formats!r}")
     names = [formats] if isinstance(formats, str) else list(formats)
-    return export_formats(_path(out, "out"), names, include_flagged)
+    folder = _path(out, "out")
+    with _output_locked(folder):  # two exports at once deleted each other's temporary folders
+        return export_formats(folder, names, include_flagged)
+
+
+@contextlib.contextmanager
+def _output_locked(folder: Path) -> Iterator[None]:
+    """OUT's lock held (`augment run`'s): nothing else writes there meanwhile. A folder that
+    is not there is left for the step to name."""
+    from augment.job import lock_output
+
+    if not folder.is_dir():
+        yield
+        return
+    release = lock_output(folder, option="")
+    try:
+        yield
+    finally:
+        release()
 
 
 def refilter(
@@ -243,7 +262,9 @@ def view(out: str | Path, per_concept: int = 500) -> Path:
     from augment.gallery import write_gallery
 
     at_least("per_concept", per_concept, 1)
-    return write_gallery(_path(out, "out"), per_concept)
+    folder = _path(out, "out")
+    with _output_locked(folder):
+        return write_gallery(folder, per_concept)
 
 
 def inspect(path: str | Path) -> dict:

@@ -787,7 +787,9 @@ def test_a_real_set_without_a_synthetic_one_says_there_is_no_sample_grid(tmp_pat
     assert not (tmp_path / "report" / "samples.png").exists()
 
 
-def test_a_run_or_filter_into_a_folder_another_process_writes_is_refused(run_copy, capsys):
+def test_a_run_filter_export_or_view_of_a_folder_another_process_writes_is_refused(
+    run_copy, capsys
+):
     """Nothing locked OUT: a --force run started beside a running one mixed two runs' shards
     (118 rows for a plan of 20, some twice). Another process's lock is held here."""
     import fcntl
@@ -798,7 +800,10 @@ def test_a_run_or_filter_into_a_folder_another_process_writes_is_refused(run_cop
         other.write("pid 12345 on elsewhere")
         other.flush()
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        for command in (["run", job, "--distributor", "local", "--force"], ["filter", out]):
+        commands = [["run", job, "--distributor", "local", "--force"], ["filter", out]]
+        # two exports (or galleries) at once deleted each other's temporary folders
+        commands += [["export", out, "--format", "coco"], ["view", out]]
+        for command in commands:
             code, _, err = cli(capsys, *command)
             assert code == 2
             assert "is being written by another augment process (pid 12345" in error_line(err)
