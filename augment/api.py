@@ -448,7 +448,8 @@ def _address(address: Any) -> None:
 
 
 def status(job_id: str, address: str) -> str:
-    """A submitted job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
+    """A submitted job's status (PENDING, RUNNING, SUCCEEDED, STOPPED, or FAILED with Ray's
+    reason: "FAILED: ...")."""
     from augment.cluster import job_status
 
     _address(address)

@@ -123,7 +123,13 @@ def submit_job(spec: JobSpec, address: str, workers: int | None = None) -> str:
     portable = portable_spec(spec, root)
     # The spec travels in an environment variable and is written into the job's own copy of
     # the project, so nothing is left in the user's checkout.
+    # The job runs the `python` first on the head's PATH as `ray start` left it: one that
+    # cannot import augment (a virtualenv not activated there) is said so, not a traceback.
     entrypoint = (
+        'python -c "import augment.cli" 2>/dev/null || { echo "error: the python on the '
+        "cluster's PATH ($(command -v python)) cannot import augment and its requirements: "
+        "start Ray from the environment augment is installed in (activate it, or put its bin/ "
+        'first on PATH, before ray start)" >&2; exit 2; } && '
         'printf "%s" "$AUGMENT_SUBMITTED_SPEC" > submitted-job.yaml && '
         "python -m augment.cli run submitted-job.yaml"
     )
@@ -173,9 +179,14 @@ def cluster_answers(job_id: str, address: str):
 
 
 def job_status(job_id: str, address: str) -> str:
+    """The job's status; a failed one's with Ray's reason ("FAILED: Failed to download
+    runtime_env file package ..."), which its log may not hold (a job that never started)."""
     client = job_client(address)
     with cluster_answers(job_id, address):
-        return str(client.get_job_status(job_id).value)
+        info = client.get_job_info(job_id)
+    status = str(getattr(info.status, "value", info.status))
+    reason = first_line(Exception(info.message)) if status == "FAILED" and info.message else ""
+    return f"{status}: {reason}" if reason else status
 
 
 def job_logs(job_id: str, address: str) -> str:

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -334,6 +335,11 @@ def test_followed_logs_stream_inside_a_running_event_loop(monkeypatch):
         def get_job_logs(self, job_id):
             return "so far\n"
 
+        def get_job_info(self, job_id):  # a job whose runtime_env never set up: no log
+            return SimpleNamespace(
+                status="FAILED", message="Failed to download runtime_env file package\nmore"
+            )
+
     monkeypatch.setattr(cluster, "job_client", lambda address: Client())
 
     async def in_a_notebook():
@@ -341,5 +347,7 @@ def test_followed_logs_stream_inside_a_running_event_loop(monkeypatch):
 
     assert asyncio.run(in_a_notebook()) == ["rendering\n", "done\n"]
     assert ag.logs("raysubmit_X", "http://head:8265") == "so far\n"  # text, not a generator
+    status = ag.status("raysubmit_X", "http://head:8265")  # with why, where `logs` holds nothing
+    assert status == "FAILED: Failed to download runtime_env file package"
     with pytest.raises(ag.AugmentError, match="address: give the Ray cluster's address as text"):
         ag.status("raysubmit_X", 8265)
