@@ -184,15 +184,21 @@ def next_shard_index(shards_dir: Path) -> int:
     return max(numbers, default=-1) + 1
 
 
-class EncodedImage:
+class EncodedImage(dict):
     """An image kept as its encoded bytes, decoded only when asked: `.open()` gives a PIL
-    image, and a notebook shows it as a picture."""
-
-    __slots__ = ("data", "path")
+    image, and a notebook shows it as a picture. It is the shards' {"bytes", "path"} cell too,
+    so a DataFrame of them (filtered, say) saves with `to_parquet` as the shards hold it."""
 
     def __init__(self, data: bytes, path: str | None = None):
-        self.data = data
-        self.path = path
+        super().__init__(bytes=data, path=path)
+
+    @property
+    def data(self) -> bytes:
+        return self["bytes"]
+
+    @property
+    def path(self) -> str | None:
+        return self["path"]
 
     def open(self) -> Image.Image:
         from PIL import Image
