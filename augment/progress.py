@@ -40,7 +40,8 @@ def image_progress(
     total: int, label: str, unit: str = "img", transient: bool = False
 ) -> Iterator[Callable[[int], None]]:
     """A live bar; yields `advance(n, note=None)`, `note` a short status shown after the bar
-    (a training loss). Quiet when stderr is not a terminal; `transient`: gone once done (a
+    (a training loss). Quiet when stderr is not a terminal (a notebook with ipywidgets has
+    one); `transient`: gone once done (a
     step of a command whose own summary follows)."""
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -52,14 +53,26 @@ def image_progress(
         TimeRemainingColumn(),
         TextColumn("{task.fields[note]}"),
     )
-    terminal = console.is_terminal
-    with Progress(*columns, console=console, disable=not terminal, transient=transient) as progress:
+    shown = console.is_terminal or jupyter_widgets()
+    with Progress(*columns, console=console, disable=not shown, transient=transient) as progress:
         task = progress.add_task(label, total=total, note="")
 
         def advance(n: int, note: str | None = None) -> None:
             progress.update(task, advance=n, **({"note": note} if note is not None else {}))
 
         yield advance
+
+
+def jupyter_widgets() -> bool:
+    """In a notebook, a live bar needs ipywidgets (rich draws it in an Output widget): without
+    them it stays off, as it did everywhere in Jupyter, where a benchmark ran minutes unseen."""
+    if not console.is_jupyter:
+        return False
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def tracked(items: list, label: str, unit: str) -> Iterator:

@@ -123,3 +123,21 @@ def test_notebook_executes(path: Path, tmp_path: Path, monkeypatch):
         resources={"metadata": {"path": str(ANALYSIS)}},
     ).execute()
     assert list((tmp_path / "figures").glob("*.png"))
+
+
+def test_a_long_step_shows_its_progress_bar_in_a_notebook():
+    """Rich's bar was off wherever stderr is not a terminal, so in Jupyter a run or a
+    benchmark went minutes with nothing shown; with ipywidgets it is drawn as a widget."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.v4.new_notebook()
+    code = (
+        "from augment.progress import image_progress\n"
+        "with image_progress(3, 'rendering') as advance:\n"
+        "    advance(3)\n"
+    )
+    notebook.cells = [nbformat.v4.new_code_cell(code)]
+    NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+    kinds = [set(output.get("data", {})) for output in notebook.cells[0].outputs]
+    assert any("application/vnd.jupyter.widget-view+json" in kind for kind in kinds)
