@@ -410,7 +410,8 @@ class GenerationService:
             "device": str(self.worker.generator.pipe.device),
             "batch_size": self.batch_size,
             "max_images": self.options.max_images,
-            "overridable": list(self.options.overridable),
+            # a --write service refuses every override: it names none
+            "overridable": [] if self.options.write else list(self.options.overridable),
             "max_size": self.options.largest_size(self.spec),
             "writes_to": self.options.write,
             "served": self.served,

@@ -229,6 +229,7 @@ def test_health_concepts_and_spec_describe_the_job(served):
     health = client.health()
     assert health["status"] == "ok" and health["batch_size"] == 50
     assert health["writes_to"] == str(served.written)
+    assert health["overridable"] == []  # a --write service refuses every override
     assert health["max_size"] == 1024  # the demo's 32 px, doubled, is below the floor
     names = [c["name"] for c in client.concepts()]
     assert len(names) == 10 and "seven" in names
