@@ -116,7 +116,7 @@ class RunResult:
     planned: int
     skipped: int
     rendered: int
-    flagged: int
+    flagged: int  # of the images rendered by this call (the whole run's: manifest.json counts)
     failed: int
     seconds: float
     rendering_seconds: float = 0.0  # the first block's start to the last block's commit
