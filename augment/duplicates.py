@@ -186,6 +186,8 @@ def find_duplicates(
             near = np.sqrt(np.maximum(gaps, 0) / codes.shape[1]) <= CANDIDATE_DISTANCE
             for j in range(start, stop):
                 candidates = np.flatnonzero(near[j - start, :j])
+                # an id met twice (a shard copied in, which a run refuses) is no repeat of itself
+                candidates = candidates[[group[c].id != group[j].id for c in candidates]]
                 if not candidates.size:
                     continue
                 distances = shifted_distances(

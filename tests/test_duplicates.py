@@ -214,3 +214,14 @@ def test_two_concepts_whose_names_slug_alike_are_not_each_others_duplicates(tmp_
     flags = flags_of(shards)
     assert flags["lang-cpp-copy"] == (True, "lang-cpp-0")
     assert not any(flags[r["item_id"]][0] for r in records)
+
+
+def test_an_image_is_never_flagged_a_duplicate_of_itself(tmp_path: Path):
+    """A shard copied into OUT held item ids already there: each copy was flagged a duplicate
+    of itself (`duplicate_of` its own id), and both left the exports."""
+    from augment.duplicates import Picture, find_duplicates
+
+    images, _ = load_digit_images(32)
+    twice = [Picture.of("a", "zero", images[0]), Picture.of("a", "zero", images[0])]
+    assert find_duplicates(twice) == {}
+    assert find_duplicates([*twice, Picture.of("b", "zero", images[0])]) == {"b": "a"}
