@@ -261,7 +261,10 @@ def validation_line(errors: list[dict]) -> str:
     if first.get("type") == "extra_forbidden":
         fields = ", ".join(GenerateRequest.model_fields)
         return f"unknown field {where!r}; a request takes {fields}"
-    return f"{where}: {first['msg']}" if where else first["msg"]
+    if not where:  # the body itself: empty, or JSON that is not an object
+        example = '{"concept": "seven", "n": 4}'
+        return f"the body must be a JSON object such as {example} ({first['msg'].lower()})"
+    return f"{where}: {first['msg']}"
 
 
 def json_record(record: dict) -> dict:

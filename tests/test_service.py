@@ -128,6 +128,8 @@ def test_a_served_folder_is_filtered_again_like_a_run(served, tmp_path):
         (b'{"concept": "seven", "n": 65}', 400, "n must be between 1 and 64, got 65"),
         (b'{"concept": "seven", "n": "many"}', 400, "n: "),
         (b"concept=seven", 400, "not valid JSON"),
+        (b"", 400, 'the body must be a JSON object such as {"concept": "seven", "n": 4}'),
+        (b'["seven"]', 400, "the body must be a JSON object such as"),
         (b'{"concept": "seven", "size": 2}', 400, "unknown field 'size'"),
         (b'{"n": 2}', 400, "name a concept"),
         (b'{"concept": "seven", "prompt": "a {nme}"}', 400, "unknown placeholder {nme}"),
