@@ -224,10 +224,11 @@ def export(
 @contextlib.contextmanager
 def _output_locked(folder: Path) -> Iterator[None]:
     """OUT's lock held (`augment run`'s): nothing else writes there meanwhile. A folder that
-    is not there is left for the step to name."""
+    holds no run (none at all, or a run's shards/ given for it) is left for the step to name,
+    without a lock file left in it."""
     from augment.job import lock_output
 
-    if not folder.is_dir():
+    if not (folder / "shards").is_dir():
         yield
         return
     release = lock_output(folder, option="")

@@ -1355,10 +1355,10 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
         planned = with_earlier_plan(out_dir, spec, items, concepts, sources)  # what OUT holds
         parquet.remove_temp_files(out_dir / "shards")
         done = resume_point(out_dir)
-        check_committed_records(out_dir, spec, planned)
         check_committed_prompts(out_dir, spec, concepts, planned, done)
         if sources is not None:
             check_sources_kept(out_dir, planned)
+        check_committed_records(out_dir, spec, planned)  # after those, which say more
         write_plan(planned, out_dir / "plan.parquet")
         check_same_weights(out_dir, spec)
         try:

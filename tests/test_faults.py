@@ -194,7 +194,7 @@ def test_export_skips_a_damaged_shard_only_where_it_replaces_no_export(
     assert code == 2
     warnings, last = err.strip().splitlines()[:-1], err.strip().splitlines()[-1]
     assert all(line.startswith("warning: export skips") for line in warnings)
-    assert "No space left on device" in error_line(last)
+    assert "yolo/labels: no space left on the device; free some" in error_line(last)
     assert sorted(p.name for p in (out / "yolo" / "images").iterdir()) == images  # the last one
     assert not (out / ".yolo.tmp").exists() and not (out / ".yolo.old").exists()
 

@@ -278,7 +278,15 @@ def paste_record(
 
 
 #: What OUT/paste holds of augment's, besides its exports.
-PASTE_FILES = ("paste.json", "manifest.json", "shards/", "quarantine/", "gallery/")
+#: What augment writes in OUT/paste (the lock: an export or gallery of it takes OUT/paste's).
+PASTE_FILES = (
+    "paste.json",
+    "manifest.json",
+    "shards/",
+    "quarantine/",
+    "gallery/",
+    ".augment.lock",
+)
 
 
 def check_paste_folder(folder: Path) -> None:
