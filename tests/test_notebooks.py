@@ -107,22 +107,9 @@ def test_a_table_without_classifier_rows_is_said_to_be_one(tmp_path, monkeypatch
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_executes(path: Path, tmp_path: Path, monkeypatch):
-    import nbformat
-    from nbclient import NotebookClient
-
-    results = tmp_path / "results.parquet"
-    small_results().to_parquet(results)
-    monkeypatch.setenv("AUGMENT_RESULTS", str(results))
-    monkeypatch.setenv("AUGMENT_FIGURES", str(tmp_path / "figures"))
-    monkeypatch.setenv("AUGMENT_OUT", str(tmp_path / "out"))  # quickstart's run and bench
-    notebook = nbformat.read(path, as_version=4)
-    NotebookClient(
-        notebook,
-        timeout=300,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(ANALYSIS)}},
-    ).execute()
+    notebook = run_notebook(path, small_results(), tmp_path, monkeypatch)
     assert list((tmp_path / "figures").glob("*.png"))
+    assert shown(notebook)[1] >= 1  # its figures are shown, not only saved
 
 
 def test_a_long_step_shows_its_progress_bar_in_a_notebook():
