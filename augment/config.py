@@ -116,6 +116,17 @@ class StrictModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """A setting changed in code (a notebook's `spec.generation.steps = ...`) is checked
+        like the YAML: a wrong value is the project's one-line SpecError, not pydantic's dump,
+        and a `pathlib.Path` is taken where a path goes."""
+        if name in type(self).model_fields:  # not a private attribute (a Path stays a Path)
+            value = with_plain_paths(value)
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise SpecError(f"{name}: {_describe(exc.errors()[0])}") from None
+
 
 class TaxonomySpec(StrictModel):
     source: str = Field(

@@ -66,6 +66,11 @@ def test_a_dict_and_its_yaml_file_plan_the_same_items(tiny_run, tmp_path):
         str(REPO / "augment/digits/model"),
     )
     assert [c.name for c in ag.concepts(spec)] == ["zero", "one", "two"]
+    # A setting changed in code is checked as the YAML is, in the project's one line.
+    spec.output.dir = tmp_path / "p"
+    assert spec.output.dir == str(tmp_path / "p")
+    with pytest.raises(SpecError, match="^num_inference_steps: input should be a valid integer"):
+        spec.generation.num_inference_steps = "abc"
     assert len(ag.concepts(source="digits")) == 10
     assert [c.id for c in ag.concepts(source="augment/taxonomies/weeds.yaml", max_concepts=2)] == [
         c.id for c in ag.concepts(source="weeds")[:2]
