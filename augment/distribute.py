@@ -420,8 +420,9 @@ def connect_ray(address: str | None = None) -> None:
         ) from None
     if private:
         atexit.register(stop_autoscaler_monitor)  # runs before Ray's own shutdown at exit
-    else:  # which cluster this is: `auto` picks whichever this machine runs
-        log.info("attached to the Ray cluster at %s", ray.get_runtime_context().gcs_address)
+    else:  # which cluster this is: `auto` picks whichever this machine runs, said so
+        say = log.warning if given == "auto" else log.info
+        say("attached to the Ray cluster at %s", ray.get_runtime_context().gcs_address)
 
 
 def stop_autoscaler_monitor() -> None:
