@@ -1338,7 +1338,8 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
     if not options.force:  # --force starts over, the half-done filter's flags with the rest
         check_no_filter_stopped(out_dir)
     concepts = check_inputs(spec)
-    if options.address is None:  # rendered here: float16 on a CPU, named before OUT is written
+    remote = options.distributor == "ray" and (options.address or os.environ.get("RAY_ADDRESS"))
+    if not remote:  # rendered on this machine: float16 on a CPU, named before OUT is written
         from augment.generate.pipelines import select_device, torch_dtype
 
         torch_dtype(spec.generation.dtype, select_device(spec.generation.device))
