@@ -540,6 +540,12 @@ def run_ray(
                     if not any(actor is alive for alive in actors):  # already replaced
                         queue.appendleft(block)
                         continue
+                    gcs = ray.get_runtime_context().gcs_address
+                    if head_gone(gcs):  # not a worker: the cluster (Ray's own end, 60 s on)
+                        raise AugmentError(
+                            f"the Ray cluster's head ({gcs}) stopped answering: committed "
+                            "shards are kept; rerun the same command once a cluster is up"
+                        ) from None
                     restarts += 1
                     if restarts > max_restarts:
                         raise AugmentError(
@@ -558,6 +564,20 @@ def run_ray(
         finally:
             for actor in actors:
                 ray.kill(actor)
+
+
+def head_gone(gcs_address: str, timeout_s: float = 2.0) -> bool:
+    """Whether nothing answers at the cluster's GCS address any more: its head was stopped
+    or killed. Workers then "died" one after another, each restarted, until Ray's own C++
+    ended the process a minute later (exit 1) with no word of the shards kept."""
+    import socket
+
+    host, _, port = gcs_address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError):
+        return True
+    return False
 
 
 @contextlib.contextmanager

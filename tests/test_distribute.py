@@ -193,3 +193,16 @@ def test_killed_worker_then_ctrl_c_then_rerun_gives_exactly_the_plan(tmp_path):
     assert rerun.returncode == 0, rerun.stderr
     assert f"{SLOW_ITEMS - committed} images rendered, {committed} already done" in rerun.stdout
     assert_complete_without_duplicates(job, out)
+
+
+def test_a_head_that_stopped_answering_is_told_from_a_dead_worker():
+    """A killed head made every worker "die": each was restarted and re-queued until Ray
+    ended the process a minute later, exit 1, without saying the shards were kept."""
+    import socket
+
+    from augment.distribute import head_gone
+
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        address = f"127.0.0.1:{listening.getsockname()[1]}"
+        assert not head_gone(address)
+    assert head_gone(address)  # closed: nothing listens there now
