@@ -99,6 +99,8 @@ def job_client(address: str):
     from ray.job_submission import JobSubmissionClient
 
     logging.getLogger("ray").setLevel(logging.ERROR)  # no per-file upload chatter
+    # nor the upload's own line: that module sets its logger to INFO itself
+    logging.getLogger("ray.dashboard.modules.dashboard_sdk").setLevel(logging.WARNING)
     try:
         return JobSubmissionClient(address)
     except AuthenticationError:

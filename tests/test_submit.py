@@ -76,6 +76,7 @@ def test_submitted_job_matches_a_local_run(ray_head, tmp_path):
     job.write_text(TINY_JOB.replace("OUT_DIR", str(tmp_path / "cluster")))
     submitted = augment("submit", str(job), "--address", ray_head)
     assert submitted.returncode == 0, submitted.stderr
+    assert "Uploading package" not in submitted.stderr, submitted.stderr  # Ray's INFO chatter
     job_id = re.search(r"submitted (\S+)", submitted.stdout)[1]
 
     deadline = time.monotonic() + 300
