@@ -99,8 +99,10 @@ def job_client(address: str):
     from ray.job_submission import JobSubmissionClient
 
     logging.getLogger("ray").setLevel(logging.ERROR)  # no per-file upload chatter
-    # nor the upload's own line: that module sets its logger to INFO itself
-    logging.getLogger("ray.dashboard.modules.dashboard_sdk").setLevel(logging.WARNING)
+    # nor the upload's line, nor a followed log's "WebSocket closed": their modules set their
+    # loggers to INFO themselves
+    for module in ("dashboard_sdk", "job.sdk"):
+        logging.getLogger(f"ray.dashboard.modules.{module}").setLevel(logging.WARNING)
     try:
         return JobSubmissionClient(address)
     except AuthenticationError:

@@ -87,6 +87,9 @@ def test_submitted_job_matches_a_local_run(ray_head, tmp_path):
     logs = augment("logs", job_id, "--address", ray_head).stdout
     assert status.endswith("SUCCEEDED"), logs
     assert "9 images rendered" in logs
+    followed = augment("logs", job_id, "--address", ray_head, "--follow")
+    assert "9 images rendered" in followed.stdout
+    assert "WebSocket closed" not in followed.stderr, followed.stderr  # Ray's INFO chatter
 
     local = run_job(
         load_spec(job, {"output.dir": str(tmp_path / "local")}),
