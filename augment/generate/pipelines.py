@@ -148,8 +148,10 @@ def config_mismatch(checkpoint: Path, config: str) -> str | None:
         return None
     from safetensors import safe_open
 
+    expected = config_value(unet_config, "cross_attention_dim")
+    if expected is None:
+        return None
     try:
-        expected = json.loads(unet_config.read_text()).get("cross_attention_dim")
         with safe_open(str(checkpoint), framework="pt") as handle:
             key = next(
                 (
@@ -160,7 +162,7 @@ def config_mismatch(checkpoint: Path, config: str) -> str | None:
                 None,
             )
             width = None if key is None else handle.get_slice(key).get_shape()[1]
-    except Exception:  # noqa: BLE001 - json's and safetensors' own errors: the loader names them
+    except Exception:  # noqa: BLE001 - safetensors' own errors: the loader names them
         return None
     if width is None or width == expected:
         return None
@@ -180,7 +182,7 @@ def embedding_mismatch(path: Path, location: str) -> str | None:
     if not config.is_file() or path.suffix not in (".safetensors", ".bin", ".pt"):
         return None
     try:
-        state = embedding_state(path)
+        state = read_weights(path)
         width = json.loads(config.read_text()).get("hidden_size")
     except Exception:  # noqa: BLE001 - unreadable here: the loader says why, in its words
         return None
@@ -384,11 +386,7 @@ def check_folder_fits(location: str, settings: GenerationSpec) -> None:
             f"{where} has no text_encoder: an SDXL refiner, which works on another model's "
             "latents; give a base model"
         )
-    config = folder / "unet" / "config.json"
-    try:
-        channels = json.loads(config.read_text()).get("in_channels") if config.is_file() else None
-    except (OSError, ValueError):
-        return  # left to the loader's own message
+    channels = config_value(folder / "unet" / "config.json", "in_channels")  # None: the loader's
     if channels == 9 and settings.mode != "inpaint":
         raise ModelError(
             f"{where} is an inpainting model (its UNet reads 9 channels: the image, its mask and "
@@ -736,18 +734,6 @@ def load_loras(
         pipe.set_adapters(names, adapter_weights=[lora.scale for _, _, lora in wanted])
 
 
-def read_weights(weights: Path) -> dict:
-    """A .safetensors or torch weights file's tensors (torch's read with `weights_only`)."""
-    if weights.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(weights))
-    import torch
-
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    return state if isinstance(state, dict) else {}
-
-
 def peft_lora_state(weights: Path, setting: str) -> dict | None:
     """A raw peft adapter (`PeftModel.save_pretrained` of a wrapped UNet or text encoder:
     `base_model.model.*.lora_A/B` keys, the scale in adapter_config.json) in the layout
@@ -892,7 +878,7 @@ def load_textual_inversions(
     for key, path, inversion in wanted:
         try:
             if getattr(pipe, "text_encoder_2", None) is not None:
-                state = embedding_state(Path(path))
+                state = read_weights(Path(path))
                 if "clip_l" not in state or "clip_g" not in state:
                     raise ModelError(
                         f"{key}: an SDXL embedding needs clip_l and clip_g tensors; {path} has "
@@ -921,9 +907,10 @@ def load_textual_inversions(
             raise ModelError(f"{key}: cannot load {path}: {first_line(exc)}") from exc
 
 
-def embedding_state(path: Path) -> dict:
-    """An SDXL embedding file's tensors: safetensors, or a torch file (.pt, .bin) read without
-    running code in it. A .pt was read as safetensors, and failed as a fault of augment."""
+def read_weights(path: Path) -> dict:
+    """A weights file's named tensors (an embedding, a LoRA): safetensors, or a torch file (.pt,
+    .bin) read without running code in it. A .pt was read as safetensors, and failed as a fault
+    of augment."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
