@@ -1324,21 +1324,19 @@ def check_inputs(spec: JobSpec) -> list[Concept]:
 
 def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
     """Run (or resume) a job; returns what was done and where the outputs are."""
-    from augment.distribute import check_reachable, cluster_placement
+    from augment.distribute import cluster_placement
     from augment.gallery import refresh_gallery
 
     options = options or RunOptions()
     started = time.perf_counter()
     out_dir = Path(spec.output.dir)
-    if options.distributor == "ray":
-        check_reachable(options.address)  # a wrong --address, before anything is written
-        if options.address or os.environ.get("RAY_ADDRESS"):  # one Ray refuses: before OUT too
-            cluster_placement(options.address)
+    remote = options.distributor == "ray" and (options.address or os.environ.get("RAY_ADDRESS"))
+    if remote:  # a wrong address (checked first), or a cluster with no room: before OUT
+        cluster_placement(options.address)
     check_inputs_outside_output(spec, out_dir)
     if not options.force:  # --force starts over, the half-done filter's flags with the rest
         check_no_filter_stopped(out_dir)
     concepts = check_inputs(spec)
-    remote = options.distributor == "ray" and (options.address or os.environ.get("RAY_ADDRESS"))
     if not remote:  # rendered on this machine: float16 on a CPU, named before OUT is written
         from augment.generate.pipelines import select_device, torch_dtype
 
