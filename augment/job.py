@@ -453,38 +453,70 @@ def check_committed_records(out_dir: Path, spec: JobSpec, planned: list[WorkItem
     """Every image OUT's shards hold is an item of this job's plan, rendered once, with its
     seed and this spec's steps. A shard copied in from another run was taken as done: another
     job's images went into the exports, and one of a job that shares this one's item ids
-    (another step count) stood twice beside this job's own, both then flagged duplicates."""
+    (another step count) stood twice beside this job's own, both then flagged duplicates.
+    An item committed twice in the same settings is one image twice, and the later copy goes
+    (`drop_repeats`)."""
     by_id = {item.item_id: item for item in planned}
     steps = spec.generation.num_inference_steps
-    seen: dict[str, Path] = {}
+    seen: dict[str, tuple[Path, tuple]] = {}
+    repeats: dict[Path, list[int]] = {}  # a shard's rows that repeat an earlier shard's
     whole = spec.limit is None  # a limited run's plan: widened to the job's when it must be
     for path in parquet.shard_paths(out_dir / "shards"):
         try:
-            rows = parquet.read_shard(path, ["item_id", "seed", "steps", "mode"]).to_pylist()
+            rows = parquet.read_shard(path, [*REPEAT_KEY, "mode"]).to_pylist()
         except ShardError:  # quarantined by resume_point already, or named by it
             continue
-        for row in rows:
+        for index, row in enumerate(rows):
             if row["item_id"] not in by_id and not whole:  # served by `serve --write`, say
                 everything = plan_for(spec.model_copy(update={"limit": None}), check_all=False)
                 by_id.update((item.item_id, item) for item in everything)
                 whole = True
             item_id, item = row["item_id"], by_id.get(row["item_id"])
-            if item_id in seen:
-                why = f"item {item_id} is also in {seen[item_id].name}"
-            elif item is None:
+            key = tuple(row[column] for column in REPEAT_KEY)
+            if item is None:
                 why = f"item {item_id} is not in this job's plan"
             elif row["seed"] != item.seed:
                 why = f"item {item_id} has seed {row['seed']}, this job's plan {item.seed}"
             elif row["mode"] != "paste" and row["steps"] not in (None, steps):
                 why = f"item {item_id} was rendered in {row['steps']} steps, this spec in {steps}"
+            elif item_id in seen and seen[item_id][1] != key:
+                why = f"item {item_id} is also in {seen[item_id][0].name}, in other settings"
             else:
-                seen[item_id] = path
+                if item_id in seen:
+                    repeats.setdefault(path, []).append(index)
+                else:
+                    seen[item_id] = (path, key)
                 continue
             raise OutputError(
                 f"shard {path} holds images of another run ({why}): it was copied or left "
                 f"there from elsewhere; move it out of {out_dir / 'shards'}, or start over "
                 "with --force"
             )
+    for path, rows in repeats.items():
+        drop_repeats(path, rows)
+
+
+#: What makes two commits of an item the same image: a render is a function of these.
+REPEAT_KEY = ("item_id", "seed", "steps", "settings", "model_hash")
+
+
+def drop_repeats(path: Path, rows: list[int]) -> None:
+    """Remove a shard's rows that repeat images committed in an earlier shard (the shard
+    itself when nothing else is left). A worker of a stopped run can commit its block a moment
+    after its driver died, after the next run has looked and rendered that block again."""
+    table = parquet.read_shard(path)
+    keep = sorted(set(range(table.num_rows)) - set(rows))
+    log.warning(
+        "shard %s repeats %d image(s) committed in another shard (a worker of a stopped run "
+        "committing its block late): %s",
+        path,
+        len(rows),
+        "removed them" if keep else "removed it",
+    )
+    if keep:
+        parquet.write_table(path.parent, path.name, table.take(keep))
+    else:
+        path.unlink()
 
 
 #: The lock file in OUT: one process writes a folder at a time.
@@ -879,6 +911,7 @@ class Rendering:
     flagged: int
     failures: list[dict]
     seconds: float  # from the first block's start to the last block's commit
+    shards: tuple[str, ...] = ()  # the names of the shards its blocks commit
 
 
 def render_blocks(
@@ -901,6 +934,7 @@ def render_blocks(
     blocks = make_blocks(items, done, size, parquet.next_shard_index(shards_dir))
     if not blocks:  # all done: no worker to start (nor a local Ray)
         return Rendering(0, 0, [], 0.0)
+    names = tuple(block.shard for block in blocks)
     worker_kwargs = {
         "spec": spec,
         "concepts": [concept.name for concept in concepts],
@@ -927,7 +961,7 @@ def render_blocks(
             address=options.address,
         )
     rendering = max(0.0, span[1] - span[0])
-    return Rendering(totals["rendered"], totals["flagged"], failures, rendering)
+    return Rendering(totals["rendered"], totals["flagged"], failures, rendering, names)
 
 
 #: Modes whose render may copy its source image: a render that repeats its source is flagged
@@ -1360,11 +1394,15 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
         check_committed_records(out_dir, spec, planned)  # after those, which say more
         write_plan(planned, out_dir / "plan.parquet")
         check_same_weights(out_dir, spec)
+        before = {path.name for path in parquet.shard_paths(out_dir / "shards")}
         try:
             rendering = render_blocks(spec, concepts, items, done, out_dir, options)
             failures = rendering.failures + (sources.unreadable if sources is not None else [])
         finally:
             parquet.remove_temp_files(out_dir / "shards")  # a worker killed mid-write leaves one
+        late = {p.name for p in parquet.shard_paths(out_dir / "shards")} - before
+        if late - set(rendering.shards):  # a stopped run's worker committed a block since
+            check_committed_records(out_dir, spec, planned)
         duplicates = flag_duplicates(
             out_dir / "shards",
             [item.item_id for item in planned],

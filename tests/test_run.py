@@ -137,7 +137,7 @@ def test_a_shard_of_another_run_in_out_is_refused_not_taken_as_done(write_job, t
     shards = tmp_path / "out" / "shards"
     before = {p.name: p.read_bytes() for p in shards.iterdir()}
     for source, words in [
-        (other, r"item \w+ is also in part-0000\d.parquet"),
+        (other, r"item \w+ was rendered in 2 steps, this spec in 3"),
         (renamed, r"item \w+ is not in this job's plan"),
     ]:
         copied = shards / "part-00077.parquet"
@@ -155,6 +155,49 @@ def test_a_shard_of_another_run_in_out_is_refused_not_taken_as_done(write_job, t
     for name, data in before.items():
         (shards / name).write_bytes(data)
     assert run_job(load_spec(job), LOCAL).skipped == 9  # as it was: nothing lost
+
+
+def test_an_image_committed_twice_by_a_stopped_runs_worker_is_kept_once(
+    write_job, tmp_path, monkeypatch, caplog
+):
+    """A worker of a killed run can commit its block a moment after its driver died, after
+    the rerun has looked and rendered that block again: the next resume refused the run as
+    "another run's", and the exports held each of those images twice, flagged duplicates."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from augment import distribute
+
+    job = write_job()
+    run_job(load_spec(job), LOCAL)
+    out = tmp_path / "out"
+    shards = out / "shards"
+    first, second = pq.read_table(shards / "part-00000.parquet"), shards / "part-00001.parquet"
+    late = pq.read_table(second)
+    second.unlink()  # the rerun renders these again, while the late shard holds them and more
+    pq.write_table(pa.concat_tables([first, late]), shards / "part-00009.parquet")
+    resumed = run_job(load_spec(job), LOCAL)
+    assert (resumed.rendered, resumed.skipped) == (0, 9)
+    assert "repeats 4 image(s) committed in another shard" in caplog.text
+    table = pd.read_parquet(shards)
+    assert sorted(table.item_id) == sorted(pd.read_parquet(out / "plan.parquet").item_id)
+    assert not table.duplicate.any()
+
+    (shards / "part-00009.parquet").unlink()  # now the late commit lands while this run renders
+    local = distribute.DISTRIBUTORS["local"]
+
+    def with_a_late_commit(blocks, *args, **kwargs):
+        local(blocks, *args, **kwargs)
+        shutil.copy(shards / "part-00000.parquet", shards / "part-00040.parquet")
+
+    monkeypatch.setitem(distribute.DISTRIBUTORS, "local", with_a_late_commit)
+    again = run_job(load_spec(job), LOCAL)
+    assert (again.rendered, again.skipped, again.duplicates) == (4, 5, 0)
+    assert not (shards / "part-00040.parquet").exists()
+    coco = json.loads((out / "coco" / "annotations.json").read_text())
+    assert len(coco["images"]) == 9
 
 
 def test_changed_spec_is_refused_unless_forced(write_job, tmp_path):
