@@ -203,7 +203,8 @@ def job_logs(job_id: str, address: str) -> str:
 def follow_job_logs(job_id: str, address: str) -> Iterator[str]:
     """The job's log lines as they come, until the job ends. Ray's stream is asynchronous: it
     is read on a thread of its own, with its own event loop, since a notebook's thread already
-    runs one (an event loop cannot run inside another)."""
+    runs one (an event loop cannot run inside another). A caller that stops reading early
+    (`break`, an interrupted cell) ends that thread and its connection too."""
     import asyncio
     import queue
     import threading
@@ -211,21 +212,42 @@ def follow_job_logs(job_id: str, address: str) -> Iterator[str]:
     client = job_client(address)
     lines: queue.Queue = queue.Queue(maxsize=1000)
     end = object()
+    stopped = threading.Event()
+    running: dict = {}  # the reading thread's event loop and task, to cancel them
 
     async def pump() -> None:
+        running.update(loop=asyncio.get_running_loop(), task=asyncio.current_task())
+        if stopped.is_set():
+            return
         async for line in client.tail_job_logs(job_id):
-            lines.put(line)
+            while True:  # waits for the reader without holding the loop, so it can be cancelled
+                try:
+                    lines.put_nowait(line)
+                    break
+                except queue.Full:
+                    await asyncio.sleep(0.05)
 
     def read() -> None:
         try:
             asyncio.run(pump())
             lines.put(end)
+        except asyncio.CancelledError:  # the caller stopped reading
+            pass
         except BaseException as exc:  # noqa: BLE001 - carried to the reader, said there
             lines.put(exc)
 
-    threading.Thread(target=read, name="augment-job-logs", daemon=True).start()
-    while (line := lines.get()) is not end:
-        if isinstance(line, BaseException):
-            with cluster_answers(job_id, address):
-                raise line
-        yield line
+    reader = threading.Thread(target=read, name="augment-job-logs", daemon=True)
+    reader.start()
+    try:
+        while (line := lines.get()) is not end:
+            if isinstance(line, BaseException):
+                with cluster_answers(job_id, address):
+                    raise line
+            yield line
+    finally:
+        stopped.set()
+        if "loop" in running:
+            try:
+                running["loop"].call_soon_threadsafe(running["task"].cancel)
+            except RuntimeError:  # its loop closed already: the stream had ended
+                pass

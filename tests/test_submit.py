@@ -355,3 +355,36 @@ def test_followed_logs_stream_inside_a_running_event_loop(monkeypatch):
     assert status == "FAILED: Failed to download runtime_env file package"
     with pytest.raises(ag.AugmentError, match="address: give the Ray cluster's address as text"):
         ag.status("raysubmit_X", 8265)
+
+
+def test_a_followed_log_left_early_ends_its_reading_thread(monkeypatch):
+    """A caller that stopped reading (a `break`, an interrupted cell) left the thread that
+    reads Ray's stream, and its connection, waiting for the job's next line for ever."""
+    import asyncio
+    import threading
+
+    from augment import cluster
+
+    ended = threading.Event()
+
+    class Client:
+        async def lines(self):
+            try:
+                yield "rendering\n"
+                await asyncio.sleep(3600)  # a job that prints nothing more for an hour
+                yield "done\n"
+            finally:
+                ended.set()
+
+        def tail_job_logs(self, job_id):
+            return self.lines()
+
+    monkeypatch.setattr(cluster, "job_client", lambda address: Client())
+    followed = cluster.follow_job_logs("raysubmit_X", "http://head:8265")
+    assert next(followed) == "rendering\n"
+    followed.close()
+    assert ended.wait(5)
+    for thread in threading.enumerate():
+        if thread.name == "augment-job-logs":
+            thread.join(5)
+            assert not thread.is_alive()
