@@ -25,10 +25,10 @@ import pandas as pd
 from PIL import Image
 
 from augment.progress import tracked
-from augment.quality import concept_labels, concept_quality
+from augment.quality import concept_quality
 from augment.records import FLAGS
 from augment.sinks import check_own_folder, parquet, recorded_settings
-from augment.sinks.rows import read_manifest
+from augment.sinks.rows import concept_labels, read_manifest
 from augment.taxonomy.listfile import slugify
 
 #: Thumbnails are at most this many pixels on their longer side.

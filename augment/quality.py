@@ -21,7 +21,6 @@ flag rates say how much of it a filter keeps.
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ import pandas as pd
 
 from augment.records import FLAGS
 from augment.sinks import parquet
+from augment.sinks.rows import concept_labels
 from augment.taxonomy.listfile import slugify
 
 #: Flags that mean "no picture": such images count in the flag rates only.
@@ -62,17 +62,6 @@ def kernel_inception_distance(x: np.ndarray, y: np.ndarray) -> float | None:
     within_x = (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
     within_y = (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
     return float(1000.0 * (within_x + within_y - 2 * k_xy.mean()))
-
-
-def concept_labels(names: dict[str, str]) -> dict[str, str]:
-    """concept_id -> how tables and pages call the concept: its name, or, where two concepts of
-    a run share a name (WordNet's two "spotted salamander" synsets) or one that reads the same
-    as a file name ("Xerox" and "xerox", "knife edge" and "knife-edge": one gallery page held
-    one of them and lost the other), the name and its id."""
-    counts = Counter(slugify(name) for name in names.values())
-    return {
-        cid: f"{name} ({cid})" if counts[slugify(name)] > 1 else name for cid, name in names.items()
-    }
 
 
 def concept_quality(out_dir: Path, real: dict[str, np.ndarray] | None = None) -> pd.DataFrame:

@@ -104,17 +104,23 @@ def saved_spec_remedy(out_dir: Path) -> str:
     return "put it back, or start over with --force"
 
 
-def category_names(categories: list[dict]) -> dict[int, str]:
-    """Category id -> its name in an export: the concept's name, or, where two concepts share
-    it (WordNet's two "spotted salamander" synsets), the name and the concept's id. COCO's
-    `getCatIds(catNms=...)` and a detector's class table could not tell them apart."""
-    counts = Counter(c["name"] for c in categories)
+def concept_labels(names: dict[str, str]) -> dict[str, str]:
+    """concept_id -> how exports, tables and pages call the concept: its name, or, where two
+    concepts of a run share a name (WordNet's two "spotted salamander" synsets) or one that
+    reads the same as a file name ("Xerox" and "xerox", "knife edge" and "knife-edge"), the
+    name and its id. COCO's `getCatIds(catNms=...)`, a detector's class table and the gallery
+    (one page held one of them and lost the other) could not tell them apart."""
+    counts = Counter(slugify(name) for name in names.values())
     return {
-        c["id"]: c["name"]
-        if counts[c["name"]] == 1
-        else f"{c['name']} ({c.get('concept_id') or c['id']})"
-        for c in categories
+        cid: f"{name} ({cid})" if counts[slugify(name)] > 1 else name for cid, name in names.items()
     }
+
+
+def category_names(categories: list[dict]) -> dict[int, str]:
+    """Category id -> its name in an export (`concept_labels`)."""
+    keys = {c["id"]: c.get("concept_id") or str(c["id"]) for c in categories}
+    labels = concept_labels({keys[c["id"]]: c["name"] for c in categories})
+    return {cid: labels[key] for cid, key in keys.items()}
 
 
 def run_categories(out_dir: Path) -> list[dict]:
