@@ -122,12 +122,10 @@ def read_results(path: Path) -> pd.DataFrame:
 
 def arm_label(row) -> str:
     """'augmented ×1', or 'augmented ×1 (trained ×0.4)' when the synthetic set ran short;
-    'oracle ×1': as many more real images."""
-    if row["arm"] == "oracle":
-        return f"oracle ×{row['ratio']:.3g}"
-    if row["arm"] != "augmented":
+    'oracle ×1': as many more real images (of the same classes, so short with it)."""
+    if row["arm"] not in ("augmented", "oracle"):
         return row["arm"]
-    label = f"augmented ×{row['ratio']:.3g}"
+    label = f"{row['arm']} ×{row['ratio']:.3g}"
     trained = row.get("ratio_trained", row["ratio"])
     if not math.isclose(trained, row["ratio"], rel_tol=1e-3):
         label += f" (trained ×{trained:.2g})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -173,6 +174,7 @@ def test_classify_writes_seeds_per_arm_and_the_report(digits_generator_run, tmp_
     assert len(quality) == 10 * (1 + len(rates)) and (quality["value"] == 0).all()
     nodes = set(results[results["metric"] == "node_accuracy"]["label"])
     assert nodes == {"digit.n.01"}  # every digit shares one path: its deepest node stands for it
+
     augmented = top1[(top1["arm"] == "augmented") & (top1["ratio"] == 2.0)]
     assert (augmented["n_synthetic"] == 100).all() and (augmented["n_real"] == 50).all()
     split = json.loads((tmp_path / "bench" / "split.json").read_text())
@@ -195,12 +197,47 @@ def test_classify_writes_seeds_per_arm_and_the_report(digits_generator_run, tmp_
     assert headline["real_only"]["n_seeds"] == 3 and "gain" in headline
 
 
+def test_the_oracle_adds_real_images_as_the_augmented_arm_added_synthetic_ones(
+    digits_generator_run, tmp_path
+):
+    """A synthetic set without nines: the augmented arm added 45 images and no nine, and the
+    oracle, "as many more real images", added 50 with nines among them. A rerun without a
+    synthetic set left the last one's per-concept quality rows in the table and the report."""
+    records = pd.read_parquet(digits_generator_run / "shards")
+    keep = records["concept_name"] != "nine"
+    images = np.stack(
+        [np.array(Image.open(io.BytesIO(r["bytes"]))) for r in records["image"][keep]]
+    )
+    labels = np.array([DIGITS.index(name) for name in records["concept_name"][keep]])
+    no_nines = write_fake_run(tmp_path / "no-nines", images, labels)
+    settings = ClassifySettings(
+        synthetic=str(no_nines),
+        out=str(tmp_path / "bench"),
+        image_size=16,
+        shots=[5],
+        ratios=[1.0],
+        seeds=1,
+        steps=5,
+        synthetic_only=False,
+    )
+    top1 = run_classify(settings).query("metric == 'top1'").set_index("arm")
+    assert top1.loc["augmented", "n_synthetic"] == 45
+    assert top1.loc["oracle", "n_real"] == 50 + 45
+    for arm in ("augmented", "oracle"):
+        assert top1.loc[arm, "ratio_trained"] == 0.9 and top1.loc[arm, "synthetic_short"]
+
+    settings.synthetic = None
+    results = run_classify(settings)
+    table = pd.read_parquet(tmp_path / "bench" / "results.parquet")
+    assert len(table) == len(results) and "quality" not in set(table["task"])
+
+
 def test_the_oracle_adds_real_pool_images_the_arm_has_not_got_and_never_a_test_image():
     from augment.bench.classify import few_shot, more_real, oracle_fits
 
     real = load_real("digits", 8)
     taken = few_shot(real.pool, 10, seed=0)
-    extra = more_real(real.pool, taken, 100, 10, seed=0)
+    extra = more_real(real.pool, taken, 100, 10, seed=0, synthetic=real.pool)
     assert not set(extra.ids) & set(taken.ids) and not set(extra.ids) & set(real.test.ids)
     assert np.bincount(extra.labels, minlength=10).tolist() == [10] * 10
     # 30 pool digits a class: 10 shots leave 20 more, so x2 fits and x2.1 does not.

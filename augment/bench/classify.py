@@ -198,13 +198,23 @@ def few_shot(pool: ImageSet, shots: int, seed: int, names: list[str] | None = No
     return pool.subset(np.sort(np.array(rows)))
 
 
-def balanced_sample(images: ImageSet, count: int, num_classes: int, seed: int) -> ImageSet:
+def balanced_sample(
+    images: ImageSet,
+    count: int,
+    num_classes: int,
+    seed: int,
+    at_most: np.ndarray | None = None,
+) -> ImageSet:
     """`count` synthetic images spread evenly over the classes (the remainder to classes drawn
-    with `seed`); fewer where a class has fewer, which the caller reports."""
+    with `seed`); fewer where a class has fewer, which the caller reports. `at_most`: a cap per
+    class (the oracle takes a class's real images as the augmented arm took its synthetic
+    ones), the same draws otherwise."""
     rng = np.random.default_rng(seed + 1_000_003)
     quota = np.full(num_classes, count // num_classes)
     if count % num_classes:
         quota[rng.choice(num_classes, count % num_classes, replace=False)] += 1
+    if at_most is not None:
+        quota = np.minimum(quota, at_most)
     rows = []
     for label in range(num_classes):
         members = np.flatnonzero(images.labels == label)
@@ -231,11 +241,16 @@ def oracle_fits(pool: ImageSet, shots: int, ratio: float, num_classes: int) -> b
     return smallest - shots >= extra
 
 
-def more_real(pool: ImageSet, taken: ImageSet, count: int, num_classes: int, seed: int):
-    """`count` real pool images beside the ones `taken`, spread evenly over the classes."""
+def more_real(
+    pool: ImageSet, taken: ImageSet, count: int, num_classes: int, seed: int, synthetic: ImageSet
+) -> ImageSet:
+    """Real pool images beside the ones `taken`, as many of each class as the augmented arm of
+    the same count and seed draws from `synthetic`: where that set ran short of a class, the
+    oracle was given real images the augmented arm had no synthetic ones for."""
     mine = set(taken.ids)
     rest = pool.subset(np.array([i for i, image in enumerate(pool.ids) if image not in mine]))
-    return balanced_sample(rest, count, num_classes, seed)
+    have = np.bincount(synthetic.labels, minlength=num_classes)
+    return balanced_sample(rest, count, num_classes, seed, at_most=have)
 
 
 def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd.DataFrame:
@@ -272,13 +287,13 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
     for shots in settings.shots:
         missing = [f"×{ratio:g}" for (s, ratio), fit in fits.items() if s == shots and not fit]
         if missing:
-            log.info(
+            log.warning(
                 "no oracle arm at %s for %d shots: the real pool has too few more images a class",
                 ", ".join(missing),
                 shots,
             )
     short: set[tuple[int, float]] = set()  # (shots, ratio) the synthetic set could not fill
-    arms_trained = []  # (shots, seed, arm, ratio, n_real, n_synthetic, asked) per task
+    arms_trained = []  # (shots, seed, arm, ratio, n_real, n_synthetic, ratio_trained, short)
     tasks = []
     for shots, seed, arm, ratio in plan:
         real_train = few_shot(real.pool, shots, seed, real.classes.names)
@@ -286,10 +301,9 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
         if arm == "real_only":
             train = real_train
         elif arm == "oracle":
-            count = round(ratio * len(real_train))
-            train = ImageSet.concat(
-                real_train, more_real(real.pool, real_train, count, num_classes, seed)
-            )
+            asked = round(ratio * len(real_train))
+            more = more_real(real.pool, real_train, asked, num_classes, seed, synthetic)
+            train = ImageSet.concat(real_train, more)
         elif arm == "synthetic_only":
             train = balanced_sample(synthetic, len(synthetic), num_classes, seed)
         else:
@@ -308,7 +322,12 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
                     len(extra) / len(real_train),
                 )
         n_real = {"synthetic_only": 0, "oracle": len(train)}.get(arm, len(real_train))
-        arms_trained.append((shots, seed, arm, ratio, n_real, len(train) - n_real, asked))
+        added = len(train) - len(real_train)  # augmented, oracle: the images beside real_train
+        trained = trained_ratio(arm, added / len(real_train))
+        ran_short = added < asked  # the synthetic set ran short (the oracle follows it)
+        arms_trained.append(
+            (shots, seed, arm, ratio, n_real, len(train) - n_real, trained, ran_short)
+        )
         tasks.append((train, evaluated, real.classes, settings, seed))
     if settings.weights:  # a state_dict that does not fit, said once, not in every worker
         build_model(settings.model, num_classes, settings.weights)
@@ -318,9 +337,10 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
     with image_progress(len(tasks), "training classifiers", unit="model") as advance:
         scored = train_and_score_all(tasks, workers, advance)
     rows = []
-    for (shots, seed, arm, ratio, n_real, n_synthetic, asked), (metrics, seconds) in zip(
-        arms_trained, scored, strict=True
-    ):
+    for (shots, seed, arm, ratio, n_real, n_synthetic, trained, ran_short), (
+        metrics,
+        seconds,
+    ) in zip(arms_trained, scored, strict=True):
         for metric, label, value in metrics:
             rows.append(
                 {
@@ -336,8 +356,8 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
                     "steps": settings.steps,
                     "n_real": n_real,
                     "n_synthetic": n_synthetic,
-                    "ratio_trained": trained_ratio(arm, ratio, n_synthetic / max(n_real, 1)),
-                    "synthetic_short": n_synthetic < asked,
+                    "ratio_trained": trained,
+                    "synthetic_short": ran_short,
                     "n_test": len(evaluated),
                     "evaluated_on": settings.evaluate_on,
                     "wall_s": seconds,
@@ -350,7 +370,7 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
         nodes = wordnet_nodes(real.classes)
         quality = quality_rows(settings.real, Path(settings.synthetic), real, nodes)
         results = pd.concat([results, quality], ignore_index=True)
-    write_results(results, out, {"classify": asdict(settings)})
+    write_results(results, out, {"classify": asdict(settings)}, tasks={"classify", "quality"})
     return results
 
 
@@ -366,10 +386,10 @@ def evaluation_set(real: RealData, settings: ClassifySettings) -> ImageSet:
     return real.validation
 
 
-def trained_ratio(arm: str, ratio: float, synthetic_per_real: float) -> float:
-    """The ratio an arm trained at: the synthetic share (augmented), the asked one (oracle:
-    it only runs where the pool holds it), else 0."""
-    return {"augmented": synthetic_per_real, "oracle": ratio}.get(arm, 0.0)
+def trained_ratio(arm: str, added_per_real: float) -> float:
+    """The ratio an arm trained at: the images it added per few-shot real image (augmented:
+    synthetic ones; oracle: as many more real ones, of the same classes), else 0."""
+    return added_per_real if arm in ("augmented", "oracle") else 0.0
 
 
 def check_results_table(out: Path) -> None:
@@ -395,12 +415,16 @@ def check_results_table(out: Path) -> None:
             raise AugmentError(f"{settings_path} is not a settings object; {remedy}")
 
 
-def write_results(results: pd.DataFrame, out: Path, settings: dict) -> Path:
-    """Append to OUT/results.parquet, replacing earlier rows of the same task."""
+def write_results(
+    results: pd.DataFrame, out: Path, settings: dict, tasks: set[str] | None = None
+) -> Path:
+    """Append to OUT/results.parquet, replacing earlier rows of the same task (`tasks`: those
+    a benchmark writes, which its new rows replace even where it has none now: a classify
+    without a synthetic set left the last one's per-concept quality rows in the report)."""
     path = out / "results.parquet"
     if path.is_file():
         previous = pd.read_parquet(path)
-        tasks = set(results["task"])
+        tasks = set(results["task"]) | (tasks or set())
         results = pd.concat([previous[~previous["task"].isin(tasks)], results], ignore_index=True)
     tmp = out / ".results.parquet.tmp"
     results.to_parquet(tmp, index=False)
