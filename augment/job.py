@@ -294,6 +294,15 @@ def categories_for(concepts: list[Concept]) -> list[dict]:
     ]
 
 
+def saved_run_spec(out_dir: Path, overrides: dict | None = None) -> JobSpec:
+    """The spec a finished run was rendered with, `overrides` applied, its relative file names
+    found where the run found them (the manifest's `job_dir`)."""
+    previous = saved_job_spec(out_dir).model_dump(mode="json")  # a damaged one is named here
+    job_dir = read_manifest(out_dir).get("job_dir")
+    base_dir = Path(job_dir) if job_dir else None
+    return load_spec(previous, overrides or {}, base_dir, f"{out_dir}/job.yaml")
+
+
 def saved_job_spec(out_dir: Path) -> JobSpec:
     """OUT/job.yaml as a spec, or an error that says how to repair it."""
     try:
@@ -1600,8 +1609,7 @@ def refilter(
             f"{out_dir} was rendered without a scorer, so it has no scores to compare with a "
             "minimum; give --scorer (a classifier or CLIP folder, or builtin:digits-scorer)"
         )
-    job_dir = manifest.get("job_dir")  # the run's relative file names are found from there
-    spec = load_spec(previous, overrides, Path(job_dir) if job_dir else None, f"{out_dir}/job.yaml")
+    spec = saved_run_spec(out_dir, overrides)
     concepts = [category["name"] for category in run_categories(out_dir)]
     location = check_scorer(spec.filters, spec.paths.scorer, concepts)
     rescore = location is not None and spec.filters.scorer != current["scorer"]

@@ -20,7 +20,7 @@ from augment.bench.data import ImageSet, check_no_leak, load_real
 from augment.bench.stats import mean_ci, paired_gain, summarize
 from augment.errors import AugmentError
 from augment.records import FLAGS
-from tests.conftest import DIGITS, cli, error_line, write_fake_run
+from tests.conftest import DIGITS, TINY_JOB, cli, error_line, write_fake_run
 
 
 def test_mean_ci_matches_the_t_interval_by_hand():
@@ -124,6 +124,58 @@ def test_a_synthetic_set_holding_a_test_image_is_refused():
     ):
         check_no_leak(real.test, real.pool, leaked)
     check_no_leak(real.test, real.pool)  # the real pool itself is clean
+
+
+def test_synthetic_images_rendered_from_held_out_images_are_left_out(tmp_path, caplog):
+    """An img2img run from the same image folder the benchmark splits: a third of its renders
+    were of test images, near copies of them (0.99 correlated), trained on without a word."""
+    import pyarrow.parquet as pq
+
+    from augment.digits.data import load_digit_images
+
+    images, labels = load_digit_images(16)
+    folder = tmp_path / "real"
+    for name, label in (("zero", 0), ("one", 1)):
+        (folder / name).mkdir(parents=True)
+        for i, row in enumerate(np.flatnonzero(labels == label)[:10]):
+            Image.fromarray(images[row]).save(folder / name / f"{i:04d}.png")
+    sources = sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.glob("*/*"))
+    a_two = images[np.flatnonzero(labels == 2)[0]]  # pixels of no real image here
+    run = write_fake_run(tmp_path / "run", np.stack([a_two] * 20), np.array([0] * 10 + [1] * 10))
+    shard = run / "shards" / "part-00000.parquet"
+    table = pq.read_table(shard)
+    table = table.set_column(  # one render of each real image
+        table.schema.get_field_index("source_image_id"), "source_image_id", [sources]
+    )
+    pq.write_table(table, shard)
+    (run / "job.yaml").write_text(
+        TINY_JOB.replace("OUT_DIR", str(run)).replace(
+            "  batch_size: 4\n", f"  batch_size: 4\n  mode: img2img\nsource:\n  path: {folder}\n"
+        )
+    )
+    settings = ClassifySettings(
+        real=str(folder),
+        synthetic=str(run),
+        out=str(tmp_path / "bench"),
+        image_size=16,
+        shots=[2],
+        ratios=[1.0],
+        seeds=1,
+        steps=2,
+        oracle=False,
+        synthetic_only=False,
+    )
+    results = run_classify(settings)
+    test = json.loads((tmp_path / "bench" / "split.json").read_text())["test"]
+    assert len(test) == 6
+    assert f"6 images of {run} were rendered from held-out real images" in caplog.text
+    top1 = results.query("metric == 'top1' and arm == 'augmented'")
+    assert top1["n_synthetic"].item() == 4  # 2 shots x 2 classes at x1, of the 14 kept
+
+    (run / "job.yaml").write_text(TINY_JOB.replace("OUT_DIR", str(run)))  # txt2img: no source
+    caplog.clear()
+    run_classify(settings)
+    assert "held-out" not in caplog.text
 
 
 @pytest.fixture(scope="module")
@@ -361,6 +413,50 @@ def test_detect_matches_synthetic_boxes_to_real_classes_by_name(tmp_path):
     settings = DetectSettings(real=str(tmp_path / "one.json"), out=str(tmp_path / "bench"))
     with pytest.raises(AugmentError, match=r"bbox \[30, 30, 9, 9\], outside its 32x32 image"):
         run_detect(settings)
+
+
+def test_the_detector_refuses_val_images_and_leaves_out_their_renders(tmp_path, monkeypatch):
+    """The detector benchmark never looked at its synthetic images: a set holding its val
+    canvases, or img2img renders of them, was trained on and scored on those canvases."""
+    from augment.bench.data import renders_of_held_out
+    from augment.bench.detect import DetectSettings, run_detect, synthetic_coco, val_location
+    from augment.digits.canvases import real_canvases
+    from augment.sinks.parquet import write_shard
+
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo-config"))
+    real = real_canvases(tmp_path / "real", train_count=2, val_count=2)
+    val = json.loads((real / "val" / "annotations.json").read_text())
+    copied = (real / "val" / "images" / val["images"][0]["file_name"]).read_bytes()
+    box = {"category_id": 1, "bbox": [1.0, 1.0, 4.0, 4.0]}
+    run = tmp_path / "run"
+    train_image = next((real / "train" / "images").glob("*.png")).read_bytes()
+    records = [
+        {"item_id": f"i{n}", "boxes": [box], "image": {"bytes": data, "path": None}}
+        for n, data in enumerate([copied, train_image])
+    ]
+    write_shard(run / "shards", "part-00000.parquet", records)
+    own = [{"id": i + 1, "name": name} for i, name in enumerate(DIGITS)]
+    (run / "manifest.json").write_text(json.dumps({"categories": own}))
+    settings = DetectSettings(real=str(real), synthetic=str(run), out=str(tmp_path / "bench"))
+    with pytest.raises(
+        AugmentError, match=f"val image {val['images'][0]['id']} is item i0 of {run} \\(the same"
+    ):
+        run_detect(settings)
+
+    records[0]["source_image_id"] = str(val["images"][1]["id"])  # img2img of a val canvas
+    records[0]["image"]["bytes"] = records[1]["image"]["bytes"]
+    write_shard(run / "shards", "part-00000.parquet", records)
+    (run / "job.yaml").write_text(
+        TINY_JOB.replace("OUT_DIR", str(run)).replace(
+            "  batch_size: 4\n",
+            f"  batch_size: 4\n  mode: img2img\nsource:\n  path: {real / 'val'}\n",
+        )
+    )
+    val_ids = [str(image["id"]) for image in val["images"]]
+    renders = renders_of_held_out(run, val_location(settings), val_ids)
+    assert renders == {"i0"}
+    coco, _ = synthetic_coco(run, tmp_path / "synthetic", {1: 0}, leave_out=renders)
+    assert len(coco["images"]) == 1
 
 
 def test_detect_reads_a_real_set_in_cocos_own_layout(tmp_path):

@@ -19,7 +19,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from augment.bench.data import Classes, ImageSet, RealData, check_no_leak, load_real, load_synthetic
+from augment.bench.data import (
+    Classes,
+    ImageSet,
+    RealData,
+    check_no_leak,
+    load_real,
+    load_synthetic,
+    renders_of_held_out,
+)
 from augment.bench.workers import default_workers, in_processes
 from augment.classifier import build_model, check_classifier, to_tensor
 from augment.errors import AugmentError, above, as_list, at_least, between, first_line
@@ -266,6 +274,8 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
         if settings.synthetic
         else None
     )
+    if synthetic is not None:
+        synthetic = without_renders_of_held_out(synthetic, Path(settings.synthetic), settings, real)
     evaluated = evaluation_set(real, settings)
     check_no_leak(evaluated, real.pool, *([synthetic] if synthetic is not None else []))
     check_results_table(out)
@@ -372,6 +382,31 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
         results = pd.concat([results, quality], ignore_index=True)
     write_results(results, out, {"classify": asdict(settings)}, tasks={"classify", "quality"})
     return results
+
+
+def without_renders_of_held_out(
+    synthetic: ImageSet, run_dir: Path, settings: ClassifySettings, real: RealData
+) -> ImageSet:
+    """The synthetic set less its images rendered from held-out real images (test or
+    validation), said in a warning: a classifier trained on an img2img render of a test image
+    has seen most of its pixels. (A whole set of them is an error.)"""
+    held_out = real.test.ids + (real.validation.ids if real.validation is not None else [])
+    renders = renders_of_held_out(run_dir, settings.real, held_out)
+    if not renders:
+        return synthetic
+    keep = np.array([i for i, item_id in enumerate(synthetic.ids) if item_id not in renders])
+    why = (
+        f"{len(synthetic) - len(keep)} images of {run_dir} were rendered from held-out real "
+        f"images of {settings.real} (the test or validation split in split.json), which a "
+        "classifier must not see"
+    )
+    if not len(keep):
+        raise AugmentError(
+            f"{why}, and that is all of them; render from the training images only (a source "
+            "folder without the held-out ones)"
+        )
+    log.warning("%s: they are left out; %d remain", why, len(keep))
+    return synthetic.subset(keep)
 
 
 def evaluation_set(real: RealData, settings: ClassifySettings) -> ImageSet:

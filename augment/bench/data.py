@@ -5,7 +5,8 @@ Real sources: a built-in set (``digits``: the embedded world registers it, with 
 pool/test splits), an ImageFolder tree (one folder per class), or a COCO annotations.json (an
 image's label is its `category_id` key, else the category of its largest box). The test split
 is real images only; synthetic images go to training alone, and `check_no_leak` refuses a
-synthetic set that contains a test image.
+synthetic set that contains a test image; `renders_of_held_out` names the synthetic images
+rendered from one (img2img, inpaint, controlnet, a paste background), which are left out.
 """
 
 from __future__ import annotations
@@ -315,6 +316,55 @@ def no_synthetic_image(out_dir: Path, classes: Classes, matched: int, flagged: C
 
 def image_digest(image: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
+
+
+def rendered_from(run_dir: Path) -> Path | None:
+    """The real images a run rendered from (the source of img2img, inpaint and controlnet; a
+    paste folder's backgrounds) as `real_set_file` names them; None for txt2img, or where the
+    run's spec cannot be read (said)."""
+    from augment.job import saved_run_spec
+
+    paste = (run_dir / "paste.json").is_file()  # OUT/paste: the job's spec is OUT's
+    spec_dir = run_dir.parent if paste else run_dir
+    if not (spec_dir / "job.yaml").is_file():
+        return None
+    try:
+        spec = saved_run_spec(spec_dir)
+    except AugmentError as exc:
+        log.warning("cannot tell which real images %s was rendered from: %s", run_dir, exc)
+        return None
+    location = spec.paths.backgrounds if paste else spec.paths.source
+    return None if location is None else real_set_file(location)
+
+
+def real_set_file(location: str | Path) -> Path:
+    """One name for a real set: a COCO folder is its annotations.json."""
+    path = Path(location).resolve()
+    return path / "annotations.json" if (path / "annotations.json").is_file() else path
+
+
+def image_key(image_id: str) -> str:
+    """An image's id as a source and a real set both spell it: an image folder's real ids keep
+    the file's suffix ("one/0047.png"), its source ids do not ("one/0047")."""
+    return Path(image_id).with_suffix("").as_posix()
+
+
+def renders_of_held_out(run_dir: Path, location: str | Path, held_out: list[str]) -> set[str]:
+    """The item_ids of a run's images rendered from a held-out image (`held_out`: ids) of the
+    real set at `location`: an img2img render keeps most of its source's pixels, so training
+    on it is training on the image it is scored on."""
+    from augment.sinks.parquet import read_shard, run_shards
+
+    source = rendered_from(run_dir)
+    if source is None or source != real_set_file(location):
+        return set()
+    keys = {image_key(image_id) for image_id in held_out}
+    found = set()
+    for path in run_shards(run_dir):
+        for row in read_shard(path, ["item_id", "source_image_id"]).to_pylist():
+            if row["source_image_id"] is not None and image_key(row["source_image_id"]) in keys:
+                found.add(row["item_id"])
+    return found
 
 
 def check_no_leak(test: ImageSet, *training: ImageSet) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from augment.bench.classify import check_results_table, write_results
-from augment.bench.data import read_coco
+from augment.bench.data import image_digest, read_coco, renders_of_held_out
 from augment.bench.workers import default_workers, in_processes
 from augment.errors import AugmentError, at_least, between
 from augment.sinks import check_own_folder
@@ -287,15 +287,30 @@ def synthetic_category_ids(run_dir: Path, categories: list[dict]) -> dict[int, i
     return {i: real[slugify(own[i])] for i in used}
 
 
-def synthetic_coco(run_dir: Path, target: Path, category_ids: dict[int, int]) -> tuple[dict, Path]:
+def synthetic_coco(
+    run_dir: Path,
+    target: Path,
+    category_ids: dict[int, int],
+    val: dict[str, str] | None = None,
+    leave_out: set[str] = frozenset(),
+) -> tuple[dict, Path]:
     """The run's boxed records as a COCO document + images folder (ids from 1), in the real
-    set's category ids (`synthetic_category_ids`)."""
+    set's category ids (`synthetic_category_ids`); the items in `leave_out` (renders of val
+    images) left out, and an image with the pixels of a val image (`val`: their digests, as
+    `val_digests` gives them) refused."""
     from augment.sinks import export_records
 
     images_dir = target / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
-    for image_id, record in enumerate(export_records(run_dir), start=1):
+    records = (r for r in export_records(run_dir) if r["item_id"] not in leave_out)
+    for image_id, record in enumerate(records, start=1):
+        if val and (same := val.get(image_digest(decoded(record)))) is not None:
+            raise AugmentError(
+                f"a val image is also in the synthetic data: val image {same} is item "
+                f"{record['item_id']} of {run_dir} (the same pixels); the real val set must "
+                "stay unseen: render from the training images only"
+            )
         name = f"{image_id}.png"
         (images_dir / name).write_bytes(record["image"]["bytes"])
         images.append(
@@ -324,6 +339,32 @@ def synthetic_coco(run_dir: Path, target: Path, category_ids: dict[int, int]) ->
             "of a COCO set)"
         )
     return {"images": images, "annotations": annotations}, images_dir
+
+
+def decoded(record: dict) -> np.ndarray:
+    """A record's image as RGB pixels."""
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(record["image"]["bytes"])).convert("RGB"))
+
+
+def val_digests(val_coco: dict, images_dir: Path) -> dict[str, str]:
+    """Pixel digest -> val image id, to find a copy of a val image among the synthetic ones."""
+    from PIL import Image
+
+    digests = {}
+    for image in val_coco["images"]:
+        with Image.open(images_dir / image["file_name"]) as opened:
+            digests[image_digest(np.asarray(opened.convert("RGB")))] = str(image["id"])
+    return digests
+
+
+def val_location(settings: DetectSettings) -> Path:
+    """The real file the val images are read from (`real_splits`)."""
+    root = Path(settings.real)
+    if (root / "val" / "annotations.json").is_file():
+        return root / "val" / "annotations.json"
+    return root / "annotations.json" if root.is_dir() else root
 
 
 def coco_eval(ground_truth: dict, predictions: list[dict], iou_type: str = "bbox") -> dict:
@@ -477,8 +518,18 @@ def run_detect(settings: DetectSettings) -> pd.DataFrame:
     if settings.synthetic:
         arms["augmented"] = work / "augmented"
         write_yolo_split(train_coco, train_images, arms["augmented"], class_index, "", segments)
+        run = Path(settings.synthetic)
+        val_ids = [str(image["id"]) for image in val_coco["images"]]
+        renders = renders_of_held_out(run, val_location(settings), val_ids)
+        if renders:
+            log.warning(
+                "%d images of %s were rendered from the real val images, which a detector "
+                "must not see: they are left out",
+                len(renders),
+                run,
+            )
         synthetic, synthetic_images = synthetic_coco(
-            Path(settings.synthetic), work / "synthetic", category_ids
+            run, work / "synthetic", category_ids, val_digests(val_coco, val_images), renders
         )
         n_synthetic = write_yolo_split(
             synthetic, synthetic_images, arms["augmented"], class_index, "s", segments
