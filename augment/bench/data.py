@@ -81,7 +81,8 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
     test = []
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
-        test.extend(members[: max(1, round(len(members) * test_fraction))])
+        # one at least to test, and one at least left to train on (2 of 2 at 0.8 left none)
+        test.extend(members[: min(len(members) - 1, max(1, round(len(members) * test_fraction)))])
     test_rows = np.sort(np.array(test))
     pool_rows = np.setdiff1d(np.arange(len(labels)), test_rows)
     return pool_rows, test_rows
@@ -200,7 +201,9 @@ def load_coco_real(annotations: Path, size: int, test_fraction: float, seed: int
     images, labels, ids = [], [], []
     folder = annotations.parent / "images"
     for entry in document["images"]:
-        category = entry.get("category_id") or largest.get(entry["id"], (0, None))[1]
+        category = entry.get("category_id")  # 0 is a category (read as none, its images lost)
+        if category is None:
+            category = largest.get(entry["id"], (0, None))[1]
         if category is None:
             continue
         images.append(to_array(open_image(folder / entry["file_name"]), size))
@@ -217,7 +220,31 @@ def load_coco_real(annotations: Path, size: int, test_fraction: float, seed: int
             "of it): the classifier benchmark has nothing to learn"
         )
     every = ImageSet(np.stack(images), np.array(labels), ids)
+    classes, every = without_empty_classes(classes, every, annotations)
     return split_real(classes, every, annotations, test_fraction, seed)
+
+
+def without_empty_classes(classes: Classes, every: ImageSet, source: Path):
+    """A COCO file's categories that no image has are not classes (said): the classifier had
+    an output for them, and the report a class that was never tested."""
+    present = np.unique(every.labels)
+    if len(present) == len(classes.names):
+        return classes, every
+    empty = [name for i, name in enumerate(classes.names) if i not in set(present.tolist())]
+    log.warning(
+        "%s: %d categories have no image and are left out of the classes: %s",
+        source,
+        len(empty),
+        ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else ""),
+    )
+    kept = Classes(
+        [classes.names[i] for i in present],
+        [classes.synsets[i] for i in present],
+        [classes.hypernyms[i] for i in present] if classes.hypernyms else [],
+    )
+    position = {old: new for new, old in enumerate(present.tolist())}
+    labels = np.array([position[label] for label in every.labels.tolist()])
+    return kept, ImageSet(every.images, labels, every.ids)
 
 
 def split_real(classes, every: ImageSet, source: Path, test_fraction: float, seed: int) -> RealData:
