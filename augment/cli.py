@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import errno
 import logging
+import math
 import re
 import signal
 import sys
@@ -806,9 +807,14 @@ def cmd_bench_detect(args: argparse.Namespace) -> int:
     for metric in ("map50_95", "mask_map50_95"):
         gains = paired_gain(results, metric)
         for _, gain in gains[gains["label"] == ""].iterrows():
+            interval = (
+                "(one seed: no interval)"
+                if math.isnan(gain["ci_low"])
+                else f"[{gain['ci_low']:+.1f}, {gain['ci_high']:+.1f}]"
+            )
             out.print(
                 f"gain in {metric} (augmented - real-only, paired by seed): "
-                f"{gain['gain']:+.1f} [{gain['ci_low']:+.1f}, {gain['ci_high']:+.1f}]"
+                f"{gain['gain']:+.1f} {interval}"
             )
     return 0
 

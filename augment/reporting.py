@@ -41,6 +41,18 @@ def ci_text(mean: float, low: float, high: float, unit: str = "") -> str:
     return f"{mean:.1f}{unit} [{low:.1f}, {high:.1f}]"
 
 
+def no_nan(value):
+    """`value` with every NaN float as None: JSON has no NaN (`json.dumps` writes a bare NaN,
+    which strict readers such as JavaScript's JSON.parse and jq refuse)."""
+    if isinstance(value, dict):
+        return {key: no_nan(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [no_nan(item) for item in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
 #: Columns a results table must have (what `augment bench` writes).
 RESULT_COLUMNS = ("task", "arm", "ratio", "shots", "seed", "metric", "label", "value")
 #: What names one measurement: a table holds one row for each.
@@ -510,6 +522,8 @@ def verdict(gain: dict, words: tuple[str, str, str] = GAIN_WORDS) -> str:
     """What a paired difference says, by its interval (`words`: above, below, across 0)."""
     if math.isnan(gain["ci_low"]):
         return "one seed only: no confidence interval, no conclusion"
+    if gain["ci_low"] == gain["ci_high"]:  # a t-interval of zero width claims certainty
+        return "every seed gave the same difference, so the seeds give no interval: no conclusion"
     above, below, across = words
     return above if gain["ci_low"] > 0 else below if gain["ci_high"] < 0 else across
 
@@ -660,7 +674,8 @@ def write_report(
         )
         lines += [
             f"Classifier, {figures['shots']} real images per class, top-1 on {where}, mean "
-            "[95 % CI] over seeds:",
+            "[95 % CI] over training seeds (the test images fixed: the interval says how much "
+            "training varies, not how much another test set would):",
             "",
         ]
         for arm in ARM_ORDER:
@@ -803,5 +818,5 @@ def write_report(
             lines += [f"## {title}", "", f"![{title}]({plots[name].name})", ""]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
-    (out_dir / "headline.json").write_text(json.dumps(figures, indent=2, default=float))
+    (out_dir / "headline.json").write_text(json.dumps(no_nan(figures), indent=2, default=float))
     return path

@@ -89,6 +89,28 @@ def test_intervals_stay_where_an_accuracy_can_be():
     assert summarize(kid).set_index("arm").loc["augmented", "ci_high"] > 100
 
 
+def test_seeds_that_all_agree_give_no_conclusion(tmp_path):
+    """Two seeds gaining 1.0 point each made a zero-width interval, [1.0, 1.0], and the report
+    said the gain was real: the seeds had shown no spread, not certainty."""
+    from augment.reporting import write_report
+
+    results = classify_rows({"real_only": [90.0, 85.0], "augmented": [91.0, 86.0]})
+    results.to_parquet(tmp_path / "results.parquet")
+    text = write_report(tmp_path / "results.parquet", tmp_path / "report").read_text()
+    assert "1.0 points [1.0, 1.0]: every seed gave the same difference" in " ".join(text.split())
+    assert "CI excludes 0" not in text
+
+    one_seed = classify_rows({"real_only": [90.0], "augmented": [91.0]})  # no interval: null
+    one_seed.to_parquet(tmp_path / "results.parquet")
+    write_report(tmp_path / "results.parquet", tmp_path / "report")
+
+    def strict(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    headline = (tmp_path / "report" / "headline.json").read_text()
+    assert json.loads(headline, parse_constant=strict)["gain"]["ci_low"] is None
+
+
 def test_a_share_of_an_oracle_gain_that_may_be_zero_is_not_given():
     from augment.reporting import oracle_figures
 
