@@ -327,6 +327,17 @@ def test_the_oracle_adds_real_images_as_the_augmented_arm_added_synthetic_ones(
     assert len(table) == len(results) and "quality" not in set(table["task"])
 
 
+def test_synthetic_concepts_no_real_class_is_named_like_are_said(digits_generator_run, caplog):
+    """A misspelt concept ("sevn") lost its images from every arm without a word."""
+    from augment.bench.data import Classes, load_synthetic
+
+    classes = Classes(DIGITS[:9], [None] * 9)  # a real set without nines
+    synthetic = load_synthetic(digits_generator_run, classes, 8)
+    assert len(synthetic) == 180
+    assert f"20 images of {digits_generator_run} are of concepts no real class" in caplog.text
+    assert "not used: nine (concept names" in caplog.text
+
+
 def test_the_oracle_adds_real_pool_images_the_arm_has_not_got_and_never_a_test_image():
     from augment.bench.classify import few_shot, more_real, oracle_fits
 

@@ -300,10 +300,11 @@ def load_synthetic(out_dir: Path, classes: Classes, size: int) -> ImageSet:
     run_categories(out_dir)  # a finished run, or a clear error
     index = classes.index()
     images, labels, ids = [], [], []
-    matched, flagged = 0, Counter()
+    matched, flagged, unmatched = 0, Counter(), Counter()
     for record in export_records(out_dir, include_flagged=True):
         label = index.get(slugify(record["concept_name"]))
         if label is None:
+            unmatched[record["concept_name"]] += 1
             continue
         matched += 1
         flags = [flag for flag in FLAGS if record.get(flag)]
@@ -316,6 +317,15 @@ def load_synthetic(out_dir: Path, classes: Classes, size: int) -> ImageSet:
         ids.append(record["item_id"])
     if not images:
         raise AugmentError(no_synthetic_image(out_dir, classes, matched, flagged))
+    if unmatched:  # a misspelt concept ("sevn") lost its images without a word
+        names = sorted(unmatched)
+        log.warning(
+            "%d images of %s are of concepts no real class is named like, and are not used: "
+            "%s (concept names must match the real class names)",
+            unmatched.total(),
+            out_dir,
+            ", ".join(names[:5]) + (", ..." if len(names) > 5 else ""),
+        )
     return ImageSet(np.stack(images), np.array(labels), ids)
 
 
