@@ -572,16 +572,29 @@ def scored_split(results: pd.DataFrame) -> str:
     return splits[0]
 
 
-def settings_not_chosen(chosen: dict, classify: dict, synthetic: str | Path | None) -> list[str]:
+def settings_not_chosen(
+    chosen: dict, classify: dict, synthetic: str | Path | None, swept: dict | None = None
+) -> list[str]:
     """How the benchmark behind a report differs from what the sweep chose: its classifier
     steps and ratios (its settings.json), the synthetic run's guidance and filter minimum (the
-    run's job.yaml). Empty when they agree, or where a setting cannot be read."""
+    run's job.yaml), and what the sweep held fixed (`swept`, its settings: the real set, the
+    shots, the image size). Empty when they agree, or where a setting cannot be read."""
     differences = []
     steps, ratios = classify.get("steps"), classify.get("ratios")
     if isinstance(steps, int) and steps != chosen["steps"]:
         differences.append(f"{steps} classifier steps, not {chosen['steps']}")
     if isinstance(ratios, list) and ratios and max(ratios) != chosen["ratio"]:
         differences.append(f"ratio ×{max(ratios):g}, not ×{chosen['ratio']:g}")
+    swept = swept or {}
+    shots = classify.get("shots")
+    if isinstance(shots, list) and shots and swept.get("shots") not in (None, *shots):
+        differences.append(f"{', '.join(map(str, shots))} shots, not {swept['shots']}")
+    for key, name in (("image_size", "px images"), ("real", "real set")):
+        mine, theirs = classify.get(key), swept.get(key)
+        if mine is not None and theirs is not None and mine != theirs:
+            differences.append(
+                f"{name} {mine}, not {theirs}" if key == "real" else f"{mine} {name}, not {theirs}"
+            )
     if not synthetic or not (Path(synthetic) / "job.yaml").is_file():
         return differences
     from augment.sinks.rows import read_saved_spec, run_filters
@@ -742,7 +755,9 @@ def write_report(
     if sweep is not None:
         from augment.bench.sweep import sweep_lines
 
-        differences = settings_not_chosen(chosen["chosen"], classify_settings, synthetic)
+        differences = settings_not_chosen(
+            chosen["chosen"], classify_settings, synthetic, chosen.get("settings")
+        )
         if differences:
             scored = (
                 "the figures above were **not** scored with the chosen settings ("
@@ -750,9 +765,14 @@ def write_report(
                 + "), so this sweep did not choose them"
             )
         elif split == "test":
-            scored = "the test figures above were scored once, with the chosen settings"
+            scored = "the test figures above were scored with the chosen settings"
         else:
             scored = "the figures above are on the validation split the sweep chose on"
+        if not differences and not (synthetic and (Path(synthetic) / "job.yaml").is_file()):
+            scored += (
+                " (the synthetic run's guidance and filter minimum could not be checked: "
+                "no job.yaml in the synthetic folder)"
+            )
         lines += [
             "## Settings chosen on validation",
             "",

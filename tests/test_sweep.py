@@ -162,3 +162,20 @@ def test_the_demo_runs_the_settings_its_shipped_sweep_chose():
     assert spec.filters.min_concept_score == chosen["min_concept_score"]
     assert FULL.steps == chosen["steps"] and max(FULL.ratios) == chosen["ratio"]
     assert FULL.images_per_concept >= chosen["images_per_class"]
+
+
+def test_a_report_names_what_differs_from_the_sweeps_fixed_settings():
+    """A benchmark at 5 shots and 32 px was reported "scored with the chosen settings" beside a
+    sweep at 3 shots and 16 px: only steps and the ratio were compared."""
+    from augment.reporting import settings_not_chosen
+
+    chosen = {"steps": 600, "ratio": 30.0, "guidance": 1.0, "min_concept_score": 0.5}
+    swept = {"shots": 3, "image_size": 16, "real": "digits"}
+    same = {"steps": 600, "ratios": [30.0], "shots": [3], "image_size": 16, "real": "digits"}
+    assert settings_not_chosen(chosen, same, None, swept) == []
+    other = {**same, "shots": [5], "image_size": 32, "real": "photos"}
+    assert settings_not_chosen(chosen, other, None, swept) == [
+        "5 shots, not 3",
+        "32 px images, not 16",
+        "real set photos, not digits",
+    ]
