@@ -179,3 +179,38 @@ def test_a_report_names_what_differs_from_the_sweeps_fixed_settings():
         "32 px images, not 16",
         "real set photos, not digits",
     ]
+
+
+def test_a_sweep_row_says_the_ratio_an_arm_trained_at_when_the_filter_left_it_short():
+    """A filter minimum that left the synthetic set short competed at fewer images, under the
+    ratio asked (×2 where it trained ×1.9), and the sweep's table did not say so."""
+    from augment.bench.sweep import sweep_lines, trained
+
+    results = pd.DataFrame(
+        {
+            "arm": ["augmented", "augmented"],
+            "metric": ["top1", "top1"],
+            "label": ["", ""],
+            "seed": [0, 1],
+            "value": [90.0, 91.0],
+            "ratio_trained": [1.9, 1.9],
+            "synthetic_short": [True, True],
+        }
+    )
+    assert trained(results) == {"ratio_trained": 1.9}
+    assert trained(results.assign(synthetic_short=False, ratio_trained=2.0)) == {}
+    row = {"stage": "generation", "steps": 600, "ratio": 2.0, "top1": 90.5, "ci_low": 84.1}
+    row |= {"ci_high": 96.9, **trained(results)}
+    report = {
+        "chosen": {
+            "steps": 600,
+            "guidance": 1.0,
+            "min_concept_score": 0.9,
+            "ratio": 2.0,
+            "images_per_class": 20,
+        },
+        "settings": {"shots": 10, "seeds": 2},
+        "validation_images": 200,
+        "table": [row],
+    }
+    assert "| ×2 (trained ×1.9) |" in "\n".join(sweep_lines(report))

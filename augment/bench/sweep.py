@@ -93,6 +93,15 @@ def top1(results: pd.DataFrame, arm: str) -> pd.Series:
     return rows[rows["arm"] == arm].set_index("seed")["value"].sort_index()
 
 
+def trained(results: pd.DataFrame) -> dict:
+    """{"ratio_trained": the augmented arm's (a single ratio)} where the synthetic set left it
+    short of the ratio asked: the filter's minimums compete at different synthetic counts."""
+    rows = results[(results["metric"] == "top1") & (results["arm"] == "augmented")]
+    if "ratio_trained" not in rows or not rows["synthetic_short"].any():
+        return {}
+    return {"ratio_trained": float(rows["ratio_trained"].mean())}
+
+
 def cell(stage: str, values: pd.Series, baseline: pd.Series | None, **setting) -> dict:
     """One table row: the setting, its mean top-1 [95 % CI] and the paired gain over the
     baseline (same seeds)."""
@@ -208,7 +217,7 @@ def run_sweep(settings: SweepSettings) -> dict:
 
     # 1. The baseline's steps.
     baselines = {}
-    for steps in settings.steps:
+    for steps in sorted(settings.steps):  # ties go to fewer steps
         baselines[steps] = top1(classify(f"real-only-{steps}", steps=steps), "real_only")
         table.append(cell("steps", baselines[steps], None, arm="real_only", steps=steps))
     steps = best(table)["steps"]
@@ -238,6 +247,7 @@ def run_sweep(settings: SweepSettings) -> dict:
                     guidance=guidance,
                     min_concept_score=minimum,
                     ratio=largest,
+                    **trained(results),
                 )
             )
     table += generation
@@ -258,17 +268,18 @@ def run_sweep(settings: SweepSettings) -> dict:
             real_only=False,
         )
         for ratio in ratios:
-            values = top1(results[results["ratio"] == ratio], "augmented")
+            at_ratio = results[results["ratio"] == ratio]
             per_ratio.append(
                 cell(
                     "ratio",
-                    values,
+                    top1(at_ratio, "augmented"),
                     baseline,
                     arm="augmented",
                     steps=steps,
                     guidance=guidance,
                     min_concept_score=minimum,
                     ratio=ratio,
+                    **trained(at_ratio),
                 )
             )
     per_ratio.sort(key=lambda row: row["ratio"])  # ties go to fewer images
@@ -349,6 +360,12 @@ def sweep_lines(report: dict) -> list[str]:
 
     for row in report["table"]:
         ratio = shown(row, "ratio")
+        if (
+            ratio
+            and row.get("ratio_trained") is not None
+            and row["ratio_trained"] == row["ratio_trained"]
+        ):
+            ratio += f" (trained ×{row['ratio_trained']:.2g})"
         lines.append(
             f"| {row['stage']} | {shown(row, 'steps')} | {shown(row, 'guidance')} | "
             f"{shown(row, 'min_concept_score')} | {'×' + ratio if ratio else ''} | "
