@@ -18,13 +18,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import re
 import string
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from augment.errors import SpecError
-from augment.taxonomy.concept import Concept
+from augment.taxonomy.concept import Concept, readable_synset
 
 log = logging.getLogger(__name__)
 
@@ -122,16 +121,6 @@ def concept_values(concept: Concept, token: str | None = None) -> dict[str, str]
 
 
 #: 'weed.n.01', a WordNet concept's supercategory (its parent synset), as data keeps it.
-SYNSET_ID = re.compile(r"^([a-z0-9_'.-]+)\.[nvasr]\.\d{2}$")
-
-
-def readable_synset(text: str) -> str:
-    """A synset id as a prompt says it ('weed.n.01' -> 'weed'); other text as it is. A WordNet
-    prompt "a {name}, a kind of {supercategory}" read "a kind of weed.n.01"."""
-    match = SYNSET_ID.match(text)
-    return match[1].replace("_", " ") if match else text
-
-
 #: The list-file key that gives each concept field ({token} may be empty: "a photo of {token}
 #: {name}" reads right for a concept no fine-tune taught; {scientific_name} falls back to
 #: the name).

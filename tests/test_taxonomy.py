@@ -251,8 +251,22 @@ def test_list_file_errors_name_the_problem(tmp_path: Path):
     with pytest.raises(TaxonomyError, match=r"concept 'a' has unknown key\(s\) \['colour'\]"):
         load_list_file(bad)
     bad.write_text("concepts:\n  - name: a\n  - name: A\n")
-    with pytest.raises(TaxonomyError, match="two concepts share id 'a'"):
+    with pytest.raises(TaxonomyError, match="concepts 'a' and 'A' share id 'a'; an id is made"):
         load_list_file(bad)
+    bad.write_text("concepts:\n  - {name: lantana, category_id: 2}\n  - parthenium\n")
+    with pytest.raises(
+        TaxonomyError, match="'lantana' and 'parthenium' share category_id 2; a concept without"
+    ):
+        load_list_file(bad)
+    for key, value in (("synset", "[1]"), ("name", "[a, b]"), ("definition", "{a: 1}")):
+        bad.write_text(f"concepts:\n  - {{name: x, {key}: {value}}}\n")
+        with pytest.raises(TaxonomyError, match=f"{key} must be one piece of text, not a"):
+            load_list_file(bad)
+    # a letter's marks are kept: Thai "rice" and "news" were one id, नमस्ते lost its signs
+    bad.write_text("concepts:\n  - ข้าว\n  - ข่าว\n  - नमस्ते\n")
+    assert [c.id for c in load_list_file(bad)] == ["ข้าว", "ข่าว", "नमस्ते"]
+    bad.write_text("concepts:\n  - {name: x, hypernyms: [shrub, St. John's wort family]}\n")
+    assert load_list_file(bad)[0].hypernym == "St. John's wort family"  # was "St"
     with pytest.raises(TaxonomyError, match="not found: give wordnet:<synset>"):
         load_concepts("no-such-list")
     bad.write_text("concepts:\n  - 猫\n  - 犬\n")  # both were id 'concept': refused
@@ -261,7 +275,7 @@ def test_list_file_errors_name_the_problem(tmp_path: Path):
     with pytest.raises(TaxonomyError, match=r"holds a control character; remove it"):
         load_list_file(bad)
     bad.write_text("concepts:\n  - C++\n  - c\n")
-    with pytest.raises(TaxonomyError, match="share id 'c'; give each an id:"):
+    with pytest.raises(TaxonomyError, match="share id 'c'; an id is made of a name's letters"):
         load_list_file(bad)
     for wrong in ("abc", -5, 10**23):  # -5 was "not a whole number"; 10**23 a fault
         bad.write_text(f"concepts:\n  - {{name: a, category_id: {wrong}}}\n")

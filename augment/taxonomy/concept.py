@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
+
+SYNSET_ID = re.compile(r"^([a-z0-9_'.-]+)\.[nvasr]\.\d{2}$")
+
+
+def readable_synset(text: str) -> str:
+    """A synset id as a prompt says it ('weed.n.01' -> 'weed'); other text as it is. A WordNet
+    prompt "a {name}, a kind of {supercategory}" read "a kind of weed.n.01"."""
+    match = SYNSET_ID.match(text)
+    return match[1].replace("_", " ") if match else text
 
 
 @dataclass(frozen=True)
@@ -26,10 +36,11 @@ class Concept:
 
     @property
     def hypernym(self) -> str:
-        """The parent's readable name ('plant' for a weed), or '' at the root."""
+        """The parent's readable name ('plant' for a weed), or '' at the root. A list file's
+        hypernyms are names already ("St. John's wort family" read "St")."""
         if not self.hypernyms:
             return ""
-        return self.hypernyms[-1].split(".")[0].replace("_", " ")
+        return readable_synset(self.hypernyms[-1])
 
     def to_dict(self) -> dict:
         data = asdict(self)

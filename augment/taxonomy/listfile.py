@@ -50,7 +50,10 @@ def slugify(name: str) -> str:
     'concept', and their source folders one class. A long name is cut, with a hash of the whole
     name so that two long names stay apart."""
     text = unicodedata.normalize("NFKC", name).lower()
-    slug = re.sub(r"[\W_]+", "_", text).strip("_") or "concept"
+    # a letter's marks are part of it: Devanagari's and Thai's vowel signs are marks (not
+    # \w), and ข้าว (rice) and ข่าว (news) were one id, नमस्ते was नमस_त
+    kept = "".join(c if c.isalnum() or unicodedata.category(c)[0] == "M" else "_" for c in text)
+    slug = re.sub(r"_+", "_", kept).strip("_") or "concept"
     if len(slug.encode()) > MAX_SLUG:  # in bytes, as file systems count a name's length
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
         kept = slug.encode()[: MAX_SLUG - 9].decode(errors="ignore")  # whole characters
@@ -88,6 +91,8 @@ def load_list_file(path: Path) -> list[Concept]:
     for position, entry in enumerate(entries, start=1):
         if isinstance(entry, str):
             entry = {"name": entry}
+        if isinstance(entry, dict):
+            check_text_values(entry, position, path)
         if not isinstance(entry, dict) or not str(entry.get("name") or "").strip():
             raise TaxonomyError(f"{path}: concept #{position} needs a 'name' (not blank)")
         unknown = set(entry) - KNOWN_KEYS
@@ -133,6 +138,31 @@ def load_list_file(path: Path) -> list[Concept]:
     return concepts
 
 
+#: The keys whose value is one piece of text (a list or mapping became its Python repr in
+#: prompts, or a fault of augment where a synset was read).
+TEXT_KEYS = (
+    "id",
+    "name",
+    "synset",
+    "description",
+    "definition",
+    "scientific_name",
+    "supercategory",
+)
+
+
+def check_text_values(entry: dict, position: int, path: Path) -> None:
+    for key in TEXT_KEYS:
+        value = entry.get(key)
+        if isinstance(value, list | dict):
+            kind = "a list" if isinstance(value, list) else "a mapping"
+            name = entry.get("name") if isinstance(entry.get("name"), str) else f"#{position}"
+            raise TaxonomyError(
+                f"{path}: concept {name!r}: {key} must be one piece of text, not {kind} "
+                f"({value!r}); quote it if it holds a colon or starts with [ or {{"
+            )
+
+
 def names_list(entry: dict, key: str, path: Path) -> tuple[str, ...]:
     """A list of names (one name alone counts as a list of one, not of its letters)."""
     value = entry.get(key) or ()
@@ -145,14 +175,19 @@ def names_list(entry: dict, key: str, path: Path) -> tuple[str, ...]:
 
 def check_unique(concepts: list[Concept], source: str) -> None:
     """Two concepts with one id or one category id would merge their images silently."""
-    for attribute in ("id", "category_id"):
-        seen: set = set()
+    hints = {
+        "id": "an id is made of a name's letters and digits, so these read as one; give each "
+        "its own id:",
+        "category_id": "a concept without category_id: has its position in the list, from 1; "
+        "give each its own category_id:",
+    }
+    for attribute, hint in hints.items():
+        seen: dict = {}
         for concept in concepts:
             value = getattr(concept, attribute)
             if value in seen:
-                hint = "; give each an id: (ids are made of a name's ASCII letters and digits)"
                 raise TaxonomyError(
-                    f"{source}: two concepts share {attribute} {value!r}"
-                    + (hint if attribute == "id" else "")
+                    f"{source}: concepts {seen[value].name!r} and {concept.name!r} share "
+                    f"{attribute} {value!r}; {hint}"
                 )
-            seen.add(value)
+            seen[value] = concept
