@@ -64,6 +64,7 @@ from augment.prompting import (
     enforce_token_limit,
     iter_prompts,
     template_slots,
+    warn_prompt_gaps,
 )
 from augment.records import FLAGS, WorkItem
 from augment.sinks import (
@@ -169,6 +170,8 @@ def prompts_for(
     if concepts is None:
         concepts = concepts_for(spec)
     p = spec.prompts
+    if variants is None:  # the job's own prompts, not a served request's
+        warn_prompt_gaps(concepts, p.templates)
     job = (
         concepts,
         p.templates,

@@ -120,7 +120,6 @@ def concept_values(concept: Concept, token: str | None = None) -> dict[str, str]
     }
 
 
-#: 'weed.n.01', a WordNet concept's supercategory (its parent synset), as data keeps it.
 #: The list-file key that gives each concept field ({token} may be empty: "a photo of {token}
 #: {name}" reads right for a concept no fine-tune taught; {scientific_name} falls back to
 #: the name).
@@ -152,6 +151,55 @@ def check_fields_filled(concepts: list[Concept], templates: list[str]) -> None:
                 f"{len(concepts)} concepts lack (e.g. {lacking[0].name!r}): their prompts would "
                 f"leave it blank; use a field they all have ({instead}), or a list file of "
                 f"yours that gives each concept one (its `{LIST_FILE_KEYS[field]}:` key)"
+            )
+
+
+#: (concept ids, templates) already warned about in this process: a run plans more than once.
+WARNED: set[int] = set()
+
+
+def warn_prompt_gaps(concepts: list[Concept], templates: list[str]) -> None:
+    """Say, once a process, what the templates make of concepts that cannot be told apart by
+    the fields they read (WordNet's two griffons, both "a photo of a griffon": their images
+    differ only by chance, and a classifier learns noise), and of {scientific_name} where a
+    concept has none (the name stands in for it)."""
+    key = hash((tuple(c.id for c in concepts), tuple(templates)))
+    if key in WARNED or len(concepts) < 2:
+        return
+    WARNED.add(key)
+    read = [f for f in FIELDS if any(f in template_slots(t) for t in templates) and f != "token"]
+    first: dict[tuple, Concept] = {}
+    pairs = []
+    for concept in concepts:
+        values = concept_values(concept)
+        # CLIP's tokenizer reads lower case: "Menorah" and "menorah" are one prompt to it
+        seen = first.setdefault(
+            tuple(" ".join(values[f].casefold().split()) for f in read), concept
+        )
+        if seen is not concept:
+            pairs.append((seen, concept))
+    if pairs:
+        a, b = pairs[0]
+        log.warning(
+            "%d concept(s) get the same prompts as another, the fields the templates read being "
+            "the same (e.g. %r, %s, and %r, %s): their images differ only by chance, and a "
+            "classifier learns them as noise; read {definition} or {hypernym} in a template, or "
+            "exclude one",
+            len(pairs),
+            a.name,
+            a.synset or a.id,
+            b.name,
+            b.synset or b.id,
+        )
+    if "scientific_name" in read:
+        lacking = [c for c in concepts if not c.scientific_name]
+        if lacking:
+            log.warning(
+                "{scientific_name}: %d of the %d concepts have none (e.g. %r), and their "
+                "prompts read the name in its place",
+                len(lacking),
+                len(concepts),
+                lacking[0].name,
             )
 
 

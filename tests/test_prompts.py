@@ -306,3 +306,25 @@ def test_a_single_file_without_its_config_folder_is_what_the_preview_warns_of(tm
     assert "is a single-file checkpoint, and its tokenizer is in the diffusers folder" in err
     assert "generation.config names, which the spec does not set" in err
     assert "a digit zero" in out
+
+
+def test_concepts_the_templates_cannot_tell_apart_are_said(caplog):
+    """WordNet's two griffons were both "a photo of a griffon", and {scientific_name} read the
+    name where a concept has none, though the README said such a template was refused."""
+    from augment.prompting import WARNED, warn_prompt_gaps
+    from augment.taxonomy.concept import Concept
+
+    WARNED.clear()
+    concepts = [
+        Concept("griffon.n.02", "griffon", 1, "griffon.n.02", "a breed of toy dogs"),
+        Concept("griffon.n.03", "Griffon", 2, "griffon.n.03", "a large vulture"),
+        Concept("nettle.n.01", "nettle", 3, "nettle.n.01", scientific_name=""),
+    ]
+    warn_prompt_gaps(concepts, ["a photo of a {name}"])
+    assert "1 concept(s) get the same prompts as another" in caplog.text
+    assert "e.g. 'griffon', griffon.n.02, and 'Griffon', griffon.n.03" in caplog.text
+    caplog.clear()
+    warn_prompt_gaps(concepts, ["a photo of a {name}, {definition}"])  # told apart
+    assert "same prompts" not in caplog.text
+    warn_prompt_gaps(concepts, ["{name} ({scientific_name})"])
+    assert "{scientific_name}: 3 of the 3 concepts have none (e.g. 'griffon')" in caplog.text
