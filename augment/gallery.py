@@ -15,10 +15,12 @@ was written: `augment filter` and a resumed run write an existing gallery again
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -137,8 +139,17 @@ def thumbnail(data: bytes) -> bytes:
     return buffer.getvalue()
 
 
-def page_name(concept: str) -> str:
-    return f"concept-{slugify(concept)}.html"
+def page_names(labels: list[str]) -> dict[str, str]:
+    """Concept label -> its page's file name, distinct for every label: "father figure" and
+    "father-figure" (two WordNet synsets) are one file name, and one page held both links."""
+    slugs = {label: slugify(label) for label in labels}
+    taken = Counter(slugs.values())
+    return {
+        label: f"concept-{slug}.html"
+        if taken[slug] == 1
+        else f"concept-{slug}-{hashlib.sha1(label.encode()).hexdigest()[:6]}.html"
+        for label, slug in slugs.items()
+    }
 
 
 def concept_page(concept: str, records: list[dict], total: int) -> str:
@@ -163,7 +174,7 @@ def concept_page(concept: str, records: list[dict], total: int) -> str:
     return page(f"{concept}: augment gallery", body, script=True)
 
 
-def index_page(run: str, table: pd.DataFrame) -> str:
+def index_page(run: str, table: pd.DataFrame, pages: dict[str, str]) -> str:
     shown = table.copy()
     for column in shown.columns:
         if column != "concept":
@@ -175,7 +186,7 @@ def index_page(run: str, table: pd.DataFrame) -> str:
     rows = []
     for _, row in shown.iterrows():
         cells = [
-            f'<td><a href="{page_name(row["concept"])}">{html.escape(row["concept"])}</a></td>',
+            f'<td><a href="{pages[row["concept"]]}">{html.escape(row["concept"])}</a></td>',
             *(f"<td>{html.escape(str(row[c]))}</td>" for c in shown.columns[1:]),
         ]
         rows.append("<tr>" + "".join(cells) + "</tr>")
@@ -286,9 +297,11 @@ def write_gallery(out_dir: Path, per_concept: int = PER_CONCEPT) -> Path:
     try:
         (tmp / "images").mkdir(parents=True)
         pages = gallery_records(out_dir, tmp, per_concept)
+        table = quality_for_index(out_dir)
+        names = page_names(sorted(set(pages) | set(table["concept"])))
         for concept, (records, total) in pages.items():
-            (tmp / page_name(concept)).write_text(concept_page(concept, records, total))
-        (tmp / "index.html").write_text(index_page(out_dir.name, quality_for_index(out_dir)))
+            (tmp / names[concept]).write_text(concept_page(concept, records, total))
+        (tmp / "index.html").write_text(index_page(out_dir.name, table, names))
         (tmp / "gallery.js").write_text(SCRIPT)
         (tmp / "gallery.css").write_text(STYLE)
         (tmp / GALLERY_SETTINGS).write_text(json.dumps({"per_concept": per_concept}) + "\n")

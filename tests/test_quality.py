@@ -88,6 +88,8 @@ def test_two_concepts_that_share_a_name_keep_their_own_rows_and_pages(tmp_path: 
         ("newt.n.01", "newt", 1),
         ("xerox.n.01", "Xerox", 1),  # a page name of its own, not the other's (they shared one)
         ("xerox.n.02", "xerox", 1),
+        ("father_figure.n.01", "father figure", 1),  # these two ids and labels read as one
+        ("father-figure.n.01", "father-figure", 1),  # file name, and shared a page
     ]
     records = [
         {
@@ -110,8 +112,17 @@ def test_two_concepts_that_share_a_name_keep_their_own_rows_and_pages(tmp_path: 
         "spotted salamander (spotted_salamander.n.02)": 2,
         "Xerox (xerox.n.01)": 1,
         "xerox (xerox.n.02)": 1,
+        "father figure (father_figure.n.01)": 1,
+        "father-figure (father-figure.n.01)": 1,
     }
-    assert set(table["name"]) == {"newt", "spotted salamander", "Xerox", "xerox"}
+    assert set(table["name"]) == {
+        "newt",
+        "spotted salamander",
+        "Xerox",
+        "xerox",
+        "father figure",
+        "father-figure",
+    }
     index = write_gallery(tmp_path).read_text()
     pages = sorted(p.name for p in (tmp_path / "gallery").glob("concept-*.html"))
-    assert len(pages) == 5 and all(f'href="{page}"' in index for page in pages)
+    assert len(pages) == 7 and all(f'href="{page}"' in index for page in pages)
