@@ -40,6 +40,7 @@ from augment.prompting import (
     DEFAULT_NEGATIVE,
     FIELDS,
     check_template,
+    placeholders_in,
     template_slots,
 )
 
@@ -208,7 +209,7 @@ class PromptSpec(StrictModel):
             if slot in FIELDS:
                 raise ValueError(f"{slot!r} is a concept field, filled by each concept: rename it")
             for value in values:
-                if template_slots(value):
+                if placeholders_in(value):
                     raise ValueError(
                         f"{slot}: {value!r} holds a placeholder, which attribute values do not "
                         "fill; write it in the template instead"
@@ -229,7 +230,7 @@ class PromptSpec(StrictModel):
     @field_validator("negative_prompt")
     @classmethod
     def _negative_plain(cls, negative: str) -> str:
-        if template_slots(negative):  # one text for every image: {name} stayed in literally
+        if placeholders_in(negative):  # one text for every image: {name} stayed in literally
             raise ValueError(
                 f"{negative!r}: the negative prompt is the same for every image, and its "
                 "placeholders are not filled; write it without {...}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
 import string
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -70,6 +71,12 @@ def template_slots(template: str) -> list[str]:
                 f"{':' + spec if spec else ''}}} is not a plain placeholder; write {{{field}}}"
             )
     return [field for field, _, _ in parts if field is not None]
+
+
+def placeholders_in(text: str) -> list[str]:
+    """The {name}s in a text used as it is (a negative prompt, an attribute value): only what
+    reads as a placeholder, since its other braces are text ("smiley :}" was "malformed")."""
+    return re.findall(r"\{\s*([A-Za-z_]\w*)\s*\}", text)
 
 
 def check_template(

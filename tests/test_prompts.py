@@ -328,3 +328,24 @@ def test_concepts_the_templates_cannot_tell_apart_are_said(caplog):
     assert "same prompts" not in caplog.text
     warn_prompt_gaps(concepts, ["{name} ({scientific_name})"])
     assert "{scientific_name}: 3 of the 3 concepts have none (e.g. 'griffon')" in caplog.text
+
+
+def test_a_negative_prompt_is_text_whose_braces_need_no_escaping(tmp_path):
+    """It is used as it is, yet was parsed as a template: "smiley :}" was "malformed", and
+    "{{x}}" passed, giving the model both braces."""
+    from augment.config import load_spec
+    from tests.conftest import TINY_JOB
+
+    job = tmp_path / "job.yaml"
+    for negative, refused in (("smiley :}", False), ("{{x}}", True), ("a { name }", True)):
+        job.write_text(
+            TINY_JOB.replace("OUT_DIR", str(tmp_path / "out")).replace(
+                "  images_per_concept: 3\n",
+                f"  images_per_concept: 3\n  negative_prompt: '{negative}'\n",
+            )
+        )
+        if refused:
+            with pytest.raises(SpecError, match="its placeholders are not filled"):
+                load_spec(job)
+        else:
+            assert load_spec(job).prompts.negative_prompt == negative

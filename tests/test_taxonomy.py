@@ -118,6 +118,8 @@ def test_concepts_carry_names_definitions_and_binomials():
     assert concept.definition.startswith("prolific South American aquatic weed")
     assert concept.scientific_name == "Alternanthera philoxeroides"
     assert concept.aliases == ("alligator grass",)
+    purse = [c for c in load_concepts("wordnet:crucifer.n.01") if c.name == "shepherd's purse"]
+    assert purse[0].scientific_name == "Capsella bursa-pastoris"  # a hyphen: an alias before
     # outside plants and animals a capitalised two-word name is a name, not a binomial: a
     # "{scientific_name}" prompt of Paris read "French capital"
     paris = {c.id: c for c in load_concepts("wordnet:national_capital.n.01", instances=True)}

@@ -131,7 +131,7 @@ def lookup_synset(name: str):
 
 
 #: 'Alternanthera philoxeroides': a binomial among a plant's or animal's lemma names.
-BINOMIAL = re.compile(r"^[A-Z][a-z]+ [a-z]+$")
+BINOMIAL = re.compile(r"^[A-Z][a-z]+ [a-z]+(?:-[a-z]+)*$")  # Capsella bursa-pastoris
 #: Where WordNet keeps living things (fungi and algae among the plants): the only synsets whose
 #: capitalised two-word names are binomials. Elsewhere they are names: Paris's "French capital",
 #: goulash's "Hungarian goulash".
