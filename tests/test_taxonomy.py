@@ -351,3 +351,16 @@ def test_a_list_file_without_supercategories_shows_its_concepts_under_the_root(t
     assert code == 0, err
     tree = [line for line in out.splitlines() if "──" in line]  # the root's path may wrap
     assert [line.split(" (")[0] for line in tree] == ["├── apple", "└── pear"]
+
+
+def test_wordnet_errors_say_what_can_be_done():
+    """An adjective was told to name "another synset" (none lies below any adjective); an
+    exclude past the depth limit, to "check its sense", which was right; exclude=None from
+    Python was a bare TypeError."""
+    with pytest.raises(TaxonomyError, match="good.a.01 is an adjective or adverb"):
+        load_concepts("wordnet:good.a.01")
+    with pytest.raises(TaxonomyError, match="lies deeper than depth 1, so it is not among"):
+        load_concepts("wordnet:weed.n.01", depth=1, exclude=["stinging_nettle.n.01"])
+    assert len(load_concepts("wordnet:weed.n.01", exclude=None)) == 54
+    with pytest.raises(TaxonomyError, match=r"exclude: synset ids or concept names \(text\)"):
+        load_concepts("wordnet:weed.n.01", exclude=["x.n.01", None])

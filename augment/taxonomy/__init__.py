@@ -63,7 +63,11 @@ def load_concepts(
     instances: bool = False,
 ) -> list[Concept]:
     """Expand a taxonomy source string into concepts, in a stable order."""
+    if exclude is None:
+        exclude = ()
     exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)  # not its letters
+    if not all(isinstance(name, str) for name in exclude):
+        raise TaxonomyError(f"exclude: synset ids or concept names (text), got {list(exclude)!r}")
     if depth is not None:
         at_least("depth", depth, 1)  # as taxonomy.depth in a job
     if max_concepts is not None:

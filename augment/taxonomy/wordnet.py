@@ -219,6 +219,13 @@ def expand_synset(
 
     visit(root, root_path, limit)
     missed = sorted(excluded - met)
+    deeper = [m for m in missed if depth is not None and below(root, m, instances)]
+    if deeper:  # the right sense, past the depth limit: there is nothing to exclude
+        raise TaxonomyError(
+            f"taxonomy 'wordnet:{root.name()}': exclude '{deeper[0]}' lies deeper than depth "
+            f"{depth}, so it is not among the concepts and excludes nothing; remove it from "
+            "exclude, or raise depth"
+        )
     if missed:  # another sense of the word (griffon.n.01 is the gryphon), or misplaced
         meaning = lookup_synset(missed[0]).definition()
         raise TaxonomyError(
@@ -261,6 +268,20 @@ def named_individuals(synset) -> dict[str, str]:
     return found
 
 
+def below(root, name: str, instances: bool) -> bool:
+    """Whether synset `name` lies anywhere below `root`, at any depth."""
+    waiting, seen = [root], set()
+    while waiting:
+        synset = waiting.pop()
+        for child in hyponyms_of(synset, instances):
+            if child.name() == name:
+                return True
+            if child.name() not in seen:
+                seen.add(child.name())
+                waiting.append(child)
+    return False
+
+
 def no_hyponyms(root, instances: bool) -> str:
     """Why a synset with nothing below it to walk expands to nothing, and what to do instead:
     widening the walk (depth, leaves, exclude) cannot help there."""
@@ -273,6 +294,11 @@ def no_hyponyms(root, instances: bool) -> str:
             f"{where}: its {len(named)} hyponyms are all instances (named individuals such as "
             f"{', '.join(named[:2])}), left out by default; set taxonomy.instances: true "
             "(augment taxonomy show --instances) to include them"
+        )
+    if root.pos() not in ("n", "v"):  # WordNet orders nouns and verbs only
+        return (
+            f"{where}: {root.name()} is an adjective or adverb, and WordNet places no synsets "
+            "below those; name a noun synset (<word>.n.<sense>)"
         )
     parents = ", ".join(s.name() for s in root.hypernyms()) or "another synset"
     return f"{where}: {root.name()} has no hyponyms; name a more general synset ({parents})"
