@@ -6,13 +6,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from augment.config import FilterSpec, locate
 from augment.digits.data import DIGIT_NAMES, digit_splits, load_digit_images
 from augment.filters import ImageFilter, scorer_features
 from augment.generate.engine import encode_png
-from augment.quality import concept_quality, kernel_inception_distance
+from augment.quality import concept_quality, kernel_inception_distance, mean_pairwise_distance
 from augment.sinks.parquet import write_shard
 
 SCORER = "builtin:digits-scorer"
@@ -126,3 +127,21 @@ def test_two_concepts_that_share_a_name_keep_their_own_rows_and_pages(tmp_path: 
     index = write_gallery(tmp_path).read_text()
     pages = sorted(p.name for p in (tmp_path / "gallery").glob("concept-*.html"))
     assert len(pages) == 7 and all(f'href="{page}"' in index for page in pages)
+
+
+def test_diversity_and_kid_hold_to_their_definitions_in_memory_linear_in_images():
+    """Both built an n x n matrix: 3.2 GB for one concept of 20,000 images, which crashed
+    `augment view`. Summed another way, they give the pairwise definitions' values."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(300, 16)), rng.normal(size=(200, 16)) + 0.2
+    unit = a / np.linalg.norm(a, axis=1, keepdims=True)
+    pairs = [1 - unit[i] @ unit[j] for i in range(300) for j in range(300) if i != j]
+    assert mean_pairwise_distance(a) == pytest.approx(np.mean(pairs), rel=1e-9)
+    x, y = (4 * v / np.linalg.norm(v, axis=1, keepdims=True) for v in (a, b))  # length sqrt(16)
+    k = lambda p, q: (p @ q.T / 16 + 1) ** 3  # noqa: E731
+    kxx, kyy = k(x, x), k(y, y)
+    mmd = (kxx.sum() - np.trace(kxx)) / (300 * 299) + (kyy.sum() - np.trace(kyy)) / (200 * 199)
+    assert kernel_inception_distance(a, b) == pytest.approx(1000 * (mmd - 2 * k(x, y).mean()))
+    many = rng.normal(size=(20_000, 64)).astype(np.float32)  # 3.2 GB as one n x n matrix
+    assert mean_pairwise_distance(many) == pytest.approx(1.0, abs=1e-3)
+    assert kernel_inception_distance(many, many[:100]) == pytest.approx(0.0, abs=30)
