@@ -145,3 +145,18 @@ def test_a_detector_of_the_wrong_kind_or_missing_stops_the_run(tmp_path):
     done = run_cli("run", str(job), "--distributor", "local")
     assert done.returncode == 2 and "not found" in error_line(done.stderr)
     assert not (tmp_path / "wrong").exists() and not (tmp_path / "missing").exists()
+
+
+def test_owlv2_labels_a_batch_of_concepts_whose_names_differ_in_length(tmp_path):
+    """With concepts: own, the default (jobs/coco-txt2img-labelled.yaml), a batch of "car" and
+    "bicycle" images stopped the run: each image's queries were padded to its own longest."""
+    listing = tmp_path / "vehicles.yaml"
+    listing.write_text("concepts:\n  - car\n  - bicycle built for two\n")
+    job = TINY_JOB.replace("source: digits", f"source: {listing}")
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        job.replace("OUT_DIR", str(tmp_path / "out"))
+        + "labels:\n  detector: builtin:tiny-owlv2\n  threshold: 0.0\n  concepts: own\n"
+    )
+    result = run_job(load_spec(path), LOCAL)
+    assert (result.rendered, result.failed) == (6, 0)

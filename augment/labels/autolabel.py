@@ -94,7 +94,10 @@ class AutoLabeller:
             texts = [". ".join(c.name for c in w) + "." for w in wanted]
         else:
             texts = [[self.spec.prompt.format(name=c.name) for c in w] for w in wanted]
-        inputs = self.processor(images=images, text=texts, return_tensors="pt", padding=True)
+        # OWLv2's processor pads every query to its own fixed length: padding=True padded each
+        # image's to its longest, and a batch of "car" and "bicycle" images could not be stacked
+        padding = {"padding": True} if self.kind == "grounding-dino" else {}
+        inputs = self.processor(images=images, text=texts, return_tensors="pt", **padding)
         with torch.no_grad():
             outputs = self.model(**inputs.to(self.device))
         if self.kind == "grounding-dino":
