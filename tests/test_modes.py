@@ -289,6 +289,14 @@ def test_a_model_folder_that_does_not_fit_the_family_or_mode_is_refused_before_t
         check_models(wrong.generation, wrong.paths)
     right = changed(spec, model=str(checkpoint), config=str(sd))
     check_models(right.generation, right.paths)
+    # A file's parts are its config folder's, checked as a folder is (every render failed).
+    for config, family, words in [
+        (sd, "sdxl", f"generation.config: {sd} has no text_encoder_2 and tokenizer_2"),
+        (inpaint, "auto", f"generation.config: {inpaint} is an inpainting model"),
+    ]:
+        wrong = changed(spec, model=str(checkpoint), config=str(config), family=family)
+        with pytest.raises(ModelError, match=re.escape(words)):
+            check_models(wrong.generation, wrong.paths)
     # Its adapters are checked against that config folder, as a folder's are against itself.
     lora = changed(right, loras=[{"path": str(resolve("model", "tiny-lora-sdxl", "test"))}])
     with pytest.raises(ModelError, match="made for text features of width 64, this model's"):

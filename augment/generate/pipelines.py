@@ -113,6 +113,8 @@ def check_models(settings: GenerationSpec, paths: SpecPaths) -> None:
             raise ModelError(
                 f"generation.config: {paths.config} does not describe {paths.model}: {mismatch}"
             )
+        if Path(paths.model).is_file():  # the file's parts are the config folder's
+            check_folder_fits(paths.config, settings, "generation.config")
     if settings.vae is not None:
         check_vae(settings, paths)
     # A single file's parts are described by its config folder.
@@ -363,17 +365,19 @@ def check_components(location: str, key: str) -> None:
             )
 
 
-def check_folder_fits(location: str, settings: GenerationSpec) -> None:
+def check_folder_fits(
+    location: str, settings: GenerationSpec, key: str = "generation.model"
+) -> None:
     """A local pipeline folder's components fit the family and mode the job renders with: an
     SD folder taken for SDXL (its index's class name, or `family: sdxl`), an SDXL refiner (no
     first text encoder) or an inpainting UNet in txt2img failed every render, after the run had
-    written its output folder, as a fault of augment."""
+    written its output folder, as a fault of augment. (A single file's folder is its config.)"""
     folder = Path(location)
     if not folder.is_dir() or pipeline_index(location) is None:
         return
     second = (folder / "text_encoder_2").is_dir() and (folder / "tokenizer_2").is_dir()
     family = model_family(location) if settings.family == "auto" else settings.family
-    where = f"generation.model: {location}"
+    where = f"{key}: {location}"
     if family == "sdxl" and not second:
         raise ModelError(
             f"{where} has no text_encoder_2 and tokenizer_2, which SDXL renders with: it is an "
