@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from PIL import Image
 
 from augment.config import JobSpec, SourceSpec, load_spec, parse_spec
 from augment.errors import ModelError, SpecError
-from augment.generate.engine import make_generator
+from augment.generate.engine import make_generator, negative_prompts
 from augment.job import plan_for
 from augment.sources import read_coco
 from tests.conftest import REPO, TINY_JOB
@@ -1003,3 +1004,18 @@ def test_a_source_label_that_names_two_concepts_alike_matches_neither(tmp_path: 
         "source labels that name several concepts of the job alike, not used: C#, C++ (C# names "
         "cpp and csharp); name each folder or label by its concept's id"
     ) in caplog.text
+
+
+def test_sdxl_guides_from_zeros_where_no_negative_prompt_is_given():
+    """negative_prompt: "" means none: diffusers' SDXL then guides from zeros
+    (force_zeros_for_empty_prompt), but was given [""], the empty text's embedding, and
+    rendered other images than diffusers does without a negative prompt."""
+    spec = parse_spec(TINY_JOB.replace("OUT_DIR", "unused"))
+    items = plan_for(spec)[:2]
+    assert negative_prompts(items) == [items[0].negative_prompt] * 2  # the default's text
+    empty = [replace(item, negative_prompt="") for item in items]
+    assert negative_prompts(empty) is None
+    sdxl = changed(spec, model="builtin:tiny-sdxl", family="sdxl", guidance_scale=5.0)
+    generator = make_generator(sdxl)
+    assert generator.inputs(empty)["negative_prompt"] is None
+    assert generator.inputs(items)["negative_prompt"] == [items[0].negative_prompt] * 2

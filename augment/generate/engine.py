@@ -81,6 +81,14 @@ AUTO_MEMORY_SHARE = 0.9
 AUTO_CPU_BATCH = 8
 
 
+def negative_prompts(items: list[WorkItem]) -> list[str] | None:
+    """The batch's negative prompts; None where every one is empty, as the pipelines mean "no
+    negative prompt": SDXL then guides from zeros (its `force_zeros_for_empty_prompt`), where
+    [""] gave it the empty text's embedding and other images. SD 1.x/2.x encode "" either way."""
+    negatives = [item.negative_prompt for item in items]
+    return None if not any(negatives) else negatives
+
+
 def render_settings_json(settings: GenerationSpec) -> str:
     """The settings that shape the pixels, as a record's `settings` column holds them."""
     unused = {key for key, modes in MODE_SETTINGS.items() if settings.mode not in modes}
@@ -372,7 +380,7 @@ class Generator:
         width, height = self.size_of(items[0])
         return {
             "prompt": [item.prompt for item in items],
-            "negative_prompt": [item.negative_prompt for item in items],
+            "negative_prompt": negative_prompts(items),
             "height": height,
             "width": width,
         }
@@ -549,7 +557,7 @@ class Img2ImgGenerator(SourceGenerator):
     def inputs(self, items: list[WorkItem]) -> dict:
         return {
             "prompt": [item.prompt for item in items],
-            "negative_prompt": [item.negative_prompt for item in items],
+            "negative_prompt": negative_prompts(items),
             "image": [self.source_image(item) for item in items],
             "strength": self.settings.strength,
         }
@@ -614,7 +622,7 @@ class InterpolateGenerator(Generator):
         shape = (1, self.pipe.unet.config.in_channels, height // factor, width // factor)
         return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
 
-    def encode(self, prompts: list[str], negatives: list[str]) -> list:
+    def encode(self, prompts: list[str], negatives: list[str] | None) -> list:
         """Text embeddings as the pipeline makes them: SD gives 2 tensors, SDXL 4."""
         import torch
 
@@ -632,7 +640,7 @@ class InterpolateGenerator(Generator):
         import torch
 
         width, height = self.size_of(items[0])
-        negatives = [item.negative_prompt for item in items]
+        negatives = negative_prompts(items)
         starts = self.encode([item.prompt for item in items], negatives)
         end_prompts = [item.prompt_b or item.prompt for item in items]
         same = end_prompts == [item.prompt for item in items]  # between seeds only
