@@ -57,6 +57,7 @@ from augment.labels.autolabel import check_detector
 from augment.labels.segment import check_segmenter
 from augment.planning import build_interpolation_plan, build_plan, build_source_plan, write_plan
 from augment.prompting import (
+    DEFAULT_NEGATIVE,
     FIELDS,
     Prompt,
     build_prompts,
@@ -1359,6 +1360,15 @@ def check_inputs(spec: JobSpec) -> list[Concept]:
         finetune(spec)
     check_models(spec.generation, spec.paths)
     warn_inversion_tokens(spec)
+    if spec.generation.guidance_scale <= 1 and spec.prompts.negative_prompt not in (
+        "",
+        DEFAULT_NEGATIVE,  # not the user's: the default, which a dumped spec holds too
+    ):
+        log.warning(
+            "prompts.negative_prompt is not used at guidance_scale %g: a negative prompt steers "
+            "classifier-free guidance, which runs above 1 (the records still name it)",
+            spec.generation.guidance_scale,
+        )
     concepts = concepts_for(spec)
     check_scorer(spec.filters, spec.paths.scorer, [c.name for c in concepts])
     if spec.labels is not None:

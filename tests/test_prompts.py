@@ -349,3 +349,22 @@ def test_a_negative_prompt_is_text_whose_braces_need_no_escaping(tmp_path):
                 load_spec(job)
         else:
             assert load_spec(job).prompts.negative_prompt == negative
+
+
+def test_a_negative_prompt_without_guidance_is_said_to_be_unused(tmp_path, caplog):
+    """At guidance_scale 1 there is no classifier-free guidance, so the negative prompt
+    changes nothing: "blurry" and "a photo" gave the same pixels, without a word."""
+    from augment.config import load_spec
+    from augment.job import check_inputs
+    from tests.conftest import TINY_JOB
+
+    job = tmp_path / "job.yaml"
+    for guidance, said in ((1.0, True), (3.0, False)):
+        caplog.clear()
+        job.write_text(
+            TINY_JOB.replace("OUT_DIR", str(tmp_path / "out"))
+            .replace("  images_per_concept: 3\n", "  images_per_concept: 3\n  negative_prompt: x\n")
+            .replace("  batch_size: 4\n", f"  batch_size: 4\n  guidance_scale: {guidance}\n")
+        )
+        check_inputs(load_spec(job))
+        assert ("negative_prompt is not used at guidance_scale 1" in caplog.text) == said
