@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, replace
+import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,6 +21,8 @@ from augment.labels import fitted_size, transfer_boxes
 from augment.prompting import Prompt
 from augment.records import PLAN_SCHEMA, SourceTarget, WorkItem
 from augment.sinks.parquet import read_table
+
+log = logging.getLogger(__name__)
 
 
 def make_item_id(
@@ -121,16 +124,28 @@ def build_interpolation_plan(
     noise), so frames render independently of batching and resume like any other item.
     """
     by_concept = prompts_by_concept(prompts)
+    if between == "both" and all(len(variants) == 1 for variants in by_concept.values()):
+        log.warning(
+            "generation.interpolate: between both, but each concept has one prompt variant, so "
+            "its sequences go between seeds only; set prompts.images_per_concept to 2 or more "
+            "to go between prompts too"
+        )
     items = []
     for variants in by_concept.values():
         for k, start in enumerate(variants):
             end = variants[(k + 1) % len(variants)] if between != "seeds" else start
             if between == "prompts" and end.text == start.text:  # its frames would be one image
+                fix = (
+                    "set prompts.images_per_concept to 2 or more (a sequence goes from one "
+                    "prompt variant to the next, and there is one)"
+                    if len(variants) == 1
+                    else "give prompts.templates a second template (or attributes)"
+                )
                 raise SpecError(
                     f"generation.interpolate: between prompts, but concept {start.concept.name}'s "
-                    f"prompt {start.text!r} is followed by itself; give prompts.templates a "
-                    "second template (or attributes), or set between: both"
+                    f"prompt {start.text!r} is followed by itself; {fix}, or set between: both"
                 )
+
             sequence_id = make_item_id(
                 job_name,
                 start.concept.id,
@@ -165,7 +180,12 @@ def build_interpolation_plan(
 
 
 def plan_table(items: list[WorkItem]) -> pa.Table:
-    return pa.Table.from_pylist([asdict(item) for item in items], schema=PLAN_SCHEMA)
+    """The plan as a table, built a column at a time: `asdict` deep-copied every field of
+    every item, most of the plan's time (3 minutes a million items)."""
+    return pa.Table.from_pydict(
+        {name: [getattr(item, name) for item in items] for name in PLAN_SCHEMA.names},
+        schema=PLAN_SCHEMA,
+    )
 
 
 def write_plan(items: list[WorkItem], path: Path) -> None:

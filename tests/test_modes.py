@@ -747,9 +747,19 @@ def test_mode_and_source_mistakes_are_one_line_errors(tmp_path: Path):
             "source.path: 'nowhere' not found"
         ),
         "  batch_size: 4\n  mode: interpolate\n  interpolate: {between: prompts}\n": (
-            "'a handwritten digit zero' is followed by itself"
+            "'a handwritten digit zero' is followed by itself; give prompts.templates a second"
         ),
     }
+    # two templates, but one image a concept: one prompt variant, nothing to go to
+    interpolate = "  batch_size: 4\n  mode: interpolate\n  interpolate: {between: prompts}\n"
+    path = tmp_path / "one.yaml"
+    path.write_text(
+        job.replace("images_per_concept: 3", "images_per_concept: 1")
+        .replace('{name}"]', '{name}", "a digit {name}"]')
+        .replace("  batch_size: 4\n", interpolate)
+    )
+    result = augment("run", str(path), "--distributor", "local")
+    assert "set prompts.images_per_concept to 2 or more (a sequence goes" in result.stderr
     for addition, expected in cases.items():
         path = tmp_path / "job.yaml"
         path.write_text(job.replace("  batch_size: 4\n", addition))
