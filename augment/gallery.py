@@ -29,7 +29,7 @@ from PIL import Image
 from augment.progress import tracked
 from augment.quality import concept_quality
 from augment.records import FLAGS
-from augment.sinks import check_own_folder, parquet, recorded_settings
+from augment.sinks import check_own_folder, parquet, recorded_settings, run_state
 from augment.sinks.rows import concept_labels, read_manifest
 from augment.taxonomy.listfile import slugify
 
@@ -270,13 +270,19 @@ def gallery_settings(out_dir: Path) -> dict | None:
     return recorded_settings(folder / GALLERY_SETTINGS) if folder.is_dir() else None
 
 
-def refresh_gallery(out_dir: Path, settings: dict | None = None) -> dict[str, Path]:
+def refresh_gallery(
+    out_dir: Path, settings: dict | None = None, unless_current: bool = False
+) -> dict[str, Path]:
     """Write OUT/gallery again (its flags went stale: `augment filter`, a resumed run) with
     `settings`, by default those of the gallery there; {} where there is none to write, else
-    {"gallery": its index page}."""
+    {"gallery": its index page}. `unless_current`: one made from the shards as they are now
+    is kept as it is."""
     settings = gallery_settings(out_dir) if settings is None else settings
     if settings is None:
         return {}
+    index = Path(out_dir) / "gallery" / "index.html"
+    if unless_current and settings.get("state") == run_state(out_dir) and index.is_file():
+        return {"gallery": index}
     per_concept = settings.get("per_concept")
     if not isinstance(per_concept, int) or per_concept < 1:
         per_concept = PER_CONCEPT
@@ -304,7 +310,8 @@ def write_gallery(out_dir: Path, per_concept: int = PER_CONCEPT) -> Path:
         (tmp / "index.html").write_text(index_page(out_dir.name, table, names))
         (tmp / "gallery.js").write_text(SCRIPT)
         (tmp / "gallery.css").write_text(STYLE)
-        (tmp / GALLERY_SETTINGS).write_text(json.dumps({"per_concept": per_concept}) + "\n")
+        settings = {"per_concept": per_concept, "state": run_state(out_dir)}
+        (tmp / GALLERY_SETTINGS).write_text(json.dumps(settings) + "\n")
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
     finally:  # a failure leaves nothing behind (nor a folder a later run would trip on)

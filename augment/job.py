@@ -837,6 +837,16 @@ def model_identity(spec: JobSpec) -> dict:
     }
 
 
+def duplicates_checked(out_dir: Path) -> bool:
+    """Whether OUT's shards are as the last duplicate pass left them (the manifest's
+    `duplicates_checked`): a resume with nothing to render compared 100,000 images again."""
+    try:
+        checked = read_manifest(out_dir).get("duplicates_checked")
+    except OutputError:  # none yet, or damaged: the pass runs, and the manifest is written anew
+        return False
+    return checked == parquet.shards_fingerprint(out_dir / "shards")
+
+
 def write_manifest(
     out_dir: Path,
     spec: JobSpec,
@@ -876,6 +886,7 @@ def write_manifest(
         "concept_texts": concept_texts(spec, concepts),
         "failures": failures,
     }
+    manifest["duplicates_checked"] = parquet.shards_fingerprint(shards_dir)  # the pass ran
     previous = out_dir / "manifest.json"
     if previous.is_file():  # `augment filter`'s settings and history outlive a resumed run
         earlier = read_manifest(out_dir)
@@ -1425,11 +1436,14 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
         late = {p.name for p in parquet.shard_paths(out_dir / "shards")} - before
         if late - set(rendering.shards):  # a stopped run's worker committed a block since
             check_committed_records(out_dir, spec, planned)
-        duplicates = flag_duplicates(
-            out_dir / "shards",
-            [item.item_id for item in planned],
-            source_pictures(spec, planned, sources),
-        )
+        if rendering.rendered == 0 and duplicates_checked(out_dir):  # nothing new to compare
+            duplicates = parquet.count_true(out_dir / "shards", ["duplicate"])[1]["duplicate"]
+        else:
+            duplicates = flag_duplicates(
+                out_dir / "shards",
+                [item.item_id for item in planned],
+                source_pictures(spec, planned, sources),
+            )
         outputs = {
             "spec": out_dir / "job.yaml",
             "plan": out_dir / "plan.parquet",
@@ -1442,8 +1456,10 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
         if parquet.shard_paths(out_dir / "shards"):
             last = last_filter(out_dir, spec)
             if last is None:
-                outputs.update(export(out_dir, formats_to_refresh(out_dir, spec.output.formats)))
-                outputs.update(refresh_gallery(out_dir))  # its flags would be stale
+                # written again where the shards changed (their flags, new images), else kept
+                formats = formats_to_refresh(out_dir, spec.output.formats)
+                outputs.update(export(out_dir, formats, unless_current=True))
+                outputs.update(refresh_gallery(out_dir, unless_current=True))
             else:  # `augment filter` set other flags than the job's: the new images get them too
                 log.info("applying the last `augment filter` (%s) to this run's images", last)
                 filtered = refilter(out_dir, last["scorer"], *last["minimums"], command="run")
@@ -1462,7 +1478,7 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
             rendered=rendering.rendered,
             flagged=rendering.flagged,
             failed=len(failures),
-            seconds=seconds,
+            seconds=time.perf_counter() - started,  # the exports, gallery and paste too
             rendering_seconds=rendering.seconds,
             duplicates=duplicates,
             outputs=outputs,
@@ -1670,6 +1686,7 @@ def refilter(
                 rewritten.add(path.name)
         known = source_pictures(spec, items, sources) + list(real or ())  # sources, and a pool
         flag_duplicates(shards_dir, order, known, rewritten)
+        manifest["duplicates_checked"] = parquet.shards_fingerprint(shards_dir)
         _, after = parquet.count_true(shards_dir, list(FLAGS))
         history = manifest.get("filter_history") or [
             {"at": manifest["finished"], "command": "run", **previous["filters"], "flags": before}
@@ -1682,8 +1699,9 @@ def refilter(
         manifest["filter_history"] = history
         save_manifest(out_dir, manifest)
         (out_dir / FILTER_MARK).unlink(missing_ok=True)  # the shards and manifest agree again
-        outputs = export(out_dir, formats_to_refresh(out_dir, spec.output.formats))
-        outputs.update(refresh_gallery(out_dir))  # an `augment view` gallery shows the new flags
+        formats = formats_to_refresh(out_dir, spec.output.formats)  # kept where no flag changed
+        outputs = export(out_dir, formats, unless_current=True)
+        outputs.update(refresh_gallery(out_dir, unless_current=True))  # its flags, the new ones
         if (out_dir / "paste").is_dir() and (rewritten or before != after):
             log.warning(
                 "%s holds canvases pasted from the renders the earlier flags kept; `augment "

@@ -409,10 +409,10 @@ def test_a_paste_made_again_makes_the_exports_and_gallery_of_it_again_as_they_we
     result = paste(tiny_paste_spec(out))
     assert result.pasted == 8 and "pasting again" in caplog.text
     settings = json.loads((out / "paste" / "imagefolder" / ".augment-export.json").read_text())
-    assert settings == {"include_flagged": True}
+    assert settings["include_flagged"] is True
     assert result.outputs["imagefolder"] == out / "paste" / "imagefolder"
     gallery = json.loads((out / "paste" / "gallery" / ".augment-gallery.json").read_text())
-    assert gallery == {"per_concept": 3} and result.outputs["gallery"].is_file()
+    assert gallery["per_concept"] == 3 and result.outputs["gallery"].is_file()
 
     paste(tiny_paste_spec(out), force=True)  # starts over: the job's own formats alone
     assert not (out / "paste" / "imagefolder").exists()

@@ -354,3 +354,44 @@ def test_a_list_file_whose_concepts_were_described_anew_stops_the_resume(tmp_pat
     listing.write_text((entry % "Taraxacum").replace("yellow", "golden"))
     with pytest.raises(OutputError, match=r"concepts whose prompts' text changed .*\(dandelion"):
         run_job(load_spec(path), local)
+
+
+def test_a_resume_with_nothing_to_do_keeps_the_exports_and_gallery_it_made(
+    write_job, tmp_path, monkeypatch
+):
+    """A resume that rendered nothing, or a filter that changed no flag, wrote every export
+    and the gallery again: 140 s where the run's own work took 48 s, at 10,000 images."""
+    from augment.gallery import write_gallery
+    from augment.job import refilter
+
+    job = write_job(
+        TINY_JOB.replace(
+            "  rows_per_shard: 4\n", "  rows_per_shard: 4\n  formats: [parquet, coco, yolo]\n"
+        )
+    )
+    run_job(load_spec(job), LOCAL)
+    out = tmp_path / "out"
+    write_gallery(out)
+    made = {p: p.stat().st_mtime_ns for p in out.glob("*/*") if p.parent.name != "shards"}
+    assert {p.parent.name for p in made} >= {"coco", "yolo", "gallery"}
+    from augment import job as job_module
+
+    compared = []
+    real_pass = job_module.flag_duplicates
+    monkeypatch.setattr(
+        job_module, "flag_duplicates", lambda *a: compared.append(1) or real_pass(*a)
+    )
+    again = run_job(load_spec(job), LOCAL)
+    assert (again.rendered, again.skipped, compared) == (0, 9, [])  # nor compared again
+    assert {p: p.stat().st_mtime_ns for p in made} == made  # not one file written again
+    assert again.outputs["coco"] == out / "coco" / "annotations.json"
+    refilter(out)  # no scorer: no flag changes (its duplicate pass runs: it may add a pool)
+    assert {p: p.stat().st_mtime_ns for p in made} == made
+    compared.clear()
+    # an image gone from the shards: every export is written again, without it
+    shard = out / "shards" / "part-00002.parquet"
+    shard.unlink()
+    run_job(load_spec(job, {"limit": 8}), LOCAL)
+    assert compared == [1]  # the shards changed: the pass runs
+    coco = json.loads((out / "coco" / "annotations.json").read_text())
+    assert len(coco["images"]) == 8

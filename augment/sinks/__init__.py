@@ -14,6 +14,7 @@ made with `augment export --include-flagged`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections import Counter
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from augment.errors import OutputError
 from augment.progress import tracked
-from augment.sinks.parquet import run_shards
+from augment.sinks.parquet import run_shards, shards_fingerprint
 from augment.sinks.rows import export_records, image_file_name, run_categories, run_filters
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "export",
     "export_records",
     "export_settings",
+    "run_state",
     "recorded_settings",
     "formats_to_refresh",
     "image_file_name",
@@ -112,14 +114,29 @@ def known_categories(records: Iterable[dict], categories: list[dict], out_dir: P
         yield record
 
 
+def run_state(out_dir: Path) -> str:
+    """A fingerprint of what an export or a gallery is made from: OUT's committed shards (their
+    names, sizes and modification times; a filter or a run that changes one rewrites it) and
+    its categories. The same fingerprint: nothing they show has changed."""
+    run_shards(out_dir)  # a wrong folder named as such
+    shards = shards_fingerprint(Path(out_dir) / "shards")
+    state = json.dumps([shards, run_categories(out_dir)], sort_keys=True, default=str)
+    return hashlib.sha1(state.encode()).hexdigest()
+
+
 def export(
-    out_dir: Path, formats: list[str], include_flagged: bool | None = None
+    out_dir: Path,
+    formats: list[str],
+    include_flagged: bool | None = None,
+    unless_current: bool = False,
 ) -> dict[str, Path]:
     """Write each export format from the shards; returns format -> main output path.
 
     `include_flagged` None (exports written again after the flags changed) keeps each
     export's own setting, recorded in its folder: an `augment export --include-flagged`
-    stays one; a new export, or one an earlier augment wrote, leaves flagged images out."""
+    stays one; a new export, or one an earlier augment wrote, leaves flagged images out.
+    `unless_current`: an export made from the shards as they are now is kept as it is (a
+    resume with nothing to do wrote 100,000 images again per export)."""
     out_dir = Path(out_dir)
     available = exporters()
     unknown = [name for name in formats if name not in (*available, "parquet")]
@@ -131,10 +148,17 @@ def export(
     check_exports_replaceable(out_dir, formats)  # before any is written
     skipped: dict[Path, str] = {}  # damaged shards: the first export to read one names it
     paths = {}
+    state = run_state(out_dir)
     for name in formats:
         flagged = include_flagged
+        recorded = export_settings(out_dir / name)
         if flagged is None:
-            flagged = export_settings(out_dir / name).get("include_flagged") is True
+            flagged = recorded.get("include_flagged") is True
+        main = out_dir / name / str(recorded.get("main"))
+        if unless_current and recorded.get("state") == state and main.exists():
+            if recorded.get("include_flagged", False) == flagged:
+                paths[name] = main
+                continue
         left_out: Counter = Counter()  # category id -> flagged images left out
         read = tracked(shards, f"export {name}", unit="shard")
         records = export_records(out_dir, flagged, read, skipped, left_out)
@@ -143,7 +167,7 @@ def export(
         if name == "imagefolder":  # it says why a class gets no folder
             exporter = partial(exporter, flagged=left_out, unread=skipped)
         exporter = unless_damaged(exporter, out_dir, name, shards, skipped)
-        exporter = recording(exporter, {"include_flagged": flagged})
+        exporter = recording(exporter, {"include_flagged": flagged, "state": state})
         paths[name] = write_in_place(out_dir / name, exporter, categories, records)
     return paths
 
@@ -168,7 +192,8 @@ def recording(exporter: Callable, settings: dict) -> Callable:
 
     def export_and_record(folder: Path, categories: list[dict], records) -> Path:
         written = exporter(folder, categories, records)
-        (folder / EXPORT_SETTINGS).write_text(json.dumps(settings) + "\n")
+        main = {"main": written.relative_to(folder).as_posix() if written != folder else "."}
+        (folder / EXPORT_SETTINGS).write_text(json.dumps({**settings, **main}) + "\n")
         return written
 
     return export_and_record

@@ -178,6 +178,15 @@ def write_table(shards_dir: Path, name: str, table: pa.Table) -> Path:
     return path
 
 
+def shards_fingerprint(shards_dir: Path) -> str:
+    """The committed shards' names, sizes and modification times, hashed: a rewritten or new
+    shard changes it (what was computed from the shards before then is stale)."""
+    import hashlib
+
+    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in shard_paths(shards_dir)]
+    return hashlib.sha1(repr(stats).encode()).hexdigest()
+
+
 def next_shard_index(shards_dir: Path) -> int:
     """One past the highest committed shard number: new shards never overwrite old ones."""
     numbers = [int(p.stem.rsplit("-", 1)[-1]) for p in shard_paths(shards_dir)]
