@@ -106,6 +106,50 @@ def shifted_distances(
     return np.where(scale == 0, np.where(best == 0, 0.0, np.inf), distance)
 
 
+#: The side of the blocks whose means bound the verdict from below (the core's 30 px: 6 x 6).
+BLOCK = 5
+#: Every shift the verdict tries, (dy, dx).
+SHIFTS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+
+
+def block_means(images: np.ndarray) -> np.ndarray:
+    """Each stacked (n, 30, 30) image's BLOCK x BLOCK means, flattened: (n, 36)."""
+    n, side = len(images), images.shape[1] // BLOCK
+    return images.reshape(n, side, BLOCK, side, BLOCK).mean(axis=(2, 4)).reshape(n, -1)
+
+
+def cores_and_shifts(thumbs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The block means of each thumbnail's core (n, 36), and of its shifted windows, the ones
+    `shifted_distances` compares an earlier core with (n, 9, 36)."""
+    cores = block_means(thumbs[:, 1:-1, 1:-1])
+    shifts = np.stack(
+        [
+            block_means(thumbs[:, 1 + dy : THUMB - 1 + dy, 1 + dx : THUMB - 1 + dx])
+            for dy, dx in SHIFTS
+        ],
+        axis=1,
+    )
+    return cores, shifts
+
+
+def distance_floor(
+    earlier_cores: np.ndarray,
+    earlier_contrasts: np.ndarray,
+    b_shifts: np.ndarray,
+    b_contrast: float,
+) -> np.ndarray:
+    """A lower bound of `shifted_distances` at 1/25 of its cost: the mean absolute difference of
+    two images is at least that of their block means (the mean of |x| over a block is at least
+    |the mean of x|). A candidate above the tolerance here is above it there: skipped, exactly.
+    Images that share a layout passed the 8 x 8 gate by the thousand (43 % of the pairs of one
+    concept), and the full verdict of each took an hour at 20,000 images."""
+    best = np.abs(earlier_cores[:, None, :] - b_shifts[None]).mean(axis=2).min(axis=1)
+    scale = (earlier_contrasts + b_contrast) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        floor = best / scale
+    return np.where(scale == 0, 0.0, floor)  # no contrast: left to the verdict
+
+
 def descriptor(thumb: np.ndarray) -> np.ndarray:
     """64 numbers: the thumbnail at 8 x 8, centred and scaled by its contrast."""
     small = thumb.reshape(8, THUMB // 8, 8, THUMB // 8).mean(axis=(1, 3)).ravel()
@@ -178,6 +222,7 @@ def find_duplicates(
         spread = contrasts(thumbs)
         codes = np.stack([descriptor(t) for t in thumbs])
         squares = (codes**2).sum(axis=1)
+        cores, shifts = cores_and_shifts(thumbs)
         for start in range(len(known), len(group), CANDIDATE_BLOCK):
             stop = min(start + CANDIDATE_BLOCK, len(group))
             gaps = (  # a row per picture of the block, a column per picture up to its end
@@ -190,6 +235,10 @@ def find_duplicates(
                 candidates = np.flatnonzero(near[j - start, :j])
                 # an id met twice (a shard copied in, which a run refuses) is no repeat of itself
                 candidates = candidates[[group[c].id != group[j].id for c in candidates]]
+                if not candidates.size:
+                    continue
+                floor = distance_floor(cores[candidates], spread[candidates], shifts[j], spread[j])
+                candidates = candidates[floor <= PIXEL_TOLERANCE * (1 + 1e-3)]  # float rounding
                 if not candidates.size:
                     continue
                 distances = shifted_distances(
