@@ -246,7 +246,7 @@ def test_a_lora_of_the_other_family_is_refused():
 
 
 def test_a_model_folder_that_does_not_fit_the_family_or_mode_is_refused_before_the_run(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """Each of these failed every render, after the run had written its output folder, as a
     fault of augment: an SD folder taken for SDXL, an SDXL one for SD, an SDXL refiner, an
@@ -286,6 +286,17 @@ def test_a_model_folder_that_does_not_fit_the_family_or_mode_is_refused_before_t
         load_txt2img_pipeline(str(sd), device="cpu"), tmp_path / "sd.safetensors"
     )
     wrong = changed(spec, model=str(checkpoint), config=str(xl))
+    with pytest.raises(ModelError, match="reads text features of width 32, the folder's 64"):
+        check_models(wrong.generation, wrong.paths)
+    import huggingface_hub.constants  # and so is a hub id's in the cache (diffusers' size error)
+
+    repo = tmp_path / "hub" / "models--acme--tiny-xl"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(xl, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    wrong = changed(spec, model=str(checkpoint), config="acme/tiny-xl")
     with pytest.raises(ModelError, match="reads text features of width 32, the folder's 64"):
         check_models(wrong.generation, wrong.paths)
     right = changed(spec, model=str(checkpoint), config=str(sd))

@@ -144,8 +144,11 @@ def config_mismatch(checkpoint: Path, config: str) -> str | None:
     cross-attention width (768 SD 1.x, 1024 SD 2.x, 2048 SDXL), from one tensor's shape in the
     file and the folder's unet/config.json. diffusers failed with a bare key name
     ('label_emb.0.0.weight') after the run had written its output folder. None when it fits or
-    cannot be told (a hub id, a .ckpt, an unreadable file: the loader names those)."""
+    cannot be told (a .ckpt, an unreadable file: the loader names those). A hub id in the
+    cache is read there (diffusers' own size error came after OUT was written)."""
     unet_config = Path(config) / "unet" / "config.json"
+    if not Path(config).exists():
+        unet_config = hub_file(config, "unet/config.json") or unet_config
     if checkpoint.suffix != ".safetensors" or not checkpoint.is_file() or not unet_config.is_file():
         return None
     from safetensors import safe_open
