@@ -157,6 +157,12 @@ def tokenizer_for(spec: JobSpec):
         return None
 
 
+#: A taxonomy larger than this is said (wordnet:entity.n.01 is 74,373 concepts, without a word).
+MANY_CONCEPTS = 10_000
+#: (taxonomy, concepts) said already by this process: a run plans more than once.
+SAID: set[tuple[str, int]] = set()
+
+
 def prompts_for(
     spec: JobSpec,
     concepts: list[Concept] | None = None,
@@ -173,6 +179,16 @@ def prompts_for(
     p = spec.prompts
     if variants is None:  # the job's own prompts, not a served request's
         warn_prompt_gaps(concepts, p.templates)
+        if len(concepts) > MANY_CONCEPTS and (spec.taxonomy.source, len(concepts)) not in SAID:
+            SAID.add((spec.taxonomy.source, len(concepts)))
+            log.warning(
+                "taxonomy %s expands to %d concepts, %d images at %d a concept; if that is not "
+                "meant, narrow it (taxonomy.depth, leaves, exclude or max_concepts)",
+                spec.taxonomy.source,
+                len(concepts),
+                len(concepts) * p.images_per_concept,
+                p.images_per_concept,
+            )
     job = (
         concepts,
         p.templates,

@@ -368,3 +368,17 @@ def test_a_negative_prompt_without_guidance_is_said_to_be_unused(tmp_path, caplo
         )
         check_inputs(load_spec(job))
         assert ("negative_prompt is not used at guidance_scale 1" in caplog.text) == said
+
+
+def test_a_taxonomy_of_very_many_concepts_is_said(tmp_path, caplog, monkeypatch):
+    """wordnet:entity.n.01 expands to 74,373 concepts, and a job of it planned them all
+    without a word."""
+    from augment import job
+    from augment.config import load_spec
+    from tests.conftest import TINY_JOB
+
+    monkeypatch.setattr(job, "MANY_CONCEPTS", 2)  # the digits' 3 stand for 74,373
+    path = tmp_path / "job.yaml"
+    path.write_text(TINY_JOB.replace("OUT_DIR", str(tmp_path / "out")))
+    job.prompts_for(load_spec(path))
+    assert "taxonomy digits expands to 3 concepts, 9 images at 3 a concept" in caplog.text
