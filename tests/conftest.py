@@ -168,3 +168,19 @@ def write_fake_run(
     categories = [{"id": i + 1, "name": n, "supercategory": "digit"} for i, n in enumerate(DIGITS)]
     (out / "manifest.json").write_text(json.dumps({"categories": categories}))
     return out
+
+
+def in_hub_cache(folder: Path, repo_id: str, cache: Path, monkeypatch) -> Path:
+    """`folder` downloaded as hub model `repo_id` into a Hugging Face cache at `cache`
+    (snapshots/<commit>, refs/main), which huggingface_hub then reads; returns the snapshot."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = Path(shutil.copytree(folder, repo / "snapshots" / commit))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return snapshot

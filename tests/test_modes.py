@@ -23,7 +23,7 @@ from augment.errors import ModelError, SpecError
 from augment.generate.engine import make_generator, negative_prompts
 from augment.job import plan_for
 from augment.sources import read_coco
-from tests.conftest import REPO, TINY_JOB
+from tests.conftest import REPO, TINY_JOB, in_hub_cache
 from tests.conftest import run_cli as augment
 
 TINY_JOBS = sorted((REPO / "jobs" / "tiny").glob("*.yaml"))
@@ -288,14 +288,7 @@ def test_a_model_folder_that_does_not_fit_the_family_or_mode_is_refused_before_t
     wrong = changed(spec, model=str(checkpoint), config=str(xl))
     with pytest.raises(ModelError, match="reads text features of width 32, the folder's 64"):
         check_models(wrong.generation, wrong.paths)
-    import huggingface_hub.constants  # and so is a hub id's in the cache (diffusers' size error)
-
-    repo = tmp_path / "hub" / "models--acme--tiny-xl"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    shutil.copytree(xl, repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    in_hub_cache(xl, "acme/tiny-xl", tmp_path / "hub", monkeypatch)  # and a cached hub id's
     wrong = changed(spec, model=str(checkpoint), config="acme/tiny-xl")
     with pytest.raises(ModelError, match="reads text features of width 32, the folder's 64"):
         check_models(wrong.generation, wrong.paths)
@@ -520,25 +513,17 @@ def test_a_replacement_vae_decodes_and_is_named_in_each_image(tmp_path: Path):
 def test_a_vae_from_a_cached_hub_pipeline_loads_its_vae_subfolder(tmp_path, monkeypatch):
     """generation.vae: a hub id of a whole pipeline in the cache decodes with its vae/ (as a
     local pipeline folder does), not the repository's root, which holds no VAE."""
-    import shutil
-
-    import huggingface_hub.constants
 
     from augment.generate.engine import run_provenance
     from augment.provenance import model_content_hash
 
-    repo = tmp_path / "hub" / "models--acme--tiny-sd"
     tiny = changed(parse_spec(TINY_JOB.replace("OUT_DIR", "out"))).paths.model
-    commit = "0123456789abcdef0123456789abcdef01234567"  # the hub's layout, as downloaded
-    shutil.copytree(tiny, repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    snapshot = in_hub_cache(Path(tiny), "acme/tiny-sd", tmp_path / "hub", monkeypatch)
     job = TINY_JOB.replace("OUT_DIR", str(tmp_path / "out"))
     plain, cached = render(job), render(job, vae="acme/tiny-sd")
     assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(plain, cached, strict=True))
     (adapter,) = run_provenance(changed(parse_spec(job), vae="acme/tiny-sd")).adapters
-    assert adapter.hash == model_content_hash(repo / "snapshots" / commit / "vae")  # as a folder
+    assert adapter.hash == model_content_hash(snapshot / "vae")  # as a folder
 
 
 def test_controlnet_of_the_other_family_is_refused_before_the_run(tmp_path: Path):

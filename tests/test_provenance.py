@@ -25,6 +25,7 @@ from augment.provenance import (
     read_png_chunks,
     settings_hash,
 )
+from tests.conftest import in_hub_cache
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -221,8 +222,6 @@ def test_a_single_file_models_config_folder_and_a_hub_models_snapshot_are_hashed
     and the files of a cached hub model's snapshot, as a local folder's."""
     import shutil
 
-    import huggingface_hub.constants
-
     from augment.config import parse_spec
     from tests.conftest import TINY_JOB
 
@@ -239,12 +238,7 @@ def test_a_single_file_models_config_folder_and_a_hub_models_snapshot_are_hashed
     scheduler.write_text(scheduler.read_text().replace('"epsilon"', '"v_prediction"'))
     assert run_provenance(spec(single)).adapters[0].hash != adapter.hash
 
-    repo = tmp_path / "hub" / "models--acme--sd"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    shutil.copytree(tiny, repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    in_hub_cache(Path(tiny), "acme/sd", tmp_path / "hub", monkeypatch)
     local = run_provenance(spec("builtin:tiny-sd")).model_hash
     assert run_provenance(spec("acme/sd")).model_hash == local
 
