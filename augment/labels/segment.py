@@ -76,12 +76,20 @@ def decode_rle(counts: str, height: int, width: int) -> np.ndarray:
 def mask_polygon(mask: np.ndarray) -> np.ndarray | None:
     """One closed polygon (n x 2, x y pixels) tracing a mask, for formats that hold one polygon
     an instance (YOLO segmentation). A mask in several parts is traced part by part, each part
-    joined to the path at its nearest point by a bridge of no width, so the fill is the union."""
+    joined to the path at its nearest point by a bridge of no width, so the fill is the union.
+
+    The outline runs along the pixels' outer edges: traced on the grid of pixel corners (a
+    corner is in where a pixel beside it is), whose cell (row, column) lies at (y, x). Traced
+    through the edge pixels' own positions, the pixels 40 to 59 ended at 59, and ultralytics,
+    which takes a box from the polygon, trained on boxes a pixel short (IoU 0.9 with COCO's)."""
     import cv2
 
-    contours, _ = cv2.findContours(
-        np.ascontiguousarray(mask, dtype=np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-    )
+    inside = np.asarray(mask, dtype=bool)
+    corners = np.zeros((inside.shape[0] + 1, inside.shape[1] + 1), dtype=np.uint8)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            corners[dy : dy + inside.shape[0], dx : dx + inside.shape[1]] |= inside
+    contours, _ = cv2.findContours(corners, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     parts = sorted(
         (c.reshape(-1, 2).astype(np.float32) for c in contours if len(c) >= 3),
         key=len,
