@@ -1182,9 +1182,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.print(table)
     gain = summary["gain"]
     if gain:
+        both = gain.get("bootstrap")
         out.print(
             f"gain (augmented - real-only): {gain['mean']:+.1f} points, "
-            f"95% CI [{gain['ci_low']:+.1f}, {gain['ci_high']:+.1f}]"
+            f"95% CI [{gain['ci_low']:+.1f}, {gain['ci_high']:+.1f}] over seeds"
+            + (
+                f", [{both['ci_low']:+.1f}, {both['ci_high']:+.1f}] over seeds and test images"
+                if both
+                else ""
+            )
         )
     if oracle := summary.get("oracle_gain"):
         out.print(

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from augment.bench.stats import paired_gain, summarize
+from augment.bench.stats import bootstrap_gain, paired_gain, summarize
 from augment.errors import AugmentError, first_line
 
 log = logging.getLogger(__name__)
@@ -438,8 +438,10 @@ def oracle_figures(results: pd.DataFrame, shots: int) -> dict:
     return figures
 
 
-def headline(results: pd.DataFrame) -> dict:
-    """The figures a reader wants first: classifier top-1 per arm, the gain, detection mAP."""
+def headline(results: pd.DataFrame, predictions: pd.DataFrame | None = None) -> dict:
+    """The figures a reader wants first: classifier top-1 per arm, the gain, detection mAP.
+    With the classifiers' `predictions` (predictions.parquet), the gain's interval resampling
+    test images and seeds together too (`bootstrap_gain`)."""
     summary = summarize(results)
     figures: dict = {}
     top1 = summary[(summary["metric"] == "top1") & (summary["label"] == "")]
@@ -470,6 +472,13 @@ def headline(results: pd.DataFrame) -> dict:
                 "ci_high": gain["ci_high"],
                 "ratio": float(gain["ratio"]),
             }
+            both = (
+                bootstrap_gain(predictions, float(gain["ratio"]), shots)
+                if predictions is not None
+                else None
+            )
+            if both is not None:
+                figures["gain"]["bootstrap"] = both
         figures.update(oracle_figures(results, shots))
     for metric, name in (("map50_95", "detector"), ("mask_map50_95", "detector_mask")):
         detection = summary[(summary["task"] == "detect") & (summary["metric"] == metric)]
@@ -656,7 +665,8 @@ def write_report(
     summary = summarize(results)
     gains = paired_gain(results, "top1")
     class_gains = paired_gain(results, "class_accuracy")
-    figures = headline(results)
+    predictions = results_path.with_name("predictions.parquet")  # beside it: classify's
+    figures = headline(results, pd.read_parquet(predictions) if predictions.is_file() else None)
     split = scored_split(results)
     plots = {
         "arms": plot_arms(
@@ -700,11 +710,19 @@ def write_report(
                 )
         if "gain" in figures:
             g = figures["gain"]
-            lines += [
-                "",
+            line = (
                 f"**Paired gain** ({figures['augmented']['label']} − real-only, same seeds): "
-                f"{ci_text(g['mean'], g['ci_low'], g['ci_high'], ' points')}: {verdict(g)}.",
-            ]
+                f"{ci_text(g['mean'], g['ci_low'], g['ci_high'], ' points')}"
+            )
+            if "bootstrap" in g:  # the wider question: another test set of this size too
+                b = g["bootstrap"]
+                line += (
+                    f"; [{b['ci_low']:.1f}, {b['ci_high']:.1f}] resampling the {b['n_images']} "
+                    f"test images with the seeds: {verdict(b)}."
+                )
+            else:
+                line += f": {verdict(g)}."
+            lines += ["", line]
         if "oracle_gain" in figures:
             o = figures["oracle_gain"]
             lines += [

@@ -171,7 +171,7 @@ def main() -> None:
     fitted = train_and_score_all(tasks, args.workers)
     rows = []
     rates: dict[Path, float] = {}
-    for (arm, g, dev, classifier_seed, folder), (scores, _) in zip(plan, fitted, strict=True):
+    for (arm, g, dev, classifier_seed, folder), (scores, _, _) in zip(plan, fitted, strict=True):
         values = {(metric, label): value for metric, label, value in scores}
         if folder is not None and folder not in rates:
             rates[folder] = p.scorer_reads_as_nine(folder)

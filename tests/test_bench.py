@@ -111,6 +111,51 @@ def test_seeds_that_all_agree_give_no_conclusion(tmp_path):
     assert json.loads(headline, parse_constant=strict)["gain"]["ci_low"] is None
 
 
+def test_the_gain_is_also_given_resampling_test_images_with_the_seeds(tmp_path):
+    """The seeds' t-interval says how much training varies on one test set of 300 digits;
+    three more right answers in each of two seeds read as certain. Resampling the test images
+    too gives the interval another test set of that size would."""
+    from augment.bench.stats import bootstrap_gain
+    from augment.reporting import write_report
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 300)
+    rows = []
+    for seed in (0, 1):
+        base = np.where(rng.random(300) < 0.85, labels, (labels + 1) % 10)
+        better = base.copy()
+        wrong = np.flatnonzero(base != labels)
+        better[wrong[:3]] = labels[wrong[:3]]  # 3 of 300 more right: +1.0 point, each seed
+        for arm, ratio, predicted in (("real_only", 0.0, base), ("augmented", 1.0, better)):
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "task": "classify",
+                        "arm": arm,
+                        "ratio": ratio,
+                        "shots": 10,
+                        "seed": seed,
+                        "image_id": [f"t{i}" for i in range(300)],
+                        "label": labels,
+                        "prediction": predicted,
+                    }
+                )
+            )
+    predictions = pd.concat(rows)
+    both = bootstrap_gain(predictions, 1.0, 10)
+    assert both["mean"] == pytest.approx(1.0) and (both["n_seeds"], both["n_images"]) == (2, 300)
+    assert 0 <= both["ci_low"] < 1.0 < both["ci_high"]  # only gains: never below 0
+    truth = predictions.assign(right=predictions["label"] == predictions["prediction"])
+    top1 = truth.groupby(["arm", "ratio", "seed"])["right"].mean().mul(100).reset_index()
+    results = top1.rename(columns={"right": "value"}).assign(
+        task="classify", shots=10, metric="top1", label=""
+    )
+    results.to_parquet(tmp_path / "results.parquet")
+    predictions.to_parquet(tmp_path / "predictions.parquet")
+    text = " ".join(write_report(tmp_path / "results.parquet", tmp_path / "r").read_text().split())
+    assert "1.0 points [1.0, 1.0]; [" in text and "resampling the 300 test images with the" in text
+
+
 def test_a_share_of_an_oracle_gain_that_may_be_zero_is_not_given():
     from augment.reporting import oracle_figures
 
@@ -247,6 +292,9 @@ def test_classify_writes_seeds_per_arm_and_the_report(digits_generator_run, tmp_
         steps=15,  # what is checked here is which arms train on what, not how well
     )
     results = run_classify(settings)
+    predictions = pd.read_parquet(tmp_path / "bench" / "predictions.parquet")
+    tasks = results.query("metric == 'top1'")
+    assert len(predictions) == len(tasks) * 300  # every test digit, for each model
     short = results[(results["arm"] == "augmented") & (results["ratio"] == 6.0)]
     assert (short["n_synthetic"] == 200).all() and (short["ratio_trained"] == 4.0).all()
     assert short["synthetic_short"].all()

@@ -177,12 +177,14 @@ def wordnet_nodes(classes: Classes) -> dict[str, list[int]]:
 
 def train_and_score(
     train: ImageSet, test: ImageSet, classes: Classes, settings: ClassifySettings, seed: int
-) -> tuple[list[tuple[str, str, float]], float]:
-    """Train one classifier and score it on `test`: its rows (`score`) and its seconds."""
+) -> tuple[list[tuple[str, str, float]], float, np.ndarray]:
+    """Train one classifier and score it on `test`: its rows (`score`), its seconds, and its
+    prediction for each test image (which a bootstrap over test images resamples)."""
     started = time.perf_counter()
     model = train_classifier(train, len(classes.names), settings, seed)
-    rows = score(predict(model, test), test, classes)
-    return rows, time.perf_counter() - started
+    predictions = predict(model, test)
+    rows = score(predictions, test, classes)
+    return rows, time.perf_counter() - started, predictions
 
 
 def train_and_score_all(tasks: list[tuple], workers: int = 1, progress=None) -> list[tuple]:
@@ -346,11 +348,27 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
     workers = settings.workers or default_workers()
     with image_progress(len(tasks), "training classifiers", unit="model") as advance:
         scored = train_and_score_all(tasks, workers, advance)
-    rows = []
+    rows, predicted = [], []
     for (shots, seed, arm, ratio, n_real, n_synthetic, trained, ran_short), (
         metrics,
         seconds,
+        predictions,
     ) in zip(arms_trained, scored, strict=True):
+        predicted.append(
+            pd.DataFrame(
+                {
+                    "task": "classify",
+                    "arm": arm,
+                    "ratio": ratio,
+                    "shots": shots,
+                    "seed": seed,
+                    "image_id": evaluated.ids,
+                    "label": evaluated.labels,
+                    "prediction": predictions,
+                    "evaluated_on": settings.evaluate_on,
+                }
+            )
+        )
         for metric, label, value in metrics:
             rows.append(
                 {
@@ -381,7 +399,12 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
         quality = quality_rows(settings.real, Path(settings.synthetic), real, nodes)
         results = pd.concat([results, quality], ignore_index=True)
     write_results(results, out, {"classify": asdict(settings)}, tasks={"classify", "quality"})
+    replace_rows(pd.concat(predicted, ignore_index=True), out / PREDICTIONS, {"classify"})
     return results
+
+
+#: Each classifier's prediction for each image it was scored on, beside results.parquet.
+PREDICTIONS = "predictions.parquet"
 
 
 def without_renders_of_held_out(
@@ -450,20 +473,26 @@ def check_results_table(out: Path) -> None:
             raise AugmentError(f"{settings_path} is not a settings object; {remedy}")
 
 
+def replace_rows(table: pd.DataFrame, path: Path, tasks: set[str] | None = None) -> Path:
+    """Write `table` into the Parquet file `path`, replacing the rows there of its tasks
+    (`tasks`: those a benchmark writes, which it replaces even where it has none now)."""
+    if path.is_file():
+        previous = pd.read_parquet(path)
+        tasks = set(table["task"]) | (tasks or set())
+        table = pd.concat([previous[~previous["task"].isin(tasks)], table], ignore_index=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    table.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
 def write_results(
     results: pd.DataFrame, out: Path, settings: dict, tasks: set[str] | None = None
 ) -> Path:
     """Append to OUT/results.parquet, replacing earlier rows of the same task (`tasks`: those
     a benchmark writes, which its new rows replace even where it has none now: a classify
     without a synthetic set left the last one's per-concept quality rows in the report)."""
-    path = out / "results.parquet"
-    if path.is_file():
-        previous = pd.read_parquet(path)
-        tasks = set(results["task"]) | (tasks or set())
-        results = pd.concat([previous[~previous["task"].isin(tasks)], results], ignore_index=True)
-    tmp = out / ".results.parquet.tmp"
-    results.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    path = replace_rows(results, out / "results.parquet", tasks)
     settings_path = out / "settings.json"
     saved = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
     settings_path.write_text(json.dumps({**saved, **settings}, indent=2))

@@ -2,7 +2,8 @@
 
 A gain from one seed is noise. Each arm is run with k seeds; the seed fixes the real subset, the
 synthetic sample and the model's initialisation, so `augmented - real_only` at the same
-(shots, seed) is a paired difference, and its t-interval is the gain's confidence interval.
+(shots, seed) is a paired difference, and its t-interval is the gain's confidence interval over
+training seeds. `bootstrap_gain` widens it to the test images too, resampled with the seeds.
 """
 
 from __future__ import annotations
@@ -126,3 +127,51 @@ def paired_gain(
         )
     columns = ["task", "arm", "ratio", "shots", "metric", "label", "gain", "ci_low", "ci_high"]
     return pd.DataFrame(rows, columns=[*columns, "n_pairs"])  # its columns even when empty
+
+
+def bootstrap_gain(
+    predictions: pd.DataFrame,
+    ratio: float,
+    shots: int,
+    arm: str = "augmented",
+    baseline: str = "real_only",
+    resamples: int = 4000,
+    confidence: float = 0.95,
+) -> dict | None:
+    """The paired gain in top-1 (points) of `arm` at `ratio` over `baseline`, with a percentile
+    interval from resampling the training seeds and the test images together (the same images
+    for both arms, so the difference stays paired). The seeds' t-interval says how much
+    training varies on one test set; this one also how much another test set of this size
+    would move the figure. None where the predictions do not hold both arms at those shots."""
+    chosen = predictions[(predictions["task"] == "classify") & (predictions["shots"] == shots)]
+    treated = chosen[(chosen["arm"] == arm) & np.isclose(chosen["ratio"], ratio)]
+    base = chosen[chosen["arm"] == baseline]
+    seeds = sorted(set(treated["seed"]) & set(base["seed"]))
+    if not seeds:
+        return None
+
+    def correct(rows: pd.DataFrame) -> np.ndarray:  # seeds x images, images by id
+        rows = rows[rows["seed"].isin(seeds)].assign(right=lambda r: r["label"] == r["prediction"])
+        table = rows.pivot_table(index="seed", columns="image_id", values="right", aggfunc="first")
+        return table.loc[seeds].to_numpy(dtype=float)
+
+    a, b = correct(treated), correct(base)
+    if a.shape != b.shape or np.isnan(a).any() or np.isnan(b).any():
+        return None  # not scored on the same images
+    differences = 100.0 * (a - b)
+    rng = np.random.default_rng(0)
+    n_seeds, n_images = differences.shape
+    draws = np.empty(resamples)
+    for r in range(resamples):
+        rows = rng.integers(0, n_seeds, n_seeds)
+        columns = rng.integers(0, n_images, n_images)
+        draws[r] = differences[rows][:, columns].mean()
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return {
+        "mean": float(differences.mean()),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "n_seeds": n_seeds,
+        "n_images": n_images,
+    }

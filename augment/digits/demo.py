@@ -81,7 +81,7 @@ def run_demo(
     from augment.digits.folders import check_canvas_folder, check_demo_folder
     from augment.gallery import GALLERY_NAMES, write_gallery
     from augment.job import RunOptions, run_job
-    from augment.reporting import headline, write_report
+    from augment.reporting import headline, no_nan, write_report
     from augment.sinks import check_own_folder
 
     if workers is not None:
@@ -147,7 +147,9 @@ def run_demo(
     lap("report")
     import pandas as pd
 
-    figures = headline(pd.read_parquet(bench / "results.parquet"))
+    figures = headline(
+        pd.read_parquet(bench / "results.parquet"), pd.read_parquet(bench / "predictions.parquet")
+    )
     summary = {
         "accuracy_percent": {
             arm: figures[arm]
@@ -175,5 +177,5 @@ def run_demo(
         "chosen_on_validation": json.loads(sweep.read_text())["chosen"] if sweep else None,
         "quick": quick,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    (out / "summary.json").write_text(json.dumps(no_nan(summary), indent=2, default=float))
     return summary

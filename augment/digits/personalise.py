@@ -330,7 +330,7 @@ def run_personalise(
             tasks.append((train, real16.test, classes, settings, seed))
     results = []
     fitted = train_and_score_all(tasks, workers or os.cpu_count() or 1)
-    for (arm, seed, n_train), (rows, seconds) in zip(plan, fitted, strict=True):
+    for (arm, seed, n_train), (rows, seconds, _) in zip(plan, fitted, strict=True):
         for metric, label, value in rows:
             results.append(
                 {
