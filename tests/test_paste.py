@@ -191,6 +191,51 @@ def test_later_instances_trim_earlier_masks_and_respect_the_overlap_limit():
             assert shared_share([float(v) for v in box], taken[0]) <= 0.3
 
 
+def test_a_feathered_cut_whose_mask_touches_its_edge_draws_no_dark_seam():
+    """The feather's blur reaches past the cut, where the pasted pixels were zeros: a white
+    digit on grey got a seam darker than either image (90 where both are 128 or more)."""
+    mask = np.zeros((24, 24), bool)
+    mask[0:22, 2:22] = True  # touches the cut's top edge, as a digit's mask does
+    white = Instance("a", 1, None, np.full((24, 24, 3), 255, np.uint8), mask)
+    settings = PasteSpec(
+        backgrounds={"path": "x"}, instances=(1, 1), scale=(0.4, 0.4), blend="gaussian"
+    )
+    grey = np.full((60, 60, 3), 128, np.uint8)
+    for seed in range(5):
+        image, pasted = paste_onto(grey, [], [white], settings, np.random.default_rng(seed))
+        assert pasted and image.min() >= 128
+
+
+def test_a_composite_is_of_the_first_instance_still_seen():
+    """Its class was its first pasted instance's, also where a later one covered it whole: an
+    image of a banana whose only box was of an apple."""
+    from augment.labels.paste import PasteItem, paste_record
+    from augment.provenance import Provenance
+    from augment.records import SourceImage
+    from augment.taxonomy.concept import Concept
+
+    covered = np.zeros((8, 8), bool)
+    seen = np.zeros((8, 8), bool)
+    seen[2:6, 2:6] = True
+    banana, apple = Concept("banana", "banana", 1), Concept("apple", "apple", 2)
+    pasted = [
+        (Instance("b", 1, banana, np.zeros((4, 4, 3), np.uint8), covered), covered),
+        (Instance("a", 2, apple, np.zeros((4, 4, 3), np.uint8), seen), seen),
+    ]
+    record = paste_record(
+        PasteItem("p", "bg", 0, 0),
+        SourceImage("bg", "bg.png", 8, 8),
+        [],
+        np.zeros((8, 8, 3), np.uint8),
+        pasted,
+        PasteSpec(backgrounds={"path": "x"}),
+        0.0,
+        Provenance("job", "hash", "model", None, None, "0"),
+    )
+    assert record["concept_name"] == "apple" and record["category_id"] == 2
+    assert [box["category_id"] for box in record["boxes"]] == [2]
+
+
 def test_bad_paste_input_fails_before_the_run_and_a_corrupt_background_is_named(tmp_path):
     job = tmp_path / "job.yaml"
     text = (REPO / "jobs" / "tiny" / "paste.yaml").read_text()

@@ -185,7 +185,9 @@ def paste_onto(
                 ImageFilter.GaussianBlur(settings.feather)
             )
             alpha = np.asarray(blurred, np.float32) / 255.0
-        placed = np.zeros_like(canvas)
+        # the canvas itself around the cut: a feather reaching past the cut blends the canvas
+        # with itself there, where zeros drew a dark seam along every cut the mask touches
+        placed = canvas.copy()
         placed[y : y + size[1], x : x + size[0]] = pixels
         canvas = alpha[..., None] * placed + (1 - alpha[..., None]) * canvas
         for _, earlier in pasted:
@@ -242,7 +244,8 @@ def paste_record(
                     "instance_of": instance.item_id,
                 }
             )
-    first = pasted[0][0].concept if pasted else None
+    # the first instance still seen (a later one may cover an earlier one whole)
+    first = next((instance.concept for instance, mask in pasted if mask.any()), None)
     height, width = pixels.shape[:2]
     chunks = composite_chunks(
         item.item_id, provenance, background.id, [instance.item_id for instance, _ in pasted]
