@@ -108,7 +108,7 @@ def test_sam_masks_the_detector_box_it_was_prompted_with(tmp_path, monkeypatch):
     section = (
         "labels:\n  detector: builtin:tiny-grounding-dino\n  threshold: 0.0\n"
         "segment:\n  method: sam\n  model: builtin:tiny-sam\n  max_border: 1\n  max_area: 1\n"
-        "  min_area: 0\n"
+        "  min_area: 0\n  threshold: -10000\n"  # the random SAM's mask: all, cut to the box
     )
     run_job(load_spec(labelled_job(tmp_path, "both", section)), LOCAL)
     frame = pd.read_parquet(tmp_path / "both" / "shards")

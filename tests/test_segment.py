@@ -254,3 +254,27 @@ def test_a_yolo_seg_polygon_runs_along_the_pixels_outer_edges():
     assert yolo_instance_line(0, [3, 3, 1, 1], single, 8, 8) == (
         "0 0.375000 0.375000 0.375000 0.500000 0.500000 0.500000 0.500000 0.375000"
     )
+
+
+def test_a_mask_given_to_a_detectors_box_stays_inside_it():
+    """A threshold or clipseg mask of the whole image was given to a detector's box as it
+    was: annotations whose mask and area lay far outside their box (area 407 for a box of
+    1.6 x 1.6 pixels)."""
+    spec = SegmentSpec(method="threshold", min_area=0, max_area=1, max_border=1)
+    pixels = np.zeros((48, 48, 3), np.uint8)
+    pixels[14:26, 10:26] = 255  # the object; the detector boxed its left half
+    box = {"category_id": 1, "bbox": [10.0, 14.0, 8.0, 12.0], "score": 0.8, "labeller": "owlv2"}
+    record = {
+        "item_id": "i",
+        "concept_name": "square",
+        "category_id": 1,
+        "width": 48,
+        "height": 48,
+        "image": {"bytes": png(Image.fromarray(pixels)), "path": None},
+        "boxes": [box],
+    }
+    (found,) = Segmenter(spec, None)([record])
+    (boxed,) = found["boxes"]
+    mask = decode_rle(boxed["rle"], 48, 48)
+    assert boxed["bbox"] == box["bbox"] and boxed["area"] == mask.sum() == 8 * 12
+    assert not mask[:, 18:].any()

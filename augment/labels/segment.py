@@ -236,6 +236,8 @@ class Segmenter:
         found = self.masks(images, [r["concept_name"] for r in records], prompts)
         out = []
         for record, k, (mask, score) in zip(records, detected, found, strict=True):
+            if k is not None:  # the detector's box keeps its xywh: its mask stays inside it
+                mask = within_box(mask, record["boxes"][k]["bbox"])
             area = float(mask.mean())
             bad = (
                 area < self.spec.min_area
@@ -252,6 +254,17 @@ class Segmenter:
                 }
             )
         return out
+
+
+def within_box(mask: np.ndarray, bbox) -> np.ndarray:
+    """The mask's pixels inside a box (xywh, the pixels it reaches into): a clipseg or
+    threshold mask of the whole image, given to a detector's box, made annotations whose mask
+    and area lay far outside their box."""
+    x, y, w, h = bbox
+    inside = np.zeros_like(mask, dtype=bool)
+    top, left = max(int(np.floor(y)), 0), max(int(np.floor(x)), 0)
+    inside[top : int(np.ceil(y + h)), left : int(np.ceil(x + w))] = True
+    return mask & inside
 
 
 def with_mask(boxes: list[dict], masked: dict | None, detected: int | None) -> list[dict]:
