@@ -471,3 +471,16 @@ def test_a_paste_made_again_makes_the_exports_and_gallery_of_it_again_as_they_we
     paste(tiny_paste_spec(out), force=True)  # starts over: the job's own formats alone
     assert not (out / "paste" / "imagefolder").exists()
     assert not (out / "paste" / "gallery").exists()
+
+
+def test_a_run_with_nothing_to_paste_says_which_flags_left_it_empty(tmp_path):
+    """Every render flagged not_found (the detector found nothing) was told as masks to fix:
+    "check segment: ... with augment view", a gallery that shows no mask."""
+    from augment.errors import OutputError
+    from augment.labels.paste import load_instances
+    from tests.conftest import write_fake_run
+
+    images = np.zeros((3, 8, 8, 3), np.uint8)
+    run = write_fake_run(tmp_path, images, np.array([0, 1, 2]), {"not_found": [True] * 3})
+    with pytest.raises(OutputError, match="of its 3 renders, 3 not_found; the labels: detector"):
+        load_instances(run, [])

@@ -108,11 +108,31 @@ def load_instances(out_dir: Path, concepts: list[Concept]) -> list[Instance]:
             )
         )
     if not instances:
-        raise OutputError(
-            f"{out_dir} holds no segmented render to paste (every mask empty or flagged); "
-            "check segment: (method, threshold) on a few renders with `augment view`"
-        )
+        raise OutputError(no_instances(out_dir))
     return sorted(instances, key=lambda i: i.item_id)
+
+
+def no_instances(out_dir: Path) -> str:
+    """Why a run gives paste nothing to cut: its renders' flags, by the count of each (a
+    detector that found nothing was told as masks to fix)."""
+    from augment.records import FLAGS
+    from augment.sinks.parquet import count_true
+
+    rows, counts = count_true(out_dir / "shards", list(FLAGS))
+    flagged = ", ".join(f"{counts[f]} {f}" for f in FLAGS if counts[f])
+    if counts.get("not_found"):
+        fix = (
+            "the labels: detector found no box of the image's concept in them (not_found): "
+            "lower labels.threshold, or check the detector on a few renders"
+        )
+    elif counts.get("bad_mask"):
+        fix = "check segment: (method, threshold, min_area, max_area, max_border)"
+    else:
+        fix = "check segment: (method, threshold) on a few renders"
+    return (
+        f"{out_dir} holds no segmented render to paste: of its {rows} renders, "
+        f"{flagged or 'none flagged, but no mask was kept'}; {fix}"
+    )
 
 
 def paste_plan(job_name: str, job_seed: int, backgrounds: list[SourceImage], per: int):
