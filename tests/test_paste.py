@@ -484,3 +484,20 @@ def test_a_run_with_nothing_to_paste_says_which_flags_left_it_empty(tmp_path):
     run = write_fake_run(tmp_path, images, np.array([0, 1, 2]), {"not_found": [True] * 3})
     with pytest.raises(OutputError, match="of its 3 renders, 3 not_found; the labels: detector"):
         load_instances(run, [])
+
+
+def test_nothing_is_pasted_smaller_than_a_few_pixels():
+    """On a 7 x 5 background, objects of one pixel were pasted and labelled."""
+    from augment.labels.paste import MIN_PASTED_SIDE
+
+    square = Instance("a", 1, None, np.full((10, 10, 3), 255, np.uint8), np.ones((10, 10), bool))
+    settings = PasteSpec(backgrounds={"path": "x"}, instances=(3, 3), scale=(0.1, 0.3))
+    for seed in range(10):
+        tiny = np.zeros((5, 7, 3), np.uint8)
+        _, pasted = paste_onto(tiny, [], [square], settings, np.random.default_rng(seed))
+        assert not pasted
+        roomy = np.zeros((60, 60, 3), np.uint8)
+        _, pasted = paste_onto(roomy, [], [square], settings, np.random.default_rng(seed))
+        assert pasted and all(
+            min(np.ptp(np.argwhere(m), axis=0)) + 1 >= MIN_PASTED_SIDE for _, m in pasted
+        )

@@ -156,6 +156,11 @@ def shared_share(a: list[float], b: list[float]) -> float:
     return w * h / max(min(a[2] * a[3], b[2] * b[3]), 1e-9)
 
 
+#: The fewest pixels a pasted object's shorter side may span: on a 7 x 5 background, objects
+#: of one pixel were pasted and labelled.
+MIN_PASTED_SIDE = 4
+
+
 def paste_onto(
     background: np.ndarray,
     taken: list[list[float]],
@@ -187,6 +192,8 @@ def paste_onto(
         if size[0] > width or size[1] > height or not (mask > 127).any():
             continue
         own = mask_box(mask > 127)
+        if min(own[2], own[3]) < MIN_PASTED_SIDE:  # a background too small for it: no object
+            continue
         for _try in range(PLACEMENT_TRIES):
             x, y = (
                 int(rng.integers(0, width - size[0] + 1)),
