@@ -1218,6 +1218,7 @@ def paste(spec: JobSpec, force: bool = False) -> PasteResult:
     from augment.labels import scale_box
     from augment.labels.paste import (
         PasteResult,
+        background_mask,
         known_boxes,
         load_instances,
         paste_onto,
@@ -1274,8 +1275,8 @@ def paste(spec: JobSpec, force: bool = False) -> PasteResult:
             # img2img takes it) and clipped to the image (a box may reach past its edge).
             annotated, size = (background.width, background.height), pixels.shape[1::-1]
             known = [
-                (category_id, tuple(box))
-                for category_id, bbox in known_boxes(background, index)
+                (category_id, tuple(box), background_mask(mask, annotated, size))
+                for category_id, bbox, mask in known_boxes(background, index)
                 if (box := scale_box(bbox, annotated, size))[2] > 0 and box[3] > 0
             ]
             taken = [scale_box(box.bbox, annotated, size) for box in background.boxes]

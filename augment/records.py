@@ -131,6 +131,7 @@ PLAN_SCHEMA = pa.schema(
 class SourceBox:
     label: str  # the class name as the source spells it
     bbox: tuple[float, float, float, float]  # COCO xywh, source pixels
+    mask: str | None = None  # its object's pixels: COCO compressed RLE at the annotated size
 
 
 @dataclass(frozen=True)

@@ -153,7 +153,39 @@ def readable_sizes(files: list[Path], unreadable: list[dict]) -> list[tuple[int,
     return [None if isinstance(result, Exception) else result for result in read]
 
 
-def source_box(label: str, bbox, where: str, size: tuple[int, int] | None) -> SourceBox:
+def coco_mask_counts(segmentation, size: tuple[int, int]) -> str | None:
+    """A COCO annotation's `segmentation` (polygons, or RLE of the image's size) as compressed
+    RLE counts at `size` (width, height); None where it has none that fits (said by no one:
+    the box alone is kept, as before masks were read)."""
+    from pycocotools import mask as coco
+
+    width, height = size
+    try:
+        if isinstance(segmentation, list):
+            polygons = [p for p in segmentation if isinstance(p, list) and len(p) >= 6]
+            if not polygons:
+                return None
+            rle = coco.merge(coco.frPyObjects(polygons, height, width))
+        elif isinstance(segmentation, dict) and list(segmentation.get("size", [])) == [
+            height,
+            width,
+        ]:
+            counts = segmentation["counts"]
+            rle = (
+                coco.frPyObjects(segmentation, height, width)
+                if isinstance(counts, list)
+                else {"size": [height, width], "counts": str(counts).encode("ascii")}
+            )
+        else:
+            return None
+        return rle["counts"].decode("ascii")
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return None
+
+
+def source_box(
+    label: str, bbox, where: str, size: tuple[int, int] | None, mask: str | None = None
+) -> SourceBox:
     """A source's box, checked: four numbers [x, y, w, h], a positive width and height, and
     on the image (of `size`, where known). A short bbox was a fault deep in planning; one off
     the image or of no width was exported as a label of nothing."""
@@ -173,7 +205,7 @@ def source_box(label: str, bbox, where: str, size: tuple[int, int] | None) -> So
         raise SpecError(
             f"source.path: {where} has bbox {bbox!r}, outside its {size[0]}x{size[1]} image"
         )
-    return SourceBox(label, (x, y, w, h))
+    return SourceBox(label, (x, y, w, h), mask)
 
 
 def coco_image_folders(annotations: Path) -> list[Path]:
@@ -237,7 +269,9 @@ def read_coco(path: Path, unreadable: list[dict]) -> list[SourceImage]:
             if a.get("iscrowd"):  # a region of many objects, not one: no box label can say it
                 crowds += 1
                 continue
-            box = source_box(names[a["category_id"]], a["bbox"], where, sizes[a["image_id"]])
+            size = sizes[a["image_id"]]
+            mask = coco_mask_counts(a.get("segmentation"), size)
+            box = source_box(names[a["category_id"]], a["bbox"], where, size, mask)
             boxes.setdefault(a["image_id"], []).append(box)
         if crowds:
             log.warning(
@@ -382,6 +416,7 @@ def read_parquet(path: Path, unreadable: list[dict]) -> list[SourceImage]:
                     box["bbox"],
                     f"{file} row {row_index}",
                     size,
+                    box.get("rle") or None,  # an augment run's mask, at the row's size
                 )
                 for box in row.get("boxes") or []
             )

@@ -58,6 +58,10 @@ def test_composites_keep_the_background_boxes_and_add_each_instance_with_its_mas
         added = [b for b in row["boxes"] if b["labeller"] == "paste"]
         truth = backgrounds.by_id[row["source_image_id"]].boxes
         assert [list(b["bbox"]) for b in own] == [list(b.bbox) for b in truth]
+        for box, source in zip(own, truth, strict=True):  # its mask, where nothing covers it
+            seen = decode_rle(box["rle"], row["height"], row["width"])
+            assert source.mask is not None and 0 < seen.sum() == box["area"]
+            assert seen.sum() <= decode_rle(source.mask, row["height"], row["width"]).sum()
         assert 1 <= len(added) <= 3
         for box in added:
             assert box["instance_of"] in renders
@@ -80,7 +84,8 @@ def test_coco_export_evaluates_as_bbox_and_segm_and_yolo_lists_every_box(pasted)
     coco_file = pasted / "paste" / "coco" / "annotations.json"
     document = json.loads(coco_file.read_text())
     masks = [a for a in document["annotations"] if isinstance(a["segmentation"], dict)]
-    assert masks and all(a["labeller"] == "paste" for a in masks)
+    # the pasted instances' masks, and the backgrounds' own (which were rectangles)
+    assert {a.get("labeller") for a in masks} == {"paste", None}
     boxes_only = [a for a in document["annotations"] if a.get("mask") is False]
     assert len(boxes_only) + len(masks) == len(document["annotations"])
     truth = COCO(str(coco_file))
@@ -88,7 +93,7 @@ def test_coco_export_evaluates_as_bbox_and_segm_and_yolo_lists_every_box(pasted)
     for kind in ("bbox", "segm"):
         evaluation = COCOeval(truth, detections, kind)
         evaluation.evaluate(), evaluation.accumulate(), evaluation.summarize()
-        assert 0 < evaluation.stats[0] <= 1  # masks only: the background's boxes are missed
+        assert 0 < evaluation.stats[0] <= 1
     labels = list((pasted / "paste" / "yolo" / "labels").glob("*.txt"))
     lines = sum(len(p.read_text().splitlines()) for p in labels)
     assert len(labels) == 8 and lines == len(document["annotations"])
@@ -501,3 +506,20 @@ def test_nothing_is_pasted_smaller_than_a_few_pixels():
         assert pasted and all(
             min(np.ptp(np.argwhere(m), axis=0)) + 1 >= MIN_PASTED_SIDE for _, m in pasted
         )
+
+
+def test_a_coco_backgrounds_polygons_and_rle_are_read_as_masks():
+    """Paste kept a background object's box and dropped its mask: in OUT/paste every real
+    object was a rectangle, which a segmentation model then learns."""
+    from augment.labels.segment import decode_rle, encode_rle
+    from augment.sources import coco_mask_counts
+
+    triangle = [[2.0, 2.0, 12.0, 2.0, 2.0, 12.0]]
+    mask = decode_rle(coco_mask_counts(triangle, (16, 16)), 16, 16)
+    assert 40 <= mask.sum() <= 70 and mask[3, 3] and not mask[11, 11]
+    square = np.zeros((16, 16), bool)
+    square[4:8, 4:8] = True
+    rle = {"size": [16, 16], "counts": encode_rle(square)}
+    assert decode_rle(coco_mask_counts(rle, (16, 16)), 16, 16).sum() == 16
+    assert coco_mask_counts(rle, (32, 32)) is None  # another image's size: the box alone
+    assert coco_mask_counts([], (16, 16)) is None

@@ -236,7 +236,7 @@ def hidden(bbox, covered: np.ndarray) -> bool:
 def paste_record(
     item: PasteItem,
     background: SourceImage,
-    known: list[tuple[int, tuple]],
+    known: list[tuple[int, tuple, np.ndarray | None]],
     pixels: np.ndarray,
     pasted: list[tuple[Instance, np.ndarray]],
     settings: PasteSpec,
@@ -252,11 +252,15 @@ def paste_record(
     covered = np.zeros(pixels.shape[:2], bool)
     for _, mask in pasted:
         covered |= mask
-    boxes = [
-        {"category_id": category_id, "bbox": list(bbox), "segmentation": []}
-        for category_id, bbox in known
-        if not hidden(bbox, covered)
-    ]
+    boxes = []
+    for category_id, bbox, mask in known:  # a background object's mask: what stays seen
+        box = {"category_id": category_id, "bbox": list(bbox), "segmentation": []}
+        if mask is not None:
+            seen = mask & ~covered
+            if seen.any():
+                boxes.append({**box, "rle": encode_rle(seen), "area": float(seen.sum())})
+        elif not hidden(bbox, covered):
+            boxes.append(box)
     for instance, mask in pasted:
         box = mask_box(mask)
         if box is not None:
@@ -379,13 +383,26 @@ def instance_pool(instances: list[Instance]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
 
-def known_boxes(background: SourceImage, index: dict[str, Concept]) -> list[tuple[int, tuple]]:
+def known_boxes(
+    background: SourceImage, index: dict[str, Concept]
+) -> list[tuple[int, tuple, str | None]]:
     """The background's boxes whose label is a concept of the job (`concept_index`):
-    (category_id, xywh)."""
+    (category_id, xywh, its mask's RLE counts at the annotated size, or None)."""
     from augment.taxonomy.listfile import slugify
 
     return [
-        (index[slugify(box.label)].category_id, box.bbox)
+        (index[slugify(box.label)].category_id, box.bbox, box.mask)
         for box in background.boxes
         if slugify(box.label) in index
     ]
+
+
+def background_mask(counts: str | None, annotated: tuple[int, int], size: tuple[int, int]):
+    """A background object's mask at the pixels' size (`annotated`, `size`: width, height),
+    from its RLE at the annotated size; None where it has none."""
+    if counts is None:
+        return None
+    mask = decode_rle(counts, annotated[1], annotated[0])
+    if tuple(size) != tuple(annotated):  # a file resized in proportion, as its boxes are
+        mask = np.asarray(Image.fromarray(mask).resize(tuple(size), Image.NEAREST))
+    return mask
