@@ -9,10 +9,12 @@ refused request (4xx) raises `RequestError` with the service's one-line reason; 
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import itertools
 import json
 import logging
+import operator
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +26,15 @@ from typing import Any
 import torch
 from PIL import Image
 
-from augment.errors import AugmentError, RequestError, above, as_list, at_least, flag
+from augment.errors import (
+    AugmentError,
+    RequestError,
+    above,
+    as_list,
+    at_least,
+    first_line,
+    flag,
+)
 from augment.records import FLAGS
 
 log = logging.getLogger(__name__)
@@ -86,18 +96,29 @@ class Client:
         """`n` images of `concept`, prompt variants `start` to `start + n - 1` (the same
         items, and bytes, as a batch run of the job); `prompt` replaces the job's templates,
         `seed` the job seed, `overrides` some generation settings (GET /health says which)."""
+        # counts from numpy or torch (np.bincount, a tensor's item) as plain ints: json cannot
+        # write those, and failed with a bare TypeError
+        n, start = whole_number("n", n), whole_number("start", start)
+        seed = None if seed is None else whole_number("seed", seed)
         body: dict[str, Any] = {"concept": concept, "n": n, "start": start}
         for key, value in (("prompt", prompt), ("seed", seed), ("overrides", overrides)):
             if value is not None:
                 body[key] = value
         answer = self.call("POST", "/generate", body)
-        for record in answer["records"]:  # bytes travel in base64
-            if record.get("thumb") is not None:
-                record["thumb"] = base64.b64decode(record["thumb"])
-        return [
-            ServedImage(base64.b64decode(png), record)
-            for png, record in zip(answer["images"], answer["records"], strict=True)
-        ]
+        try:
+            images, records = answer["images"], answer["records"]
+            for record in records:  # bytes travel in base64
+                if record.get("thumb") is not None:
+                    record["thumb"] = base64.b64decode(record["thumb"])
+            return [
+                ServedImage(base64.b64decode(png), record)
+                for png, record in zip(images, records, strict=True)
+            ]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # binascii.Error too
+            raise AugmentError(
+                f"POST {self.url}/generate did not answer as an augment service ({first_line(exc)}"
+                "); is `augment serve` running there, on that port?"
+            ) from None
 
     def concepts(self) -> list[dict]:
         return self.call("GET", "/concepts")
@@ -132,6 +153,8 @@ class Client:
                 failure = f"HTTP {exc.code}: {reason}"
             except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
                 failure = str(getattr(exc, "reason", exc))
+            except http.client.HTTPException as exc:  # an answer cut short, or not HTTP at all
+                failure = f"{type(exc).__name__}: {first_line(exc)}"
             if attempt < self.retries:
                 self.retried += 1
                 time.sleep(self.backoff * 2**attempt)
@@ -140,6 +163,19 @@ class Client:
             f"{method} {self.url}{path} failed {tries}: {failure}; is `augment serve` running "
             "there?"
         )
+
+
+def whole_number(name: str, value) -> int:
+    """`value` as an int (numpy's and torch's integers too), or an error naming the argument."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        try:
+            if hasattr(value, "item") and float(value.item()).is_integer():  # a 0-d tensor
+                return int(value.item())
+        except (TypeError, ValueError):
+            pass
+        raise AugmentError(f"{name}: a whole number, got {value!r}") from None
 
 
 def error_text(exc: urllib.error.HTTPError) -> str:

@@ -784,3 +784,41 @@ def test_a_start_refused_after_the_writer_made_its_folder_ready_undoes_it(tmp_pa
     (served / "shards" / "part-00000.parquet").write_bytes(b"a served batch")
     undo()
     assert sorted(p.name for p in served.iterdir()) == [".augment.lock", "job.yaml", "shards"]
+
+
+def test_a_client_retries_an_answer_cut_short_and_names_one_not_of_the_service():
+    """An answer cut short (IncompleteRead), a reply that is no HTTP, or JSON of another shape
+    ended in a bare traceback, not retried; a count from numpy could not be sent at all."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    answers = iter([b"cut", b"cut", b"{}", b"null"])
+    seen = []
+
+    class Odd(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            seen.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            kind = next(answers)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "100" if kind == b"cut" else str(len(kind)))
+            self.end_headers()
+            self.wfile.write(b"{" if kind == b"cut" else kind)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Odd)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = ag.Client(f"http://127.0.0.1:{server.server_address[1]}", retries=1, backoff=0)
+    try:
+        with pytest.raises(AugmentError, match="failed 2 times, last: IncompleteRead"):
+            client.generate("seven", n=np.int64(2))
+        assert client.retried == 1 and seen[0]["n"] == 2
+        for _ in range(2):  # {} and null: JSON, but not the service's answer
+            with pytest.raises(AugmentError, match="did not answer as an augment service"):
+                client.generate("seven")
+    finally:
+        server.shutdown()
+    with pytest.raises(AugmentError, match="n: a whole number, got 2.5"):
+        client.generate("seven", n=2.5)
