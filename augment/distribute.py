@@ -401,6 +401,8 @@ def connect_ray(address: str | None = None) -> None:
     given = address or os.environ.get("RAY_ADDRESS")
     if not private:  # a head started with `ray start` wants the token Ray's CLI would send
         use_ray_token_if_present()
+    main = threading.current_thread() is threading.main_thread()
+    stop_as_interrupt = main and signal.getsignal(signal.SIGTERM) is signal.default_int_handler
     try:
         ray.init(
             address=address,
@@ -418,6 +420,10 @@ def connect_ray(address: str | None = None) -> None:
         raise AugmentError(
             f"cannot reach a Ray cluster at {given} ({first_line(exc)}); {RUN_REMEDY}"
         ) from None
+    if stop_as_interrupt:  # the CLI's (`terminate_as_interrupt`), which ray.init replaced
+        # with its own, exiting at once: a SIGTERM while a service started left its folder
+        # half made and Ray's agents running
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     if private:
         atexit.register(stop_autoscaler_monitor)  # runs before Ray's own shutdown at exit
     else:  # which cluster this is: `auto` picks whichever this machine runs, said so

@@ -388,3 +388,30 @@ def test_a_followed_log_left_early_ends_its_reading_thread(monkeypatch):
         if thread.name == "augment-job-logs":
             thread.join(5)
             assert not thread.is_alive()
+
+
+def test_ray_keeps_the_commands_sigterm_as_ctrl_c(monkeypatch):
+    """ray.init puts in a SIGTERM handler of its own that exits at once: a SIGTERM while
+    `augment serve` started left its --write folder half made and Ray's agents running."""
+    import signal
+
+    import ray
+
+    from augment import distribute
+
+    def ray_init(**_):  # as Ray's does
+        signal.signal(signal.SIGTERM, lambda *a: None)
+
+    monkeypatch.setattr(distribute, "check_reachable", lambda address: None)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", ray_init)
+    monkeypatch.setattr(distribute.atexit, "register", lambda *a: None)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # the CLI's
+    try:
+        distribute.connect_ray(None)
+        assert signal.getsignal(signal.SIGTERM) is signal.default_int_handler
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a script's own: Ray's is left to it
+        distribute.connect_ray(None)
+        assert signal.getsignal(signal.SIGTERM) is not signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
