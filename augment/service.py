@@ -591,6 +591,7 @@ class Service:
     def stop(self) -> None:
         """Shut Serve down (the replicas, the proxy and its port)."""
         serve.shutdown()
+        RUNNING.pop(self.url, None)
 
     def outdated_outputs(self) -> list[str]:
         """The exports and gallery in `writes_to` that an earlier run or filter wrote, which
@@ -653,6 +654,11 @@ def start_service(spec: JobSpec, options: ServeOptions | None = None) -> Service
             f"--replicas {replicas}: this Ray cluster has {unit}, room for {fits} replica(s) "
             f"(each takes {'a GPU and ' if gpus else ''}a CPU); ask for at most {fits}"
         )
+    if RUNNING:  # Serve keeps one HTTP proxy and one app of this name a process
+        raise AugmentError(
+            f"a service already runs in this process, at {next(iter(RUNNING))}: stop it first "
+            "(its stop()); a second one would take its place, at its address"
+        )
     writer = ServedWriter.bind(spec, options.write) if options.write else None
     app = GenerationService.options(
         num_replicas=replicas,
@@ -676,9 +682,14 @@ def start_service(spec: JobSpec, options: ServeOptions | None = None) -> Service
             raise AugmentError(f"the service's replicas could not start: {cause}") from None
         raise
     host = "127.0.0.1" if options.host in ("0.0.0.0", "") else options.host
-    return Service(
-        f"http://{host}:{options.port}", replicas, "GPU" if gpus else "CPU", options.write, before
-    )
+    url = f"http://{host}:{options.port}"
+    RUNNING[url] = spec.name
+    return Service(url, replicas, "GPU" if gpus else "CPU", options.write, before)
+
+
+#: The service this process runs (url -> job): a second start replaced its job at its address
+#: and returned an address nothing listened on.
+RUNNING: dict[str, str] = {}
 
 
 def deployment_messages() -> list[str]:

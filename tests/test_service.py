@@ -822,3 +822,15 @@ def test_a_client_retries_an_answer_cut_short_and_names_one_not_of_the_service()
         server.shutdown()
     with pytest.raises(AugmentError, match="n: a whole number, got 2.5"):
         client.generate("seven", n=2.5)
+
+
+def test_a_second_service_in_one_process_is_refused(served):
+    """Serve keeps one HTTP proxy and one app of augment's name a process: a second start
+    returned an address nothing listened on, and the first address served the second job."""
+    from augment.service import ServeOptions, start_service
+
+    with pytest.raises(
+        AugmentError, match=f"a service already runs in this process, at {served.url}"
+    ):
+        start_service(served_spec(), ServeOptions(port=free_port(), replicas=1))
+    assert ag.Client(served.url).spec()["seed"] == served.spec.seed  # still the first job
