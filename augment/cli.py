@@ -280,7 +280,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_paste(args: argparse.Namespace) -> int:
-    spec = api.load_spec(args.job)
+    spec = load_job(args)  # --out: a run made with `augment run JOB --out OUT`
     if spec.paste is None:
         raise AugmentError(
             f"{args.job}: no paste: section; add one (backgrounds, instances, scale), see "
@@ -305,6 +305,9 @@ def add_paste(commands: Commands) -> None:
         epilog="example: augment paste jobs/tiny/paste.yaml",
     )
     paste.add_argument("job", type=Path, help="job spec (YAML) with segment: and paste:")
+    paste.add_argument(
+        "--out", type=folder, help="the run's output folder, as `augment run --out` gave it"
+    )
     paste.add_argument("--force", action="store_true", help="delete OUT/paste and start over")
     paste.set_defaults(func=cmd_paste, on_interrupt=SHARDS_KEPT)
 

@@ -1627,7 +1627,7 @@ def refilter(
         raise OutputError(
             f"{out_dir} is a paste folder (the canvases `augment paste` made from a run's "
             f"renders), not a run: filter the run folder, {out_dir.parent}; then `augment paste "
-            "JOB` pastes again from the renders the filter keeps"
+            f"JOB --out {out_dir.parent}` pastes again from the renders the filter keeps"
         )
     if not saved.is_file() or not manifest_path.is_file():
         raise OutputError(
@@ -1722,8 +1722,9 @@ def refilter(
         if (out_dir / "paste").is_dir() and (rewritten or before != after):
             log.warning(
                 "%s holds canvases pasted from the renders the earlier flags kept; `augment "
-                "paste JOB` pastes again from those this filter keeps",
+                "paste JOB --out %s` pastes again from those this filter keeps",
                 out_dir / "paste",
+                out_dir,
             )
         records = sum(s["rows"] for s in manifest["shards"])
         return FilterResult(out_dir, records, rescore, len(rewritten), before, after, outputs)

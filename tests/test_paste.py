@@ -414,8 +414,8 @@ def test_filter_on_a_paste_folder_says_it_is_one_and_names_the_run_folder(pasted
     assert result.returncode == 2
     assert error_line(result.stderr) == (
         f"error: {pasted}/paste is a paste folder (the canvases `augment paste` made from a "
-        f"run's renders), not a run: filter the run folder, {pasted}; then `augment paste JOB` "
-        "pastes again from the renders the filter keeps"
+        f"run's renders), not a run: filter the run folder, {pasted}; then `augment paste JOB "
+        f"--out {pasted}` pastes again from the renders the filter keeps"
     )
     assert {p.name: p.read_bytes() for p in (pasted / "paste" / "shards").iterdir()} == before
 
@@ -435,10 +435,15 @@ def test_a_filter_that_changes_flags_says_the_pasted_canvases_are_out_of_date(pa
     assert result.returncode == 0, result.stderr
     assert (
         f"warning: {out}/paste holds canvases pasted from the renders the earlier flags kept; "
-        "`augment paste JOB` pastes again from those this filter keeps"
+        f"`augment paste JOB --out {out}` pastes again from those this filter keeps"
     ) in " ".join(result.stderr.split())
     again = run_cli("filter", str(out))  # nothing changes now: nothing to say
     assert again.returncode == 0 and "warning" not in again.stderr
+    job = tmp_path / "paste.yaml"  # the job as it was run, whose output.dir is elsewhere
+    shutil.copy(out / "job.yaml", job)
+    again = run_cli("paste", str(job), "--out", str(out), "--force")  # as the warning says
+    assert again.returncode == 0, again.stderr
+    assert "pasted 8 images" in again.stdout
 
 
 def test_a_paste_made_again_makes_the_exports_and_gallery_of_it_again_as_they_were(
