@@ -880,26 +880,27 @@ class JobSpec(StrictModel):
         content = [self.spec_hash(), self.paste.model_dump(mode="json") if self.paste else None]
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
-    def finetune_hash(self) -> str:
+    def finetune_hash(self, base_dir: Path | None = None) -> str:
         """Hash of everything that decides a fine-tune's weights, and nothing else: not the
         step count (a longer run resumes a shorter one), not the checkpoint or validation
         cadence, not where adapters go. The real images are checked against the adapter's card
-        when it is used, so an edited folder is noticed without reading images here."""
+        when it is used, so an edited folder is noticed without reading images here. A relative
+        source path is taken where it leads (from `base_dir`, the job's folder): two projects'
+        jobs of one name, each with its own `real/`, shared one adapter, and each was told its
+        images had changed (`--force`, which deleted the other's)."""
         f = self.finetune
         if f is None:
             return ""
         g = self.generation
+        tuned = f.model_dump(
+            mode="json",
+            exclude={"steps", "checkpoint_every", "validation_every", "validation_images", "out"},
+        )
+        source = Path(f.source.path).expanduser()
+        if ":" not in f.source.path and not source.is_absolute():  # builtin: names stay names
+            tuned["source"]["path"] = str(((base_dir or Path.cwd()) / source).absolute())
         content = {
-            "finetune": f.model_dump(
-                mode="json",
-                exclude={
-                    "steps",
-                    "checkpoint_every",
-                    "validation_every",
-                    "validation_images",
-                    "out",
-                },
-            ),
+            "finetune": tuned,
             "seed": self.seed if f.seed is None else f.seed,
             "resolution": f.resolution or g.height,
             "model": [g.model, g.config, g.family],
@@ -1303,4 +1304,4 @@ def adapter_folder(spec: JobSpec, base_dir: Path | None) -> Path:
             root = (base_dir or Path.cwd()) / root
     # the name cut: a 260-character job name made a folder name the file system refused; the
     # hash keeps folders apart
-    return root.absolute() / f"{spec.name[:100]}-{spec.finetune_hash()}"
+    return root.absolute() / f"{spec.name[:100]}-{spec.finetune_hash(base_dir)}"

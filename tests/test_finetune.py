@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -494,3 +495,24 @@ def test_a_long_job_name_still_gives_an_adapter_folder_the_file_system_takes():
     spec = load_spec(REPO / "jobs" / "tiny" / "finetune-lora.yaml", {"name": "j" * 260})
     folder = adapter_folder(spec, None)
     assert len(folder.name.encode()) < 255 and folder.name.startswith("j" * 100 + "-")
+
+
+def test_two_projects_with_their_own_real_folder_get_their_own_adapter(tmp_path: Path):
+    """Two jobs of one name, each with `source: {path: real}` in its own folder, shared one
+    adapter: the second was told its images had changed, and --force deleted the first's."""
+    from augment.config import load_spec
+
+    text = (REPO / "jobs" / "tiny" / "finetune-lora.yaml").read_text()
+    text = text.replace("path: builtin:digits-pool", "path: real")
+    folders = []
+    for project in ("p1", "p2"):
+        (tmp_path / project).mkdir()
+        (tmp_path / project / "job.yaml").write_text(text)
+        folders.append(load_spec(tmp_path / project / "job.yaml").paths.finetuned)
+    assert folders[0] != folders[1]
+    assert load_spec(tmp_path / "p1" / "job.yaml").paths.finetuned == folders[0]
+    shipped = [load_spec(REPO / "jobs" / "tiny" / "finetune-lora.yaml").paths.finetuned]
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copy(REPO / "jobs" / "tiny" / "finetune-lora.yaml", tmp_path / "elsewhere" / "j.yaml")
+    shipped.append(load_spec(tmp_path / "elsewhere" / "j.yaml").paths.finetuned)
+    assert shipped[0] == shipped[1]  # a builtin: source is the same wherever the job lies
