@@ -1127,6 +1127,25 @@ def warn_token_unused(spec: JobSpec) -> None:
         )
 
 
+def check_taught_tokens(spec: JobSpec) -> None:
+    """A `generation.textual_inversions` token is none of those `finetune:` teaches: checked
+    before the fine-tune trains. It failed when the pipeline loaded, blaming finetune: (after a
+    warning that the token was in no template, which {token} says); with a LoRA, the embedding
+    replaced the learnt identifier without a word."""
+    if spec.finetune is None or not spec.generation.textual_inversions:
+        return
+    from augment.finetuning.data import tokens_for
+
+    taught = {token: concept for concept, token in tokens_for(spec, concepts_for(spec)).items()}
+    for number, inversion in enumerate(spec.generation.textual_inversions):
+        if inversion.token in taught:
+            raise SpecError(
+                f"generation.textual_inversions[{number}].token {inversion.token!r} is also "
+                f"the token finetune: teaches concept {taught[inversion.token]!r}: one would "
+                "replace the other's embedding; give one of them another token"
+            )
+
+
 def warn_inversion_tokens(spec: JobSpec) -> None:
     """Say when a `generation.textual_inversions` token changes no image (no template, negative
     prompt or attribute says it), or is a word the tokenizer already knows (every "digit" in
@@ -1384,6 +1403,7 @@ def check_inputs(spec: JobSpec) -> list[Concept]:
     """The job's concepts, once its models are found where it says (the generator, scorer,
     detector and segmenter; an adapter the spec fine-tunes is trained first): a run or a
     service fails here, before it writes or loads anything."""
+    check_taught_tokens(spec)  # before a fine-tune trains
     if spec.finetune is not None:  # trains the adapter when this spec's is missing
         finetune(spec)
     check_models(spec.generation, spec.paths)

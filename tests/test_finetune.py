@@ -516,3 +516,28 @@ def test_two_projects_with_their_own_real_folder_get_their_own_adapter(tmp_path:
     shutil.copy(REPO / "jobs" / "tiny" / "finetune-lora.yaml", tmp_path / "elsewhere" / "j.yaml")
     shipped.append(load_spec(tmp_path / "elsewhere" / "j.yaml").paths.finetuned)
     assert shipped[0] == shipped[1]  # a builtin: source is the same wherever the job lies
+
+
+def test_an_embedding_of_the_fine_tunes_own_token_is_refused_with_the_spec(tmp_path: Path):
+    """It failed when the pipeline loaded, blaming finetune:, after a warning that the token
+    was in no template ({token} says it); with a LoRA, the embedding replaced the learnt
+    identifier without a word."""
+    from augment.errors import SpecError
+    from augment.job import check_inputs
+
+    embedding = tmp_path / "nine.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"emb_params": torch.zeros(1, 32)}, str(embedding))
+    job = tmp_path / "job.yaml"
+    text = (REPO / "jobs" / "tiny" / "finetune-lora.yaml").read_text()
+    job.write_text(
+        text.replace(
+            "generation:\n",
+            f"generation:\n  textual_inversions: [{{path: {embedding}, token: '<sks-nine>'}}]\n",
+        )
+    )
+    spec = load_spec(job, {"finetune.out": str(tmp_path / "adapters")})  # none trained yet
+    with pytest.raises(SpecError, match="is also the token finetune: teaches concept 'nine'"):
+        check_inputs(spec)  # before the fine-tune trains
+    assert not Path(spec.paths.finetuned).exists()
