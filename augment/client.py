@@ -284,22 +284,24 @@ class ServedImages(torch.utils.data.IterableDataset):
         it does not know is refused before any image is asked for, not when its turn comes."""
         if self.concepts is None:
             return [concept["id"] for concept in known]
-        exact: dict[str, dict] = {}  # as the service finds them: id, name or synset as
-        folded: dict[str, dict[str, dict]] = {}  # written, else in any case if only one
+        exact: dict[str, dict[str, dict]] = {}  # as the service finds them: id, name or
+        folded: dict[str, dict[str, dict]] = {}  # synset as written, else in any case; one only
         for concept in known:
             for key in (concept["id"], concept["name"], concept.get("synset")):
                 if key:
-                    exact.setdefault(str(key), concept)
+                    exact.setdefault(str(key), {})[concept["id"]] = concept
                     folded.setdefault(str(key).lower(), {})[concept["id"]] = concept
         chosen: dict[str, str] = {}  # id -> the name it was given by
         for name in self.concepts:
-            matches = list(folded.get(str(name).lower(), {}).values())
-            concept = exact.get(str(name)) or (matches[0] if len(matches) == 1 else None)
+            written = list(exact.get(str(name), {}).values())
+            matches = written or list(folded.get(str(name).lower(), {}).values())
+            concept = matches[0] if len(matches) == 1 else None
             if concept is None and matches:
+                how = "" if written else " in any case"
                 raise AugmentError(
-                    f"concepts: {name!r} names several concepts in any case "
-                    f"({', '.join(c['name'] for c in matches[:4])}); give its id or its name as "
-                    "written"
+                    f"concepts: {name!r} names several concepts{how} "
+                    f"({', '.join(c['name'] + ' (' + c['id'] + ')' for c in matches[:4])}); "
+                    "give its id"
                 )
             if concept is None:
                 names = [c["name"] for c in known]

@@ -148,25 +148,26 @@ class ConceptIndex:
     names one concept only ("apple" asked for Apple, the first of Apple and apple)."""
 
     concepts: list[Concept]
-    exact: dict[str, Concept] = field(default_factory=dict)
+    exact: dict[str, dict[str, Concept]] = field(default_factory=dict)
     folded: dict[str, dict[str, Concept]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for concept in self.concepts:
             for key in (concept.id, concept.name, concept.synset):
                 if key:
-                    self.exact.setdefault(key, concept)
+                    self.exact.setdefault(key, {})[concept.id] = concept
                     self.folded.setdefault(key.lower(), {})[concept.id] = concept
 
     def find(self, name: str) -> Concept | None:
-        if name in self.exact:
-            return self.exact[name]
-        matches = list(self.folded.get(name.lower(), {}).values())
+        """The one concept `name` names; a RequestError where it names several (two WordNet
+        concepts share a name: the first was served, the other one only by its id)."""
+        exact = list(self.exact.get(name, {}).values())
+        matches = exact or list(self.folded.get(name.lower(), {}).values())
         if len(matches) > 1:
             shown = ", ".join(f"{c.name} ({c.id})" for c in matches[:4])
+            how = "" if exact else " in any case"
             raise RequestError(
-                f"concept {name!r} names several in any case ({shown}); give its id or its name "
-                "as written (GET /concepts)",
+                f"concept {name!r} names several{how} ({shown}); give its id (GET /concepts)",
                 404,
             )
         return matches[0] if matches else None

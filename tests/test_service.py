@@ -389,6 +389,14 @@ def test_a_concept_is_found_as_written_before_any_case():
     assert stream.concept_keys(known) == ["apple", "Apple"]  # asked for as given
     with pytest.raises(AugmentError, match=r"'APPLE' names several concepts in any case"):
         ag.ServedImages("http://127.0.0.1:1", ["APPLE"]).concept_keys(known)
+    # one name, two concepts (WordNet's two griffons): the first was served, silently
+    cranes = [Concept("crane_bird", "crane", 1), Concept("crane_machine", "crane", 2)]
+    with pytest.raises(RequestError, match=r"'crane' names several \(crane \(crane_bird\), cr"):
+        concept_index(cranes).find("crane")
+    assert concept_index(cranes).find("crane_machine").category_id == 2
+    known = [{"id": c.id, "name": c.name} for c in cranes]
+    with pytest.raises(AugmentError, match=r"'crane' names several concepts \(crane \(crane_b"):
+        ag.ServedImages("http://127.0.0.1:1", ["crane"]).concept_keys(known)
 
 
 def test_a_request_for_a_size_past_the_services_largest_is_refused_before_it_renders():
