@@ -541,3 +541,36 @@ def test_an_embedding_of_the_fine_tunes_own_token_is_refused_with_the_spec(tmp_p
     with pytest.raises(SpecError, match="is also the token finetune: teaches concept 'nine'"):
         check_inputs(spec)  # before the fine-tune trains
     assert not Path(spec.paths.finetuned).exists()
+
+
+def test_a_base_model_changed_in_place_is_not_given_its_old_adapter(tmp_path: Path):
+    """The adapter's hash names the base model by its path: retrained, downloaded again or
+    swapped under the same name, it kept the adapter trained on the old weights (and a longer
+    run resumed the old checkpoint on the new base)."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import load_file, save_file
+
+    from augment.errors import AugmentError
+    from augment.finetuning.adapter import reusable_adapter
+
+    torch.set_num_threads(1)
+    base = tmp_path / "base"
+    shutil.copytree(base_model("tiny-sd"), base)
+    out = tmp_path / "adapter"
+    card = train_adapter(str(base), [nine()], settings("lora", steps=2, checkpoint_every=2), out)
+    assert card["fingerprint"]["base_hash"]
+    spec = SimpleNamespace(
+        paths=SimpleNamespace(finetuned=str(out), finetune_source="real", model=str(base)),
+        finetune=SimpleNamespace(steps=2),
+        generation=SimpleNamespace(model=str(base)),
+    )
+    assert reusable_adapter(spec, [nine()], force=False) is not None  # as it was: reused
+    weights = next((base / "unet").glob("*.safetensors"))
+    tensors = load_file(weights)
+    tensors = {k: v + 0.01 if k == sorted(tensors)[0] else v for k, v in tensors.items()}
+    save_file(tensors, str(weights))
+    with pytest.raises(AugmentError, match="the base model .* changed since the adapter"):
+        reusable_adapter(spec, [nine()], force=False)
+    with pytest.raises(AugmentError, match="changed since the checkpoint .* was trained on it"):
+        train_adapter(str(base), [nine()], settings("lora", steps=4, checkpoint_every=2), out)

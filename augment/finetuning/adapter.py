@@ -60,6 +60,14 @@ def read_checkpoint(folder: Path, meta: dict, steps: int) -> dict | None:
             "to start over, or retrain with `augment finetune JOB --force` (which deletes the "
             "folder)"
         ) from None
+    if "base_hash" not in trained_on:  # an earlier augment's checkpoint: names the base only
+        meta = {k: v for k, v in meta.items() if k != "base_hash"}
+    elif trained_on["base_hash"] != meta["base_hash"]:
+        raise AugmentError(
+            f"finetune: the base model {meta['base']} changed since the checkpoint {path} was "
+            "trained on it (its weights differ); retrain with `augment finetune JOB --force` "
+            "(it is deleted then)"
+        )
     if trained_on != meta:
         raise AugmentError(
             f"finetune: the checkpoint {path} was trained on other images or settings than the "
@@ -151,9 +159,13 @@ def train_adapter(
     check_model(base, base_name or base)
     device = select_device(settings.device)
     check_precision(settings.mixed_precision, device)
+    from augment.provenance import model_content_hash
+
     meta = {
         "method": settings.method,
         "base": base_name or base,
+        # the base's weights, not its name: a model changed in place kept its old adapter
+        "base_hash": model_content_hash(base),
         **fingerprint(concepts, list(prior)),
     }
     torch.manual_seed(settings.seed)
@@ -333,6 +345,16 @@ def reusable_adapter(
             f"finetune: the real images under {spec.paths.finetune_source} changed since the "
             f"adapter {folder} was trained; rerun `augment finetune` with --force to retrain"
         )
+    base_hash = card["fingerprint"].get("base_hash")  # None: an earlier augment's card
+    if base_hash is not None:
+        from augment.provenance import model_content_hash
+
+        if model_content_hash(spec.paths.model) != base_hash:
+            raise AugmentError(
+                f"finetune: the base model {spec.generation.model} changed since the adapter "
+                f"{folder} was trained on it (its weights differ); rerun `augment finetune` "
+                "with --force to retrain"
+            )
     return result_of(folder, card, trained=False)
 
 
