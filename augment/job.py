@@ -159,8 +159,29 @@ def tokenizer_for(spec: JobSpec):
 
 #: A taxonomy larger than this is said (wordnet:entity.n.01 is 74,373 concepts, without a word).
 MANY_CONCEPTS = 10_000
-#: (taxonomy, concepts) said already by this process: a run plans more than once.
-SAID: set[tuple[str, int]] = set()
+#: The jobs whose prompts `warn_about_prompts` has spoken of in this process: a run plans more
+#: than once, and said each warning as often.
+SAID: set[int] = set()
+
+
+def warn_about_prompts(spec: JobSpec, concepts: list[Concept]) -> None:
+    """Say, once a process, what the job's prompts will be like: concepts they cannot tell
+    apart (`warn_prompt_gaps`), and a taxonomy of very many concepts."""
+    p = spec.prompts
+    key = hash((spec.taxonomy.source, tuple(c.id for c in concepts), tuple(p.templates)))
+    if key in SAID:
+        return
+    SAID.add(key)
+    warn_prompt_gaps(concepts, p.templates)
+    if len(concepts) > MANY_CONCEPTS:
+        log.warning(
+            "taxonomy %s expands to %d concepts, %d images at %d a concept; if that is not "
+            "meant, narrow it (taxonomy.depth, leaves, exclude or max_concepts)",
+            spec.taxonomy.source,
+            len(concepts),
+            len(concepts) * p.images_per_concept,
+            p.images_per_concept,
+        )
 
 
 def prompts_for(
@@ -178,17 +199,7 @@ def prompts_for(
         concepts = concepts_for(spec)
     p = spec.prompts
     if variants is None:  # the job's own prompts, not a served request's
-        warn_prompt_gaps(concepts, p.templates)
-        if len(concepts) > MANY_CONCEPTS and (spec.taxonomy.source, len(concepts)) not in SAID:
-            SAID.add((spec.taxonomy.source, len(concepts)))
-            log.warning(
-                "taxonomy %s expands to %d concepts, %d images at %d a concept; if that is not "
-                "meant, narrow it (taxonomy.depth, leaves, exclude or max_concepts)",
-                spec.taxonomy.source,
-                len(concepts),
-                len(concepts) * p.images_per_concept,
-                p.images_per_concept,
-            )
+        warn_about_prompts(spec, concepts)
     job = (
         concepts,
         p.templates,

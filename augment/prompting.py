@@ -161,19 +161,13 @@ def check_fields_filled(concepts: list[Concept], templates: list[str]) -> None:
             )
 
 
-#: (concept ids, templates) already warned about in this process: a run plans more than once.
-WARNED: set[int] = set()
-
-
 def warn_prompt_gaps(concepts: list[Concept], templates: list[str]) -> None:
-    """Say, once a process, what the templates make of concepts that cannot be told apart by
-    the fields they read (WordNet's two griffons, both "a photo of a griffon": their images
-    differ only by chance, and a classifier learns noise), and of {scientific_name} where a
-    concept has none (the name stands in for it)."""
-    key = hash((tuple(c.id for c in concepts), tuple(templates)))
-    if key in WARNED or len(concepts) < 2:
+    """Say what the templates make of concepts that cannot be told apart by the fields they
+    read (WordNet's two griffons, both "a photo of a griffon": their images differ only by
+    chance, and a classifier learns noise), and of {scientific_name} where a concept has none
+    (the name stands in for it)."""
+    if len(concepts) < 2:
         return
-    WARNED.add(key)
     read = [f for f in FIELDS if any(f in template_slots(t) for t in templates) and f != "token"]
     first: dict[tuple, Concept] = {}
     pairs = []

@@ -311,10 +311,9 @@ def test_a_single_file_without_its_config_folder_is_what_the_preview_warns_of(tm
 def test_concepts_the_templates_cannot_tell_apart_are_said(caplog):
     """WordNet's two griffons were both "a photo of a griffon", and {scientific_name} read the
     name where a concept has none, though the README said such a template was refused."""
-    from augment.prompting import WARNED, warn_prompt_gaps
+    from augment.prompting import warn_prompt_gaps
     from augment.taxonomy.concept import Concept
 
-    WARNED.clear()
     concepts = [
         Concept("griffon.n.02", "griffon", 1, "griffon.n.02", "a breed of toy dogs"),
         Concept("griffon.n.03", "Griffon", 2, "griffon.n.03", "a large vulture"),
@@ -378,6 +377,7 @@ def test_a_taxonomy_of_very_many_concepts_is_said(tmp_path, caplog, monkeypatch)
     from tests.conftest import TINY_JOB
 
     monkeypatch.setattr(job, "MANY_CONCEPTS", 2)  # the digits' 3 stand for 74,373
+    monkeypatch.setattr(job, "SAID", set())  # said once a process: not yet in this one
     path = tmp_path / "job.yaml"
     path.write_text(TINY_JOB.replace("OUT_DIR", str(tmp_path / "out")))
     job.prompts_for(load_spec(path))
