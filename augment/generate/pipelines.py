@@ -146,10 +146,8 @@ def config_mismatch(checkpoint: Path, config: str) -> str | None:
     ('label_emb.0.0.weight') after the run had written its output folder. None when it fits or
     cannot be told (a .ckpt, an unreadable file: the loader names those). A hub id in the
     cache is read there (diffusers' own size error came after OUT was written)."""
-    unet_config = Path(config) / "unet" / "config.json"
-    if not Path(config).exists():
-        unet_config = hub_file(config, "unet/config.json") or unet_config
-    if checkpoint.suffix != ".safetensors" or not checkpoint.is_file() or not unet_config.is_file():
+    unet_config = part_config(config, "unet")
+    if checkpoint.suffix != ".safetensors" or not checkpoint.is_file() or unet_config is None:
         return None
     from safetensors import safe_open
 
@@ -612,12 +610,17 @@ def own_config(paths: SpecPaths, part: str) -> dict | None:
     file's generation.config folder's, or a cached hub pipeline's PART/config.json); None
     where there is none to read."""
     folder = paths.config if Path(paths.model).is_file() else paths.model
-    if folder is None:
-        return None
-    path = Path(folder) / part / "config.json"
-    if not path.is_file():
-        path = None if Path(folder).exists() else hub_file(folder, f"{part}/config.json")
+    path = None if folder is None else part_config(folder, part)
     return None if path is None else json.loads(path.read_text())
+
+
+def part_config(folder: str, part: str) -> Path | None:
+    """A pipeline's PART/config.json: in its folder, or in the cache of a hub id; None where
+    there is none."""
+    path = Path(folder) / part / "config.json"
+    if path.is_file():
+        return path
+    return None if Path(folder).exists() else hub_file(folder, f"{part}/config.json")
 
 
 def load_base(settings: GenerationSpec, paths: SpecPaths, family: str, device: str):
