@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from augment.config import JobSpec
 from augment.config import load_spec as _load_spec
-from augment.errors import AugmentError, first_line, flag
+from augment.errors import AugmentError, first_line, flag, some_of
 
 if TYPE_CHECKING:
     import datasets
@@ -148,7 +148,7 @@ def _plan_file(output: Any) -> Path:
         except Exception:  # noqa: BLE001 - a damaged file is no earlier plan either
             columns = []
         if columns != PLAN_SCHEMA.names:  # a results table, a shard: someone's data
-            shown = ", ".join(columns[:4]) + (", ..." if len(columns) > 4 else "")
+            shown = some_of(columns, 4)
             raise AugmentError(
                 f"output: {path} is a Parquet file but no plan (its columns: {shown or 'none'}), "
                 "so it is not replaced; give another file"

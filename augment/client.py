@@ -34,6 +34,7 @@ from augment.errors import (
     at_least,
     first_line,
     flag,
+    some_of,
 )
 from augment.records import FLAGS
 
@@ -304,11 +305,9 @@ class ServedImages(torch.utils.data.IterableDataset):
                     "give its id"
                 )
             if concept is None:
-                names = [c["name"] for c in known]
-                shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
                 raise AugmentError(
                     f"concepts: {name!r} is not a concept of the service at {self.url}; it has "
-                    f"{shown} (GET /concepts)"
+                    f"{some_of([c['name'] for c in known], 12)} (GET /concepts)"
                 )
             if concept["id"] in chosen:  # two labels for the same images
                 raise AugmentError(

@@ -56,6 +56,11 @@ class RequestError(AugmentError):
         super().__init__(message)
 
 
+def some_of(names: list[str], most: int) -> str:
+    """The first `most` names, comma-separated, and "..." where there are more."""
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+
+
 def first_line(exc: BaseException) -> str:
     """What a library exception says, on one line (its type name when it says nothing)."""
     text = str(exc).strip()

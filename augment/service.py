@@ -50,6 +50,7 @@ from augment.errors import (
     as_list,
     at_least,
     first_line,
+    some_of,
 )
 from augment.records import WorkItem
 from augment.taxonomy.concept import Concept
@@ -195,9 +196,10 @@ def order_for(
     concept = concepts.find(request.concept)
     if concept is None:
         known = list(dict.fromkeys(c.name for c in concepts.concepts))
-        shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
         raise RequestError(
-            f"unknown concept {request.concept!r}; this job has {shown} (GET /concepts)", 404
+            f"unknown concept {request.concept!r}; this job has {some_of(known, 12)} (GET "
+            "/concepts)",
+            404,
         )
     refused = [key for key in request.overrides if key not in options.overridable]
     if refused:

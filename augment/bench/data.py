@@ -24,7 +24,7 @@ from PIL import Image
 
 from augment import registry
 from augment.classifier import to_array
-from augment.errors import AugmentError
+from augment.errors import AugmentError, some_of
 from augment.records import FLAGS
 from augment.sinks import export_records, run_categories
 from augment.sources import DECODE_ERRORS, IMAGE_SUFFIXES, shown, visible, warn_nested
@@ -235,7 +235,7 @@ def without_empty_classes(classes: Classes, every: ImageSet, source: Path):
         "%s: %d categories have no image and are left out of the classes: %s",
         source,
         len(empty),
-        ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else ""),
+        some_of(empty, 5),
     )
     kept = Classes(
         [classes.names[i] for i in present],
@@ -318,13 +318,12 @@ def load_synthetic(out_dir: Path, classes: Classes, size: int) -> ImageSet:
     if not images:
         raise AugmentError(no_synthetic_image(out_dir, classes, matched, flagged))
     if unmatched:  # a misspelt concept ("sevn") lost its images without a word
-        names = sorted(unmatched)
         log.warning(
             "%d images of %s are of concepts no real class is named like, and are not used: "
             "%s (concept names must match the real class names)",
             unmatched.total(),
             out_dir,
-            ", ".join(names[:5]) + (", ..." if len(names) > 5 else ""),
+            some_of(sorted(unmatched), 5),
         )
     return ImageSet(np.stack(images), np.array(labels), ids)
 
