@@ -305,7 +305,8 @@ def synthetic_coco(
     images, annotations = [], []
     records = (r for r in export_records(run_dir) if r["item_id"] not in leave_out)
     for image_id, record in enumerate(records, start=1):
-        if val and (same := val.get(image_digest(decoded(record)))) is not None:
+        same = val.get(image_digest(rgb(io.BytesIO(record["image"]["bytes"])))) if val else None
+        if same is not None:
             raise AugmentError(
                 f"a val image is also in the synthetic data: val image {same} is item "
                 f"{record['item_id']} of {run_dir} (the same pixels); the real val set must "
@@ -341,22 +342,20 @@ def synthetic_coco(
     return {"images": images, "annotations": annotations}, images_dir
 
 
-def decoded(record: dict) -> np.ndarray:
-    """A record's image as RGB pixels."""
+def rgb(image_file) -> np.ndarray:
+    """An image (a path, or a file of its bytes) as RGB pixels."""
     from PIL import Image
 
-    return np.asarray(Image.open(io.BytesIO(record["image"]["bytes"])).convert("RGB"))
+    with Image.open(image_file) as opened:
+        return np.asarray(opened.convert("RGB"))
 
 
 def val_digests(val_coco: dict, images_dir: Path) -> dict[str, str]:
     """Pixel digest -> val image id, to find a copy of a val image among the synthetic ones."""
-    from PIL import Image
-
-    digests = {}
-    for image in val_coco["images"]:
-        with Image.open(images_dir / image["file_name"]) as opened:
-            digests[image_digest(np.asarray(opened.convert("RGB")))] = str(image["id"])
-    return digests
+    return {
+        image_digest(rgb(images_dir / image["file_name"])): str(image["id"])
+        for image in val_coco["images"]
+    }
 
 
 def val_location(settings: DetectSettings) -> Path:
