@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 # What a bare torch image lacks, at the versions this checkout's .venv runs (make install).
 LACKED=(diffusers pydantic pydantic_core annotated-types typing-inspection importlib_metadata nltk)
-PERF_ARGS=${PERF_ARGS:---models sdxl --images 16 --no-baselines --fast "attention cudnn,compiled cuda graphs + compiled float16 vae,compiled cuda graphs + compiled float16 vae + attention cudnn"}
+PERF_ARGS=${PERF_ARGS:---models sdxl --images 16 --no-baselines --fast "attention cudnn,compiled cuda graphs + compiled float16 vae + attention cudnn,compiled cuda graphs + compiled float16 vae"}
 
 wheels() {
     local version=${1:-3.12}
