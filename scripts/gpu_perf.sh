@@ -16,7 +16,8 @@ cd "$(dirname "$0")/.."
 
 # What a bare torch image lacks, at the versions this checkout's .venv runs (make install).
 LACKED=(diffusers pydantic pydantic_core annotated-types typing-inspection importlib_metadata nltk)
-PERF_ARGS=${PERF_ARGS:---models sdxl --images 16 --no-baselines --fast "attention cudnn,compiled cuda graphs + compiled float16 vae + attention cudnn,compiled cuda graphs + compiled float16 vae"}
+SDXL_ROWS='--models sdxl --images 16 --no-baselines --fast "attention cudnn,compiled cuda graphs + compiled float16 vae + attention cudnn,compiled cuda graphs + compiled float16 vae"'
+PERF_ARGS=${PERF_ARGS:-$SDXL_ROWS}
 
 wheels() {
     local version=${1:-3.12}
@@ -39,7 +40,7 @@ run() {
     local out=${1:?give the folder for the logs} seconds=${2:-480}
     local deadline=$((SECONDS + seconds))
     mkdir -p "$out"
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --ignore-requires-python \
         --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/card.txt" ||
