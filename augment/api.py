@@ -320,9 +320,10 @@ def detect(
     **settings: Any,
 ) -> pd.DataFrame:
     """Detector benchmark: YOLO from scratch on real-only vs real + synthetic boxes, COCOeval
-    mAP on the real val set, over seeds. `settings` are `DetectSettings` fields (task detect or
-    segment, model, imgsz, epochs, seeds, and ultralytics' fliplr, mosaic, optimizer, lr0, nbs,
-    warmup_epochs). Writes OUT/results.parquet and returns it."""
+    mAP on the real test split (val where there is none), over seeds. `settings` are
+    `DetectSettings` fields (task detect or segment, model, imgsz, epochs, seeds, evaluate_on,
+    and ultralytics' fliplr, mosaic, optimizer, lr0, nbs, warmup_epochs). Writes
+    OUT/results.parquet and returns it."""
     from augment.bench.detect import DetectSettings, run_detect
 
     flag("smoke", smoke)

@@ -799,6 +799,7 @@ def add_bench_classify(bench_commands: Commands) -> None:
 
 def cmd_bench_detect(args: argparse.Namespace) -> int:
     names = ("real", "synthetic", "out", "task", "model", "imgsz", "epochs", "seeds", "batch")
+    names += ("evaluate_on",)
     training = ("fliplr", "mosaic", "optimizer", "lr0", "nbs", "warmup_epochs", "workers")
     options = given(args, *names, *training)
     results = api.detect(**options, smoke=args.smoke)
@@ -827,11 +828,14 @@ def add_bench_detect(bench_commands: Commands) -> None:
         "detect",
         help="detector: YOLO on real-only vs real + synthetic, COCOeval mAP, k seeds",
         description="Train ultralytics YOLO (yolov8n.yaml from scratch, offline) on real data "
-        "alone and with boxed synthetic images; score on the real val set with COCOeval.",
+        "alone and with boxed synthetic images; score on the real test split (val/ where "
+        "there is none) with COCOeval.",
         epilog="example: augment bench detect --real out/demo/real-canvases --synthetic "
         "out/demo/paste --epochs 10 --seeds 3 --out out/demo/bench",
     )
-    detect.add_argument("--real", required=True, help="COCO folder (train/ + val/) or json")
+    detect.add_argument(
+        "--real", required=True, help="COCO folder (train/ + val/, and test/) or json"
+    )
     detect.add_argument("--synthetic", type=Path, help="an augment output with boxes")
     detect.add_argument("--out", type=folder, help="results folder (default: bench)")
     detect.add_argument(
@@ -846,6 +850,12 @@ def add_bench_detect(bench_commands: Commands) -> None:
     detect.add_argument("--epochs", type=int, help="of the augmented arm (real-only: same steps)")
     detect.add_argument("--seeds", type=int)
     detect.add_argument("--batch", type=int)
+    detect.add_argument(
+        "--evaluate-on",
+        choices=("auto", "test", "validation"),
+        help="the real split scored: validation to tune settings, then test once (default: "
+        "auto, test/ where the folder has one, else val/)",
+    )
     training = detect.add_argument_group(
         "ultralytics training settings (its names and defaults; the digits demo uses "
         "--fliplr 0 --mosaic 0 --optimizer SGD --nbs 16 --warmup-epochs 1)"
@@ -1026,8 +1036,11 @@ def add_bench(commands: Commands) -> None:
 def cmd_digits_canvases(args: argparse.Namespace) -> int:
     from augment.digits.canvases import real_canvases
 
-    real_canvases(args.real, args.train, args.val, per_class=args.per_class)
-    out.print(f"real canvases: {args.real}/train, {args.real}/val (COCO)", soft_wrap=True)
+    real_canvases(args.real, args.train, args.val, per_class=args.per_class, test_count=args.test)
+    splits = ("train", "val", "test") if args.test else ("train", "val")
+    out.print(
+        f"real canvases: {', '.join(f'{args.real}/{s}' for s in splits)} (COCO)", soft_wrap=True
+    )
     return 0
 
 
@@ -1036,13 +1049,17 @@ def add_digits_canvases(digits_commands: Commands) -> None:
         "canvases",
         help="real digits on canvases with boxes (COCO), the detector's real set",
         description="Build the digits detection world's real set: real digits (pool -> train, "
-        "test -> val) on 96 px canvases as COCO. Synthetic canvases come from a job's segment: "
-        "and paste: sections (jobs/demo.yaml), written into OUT/paste by `augment run`.",
+        "test -> val, validation -> test) on 96 px canvases as COCO. Synthetic canvases come "
+        "from a job's segment: and paste: sections (jobs/demo.yaml), written into OUT/paste "
+        "by `augment run`.",
         epilog="example: augment digits canvases --real out/digits-canvases",
     )
     canvases.add_argument("--real", type=folder, required=True, help="write real canvases here")
     canvases.add_argument("--train", type=int, default=300, help="real train canvases")
     canvases.add_argument("--val", type=int, default=150, help="real val canvases")
+    canvases.add_argument(
+        "--test", type=int, default=150, help="real test canvases (0: no test split)"
+    )
     canvases.add_argument(
         "--per-class", type=int, help="real digits a class on the train canvases (default: 30)"
     )

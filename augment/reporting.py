@@ -566,16 +566,19 @@ def read_settings(path: Path) -> dict:
     return settings if isinstance(settings, dict) else {}
 
 
-def scored_split(results: pd.DataFrame) -> str:
-    """The real split the classifier rows were scored on ("test" for a table from before the
-    column), or an error for a table that mixes splits: its arms would not compare."""
-    rows = results[results["task"] == "classify"]
+def scored_split(results: pd.DataFrame, task: str = "classify") -> str:
+    """The real split the `task` rows were scored on (for a table from before the column: the
+    classifier's test, the detector's val), or an error for a table that mixes splits: its arms
+    would not compare."""
+    rows = results[results["task"] == task]
+    before = "test" if task == "classify" else "validation"
     if "evaluated_on" not in rows or rows.empty:
-        return "test"
-    splits = sorted({str(value) for value in rows["evaluated_on"].dropna()}) or ["test"]
+        return before
+    splits = sorted({str(value) for value in rows["evaluated_on"].dropna()}) or [before]
     if len(splits) > 1:
+        kind = "classifier" if task == "classify" else "detector"
         raise AugmentError(
-            f"the results mix classifier rows scored on {' and '.join(splits)} splits "
+            f"the results mix {kind} rows scored on {' and '.join(splits)} splits "
             "(evaluated_on); report each benchmark's own results.parquet"
         )
     return splits[0]
@@ -682,7 +685,8 @@ def write_report(
             summary[summary["task"] == "detect"],
             "map50_95",
             out_dir / "detect_arms.png",
-            "Detector mAP50:95 on the real val set (mean ± 95% CI)",
+            f"Detector mAP50:95 on the real {scored_split(results, 'detect')} split "
+            "(mean ± 95% CI)",
         ),
         "samples": plot_samples(samples, out_dir / "samples.png"),
         "quality": plot_quality(results, out_dir / "concept_quality.png"),

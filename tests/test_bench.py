@@ -423,7 +423,7 @@ def test_empty_predictions_score_zero_instead_of_crashing():
 def test_canvases_keep_boxes_on_the_ink(tmp_path):
     from augment.digits.canvases import real_canvases
 
-    real_canvases(tmp_path, train_count=20, val_count=10)
+    real_canvases(tmp_path, train_count=20, val_count=10, test_count=0)
     document = json.loads((tmp_path / "val" / "annotations.json").read_text())
     assert len(document["images"]) == 10 and document["annotations"]
     for annotation in document["annotations"]:
@@ -438,7 +438,7 @@ def test_canvases_keep_boxes_on_the_ink(tmp_path):
 def test_few_shot_canvases_use_that_many_real_digits_a_class(tmp_path):
     from augment.digits.canvases import real_canvases
 
-    real_canvases(tmp_path, train_count=40, val_count=5, per_class=2)
+    real_canvases(tmp_path, train_count=40, val_count=5, per_class=2, test_count=0)
     document = json.loads((tmp_path / "train" / "annotations.json").read_text())
     sources: dict[int, set] = {}
     for annotation in document["annotations"]:
@@ -446,7 +446,63 @@ def test_few_shot_canvases_use_that_many_real_digits_a_class(tmp_path):
     assert sources and all(len(chosen) <= 2 for chosen in sources.values())
     assert sum(len(chosen) for chosen in sources.values()) > 10  # more than one a class
     with pytest.raises(AugmentError, match="at most that many per class, not 31"):
-        real_canvases(tmp_path / "more", train_count=4, val_count=2, per_class=31)
+        real_canvases(tmp_path / "more", train_count=4, val_count=2, per_class=31, test_count=0)
+
+
+def test_detector_canvases_test_split_holds_digits_no_other_split_does(tmp_path):
+    """The demo's detector settings were tuned on its val canvases; its test canvases, scored
+    once, are made of the digits the classifier validates on, which no detector choice saw."""
+    from augment.digits.canvases import real_canvases
+    from augment.digits.data import digit_splits
+
+    real_canvases(tmp_path, train_count=20, val_count=10, test_count=10)
+
+    def sources(split: str) -> set[int]:
+        document = json.loads((tmp_path / split / "annotations.json").read_text())
+        return {int(a["source"].removeprefix("digits-")) for a in document["annotations"]}
+
+    splits = digit_splits()
+    test = sources("test")
+    assert test and test <= set(splits["validation"].tolist())
+    assert sources("val") <= set(splits["test"].tolist())
+    assert not test & (sources("train") | sources("val"))
+    real_canvases(tmp_path, train_count=20, val_count=10, test_count=0)  # a smaller world
+    assert not (tmp_path / "test").exists()  # an old test split is not scored instead
+
+
+def test_detect_scores_the_test_split_and_tunes_on_val(tmp_path):
+    """A folder of train/, val/ and test/ is scored on test/ (val/ stays for tuning: a figure on
+    the split the settings were tuned on is an upper estimate); validation asks for val/."""
+    from augment.bench.detect import DetectSettings, real_splits, scored_split, split_folder
+
+    for split, count in (("train", 3), ("val", 2), ("test", 1)):
+        (tmp_path / split / "images").mkdir(parents=True)
+        images = [
+            {"id": n, "file_name": f"{n}.png", "width": 32, "height": 32} for n in range(count)
+        ]
+        boxes = [
+            {"id": n + 1, "image_id": n, "category_id": 1, "bbox": [1, 1, 4, 4]}
+            for n in range(count)
+        ]
+        for n in range(count):
+            Image.new("RGB", (32, 32)).save(tmp_path / split / "images" / f"{n}.png")
+        document = {"images": images, "annotations": boxes, "categories": [{"id": 1, "name": "a"}]}
+        (tmp_path / split / "annotations.json").write_text(json.dumps(document))
+
+    def held_out(evaluate_on: str) -> tuple[str, int]:
+        settings = DetectSettings(real=str(tmp_path), evaluate_on=evaluate_on)
+        _, _, scored, scored_dir = real_splits(settings)
+        assert scored_dir.parent.name == split_folder(scored_split(settings)[0])
+        return scored_split(settings)[0], len(scored["images"])
+
+    assert held_out("auto") == held_out("test") == ("test", 1)
+    assert held_out("validation") == ("validation", 2)
+    shutil.rmtree(tmp_path / "test")
+    assert held_out("auto") == ("validation", 2)
+    with pytest.raises(AugmentError, match=r"evaluate_on test: .* has no test/annotations.json"):
+        real_splits(DetectSettings(real=str(tmp_path), evaluate_on="test"))
+    with pytest.raises(AugmentError, match=r"evaluate_on: auto, test, validation, got 'val'"):
+        DetectSettings(real=str(tmp_path), evaluate_on="val")
 
 
 def test_detector_settings_refuse_what_ultralytics_cannot_train(tmp_path):
@@ -526,7 +582,7 @@ def test_the_detector_refuses_val_images_and_leaves_out_their_renders(tmp_path, 
     from augment.sinks.parquet import write_shard
 
     monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo-config"))
-    real = real_canvases(tmp_path / "real", train_count=2, val_count=2)
+    real = real_canvases(tmp_path / "real", train_count=2, val_count=2, test_count=0)
     val = json.loads((real / "val" / "annotations.json").read_text())
     copied = (real / "val" / "images" / val["images"][0]["file_name"]).read_bytes()
     box = {"category_id": 1, "bbox": [1.0, 1.0, 4.0, 4.0]}
@@ -600,10 +656,11 @@ def test_a_relative_out_keeps_the_detectors_weights_in_it(tmp_path, monkeypatch)
     from augment.digits.canvases import real_canvases
 
     monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo-config"))
-    real_canvases(tmp_path / "real", train_count=8, val_count=4)
+    real_canvases(tmp_path / "real", train_count=8, val_count=4, test_count=4)
     monkeypatch.chdir(tmp_path)
     settings = DetectSettings(real="real", out="bench", batch=4, imgsz=32, seeds=1, epochs=1)
-    run_detect(settings)
+    results = run_detect(settings)
+    assert set(results["evaluated_on"]) == {"test"} and set(results["n_test"]) == {4}
     assert not (tmp_path / "runs").exists()
     assert list((tmp_path / "bench").rglob("last.pt"))
 
@@ -613,7 +670,7 @@ def test_a_batch_ultralytics_refuses_is_bad_input_not_a_fault(tmp_path, monkeypa
     from augment.digits.canvases import real_canvases
 
     monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo-config"))
-    real_canvases(tmp_path / "real", train_count=12, val_count=4)
+    real_canvases(tmp_path / "real", train_count=12, val_count=4, test_count=0)
     settings = DetectSettings(
         real=str(tmp_path / "real"), out=str(tmp_path / "bench"), batch=11, imgsz=32, seeds=1
     )
@@ -631,7 +688,7 @@ def test_detect_runs_every_seed_and_cocoeval_matches_ultralytics(tmp_path):
     from augment.digits.demo import DEMO_JOB
     from augment.job import RunOptions, run_job
 
-    real_canvases(tmp_path / "real", train_count=60, val_count=30)
+    real_canvases(tmp_path / "real", train_count=60, val_count=30, test_count=0)
     overrides = {
         "output.dir": str(tmp_path / "renders"),
         "prompts.images_per_concept": 6,

@@ -1,11 +1,13 @@
 """Detector benchmark: YOLO trained on real-only vs real + synthetic, scored with COCOeval.
 
 The real set is a COCO dataset (annotations.json + images/): given as a folder with train/ and
-val/ inside, or one folder that is split by image, seeded. The synthetic set is an `augment`
-output whose records carry boxes. For each arm and seed, ultralytics trains `yolov8n.yaml` from
-scratch (or a local .pt) offline; ultralytics' own validation writes its predictions as COCO
-results, and pycocotools' COCOeval scores those same predictions against the real val
-annotations (mAP50, mAP50:95, per-class AP). Both mAP figures are kept, so they can be compared.
+val/ (and test/) inside, or one folder that is split by image, seeded. The synthetic set is an
+`augment` output whose records carry boxes. For each arm and seed, ultralytics trains
+`yolov8n.yaml` from scratch (or a local .pt) offline; ultralytics' own validation writes its
+predictions as COCO results, and pycocotools' COCOeval scores those same predictions against
+the scored split's real annotations (mAP50, mAP50:95, per-class AP): test/ where there is one,
+so that settings tuned on val/ are scored once on images they never saw. Both mAP figures are
+kept, so they can be compared.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DetectSettings:
-    real: str  # COCO folder: train/ + val/, or one annotations.json to split
+    real: str  # COCO folder: train/ + val/ (+ test/), or one annotations.json to split
     synthetic: str | None = None  # an `augment` output with boxes
     out: str = "bench"
     task: str = "detect"  # or "segment": a -seg model, box and mask mAP from the same models
@@ -48,6 +50,10 @@ class DetectSettings:
     seeds: int = 3
     val_fraction: float = 0.3
     split_seed: int = 0
+    # the real split the detectors are scored on: auto is test/ where the folder has one, else
+    # val/ (or the held-out part of one annotations.json); settings tuned on the scored split
+    # make its figure an upper estimate, so tune on validation and score test once
+    evaluate_on: str = "auto"
     # ultralytics training settings, named as ultralytics names them, at its defaults. Digits
     # want fliplr 0 (a mirrored 2 is no digit) and mosaic 0; a small set wants nbs = batch:
     # ultralytics accumulates gradients up to nbs images, so 300 images at nbs 64 make only five
@@ -76,6 +82,8 @@ class DetectSettings:
             raise AugmentError(
                 f"lr0 must be > 0 and warmup_epochs >= 0, got {self.lr0} and {self.warmup_epochs}"
             )
+        if self.evaluate_on not in EVALUATE_ON:
+            raise AugmentError(f"evaluate_on: {', '.join(EVALUATE_ON)}, got {self.evaluate_on!r}")
         if self.task not in ("detect", "segment"):
             raise AugmentError(f"task must be detect or segment, got '{self.task}'")
         optimizers = ("auto", "SGD", "Adam", "AdamW", "NAdam", "RAdam", "RMSProp")
@@ -84,6 +92,8 @@ class DetectSettings:
                 f"optimizer '{self.optimizer}' is not one of {', '.join(optimizers)}"
             )
 
+
+EVALUATE_ON = ("auto", "test", "validation")
 
 # The DetectSettings fields passed to ultralytics' train() under their own names.
 TRAINING_SETTINGS = ("fliplr", "mosaic", "optimizer", "lr0", "nbs", "warmup_epochs")
@@ -130,15 +140,49 @@ def prepare_ultralytics(cache: Path) -> None:
     warnings.filterwarnings("ignore", message=".*get_trial_id.*")  # ultralytics' Ray hook
 
 
-def real_splits(settings: DetectSettings) -> tuple[dict, Path, dict, Path]:
-    """(train coco, train images dir, val coco, val images dir)."""
+def scored_split(settings: DetectSettings) -> tuple[str, Path | None]:
+    """The real split the detectors are scored on, as `evaluated_on` names it ("test" or
+    "validation"), and its annotations.json in a folder of splits (None: one annotations.json,
+    scored on the part held out of it here)."""
     root = Path(settings.real)
-    if (root / "train" / "annotations.json").is_file() and (
-        root / "val" / "annotations.json"
-    ).is_file():
+    has = {name: (root / name / "annotations.json").is_file() for name in ("train", "val", "test")}
+    if has["train"] and (has["val"] or has["test"]):
+        if settings.evaluate_on == "validation" and not has["val"]:
+            raise AugmentError(
+                f"evaluate_on validation: real detection data '{settings.real}' has no "
+                "val/annotations.json; give a val/ split, or evaluate_on test"
+            )
+        if settings.evaluate_on == "test" and not has["test"]:
+            raise AugmentError(
+                f"evaluate_on test: real detection data '{settings.real}' has no "
+                "test/annotations.json; give a test/ split, or evaluate_on validation (a "
+                "figure on the split its settings were tuned on is an upper estimate)"
+            )
+        if has["test"] and settings.evaluate_on != "validation":
+            return "test", root / "test" / "annotations.json"
+        return "validation", root / "val" / "annotations.json"
+    if settings.evaluate_on == "test":
+        raise AugmentError(
+            f"evaluate_on test: real detection data '{settings.real}' has no train/ and test/ "
+            "folders (annotations.json + images/ each), and the part held out of one "
+            "annotations.json is a validation split; give the folders, or evaluate_on validation"
+        )
+    return "validation", None
+
+
+def split_folder(split: str) -> str:
+    """The folder name of an `evaluated_on` split ("val" for validation), as messages say it."""
+    return "val" if split == "validation" else split
+
+
+def real_splits(settings: DetectSettings) -> tuple[dict, Path, dict, Path]:
+    """(train coco, train images dir, scored coco, scored images dir): the scored split is the
+    one `scored_split` names."""
+    root = Path(settings.real)
+    _, held = scored_split(settings)
+    if held is not None:
         splits = []
-        for split in ("train", "val"):
-            path = root / split / "annotations.json"
+        for path in (root / "train" / "annotations.json", held):
             document = read_coco(path, boxes=True)
             splits += [document, coco_images_dir(path, document)]
         return tuple(splits)
@@ -146,7 +190,7 @@ def real_splits(settings: DetectSettings) -> tuple[dict, Path, dict, Path]:
     if not path.is_file():
         raise AugmentError(
             f"real detection data '{settings.real}' not found: give a COCO folder with "
-            "train/ and val/ (annotations.json + images/ each) or one annotations.json"
+            "train/ and val/ (and test/; annotations.json + images/ each) or one annotations.json"
         )
     document = read_coco(path, boxes=True)
     rng = np.random.default_rng(settings.split_seed)
@@ -178,19 +222,20 @@ def coco_images_dir(path: Path, document: dict) -> Path:
     return folder
 
 
-def real_categories(train: dict, val: dict, real: str) -> list[dict]:
+def real_categories(train: dict, val: dict, real: str, split: str = "val") -> list[dict]:
     """The categories of both real splits, by id (train may list one val does not), once each
-    split can be trained on and scored: images to train on, and objects in val."""
+    split can be trained on and scored: images to train on, and objects in val (the scored
+    split, named `split` in messages)."""
     if not train["images"]:
         raise AugmentError(
             f"real detection data '{real}': its train split has no image (all "
-            f"{len(val['images'])} went to val); give more images, or train/ and val/ folders"
+            f"{len(val['images'])} went to {split}); give more images, or train/ and val/ folders"
         )
     if not any(not a.get("iscrowd") for a in val["annotations"]):
         raise AugmentError(
-            f"real detection data '{real}': its val split has no annotated object (in "
+            f"real detection data '{real}': its {split} split has no annotated object (in "
             f"{len(val['images'])} images), so there is nothing to score; give more annotated "
-            "images, or train/ and val/ folders"
+            f"images, or train/ and {split}/ folders"
         )
     by_id: dict = {}
     for category in [*train["categories"], *val["categories"]]:
@@ -198,7 +243,8 @@ def real_categories(train: dict, val: dict, real: str) -> list[dict]:
         if other["name"] != category["name"]:
             raise AugmentError(
                 f"real detection data '{real}': category id {category['id']} is "
-                f"{other['name']!r} in train and {category['name']!r} in val; give both splits "
+                f"{other['name']!r} in train and {category['name']!r} in {split}; give both "
+                "splits "
                 "the same categories"
             )
     return sorted(by_id.values(), key=lambda c: c["id"])
@@ -293,11 +339,12 @@ def synthetic_coco(
     category_ids: dict[int, int],
     val: dict[str, str] | None = None,
     leave_out: set[str] = frozenset(),
+    split: str = "val",
 ) -> tuple[dict, Path]:
     """The run's boxed records as a COCO document + images folder (ids from 1), in the real
-    set's category ids (`synthetic_category_ids`); the items in `leave_out` (renders of val
-    images) left out, and an image with the pixels of a val image (`val`: their digests, as
-    `val_digests` gives them) refused."""
+    set's category ids (`synthetic_category_ids`); the items in `leave_out` (renders of the
+    scored split's images) left out, and an image with the pixels of one of them (`val`: their
+    digests, as `val_digests` gives them; `split`: the split's name in messages) refused."""
     from augment.sinks import export_records
 
     images_dir = target / "images"
@@ -308,9 +355,9 @@ def synthetic_coco(
         same = val.get(image_digest(rgb(io.BytesIO(record["image"]["bytes"])))) if val else None
         if same is not None:
             raise AugmentError(
-                f"a val image is also in the synthetic data: val image {same} is item "
-                f"{record['item_id']} of {run_dir} (the same pixels); the real val set must "
-                "stay unseen: render from the training images only"
+                f"a {split} image is also in the synthetic data: {split} image {same} is item "
+                f"{record['item_id']} of {run_dir} (the same pixels); the real {split} set "
+                "must stay unseen: render from the training images only"
             )
         name = f"{image_id}.png"
         (images_dir / name).write_bytes(record["image"]["bytes"])
@@ -359,10 +406,11 @@ def val_digests(val_coco: dict, images_dir: Path) -> dict[str, str]:
 
 
 def val_location(settings: DetectSettings) -> Path:
-    """The real file the val images are read from (`real_splits`)."""
+    """The real file the scored images are read from (`real_splits`)."""
+    _, held = scored_split(settings)
+    if held is not None:
+        return held
     root = Path(settings.real)
-    if (root / "val" / "annotations.json").is_file():
-        return root / "val" / "annotations.json"
     return root / "annotations.json" if root.is_dir() else root
 
 
@@ -496,7 +544,9 @@ def run_detect(settings: DetectSettings) -> pd.DataFrame:
     out = Path(settings.out).resolve()
     work = out / "detect"
     train_coco, train_images, val_coco, val_images = real_splits(settings)
-    categories = real_categories(train_coco, val_coco, settings.real)
+    evaluated_on, _ = scored_split(settings)
+    split = split_folder(evaluated_on)
+    categories = real_categories(train_coco, val_coco, settings.real, split)
     class_index = {c["id"]: i for i, c in enumerate(categories)}
     category_ids = (
         synthetic_category_ids(Path(settings.synthetic), categories) if settings.synthetic else {}
@@ -504,7 +554,7 @@ def run_detect(settings: DetectSettings) -> pd.DataFrame:
     segments = settings.task == "segment"
     if segments and not any(a.get("segmentation") for a in val_coco["annotations"]):
         raise AugmentError(
-            f"task segment scores masks, and the real val annotations of '{settings.real}' "
+            f"task segment scores masks, and the real {split} annotations of '{settings.real}' "
             "hold none (no `segmentation`); give masks, or use task detect"
         )
     check_results_table(out)
@@ -522,13 +572,19 @@ def run_detect(settings: DetectSettings) -> pd.DataFrame:
         renders = renders_of_held_out(run, val_location(settings), val_ids)
         if renders:
             log.warning(
-                "%d images of %s were rendered from the real val images, which a detector "
+                "%d images of %s were rendered from the real %s images, which a detector "
                 "must not see: they are left out",
                 len(renders),
                 run,
+                split,
             )
         synthetic, synthetic_images = synthetic_coco(
-            run, work / "synthetic", category_ids, val_digests(val_coco, val_images), renders
+            run,
+            work / "synthetic",
+            category_ids,
+            val_digests(val_coco, val_images),
+            renders,
+            split,
         )
         n_synthetic = write_yolo_split(
             synthetic, synthetic_images, arms["augmented"], class_index, "s", segments
@@ -577,6 +633,7 @@ def run_detect(settings: DetectSettings) -> pd.DataFrame:
             "n_real": n_real,
             "n_synthetic": n_synthetic if arm == "augmented" else 0,
             "n_test": len(val_coco["images"]),
+            "evaluated_on": evaluated_on,
             "wall_s": seconds,
         }
         metrics = [

@@ -46,7 +46,8 @@ def shipped_scorer() -> Path:
 
 
 def canvases_source() -> Path:
-    """32 train and 8 val canvases of real digits (COCO), built once into the cache."""
+    """32 train and 8 val canvases of real digits (COCO, no test split), built once into the
+    cache."""
     from augment.cache import cache_dir
     from augment.digits.canvases import real_canvases
 
@@ -54,7 +55,7 @@ def canvases_source() -> Path:
     if not (folder / "train" / "annotations.json").is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".digits-canvases.", dir=folder.parent))
-        real_canvases(tmp, train_count=32, val_count=8)
+        real_canvases(tmp, train_count=32, val_count=8, test_count=0)
         try:
             tmp.rename(folder)
         except OSError:  # built by a concurrent run meanwhile

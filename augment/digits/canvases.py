@@ -1,10 +1,11 @@
 """The digits detection world: digits on 96 px canvases, with boxes and masks (the ink).
 
-Real canvases come from real digits (the classifier's pool for training, the held-out test
-split for validation) and are written as a COCO dataset. Synthetic canvases are not made here:
-the demo job's own `segment:` and `paste:` sections cut the rendered digits along their
-threshold masks and paste them onto a blank canvas (`builtin:digits-blank-canvas`), into
-OUT/paste, the general copy-paste stage any job can use.
+Real canvases come from real digits and are written as a COCO dataset: train from the
+classifier's pool; val from its test digits, the canvases the demo's detector settings were
+tuned on; test from its validation digits, which no detector choice saw, scored once.
+Synthetic canvases are not made here: the demo job's own `segment:` and `paste:` sections cut
+the rendered digits along their threshold masks and paste them onto a blank canvas
+(`builtin:digits-blank-canvas`), into OUT/paste, the general copy-paste stage any job can use.
 """
 
 from __future__ import annotations
@@ -82,13 +83,19 @@ def real_canvases(
     val_count: int = 150,
     seed: int = 0,
     per_class: int | None = None,
+    test_count: int = 150,
 ) -> Path:
-    """OUT/{train,val}/annotations.json from real digits: pool -> train, test -> val.
+    """OUT/{train,val,test}/annotations.json from real digits: pool -> train, test -> val,
+    validation -> test (no test/ for `test_count` 0).
 
-    `per_class` real digits of each class (drawn with `seed`) make every train canvas, the
-    few-shot regime the classifier benchmark measures; None uses the whole pool (30 a class)."""
+    The detector's val canvases are the classifier's test digits because the demo's detector
+    settings were tuned on them before there was a test split; the digits no detector choice
+    saw, the classifier's validation split, make the test canvases. `per_class` real digits of
+    each class (drawn with `seed`) make every train canvas, the few-shot regime the classifier
+    benchmark measures; None uses the whole pool (30 a class)."""
     at_least("train canvases", train_count, 1)
     at_least("val canvases", val_count, 1)
+    at_least("test canvases", test_count, 0)
     check_canvas_folder(Path(folder))
     from augment.digits.data import (
         DIGIT_NAMES,
@@ -113,10 +120,14 @@ def real_canvases(
             for label in range(len(DIGIT_NAMES))
         ]
         pool = np.sort(np.concatenate(chosen))
+    shutil.rmtree(folder / "test", ignore_errors=True)  # an earlier set's (checked to be ours)
     for name, rows, count, offset in (
         ("train", pool, train_count, 0),
         ("val", splits["test"], val_count, 1),
+        ("test", splits["validation"], test_count, 2),
     ):
+        if not count:
+            continue
         canvases = compose_canvases(
             images[rows],
             labels[rows] + 1,

@@ -44,7 +44,7 @@ def is_canvas_split(folder: Path) -> bool:
 
 
 def check_canvas_folder(folder: Path) -> None:
-    """`folder` is missing, empty, or holds only canvases written before (train/, val/): a
+    """`folder` is missing, empty, or holds only canvases written before (train/, val/, test/): a
     user's COCO set there would be overwritten."""
     if folder.exists() and not folder.is_dir():
         raise AugmentError(f"{folder} is a file; give a folder for the canvases")
@@ -53,7 +53,7 @@ def check_canvas_folder(folder: Path) -> None:
     others = sorted(
         path.name
         for path in folder.iterdir()
-        if path.name not in ("train", "val") or not is_canvas_split(path)
+        if path.name not in ("train", "val", "test") or not is_canvas_split(path)
     )
     if others:
         raise AugmentError(
