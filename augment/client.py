@@ -134,6 +134,7 @@ class Client:
         """The JSON answer; 4xx raises RequestError, other failures are retried."""
         data = None if body is None else json.dumps(body).encode()
         for attempt in range(self.retries + 1):
+            timed_out = False  # the last attempt's failure says what to do
             request = urllib.request.Request(
                 self.url + path, data, {"Content-Type": "application/json"}, method=method
             )
@@ -153,17 +154,23 @@ class Client:
                     raise RequestError(reason, exc.code) from None
                 failure = f"HTTP {exc.code}: {reason}"
             except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-                failure = str(getattr(exc, "reason", exc))
+                cause = getattr(exc, "reason", exc)
+                timed_out = isinstance(cause, TimeoutError)
+                failure = f"no answer within {self.timeout:g} s" if timed_out else str(cause)
             except http.client.HTTPException as exc:  # an answer cut short, or not HTTP at all
                 failure = f"{type(exc).__name__}: {first_line(exc)}"
             if attempt < self.retries:
                 self.retried += 1
                 time.sleep(self.backoff * 2**attempt)
         tries = "once" if self.retries == 0 else f"{self.retries + 1} times, last"
-        raise AugmentError(
-            f"{method} {self.url}{path} failed {tries}: {failure}; is `augment serve` running "
-            "there?"
-        )
+        if timed_out:  # it listens, but renders for longer than that
+            hint = (
+                "the service may still be rendering (a large request, or a busy replica): "
+                "ask for fewer or smaller images, or give Client(timeout=...) more"
+            )
+        else:
+            hint = "is `augment serve` running there?"
+        raise AugmentError(f"{method} {self.url}{path} failed {tries}: {failure}; {hint}")
 
 
 def whole_number(name: str, value) -> int:

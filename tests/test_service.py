@@ -485,6 +485,32 @@ def test_a_client_without_a_service_says_what_is_missing():
         nobody.concepts()
 
 
+def test_a_client_that_waits_too_little_is_told_so_not_that_nothing_runs():
+    """A service rendering a large request for longer than the client's timeout was reported as
+    "is `augment serve` running there?", which it was."""
+    import threading
+    import time as clock
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            clock.sleep(0.5)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = ag.Client(f"http://127.0.0.1:{server.server_address[1]}", timeout=0.1, retries=0)
+    try:
+        with pytest.raises(AugmentError) as slow:
+            client.concepts()
+    finally:
+        server.shutdown()
+    assert "no answer within 0.1 s" in str(slow.value)
+    assert "Client(timeout=...)" in str(slow.value) and "running there" not in str(slow.value)
+
+
 def test_a_client_pointed_at_another_web_server_says_so_in_one_line():
     """A notebook's URL of a Jupyter or a dashboard: a web page, not the service's JSON."""
     import threading
