@@ -297,9 +297,17 @@ def error_answer(message: str, status: int, headers: dict[str, str] | None = Non
     return JSONResponse({"error": " ".join(message.split())}, status_code=status, headers=headers)
 
 
-async def refuse_malformed(_: Request, exc: RequestValidationError) -> JSONResponse:
+async def refuse_malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
     """A body FastAPI could not read as a request: 400, where FastAPI says 422 in its own
-    shape."""
+    shape. A body not sent as JSON (`curl -d` says it is a form) is told so, since its words
+    may be right."""
+    sent_as = request.headers.get("content-type", "").split(";")[0].strip()
+    if request.method == "POST" and sent_as != "application/json" and await request.body():
+        return error_answer(
+            f"the body was sent as {sent_as or 'no Content-Type'}, not JSON; send it with the "
+            "header Content-Type: application/json (curl: -H 'Content-Type: application/json')",
+            400,
+        )
     return error_answer(validation_line(exc.errors()), 400)
 
 

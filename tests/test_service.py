@@ -202,6 +202,39 @@ def test_a_fault_of_the_service_answers_500_in_the_same_shape():
     )
 
 
+def test_a_body_not_sent_as_json_is_told_to_say_so():
+    """`curl -d '{"concept": "seven"}'` sends a form: the service answered that the body had
+    to be a JSON object such as {"concept": "seven", ...}, which it was."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from augment.service import GenerateRequest, answer_errors_in_one_shape
+
+    app = FastAPI()
+    answer_errors_in_one_shape(app)
+
+    def generate(request) -> dict:
+        return {"concept": request.concept}
+
+    generate.__annotations__["request"] = GenerateRequest  # not a string: this module's
+    app.post("/generate")(generate)  # annotations are, and FastAPI would not find it here
+    client = TestClient(app)
+    body = '{"concept": "seven", "n": 1}'
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    refused = client.post("/generate", content=body, headers=form)
+    assert refused.status_code == 400
+    assert refused.json()["error"].startswith(
+        "the body was sent as application/x-www-form-urlencoded, not JSON; send it with the "
+        "header Content-Type: application/json"
+    )
+    json_type = {"Content-Type": "application/json; charset=utf-8"}
+    assert client.post("/generate", content=body, headers=json_type).json() == {"concept": "seven"}
+    empty = client.post("/generate")  # no body at all: what it lacks is said, as before
+    assert empty.json()["error"].startswith("the body must be a JSON object")
+    wrong = client.post("/generate", content='{"concept": 7}', headers=json_type)
+    assert wrong.json()["error"].startswith("concept:")  # JSON with a wrong field: said as before
+
+
 def test_the_client_reads_an_error_in_the_services_shape_or_fastapis():
     """{"error": ...} is the service's; {"detail": ...} a FastAPI server's own (another
     version, a proxy in front)."""
