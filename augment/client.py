@@ -213,6 +213,9 @@ class ServedImages(torch.utils.data.IterableDataset):
     ...: a record's FLAGS) are skipped unless `include_flagged`, as exports skip them; more are
     asked for in their place, and `skipped` counts them, each under its first flag (with
     DataLoader workers, each worker's copy counts its own, and logs it when its stream ends).
+    A service that writes its job's dataset (`serve --write`) serves only that dataset's
+    prompt variants (GET /health's `variants`): the stream ends with them, with a warning when
+    fewer images came than `images` asked for.
     """
 
     def __init__(
@@ -252,6 +255,9 @@ class ServedImages(torch.utils.data.IterableDataset):
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         client = Client(self.url)
         wanted = self.concept_keys(client.concepts())
+        health = client.health()
+        # a --write service's dataset ends there (None: any variant is served)
+        last = health.get("variants") if isinstance(health, dict) else None
         quota = None
         if self.images is not None:  # this worker's share
             quota = self.images // workers + (worker < self.images % workers)
@@ -260,8 +266,22 @@ class ServedImages(torch.utils.data.IterableDataset):
         try:
             for round_ in itertools.count():
                 variant = self.start + (round_ * workers + worker) * self.per_request
+                if last is not None and variant >= last:
+                    if quota is not None and given < quota:
+                        log.warning(
+                            "served images: the service at %s writes a dataset of %d image(s) "
+                            "per concept (serve --write), so this stream ends after %d of the "
+                            "%d asked for",
+                            self.url,
+                            last,
+                            given,
+                            quota,
+                        )
+                    return
                 for label, concept in enumerate(wanted):
                     n = self.per_request if quota is None else min(self.per_request, quota - given)
+                    if last is not None:
+                        n = min(n, last - variant)
                     if n < 1:
                         return
                     for served in client.generate(concept, n, start=variant, seed=self.seed):

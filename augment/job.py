@@ -713,11 +713,14 @@ def start_or_resume(
     """OUT made ready for this spec's run: a run of it resumes, --force clears one, another
     spec's is refused; then its job.yaml is written."""
     saved = out_dir / "job.yaml"
+    kept = spec
     if not force:
         if check_resumable(out_dir, spec, concepts, remedy):
             # a model that would not load: the corrected spec takes its place, nothing is lost
             log.warning("%s holds a run of another spec that made no image: starting over", out_dir)
             clear_run(out_dir)
+        else:
+            kept = spec.model_copy(update={"limit": widest_limit(out_dir, spec.limit)})
     else:
         clear_run(out_dir)
     try:
@@ -725,7 +728,20 @@ def start_or_resume(
     except OSError as exc:
         raise not_writable(out_dir, exc, f"choose another with {option}") from None
     check_writable(out_dir, f"choose another with {option}")
-    saved.write_text(spec.to_yaml())
+    saved.write_text(kept.to_yaml())
+
+
+def widest_limit(out_dir: Path, limit: int | None) -> int | None:
+    """The limit OUT/job.yaml keeps when a run resumes: the larger of the last run's and this
+    one's (None, the whole job, is larger than any), so the file says what the folder may hold,
+    not only what the last command asked for (a `--limit 10` after a whole run left it saying
+    10 beside 3,400 images)."""
+    if not (out_dir / "job.yaml").is_file():  # a new folder
+        return limit
+    then = read_saved_spec(out_dir).get("limit")
+    if then is None or limit is None:
+        return None
+    return max(then, limit) if isinstance(then, int) else limit
 
 
 def check_writable(folder: Path, remedy: str) -> None:

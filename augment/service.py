@@ -428,6 +428,8 @@ class GenerationService:
             "overridable": [] if self.options.write else list(self.options.overridable),
             "max_size": self.options.largest_size(self.spec),
             "writes_to": self.options.write,
+            # the prompt variants a request may ask for: a --write service's dataset ends there
+            "variants": self.spec.prompts.images_per_concept if self.options.write else None,
             "served": self.served,
             "up_s": round(time.time() - self.started, 1),
         }

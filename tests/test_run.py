@@ -237,6 +237,22 @@ def test_a_run_that_failed_before_its_first_image_gives_way_to_the_corrected_spe
     assert (fixed.skipped, fixed.rendered) == (0, 9)
 
 
+def test_the_saved_job_keeps_the_widest_limit_the_folder_was_run_with(write_job, tmp_path):
+    """A `--limit 2` after a run of 4 left OUT/job.yaml saying 2 beside 4 images."""
+    import yaml
+
+    def saved_limit() -> int | None:
+        return yaml.safe_load((tmp_path / "out" / "job.yaml").read_text())["limit"]
+
+    run_job(load_spec(write_job(), {"limit": 4}), LOCAL)
+    run_job(load_spec(write_job(), {"limit": 2}), LOCAL)
+    assert saved_limit() == 4 and len(pd.read_parquet(tmp_path / "out" / "shards")) == 4
+    run_job(load_spec(write_job(), {"limit": 5}), LOCAL)
+    assert saved_limit() == 5
+    run_job(load_spec(write_job(), {"limit": 2}), RunOptions(distributor="local", force=True))
+    assert saved_limit() == 2  # --force starts over: the folder holds only what this run made
+
+
 def test_a_folder_with_exports_or_images_of_unknown_spec_is_never_replaced(write_job, tmp_path):
     """Only a run that made nothing gives way: exports left after its shards were deleted,
     or images with neither job.yaml nor manifest.json to say which spec made them, are kept."""

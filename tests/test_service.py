@@ -590,7 +590,8 @@ def test_served_images_take_one_concept_as_a_list_and_refuse_one_given_twice():
 def fake_service():
     """A stand-in for `augment serve` (its HTTP answers only): concepts zero, three and eight;
     each image one grey pixel whose level is its prompt variant. Every third variant of three
-    is filtered and variant 4 is black; every image of zero is filtered."""
+    is filtered and variant 4 is black; every image of zero is filtered. `variants`: the
+    prompt variants it serves (None: any; a `serve --write` service's images_per_concept)."""
     import base64
     import io
     import threading
@@ -619,11 +620,18 @@ def fake_service():
             self.wfile.write(data)
 
         def do_GET(self):  # noqa: N802 - http.server's name
-            self.answer(concepts)
+            if self.path == "/health":
+                self.answer({"status": "ok", "variants": fake.variants})
+            else:
+                self.answer(concepts)
 
         def do_POST(self):  # noqa: N802
             request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             asked.append(request)
+            if fake.variants is not None and request["start"] + request["n"] > fake.variants:
+                self.send_response(400)  # as a --write service refuses variants past its plan
+                self.end_headers()
+                return
             asked_for = request["concept"].lower()  # an id, name or synset, as the service
             name = next(c["name"] for c in concepts if asked_for in (c["id"], c["name"]))
             variants = range(request["start"], request["start"] + request["n"])
@@ -644,13 +652,28 @@ def fake_service():
 
     server = HTTPServer(("127.0.0.1", 0), Service)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield SimpleNamespace(url=f"http://127.0.0.1:{server.server_address[1]}", asked=asked)
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    fake = SimpleNamespace(url=url, asked=asked, variants=None)
+    yield fake
     server.shutdown()
 
 
 def levels(stream) -> list[tuple[int, int]]:
     """(variant, label) of each streamed image: its grey level is its variant."""
     return [(image.getpixel((0, 0))[0], label) for image, label in stream]
+
+
+def test_served_images_end_where_a_writing_services_dataset_ends(fake_service, caplog):
+    """A `serve --write` service refuses variants past its job's images_per_concept: a stream
+    without an end died there with that refusal, and one asked for more, too."""
+    fake_service.variants = 5
+    assert levels(ag.ServedImages(fake_service.url, "eight", per_request=2)) == [
+        (v, 0) for v in range(5)
+    ]
+    assert [(a["start"], a["n"]) for a in fake_service.asked] == [(0, 2), (2, 2), (4, 1)]
+    with caplog.at_level("WARNING", logger="augment"):
+        assert len(list(ag.ServedImages(fake_service.url, "eight", per_request=2, images=8))) == 5
+    assert "ends after 5 of the 8 asked for" in caplog.text
 
 
 def test_served_images_skip_flagged_images_and_count_them(fake_service):

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from augment.errors import AugmentError, as_list, at_least
+from augment.progress import image_progress
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,11 @@ def run_level(
     first_variant: int,
     timeout_s: float,
     during=None,
+    advance=None,
 ) -> Level:
     """`requests` requests from `concurrency` threads, each sent again after `timeout_s`
-    without an answer; `during(done)` is called after each answer (the chaos hook)."""
+    without an answer; `during(done)` is called after each answer (the chaos hook),
+    `advance(1)` after each request, answered or failed (a progress bar)."""
     from augment.client import Client
 
     clients = [Client(url, timeout_s, retries=8, backoff=0.5) for _ in range(concurrency)]
@@ -114,6 +117,8 @@ def run_level(
             except AugmentError as exc:
                 with lock:
                     errors.append(str(exc))
+                if advance is not None:
+                    advance(1)
                 continue
             with lock:
                 latencies.append(time.perf_counter() - began)
@@ -121,6 +126,8 @@ def run_level(
                 answered = len(latencies)
             if during is not None:
                 during(answered)
+            if advance is not None:
+                advance(1)
 
     began = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
@@ -252,20 +259,31 @@ def load_service(url: str, settings: LoadSettings) -> tuple[list[Level], str | N
         highest = max(settings.concurrency)
         rounds.append((f"c={highest}, a replica killed", highest, 3 * settings.requests, kill_when))
     levels: list[Level] = []
-    for name, concurrency, requests, during in rounds:
-        level = run_level(
-            url, name, concurrency, requests, settings.images, concepts, variant, timeout_s, during
-        )
-        variant += requests * settings.images
-        levels.append(level)
-        log.warning(
-            "%s: p50 %s s, p95 %s s, %.1f images/s, %d errors",
-            name,
-            level.p50_s,
-            level.p95_s,
-            level.images_per_s,
-            level.errors,
-        )
+    total = sum(requests for _, _, requests, _ in rounds)
+    with image_progress(total, "load test", unit="req") as advance:
+        for name, concurrency, requests, during in rounds:
+            level = run_level(
+                url,
+                name,
+                concurrency,
+                requests,
+                settings.images,
+                concepts,
+                variant,
+                timeout_s,
+                during,
+                lambda n: advance(n, note=name),  # noqa: B023 - used within this round
+            )
+            variant += requests * settings.images
+            levels.append(level)
+            log.info(  # the table at the end says it all; this is for --debug
+                "%s: p50 %s s, p95 %s s, %.1f images/s, %d errors",
+                name,
+                level.p50_s,
+                level.p95_s,
+                level.images_per_s,
+                level.errors,
+            )
     return levels, killed
 
 
