@@ -256,6 +256,26 @@ def test_a_yolo_seg_polygon_runs_along_the_pixels_outer_edges():
     )
 
 
+def test_a_yolo_seg_polygon_leaves_a_masks_holes_out():
+    """Traced by its outer outline alone, a 0 (a ring) was exported as a filled blob (IoU 0.67
+    with its mask), which a -seg model then learnt and COCOeval scored against the ring."""
+    from pycocotools import mask as coco_mask
+
+    from augment.labels.segment import mask_polygon
+
+    ring = np.zeros((40, 40), bool)
+    ring[5:35, 5:35] = True
+    ring[12:28, 12:28] = False
+    ring[2:4, 2:4] = True  # a second part too
+    polygon = mask_polygon(ring)
+    filled = coco_mask.decode(
+        coco_mask.merge(coco_mask.frPyObjects([polygon.ravel().tolist()], 40, 40))
+    )
+    filled = filled.astype(bool)
+    assert not filled[20, 20]  # the hole
+    assert (filled & ring).sum() / (filled | ring).sum() > 0.98
+
+
 def test_a_mask_given_to_a_detectors_box_stays_inside_it():
     """A threshold or clipseg mask of the whole image was given to a detector's box as it
     was: annotations whose mask and area lay far outside their box (area 407 for a box of

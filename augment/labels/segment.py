@@ -75,8 +75,10 @@ def decode_rle(counts: str, height: int, width: int) -> np.ndarray:
 
 def mask_polygon(mask: np.ndarray) -> np.ndarray | None:
     """One closed polygon (n x 2, x y pixels) tracing a mask, for formats that hold one polygon
-    an instance (YOLO segmentation). A mask in several parts is traced part by part, each part
-    joined to the path at its nearest point by a bridge of no width, so the fill is the union.
+    an instance (YOLO segmentation). A mask in several parts, or with holes (a 0, an 8), is
+    traced outline by outline, each joined to the path at its nearest point by a bridge of no
+    width: a hole's outline runs the other way round, so the fill leaves it out (traced by its
+    outer outlines alone, a 0 was a blob). A hole of one pixel is not traced.
 
     The outline runs along the pixels' outer edges: traced on the grid of pixel corners (a
     corner is in where a pixel beside it is), whose cell (row, column) lies at (y, x). Traced
@@ -89,7 +91,7 @@ def mask_polygon(mask: np.ndarray) -> np.ndarray | None:
     for dy in (0, 1):
         for dx in (0, 1):
             corners[dy : dy + inside.shape[0], dx : dx + inside.shape[1]] |= inside
-    contours, _ = cv2.findContours(corners, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    contours, _ = cv2.findContours(corners, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     parts = sorted(
         (c.reshape(-1, 2).astype(np.float32) for c in contours if len(c) >= 3),
         key=len,
