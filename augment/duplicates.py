@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageFilter
+from threadpoolctl import threadpool_limits
 
 from augment.progress import image_progress, tracked
 from augment.records import FLAGS
@@ -213,44 +214,57 @@ def find_duplicates(
     for picture in real:
         known_by_concept.setdefault(picture.concept, []).append(picture)
     repeats: dict[str, str] = {}
-    for (concept, concept_id), rendered in by_concept.items():
-        known = [  # a real pool's class by its name; a source by its concept, where it has one
-            p for p in known_by_concept.get(concept, []) if p.concept_id in (None, concept_id)
-        ]
-        group = known + rendered
-        thumbs = np.stack([p.thumb for p in group]).astype(np.float32)
-        spread = contrasts(thumbs)
-        codes = np.stack([descriptor(t) for t in thumbs])
-        squares = (codes**2).sum(axis=1)
-        cores, shifts = cores_and_shifts(thumbs)
-        for start in range(len(known), len(group), CANDIDATE_BLOCK):
-            stop = min(start + CANDIDATE_BLOCK, len(group))
-            gaps = (  # a row per picture of the block, a column per picture up to its end
-                squares[start:stop, None]
-                + squares[None, :stop]
-                - 2 * codes[start:stop] @ codes[:stop].T
-            )
-            near = np.sqrt(np.maximum(gaps, 0) / codes.shape[1]) <= CANDIDATE_DISTANCE
-            for j in range(start, stop):
-                candidates = np.flatnonzero(near[j - start, :j])
-                # an id met twice (a shard copied in, which a run refuses) is no repeat of itself
-                candidates = candidates[[group[c].id != group[j].id for c in candidates]]
-                if not candidates.size:
-                    continue
-                floor = distance_floor(cores[candidates], spread[candidates], shifts[j], spread[j])
-                candidates = candidates[floor <= PIXEL_TOLERANCE * (1 + 1e-3)]  # float rounding
-                if not candidates.size:
-                    continue
-                distances = shifted_distances(
-                    thumbs[candidates], spread[candidates], thumbs[j], spread[j]
-                )
-                close = np.flatnonzero(distances <= PIXEL_TOLERANCE)
-                if close.size:  # the earliest of them is the original
-                    earlier = group[candidates[close[0]]].id
-                    repeats[group[j].id] = repeats.get(earlier, earlier)
-            if advance is not None:
-                advance(stop - start)
+    # the block products are small: BLAS threads beside a busy core cost more than they give
+    # (4,000 alike thumbnails beside a busy core: 0.65-0.75 s with 2 threads, 0.52 s with one)
+    with threadpool_limits(1, user_api="blas"):
+        for (concept, concept_id), rendered in by_concept.items():
+            known = [  # a real pool's class by name; a source by its concept, where it has one
+                p for p in known_by_concept.get(concept, []) if p.concept_id in (None, concept_id)
+            ]
+            concept_repeats(known + rendered, len(known), repeats, advance)
     return repeats
+
+
+def concept_repeats(
+    group: list[Picture],
+    first: int,
+    repeats: dict[str, str],
+    advance: Callable[[int], None] | None = None,
+) -> None:
+    """`find_duplicates` within one concept: each picture of `group` from `first` on that
+    repeats an earlier one goes into `repeats` (id -> its original's id)."""
+    thumbs = np.stack([p.thumb for p in group]).astype(np.float32)
+    spread = contrasts(thumbs)
+    codes = np.stack([descriptor(t) for t in thumbs])
+    squares = (codes**2).sum(axis=1)
+    cores, shifts = cores_and_shifts(thumbs)
+    for start in range(first, len(group), CANDIDATE_BLOCK):
+        stop = min(start + CANDIDATE_BLOCK, len(group))
+        gaps = (  # a row per picture of the block, a column per picture up to its end
+            squares[start:stop, None]
+            + squares[None, :stop]
+            - 2 * codes[start:stop] @ codes[:stop].T
+        )
+        near = np.sqrt(np.maximum(gaps, 0) / codes.shape[1]) <= CANDIDATE_DISTANCE
+        for j in range(start, stop):
+            candidates = np.flatnonzero(near[j - start, :j])
+            # an id met twice (a shard copied in, which a run refuses) is no repeat of itself
+            candidates = candidates[[group[c].id != group[j].id for c in candidates]]
+            if not candidates.size:
+                continue
+            floor = distance_floor(cores[candidates], spread[candidates], shifts[j], spread[j])
+            candidates = candidates[floor <= PIXEL_TOLERANCE * (1 + 1e-3)]  # float rounding
+            if not candidates.size:
+                continue
+            distances = shifted_distances(
+                thumbs[candidates], spread[candidates], thumbs[j], spread[j]
+            )
+            close = np.flatnonzero(distances <= PIXEL_TOLERANCE)
+            if close.size:  # the earliest of them is the original
+                earlier = group[candidates[close[0]]].id
+                repeats[group[j].id] = repeats.get(earlier, earlier)
+        if advance is not None:
+            advance(stop - start)
 
 
 #: Flags that take an image out of the comparison: a black or filtered image is nobody's
