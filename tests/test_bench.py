@@ -1008,6 +1008,32 @@ def test_an_interrupt_stops_the_benchmark_workers_at_once(tmp_path):
             os.kill(pid, 0)
 
 
+def fail_at_once_or_sleep(index: int) -> None:
+    """A benchmark task: the first fails (as ultralytics refusing a batch), the others train on."""
+    import time
+
+    if index == 0:
+        raise ValueError("final batch=1")
+    time.sleep(5)
+
+
+def test_a_failed_fresh_task_stops_the_workers_without_a_stray_traceback(monkeypatch):
+    """A detector that failed (ultralytics refusing a batch) printed, beside the real error, a
+    thread's TypeError traceback: the pool was shut down while its own thread replaced the
+    process that had ended its one task."""
+    import threading
+    import time
+
+    from augment.bench.workers import in_processes
+
+    stray: list = []
+    monkeypatch.setattr(threading, "excepthook", stray.append)
+    with pytest.raises(ValueError, match="final batch=1"):
+        in_processes(fail_at_once_or_sleep, [(0,), (1,), (2,)], 2, fresh=True)
+    time.sleep(1)  # the pool's thread, had it gone on, would have failed by now
+    assert stray == []
+
+
 def test_benchmark_workers_see_the_callers_environment_and_folder_as_they_are_now(
     tmp_path, monkeypatch
 ):

@@ -133,10 +133,14 @@ def stop_pool(pool: ProcessPoolExecutor) -> None:
     this process alone, not its workers) or a failed task left the pool's exit waiting for
     minutes of training, and a killed kernel left the workers running."""
     processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.terminate()
     for process in processes:
         process.join(timeout=5)
         if process.is_alive():
             process.kill()
+            process.join()
+    # only now: shut down while its processes ran (wait=False), the pool's own thread went on
+    # to replace the one that had ended a task (max_tasks_per_child) in a pool it had just
+    # emptied, and printed a TypeError traceback beside the real error
+    pool.shutdown(wait=True, cancel_futures=True)
