@@ -806,6 +806,9 @@ def cmd_bench_detect(args: argparse.Namespace) -> int:
     folder = options.get("out", "bench")
     metrics = ["map50", "map50_95", "mask_map50", "mask_map50_95"]
     print_results(results, folder, ["arm", "metric"], metrics=metrics)
+    if len(results):
+        first = results.iloc[0]
+        out.print(f"scored on the real {first['evaluated_on']} split ({first['n_test']} images)")
     from augment.bench.stats import paired_gain
 
     for metric in ("map50_95", "mask_map50_95"):

@@ -503,6 +503,53 @@ def test_detect_scores_the_test_split_and_tunes_on_val(tmp_path):
         real_splits(DetectSettings(real=str(tmp_path), evaluate_on="test"))
     with pytest.raises(AugmentError, match=r"evaluate_on: auto, test, validation, got 'val'"):
         DetectSettings(real=str(tmp_path), evaluate_on="val")
+    shutil.rmtree(tmp_path / "val")  # a folder of splits short of one: not "not found"
+    with pytest.raises(AugmentError, match=r"holds train/ and no val/ or test/ with its annot"):
+        real_splits(DetectSettings(real=str(tmp_path)))
+
+
+def test_detect_refuses_real_splits_that_would_score_wrongly(tmp_path, monkeypatch):
+    """Each of these trained (or trained for minutes, then crashed): a test split numbering the
+    same classes otherwise (20 classes to ultralytics, real-only always at 0), a test image also
+    in train, an object of the scored split without a mask under task segment (IndexError
+    after training), an image without its size (KeyError)."""
+    from augment.bench.detect import DetectSettings, run_detect
+    from augment.digits.canvases import real_canvases
+
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo-config"))
+    clean = real_canvases(tmp_path / "clean", train_count=4, val_count=2, test_count=2)
+
+    def refused(change, match: str, **settings) -> None:
+        real = tmp_path / f"real-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(clean, real)
+        path = real / "test" / "annotations.json"
+        document = json.loads(path.read_text())
+        change(real, document)
+        path.write_text(json.dumps(document))
+        with pytest.raises(AugmentError, match=match):
+            run_detect(DetectSettings(real=str(real), out=str(tmp_path / "bench"), **settings))
+        assert not (tmp_path / "bench" / "detect" / "runs").exists()  # nothing trained
+
+    def renumber(_, document):
+        for entry in [*document["categories"], *document["annotations"]]:
+            key = "id" if "name" in entry else "category_id"
+            entry[key] += 10
+
+    def copy_into_train(real, document):
+        first = document["images"][0]["file_name"]
+        shutil.copyfile(real / "test" / "images" / first, real / "train" / "images" / "1.png")
+
+    def drop_a_mask(_, document):
+        document["annotations"][0]["segmentation"] = []
+
+    def drop_sizes(_, document):
+        for image in document["images"]:
+            del image["width"], image["height"]
+
+    refused(renumber, r"category 'eight' is id 9 in train and 19 in test; give both splits")
+    refused(copy_into_train, r"a test image is also in the real train split: test image 1 is")
+    refused(drop_a_mask, r"lack one in 1 of \d+ objects .*annotation 1\)", task="segment")
+    refused(drop_sizes, r"images\[0\] \(id 1\) has no width and height")
 
 
 def test_detector_settings_refuse_what_ultralytics_cannot_train(tmp_path):

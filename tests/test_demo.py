@@ -37,6 +37,9 @@ def test_quick_demo_writes_the_report_and_headline_figures(tmp_path):
         assert "detector arm real_only: mAP50:95 0.0 in every seed" in result.stderr
     report = Path(summary["report"]).read_text()
     assert "Paired gain" in report and "samples.png" in report
+    # scored on the test canvases, which no choice of its settings looked at, and said so
+    assert "paired by seed, on the held-out real test split" in report
+    assert summary["detector_evaluated_on"] == "test"
     # The report says which images were trained on: the filter's count is the manifest's.
     filtered = json.loads((tmp_path / "demo" / "manifest.json").read_text())["counts"]["filtered"]
     assert f"{filtered} filtered by `builtin:digits-scorer` under a concept score of 0.5" in report

@@ -186,6 +186,13 @@ def read_coco(path: Path, boxes: bool = False) -> dict:
             raise wrong(f"{where} has no bbox [x, y, width, height]")
         if boxes:  # ultralytics dropped an image with a box off it, from training and val
             check_box(box, sizes.get(ann["image_id"]), wrong, where)
+    if boxes:  # a box is read against its image's size (YOLO's labels are fractions of it)
+        for number, image in enumerate(document["images"]):
+            if not {"width", "height"} <= image.keys():
+                raise wrong(
+                    f"images[{number}] (id {image['id']!r}) has no width and height; give each "
+                    "image its size in pixels, as COCO does"
+                )
     return document
 
 

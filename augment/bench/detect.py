@@ -187,6 +187,22 @@ def real_splits(settings: DetectSettings) -> tuple[dict, Path, dict, Path]:
             splits += [document, coco_images_dir(path, document)]
         return tuple(splits)
     path = root / "annotations.json" if root.is_dir() else root
+    present = [name for name in ("train", "val", "test") if (root / name).is_dir()]
+    if not path.is_file() and present:  # a folder of splits, short of one
+        has = {name: (root / name / "annotations.json").is_file() for name in present}
+        lacking = " and ".join(
+            what
+            for what, missing in (
+                ("train/", not has.get("train")),
+                ("val/ or test/", not (has.get("val") or has.get("test"))),
+            )
+            if missing
+        )
+        raise AugmentError(
+            f"real detection data '{settings.real}' holds {', '.join(f'{n}/' for n in present)} "
+            f"and no {lacking} with its annotations.json; give train/ and val/ (and test/), "
+            "annotations.json + images/ each"
+        )
     if not path.is_file():
         raise AugmentError(
             f"real detection data '{settings.real}' not found: give a COCO folder with "
@@ -237,6 +253,21 @@ def real_categories(train: dict, val: dict, real: str, split: str = "val") -> li
             f"{len(val['images'])} images), so there is nothing to score; give more annotated "
             f"images, or train/ and {split}/ folders"
         )
+    ids_by_name = [
+        {name: {c["id"] for c in document["categories"] if c["name"] == name} for name in names}
+        for document, names in (
+            (train, {c["name"] for c in train["categories"]}),
+            (val, {c["name"] for c in val["categories"]}),
+        )
+    ]
+    for name in sorted(ids_by_name[0].keys() & ids_by_name[1].keys()):
+        if ids_by_name[0][name] != ids_by_name[1][name]:  # two classes of one name to ultralytics
+            raise AugmentError(
+                f"real detection data '{real}': category {name!r} is id "
+                f"{', '.join(map(str, sorted(ids_by_name[0][name])))} in train and "
+                f"{', '.join(map(str, sorted(ids_by_name[1][name])))} in {split}; give both "
+                "splits the same category ids"
+            )
     by_id: dict = {}
     for category in [*train["categories"], *val["categories"]]:
         other = by_id.setdefault(category["id"], category)
@@ -380,6 +411,11 @@ def synthetic_coco(
                     "segmentation": {"size": size, "counts": box["rle"]} if box["rle"] else [],
                 }
             )
+    if not annotations and leave_out:
+        raise AugmentError(
+            f"{run_dir}: no boxed image is left to train on once the {len(leave_out)} rendered "
+            f"from the real {split} images are left out; render from the training images"
+        )
     if not annotations:
         raise AugmentError(
             f"{run_dir}: no record carries boxes; detection needs boxed synthetic images "
@@ -403,6 +439,21 @@ def val_digests(val_coco: dict, images_dir: Path) -> dict[str, str]:
         image_digest(rgb(images_dir / image["file_name"])): str(image["id"])
         for image in val_coco["images"]
     }
+
+
+def check_real_copies(
+    train: dict, images_dir: Path, held_out: dict[str, str], split: str = "val"
+) -> None:
+    """Refuse a real train image with the pixels of a scored one (`held_out`: `val_digests`):
+    one photo listed twice, or copied into train/, was trained on and scored on."""
+    for image in train["images"]:
+        same = held_out.get(image_digest(rgb(images_dir / image["file_name"])))
+        if same is not None:
+            raise AugmentError(
+                f"a {split} image is also in the real train split: {split} image {same} is "
+                f"train image {image['id']!r} (the same pixels); the scored images must stay "
+                "unseen: remove the copy from the real set"
+            )
 
 
 def val_location(settings: DetectSettings) -> Path:
@@ -552,14 +603,20 @@ def run_detect(settings: DetectSettings) -> pd.DataFrame:
         synthetic_category_ids(Path(settings.synthetic), categories) if settings.synthetic else {}
     )
     segments = settings.task == "segment"
-    if segments and not any(a.get("segmentation") for a in val_coco["annotations"]):
+    objects = [a for a in val_coco["annotations"] if not a.get("iscrowd")]
+    maskless = [a for a in objects if not a.get("segmentation")]
+    if segments and maskless:  # COCOeval's segm scoring fails on them after every model trained
+        held = "hold none" if len(maskless) == len(objects) else f"lack one in {len(maskless)}"
         raise AugmentError(
             f"task segment scores masks, and the real {split} annotations of '{settings.real}' "
-            "hold none (no `segmentation`); give masks, or use task detect"
+            f"{held} of {len(objects)} objects (no `segmentation`, e.g. annotation "
+            f"{maskless[0].get('id')!r}); give every object its mask, or use task detect"
         )
     check_results_table(out)
     check_work_folder(work)
     shutil.rmtree(work, ignore_errors=True)  # the last run's models, once this one can train
+    held_out = val_digests(val_coco, val_images)
+    check_real_copies(train_coco, train_images, held_out, split)
     write_yolo_split(val_coco, val_images, work / "val", class_index, segments=segments)
     arms = {"real_only": work / "real_only"}
     write_yolo_split(train_coco, train_images, arms["real_only"], class_index, segments=segments)
@@ -582,7 +639,7 @@ def run_detect(settings: DetectSettings) -> pd.DataFrame:
             run,
             work / "synthetic",
             category_ids,
-            val_digests(val_coco, val_images),
+            held_out,
             renders,
             split,
         )

@@ -164,6 +164,7 @@ def run_demo(
         "recovered": figures.get("recovered"),
         "detector_map50_95": figures.get("detector_map50_95"),
         "detector_gain": figures.get("detector_gain"),
+        "detector_evaluated_on": figures.get("detector_evaluated_on"),
         # the demo's detector settings (epochs, nbs, mosaic, fliplr, lr, the paste size) were
         # tuned on the val canvases; the test canvases, scored here, are digits none of it saw
         "detector_settings_chosen_on": "the val canvases; scored once on the test canvases",
