@@ -511,6 +511,7 @@ def summarize(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     and a t-interval (`ci_low`, `ci_high`, cut to the metric's range) and `n_seeds`."""
     from augment.bench.stats import summarize as summarize_results
 
+    check_results_frame("summarize", results, confidence=confidence)
     return summarize_results(results, confidence)
 
 
@@ -526,4 +527,36 @@ def paired_gain(
     report and the demo print."""
     from augment.bench.stats import paired_gain as gains
 
+    check_results_frame("paired_gain", results, metric, confidence)
     return gains(results, metric, arm, baseline, confidence)
+
+
+RESULT_COLUMNS = ("task", "arm", "ratio", "shots", "seed", "metric", "label", "value")
+
+
+def check_results_frame(
+    who: str, results: Any, metric: str | None = None, confidence: float = 0.95
+) -> None:
+    """A results table as `summarize` and `paired_gain` read one, or one line saying what was
+    given instead: a path (which `report` takes), a frame of other columns, a metric it does
+    not hold, a confidence given in percent."""
+    import pandas as pd
+
+    if not isinstance(results, pd.DataFrame):
+        raise AugmentError(
+            f"{who} takes a results table (a pandas DataFrame, such as "
+            f"pd.read_parquet('bench/results.parquet')), not a {type(results).__name__}"
+        )
+    lacking = [column for column in RESULT_COLUMNS if column not in results.columns]
+    if lacking:
+        raise AugmentError(
+            f"{who}: the table lacks {', '.join(lacking)}; give a benchmark's results table "
+            "(bench/results.parquet, or what classify and detect return)"
+        )
+    if not 0 < confidence < 1:
+        raise AugmentError(f"confidence is a fraction between 0 and 1 (0.95), got {confidence}")
+    if metric is not None and metric not in set(results["metric"]):
+        raise AugmentError(
+            f"{who}: no {metric!r} rows in this table; it has "
+            f"{some_of(sorted(map(str, set(results['metric']))), 12)}"
+        )

@@ -438,6 +438,15 @@ def oracle_figures(results: pd.DataFrame, shots: int) -> dict:
     return figures
 
 
+def scored_models(predictions: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """The predictions of the models the results table holds (task, arm, ratio, shots, seed):
+    a table a user cut (a seed dropped, an arm removed) keeps its predictions.parquet beside
+    it, whose other models' predictions went into the gain's second interval."""
+    keys = ["task", "arm", "ratio", "shots", "seed"]
+    held = results[results["metric"] == "top1"][keys].drop_duplicates()
+    return predictions.merge(held, on=keys, how="inner")
+
+
 def headline(results: pd.DataFrame, predictions: pd.DataFrame | None = None) -> dict:
     """The figures a reader wants first: classifier top-1 per arm, the gain, detection mAP.
     With the classifiers' `predictions` (predictions.parquet), the gain's interval resampling
@@ -473,7 +482,7 @@ def headline(results: pd.DataFrame, predictions: pd.DataFrame | None = None) -> 
                 "ratio": float(gain["ratio"]),
             }
             both = (
-                bootstrap_gain(predictions, float(gain["ratio"]), shots)
+                bootstrap_gain(scored_models(predictions, results), float(gain["ratio"]), shots)
                 if predictions is not None
                 else None
             )
@@ -733,7 +742,7 @@ def write_report(
             lines += [
                 "",
                 f"**Real images instead** (oracle ×{o['ratio']:g}: as many more real images "
-                "from the pool as that augmented arm adds synthetic ones): "
+                f"from the pool as augmented ×{o['ratio']:g} adds synthetic ones): "
                 f"{ci_text(o['mean'], o['ci_low'], o['ci_high'], ' points')} over real-only.",
             ]
             if "synthetic_vs_oracle" in figures:

@@ -154,6 +154,54 @@ def test_the_gain_is_also_given_resampling_test_images_with_the_seeds(tmp_path):
     predictions.to_parquet(tmp_path / "predictions.parquet")
     text = " ".join(write_report(tmp_path / "results.parquet", tmp_path / "r").read_text().split())
     assert "1.0 points [1.0, 1.0]; [" in text and "resampling the 300 test images with the" in text
+    # a table cut by hand (seed 1 of the augmented arm dropped) keeps the predictions.parquet
+    # beside it: the dropped model's predictions went into the second interval
+    results[~((results["arm"] == "augmented") & (results["seed"] == 1))].to_parquet(
+        tmp_path / "results.parquet"
+    )
+    from augment.reporting import headline, scored_models
+
+    cut = pd.read_parquet(tmp_path / "results.parquet")
+    kept = scored_models(predictions, cut)
+    assert set(zip(kept["arm"], kept["seed"], strict=True)) == {
+        ("real_only", 0),
+        ("real_only", 1),
+        ("augmented", 0),
+    }
+    assert headline(cut, predictions)["gain"]["bootstrap"]["n_seeds"] == 1
+
+
+def test_a_gain_over_the_oracle_pairs_the_oracle_of_the_same_ratio():
+    """The oracle at x1 against augmented x1 and x30: the x30 row was reported as a gain over
+    the oracle (it was x30 - oracle x1), and two oracle ratios crashed with a broadcast error."""
+    rows = classify_rows({"real_only": [80.0] * 3, "augmented": [82.0, 83.0, 84.0]})
+    more = classify_rows({"augmented": [90.0] * 3, "oracle": [81.0] * 3})
+    more.loc[more["arm"] == "augmented", "ratio"] = 30.0
+    table = pd.concat([rows, more])
+    gains = ag.paired_gain(table, "top1", baseline="oracle")
+    assert list(gains["ratio"]) == [1.0] and gains["gain"].iloc[0] == pytest.approx(2.0)
+    two = pd.concat([table, more[more["arm"] == "oracle"].assign(ratio=30.0, value=85.0)])
+    gains = ag.paired_gain(two, "top1", baseline="oracle").set_index("ratio")["gain"]
+    assert gains.to_dict() == pytest.approx({1.0: 2.0, 30.0: 5.0})
+    assert list(ag.paired_gain(table, "top1")["ratio"]) == [1.0, 30.0]  # over real-only
+
+
+def test_the_result_helpers_say_what_they_were_given_instead_of_a_table(tmp_path):
+    """`ag.summarize("bench/results.parquet")` (a path, as `report` takes) ended in an
+    AttributeError; confidence=95 gave NaN intervals; a mistyped metric an empty frame."""
+    table = classify_rows({"real_only": [80.0, 81.0], "augmented": [82.0, 84.0]})
+    with pytest.raises(AugmentError, match=r"summarize takes a results table .* not a str"):
+        ag.summarize("bench/results.parquet")
+    with pytest.raises(AugmentError, match=r"confidence is a fraction between 0 and 1"):
+        ag.paired_gain(table, confidence=95)
+    with pytest.raises(AugmentError, match=r"no 'top-1' rows in this table; it has top1"):
+        ag.paired_gain(table, "top-1")
+    with pytest.raises(AugmentError, match=r"the table lacks seed"):
+        ag.summarize(table.drop(columns="seed"))
+    assert list(ag.summarize(table[table["arm"] == "none"]).columns)[-2:] == [
+        "n_seeds",
+        "ratio_trained",
+    ]
 
 
 def test_a_share_of_an_oracle_gain_that_may_be_zero_is_not_given():

@@ -84,7 +84,8 @@ def summarize(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
                 "ratio_trained": float(trained.mean()),
             }
         )
-    return pd.DataFrame(rows)
+    columns = [*keys, "mean", "ci_low", "ci_high", "n_seeds", "ratio_trained"]
+    return pd.DataFrame(rows, columns=columns)  # its columns even when empty
 
 
 def paired_gain(
@@ -94,15 +95,23 @@ def paired_gain(
     baseline: str = "real_only",
     confidence: float = 0.95,
 ) -> pd.DataFrame:
-    """Gain of `arm` over `baseline`, paired by (task, shots, seed, label), per ratio."""
+    """Gain of `arm` over `baseline`, paired by (task, shots, seed, label), per ratio. A
+    baseline with ratios of its own (the oracle: as many more real images as the augmented arm
+    adds at that ratio) is paired at the same ratio too: augmented ×30 against oracle ×1 was
+    reported as the ×30 row."""
     chosen = results[results["metric"] == metric]
-    base = chosen[chosen["arm"] == baseline].set_index(["task", "shots", "seed", "label"])["value"]
+    baseline_rows = chosen[chosen["arm"] == baseline]
+    by_ratio = bool((baseline_rows["ratio"] != 0).any())
+    pairing = ["task", *(["ratio"] if by_ratio else []), "shots", "seed", "label"]
+    base = baseline_rows.set_index(pairing)["value"]
     rows = []
     treated = chosen[chosen["arm"] == arm]
     for (task, ratio, shots, label), group in treated.groupby(
         ["task", "ratio", "shots", "label"], dropna=False, sort=True
     ):
-        keys = [(task, shots, seed, label) for seed in group["seed"]]
+        keys = [
+            (task, *([ratio] if by_ratio else []), shots, seed, label) for seed in group["seed"]
+        ]
         present = [k in base.index for k in keys]
         if not any(present):
             continue
