@@ -96,6 +96,20 @@ def test_the_research_notebooks_answer_on_a_table_shaped_as_the_demos(tmp_path, 
     assert shown(notebook)[1] == 4  # arms, gain vs ratio, per class, WordNet nodes
 
 
+def test_the_notebooks_draw_no_conclusion_a_table_cannot_hold(tmp_path, monkeypatch):
+    """One seed read "[nan, nan] -> CI includes 0"; a table without an augmented arm read "at
+    the largest ratio, xnan" and asked for a synthetic-only arm it had."""
+    one_seed = small_results().query("seed == 0")
+    notebook = run_notebook(ANALYSIS / "classifier_gain.ipynb", one_seed, tmp_path, monkeypatch)
+    text = shown(notebook)[0]
+    assert "one seed only: no confidence interval, no conclusion" in text and "includes" not in text
+    no_augmented = small_results().query("arm != 'augmented'")
+    notebook = run_notebook(ANALYSIS / "error_analysis.ipynb", no_augmented, tmp_path, monkeypatch)
+    text = shown(notebook)[0]
+    assert "no augmented arm paired with real-only" in text and "xnan" not in text
+    assert "(the table needs an augmented arm)" in text
+
+
 def test_a_table_without_classifier_rows_is_said_to_be_one(tmp_path, monkeypatch):
     from nbclient.exceptions import CellExecutionError
 
