@@ -184,6 +184,11 @@ def test_a_gain_over_the_oracle_pairs_the_oracle_of_the_same_ratio():
     gains = ag.paired_gain(two, "top1", baseline="oracle").set_index("ratio")["gain"]
     assert gains.to_dict() == pytest.approx({1.0: 2.0, 30.0: 5.0})
     assert list(ag.paired_gain(table, "top1")["ratio"]) == [1.0, 30.0]  # over real-only
+    # an arm the filter left short trained on less than asked: its gain says so (the gain plot
+    # drew it at the asked ratio while the arms plot and the text said "trained x0.4")
+    short = table.assign(ratio_trained=np.where(table["ratio"] == 30.0, 28.0, table["ratio"]))
+    gains = ag.paired_gain(short, "top1").set_index("ratio")["ratio_trained"]
+    assert gains.to_dict() == {1.0: 1.0, 30.0: 28.0}
 
 
 def test_the_result_helpers_say_what_they_were_given_instead_of_a_table(tmp_path):

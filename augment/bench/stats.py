@@ -120,11 +120,13 @@ def paired_gain(
             - base.loc[[k for k, p in zip(keys, present, strict=True) if p]].to_numpy()
         )
         mean, low, high = mean_ci(diffs, confidence, metric_range(metric, gain=True))
+        trained = group["ratio_trained"].fillna(ratio) if "ratio_trained" in group else None
         rows.append(
             {
                 "task": task,
                 "arm": arm,
                 "ratio": ratio,
+                "ratio_trained": ratio if trained is None else float(trained.mean()),
                 "shots": shots,
                 "metric": metric,
                 "label": label,
@@ -134,8 +136,8 @@ def paired_gain(
                 "n_pairs": len(diffs),
             }
         )
-    columns = ["task", "arm", "ratio", "shots", "metric", "label", "gain", "ci_low", "ci_high"]
-    return pd.DataFrame(rows, columns=[*columns, "n_pairs"])  # its columns even when empty
+    columns = ["task", "arm", "ratio", "ratio_trained", "shots", "metric", "label", "gain"]
+    return pd.DataFrame(rows, columns=[*columns, "ci_low", "ci_high", "n_pairs"])  # even empty
 
 
 def bootstrap_gain(
