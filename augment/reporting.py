@@ -449,6 +449,20 @@ def scored_models(predictions: pd.DataFrame, results: pd.DataFrame) -> pd.DataFr
     return predictions.merge(held, on=keys, how="inner")
 
 
+#: The plots a report may draw: one left from a last report into the same folder goes.
+PLOT_FILES = frozenset(
+    {
+        "classify_arms.png",
+        "gain_vs_ratio.png",
+        "per_class_gain.png",
+        "wordnet_nodes.png",
+        "detect_arms.png",
+        "samples.png",
+        "concept_quality.png",
+    }
+)
+
+
 def headline(results: pd.DataFrame, predictions: pd.DataFrame | None = None) -> dict:
     """The figures a reader wants first: classifier top-1 per arm, the gain, detection mAP.
     With the classifiers' `predictions` (predictions.parquet), the gain's interval resampling
@@ -703,6 +717,9 @@ def write_report(
         "samples": plot_samples(samples, out_dir / "samples.png"),
         "quality": plot_quality(results, out_dir / "concept_quality.png"),
     }
+    drawn = {path.name for path in plots.values() if path is not None}
+    for name in PLOT_FILES - drawn:  # a last report's plot this table has nothing for
+        (out_dir / name).unlink(missing_ok=True)
     lines = ["# augment benchmark report", ""]
     if "real_only" in figures:
         where = (

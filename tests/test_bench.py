@@ -171,6 +171,20 @@ def test_the_gain_is_also_given_resampling_test_images_with_the_seeds(tmp_path):
     assert headline(cut, predictions)["gain"]["bootstrap"]["n_seeds"] == 1
 
 
+def test_a_report_into_the_same_folder_leaves_no_plot_of_the_last_table(tmp_path):
+    """A second table's report kept the first one's gain_vs_ratio.png beside it."""
+    from augment.reporting import write_report
+
+    table = classify_rows({"real_only": [80.0, 81.0], "augmented": [82.0, 84.0]})
+    table.to_parquet(tmp_path / "both.parquet")
+    write_report(tmp_path / "both.parquet", tmp_path / "report")
+    assert (tmp_path / "report" / "gain_vs_ratio.png").is_file()
+    table[table["arm"] == "real_only"].to_parquet(tmp_path / "alone.parquet")
+    write_report(tmp_path / "alone.parquet", tmp_path / "report")
+    assert not (tmp_path / "report" / "gain_vs_ratio.png").exists()
+    assert (tmp_path / "report" / "classify_arms.png").is_file()
+
+
 def test_a_gain_over_the_oracle_pairs_the_oracle_of_the_same_ratio():
     """The oracle at x1 against augmented x1 and x30: the x30 row was reported as a gain over
     the oracle (it was x30 - oracle x1), and two oracle ratios crashed with a broadcast error."""
