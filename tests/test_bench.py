@@ -362,6 +362,8 @@ def test_classify_writes_seeds_per_arm_and_the_report(digits_generator_run, tmp_
     predictions = pd.read_parquet(tmp_path / "bench" / "predictions.parquet")
     tasks = results.query("metric == 'top1'")
     assert len(predictions) == len(tasks) * 300  # every test digit, for each model
+    assert (predictions["label_name"] == [DIGITS[i] for i in predictions["label"]]).all()
+    assert (predictions["prediction_name"] == [DIGITS[i] for i in predictions["prediction"]]).all()
     short = results[(results["arm"] == "augmented") & (results["ratio"] == 6.0)]
     assert (short["n_synthetic"] == 200).all() and (short["ratio_trained"] == 4.0).all()
     assert short["synthetic_short"].all()

@@ -365,6 +365,10 @@ def run_classify(settings: ClassifySettings, real: RealData | None = None) -> pd
                     "image_id": evaluated.ids,
                     "label": evaluated.labels,
                     "prediction": predictions,
+                    # the classes' names too: the indices alone could not be read back for
+                    # an ImageFolder or COCO set (a confusion matrix in a notebook)
+                    "label_name": np.asarray(real.classes.names, dtype=object)[evaluated.labels],
+                    "prediction_name": np.asarray(real.classes.names, dtype=object)[predictions],
                     "evaluated_on": settings.evaluate_on,
                 }
             )
