@@ -223,15 +223,20 @@ def export(
 
 @contextlib.contextmanager
 def _output_locked(folder: Path) -> Iterator[None]:
-    """OUT's lock held (`augment run`'s): nothing else writes there meanwhile. A folder that
-    holds no run (none at all, or a run's shards/ given for it) is left for the step to name,
-    without a lock file left in it."""
-    from augment.job import lock_output
+    """OUT's lock held (`augment run`'s): nothing else writes there meanwhile, and no filter
+    stopped half way is built on. A folder that holds no run (none at all, or a run's shards/
+    given for it) is left for the step to name, without a lock file left in it."""
+    from augment.job import check_no_filter_stopped, lock_output
 
     if not (folder / "shards").is_dir():
         yield
         return
     release = lock_output(folder, option="")
+    try:  # exports or a gallery of a half-filtered run hold neither flags nor the others
+        check_no_filter_stopped(folder)
+    except BaseException:
+        release()
+        raise
     try:
         yield
     finally:

@@ -1259,6 +1259,31 @@ def check_renders_of(out_dir: Path, spec: JobSpec) -> None:
 def paste(spec: JobSpec, force: bool = False) -> PasteResult:
     """Paste the run's segmented renders (OUT) onto the backgrounds, into OUT/paste (resumed
     when it holds the same paste; `force` starts it over)."""
+    if spec.paste is None:
+        raise SpecError("this job has no paste: section; add one (see the README, Copy-paste)")
+    started = time.perf_counter()
+    out_dir = Path(spec.output.dir)
+    check_inputs_outside_output(spec, out_dir)
+    backgrounds = paste_backgrounds(spec)
+    check_renders_of(out_dir, spec)
+    concepts = concepts_for(spec)
+    index = concept_index(concepts)  # background labels -> concepts, built once
+    release = lock_output(out_dir)  # a second paste (or a run) into OUT meanwhile: refused
+    try:
+        return paste_locked(spec, force, backgrounds, concepts, index, started)
+    finally:
+        release()
+
+
+def paste_locked(
+    spec: JobSpec,
+    force: bool,
+    backgrounds: SourceSet,
+    concepts: list[Concept],
+    index: dict,
+    started: float,
+) -> PasteResult:
+    """`paste`, OUT's lock held: two pastes at once wrote each canvas twice."""
     from augment.gallery import gallery_settings, refresh_gallery
     from augment.generate.engine import run_provenance
     from augment.labels import scale_box
@@ -1274,16 +1299,8 @@ def paste(spec: JobSpec, force: bool = False) -> PasteResult:
     )
     from augment.progress import image_progress
 
-    if spec.paste is None:
-        raise SpecError("this job has no paste: section; add one (see the README, Copy-paste)")
-    started = time.perf_counter()
     settings = spec.paste
     out_dir = Path(spec.output.dir)
-    check_inputs_outside_output(spec, out_dir)
-    backgrounds = paste_backgrounds(spec)
-    check_renders_of(out_dir, spec)
-    concepts = concepts_for(spec)
-    index = concept_index(concepts)  # background labels -> concepts, built once
     instances = load_instances(out_dir, concepts)
     folder = out_dir / "paste"
     # a paste made again from other renders starts from an empty folder: what `augment export`
@@ -1762,10 +1779,12 @@ def refilter(
         manifest["filters"] = settings
         manifest["filter_history"] = history
         save_manifest(out_dir, manifest)
-        (out_dir / FILTER_MARK).unlink(missing_ok=True)  # the shards and manifest agree again
         formats = formats_to_refresh(out_dir, spec.output.formats)  # kept where no flag changed
         outputs = export(out_dir, formats, unless_current=True)
         outputs.update(refresh_gallery(out_dir, unless_current=True))  # its flags, the new ones
+        # only now: a filter stopped while it rewrote the exports or gallery left them with
+        # the earlier flags and no word of it; the mark sends the next command back to it
+        (out_dir / FILTER_MARK).unlink(missing_ok=True)
         if (out_dir / "paste").is_dir() and (rewritten or before != after):
             log.warning(
                 "%s holds canvases pasted from the renders the earlier flags kept; `augment "

@@ -945,6 +945,16 @@ def test_a_filter_stopped_half_way_is_finished_before_anything_builds_on_it(
     assert f"finish it first with `augment filter {out}`" in "".join(err.split("\n"))
     code, _, err = cli(capsys, "filter", out, "--real", "digits")  # another filter: refused
     assert code == 2 and "stopped half way" in err
+    for command in (["export", out, "--format", "coco"], ["view", out]):  # went ahead silently
+        code, _, err = cli(capsys, *command)
+        assert code == 2 and "stopped half way" in err, command
     assert cli(capsys, "filter", out)[0] == 0  # the same one again finishes it
     assert not (out / ".filter-in-progress.json").exists()
     assert cli(capsys, "run", job, "--distributor", "local")[0] == 0
+    # stopped while it rewrote the exports: they kept the earlier flags, and nothing said so
+    monkeypatch.setattr(job_module, "export", stopped)
+    assert cli(capsys, "filter", out)[0] == 130
+    monkeypatch.undo()
+    assert (out / ".filter-in-progress.json").is_file()
+    assert cli(capsys, "export", out, "--format", "coco")[0] == 2
+    assert cli(capsys, "filter", out)[0] == 0

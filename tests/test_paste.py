@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+import augment as ag
 from augment.config import PasteSpec, load_spec
 from augment.errors import OutputError, SpecError
 from augment.job import RunOptions, paste, paste_backgrounds, run_job
@@ -43,6 +44,31 @@ def pasted(tmp_path_factory) -> Path:
     result = run_job(tiny_paste_spec(out), LOCAL)
     assert result.outputs["paste"] == out / "paste"
     return out
+
+
+def test_a_paste_beside_another_writer_is_refused_and_a_damaged_record_pasted_again(
+    pasted, tmp_path, caplog
+):
+    """Two `augment paste` at once each wrote every canvas (140 rows for 96, 48 twice), and a
+    paste beside a run pasted from its partial renders: OUT's lock was not taken. A damaged
+    paste.json was a JSONDecodeError "fault of augment"; the paste is OUT's to make again."""
+    import fcntl
+
+    out = tmp_path / "out"
+    shutil.copytree(pasted, out)
+    rows = len(pd.read_parquet(out / "paste" / "shards"))
+    with open(out / ".augment.lock", "w") as other:
+        other.write("pid 12345 on elsewhere")
+        other.flush()
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(OutputError, match="is being written by another augment process"):
+            ag.paste(tiny_paste_spec(out), force=True)
+    assert len(pd.read_parquet(out / "paste" / "shards")) == rows
+    (out / "paste" / "paste.json").write_text("{damaged")
+    with caplog.at_level("WARNING", logger="augment"):
+        result = ag.paste(tiny_paste_spec(out))
+    assert "paste.json cannot be read" in caplog.text and "pasting again" in caplog.text
+    assert result.pasted == rows and len(pd.read_parquet(out / "paste" / "shards")) == rows
 
 
 def test_composites_keep_the_background_boxes_and_add_each_instance_with_its_mask(pasted):

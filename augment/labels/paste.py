@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from augment.config import JobSpec, PasteSpec
-from augment.errors import OutputError
+from augment.errors import OutputError, first_line
 from augment.labels.autolabel import DETECTORS
 from augment.labels.segment import decode_rle, encode_rle, mask_box
 from augment.provenance import Provenance
@@ -348,8 +348,15 @@ def prepare_paste_output(
     settings = spec.paste.model_dump(mode="json")
     if force and folder.exists():
         shutil.rmtree(folder)
-    if marker.is_file():
-        saved = json.loads(marker.read_text())
+    try:
+        saved = json.loads(marker.read_text()) if marker.is_file() else None
+    except (OSError, ValueError) as exc:  # derived from OUT's images alone: pasted again
+        saved = first_line(exc)
+    if saved is not None and not isinstance(saved, dict):
+        reason = saved if isinstance(saved, str) else "not a paste's record"
+        log.warning("%s cannot be read (%s): pasting again", marker, reason)
+        shutil.rmtree(folder)
+    elif saved is not None:
         before = saved.get("paste", settings)  # an earlier augment did not record them
         if before != settings:
             changed = sorted(
