@@ -1534,6 +1534,7 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
         outputs["manifest"] = write_manifest(
             out_dir, spec, concepts, planned, seconds, failures, rendering.seconds
         )
+        flagged = rendering.flagged
         if parquet.shard_paths(out_dir / "shards"):
             last = last_filter(out_dir, spec)
             if last is None:
@@ -1546,6 +1547,8 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
                 filtered = refilter(out_dir, last["scorer"], *last["minimums"], command="run")
                 outputs.update(filtered.outputs)
                 duplicates = filtered.after["duplicate"]
+                # this call's images as that filter flagged them, not as the job's own did
+                flagged = flags_in(out_dir / "shards", rendering.shards)
             if spec.generation.mode == "interpolate":
                 outputs["animations"] = write_animations(
                     out_dir, spec.generation.interpolate.frame_ms
@@ -1557,7 +1560,7 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> RunResult:
             planned=len(planned),
             skipped=sum(item.item_id in done for item in planned),
             rendered=rendering.rendered,
-            flagged=rendering.flagged,
+            flagged=flagged,
             failed=len(failures),
             seconds=time.perf_counter() - started,  # the exports, gallery and paste too
             rendering_seconds=rendering.seconds,
@@ -1644,6 +1647,17 @@ def filter_command(out_dir: Path, settings: dict) -> str:
     options += [("--real", settings.get("real"))]
     words = [f"{name} {value}" for name, value in options if value is not None]
     return " ".join(["augment filter", str(out_dir), *words])
+
+
+def flags_in(shards_dir: Path, names: list[str]) -> int:
+    """The images of these shards that carry a flag other than `duplicate` (as a block counts
+    its own, before the duplicate pass)."""
+    checks = [flag for flag in FLAGS if flag != "duplicate"]
+    flagged = 0
+    for name in names:
+        rows = parquet.read_shard(shards_dir / name, checks).to_pylist()
+        flagged += sum(any(row[flag] for flag in checks) for row in rows)
+    return flagged
 
 
 def check_no_filter_stopped(out_dir: Path, settings: dict | None = None) -> None:

@@ -313,6 +313,15 @@ def test_a_resumed_run_keeps_the_last_filter_and_its_history(scored_and_cut, tmp
     assert history == [("run", 0.5), ("filter", median), ("run", median)]  # the resumed run
     coco = json.loads((out / "coco" / "annotations.json").read_text())
     assert len(coco["images"]) == int((records["concept_score"] >= median).sum())
+    # the run's own count says so too: it said the images its blocks flagged under the job's
+    # minimum ("0 flagged" beside new images the filter's minimum flagged)
+    last = sorted((out / "shards").glob("part-*.parquet"))[-1]
+    scores = pq.read_table(last).column("concept_score").to_pylist()
+    refilter(out, min_concept_score=max(scores))  # all of that block but its best flagged
+    last.unlink()
+    again = run_job(load_spec(job, {"output.dir": str(out)}), LOCAL)
+    assert again.rendered == len(scores) >= 2
+    assert again.flagged == sum(score < max(scores) for score in scores) >= 1
 
 
 def test_a_run_without_a_scorer_resumed_after_filter_scorer_scores_its_new_images(
