@@ -72,7 +72,9 @@ def read_manifest(out_dir: Path) -> dict:
         reason = manifest if isinstance(manifest, str) else "not a run's manifest"
         raise OutputError(
             f"{path} cannot be read ({reason}); delete it and rerun `augment run` on the job "
-            f"with --out {out_dir}: committed images are kept, and it is written again"
+            f"with --out {out_dir}: committed images are kept, and it is written again (with "
+            "the job's own filter: an `augment filter` run since, whose settings it held, "
+            "must be run again after)"
         )
     return manifest
 
