@@ -1056,16 +1056,17 @@ def source_pictures(
     return pictures
 
 
-def resume_point(out_dir: Path) -> set[str]:
+def resume_point(out_dir: Path, made: str = "rendered") -> set[str]:
     """The item_ids already committed; damaged shards go to OUT/quarantine/ first, so their
-    items are rendered again (named in the log here and in the manifest)."""
+    items are `made` again (named in the log here and in the manifest)."""
     done, damaged = parquet.check_shards(out_dir / "shards")
     for shard, moved in zip(damaged, parquet.quarantine(out_dir, list(damaged)), strict=True):
         log.warning(
-            "shard %s cannot be read (%s): moved to %s; its items are rendered again",
+            "shard %s cannot be read (%s): moved to %s; its items are %s again",
             shard,
             damaged[shard],
             moved,
+            made,
         )
     return done
 
@@ -1310,7 +1311,7 @@ def paste_locked(
     prepare_paste_output(folder, spec, force, instances)
     shards_dir = folder / "shards"
     parquet.remove_temp_files(shards_dir)
-    done = parquet.committed_item_ids(shards_dir)
+    done = resume_point(folder, "pasted")  # a damaged shard is moved aside, not a dead end
     items = paste_plan(spec.name, spec.seed, backgrounds.images, settings.images_per_background)
     failures = list(backgrounds.unreadable)
     provenance = run_provenance(spec)

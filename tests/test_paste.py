@@ -71,6 +71,28 @@ def test_a_paste_beside_another_writer_is_refused_and_a_damaged_record_pasted_ag
     assert result.pasted == rows and len(pd.read_parquet(out / "paste" / "shards")) == rows
 
 
+def test_a_damaged_paste_shard_is_set_aside_and_its_canvases_pasted_again(pasted, tmp_path, caplog):
+    """Its message sent the user to `augment run`, which stopped on it again: only --force,
+    pasting every canvas again, got out."""
+    out = tmp_path / "out"
+    shutil.copytree(pasted, out)
+    before = pd.read_parquet(out / "paste" / "shards").sort_values("item_id")
+    shard = sorted((out / "paste" / "shards").glob("*.parquet"))[0]
+    lost = len(pq.read_table(shard))
+    shard.write_bytes(shard.read_bytes()[:300])
+    with caplog.at_level("WARNING", logger="augment"):
+        result = ag.paste(tiny_paste_spec(out))
+    assert result.pasted == lost and "its items are pasted again" in caplog.text
+    assert (out / "paste" / "quarantine" / shard.name).is_file()
+    after = pd.read_parquet(out / "paste" / "shards").sort_values("item_id")
+    assert list(after["item_id"]) == list(before["item_id"])
+    assert [i["bytes"] for i in after["image"]] == [i["bytes"] for i in before["image"]]
+    shard = sorted((out / "paste" / "shards").glob("*.parquet"))[-1]
+    shard.write_bytes(b"junk")  # and through the run, which pastes last
+    run_job(tiny_paste_spec(out), LOCAL)
+    assert len(pd.read_parquet(out / "paste" / "shards")) == len(before)
+
+
 def test_composites_keep_the_background_boxes_and_add_each_instance_with_its_mask(pasted):
     from augment.sources import SourceSet
 
