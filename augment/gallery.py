@@ -19,7 +19,6 @@ import hashlib
 import html
 import io
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -29,7 +28,14 @@ from PIL import Image
 from augment.progress import tracked
 from augment.quality import concept_quality
 from augment.records import FLAGS
-from augment.sinks import check_own_folder, parquet, recorded_settings, run_state
+from augment.sinks import (
+    check_own_folder,
+    parquet,
+    put_back,
+    recorded_settings,
+    run_state,
+    write_in_place,
+)
 from augment.sinks.rows import concept_labels, read_manifest
 from augment.taxonomy.listfile import slugify
 
@@ -267,6 +273,7 @@ def gallery_settings(out_dir: Path) -> dict | None:
     """The settings OUT/gallery was written with ({} where it records none: an earlier
     augment's); None where OUT has no gallery."""
     folder = Path(out_dir) / "gallery"
+    put_back(folder)
     return recorded_settings(folder / GALLERY_SETTINGS) if folder.is_dir() else None
 
 
@@ -295,12 +302,9 @@ def write_gallery(out_dir: Path, per_concept: int = PER_CONCEPT) -> Path:
     out_dir = Path(out_dir)
     parquet.run_shards(out_dir)  # a wrong folder is named before anything is written in it
     read_manifest(out_dir)  # no manifest.json: not a finished run, said in one line
-    folder, tmp = out_dir / "gallery", out_dir / ".gallery.tmp"
     check_gallery_replaceable(out_dir)
-    if tmp.is_file():  # augment's own name, left by a process that was killed
-        tmp.unlink()
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+
+    def write(tmp: Path, *_) -> Path:
         (tmp / "images").mkdir(parents=True)
         pages = gallery_records(out_dir, tmp, per_concept)
         table = quality_for_index(out_dir)
@@ -312,8 +316,8 @@ def write_gallery(out_dir: Path, per_concept: int = PER_CONCEPT) -> Path:
         (tmp / "gallery.css").write_text(STYLE)
         settings = {"per_concept": per_concept, "state": run_state(out_dir)}
         (tmp / GALLERY_SETTINGS).write_text(json.dumps(settings) + "\n")
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
-    finally:  # a failure leaves nothing behind (nor a folder a later run would trip on)
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder / "index.html"
+        return tmp / "index.html"
+
+    # swapped in by two renames, as the exports are: deleting the old one first left, when a
+    # process was killed meanwhile, a gallery of pages without their thumbnails
+    return write_in_place(out_dir / "gallery", write, [], None)

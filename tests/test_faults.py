@@ -812,6 +812,26 @@ def test_a_run_filter_export_or_view_of_a_folder_another_process_writes_is_refus
     assert code == 0, err
 
 
+def test_an_export_or_gallery_swap_stopped_half_way_is_put_back_not_lost(run_copy, capsys):
+    """A process killed between the two renames that swap an export (or the gallery) in left
+    only `.coco.old` and `.coco.tmp`: the next command deleted the old one, and an export only
+    `augment export` had made was gone; the gallery, deleted before its new one moved in,
+    could be left without its thumbnails."""
+    job, out = run_copy
+    assert cli(capsys, "export", out, "--format", "yolo", "--include-flagged")[0] == 0
+    assert cli(capsys, "view", out)[0] == 0
+    for name in ("yolo", "gallery"):  # killed after the first rename
+        (out / name).rename(out / f".{name}.old")
+        (out / f".{name}.tmp").mkdir()
+    code, _, err = cli(capsys, "filter", out)
+    assert code == 0, err
+    assert "put back as it was" in err
+    assert (out / "yolo" / "data.yaml").is_file() and (out / "gallery" / "index.html").is_file()
+    assert json.loads((out / "yolo" / ".augment-export.json").read_text())["include_flagged"]
+    assert list((out / "gallery" / "images").iterdir())
+    assert not [p.name for p in out.iterdir() if p.name.endswith((".old", ".tmp"))]
+
+
 def test_a_fault_of_augment_is_one_line_exit_1(write_job, capsys, monkeypatch):
     def broken(*args, **kwargs):
         raise KeyError("concept_name")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -27,6 +28,8 @@ from augment.errors import OutputError
 from augment.progress import tracked
 from augment.sinks.parquet import run_shards, shards_fingerprint
 from augment.sinks.rows import export_records, image_file_name, run_categories, run_filters
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "EXPORT_SETTINGS",
@@ -237,13 +240,27 @@ def unless_damaged(
 def formats_to_refresh(out_dir: Path, formats: list[str]) -> list[str]:
     """The exports to write again after OUT's images or flags changed: the job's formats, and
     every other export OUT holds (one `augment export` wrote), which would go stale."""
+    for name in exporters():
+        put_back(Path(out_dir) / name)
     held = [name for name in exporters() if (Path(out_dir) / name).is_dir()]
     return list(dict.fromkeys([*formats, *held]))
+
+
+def put_back(folder: Path) -> None:
+    """`folder` as it was before a swap that a killed process left half done (`write_in_place`
+    renames the old one aside, then the new one in): the old one moved back, where there is
+    no new one, so it is neither lost nor hidden (and written again as it was made)."""
+    old, tmp = folder.with_name(f".{folder.name}.old"), folder.with_name(f".{folder.name}.tmp")
+    if not folder.exists() and old.is_dir():
+        old.rename(folder)
+        log.warning("%s: put back as it was, from a replacement stopped half way", folder)
+        shutil.rmtree(tmp, ignore_errors=True)  # the replacement, of unknown completeness
 
 
 def write_in_place(folder: Path, exporter: Callable, categories: list[dict], records) -> Path:
     """Run `exporter` into a temporary folder, then swap it for `folder` in two renames."""
     tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
+    put_back(folder)
     for leftover in (tmp, old):  # augment's own names, left by a process that was killed
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
