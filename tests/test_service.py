@@ -3,11 +3,13 @@ CPU. One service for the module (Serve's start-up dominates): it writes what it 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import numpy as np
@@ -27,6 +29,21 @@ def served_spec():
     """The demo job without its exports and pasted canvases (not what is served)."""
     spec = load_spec(REPO / "jobs" / "demo.yaml", {"output.formats": ["parquet"]})
     return spec.model_copy(update={"paste": None})
+
+
+@contextlib.contextmanager
+def serving(handler) -> Iterator[str]:
+    """A stand-in web server on a free loopback port, answering with `handler` (an
+    http.server request handler) until the block ends; yields its url."""
+    import threading
+    from http.server import HTTPServer
+
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
 
 
 def free_port() -> int:
@@ -521,9 +538,8 @@ def test_a_client_without_a_service_says_what_is_missing():
 def test_a_client_that_waits_too_little_is_told_so_not_that_nothing_runs():
     """A service rendering a large request for longer than the client's timeout was reported as
     "is `augment serve` running there?", which it was."""
-    import threading
     import time as clock
-    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     class Slow(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server's name
@@ -532,22 +548,15 @@ def test_a_client_that_waits_too_little_is_told_so_not_that_nothing_runs():
         def log_message(self, *args):
             pass
 
-    server = HTTPServer(("127.0.0.1", 0), Slow)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    client = ag.Client(f"http://127.0.0.1:{server.server_address[1]}", timeout=0.1, retries=0)
-    try:
-        with pytest.raises(AugmentError) as slow:
-            client.concepts()
-    finally:
-        server.shutdown()
+    with serving(Slow) as url, pytest.raises(AugmentError) as slow:
+        ag.Client(url, timeout=0.1, retries=0).concepts()
     assert "no answer within 0.1 s" in str(slow.value)
     assert "Client(timeout=...)" in str(slow.value) and "running there" not in str(slow.value)
 
 
 def test_a_client_pointed_at_another_web_server_says_so_in_one_line():
     """A notebook's URL of a Jupyter or a dashboard: a web page, not the service's JSON."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     class WebPage(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server's name
@@ -561,17 +570,13 @@ def test_a_client_pointed_at_another_web_server_says_so_in_one_line():
         def log_message(self, *args):
             pass
 
-    server = HTTPServer(("127.0.0.1", 0), WebPage)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    client = ag.Client(f"http://127.0.0.1:{server.server_address[1]}", retries=0)
-    try:
+    with serving(WebPage) as url:
+        client = ag.Client(url, retries=0)
         with pytest.raises(AugmentError, match="did not answer as an augment service"):
             client.concepts()
         with pytest.raises(RequestError) as refused:
             client.health()
         assert "\n" not in str(refused.value) and "Jupyter" in str(refused.value)
-    finally:
-        server.shutdown()
     with pytest.raises(AugmentError, match="retries must be at least 0, got -1"):
         ag.Client("http://127.0.0.1:1", retries=-1)
 
@@ -594,8 +599,7 @@ def fake_service():
     prompt variants it serves (None: any; a `serve --write` service's images_per_concept)."""
     import base64
     import io
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     from PIL import Image
 
@@ -650,12 +654,9 @@ def fake_service():
         def log_message(self, *args):
             pass
 
-    server = HTTPServer(("127.0.0.1", 0), Service)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    fake = SimpleNamespace(url=url, asked=asked, variants=None)
-    yield fake
-    server.shutdown()
+    with serving(Service) as url:
+        fake = SimpleNamespace(url=url, asked=asked, variants=None)
+        yield fake
 
 
 def levels(stream) -> list[tuple[int, int]]:
@@ -879,8 +880,7 @@ def test_a_start_refused_after_the_writer_made_its_folder_ready_undoes_it(tmp_pa
 def test_a_client_retries_an_answer_cut_short_and_names_one_not_of_the_service():
     """An answer cut short (IncompleteRead), a reply that is no HTTP, or JSON of another shape
     ended in a bare traceback, not retried; a count from numpy could not be sent at all."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     answers = iter([b"cut", b"cut", b"{}", b"null"])
     seen = []
@@ -898,18 +898,14 @@ def test_a_client_retries_an_answer_cut_short_and_names_one_not_of_the_service()
         def log_message(self, *args):
             pass
 
-    server = HTTPServer(("127.0.0.1", 0), Odd)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    client = ag.Client(f"http://127.0.0.1:{server.server_address[1]}", retries=1, backoff=0)
-    try:
+    with serving(Odd) as url:
+        client = ag.Client(url, retries=1, backoff=0)
         with pytest.raises(AugmentError, match="failed 2 times, last: IncompleteRead"):
             client.generate("seven", n=np.int64(2))
         assert client.retried == 1 and seen[0]["n"] == 2
         for _ in range(2):  # {} and null: JSON, but not the service's answer
             with pytest.raises(AugmentError, match="did not answer as an augment service"):
                 client.generate("seven")
-    finally:
-        server.shutdown()
     with pytest.raises(AugmentError, match="n: a whole number, got 2.5"):
         client.generate("seven", n=2.5)
 
