@@ -620,6 +620,11 @@ def test_detect_refuses_real_splits_that_would_score_wrongly(tmp_path, monkeypat
     refused(drop_a_mask, r"lack one in 1 of \d+ objects .*annotation 1\)", task="segment")
     refused(drop_sizes, r"images\[0\] \(id 1\) has no width and height")
 
+    def drop_objects(_, document):
+        document["annotations"] = []
+
+    refused(drop_objects, r"its test split has no annotated object .* give it annotated images")
+
 
 def test_detector_settings_refuse_what_ultralytics_cannot_train(tmp_path):
     from augment.bench.detect import DetectSettings, run_detect

@@ -250,8 +250,8 @@ def real_categories(train: dict, val: dict, real: str, split: str = "val") -> li
     if not any(not a.get("iscrowd") for a in val["annotations"]):
         raise AugmentError(
             f"real detection data '{real}': its {split} split has no annotated object (in "
-            f"{len(val['images'])} images), so there is nothing to score; give more annotated "
-            f"images, or train/ and {split}/ folders"
+            f"{len(val['images'])} images), so there is nothing to score; give it annotated "
+            "images (from one annotations.json split here: more annotated images)"
         )
     ids_by_name = [
         {name: {c["id"] for c in document["categories"] if c["name"] == name} for name in names}
