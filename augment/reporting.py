@@ -610,6 +610,13 @@ def scored_split(results: pd.DataFrame, task: str = "classify") -> str:
     return splits[0]
 
 
+def scored_words(split: str) -> str:
+    """What a report says of the split its figures were scored on."""
+    if split == "test":
+        return "the held-out real test split"
+    return "the real validation split (settings are chosen there: these are not held-out figures)"
+
+
 def settings_not_chosen(
     chosen: dict, classify: dict, synthetic: str | Path | None, swept: dict | None = None
 ) -> list[str]:
@@ -696,7 +703,7 @@ def write_report(
     class_gains = paired_gain(results, "class_accuracy")
     predictions = results_path.with_name("predictions.parquet")  # beside it: classify's
     figures = headline(results, pd.read_parquet(predictions) if predictions.is_file() else None)
-    split = scored_split(results)
+    split, detect_split = scored_split(results), scored_split(results, "detect")
     plots = {
         "arms": plot_arms(
             summary[summary["task"] == "classify"],
@@ -711,8 +718,7 @@ def write_report(
             summary[summary["task"] == "detect"],
             "map50_95",
             out_dir / "detect_arms.png",
-            f"Detector mAP50:95 on the real {scored_split(results, 'detect')} split "
-            "(mean ± 95% CI)",
+            f"Detector mAP50:95 on the real {detect_split} split (mean ± 95% CI)",
         ),
         "samples": plot_samples(samples, out_dir / "samples.png"),
         "quality": plot_quality(results, out_dir / "concept_quality.png"),
@@ -722,14 +728,9 @@ def write_report(
         (out_dir / name).unlink(missing_ok=True)
     lines = ["# augment benchmark report", ""]
     if "real_only" in figures:
-        where = (
-            "the held-out real test split"
-            if split == "test"
-            else "the real validation split (settings are chosen there: these are not "
-            "held-out figures)"
-        )
         lines += [
-            f"Classifier, {figures['shots']} real images per class, top-1 on {where}, mean "
+            f"Classifier, {figures['shots']} real images per class, top-1 on "
+            f"{scored_words(split)}, mean "
             "[95 % CI] over training seeds (the test images fixed: the interval says how much "
             "training varies, not how much another test set would):",
             "",
@@ -851,16 +852,10 @@ def write_report(
                 ci_text(r["gain"], r["ci_low"], r["ci_high"]) for _, r in detected.iterrows()
             ]
             detected["ratio"] = [f"{value:.3g}" for value in detected["ratio"]]
-            split = scored_split(results, "detect")
-            where = (
-                "the held-out real test split"
-                if split == "test"
-                else "the real validation split (settings tuned there make these upper estimates)"
-            )
             lines += [
                 f"## Paired gain in detector {metric} (points)",
                 "",
-                f"Augmented − real-only, paired by seed, on {where}:",
+                f"Augmented − real-only, paired by seed, on {scored_words(detect_split)}:",
                 "",
                 markdown_table(detected[["ratio", "gain", "n_pairs"]]),
                 "",

@@ -167,6 +167,21 @@ def scored_split(settings: DetectSettings) -> tuple[str, Path | None]:
             "folders (annotations.json + images/ each), and the part held out of one "
             "annotations.json is a validation split; give the folders, or evaluate_on validation"
         )
+    present = [name for name in ("train", "val", "test") if (root / name).is_dir()]
+    if present and not (root / "annotations.json").is_file():  # a folder of splits, short of one
+        lacking = " and ".join(
+            what
+            for what, missing in (
+                ("train/", not has["train"]),
+                ("val/ or test/", not (has["val"] or has["test"])),
+            )
+            if missing
+        )
+        raise AugmentError(
+            f"real detection data '{settings.real}' holds {', '.join(f'{n}/' for n in present)} "
+            f"and no {lacking} with its annotations.json; give train/ and val/ (and test/), "
+            "annotations.json + images/ each"
+        )
     return "validation", None
 
 
@@ -187,22 +202,6 @@ def real_splits(settings: DetectSettings) -> tuple[dict, Path, dict, Path]:
             splits += [document, coco_images_dir(path, document)]
         return tuple(splits)
     path = root / "annotations.json" if root.is_dir() else root
-    present = [name for name in ("train", "val", "test") if (root / name).is_dir()]
-    if not path.is_file() and present:  # a folder of splits, short of one
-        has = {name: (root / name / "annotations.json").is_file() for name in present}
-        lacking = " and ".join(
-            what
-            for what, missing in (
-                ("train/", not has.get("train")),
-                ("val/ or test/", not (has.get("val") or has.get("test"))),
-            )
-            if missing
-        )
-        raise AugmentError(
-            f"real detection data '{settings.real}' holds {', '.join(f'{n}/' for n in present)} "
-            f"and no {lacking} with its annotations.json; give train/ and val/ (and test/), "
-            "annotations.json + images/ each"
-        )
     if not path.is_file():
         raise AugmentError(
             f"real detection data '{settings.real}' not found: give a COCO folder with "
@@ -253,19 +252,13 @@ def real_categories(train: dict, val: dict, real: str, split: str = "val") -> li
             f"{len(val['images'])} images), so there is nothing to score; give it annotated "
             "images (from one annotations.json split here: more annotated images)"
         )
-    ids_by_name = [
-        {name: {c["id"] for c in document["categories"] if c["name"] == name} for name in names}
-        for document, names in (
-            (train, {c["name"] for c in train["categories"]}),
-            (val, {c["name"] for c in val["categories"]}),
-        )
-    ]
-    for name in sorted(ids_by_name[0].keys() & ids_by_name[1].keys()):
-        if ids_by_name[0][name] != ids_by_name[1][name]:  # two classes of one name to ultralytics
+    trained, scored = category_ids_by_name(train), category_ids_by_name(val)
+    for name in sorted(trained.keys() & scored.keys()):
+        if trained[name] != scored[name]:  # two classes of one name to ultralytics
             raise AugmentError(
                 f"real detection data '{real}': category {name!r} is id "
-                f"{', '.join(map(str, sorted(ids_by_name[0][name])))} in train and "
-                f"{', '.join(map(str, sorted(ids_by_name[1][name])))} in {split}; give both "
+                f"{', '.join(map(str, sorted(trained[name])))} in train and "
+                f"{', '.join(map(str, sorted(scored[name])))} in {split}; give both "
                 "splits the same category ids"
             )
     by_id: dict = {}
@@ -275,10 +268,17 @@ def real_categories(train: dict, val: dict, real: str, split: str = "val") -> li
             raise AugmentError(
                 f"real detection data '{real}': category id {category['id']} is "
                 f"{other['name']!r} in train and {category['name']!r} in {split}; give both "
-                "splits "
-                "the same categories"
+                "splits the same categories"
             )
     return sorted(by_id.values(), key=lambda c: c["id"])
+
+
+def category_ids_by_name(document: dict) -> dict[str, set]:
+    """A COCO document's category name -> the ids it goes by."""
+    ids: dict[str, set] = {}
+    for category in document["categories"]:
+        ids.setdefault(category["name"], set()).add(category["id"])
+    return ids
 
 
 def annotation_mask(annotation: dict, height: int, width: int) -> np.ndarray | None:
